@@ -1,0 +1,74 @@
+"""The one exception tree of bulkrerun.
+
+::
+
+    BulkrerunError                  every error this package raises on purpose
+    ├── BadInput                    exit 2: nothing was sent
+    │   ├── ManifestError           the manifest (or an instance file) is wrong; carries every problem
+    │   ├── SettingsError           settings or arguments are wrong
+    │   └── JournalMismatch         the journal belongs to another project, endpoint or format
+    ├── JournalCorrupt              exit 2: a journal record in the middle is unreadable
+    └── Fatal                       exit 3: the run stopped; the journal is consistent
+        ├── AuthRefused             401/403: credentials or permissions are wrong
+        └── BudgetExhausted         the failure budget or the canary said stop
+
+Foreign exceptions (aiohttp, OS errors) are translated into outcomes in ``transport`` and
+nowhere else; they do not escape as exceptions.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_FATAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class BulkrerunError(Exception):
+    """Base of every error raised on purpose. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = EXIT_FATAL
+
+
+class BadInput(BulkrerunError):
+    """Input is wrong and nothing was sent."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ManifestError(BadInput):
+    """One or more problems in a manifest; ``problems`` holds every one, each a full sentence
+    naming the file, the entry (``window[2]``), the field and what is allowed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class SettingsError(BadInput):
+    """A setting or a command-line argument is wrong."""
+
+
+class JournalMismatch(BadInput):
+    """The journal at the given path belongs to another project, endpoint or format."""
+
+
+class JournalCorrupt(BulkrerunError):
+    """A record before the last one is unreadable: the file was edited or damaged."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class Fatal(BulkrerunError):
+    """The run stopped before its end; the journal is consistent and the same command resumes."""
+
+    exit_code = EXIT_FATAL
+
+
+class AuthRefused(Fatal):
+    """The service refused our credentials or permissions (401/403)."""
+
+
+class BudgetExhausted(Fatal):
+    """Too many requests failed (``--max-failure-ratio`` or ``--canary``)."""

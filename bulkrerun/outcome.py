@@ -1,0 +1,56 @@
+"""What became of one attempt at sending a chunk: one type, decided in ``transport`` only.
+
+============  =========================================================================
+kind          meaning
+============  =========================================================================
+``DONE``      200: the service accepted the rerun.
+``FAILED``    a definite refusal by the service (400 ``DLF.*``, 404, other 4xx): it did
+              not act and will not act if asked again unchanged. Final for this run.
+``RETRY``     the request was not acted on (connect error, 429, 502, 503): send again
+              after a backoff. Safe because nothing was started.
+``HELD``      sent, but whether the service acted is unknown (timeout or connection lost
+              after the request was written, 500, 504). Never retried blindly: a rerun
+              sent twice runs twice.
+``FATAL``     401/403: credentials or permissions are wrong. Not an outcome of the unit:
+              the run aborts and the unit stays pending.
+============  =========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    RETRY = "retry"
+    HELD = "held"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's result. ``error_msg`` is already scrubbed of anything secret.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one.
+    ``reason`` is a short human phrase (``"429 throttled"``, ``"timeout after send"``).
+    """
+
+    kind: Kind
+    status: int | None = None
+    error_code: str | None = None
+    error_msg: str | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+    reason: str = ""
+    elapsed: float = 0.0
+
+    @property
+    def throttled(self) -> bool:
+        """The gateway said slow down (429)."""
+        return self.status == 429
+
+
+DONE = Outcome(Kind.DONE, status=200, reason="accepted")
