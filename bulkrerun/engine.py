@@ -1,0 +1,262 @@
+"""The engine: plan minus journal -> paced workers -> transport -> journal.
+
+Decisions live elsewhere (what to send: planner and journal state; when: pacing; what an
+answer means: transport). The engine only orders the effects for each chunk::
+
+    reserve a slot (pacing) -> record intent durably (journal) -> send (transport)
+    -> feed pacing -> record the outcome (journal) -> emit an event
+
+Workers pull chunks straight from the plan's iterator: the event loop runs one task at a
+time and ``next()`` never awaits, so no queue is needed and the plan is never materialised.
+
+Stopping. A soft stop (first Ctrl-C, a fatal outcome, the failure budget) stops taking new
+chunks and cancels waiting (pacing sleeps, backoff) at once; requests already in flight get
+``grace`` seconds to answer. A hard stop (second Ctrl-C, or the grace running out) cancels
+them: their outcome is unknown, so they are recorded as held. Either way the journal is
+flushed before :meth:`Engine.run` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+
+from bulkrerun.chunk import Chunk
+from bulkrerun.clock import Clock, SystemClock
+from bulkrerun.errors import AuthRefused, BudgetExhausted, Fatal
+from bulkrerun.events import EventSink, Retrying, Sent, Settled, Stopping, ignore
+from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.pacing import Pacer
+from bulkrerun.transport import Transport
+
+INTERRUPTED = Outcome(Kind.HELD, reason="interrupted mid-flight: unknown whether it ran")
+NOT_SENT = Outcome(Kind.RETRY, reason="stopped before sending")
+
+
+class JournalSink(Protocol):
+    """What the engine needs of the journal (``bulkrerun.journal.Journal`` provides it)."""
+
+    async def intend(self, chunk: Chunk, attempt: int, wall: float) -> None: ...
+
+    def outcome(
+        self, chunk: Chunk, attempt: int, outcome: Outcome, wall: float, state: str
+    ) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    """What happened in this run (units, not chunks, for done/failed/held/pending)."""
+
+    done: int = 0
+    failed: int = 0
+    held: int = 0
+    pending: int = 0
+    chunks: int = 0
+    stop_reason: str | None = None
+    fatal: Fatal | None = None
+    interrupted: bool = False
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    """Runs one plan. Create, then ``await run()``; ``stop()`` may be called from a signal
+    handler task."""
+
+    def __init__(
+        self,
+        chunks: Iterator[Chunk],
+        *,
+        transport: Transport,
+        journal: JournalSink,
+        pacer: Pacer,
+        max_inflight: int,
+        clock: Clock | None = None,
+        on_event: EventSink = ignore,
+        grace: float = 5.0,
+    ) -> None:
+        self._chunks = chunks
+        self._transport = transport
+        self._journal = journal
+        self._pacer = pacer
+        self._clock = clock or SystemClock()
+        self._emit = on_event
+        self._max_inflight = max_inflight
+        self._grace = grace
+        self._stopping = False
+        self._stop_event = anyio.Event()
+        self._waits: set[anyio.CancelScope] = set()  # cancelled on soft stop: waits end at once
+        self._inflight = anyio.CancelScope()  # cancelled on hard stop: sends end at once
+        self.result = RunResult()
+
+    # -- control ----------------------------------------------------------------------------
+
+    def stop(self, reason: str, *, hard: bool = False) -> None:
+        """Stop taking chunks (soft) or also abandon requests in flight (hard)."""
+        if not self._stopping or hard:
+            self._emit(Stopping(reason, hard))
+        if not self._stopping:
+            self._stopping = True
+            self.result.stop_reason = reason
+            self._stop_event.set()
+        for scope in self._waits:
+            scope.cancel()
+        if hard:
+            self._inflight.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        try:
+            with self._inflight:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._grace_watch)
+                    async with anyio.create_task_group() as workers:
+                        for _ in range(self._max_inflight):
+                            workers.start_soon(self._worker)
+                    outer.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._journal.flush()
+        return self.result
+
+    async def _grace_watch(self) -> None:
+        """After a soft stop, give requests in flight ``grace`` seconds, then cut them off."""
+        await self._stop_event.wait()
+        await anyio.sleep(self._grace)
+        self._inflight.cancel()
+
+    async def _worker(self) -> None:
+        while not self._stopping:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return
+            self.result.chunks += 1
+            await self._one(chunk)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep unless stopping; False when a stop came first or cut the wait short."""
+        if seconds > 0 and not self._stopping:
+            scope = anyio.CancelScope()
+            self._waits.add(scope)
+            try:
+                with scope:
+                    await self._clock.sleep(seconds)
+            finally:
+                self._waits.discard(scope)
+        return not self._stopping
+
+    async def _one(self, chunk: Chunk) -> None:
+        """Every attempt of one chunk, until it settles."""
+        pacer, clock, journal = self._pacer, self._clock, self._journal
+        attempt = 1
+        while True:
+            if not await self._admitted():
+                self._settle(chunk, "pending", None, attempt - 1)
+                return
+            # The intent must be durable before the request leaves; a hard stop must not
+            # leave it half-written, so it is shielded. It is quick (one group commit).
+            with anyio.CancelScope(shield=True):
+                await journal.intend(chunk, attempt, clock.wall())
+            if self._stopping:  # stopped while the intent was committed: it was not sent
+                journal.outcome(chunk, attempt, NOT_SENT, clock.wall(), "pending")
+                self._settle(chunk, "pending", None, attempt - 1)
+                return
+            self._emit(Sent(chunk, attempt))
+            sent_at = clock.now()
+            outcome = INTERRUPTED
+            try:
+                outcome = await self._transport.send(chunk)
+            finally:
+                # A hard stop cancels the send: the outcome stays INTERRUPTED, recorded held.
+                pacer.on_outcome(outcome, clock.now(), sent_at)
+                state, delay = self._decide(outcome, attempt)
+                journal.outcome(chunk, attempt, outcome, clock.wall(), state)
+                if state != "retry":
+                    self._settle(chunk, state, outcome, attempt)
+            if state != "retry":
+                return
+            self._emit(Retrying(chunk, attempt, outcome, delay))
+            if not await self._wait(delay):
+                journal.outcome(chunk, attempt, outcome, clock.wall(), "pending")
+                self._settle(chunk, "pending", outcome, attempt)
+                return
+            attempt += 1
+
+    async def _admitted(self) -> bool:
+        """Wait for a send slot: book one, sleep until it, and have it confirmed right before
+        sending (the rate may have dropped or the breaker opened meanwhile). False: stopping."""
+        pacer, clock = self._pacer, self._clock
+        while True:
+            delay = pacer.reserve(clock.now())
+            if not await self._wait(delay):
+                return False
+            if pacer.admit(clock.now()):
+                return True
+            if delay <= 0:
+                await clock.sleep(0)  # refused without a wait: let the others run first
+
+    def _decide(self, outcome: Outcome, attempt: int) -> tuple[str, float]:
+        """The journal state for this attempt's outcome, and the delay before the next
+        attempt when it is ``retry``. Trips the stop on a fatal outcome."""
+        kind = outcome.kind
+        if kind is Kind.DONE:
+            return "done", 0.0
+        if kind is Kind.FAILED:
+            return "failed", 0.0
+        if kind is Kind.HELD:
+            return "held", 0.0
+        if kind is Kind.FATAL:
+            if self.result.fatal is None:
+                detail = " ".join(
+                    str(x) for x in (outcome.status, outcome.error_code, outcome.error_msg) if x
+                )
+                self.result.fatal = AuthRefused(
+                    f"the service refused our credentials or permissions ({detail}); "
+                    "nothing it refused was acted on. Fix the credentials "
+                    "(BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN, and the project ID) "
+                    "and run the same command again."
+                )
+            self.stop("authentication or permission refused")
+            return "pending", 0.0
+        # RETRY: not acted on. A stop leaves it pending; running out of attempts or of the
+        # retry budget makes it failed (so --retry-failed sends it again later).
+        if self._stopping:
+            return "pending", 0.0
+        delay = self._pacer.retry_delay(outcome, attempt)
+        if delay is None:
+            return "failed", 0.0
+        return "retry", delay
+
+    def _settle(self, chunk: Chunk, state: str, outcome: Outcome | None, attempts: int) -> None:
+        n = len(chunk.units)
+        r = self.result
+        if state == "done":
+            r.done += n
+        elif state == "failed":
+            r.failed += n
+            code = "?"
+            if outcome is not None:
+                code = outcome.error_code or (str(outcome.status) if outcome.status else "")
+                code = code or outcome.reason
+            r.failed_by_code[code] = r.failed_by_code.get(code, 0) + n
+        elif state == "held":
+            r.held += n
+        else:
+            r.pending += n
+        self._emit(Settled(chunk, state, outcome, attempts))
+        reason = self._pacer.stop_reason()
+        if reason is not None and r.fatal is None:
+            r.fatal = BudgetExhausted(
+                f"{reason}. The rest was not sent; look at the failures "
+                "(bulkrerun report JOURNAL) before resuming."
+            )
+            self.stop(reason)

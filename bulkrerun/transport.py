@@ -1,0 +1,266 @@
+"""The one place where HTTP happens and where its results become :class:`Outcome` kinds.
+
+Every response status and every aiohttp error is translated here, and only here, into one
+of the outcome kinds of :mod:`bulkrerun.outcome`. The table (also in the README):
+
+=======================================  ========  ==============================================
+what came back                           kind      why
+=======================================  ========  ==============================================
+2xx                                      DONE      the service accepted the rerun
+401, 403                                 FATAL     credentials or permissions: every later request
+                                                   would fail the same way; abort, units pending
+429                                      RETRY     throttled at the gateway before the service
+408, 502, 503                            RETRY     the gateway did not get the request to the back
+                                                   end (or asks to send again): nothing started
+other 4xx (400 ``DLF.*``, 404, ...)      FAILED    a definite refusal; sending it again unchanged
+                                                   gets the same answer
+500, 504, other 5xx                      HELD      the back end may have started the rerun
+connect error, connect timeout           RETRY     the request never left this machine
+read timeout, connection lost after      HELD      the request was written; whether the service
+writing, broken response                           acted is unknown, and a rerun sent twice runs
+                                                   twice
+=======================================  ========  ==============================================
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+from urllib.parse import urlencode
+
+import aiohttp
+from yarl import URL
+
+from bulkrerun import signing
+from bulkrerun.chunk import Chunk
+from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.pacing import parse_retry_after
+from bulkrerun.planner import request_headers, request_path
+
+RETRY_STATUSES = frozenset({408, 429, 502, 503})
+FATAL_STATUSES = frozenset({401, 403})
+MAX_ERROR_BODY = 64 * 1024  # an error body larger than this is cut: messages, not payloads
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """How requests are authenticated: AK/SK signing, an IAM token, or (fake server) nothing."""
+
+    aksk: signing.AkSk | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        out = [s for s in (self.token,) if s]
+        if self.aksk is not None:
+            out += [s for s in (self.aksk.sk, self.aksk.security_token) if s]
+        return out
+
+
+class Transport(Protocol):
+    """What the engine needs: send one chunk, get one outcome. Never raises for HTTP trouble."""
+
+    async def send(self, chunk: Chunk) -> Outcome: ...
+
+
+def classify_status(
+    status: int, body: bytes, headers: Mapping[str, str], wall: float, secrets: list[str]
+) -> Outcome:
+    """Pure: a response's status, body and headers to an outcome (see the module table)."""
+    request_id = headers.get("X-Request-Id") or headers.get("x-request-id")
+    if 200 <= status < 300:
+        return Outcome(Kind.DONE, status=status, request_id=request_id, reason="accepted")
+    code, msg = _error_fields(body, secrets)
+    retry_after = None
+    if status in RETRY_STATUSES:
+        kind = Kind.RETRY
+        if (value := headers.get("Retry-After")) is not None:
+            retry_after = parse_retry_after(value, wall)
+        reason = "throttled" if status == 429 else "service unavailable, not acted on"
+    elif status in FATAL_STATUSES:
+        kind, reason = Kind.FATAL, "authentication or permission refused"
+    elif status < 500:
+        kind, reason = Kind.FAILED, "refused by the service"
+    else:
+        kind, reason = Kind.HELD, "server error: the rerun may have started"
+    return Outcome(
+        kind,
+        status=status,
+        error_code=code,
+        error_msg=msg,
+        request_id=request_id,
+        retry_after=retry_after,
+        reason=reason,
+    )
+
+
+def classify_exception(exc: BaseException) -> Outcome:
+    """Pure: an aiohttp or OS error to an outcome. Errors that happen before the request can
+    have been written are RETRY; every other one leaves the outcome unknown (HELD)."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+        return Outcome(Kind.RETRY, reason=f"could not connect ({name})")
+    if isinstance(exc, aiohttp.SocketTimeoutError | TimeoutError):
+        return Outcome(Kind.HELD, reason="timeout after sending: unknown whether it ran")
+    return Outcome(Kind.HELD, reason=f"connection lost after sending ({name})")
+
+
+def _error_fields(body: bytes, secrets: list[str]) -> tuple[str | None, str | None]:
+    if not body:
+        return None, None
+    try:
+        parsed = json.loads(body[:MAX_ERROR_BODY])
+    except ValueError:
+        text = body[:500].decode("utf-8", "replace")
+        return None, signing.scrub(text, secrets)
+    if not isinstance(parsed, dict):
+        return None, signing.scrub(str(parsed)[:500], secrets)
+    code = parsed.get("error_code")
+    msg = parsed.get("error_msg")
+    return (
+        str(code) if code is not None else None,
+        signing.scrub(str(msg), secrets) if msg is not None else None,
+    )
+
+
+def ssl_context(verify: bool, ca_bundle: Path | None) -> ssl.SSLContext | bool:
+    """TLS as the operator asked: verified against the system store (default) or a CA file."""
+    if not verify:
+        return False
+    if ca_bundle is not None:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    return True
+
+
+class HttpTransport:
+    """One aiohttp session per run, its pool sized to the in-flight limit."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        project_id: str,
+        auth: Auth,
+        timeout: float = 30.0,
+        max_inflight: int = 16,
+        verify_tls: bool = True,
+        ca_bundle: Path | None = None,
+        wall: Any = time.time,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.project_id = project_id
+        self.auth = auth
+        self._secrets = auth.secrets()
+        self._wall = wall
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout, sock_read=timeout, connect=timeout
+        )
+        self._max_inflight = max_inflight
+        self._ssl = ssl_context(verify_tls, ca_bundle)
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, tuple[str, URL]] = {}
+        self._headers: dict[str, dict[str, str]] = {}
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_inflight, limit_per_host=self._max_inflight, ssl=self._ssl
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            # No cookies, no compression negotiation: the service answers tiny bodies.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            headers={"User-Agent": "bulkrerun"},
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, job_name: str) -> tuple[str, URL]:
+        """The URL as signed (str) and as sent: ``encoded=True`` keeps yarl from re-quoting
+        the path, which would change what the signature covers."""
+        pair = self._urls.get(job_name)
+        if pair is None:
+            url = self.endpoint + request_path(self.project_id, job_name)
+            pair = self._urls[job_name] = (url, URL(url, encoded=True))
+        return pair
+
+    def _base_headers(self, workspace: str) -> dict[str, str]:
+        h = self._headers.get(workspace)
+        if h is None:
+            h = self._headers[workspace] = request_headers(workspace, self.project_id)
+            if self.auth.token and self.auth.aksk is None:
+                h["X-Auth-Token"] = self.auth.token
+        return h
+
+    def sign(self, method: str, url: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+        """The headers to send: AK/SK-signed when AK/SK is configured."""
+        if self.auth.aksk is None:
+            return headers
+        return signing.sign(method, url, headers, body, self.auth.aksk, self._wall())
+
+    async def send(self, chunk: Chunk) -> Outcome:
+        url, wire = self._url(chunk.job_name)
+        headers = self.sign("POST", url, self._base_headers(chunk.workspace), chunk.body)
+        outcome, _ = await self._request("POST", wire, headers, chunk.body)
+        return outcome
+
+    async def get_json(
+        self, path: str, query: Mapping[str, str | int], workspace: str
+    ) -> tuple[Outcome, Any]:
+        """A signed GET (the instance-list API): the outcome and, when DONE, the parsed body."""
+        url = f"{self.endpoint}{path}?{urlencode(sorted(query.items()))}"
+        headers = self.sign("GET", url, self._base_headers(workspace), b"")
+        return await self._request("GET", URL(url, encoded=True), headers, None, want_body=True)
+
+    async def _request(
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        want_body: bool = False,
+    ) -> tuple[Outcome, Any]:
+        assert self._session is not None, "use HttpTransport as an async context manager"
+        started = time.perf_counter()
+        parsed: Any = None
+        try:
+            async with self._session.request(method, url, data=body, headers=headers) as resp:
+                status = resp.status
+                try:
+                    data = await resp.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    if 200 <= status < 300 and not want_body:
+                        data = b""  # the status line already said accepted
+                    else:
+                        elapsed = time.perf_counter() - started
+                        return _with_elapsed(classify_exception(exc), elapsed), None
+                outcome = classify_status(status, data, resp.headers, self._wall(), self._secrets)
+                if want_body and outcome.kind is Kind.DONE:
+                    try:
+                        parsed = json.loads(data)
+                    except ValueError:
+                        outcome = Outcome(
+                            Kind.RETRY, status=status, reason="unreadable answer from the service"
+                        )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            outcome = classify_exception(exc)
+        return _with_elapsed(outcome, time.perf_counter() - started), parsed
+
+
+def _with_elapsed(o: Outcome, elapsed: float) -> Outcome:
+    return Outcome(
+        o.kind, o.status, o.error_code, o.error_msg, o.request_id, o.retry_after, o.reason, elapsed
+    )

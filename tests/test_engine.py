@@ -1,0 +1,215 @@
+"""The engine against a tiny in-process transport and journal: ordering of effects, retries,
+stops. The real fake service over sockets is exercised in test_run_e2e.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from bulkrerun.chunk import Chunk, canonical_json, chunk_id
+from bulkrerun.clock import FakeClock
+from bulkrerun.engine import Engine
+from bulkrerun.errors import AuthRefused, BudgetExhausted
+from bulkrerun.events import Event, Retrying, Settled, Stopping
+from bulkrerun.outcome import DONE, Kind, Outcome
+from bulkrerun.pacing import Pacer, PacingConfig
+
+pytestmark = pytest.mark.anyio
+
+
+def chunks(n: int) -> Iterator[Chunk]:
+    for i in range(n):
+        body = canonical_json({"begin_time": 1_732_600_000_000 + i, "concurrent": 1})
+        cid = chunk_id("job", "ws", body)
+        yield Chunk(cid, "window", "window[0]", "job", "ws", body, (cid,))
+
+
+class MemoryJournal:
+    """Records calls in order; ``durable`` holds intents that `intend` has returned for."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, int, str]] = []
+        self.durable: set[tuple[str, int]] = set()
+
+    async def intend(self, chunk: Chunk, attempt: int, wall: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.durable.add((chunk.id, attempt))
+        self.log.append(("intent", chunk.id, attempt, ""))
+
+    def outcome(
+        self, chunk: Chunk, attempt: int, outcome: Outcome, wall: float, state: str
+    ) -> None:
+        self.log.append(("outcome", chunk.id, attempt, state))
+
+    async def flush(self) -> None:
+        self.log.append(("flush", "", 0, ""))
+
+    def states(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for kind, cid, _, state in self.log:
+            if kind == "outcome":
+                out[cid] = state
+            elif kind == "intent":
+                out[cid] = "held"
+        return out
+
+
+class ScriptedTransport:
+    """Answers from a script per chunk (default DONE); asserts intent came first."""
+
+    def __init__(self, journal: MemoryJournal, script: dict[int, list[Outcome]] | None = None):
+        self.journal = journal
+        self.script = script or {}
+        self.sent: list[tuple[str, int]] = []
+        self.order: dict[str, int] = {}
+        self.block = anyio.Event()
+        self.blocking = False
+
+    async def send(self, chunk: Chunk) -> Outcome:
+        n = self.order.setdefault(chunk.id, len(self.order))
+        attempt = sum(1 for c, _ in self.sent if c == chunk.id) + 1
+        assert (chunk.id, attempt) in self.journal.durable, "sent before its intent was durable"
+        self.sent.append((chunk.id, attempt))
+        if self.blocking:
+            await self.block.wait()
+        await anyio.lowlevel.checkpoint()
+        script = self.script.get(n, [])
+        return script[attempt - 1] if attempt <= len(script) else DONE
+
+
+def engine_for(
+    n: int,
+    transport: ScriptedTransport,
+    journal: MemoryJournal,
+    events: list[Event],
+    **pacing: object,
+) -> Engine:
+    cfg = PacingConfig(**{"rate": 1000.0, "burst": 10, **pacing})  # type: ignore[arg-type]
+    return Engine(
+        chunks(n),
+        transport=transport,
+        journal=journal,
+        pacer=Pacer(cfg),
+        max_inflight=4,
+        clock=FakeClock(),
+        on_event=events.append,
+        grace=0.2,
+    )
+
+
+async def test_every_chunk_done_with_intent_first() -> None:
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal)
+    events: list[Event] = []
+    result = await engine_for(25, transport, journal, events).run()
+    assert result.done == 25 and result.failed == result.held == result.pending == 0
+    assert len(transport.sent) == 25
+    assert set(journal.states().values()) == {"done"}
+    assert journal.log[-1][0] == "flush"
+    assert sum(isinstance(e, Settled) for e in events) == 25
+
+
+async def test_retry_then_done_and_give_up_is_failed() -> None:
+    journal = MemoryJournal()
+    busy = Outcome(Kind.RETRY, status=503, reason="unavailable")
+    transport = ScriptedTransport(journal, {0: [busy, busy, DONE], 1: [busy] * 10})
+    events: list[Event] = []
+    result = await engine_for(3, transport, journal, events, max_attempts=3).run()
+    first, second, _ = list(transport.order)
+    assert [a for c, a in transport.sent if c == first] == [1, 2, 3]
+    assert [a for c, a in transport.sent if c == second] == [1, 2, 3]
+    states = journal.states()
+    assert states[first] == "done" and states[second] == "failed"
+    assert result.done == 2 and result.failed == 1
+    retries = [e for e in events if isinstance(e, Retrying)]
+    assert len(retries) == 4 and all(e.delay > 0 for e in retries)
+
+
+async def test_auth_refusal_aborts_and_leaves_pending() -> None:
+    journal = MemoryJournal()
+    denied = Outcome(Kind.FATAL, status=401, error_code="APIG.0301", reason="auth")
+    transport = ScriptedTransport(journal, {i: [denied] for i in range(100)})
+    events: list[Event] = []
+    engine = engine_for(100, transport, journal, events)
+    result = await engine.run()
+    assert isinstance(result.fatal, AuthRefused)
+    assert len(transport.sent) <= 4  # only what was already in flight
+    assert result.done == 0 and result.pending == len(transport.sent)
+    assert set(journal.states().values()) == {"pending"}
+    assert any(isinstance(e, Stopping) for e in events)
+
+
+async def test_soft_stop_finishes_inflight_and_sends_nothing_new() -> None:
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal)
+    transport.blocking = True
+    events: list[Event] = []
+    engine = engine_for(50, transport, journal, events)
+    result = None
+
+    async with anyio.create_task_group() as tg:
+
+        async def stopper() -> None:
+            while len(transport.sent) < 4:
+                await anyio.lowlevel.checkpoint()
+            engine.stop("test")
+            transport.block.set()
+
+        tg.start_soon(stopper)
+        result = await engine.run()
+    assert result is not None
+    assert len(transport.sent) == 4
+    assert result.done == 4 and result.held == 0
+
+
+async def test_hard_stop_records_inflight_as_held() -> None:
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal)
+    transport.blocking = True  # never answers
+    events: list[Event] = []
+    engine = engine_for(50, transport, journal, events)
+
+    async with anyio.create_task_group() as tg:
+
+        async def stopper() -> None:
+            while len(transport.sent) < 4:
+                await anyio.lowlevel.checkpoint()
+            engine.stop("first ctrl-c")
+            engine.stop("second ctrl-c", hard=True)
+
+        tg.start_soon(stopper)
+        result = await engine.run()
+    assert result.held == 4 and result.done == 0
+    assert sorted(journal.states().values()) == ["held"] * 4
+
+
+async def test_grace_runs_out_then_inflight_is_held() -> None:
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal)
+    transport.blocking = True
+    engine = engine_for(10, transport, journal, [])
+
+    async with anyio.create_task_group() as tg:
+
+        async def stopper() -> None:
+            while len(transport.sent) < 4:
+                await anyio.lowlevel.checkpoint()
+            engine.stop("ctrl-c")
+
+        tg.start_soon(stopper)
+        with anyio.fail_after(5):
+            result = await engine.run()
+    assert result.held == 4
+
+
+async def test_failure_budget_stops_the_run() -> None:
+    journal = MemoryJournal()
+    refused = Outcome(Kind.FAILED, status=400, error_code="DLF.1000", reason="refused")
+    transport = ScriptedTransport(journal, {i: [refused] for i in range(1000)})
+    result = await engine_for(200, transport, journal, [], max_failure_ratio=0.5, canary=10).run()
+    assert isinstance(result.fatal, BudgetExhausted)
+    assert len(transport.sent) < 20
+    assert result.failed_by_code == {"DLF.1000": result.failed}

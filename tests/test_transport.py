@@ -1,0 +1,207 @@
+"""The one translation of HTTP results into outcome kinds (pure parts), and the transport
+over real sockets against tiny handlers that misbehave in the ways the fake cannot."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bulkrerun.chunk import Chunk, canonical_json, chunk_id
+from bulkrerun.outcome import Kind
+from bulkrerun.signing import AkSk
+from bulkrerun.transport import Auth, HttpTransport, classify_exception, classify_status
+
+WALL = 1_732_600_000.0
+
+
+def body(code: str, msg: str) -> bytes:
+    return json.dumps({"error_code": code, "error_msg": msg}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, Kind.DONE),
+        (204, Kind.DONE),
+        (400, Kind.FAILED),
+        (404, Kind.FAILED),
+        (409, Kind.FAILED),
+        (401, Kind.FATAL),
+        (403, Kind.FATAL),
+        (408, Kind.RETRY),
+        (429, Kind.RETRY),
+        (502, Kind.RETRY),
+        (503, Kind.RETRY),
+        (500, Kind.HELD),
+        (504, Kind.HELD),
+        (599, Kind.HELD),
+    ],
+)
+def test_status_classes(status: int, kind: Kind) -> None:
+    out = classify_status(status, body("X.1", "m"), {"X-Request-Id": "r1"}, WALL, [])
+    assert out.kind is kind
+    assert out.status == status
+    assert out.request_id == "r1"
+
+
+def test_refusal_carries_code_message_and_request_id() -> None:
+    out = classify_status(
+        400, body("DLF.1000", "Failed to find the job."), {"X-Request-Id": "abc"}, WALL, []
+    )
+    assert (out.error_code, out.error_msg, out.request_id) == (
+        "DLF.1000",
+        "Failed to find the job.",
+        "abc",
+    )
+
+
+def test_retry_after_seconds_and_date() -> None:
+    assert classify_status(429, b"", {"Retry-After": "3"}, WALL, []).retry_after == 3.0
+    date = "Tue, 26 Nov 2024 05:46:50 GMT"  # WALL + 10 s
+    out = classify_status(503, b"", {"Retry-After": date}, WALL, [])
+    assert out.retry_after == pytest.approx(10.0, abs=1.0)
+
+
+def test_signature_error_is_scrubbed() -> None:
+    secret = "SECRET-TOKEN-VALUE-123"
+    msg = (
+        "Incorrect IAM authentication information: verify aksk signature fail, "
+        f"canonicalRequest: POST\n/v2/\n\nx-security-token:{secret}\n"
+    )
+    out = classify_status(401, body("APIG.0301", msg), {}, WALL, [secret])
+    assert out.kind is Kind.FATAL
+    assert secret not in (out.error_msg or "")
+
+
+def test_non_json_error_body_is_kept_as_text() -> None:
+    out = classify_status(502, b"<html>bad gateway</html>", {}, WALL, [])
+    assert out.kind is Kind.RETRY
+    assert "bad gateway" in (out.error_msg or "")
+
+
+def test_exception_classes() -> None:
+    key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
+    refused = aiohttp.ClientConnectorError(key, OSError(111, "refused"))
+    assert classify_exception(refused).kind is Kind.RETRY
+    assert classify_exception(aiohttp.ConnectionTimeoutError()).kind is Kind.RETRY
+    assert classify_exception(aiohttp.SocketTimeoutError()).kind is Kind.HELD
+    assert classify_exception(TimeoutError()).kind is Kind.HELD
+    assert classify_exception(aiohttp.ServerDisconnectedError()).kind is Kind.HELD
+    assert classify_exception(aiohttp.ClientPayloadError("x")).kind is Kind.HELD
+
+
+def a_chunk(job: str = "job é/1") -> Chunk:
+    b = canonical_json({"retry_location": "errorNode"})
+    cid = chunk_id(job, "ws", b)
+    return Chunk(cid, "window", "window[0]", job, "ws", b, (cid,))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def serve(handler: object) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.anyio
+async def test_read_timeout_after_sending_is_held() -> None:
+    import anyio
+
+    async def slow(request: web.Request) -> web.Response:
+        await anyio.sleep(5)
+        return web.Response()
+
+    runner, url = await serve(slow)
+    try:
+        t = HttpTransport(endpoint=url, project_id="p", auth=Auth(token="t"), timeout=0.3)
+        async with t:
+            out = await t.send(a_chunk())
+        assert out.kind is Kind.HELD
+        assert "timeout" in out.reason
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_connection_refused_is_retry() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response()
+
+    runner, url = await serve(ok)
+    await runner.cleanup()  # nothing listens there any more
+    t = HttpTransport(endpoint=url, project_id="p", auth=Auth(token="t"), timeout=2)
+    async with t:
+        out = await t.send(a_chunk())
+    assert out.kind is Kind.RETRY
+
+
+@pytest.mark.anyio
+async def test_headers_path_and_token_on_the_wire() -> None:
+    seen: list[web.Request] = []
+
+    async def ok(request: web.Request) -> web.Response:
+        seen.append(request)
+        await request.read()
+        return web.Response(headers={"X-Request-Id": "rid-1"})
+
+    runner, url = await serve(ok)
+    try:
+        t = HttpTransport(endpoint=url, project_id="proj", auth=Auth(token="tok"), timeout=2)
+        async with t:
+            out = await t.send(a_chunk())
+        assert out.kind is Kind.DONE and out.request_id == "rid-1"
+        req = seen[0]
+        assert req.raw_path == "/v2/proj/factory/jobs/job%20%C3%A9%2F1/instances/retry"
+        assert req.headers["workspace"] == "ws"
+        assert req.headers["X-Project-Id"] == "proj"
+        assert req.headers["X-Auth-Token"] == "tok"
+        assert req.headers["Content-Type"] == "application/json;charset=UTF-8"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_signed_request_verifies_on_the_server_side() -> None:
+    from bulkrerun.signing import verify
+
+    verdicts = []
+
+    async def check(request: web.Request) -> web.Response:
+        data = await request.read()
+        path, _, query = request.raw_path.partition("?")
+        verdicts.append(
+            verify(
+                request.method,
+                path,
+                query,
+                request.headers,
+                data,
+                keys={"AK1": "SK1"},
+                wall=__import__("time").time(),
+            )
+        )
+        return web.json_response({"total": 0})
+
+    runner, url = await serve(check)
+    try:
+        t = HttpTransport(endpoint=url, project_id="p", auth=Auth(aksk=AkSk("AK1", "SK1")))
+        async with t:
+            assert (await t.send(a_chunk("odd name+/é"))).kind is Kind.DONE
+            outcome, parsed = await t.get_json("/v2/p/x", {"b": "1 2", "a": 3}, "ws")
+            assert outcome.kind is Kind.DONE
+        assert parsed == {"total": 0}
+        assert len(verdicts) == 2 and all(v.ok for v in verdicts), verdicts
+    finally:
+        await runner.cleanup()
