@@ -1,0 +1,90 @@
+"""Faults the fake service injects: a server-side rate limit and seeded random refusals.
+
+Both are pure decisions: the token bucket is arithmetic on the ``now`` it is given (the
+server's clock, a :class:`~bulkrerun.clock.FakeClock` in tests, so a rate-limit test asserts
+exact outcomes), and the dice are one ``random.Random(seed)``, so a seeded run refuses the same
+requests in the same order every time. The dice are rolled only for faults that are switched
+on, so turning one fault on does not change the sequence another one sees.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+__all__ = ["Dice", "TokenBucket", "throttle_message"]
+
+# Two monotonic readings far from zero lose a few ulps when subtracted: a request that
+# arrives exactly one interval after the previous one must still find its token.
+_EPSILON = 1e-9
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up.
+
+    The bucket starts full. Each request takes one token; a request that finds less than one
+    is refused and takes nothing (the gateway counts what it lets through, not what it
+    refuses, so a client hammering a throttled API still gets through at the limit rate).
+    """
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate = {rate}: must be more than 0 per second")
+        if burst < 1:
+            raise ValueError(f"burst = {burst}: must be 1 or more")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Take a token at time ``now`` (seconds, monotonic); ``False`` if there is none."""
+        if self._last is not None:
+            # Refill for the time elapsed since the last request, capped at the burst size.
+            elapsed = max(0.0, now - self._last)
+            self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
+        self._last = now
+        if self._tokens >= 1.0 - _EPSILON:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def retry_after(self) -> int:
+        """Whole seconds until a token is back, at least 1 (``Retry-After`` is in seconds)."""
+        missing = max(0.0, 1.0 - self._tokens)
+        return max(1, math.ceil(missing / self.rate))
+
+
+def throttle_message(limit: float) -> str:
+    """The gateway's 429 message, with ``limit`` requests per second."""
+    shown = str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
+    return (
+        "The throttling threshold has been reached: "
+        f"policy user over ratelimit,limit:{shown},time:1 second"
+    )
+
+
+class Dice:
+    """Seeded random faults: 429, 5xx and dropping the connection after acceptance."""
+
+    __slots__ = ("_random", "p5xx", "p429", "p_drop")
+
+    def __init__(self, seed: int | None, p429: float, p5xx: float, p_drop: float) -> None:
+        for name, p in (("p429", p429), ("p5xx", p5xx), ("drop_after_accept", p_drop)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} = {p}: must be a probability, 0..1")
+        self._random = random.Random(seed)
+        self.p429 = p429
+        self.p5xx = p5xx
+        self.p_drop = p_drop
+
+    def throttle(self) -> bool:
+        return self.p429 > 0.0 and self._random.random() < self.p429
+
+    def unavailable(self) -> bool:
+        return self.p5xx > 0.0 and self._random.random() < self.p5xx
+
+    def drop(self) -> bool:
+        return self.p_drop > 0.0 and self._random.random() < self.p_drop
