@@ -1,0 +1,1146 @@
+"""The manifest: which job instances to rerun, read and validated in full before anything is sent.
+
+A manifest is TOML (or JSON with the same structure, chosen by the ``.json`` suffix) holding
+``[defaults]`` and any number of ``[[window]]`` (mode B), ``[[instances]]`` (mode A) and
+``[[select]]`` entries; see CONTRACT.md. :func:`load_manifest` turns it into a
+:class:`Manifest` of frozen entries with the defaults merged in and every time converted to
+epoch milliseconds, which is all the planner needs.
+
+Validation is total. A rerun cannot be taken back, so a typo must never silently change what
+is sent: unknown keys are errors, booleans must be booleans, and every problem of every entry
+and of every instance file is collected before one :class:`~bulkrerun.errors.ManifestError`
+is raised. Each problem is one sentence of the form::
+
+    demo.toml: window[3].concurrent = 300: must be 1..128
+    demo.toml: instances[1].file: failed.csv:17: plan_time = 173260158000: must be 13-digit ...
+
+naming the manifest as the user wrote it, the entry, the field (and for instance files, the
+file and line) and what is allowed.
+
+How: pydantic models (strict, ``extra="forbid"``) check the *shape* of each part separately,
+so that one broken entry does not hide the problems of the next. Every leaf value goes
+through a small validator of ours that raises a sentence rather than pydantic's wording, and
+pydantic's own structural errors (missing, unknown key, not a list) are translated in
+:func:`_translate`, the one place that knows pydantic's error types. A second, semantic pass
+then merges the defaults, resolves times in their time zone and checks what spans fields
+(``end`` after ``begin``, ``items`` xor ``file``) and reads the instance files.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as time_of_day
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from bulkrerun.errors import ManifestError
+
+__all__ = [
+    "INSTANCE_FIELDS",
+    "RETRY_LOCATIONS",
+    "RETRY_TASK_VERSIONS",
+    "STATUSES",
+    "Entry",
+    "EntryBase",
+    "Instance",
+    "InstancesEntry",
+    "Manifest",
+    "SelectEntry",
+    "WindowEntry",
+    "iter_instances",
+    "load_manifest",
+    "parse_span",
+]
+
+RETRY_LOCATIONS = ("firstNode", "errorNode", "specifiedNode")
+RETRY_TASK_VERSIONS = ("original_version", "current_version")
+STATUSES = (
+    "waiting",
+    "running",
+    "success",
+    "fail",
+    "running-exception",
+    "pause",
+    "manual-stop",
+    "skip-by-depend",
+    "freeze",
+)
+INSTANCE_FIELDS = ("job_id", "plan_time", "submit_time")
+
+CONCURRENT_RANGE = (1, 128)
+BATCH_RANGE = (1, 1000)
+DEFAULT_BATCH = 100
+DEFAULT_STATUSES = ("fail",)
+# The instance-list API searches at most one month of plan times.
+MAX_SELECT_SPAN_MS = 31 * 86_400_000
+# The API takes 13-digit epoch milliseconds: 2001-09-09 to 2286-11-20.
+MS_LOW, MS_HIGH = 10**12, 10**13
+# A broken million-line file would otherwise bury the other problems.
+MAX_PROBLEMS_PER_FILE = 20
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_SPAN = re.compile(r"([0-9]+)([smhd])")
+_SPAN_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_SPAN_HINT = 'a span like "30s", "15m", "1h" or "1d" (a positive integer and one unit: s, m, h, d)'
+_TIME_HINT = (
+    "an ISO 8601 time like 2024-11-26T08:00:00+08:00, or 13-digit epoch milliseconds "
+    "like 1732579200000"
+)
+_CSV_SUFFIXES = (".csv",)
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the planner gets
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One job instance to rerun in mode A, as the instance-list API reports it."""
+
+    job_id: int
+    plan_time: int
+    submit_time: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryBase:
+    """What every entry carries, with ``[defaults]`` already merged in."""
+
+    label: str
+    workspace: str
+    retry_location: str
+    retry_task_version: str
+    ignore_obs_monitor: bool = True
+    node_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowEntry(EntryBase):
+    """Mode B: ``job_name`` (and ``jobs``) over ``[begin_ms, end_ms)`` cut into ``chunk_ms``."""
+
+    job_name: str
+    begin_ms: int
+    end_ms: int
+    chunk_ms: int
+    concurrent: int = 1
+    jobs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstancesEntry(EntryBase):
+    """Mode A: given instances of ``job_name``, either inline (``items``) or in ``file``.
+
+    ``file`` is resolved (against the manifest's folder, then made absolute, so a later
+    change of the working directory does not matter); ``file_name`` is the file as the
+    manifest spells it, for messages.
+    """
+
+    job_name: str
+    batch: int = DEFAULT_BATCH
+    items: tuple[Instance, ...] = ()
+    file: Path | None = None
+    file_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelectEntry(EntryBase):
+    """Instances of ``job_names`` with one of ``statuses`` and a plan time in
+    ``[begin_ms, end_ms)``, found through the instance-list API and rerun in mode A."""
+
+    job_names: tuple[str, ...]
+    begin_ms: int
+    end_ms: int
+    statuses: tuple[str, ...] = DEFAULT_STATUSES
+    batch: int = DEFAULT_BATCH
+
+
+Entry = WindowEntry | InstancesEntry | SelectEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A validated manifest.
+
+    ``text`` and ``sha256`` are the raw file (the journal keeps a copy); ``files`` maps each
+    instance file read (resolved path) to the SHA-256 of its bytes. ``warnings`` are things
+    that are allowed but probably not meant (overlapping windows of one job).
+    """
+
+    path: Path
+    text: str
+    sha256: str
+    files: dict[str, str]
+    entries: tuple[Entry, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def parse_span(text: str) -> int:
+    """``"15m"`` -> 900000. Spans are fixed durations (``1d`` is 24 h). Raises ValueError."""
+    match = _SPAN.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"must be {_SPAN_HINT}")
+    return int(match.group(1)) * _SPAN_MS[match.group(2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf validators: each turns one value into what we keep, or raises one sentence
+# ---------------------------------------------------------------------------------------------
+
+
+def _problem(message: str) -> PydanticCustomError:
+    # The sentence goes through the context so that braces in it are never taken as fields.
+    return PydanticCustomError("manifest", "{sentence}", {"sentence": message})
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _problem("must be a string")
+    if not value.strip():
+        raise _problem("must not be empty")
+    if value != value.strip():
+        raise _problem("must not start or end with spaces")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise _problem("must not contain control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, possible in JSON ("\ud800")
+        raise _problem("must be valid Unicode text") from None
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _problem("must be true or false")
+    return value
+
+
+def _one_of(allowed: Sequence[str]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed or not isinstance(value, str):
+            raise _problem("must be one of " + " | ".join(allowed))
+        return value
+
+    return check
+
+
+def _int_between(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _problem(f"must be an integer {low}..{high}")
+        if not low <= value <= high:
+            raise _problem(f"must be {low}..{high}")
+        return value
+
+    return check
+
+
+def _job_id_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return "must be a positive integer"
+    return None
+
+
+def _epoch_ms_problem(value: Any) -> str | None:
+    """Why ``value`` is not 13-digit epoch milliseconds, with the likely fix; None if it is."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "must be 13-digit epoch milliseconds (an integer)"
+    if MS_LOW <= value < MS_HIGH:
+        return None
+    if 10**9 <= value < 10**10:
+        return f"looks like epoch seconds; write milliseconds: {value * 1000}"
+    if 10**15 <= value < 10**16:
+        return f"looks like epoch microseconds; write milliseconds: {value // 1000}"
+    return "must be 13-digit epoch milliseconds"
+
+
+def _job_id(value: Any) -> int:
+    problem = _job_id_problem(value)
+    if problem:
+        raise _problem(problem)
+    return int(value)
+
+
+def _epoch_ms(value: Any) -> int:
+    problem = _epoch_ms_problem(value)
+    if problem:
+        raise _problem(problem)
+    return int(value)
+
+
+def _aware_ms(moment: datetime) -> int:
+    """Epoch ms of an aware datetime, exactly (no float), refusing what the API cannot take."""
+    delta = moment - _EPOCH
+    if delta % _ONE_MS:
+        raise _problem("has a fraction of a millisecond; must be whole milliseconds")
+    ms = delta // _ONE_MS
+    if not MS_LOW <= ms < MS_HIGH:
+        raise _problem("must lie between 2001-09-09 and 2286-11-20 (13-digit epoch milliseconds)")
+    return ms
+
+
+def _time(value: Any) -> int | datetime:
+    """A time as written: epoch ms, or ISO 8601 (a string or a TOML date-time or date).
+
+    Times with an offset become epoch ms at once; naive ones come back as naive datetimes,
+    to be read in the entry's time zone by the semantic pass.
+    """
+    if isinstance(value, bool):
+        raise _problem(f"must be {_TIME_HINT}")
+    if isinstance(value, int):
+        return _epoch_ms(value)
+    if isinstance(value, str):
+        if value.strip().isdigit():
+            raise _problem("is a string of digits; write epoch milliseconds as a number, unquoted")
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise _problem(f"is not a time; must be {_TIME_HINT}") from None
+    elif isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime.combine(value, time_of_day())
+    else:
+        raise _problem(f"must be {_TIME_HINT}")
+    if moment.tzinfo is not None and moment.utcoffset() is not None:
+        return _aware_ms(moment)
+    return moment
+
+
+def _timezone(value: Any) -> str:
+    name = _text(value)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise _problem(
+            'unknown time zone; must be an IANA name like "Asia/Shanghai" or "UTC"'
+        ) from None
+    return name
+
+
+def _span(value: Any) -> int:
+    if not isinstance(value, str):
+        raise _problem(f"must be {_SPAN_HINT}")
+    try:
+        return parse_span(value)
+    except ValueError as exc:
+        raise _problem(str(exc)) from None
+
+
+def _statuses(value: Any) -> tuple[str, ...]:
+    # A lone string is read as a list of one: `status = "fail"` says what it means.
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list):
+        raise _problem("must be a list of statuses")
+    if not values:
+        raise _problem("must not be empty; allowed: " + " | ".join(STATUSES))
+    check = _one_of(STATUSES)
+    for item in values:
+        try:
+            check(item)
+        except PydanticCustomError:
+            raise _problem(
+                f"{json.dumps(item, default=str)} is not a status; allowed: " + " | ".join(STATUSES)
+            ) from None
+    return tuple(dict.fromkeys(values))
+
+
+Text = Annotated[str, PlainValidator(_text)]
+Boolean = Annotated[bool, PlainValidator(_boolean)]
+RetryLocation = Annotated[str, PlainValidator(_one_of(RETRY_LOCATIONS))]
+RetryTaskVersion = Annotated[str, PlainValidator(_one_of(RETRY_TASK_VERSIONS))]
+Concurrent = Annotated[int, PlainValidator(_int_between(*CONCURRENT_RANGE))]
+Batch = Annotated[int, PlainValidator(_int_between(*BATCH_RANGE))]
+JobId = Annotated[int, PlainValidator(_job_id)]
+EpochMs = Annotated[int, PlainValidator(_epoch_ms)]
+Time = Annotated[int | datetime, PlainValidator(_time)]
+TimeZone = Annotated[str, PlainValidator(_timezone)]
+Span = Annotated[int, PlainValidator(_span)]
+Statuses = Annotated[tuple[str, ...], PlainValidator(_statuses)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shape of the file (pydantic, strict, no unknown keys)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def _version(value: Any) -> int:
+    if value != 1 or isinstance(value, bool) or not isinstance(value, int):
+        raise _problem("must be 1, the only manifest version there is")
+    return 1
+
+
+class _Top(_Model):
+    # Entries stay loose here: each is checked on its own, so that one bad entry does not
+    # hide the problems of the others.
+    version: Annotated[int, PlainValidator(_version)]
+    defaults: Any = None
+    window: list[Any] = []
+    instances: list[Any] = []
+    select: list[Any] = []
+
+
+class _Common(_Model):
+    workspace: Text | None = None
+    retry_location: RetryLocation | None = None
+    retry_task_version: RetryTaskVersion | None = None
+    ignore_obs_monitor: Boolean | None = None
+    node_name: Text | None = None
+
+
+class _Defaults(_Common):
+    timezone: TimeZone | None = None
+
+
+class _JobRef(_Model):
+    job_name: Text
+    workspace_id: Text
+
+
+class _Window(_Common):
+    timezone: TimeZone | None = None
+    job_name: Text
+    begin: Time
+    end: Time
+    chunk: Span
+    concurrent: Concurrent = 1
+    jobs: list[_JobRef] | None = None
+
+
+class _Item(_Model):
+    job_id: JobId
+    plan_time: EpochMs
+    submit_time: EpochMs
+
+
+class _Instances(_Common):
+    job_name: Text
+    batch: Batch = DEFAULT_BATCH
+    items: list[_Item] | None = None
+    file: Text | None = None
+
+
+class _Select(_Common):
+    timezone: TimeZone | None = None
+    job_name: Text | None = None
+    job_names: list[Text] | None = None
+    begin: Time
+    end: Time
+    status: Statuses = DEFAULT_STATUSES
+    batch: Batch = DEFAULT_BATCH
+
+
+# What to say when a required field is missing or has the wrong type: what is allowed.
+_ALLOWED: dict[str, str] = {
+    "version": "write version = 1 at the top of the manifest",
+    "workspace": "the workspace ID, in [defaults] or in the entry",
+    "retry_location": "one of " + " | ".join(RETRY_LOCATIONS) + ", in [defaults] or in the entry",
+    "retry_task_version": "one of "
+    + " | ".join(RETRY_TASK_VERSIONS)
+    + ", in [defaults] or in the entry",
+    "job_name": "the job's name",
+    "workspace_id": "the workspace ID of that job",
+    "begin": _TIME_HINT,
+    "end": _TIME_HINT + " (exclusive)",
+    "chunk": _SPAN_HINT,
+    "job_id": "a positive integer",
+    "plan_time": "13-digit epoch milliseconds",
+    "submit_time": "13-digit epoch milliseconds",
+    "jobs": 'a list of tables like { job_name = "...", workspace_id = "..." }',
+    "items": "a list of tables like { job_id = 917567, plan_time = ..., submit_time = ... }",
+    "job_names": 'a list of job names like ["ods_orders", "ods_payments"]',
+    "defaults": "a table: [defaults]",
+    "window": "an array of tables: write [[window]]",
+    "instances": "an array of tables: write [[instances]]",
+    "select": "an array of tables: write [[select]]",
+}
+
+# pydantic's structural error types, in our words. Leaf values never reach this table: their
+# validators above already raise sentences.
+_WRONG: dict[str, str] = {
+    "list_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "tuple_type": "must be a list",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning pydantic's errors into sentences
+# ---------------------------------------------------------------------------------------------
+
+
+def _where(prefix: str, loc: Iterable[int | str]) -> str:
+    """``("jobs", 1, "workspace_id")`` under ``window[0]`` -> ``window[0].jobs[1].workspace_id``."""
+    text = prefix
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text = f"{text}.{part}" if text else part
+    return text
+
+
+def _show(value: Any) -> str:
+    """A value as the user would write it in TOML/JSON, shortened to stay on one line."""
+    if isinstance(value, (datetime, date, time_of_day)):
+        shown = value.isoformat()
+    else:
+        try:
+            shown = json.dumps(value, ensure_ascii=False, default=str)
+        except ValueError:
+            shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel]:
+    """The model whose keys are allowed at ``loc`` (which ends in the offending key)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        nested = _nested_model(field.annotation) if field else None
+        if nested is None:
+            break
+        model = nested
+    return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _translate(error: ErrorDetails, prefix: str, model: type[BaseModel]) -> str:
+    """One pydantic error as ``<entry>.<field> = <value>: <what is wrong>; <what is allowed>``."""
+    loc = error["loc"]
+    where = _where(prefix, loc)
+    kind = error["type"]
+    field = next((part for part in reversed(loc) if isinstance(part, str)), prefix)
+    if kind == "missing":
+        return f"{where}: missing; required: {_ALLOWED.get(str(field), 'a value')}"
+    if kind == "extra_forbidden":
+        allowed = list(_model_at(model, loc).model_fields)
+        key = str(loc[-1])
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"{where}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
+    shown = _show(error.get("input"))
+    if kind == "manifest":
+        return f"{where} = {shown}: {error['msg']}"
+    wrong = _WRONG.get(kind, error["msg"])
+    allowed_text = _ALLOWED.get(str(field))
+    return f"{where} = {shown}: {wrong}" + (f"; allowed: {allowed_text}" if allowed_text else "")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], data: Any, prefix: str, problems: list[str]) -> _M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_translate(error, prefix, model) for error in exc.errors())
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance files: read line by line, hashed on the way
+# ---------------------------------------------------------------------------------------------
+
+
+def _decoded_lines(raw_lines: Iterable[bytes], digest: Any | None) -> Iterator[str]:
+    """UTF-8 text lines of a binary stream, updating ``digest`` with the raw bytes.
+
+    A line that is not UTF-8 comes out as a line holding only U+FFFD, which no parser
+    accepts, so it is reported at its line number rather than aborting the read.
+    """
+    first = True
+    for raw in raw_lines:
+        if digest is not None:
+            digest.update(raw)
+        try:
+            line = raw.decode("utf-8-sig" if first else "utf-8")
+        except UnicodeDecodeError:
+            line = "\ufffd\n"
+        first = False
+        yield line
+
+
+_Row = Instance | list[str]  # an instance, or what is wrong with the line
+
+
+def _instance_from_values(values: dict[str, Any]) -> _Row:
+    problems = []
+    for name, check in (
+        ("job_id", _job_id_problem),
+        ("plan_time", _epoch_ms_problem),
+        ("submit_time", _epoch_ms_problem),
+    ):
+        problem = check(values[name])
+        if problem:
+            problems.append(f"{name} = {_show(values[name])}: {problem}")
+    if problems:
+        return problems
+    return Instance(values["job_id"], values["plan_time"], values["submit_time"])
+
+
+def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    expected = ",".join(INSTANCE_FIELDS)
+    if header is None:
+        return
+    if [cell.strip() for cell in header] != list(INSTANCE_FIELDS):
+        yield 1, [f"header = {_show(','.join(header))}: must be exactly {expected}"]
+        return
+    for row in reader:
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(INSTANCE_FIELDS):
+            yield line, [f"has {len(row)} fields: must have 3, {expected}"]
+            continue
+        values: dict[str, Any] = {}
+        for name, cell in zip(INSTANCE_FIELDS, row, strict=True):
+            cell = cell.strip()
+            # isascii() too: str.isdigit() also accepts digits like "²".
+            values[name] = int(cell) if cell.isascii() and cell.isdigit() else cell
+        yield line, _instance_from_values(values)
+
+
+def _jsonl_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
+    expected = ", ".join(INSTANCE_FIELDS)
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.strip(), object_pairs_hook=_unique_keys)
+        except _DuplicateKeyError as exc:
+            yield line_no, [f"is not valid JSON: {exc}"]
+            continue
+        except json.JSONDecodeError as exc:
+            yield line_no, [f"is not valid JSON: {exc.msg} (column {exc.colno})"]
+            continue
+        if not isinstance(obj, dict):
+            yield line_no, [f"must be a JSON object with keys {expected}"]
+            continue
+        unknown = [key for key in obj if key not in INSTANCE_FIELDS]
+        missing = [key for key in INSTANCE_FIELDS if key not in obj]
+        if unknown or missing:
+            problems = [f"{key}: unknown key; allowed keys: {expected}" for key in unknown]
+            problems += [f"{key}: missing; each line needs {expected}" for key in missing]
+            yield line_no, problems
+        else:
+            yield line_no, _instance_from_values(obj)
+
+
+def _rows(path: Path, digest: Any | None = None) -> Iterator[tuple[int, _Row]]:
+    """(line number, instance or problem) for each non-blank data line of an instance file."""
+    with path.open("rb") as raw:
+        lines = _decoded_lines(raw, digest)
+        if path.suffix.lower() in _CSV_SUFFIXES:
+            yield from _csv_rows(lines)
+        else:
+            yield from _jsonl_rows(lines)
+        # Read what the parser left (after a bad header) so that the digest covers the file.
+        for _ in lines:
+            pass
+
+
+def iter_instances(entry: InstancesEntry) -> Iterator[Instance]:
+    """The instances of ``entry``: its ``items``, or its file streamed line by line.
+
+    The file was validated by :func:`load_manifest`; if it was changed into something
+    invalid since, this raises :class:`ManifestError` rather than guess.
+    """
+    if entry.file is None:
+        yield from entry.items
+        return
+    shown = entry.file_name or entry.file.name
+    for line_no, row in _rows(entry.file):
+        if not isinstance(row, Instance):
+            where = f"{entry.label}.file: {shown}:{line_no}"
+            raise ManifestError(
+                [f"{where}: {problem} (changed since it was checked)" for problem in row]
+            )
+        yield row
+
+
+# ---------------------------------------------------------------------------------------------
+# The semantic pass
+# ---------------------------------------------------------------------------------------------
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object holds the same key twice (TOML refuses that by itself)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(f"duplicate key {json.dumps(key)}")
+        result[key] = value
+    return result
+
+
+# A valid value for each required field, used when the real one is wrong (see validate).
+_STAND_INS: dict[str, Any] = {
+    "version": 1,
+    "job_name": "-",
+    "workspace_id": "-",
+    "begin": MS_LOW,
+    "end": MS_HIGH - 1,
+    "chunk": "1s",
+    "job_id": 1,
+    "plan_time": MS_LOW,
+    "submit_time": MS_LOW,
+}
+
+
+class _Checker:
+    """Collects the problems of one manifest while building its entries.
+
+    Every ``broken`` set below names the fields that already have a problem reported: a
+    check that would only repeat that problem in other words stays quiet.
+    """
+
+    def __init__(self, name: str, folder: Path, now_ms: int | None) -> None:
+        self.name = name
+        self.folder = folder
+        self.now_ms = now_ms
+        self.problems: list[str] = []
+        self.files: dict[str, str] = {}
+        self.checked: dict[Path, bool] = {}
+        self.defaults = _Defaults()
+        self.defaults_broken: set[str] = set()
+
+    def add(self, problem: str) -> None:
+        self.problems.append(f"{self.name}: {problem}")
+
+    def validate(self, model: type[_M], data: Any, prefix: str) -> tuple[_M | None, set[str]]:
+        """The model, and the fields that were wrong.
+
+        When some fields are wrong, the model is made again from the others so that the
+        checks across fields still run and report their own problems in the same pass.
+        """
+        try:
+            return model.model_validate(data), set()
+        except ValidationError as exc:
+            errors = exc.errors()
+        for error in errors:
+            self.add(_translate(error, prefix, model))
+        if not isinstance(data, dict):
+            return None, set(model.model_fields)
+        broken = {str(error["loc"][0]) for error in errors if error["loc"]}
+        usable = {key: value for key, value in data.items() if key not in broken}
+        for key in broken:
+            field = model.model_fields.get(key)
+            if field is not None and field.is_required():
+                # Stand-ins only let the other fields be checked; the entry is dropped anyway.
+                usable[key] = _STAND_INS[key]
+        try:
+            return model.model_validate(usable), broken
+        except ValidationError:
+            return None, broken
+
+    def use_defaults(self, data: Any) -> None:
+        """Validate [defaults]; keep its good fields even when others are wrong."""
+        if data is None:
+            return
+        defaults, self.defaults_broken = self.validate(_Defaults, data, "defaults")
+        if defaults is not None:
+            self.defaults = defaults
+
+    # -- common fields -----------------------------------------------------------------------
+
+    def common(self, label: str, raw: _Common, broken: set[str]) -> dict[str, Any] | None:
+        """The fields every entry has, with [defaults] merged in; None when one is missing."""
+        excused = broken | self.defaults_broken
+        merged: dict[str, Any] = {"label": label}
+        ok = True
+        for key in ("workspace", "retry_location", "retry_task_version"):
+            value = getattr(raw, key) or getattr(self.defaults, key)
+            if value is None:
+                ok = False
+                if key not in excused:
+                    self.add(f"{label}.{key}: missing; required: {_ALLOWED[key]}")
+            merged[key] = value
+        obs = raw.ignore_obs_monitor
+        merged["ignore_obs_monitor"] = (
+            obs if obs is not None else self.defaults.ignore_obs_monitor is not False
+        )
+        merged["node_name"] = raw.node_name or self.defaults.node_name
+        if merged["retry_location"] == "specifiedNode" and merged["node_name"] is None:
+            ok = False
+            if "node_name" not in excused:
+                self.add(
+                    f"{label}.node_name: missing; retry_location = specifiedNode needs "
+                    "node_name, the node to restart from"
+                )
+        return merged if ok else None
+
+    # -- times ---------------------------------------------------------------------------------
+
+    def time_ms(
+        self, where: str, value: int | datetime, zone_name: str | None, excused: bool
+    ) -> int | None:
+        """Epoch ms of a time as validated; naive times are read in ``zone_name``."""
+        if isinstance(value, int):
+            return value
+        shown = _show(value.isoformat())
+        if zone_name is None:
+            if not excused:
+                self.add(
+                    f"{where} = {shown}: has no UTC offset and no timezone is set; write it "
+                    'with an offset (2024-11-26T08:00:00+08:00) or set timezone = "Asia/Shanghai" '
+                    "in [defaults]"
+                )
+            return None
+        zone = ZoneInfo(zone_name)
+        early = value.replace(tzinfo=zone, fold=0)
+        late = value.replace(tzinfo=zone, fold=1)
+        if early.utcoffset() != late.utcoffset():
+            # Daylight saving: the wall time happens twice (fall back) or never (spring
+            # forward). Either way, which instant was meant is a guess; ask for an offset.
+            round_trip = early.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+            why = "happens twice" if round_trip == value else "does not exist"
+            self.add(
+                f"{where} = {shown}: {why} in {zone_name} (daylight saving); write it with "
+                f"an explicit offset like {early.isoformat()}"
+            )
+            return None
+        try:
+            return _aware_ms(early)
+        except PydanticCustomError as exc:
+            self.add(f"{where} = {shown}: {exc.message()}")
+            return None
+
+    def span(
+        self, label: str, raw: _Window | _Select, broken: set[str], data: dict[str, Any]
+    ) -> tuple[int, int, str | None] | None:
+        """(begin ms, end ms, zone) of an entry with begin and end; None after a problem.
+
+        ``data`` is the entry as written, so that messages show times as the user wrote them.
+        """
+        if {"begin", "end", "timezone"} & broken:
+            return None
+        zone = raw.timezone or self.defaults.timezone
+        excused = "timezone" in self.defaults_broken
+        begin_ms = self.time_ms(f"{label}.begin", raw.begin, zone, excused)
+        end_ms = self.time_ms(f"{label}.end", raw.end, zone, excused)
+        if begin_ms is None or end_ms is None:
+            return None
+        if end_ms <= begin_ms:
+            self.add(
+                f"{label}.end = {_show(data['end'])}: must be after begin "
+                f"({_show(data['begin'])}); end is exclusive"
+            )
+            return None
+        return begin_ms, end_ms, zone
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def window(self, index: int, data: Any) -> WindowEntry | None:
+        label = f"window[{index}]"
+        raw, broken = self.validate(_Window, data, label)
+        if raw is None:
+            return None
+        common = self.common(label, raw, broken)
+        times = self.span(label, raw, broken, data)
+        if common is None or times is None or broken:
+            return None
+        return WindowEntry(
+            **common,
+            job_name=raw.job_name,
+            begin_ms=times[0],
+            end_ms=times[1],
+            chunk_ms=raw.chunk,
+            concurrent=raw.concurrent,
+            jobs=tuple((job.job_name, job.workspace_id) for job in raw.jobs or ()),
+        )
+
+    def instances(self, index: int, data: Any) -> InstancesEntry | None:
+        label = f"instances[{index}]"
+        raw, broken = self.validate(_Instances, data, label)
+        if raw is None:
+            return None
+        common = self.common(label, raw, broken)
+        has_items = raw.items is not None or "items" in broken
+        has_file = raw.file is not None or "file" in broken
+        items: tuple[Instance, ...] = ()
+        path: Path | None = None
+        ok = True
+        if has_items and has_file:
+            self.add(f"{label}.file: give items or file, not both")
+            ok = False
+        elif not has_items and not has_file:
+            self.add(
+                f"{label}.items: missing; give items = [ {{ job_id = ..., plan_time = ..., "
+                'submit_time = ... } ] or file = "failed.csv"'
+            )
+            ok = False
+        elif raw.items is not None:
+            if not raw.items:
+                self.add(f"{label}.items = []: must not be empty; allowed: {_ALLOWED['items']}")
+                ok = False
+            items = tuple(Instance(i.job_id, i.plan_time, i.submit_time) for i in raw.items)
+        elif raw.file is not None:
+            path = (self.folder / raw.file).resolve()
+            ok = self.instance_file(label, raw.file, path)
+        if common is None or not ok or broken:
+            return None
+        return InstancesEntry(
+            **common,
+            job_name=raw.job_name,
+            batch=raw.batch,
+            items=items,
+            file=path,
+            file_name=raw.file,
+        )
+
+    def instance_file(self, label: str, shown: str, path: Path) -> bool:
+        """Read and check a whole instance file (once per file); True when it is usable.
+
+        ``path`` is resolved; ``shown`` is the file as the manifest names it.
+        """
+        where = f"{label}.file = {_show(shown)}"
+        if path.suffix.lower() not in _CSV_SUFFIXES + _JSONL_SUFFIXES:
+            self.add(
+                f"{where}: must end in .csv (header {','.join(INSTANCE_FIELDS)}) or .jsonl "
+                "(one JSON object per line)"
+            )
+            return False
+        if path in self.checked:
+            return self.checked[path]
+        self.checked[path] = False
+        digest = hashlib.sha256()
+        count = 0
+        bad: list[str] = []
+        try:
+            for line_no, row in _rows(path, digest):
+                if isinstance(row, Instance):
+                    count += 1
+                else:
+                    bad.extend(f"{label}.file: {shown}:{line_no}: {problem}" for problem in row)
+        except FileNotFoundError:
+            self.add(f"{where}: no such file (relative to the manifest's folder)")
+            return False
+        except IsADirectoryError:
+            self.add(f"{where}: is a folder; must be a .csv or .jsonl file")
+            return False
+        except OSError as exc:
+            self.add(f"{where}: cannot be read: {exc.strerror or exc}")
+            return False
+        for problem in bad[:MAX_PROBLEMS_PER_FILE]:
+            self.add(problem)
+        if len(bad) > MAX_PROBLEMS_PER_FILE:
+            self.add(
+                f"{label}.file: {shown}: {len(bad) - MAX_PROBLEMS_PER_FILE} more problems "
+                "like these not shown"
+            )
+        if bad:
+            return False
+        if count == 0:
+            self.add(f"{where}: holds no instances; must list at least one")
+            return False
+        self.checked[path] = True
+        self.files[str(path)] = digest.hexdigest()
+        return True
+
+    def select(self, index: int, data: Any) -> SelectEntry | None:
+        label = f"select[{index}]"
+        raw, broken = self.validate(_Select, data, label)
+        if raw is None:
+            return None
+        common = self.common(label, raw, broken)
+        has_name = raw.job_name is not None or "job_name" in broken
+        has_names = raw.job_names is not None or "job_names" in broken
+        names: tuple[str, ...] = ()
+        if has_name and has_names:
+            self.add(f"{label}.job_names: give job_name or job_names, not both")
+        elif not has_name and not has_names:
+            self.add(
+                f'{label}.job_names: missing; give job_name = "..." or job_names = ["...", "..."]'
+            )
+        elif raw.job_names is not None and not raw.job_names:
+            self.add(f"{label}.job_names = []: must not be empty; allowed: {_ALLOWED['job_names']}")
+        elif raw.job_name is not None:
+            names = (raw.job_name,)
+        elif raw.job_names is not None:
+            names = tuple(dict.fromkeys(raw.job_names))
+        times = self.span(label, raw, broken, data)
+        if times is not None:
+            begin_ms, end_ms, _zone = times
+            if end_ms - begin_ms > MAX_SELECT_SPAN_MS:
+                days = (end_ms - begin_ms) / 86_400_000
+                self.add(
+                    f"{label}.end = {_show(data['end'])}: the plan times searched span "
+                    f"{days:.1f} days; must be at most 31 days (the instance-list API searches "
+                    "one month); split it into several [[select]] entries"
+                )
+                times = None
+            elif self.now_ms is not None and begin_ms < self.now_ms - MAX_SELECT_SPAN_MS:
+                self.add(
+                    f"{label}.begin = {_show(data['begin'])}: is more than 31 days ago; "
+                    "the instance-list API searches at most one month back"
+                )
+                times = None
+        if common is None or not names or times is None or broken:
+            return None
+        return SelectEntry(
+            **common,
+            job_names=names,
+            begin_ms=times[0],
+            end_ms=times[1],
+            statuses=raw.status,
+            batch=raw.batch,
+        )
+
+
+def _overlaps(name: str, windows: Sequence[WindowEntry]) -> list[str]:
+    """Windows of one job and workspace that overlap: allowed, but probably not meant."""
+    warnings = []
+    for i, first in enumerate(windows):
+        for second in windows[i + 1 :]:
+            same_job = (first.job_name, first.workspace) == (second.job_name, second.workspace)
+            if same_job and first.begin_ms < second.end_ms and second.begin_ms < first.end_ms:
+                warnings.append(
+                    f"{name}: {first.label} and {second.label} overlap for job "
+                    f"{first.job_name}: instances in the overlap are rerun twice unless the "
+                    "two entries cut identical chunks"
+                )
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+_TOML_WHERE = re.compile(r"^(?P<what>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+
+
+def _parse(name: str, text: str, is_json: bool) -> Any:
+    """The document as plain data; raises ManifestError with line and column on bad syntax."""
+    if is_json:
+        try:
+            return json.loads(text, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(
+                [f"{name}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}; fix the syntax"]
+            ) from None
+        except _DuplicateKeyError as exc:
+            raise ManifestError([f"{name}: invalid JSON: {exc}; keep one of them"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = _TOML_WHERE.match(message)
+        if match:
+            where, message = f"{name}:{match['line']}:{match['col']}", match["what"]
+        else:
+            where = name
+        raise ManifestError([f"{where}: invalid TOML: {message}; fix the syntax"]) from None
+
+
+_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*(window|instances|select)[ \t]*\]\]", re.MULTILINE)
+_KINDS = ("window", "instances", "select")
+
+
+def _document_order(text: str, counts: dict[str, int]) -> list[tuple[str, int]]:
+    """(kind, index) of every entry in the order the file lists them.
+
+    tomllib (like JSON) groups entries by kind, but an operator who writes a window, then
+    instances, then another window expects them sent in that order. The ``[[kind]]`` headers
+    give it back; when they do not account for every entry (inline arrays, JSON), entries
+    keep the order of their kinds' first appearance.
+    """
+    found = [match.group(1) for match in _HEADER.finditer(text)]
+    if all(found.count(kind) == counts.get(kind, 0) for kind in _KINDS):
+        seen = dict.fromkeys(_KINDS, 0)
+        order = []
+        for kind in found:
+            order.append((kind, seen[kind]))
+            seen[kind] += 1
+        return order
+    return [(kind, index) for kind in counts for index in range(counts[kind])]
+
+
+def load_manifest(path: Path, *, now_ms: int | None = None) -> Manifest:
+    """Read, validate and normalise the manifest at ``path`` (TOML, or JSON by suffix).
+
+    Instance files are read in full here (and hashed) so that nothing is sent before every
+    line is known to be good. ``now_ms``, when given, also refuses ``[[select]]`` windows
+    further back than the instance-list API searches; leave it out when the selection comes
+    from a journal. Raises :class:`ManifestError` listing every problem found.
+    """
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError([f"{name}: no such file"]) from None
+    except OSError as exc:
+        raise ManifestError([f"{name}: cannot be read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            [f"{name}: byte {exc.start} is not UTF-8; save the file as UTF-8"]
+        ) from None
+
+    data = _parse(name, text.removeprefix("\ufeff"), path.suffix.lower() == ".json")
+    if not isinstance(data, dict):
+        raise ManifestError(
+            [f"{name}: must be an object with version, defaults and entries; found {_show(data)}"]
+        )
+    check = _Checker(name, path.parent, now_ms)
+    top, _ = check.validate(_Top, data, "")
+    if top is None:  # pragma: no cover - validate() substitutes every required field
+        raise ManifestError(check.problems)
+    check.use_defaults(top.defaults)
+
+    lists = {"window": top.window, "instances": top.instances, "select": top.select}
+    build = {"window": check.window, "instances": check.instances, "select": check.select}
+    counts = {kind: len(lists[kind]) for kind in data if lists.get(kind)}
+    entries = [build[kind](i, lists[kind][i]) for kind, i in _document_order(text, counts)]
+    if not entries and not check.problems:
+        check.add("no entries; add at least one [[window]], [[instances]] or [[select]]")
+    if check.problems:
+        raise ManifestError(check.problems)
+
+    valid = tuple(entry for entry in entries if entry is not None)
+    windows = [entry for entry in valid if isinstance(entry, WindowEntry)]
+    return Manifest(
+        path=path,
+        text=text,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        files=check.files,
+        entries=valid,
+        warnings=tuple(_overlaps(name, windows)),
+    )

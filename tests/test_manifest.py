@@ -1,0 +1,533 @@
+"""Manifest loading: the contract's examples load, every mistake is named precisely.
+
+The corpus of malformed manifests lives in ``tests/manifests/``; ``expected.toml`` there lists,
+for each, the fragments its error must contain (see the comment at its top).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bulkrerun.errors import BadInput, ManifestError
+from bulkrerun.manifest import (
+    MAX_PROBLEMS_PER_FILE,
+    Instance,
+    InstancesEntry,
+    SelectEntry,
+    WindowEntry,
+    iter_instances,
+    load_manifest,
+    parse_span,
+)
+
+CORPUS = Path(__file__).parent / "manifests"
+EXPECTED: dict[str, list[str]] = tomllib.loads((CORPUS / "expected.toml").read_text())["expect"]
+CONFIGS = Path(__file__).parent.parent / "configs"
+WS = "62fbba734e634c5087656fc3ff7adf34"
+
+HEAD = f"""\
+version = 1
+
+[defaults]
+workspace = "{WS}"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+"""
+
+# The manifest of CONTRACT.md, verbatim apart from the comments.
+CONTRACT_EXAMPLE = f"""\
+version = 1
+
+[defaults]
+workspace = "{WS}"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+ignore_obs_monitor = true
+timezone = "Asia/Shanghai"
+
+[[window]]
+job_name = "ods_orders"
+begin = "2024-11-26T08:00:00+08:00"
+end   = "2024-11-26T20:00:00+08:00"
+chunk = "1h"
+concurrent = 8
+jobs = [ {{ job_name = "dwd_orders", workspace_id = "{WS}" }} ]
+
+[[instances]]
+job_name = "ods_payments"
+batch = 50
+items = [ {{ job_id = 917567, plan_time = 1732601580000, submit_time = 1732239754684 }} ]
+
+[[select]]
+job_names = ["ods_orders", "ods_payments"]
+begin = "2024-11-26T02:00:00+08:00"
+end   = "2024-11-26T06:00:00+08:00"
+status = ["fail", "running-exception"]
+batch = 100
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path, now_ms: int | None = None) -> list[str]:
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path, now_ms=now_ms)
+    return caught.value.problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Good manifests
+# ---------------------------------------------------------------------------------------------
+
+
+def test_contract_example_loads_with_defaults_merged(tmp_path: Path) -> None:
+    path = write(tmp_path, "demo.toml", CONTRACT_EXAMPLE)
+    manifest = load_manifest(path)
+
+    window, instances, select = manifest.entries
+    assert window == WindowEntry(
+        label="window[0]",
+        workspace=WS,
+        retry_location="errorNode",
+        retry_task_version="original_version",
+        ignore_obs_monitor=True,
+        node_name=None,
+        job_name="ods_orders",
+        begin_ms=1732579200000,
+        end_ms=1732622400000,
+        chunk_ms=3_600_000,
+        concurrent=8,
+        jobs=(("dwd_orders", WS),),
+    )
+    assert isinstance(instances, InstancesEntry)
+    assert instances.label == "instances[0]"
+    assert instances.batch == 50
+    assert instances.items == (Instance(917567, 1732601580000, 1732239754684),)
+    assert instances.file is None
+    assert isinstance(select, SelectEntry)
+    assert select.job_names == ("ods_orders", "ods_payments")
+    assert select.statuses == ("fail", "running-exception")
+    assert (select.begin_ms, select.end_ms) == (1732557600000, 1732572000000)
+    assert manifest.text == path.read_text()
+    assert manifest.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest.files == {}
+    assert manifest.warnings == ()
+
+
+def test_json_manifest_equals_toml(tmp_path: Path) -> None:
+    data = tomllib.loads(CONTRACT_EXAMPLE)
+    from_json = load_manifest(write(tmp_path, "demo.json", json.dumps(data)))
+    from_toml = load_manifest(write(tmp_path, "demo.toml", CONTRACT_EXAMPLE))
+    assert from_json.entries == from_toml.entries
+
+
+def test_entry_overrides_defaults_and_defaults_apply(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + """
+[[window]]
+job_name = "a"
+begin = 1732579200000
+end = 1732622400000
+chunk = "30m"
+
+[[window]]
+job_name = "b"
+workspace = "other"
+retry_location = "specifiedNode"
+node_name = "load"
+retry_task_version = "current_version"
+ignore_obs_monitor = false
+begin = 1732579200000
+end = 1732622400000
+chunk = "1d"
+"""
+    )
+    first, second = load_manifest(write(tmp_path, "m.toml", text)).entries
+    assert isinstance(first, WindowEntry)
+    assert isinstance(second, WindowEntry)
+    assert (first.workspace, first.retry_location, first.node_name) == (WS, "errorNode", None)
+    assert first.ignore_obs_monitor is True
+    assert first.concurrent == 1
+    assert first.jobs == ()
+    assert first.chunk_ms == 30 * 60_000
+    assert (second.workspace, second.retry_location, second.node_name) == (
+        "other",
+        "specifiedNode",
+        "load",
+    )
+    assert second.retry_task_version == "current_version"
+    assert second.ignore_obs_monitor is False
+    assert second.chunk_ms == 86_400_000
+
+
+@pytest.mark.parametrize(
+    ("written", "expected_ms"),
+    [
+        ('"2024-11-26T08:00:00+08:00"', 1732579200000),
+        ('"2024-11-26T00:00:00Z"', 1732579200000),
+        ("2024-11-26T08:00:00+08:00", 1732579200000),  # a TOML date-time, unquoted
+        ('"2024-11-26T08:00:00"', 1732579200000),  # naive: read in Asia/Shanghai
+        ("2024-11-26T08:00:00", 1732579200000),  # TOML local date-time
+        ("2024-11-26", 1732550400000),  # TOML local date: midnight there
+        ('"2024-11-26T08:00:00.250+08:00"', 1732579200250),
+        ("1732579200000", 1732579200000),
+    ],
+)
+def test_time_forms(tmp_path: Path, written: str, expected_ms: int) -> None:
+    text = (
+        HEAD
+        + f"""timezone = "Asia/Shanghai"
+
+[[window]]
+job_name = "a"
+begin = {written}
+end = 1832579200000
+chunk = "1h"
+"""
+    )
+    (entry,) = load_manifest(write(tmp_path, "m.toml", text)).entries
+    assert isinstance(entry, WindowEntry)
+    assert entry.begin_ms == expected_ms
+
+
+def test_entry_timezone_overrides_default(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + """timezone = "Asia/Shanghai"
+
+[[window]]
+job_name = "a"
+timezone = "UTC"
+begin = "2024-11-26T00:00:00"
+end = "2024-11-26T01:00:00"
+chunk = "1h"
+"""
+    )
+    (entry,) = load_manifest(write(tmp_path, "m.toml", text)).entries
+    assert isinstance(entry, WindowEntry)
+    assert entry.begin_ms == 1732579200000
+
+
+def test_ambiguous_local_time_is_refused(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + """timezone = "America/New_York"
+
+[[window]]
+job_name = "a"
+begin = "2024-11-03T01:30:00"
+end = "2024-11-03T05:00:00"
+chunk = "1h"
+"""
+    )
+    (problem,) = problems_of(write(tmp_path, "m.toml", text))
+    assert "window[0].begin" in problem
+    assert "happens twice in America/New_York" in problem
+
+
+def test_spans_are_fixed_durations() -> None:
+    assert parse_span("30s") == 30_000
+    assert parse_span("15m") == 900_000
+    assert parse_span("1h") == 3_600_000
+    assert parse_span("1d") == 86_400_000
+    for bad in ("", "h", "1", "1.5h", "-1h", "0s", "1 h x", "1w", "1H"):
+        with pytest.raises(ValueError, match="span"):
+            parse_span(bad)
+
+
+def test_entries_keep_document_order_across_kinds(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + """
+[[instances]]
+job_name = "i0"
+items = [ { job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 } ]
+
+[[window]]
+job_name = "w0"
+begin = 1732579200000
+end = 1732622400000
+chunk = "1h"
+
+[[instances]]
+job_name = "i1"
+items = [ { job_id = 2, plan_time = 1732601580000, submit_time = 1732239754684 } ]
+"""
+    )
+    manifest = load_manifest(write(tmp_path, "m.toml", text))
+    assert [entry.label for entry in manifest.entries] == [
+        "instances[0]",
+        "window[0]",
+        "instances[1]",
+    ]
+
+
+def test_select_single_job_name_and_default_status(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + """
+[[select]]
+job_name = "ods_orders"
+begin = 1732579200000
+end = 1732622400000
+"""
+    )
+    (entry,) = load_manifest(write(tmp_path, "m.toml", text)).entries
+    assert isinstance(entry, SelectEntry)
+    assert entry.job_names == ("ods_orders",)
+    assert entry.statuses == ("fail",)
+    assert entry.batch == 100
+
+
+def test_select_reach_is_checked_only_when_now_is_given(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + """
+[[select]]
+job_name = "ods_orders"
+begin = 1732579200000
+end = 1732622400000
+"""
+    )
+    path = write(tmp_path, "m.toml", text)
+    load_manifest(path)  # resuming from a journal: the recorded selection is used
+    load_manifest(path, now_ms=1732622400000 + 86_400_000)
+    (problem,) = problems_of(path, now_ms=1732579200000 + 40 * 86_400_000)
+    assert "select[0].begin = 1732579200000: is more than 31 days ago" in problem
+
+
+def test_overlapping_windows_of_one_job_are_warned_about(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + """
+[[window]]
+job_name = "a"
+begin = 1732579200000
+end = 1732622400000
+chunk = "1h"
+
+[[window]]
+job_name = "a"
+begin = 1732600000000
+end = 1732700000000
+chunk = "1h"
+
+[[window]]
+job_name = "b"
+begin = 1732579200000
+end = 1732622400000
+chunk = "1h"
+"""
+    )
+    manifest = load_manifest(write(tmp_path, "m.toml", text))
+    (warning,) = manifest.warnings
+    assert "window[0] and window[1] overlap" in warning
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance files
+# ---------------------------------------------------------------------------------------------
+
+
+def instances_manifest(folder: Path, file_name: str) -> Path:
+    text = HEAD + f'\n[[instances]]\njob_name = "p"\nbatch = 2\nfile = "{file_name}"\n'
+    return write(folder, "m.toml", text)
+
+
+def test_csv_file_is_resolved_hashed_and_streamed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    # A BOM, CRLF line ends, quoted cells, spaces and a blank line are what exports look like.
+    content = (
+        b"\xef\xbb\xbfjob_id,plan_time,submit_time\r\n"
+        b'1,1732601580000,1732239754684\r\n"2", 1732601580001 ,1732239754685\r\n\r\n'
+    )
+    (data / "failed.csv").write_bytes(content)
+    manifest = load_manifest(instances_manifest(tmp_path, "data/failed.csv"))
+
+    (entry,) = manifest.entries
+    assert isinstance(entry, InstancesEntry)
+    assert entry.file == (tmp_path / "data" / "failed.csv").resolve()
+    assert entry.file_name == "data/failed.csv"
+    assert manifest.files == {
+        str((data / "failed.csv").resolve()): hashlib.sha256(content).hexdigest()
+    }
+    assert list(iter_instances(entry)) == [
+        Instance(1, 1732601580000, 1732239754684),
+        Instance(2, 1732601580001, 1732239754685),
+    ]
+
+
+def test_jsonl_file_is_streamed(tmp_path: Path) -> None:
+    lines = [
+        {"job_id": 7, "plan_time": 1732601580000, "submit_time": 1732239754684},
+        {"submit_time": 1732239754685, "plan_time": 1732601580001, "job_id": 8},
+    ]
+    (tmp_path / "failed.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    (entry,) = load_manifest(instances_manifest(tmp_path, "failed.jsonl")).entries
+    assert isinstance(entry, InstancesEntry)
+    assert [i.job_id for i in iter_instances(entry)] == [7, 8]
+
+
+def test_iter_instances_refuses_a_file_broken_after_validation(tmp_path: Path) -> None:
+    path = tmp_path / "failed.csv"
+    path.write_text("job_id,plan_time,submit_time\n1,1732601580000,1732239754684\n")
+    (entry,) = load_manifest(instances_manifest(tmp_path, "failed.csv")).entries
+    assert isinstance(entry, InstancesEntry)
+    path.write_text("job_id,plan_time,submit_time\n1,1732601580000,1732239754684\nx,1,2\n")
+    with pytest.raises(ManifestError, match=r"failed.csv:3: job_id = \"x\""):
+        list(iter_instances(entry))
+
+
+def test_problems_of_one_file_are_capped(tmp_path: Path) -> None:
+    rows = "".join(f"{i},1,1732239754684\n" for i in range(1, 101))
+    (tmp_path / "failed.csv").write_text("job_id,plan_time,submit_time\n" + rows)
+    problems = problems_of(instances_manifest(tmp_path, "failed.csv"))
+    assert len(problems) == MAX_PROBLEMS_PER_FILE + 1
+    assert "failed.csv:2: plan_time = 1: must be 13-digit epoch milliseconds" in problems[0]
+    assert problems[-1].endswith("80 more problems like these not shown")
+
+
+def test_file_used_twice_is_read_once_and_reported_once(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_text("job_id,plan_time,submit_time\n1,2,3\n")
+    text = HEAD + "".join(
+        f'\n[[instances]]\njob_name = "j{i}"\nfile = "bad.csv"\n' for i in range(2)
+    )
+    problems = problems_of(write(tmp_path, "m.toml", text))
+    assert len([p for p in problems if "plan_time = 2" in p]) == 1
+
+
+def test_non_utf8_line_is_reported_at_its_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_bytes(
+        b"job_id,plan_time,submit_time\n1,1732601580000,1732239754684\n\xff\xfe,1,2\n"
+    )
+    (problem,) = problems_of(instances_manifest(tmp_path, "bad.csv"))
+    assert "instances[0].file: bad.csv:3:" in problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad manifests
+# ---------------------------------------------------------------------------------------------
+
+
+def corpus() -> list[str]:
+    return sorted(
+        path.name
+        for path in CORPUS.iterdir()
+        if path.suffix in (".toml", ".json") and path.name != "expected.toml"
+    )
+
+
+def test_corpus_is_large_and_fully_indexed() -> None:
+    names = corpus()
+    assert len(names) >= 30
+    assert sorted(EXPECTED) == names, "every corpus manifest needs a line in expected.toml"
+
+
+@pytest.mark.parametrize("name", corpus())
+def test_corpus_manifest_is_refused_naming_file_entry_and_field(name: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(CORPUS / name)
+    error = caught.value
+    message = str(error)
+    assert isinstance(error, BadInput)
+    assert error.exit_code == 2
+    for fragment in EXPECTED[name]:
+        assert fragment in message
+    for problem in error.problems:
+        assert problem.startswith(f"{CORPUS / name}:"), problem
+    # pydantic's own wording never reaches the user.
+    assert "pydantic" not in message
+    assert "Input should" not in message
+    assert "For further information" not in message
+
+
+def test_file_name_is_shown_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(CORPUS)
+    problems = problems_of(Path("concurrent_300.toml"))
+    assert problems == ["concurrent_300.toml: window[0].concurrent = 300: must be 1..128"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = """\
+version = 1
+
+[defaults]
+retry_location = "nowhere"
+colour = "blue"
+
+[[window]]
+job_name = "a"
+begin = 1732601580
+end = "2024-11-26T20:00:00"
+chunk = "2w"
+concurrent = 0
+jobs = [ { job_name = "b" } ]
+
+[[instances]]
+job_name = ""
+batch = 2000
+items = [ { job_id = 0, plan_time = 1732601580000, submit_time = 1732239754684 } ]
+
+[[select]]
+job_name = "c"
+job_names = ["d"]
+begin = 1732579200000
+end = 1732579100000
+status = "sleeping"
+"""
+    problems = problems_of(write(tmp_path, "many.toml", text))
+    expected = [
+        "defaults.retry_location",
+        "defaults.colour: unknown key",
+        "window[0].begin = 1732601580: looks like epoch seconds",
+        "window[0].chunk",
+        "window[0].concurrent = 0",
+        "window[0].jobs[0].workspace_id: missing",
+        "window[0].workspace: missing",
+        "window[0].retry_task_version: missing",
+        "instances[0].job_name",
+        "instances[0].batch = 2000",
+        "instances[0].items[0].job_id = 0",
+        "select[0].status",
+        "select[0].job_names: give job_name or job_names, not both",
+        "select[0].end = 1732579100000: must be after begin",
+    ]
+    for fragment in expected:
+        assert any(fragment in problem for problem in problems), fragment
+    assert all(problem.startswith("many.toml: ") or "many.toml" in problem for problem in problems)
+    # The broken default is reported once, not again as "missing" in every entry.
+    assert not any("retry_location: missing" in problem for problem in problems)
+
+
+def test_missing_manifest_file(tmp_path: Path) -> None:
+    assert problems_of(tmp_path / "nope.toml") == [f"{tmp_path / 'nope.toml'}: no such file"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The example configs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["outage.toml", "backfill.toml"])
+def test_example_configs_load_cleanly(name: str) -> None:
+    manifest = load_manifest(CONFIGS / name)
+    assert manifest.entries
+    assert manifest.warnings == ()
+
+
+def test_outage_config_reads_its_instance_file() -> None:
+    manifest = load_manifest(CONFIGS / "outage.toml")
+    kinds = {type(entry) for entry in manifest.entries}
+    assert {InstancesEntry, SelectEntry} <= kinds
+    assert any(path.endswith("failed.csv") for path in manifest.files)
