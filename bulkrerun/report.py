@@ -1,0 +1,676 @@
+"""``status`` and ``report``: what a journal says, for people, scripts and tickets.
+
+Everything here reads a journal with :func:`bulkrerun.journal.read_state` (read-only, no
+lock, so it also works while a run appends) and never sends anything.
+
+- :func:`status` sums a journal up in a :class:`StatusSummary`: units done, failed (by error
+  code), held and not yet sent; the rate achieved; the commands to run next.
+- :func:`report_rows` yields one :class:`ReportRow` per request (chunk) with its final
+  outcome; :func:`write_report` renders them as a table, CSV, JSON lines (one object per
+  line, so that a report of a million requests streams and ``jq`` reads it), or as a new
+  manifest of what failed or is held, ready to feed back in.
+
+A unit that was never sent is not in the journal, so "not yet sent" needs the plan: the
+caller passes ``pending`` (see :func:`count_pending`), or :func:`pending_units` re-plans the
+manifest the journal's last run recorded.
+
+The journal never holds a secret (the transport scrubs error messages before they are
+recorded), so nothing here needs to hide anything; it escapes what it prints, though, as
+error messages come from the service.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shlex
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bulkrerun.chunk import Chunk, instance_unit_id
+from bulkrerun.errors import BulkrerunError
+from bulkrerun.journal import ChunkInfo, JournalState, UnitState, read_records_at, read_state
+
+__all__ = [
+    "REPORT_COLUMNS",
+    "ReportFormat",
+    "ReportRow",
+    "StatusSummary",
+    "count_pending",
+    "pending_units",
+    "render_status",
+    "report_rows",
+    "status",
+    "status_json",
+    "summarize",
+    "write_report",
+]
+
+ReportFormat = Literal["table", "csv", "json", "manifest"]
+
+# Rows per rich table when printing a report: big enough to read, small enough that a report
+# of a million requests never sits in memory as one table.
+_TABLE_BLOCK = 500
+
+
+def _iso(wall: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds."""
+    if wall is None or not math.isfinite(wall):
+        return None
+    moment = datetime.fromtimestamp(wall, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    return None if ms is None else _iso(ms / 1000)
+
+
+# ---------------------------------------------------------------------------------------
+# status
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSummary:
+    """A journal summed up. Unit counts (``done`` ...) count units of work (an instance, or
+    a window chunk); ``requests``, ``attempts`` and ``accepted`` count API requests.
+
+    ``pending`` is ``None`` when it is not known (the plan could not be re-made).
+    ``rate`` is accepted requests per second over the runs' active time (each run from its
+    start to its last record), ``None`` before there is any.
+    """
+
+    journal: str
+    project_id: str
+    endpoint: str
+    done: int
+    failed: int
+    held: int
+    pending: int | None
+    failed_by_code: dict[str, int]
+    requests: int
+    attempts: int
+    accepted: int
+    runs: int
+    first_wall: float | None
+    last_wall: float | None
+    active_seconds: float
+    rate: float | None
+    next_steps: list[str] = field(default_factory=list)
+
+
+def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
+    """Units of ``chunks`` (a plan) that the journal has never recorded: not yet sent."""
+    units = state.units
+    return sum(1 for chunk in chunks for unit in chunk.units if unit not in units)
+
+
+def pending_units(path: Path) -> int | None:
+    """Units not yet sent of the manifest the journal's last run recorded, by planning it
+    again; ``None`` when that cannot be done faithfully (no run recorded, the manifest or an
+    instance file moved or changed since: the plan would not be the one that ran)."""
+    # Imported here: only this function needs the manifest machinery.
+    from bulkrerun.manifest import load_manifest
+    from bulkrerun.planner import SelectedInstance, plan
+
+    _, state = read_state(path)
+    if not state.runs:
+        return None
+    run = state.runs[-1]
+    manifest_path = Path(run.manifest_name)
+    try:
+        if hashlib.sha256(manifest_path.read_bytes()).hexdigest() != run.manifest_sha256:
+            return None
+        manifest = load_manifest(manifest_path)
+    except (OSError, BulkrerunError):
+        return None
+    if manifest.files != run.instance_files:
+        return None
+    selections = {
+        label: [SelectedInstance(*item) for item in items]
+        for label, items in state.selections.items()
+    }
+    return count_pending(state, plan(manifest, selections=selections))
+
+
+def _failed_by_code(state: JournalState) -> dict[str, int]:
+    """Failed units by the error code of the request that failed them last."""
+    failed = [info for info in state.chunks.values() if info.state == "failed"]
+    failed.sort(key=lambda info: info.outcome_offset or 0)
+    code_of: dict[str, str] = {}
+    for info in failed:
+        code = info.error_code or (f"HTTP {info.status}" if info.status else "unknown")
+        for unit in info.units:
+            code_of[unit] = code
+    counts: Counter[str] = Counter()
+    for unit, unit_state in state.units.items():
+        if unit_state is UnitState.FAILED:
+            counts[code_of.get(unit, "verified")] += 1
+    return dict(counts.most_common())
+
+
+def _next_steps(
+    path: Path, state: JournalState, counts: Counter[UnitState], pending: int | None
+) -> list[str]:
+    journal = shlex.quote(str(path))
+    manifest = shlex.quote(state.runs[-1].manifest_name) if state.runs else "MANIFEST"
+    run = f"bulkrerun run {manifest} --journal {journal}"
+    held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
+
+    def units(n: int) -> str:
+        return f"{n:,} unit{'' if n == 1 else 's'}"
+
+    steps: list[str] = []
+    if pending is None:
+        steps.append(f"send whatever is not yet sent (the same command resumes): {run}")
+    elif pending:
+        steps.append(f"send the {units(pending)} not yet sent: {run}")
+    if held:
+        steps.append(
+            f"decide the {units(held)} held from the instances' live state: "
+            f"bulkrerun verify {journal}"
+        )
+        steps.append(f"or resend them (each may then run twice): {run} --resend-held")
+    if failed:
+        steps.append(f"see why the {units(failed)} failed: bulkrerun report {journal}")
+        steps.append(f"once the cause is fixed, send them again: {run} --retry-failed")
+    if not steps:
+        steps.append("nothing left to do: every unit is done")
+    return steps
+
+
+def summarize(path: Path, state: JournalState, *, pending: int | None) -> StatusSummary:
+    """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state)."""
+    counts = state.counts()
+    active = state.active_seconds
+    return StatusSummary(
+        journal=str(path),
+        project_id=state.header.project_id,
+        endpoint=state.header.endpoint,
+        done=counts[UnitState.DONE],
+        failed=counts[UnitState.FAILED],
+        held=counts[UnitState.HELD],
+        pending=pending,
+        failed_by_code=_failed_by_code(state),
+        requests=len(state.chunks),
+        attempts=state.attempts,
+        accepted=state.accepted,
+        runs=len(state.runs),
+        first_wall=state.first_wall,
+        last_wall=state.last_wall or None,
+        active_seconds=active,
+        rate=state.accepted / active if active > 0 else None,
+        next_steps=_next_steps(path, state, counts, pending),
+    )
+
+
+def status(path: Path, *, pending: int | None) -> StatusSummary:
+    """Read the journal at ``path`` and sum it up (``pending`` as the caller counted it)."""
+    _, state = read_state(path)
+    return summarize(path, state, pending=pending)
+
+
+def status_json(summary: StatusSummary) -> dict[str, Any]:
+    """The summary as a JSON-ready object: integer ``done``, ``failed``, ``held`` and
+    ``pending`` (``null`` when unknown), then the details."""
+    return {
+        "done": summary.done,
+        "failed": summary.failed,
+        "held": summary.held,
+        "pending": summary.pending,
+        "failed_by_code": summary.failed_by_code,
+        "requests": summary.requests,
+        "attempts": summary.attempts,
+        "accepted": summary.accepted,
+        "runs": summary.runs,
+        "first_time": _iso(summary.first_wall),
+        "last_time": _iso(summary.last_wall),
+        "active_seconds": round(summary.active_seconds, 3),
+        "rate_per_second": None if summary.rate is None else round(summary.rate, 3),
+        "journal": summary.journal,
+        "project_id": summary.project_id,
+        "endpoint": summary.endpoint,
+        "next_steps": summary.next_steps,
+    }
+
+
+def render_status(summary: StatusSummary, console: Console) -> None:
+    """Print the summary for people."""
+    console.print(
+        f"journal [bold]{escape(summary.journal)}[/] (project {escape(summary.project_id)} "
+        f"at {escape(summary.endpoint)})"
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for name, style in (
+        ("done", "green"),
+        ("failed", "red"),
+        ("held", "yellow"),
+        ("not yet sent", ""),
+    ):
+        table.add_column(name, justify="right", style=style)
+    pending = "?" if summary.pending is None else f"{summary.pending:,}"
+    table.add_row(f"{summary.done:,}", f"{summary.failed:,}", f"{summary.held:,}", pending)
+    console.print(table)
+    for code, n in summary.failed_by_code.items():
+        console.print(f"  failed [red]{escape(code)}[/]: {n:,}")
+    if summary.requests:
+        line = (
+            f"{summary.accepted:,} of {summary.requests:,} requests accepted, "
+            f"{summary.attempts:,} attempts in {summary.runs:,} run(s)"
+        )
+        if summary.first_wall is not None and summary.last_wall is not None:
+            line += f", {_iso(summary.first_wall)} to {_iso(summary.last_wall)}"
+        if summary.rate is not None:
+            line += f"; {summary.rate:,.1f} requests/s over {summary.active_seconds:,.1f} s active"
+        console.print(line)
+    else:
+        console.print("no request recorded yet")
+    console.print("next:")
+    for step in summary.next_steps:
+        console.print(f"  - {escape(step)}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------
+# report
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """One request (chunk) and its final outcome.
+
+    ``state`` is what became of this request: ``done``, ``failed``, ``held`` (including
+    sent without an outcome recorded) or ``pending`` (not acted on, not sent since).
+    ``current`` is what its units are now, which later requests or a verification may
+    have changed (``done 3, held 1`` when they differ). ``begin_ms``/``end_ms`` are the
+    window request's ``begin_time``/``end_time`` as sent; ``instances`` the size of a
+    mode A request.
+    """
+
+    chunk: str
+    entry: str
+    job_name: str
+    workspace: str
+    mode: str
+    begin_ms: int | None
+    end_ms: int | None
+    instances: int | None
+    attempts: int
+    state: str
+    current: str
+    status: int | None
+    error_code: str | None
+    error_msg: str | None
+    request_id: str | None
+    reason: str | None
+    last_wall: float
+
+
+REPORT_COLUMNS = (
+    "chunk",
+    "entry",
+    "job_name",
+    "workspace",
+    "mode",
+    "begin",
+    "end",
+    "instances",
+    "attempts",
+    "state",
+    "current",
+    "status",
+    "error_code",
+    "error_msg",
+    "request_id",
+    "reason",
+    "last_time",
+)
+"""The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``."""
+
+
+def _row_state(info: ChunkInfo) -> str:
+    if info.state is None:
+        return "held"  # sent, and no outcome was recorded (the run was killed)
+    if info.state in ("retry", "pending"):
+        return "pending"
+    return info.state
+
+
+def _current(info: ChunkInfo, units: dict[str, UnitState]) -> str:
+    tally = Counter(str(units.get(u, "pending")) for u in info.units)
+    if len(tally) == 1:
+        return next(iter(tally))
+    return ", ".join(f"{s} {n}" for s, n in sorted(tally.items()))
+
+
+def _details(
+    path: Path, state: JournalState
+) -> Iterator[tuple[ChunkInfo, dict[str, Any], dict[str, Any] | None]]:
+    """Each chunk with its intent record and the outcome record of its last attempt (None
+    when that attempt has none), read from the file at the offsets the replay noted."""
+    infos = list(state.chunks.values())
+
+    def offsets() -> Iterator[int]:
+        for info in infos:
+            yield info.intent_offset
+            if info.state is not None and info.outcome_offset is not None:
+                yield info.outcome_offset
+
+    records = read_records_at(path, offsets())
+    for info in infos:
+        intent = next(records)
+        outcome = None
+        if info.state is not None and info.outcome_offset is not None:
+            outcome = next(records)
+        yield info, intent, outcome
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _row(
+    info: ChunkInfo,
+    intent: dict[str, Any],
+    outcome: dict[str, Any] | None,
+    units: dict[str, UnitState],
+) -> ReportRow:
+    body = intent.get("body") or {}
+    tasks = body.get("task_retrys")
+    o = outcome or {}
+    begin, end = body.get("begin_time"), body.get("end_time")
+    return ReportRow(
+        chunk=info.id,
+        entry=str(intent.get("entry", "")),
+        job_name=str(intent.get("job_name", "")),
+        workspace=str(intent.get("workspace", "")),
+        mode=str(intent.get("kind", "")),
+        begin_ms=int(begin) if begin is not None else None,
+        end_ms=int(end) if end is not None else None,
+        instances=len(tasks) if isinstance(tasks, list) else None,
+        attempts=info.attempts,
+        state=_row_state(info),
+        current=_current(info, units),
+        status=int(o["status"]) if o.get("status") is not None else None,
+        error_code=_opt_str(o.get("error_code")),
+        error_msg=_opt_str(o.get("error_msg")),
+        request_id=_opt_str(o.get("request_id")),
+        reason=_opt_str(o.get("reason")) if outcome is not None else "sent; no outcome recorded",
+        last_wall=info.last_wall,
+    )
+
+
+def report_rows(path: Path) -> Iterator[ReportRow]:
+    """One row per request recorded in the journal at ``path``, in the order first sent."""
+    _, state = read_state(path)
+    for info, intent, outcome in _details(path, state):
+        yield _row(info, intent, outcome, state.units)
+
+
+def _row_object(row: ReportRow) -> dict[str, Any]:
+    return {
+        "chunk": row.chunk,
+        "entry": row.entry,
+        "job_name": row.job_name,
+        "workspace": row.workspace,
+        "mode": row.mode,
+        "begin": _iso_ms(row.begin_ms),
+        "end": _iso_ms(row.end_ms),
+        "begin_ms": row.begin_ms,
+        "end_ms": row.end_ms,
+        "instances": row.instances,
+        "attempts": row.attempts,
+        "state": row.state,
+        "current": row.current,
+        "status": row.status,
+        "error_code": row.error_code,
+        "error_msg": row.error_msg,
+        "request_id": row.request_id,
+        "reason": row.reason,
+        "last_time": _iso(row.last_wall),
+    }
+
+
+def _short_iso(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    spec = "seconds" if ms % 1000 == 0 else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _what(row: ReportRow) -> str:
+    if row.begin_ms is not None and row.end_ms is not None:
+        begin, end = _short_iso(row.begin_ms), _short_iso(row.end_ms)
+        if begin[:11] == end[:11]:  # same day: the end's time says enough
+            end = end[11:]
+        return f"{begin} .. {end}"
+    if row.instances is not None:
+        return f"{row.instances:,} instance{'s' if row.instances != 1 else ''}"
+    return ""
+
+
+_STATE_STYLE = {"done": "green", "failed": "red", "held": "yellow", "pending": "cyan"}
+
+
+def _table(first: bool) -> Table:
+    table = Table(show_header=first, show_edge=False, pad_edge=False, box=None)
+    for name, width in (
+        ("chunk", 12),
+        ("entry", 14),
+        ("job", 20),
+        ("what (UTC)", 40),
+        ("tries", 5),
+        ("state", 7),
+        ("now", 7),
+        ("status", 16),
+        ("request id", 20),
+        ("message", 40),
+    ):
+        table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
+    return table
+
+
+def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
+    n = 0
+    table = _table(first=True)
+    tally: Counter[str] = Counter()
+    for row in rows:
+        style = _STATE_STYLE.get(row.state, "")
+        status = " ".join(x for x in (str(row.status or ""), row.error_code or "") if x)
+        table.add_row(
+            row.chunk[:12],
+            escape(row.entry),
+            escape(row.job_name),
+            _what(row),
+            str(row.attempts),
+            f"[{style}]{row.state}[/]" if style else row.state,
+            escape(row.current) if row.current != row.state else "",
+            escape(status),
+            escape(row.request_id or ""),
+            escape(row.error_msg or row.reason or ""),
+        )
+        tally[row.state] += 1
+        n += 1
+        if n % _TABLE_BLOCK == 0:
+            console.print(table)
+            table = _table(first=False)
+    if table.row_count:
+        console.print(table)
+    summary = ", ".join(f"{state} {k:,}" for state, k in sorted(tally.items()))
+    console.print(f"{n:,} requests" + (f": {summary}" if summary else ""))
+    return n
+
+
+def _write_csv(rows: Iterable[ReportRow], out: TextIO) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    n = 0
+    for row in rows:
+        obj = _row_object(row)
+        writer.writerow(["" if obj[c] is None else obj[c] for c in REPORT_COLUMNS])
+        n += 1
+    return n
+
+
+def _write_json_lines(rows: Iterable[ReportRow], out: TextIO) -> int:
+    n = 0
+    for row in rows:
+        out.write(json.dumps(_row_object(row), ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+# -- the manifest of what failed or is held ------------------------------------------------
+
+
+def _toml_str(value: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes; TOML also forbids a raw DEL.
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} in a manifest")
+
+
+def _comment(text: str) -> str:
+    return " ".join(text.split())
+
+
+_COMMON_KEYS = ("retry_location", "retry_task_version", "ignore_obs_monitor", "node_name")
+
+
+def _manifest_entry(
+    row: ReportRow, body: dict[str, Any], items: list[dict[str, Any]] | None
+) -> list[str]:
+    why = row.error_code or row.reason or ""
+    if row.error_msg:
+        why = f"{why} {row.error_msg}".strip()
+    lines = [
+        f"# {row.entry}, chunk {row.chunk}: {row.state}"
+        + (f" ({_comment(why)})" if why else "")
+        + f", {row.attempts} attempt{'s' if row.attempts != 1 else ''}"
+    ]
+    if items is None:
+        begin, end = int(body["begin_time"]), int(body["end_time"]) + 1
+        # A span at least as long as the window makes exactly one request, with this
+        # begin_time and end_time: the chunk as it was sent (same body, same chunk id).
+        span_s = max(1, -(-(end - begin) // 1000))
+        lines += [
+            "[[window]]",
+            f"job_name = {_toml_str(row.job_name)}",
+            f"workspace = {_toml_str(row.workspace)}",
+            f"begin = {begin}  # {_iso_ms(begin)}",
+            f"end = {end}  # {_iso_ms(end)}",
+            f'chunk = "{span_s}s"',
+            f"concurrent = {int(body.get('concurrent', 1))}",
+        ]
+        if body.get("jobs"):
+            lines.append(f"jobs = {_toml_value(list(body['jobs']))}")
+    else:
+        lines += [
+            "[[instances]]",
+            f"job_name = {_toml_str(row.job_name)}",
+            f"workspace = {_toml_str(row.workspace)}",
+            f"batch = {max(1, min(1000, len(items)))}",
+        ]
+    for key in _COMMON_KEYS:
+        if key in body:
+            lines.append(f"{key} = {_toml_value(body[key])}")
+    if items is not None:
+        lines.append("items = [")
+        lines += [
+            f"  {{ job_id = {int(i['job_id'])}, plan_time = {int(i['plan_time'])}, "
+            f"submit_time = {int(i['submit_time'])} }},"
+            for i in items
+        ]
+        lines.append("]")
+    return [*lines, ""]
+
+
+def _write_manifest(path: Path, out: TextIO) -> int:
+    """Write a manifest of the units now failed or held, one entry per request that
+    carried them (the latest such request, if several); returns the number of entries."""
+    header, state = read_state(path)
+    units = state.units
+    wanted = (UnitState.FAILED, UnitState.HELD)
+    entries: list[list[str]] = []
+    emitted: set[str] = set()
+    # Latest requests first, so that a unit sent again is written with its last request.
+    details = list(_details(path, state))
+    for info, intent, outcome in reversed(details):
+        todo = [u for u in info.units if units.get(u) in wanted and u not in emitted]
+        if not todo:
+            continue
+        row = _row(info, intent, outcome, units)
+        body = intent.get("body") or {}
+        tasks = body.get("task_retrys")
+        if isinstance(tasks, list):
+            keep = set(todo)
+            unit_ids = info.units
+            if len(unit_ids) != len(tasks):  # not written by bulkrerun's planner: recompute
+                unit_ids = tuple(
+                    instance_unit_id(
+                        row.job_name, int(t["job_id"]), int(t["plan_time"]), int(t["submit_time"])
+                    )
+                    for t in tasks
+                )
+            items = [t for u, t in zip(unit_ids, tasks, strict=True) if u in keep]
+            if not items:
+                continue
+            entries.append(_manifest_entry(row, body, items))
+        else:
+            entries.append(_manifest_entry(row, body, None))
+        emitted.update(todo)
+    entries.reverse()
+    journal = str(path)
+    out.write(
+        f"# Requests whose units failed or are held, from the journal {_comment(journal)}\n"
+        f"# (project {header.project_id} at {_comment(header.endpoint)}), "
+        f"written {_iso(datetime.now(UTC).timestamp())}.\n"
+    )
+    if entries:
+        out.write(
+            "# Held units may have been rerun already: check them first with "
+            f"`bulkrerun verify {shlex.quote(journal)}`.\n"
+            "# With the same journal, failed units need --retry-failed and held ones "
+            "--resend-held.\n"
+        )
+    else:
+        out.write("# Nothing failed or is held: this manifest has no entries.\n")
+    out.write("version = 1\n\n")
+    for lines in entries:
+        out.write("\n".join(lines) + "\n")
+    return len(entries)
+
+
+def write_report(path: Path, fmt: ReportFormat, out: TextIO, console: Console) -> int:
+    """Write the report of the journal at ``path`` in ``fmt``: ``table`` on ``console``;
+    ``csv``, ``json`` (JSON lines: one object per request) or ``manifest`` on ``out``.
+    Returns the number of rows (entries, for a manifest)."""
+    if fmt == "manifest":
+        return _write_manifest(path, out)
+    rows = report_rows(path)
+    if fmt == "table":
+        return _write_table(rows, console)
+    if fmt == "csv":
+        return _write_csv(rows, out)
+    if fmt == "json":
+        return _write_json_lines(rows, out)
+    raise ValueError(f"unknown report format {fmt!r}: table, csv, json or manifest")

@@ -1,0 +1,714 @@
+"""The journal: durability before send, group commit, replay semantics, crash tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulkrerun.chunk import Chunk, canonical_json, chunk_id, instance_unit_id
+from bulkrerun.errors import BadInput, Fatal, JournalCorrupt, JournalMismatch
+from bulkrerun.journal import (
+    Binding,
+    Journal,
+    RunInfo,
+    UnitState,
+    read_records_at,
+    read_state,
+)
+from bulkrerun.outcome import DONE, Kind, Outcome
+
+BINDING = Binding("62099355b894428e8916573ae635f1f9", "https://dayu.cn-north-4.myhuaweicloud.com")
+WS = "62fbba734e634c5087656fc3ff7adf34"
+WALL = 1_732_600_000.0
+
+FAILED = Outcome(Kind.FAILED, 400, "DLF.1000", "Failed to find the job.", "req-1", reason="400")
+HELD = Outcome(Kind.HELD, reason="timeout after send", elapsed=30.0)
+THROTTLED = Outcome(Kind.RETRY, 429, "APIG.0308", "throttled", "req-2", retry_after=2.0)
+REFUSED = Outcome(Kind.FATAL, 401, "APIG.0301", "Incorrect IAM authentication information")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def window(i: int, job: str = "ods_orders", entry: str = "window[0]") -> Chunk:
+    begin = 1_732_608_000_000 + i * 3_600_000
+    body = canonical_json(
+        {
+            "begin_time": begin,
+            "concurrent": 2,
+            "end_time": begin + 3_599_999,
+            "ignore_obs_monitor": True,
+            "retry_location": "errorNode",
+            "retry_task_version": "original_version",
+        }
+    )
+    cid = chunk_id(job, WS, body)
+    return Chunk(cid, "window", entry, job, WS, body, (cid,))
+
+
+def batch(job_ids: list[int], job: str = "ods_payments", entry: str = "instances[0]") -> Chunk:
+    items = [
+        {"job_id": j, "plan_time": 1_732_601_580_000, "submit_time": 1_732_239_754_684}
+        for j in job_ids
+    ]
+    body = canonical_json(
+        {
+            "retry_location": "errorNode",
+            "retry_task_version": "original_version",
+            "task_retrys": items,
+        }
+    )
+    units = tuple(
+        instance_unit_id(job, it["job_id"], it["plan_time"], it["submit_time"]) for it in items
+    )
+    return Chunk(chunk_id(job, WS, body), "instances", entry, job, WS, body, units)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+@pytest.fixture
+def jpath(tmp_path: Path) -> Path:
+    return tmp_path / "journal.jsonl"
+
+
+@pytest.fixture
+def journal(jpath: Path) -> Iterator[Journal]:
+    j = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    yield j
+    j.close()
+
+
+# -- creating and opening -----------------------------------------------------------------
+
+
+def test_new_journal_is_private_and_starts_with_its_binding(journal: Journal, jpath: Path) -> None:
+    assert stat.S_IMODE(jpath.stat().st_mode) == 0o600
+    (header,) = lines(jpath)
+    assert header["t"] == "header"
+    assert header["format"] == 1
+    assert header["project_id"] == BINDING.project_id
+    assert header["endpoint"] == BINDING.endpoint
+    assert header["tool_version"] == "0.1.0"
+    assert journal.header.binding == BINDING
+
+
+def test_journal_of_another_project_or_endpoint_is_refused(jpath: Path) -> None:
+    Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+    for other in (
+        Binding("0" * 32, BINDING.endpoint),
+        Binding(BINDING.project_id, "http://127.0.0.1:8080"),
+    ):
+        with pytest.raises(JournalMismatch) as err:
+            Journal.open(jpath, other, tool_version="0.1.0")
+        message = str(err.value)
+        assert str(jpath) in message
+        assert BINDING.project_id in message
+        assert BINDING.endpoint in message
+        assert "another --journal path" in message
+        assert err.value.exit_code == 2
+
+
+def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(jpath: Path) -> None:
+    for text in (b'version = 1\n[defaults]\nworkspace = "x"\n', b"hello", b'{"t":"run"}\n'):
+        jpath.write_bytes(text)
+        with pytest.raises(JournalMismatch, match="not a bulkrerun journal"):
+            Journal.open(jpath, BINDING, tool_version="0.1.0")
+        assert jpath.read_bytes() == text
+
+
+def test_a_journal_of_a_newer_format_is_refused(jpath: Path) -> None:
+    Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+    data = jpath.read_bytes().replace(b'"format":1', b'"format":9')
+    # Re-seal the header so that only the format is in question, not the checksum.
+    body = data.split(b',"crc":', 1)[0]
+    import zlib
+
+    jpath.write_bytes(body + b',"crc":"%08x"}\n' % zlib.crc32(body))
+    with pytest.raises(JournalMismatch, match="format 9"):
+        Journal.open(jpath, BINDING, tool_version="0.1.0")
+
+
+def test_an_empty_file_or_a_torn_header_is_started_afresh(jpath: Path) -> None:
+    Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+    header = jpath.read_bytes()
+    for leftover in (b"", header[:1], header[:20], header[:-1], b"\x00" * 40):
+        jpath.write_bytes(leftover)
+        Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+        assert lines(jpath)[0]["project_id"] == BINDING.project_id
+
+
+def test_a_second_opener_is_refused_while_the_first_holds_the_journal(
+    journal: Journal, jpath: Path
+) -> None:
+    with pytest.raises(BadInput, match="in use by another bulkrerun") as err:
+        Journal.open(jpath, BINDING, tool_version="0.1.0")
+    if sys.platform == "linux":  # the holder's pid comes from /proc/locks
+        assert f"(pid {os.getpid()})" in str(err.value)
+    journal.close()
+    Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+
+
+def test_a_directory_or_a_missing_parent_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="is a directory"):
+        Journal.open(tmp_path, BINDING, tool_version="0.1.0")
+    with pytest.raises(BadInput, match="cannot create"):
+        Journal.open(tmp_path / "missing" / "j", BINDING, tool_version="0.1.0")
+    with pytest.raises(BadInput, match="no journal"):
+        read_state(tmp_path / "nothing")
+
+
+# -- durability and group commit -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_intent_is_durable_before_intend_returns(
+    journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced_sizes: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced_sizes.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    chunk = window(0)
+    await journal.intend(chunk, 1, WALL)
+    # Another handle sees the record, and an fsync covered it before intend returned.
+    with open(jpath, "rb") as other:  # noqa: ASYNC230 - the point is to read it at once
+        data = other.read()
+    assert json.loads(data.splitlines()[-1])["chunk"] == chunk.id
+    assert synced_sizes
+    assert synced_sizes[-1] == len(data)
+
+
+@pytest.mark.anyio
+async def test_concurrent_intents_share_fsyncs(
+    journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    chunks = [window(i) for i in range(200)]
+
+    async def send(chunk: Chunk) -> None:
+        await journal.intend(chunk, 1, WALL)
+        journal.outcome(chunk, 1, DONE, WALL + 1, "done")
+
+    async with anyio.create_task_group() as tg:
+        for chunk in chunks:
+            tg.start_soon(send, chunk)
+    await journal.flush()
+    assert fsyncs <= 5  # one for the first caller, one for everyone who came meanwhile, ...
+    records = lines(jpath)[1:]
+    assert len(records) == 400
+    assert {r["chunk"] for r in records if r["t"] == "intent"} == {c.id for c in chunks}
+
+
+@pytest.mark.anyio
+async def test_the_event_loop_runs_while_a_commit_waits_for_the_disk(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        assert threading.current_thread() is not threading.main_thread()
+        assert disk.wait(timeout=10), "the test never released the disk"
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    returned = False
+
+    async def send() -> None:
+        nonlocal returned
+        await journal.intend(window(0), 1, WALL)
+        returned = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+        ticks = 0
+        for _ in range(50):  # the loop keeps running other tasks while fsync is blocked
+            await anyio.lowlevel.checkpoint()
+            ticks += 1
+        assert ticks == 50
+        assert not returned
+        disk.set()
+    assert returned
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_intent_is_recorded_as_not_sent(
+    journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        disk.wait(timeout=10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    first, second = window(0), window(1)
+    sent: list[str] = []
+
+    async def send(chunk: Chunk) -> None:
+        await journal.intend(chunk, 1, WALL)
+        sent.append(chunk.id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, first)
+        await anyio.lowlevel.checkpoint()
+        tg.start_soon(send, second)  # waits for the next commit, behind the first
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+        disk.set()
+    journal.close()
+    _, state = read_state(jpath)
+    # Neither request left; the journal says so instead of calling them held.
+    assert sent == []
+    assert state.units == {}
+    assert {state.chunks[c.id].state for c in (first, second)} == {"pending"}
+
+
+@pytest.mark.anyio
+async def test_outcomes_are_buffered_until_the_next_commit(journal: Journal, jpath: Path) -> None:
+    chunk = window(0)
+    await journal.intend(chunk, 1, WALL)
+    journal.outcome(chunk, 1, DONE, WALL + 1, "done")
+    assert [r["t"] for r in lines(jpath)] == ["header", "intent"]
+    await journal.flush()
+    assert [r["t"] for r in lines(jpath)] == ["header", "intent", "outcome"]
+
+
+@pytest.mark.anyio
+async def test_close_writes_everything_even_during_a_commit(
+    jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    in_fsync = threading.Event()
+    disk = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            in_fsync.set()
+            disk.wait(timeout=10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    chunks = [window(i) for i in range(3)]
+
+    async def send(chunk: Chunk) -> None:
+        await journal.intend(chunk, 1, WALL)
+
+    async with anyio.create_task_group() as tg:
+        for chunk in chunks:
+            tg.start_soon(send, chunk)
+        await anyio.to_thread.run_sync(in_fsync.wait, 10)
+        journal.outcome(chunks[0], 1, DONE, WALL, "done")  # not yet durable either
+        disk.set()
+        journal.close()  # waits for the worker thread, then writes the rest
+        journal.close()  # idempotent
+    kinds = [(r["t"], r["chunk"]) for r in lines(jpath)[1:]]
+    assert kinds[:3] == [("intent", c.id) for c in chunks]
+    assert kinds[3] == ("outcome", chunks[0].id)
+    with pytest.raises(RuntimeError, match="closed"):
+        await journal.intend(window(9), 1, WALL)
+
+
+@pytest.mark.anyio
+async def test_a_write_failure_stops_everything_with_a_fatal_error(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(Fatal, match="No space left on device") as err:
+        await journal.intend(window(0), 1, WALL)
+    assert err.value.exit_code == 3
+    assert "run the same command again" in str(err.value)
+    with pytest.raises(Fatal):
+        await journal.intend(window(1), 1, WALL)
+    journal.close()  # does not raise again, releases the lock
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+
+async def _play(path: Path, script: Callable[[Journal], Any]) -> None:
+    journal = Journal.open(path, BINDING, tool_version="0.1.0")
+    try:
+        await script(journal)
+    finally:
+        journal.close()
+
+
+def _reopened(path: Path) -> dict[str, UnitState]:
+    with Journal.open(path, BINDING, tool_version="0.1.0") as journal:
+        return dict(journal.state().units)
+
+
+@pytest.mark.anyio
+async def test_replay_gives_each_unit_its_state(jpath: Path) -> None:
+    done, failed, held, in_flight, retried, aborted = (window(i) for i in range(6))
+    instances = batch([1, 2, 3])
+
+    async def script(j: Journal) -> None:
+        for chunk, outcome, state in (
+            (done, DONE, "done"),
+            (failed, FAILED, "failed"),
+            (held, HELD, "held"),
+            (retried, THROTTLED, "retry"),  # then the process died before the next attempt
+            (aborted, REFUSED, "pending"),  # 401: the run aborted, the unit is pending
+            (instances, DONE, "done"),
+        ):
+            await j.intend(chunk, 1, WALL)
+            j.outcome(chunk, 1, outcome, WALL + 1, state)
+        await j.intend(in_flight, 1, WALL)  # killed before the outcome came
+
+    await _play(jpath, script)
+    expected = {
+        done.id: UnitState.DONE,
+        failed.id: UnitState.FAILED,
+        held.id: UnitState.HELD,
+        in_flight.id: UnitState.HELD,
+        **dict.fromkeys(instances.units, UnitState.DONE),
+    }
+    _, state = read_state(jpath)
+    assert state.units == expected
+    assert _reopened(jpath) == expected
+    assert state.chunks[failed.id].error_code == "DLF.1000"
+    assert state.chunks[failed.id].status == 400
+    assert state.chunks[in_flight.id].state is None
+    assert state.chunks[retried.id].state == "retry"
+    assert state.accepted == 2
+    assert state.attempts == 7
+
+
+@pytest.mark.anyio
+async def test_an_attempt_not_acted_on_leaves_units_as_they_were(jpath: Path) -> None:
+    chunk = window(0)
+
+    async def first_run(j: Journal) -> None:
+        await j.intend(chunk, 1, WALL)
+        j.outcome(chunk, 1, HELD, WALL + 1, "held")
+
+    async def resend_throttled(j: Journal) -> None:  # --resend-held, then 429 and a crash
+        await j.intend(chunk, 1, WALL + 10)
+        j.outcome(chunk, 1, THROTTLED, WALL + 11, "retry")
+
+    await _play(jpath, first_run)
+    await _play(jpath, resend_throttled)
+    # The first send may have been acted on: the unit is still held, not pending.
+    assert _reopened(jpath) == {chunk.id: UnitState.HELD}
+
+    async def resend_done(j: Journal) -> None:
+        await j.intend(chunk, 2, WALL + 20)
+        j.outcome(chunk, 2, DONE, WALL + 21, "done")
+
+    await _play(jpath, resend_done)
+    _, state = read_state(jpath)
+    assert state.units == {chunk.id: UnitState.DONE}
+    assert state.chunks[chunk.id].attempts == 3
+    # Later intents of a chunk the journal holds are short records.
+    intents = [r for r in lines(jpath) if r["t"] == "intent"]
+    assert "body" in intents[0]
+    assert all(set(r) == {"t", "chunk", "attempt", "wall", "crc"} for r in intents[1:])
+
+
+@pytest.mark.anyio
+async def test_a_resend_not_acted_on_after_a_crash_leaves_the_unit_held(jpath: Path) -> None:
+    chunk = window(0)
+
+    async def killed_in_flight(j: Journal) -> None:
+        await j.intend(chunk, 1, WALL)  # and the process dies: no outcome
+
+    async def resend_throttled(j: Journal) -> None:  # --resend-held, then 429 and a crash
+        await j.intend(chunk, 1, WALL + 10)
+        j.outcome(chunk, 1, THROTTLED, WALL + 11, "retry")
+
+    await _play(jpath, killed_in_flight)
+    assert _reopened(jpath) == {chunk.id: UnitState.HELD}
+    await _play(jpath, resend_throttled)
+    assert _reopened(jpath) == {chunk.id: UnitState.HELD}
+
+
+@pytest.mark.anyio
+async def test_verify_records_decide_held_units(jpath: Path) -> None:
+    chunk = batch([1, 2, 3])
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, WALL)
+        j.outcome(chunk, 1, HELD, WALL + 1, "held")
+        j.verified(chunk.units[0], UnitState.DONE, "instance 1 rerun at 10:02", WALL + 2)
+        j.verified(chunk.units[1], None, "instance 2 never rerun", WALL + 2)
+
+    await _play(jpath, script)
+    _, state = read_state(jpath)
+    assert state.units == {chunk.units[0]: UnitState.DONE, chunk.units[2]: UnitState.HELD}
+    assert state.verified[chunk.units[1]] == "instance 2 never rerun"
+
+
+@pytest.mark.anyio
+async def test_runs_and_selections_are_kept(jpath: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.toml"
+    manifest.write_text("version = 1\n# 订单\n", encoding="utf-8")
+    info = RunInfo.from_manifest(
+        manifest,
+        instance_files={"failed.csv": "ab" * 32},
+        selections={"select[0]": [("ods_orders", 917567, 1_732_601_580_000, 1_732_239_754_684)]},
+        options={"retry_failed": True, "resend_held": False},
+        pending=12,
+    )
+
+    async def script(j: Journal) -> None:
+        j.begin_run(info, wall=WALL)
+        assert j.state().runs[0].manifest_text == info.manifest_text
+
+    await _play(jpath, script)
+    await _play(jpath, lambda j: _async(j.begin_run, RunInfo("m2.toml", "", "", pending=0)))
+    _, state = read_state(jpath)
+    first, second = state.runs
+    assert (first.n, second.n) == (1, 2)
+    assert first.manifest_name == str(manifest)
+    assert first.manifest_text == "version = 1\n# 订单\n"
+    assert len(first.manifest_sha256) == 64
+    assert first.instance_files == {"failed.csv": "ab" * 32}
+    assert first.options == {"retry_failed": True, "resend_held": False}
+    assert first.pending == 12
+    assert first.pid == os.getpid()
+    assert state.selections == {
+        "select[0]": [("ods_orders", 917567, 1_732_601_580_000, 1_732_239_754_684)]
+    }
+
+
+async def _async(fn: Callable[..., Any], *args: Any) -> None:
+    fn(*args)
+
+
+@pytest.mark.anyio
+async def test_unusual_names_and_ids_round_trip(jpath: Path) -> None:
+    # Quotes, backslashes, control characters and non-ASCII take the json.loads path.
+    odd = 'job "订单"\\\n'
+    body = canonical_json({"begin_time": 1, "end_time": 2, "note": "订单"})
+    chunk = Chunk('id"with\\quote', "window", "window[7]", odd, WS, body, ("u1", 'u"2', "ü3"))
+    plain = Chunk("x" * 32, "window", "window[8]", "job", WS, body, ())
+
+    async def script(j: Journal) -> None:
+        for c in (chunk, plain):
+            await j.intend(c, 1, WALL)
+            j.outcome(c, 1, DONE, WALL + 1, "done")
+        await j.intend(chunk, 2, WALL + 2)
+        j.outcome(chunk, 2, HELD, WALL + 3, "held")
+
+    await _play(jpath, script)
+    _, state = read_state(jpath)
+    assert state.units == dict.fromkeys(chunk.units, UnitState.HELD)
+    assert state.chunks[plain.id].units == ()
+    (intent,) = read_records_at(jpath, iter([state.chunks[chunk.id].intent_offset]))
+    assert intent["job_name"] == odd
+    assert intent["body"] == {"begin_time": 1, "end_time": 2, "note": "订单"}
+
+
+@pytest.mark.anyio
+async def test_live_state_matches_a_replay(journal: Journal, jpath: Path) -> None:
+    a, b, c = window(0), batch([1, 2]), window(1)
+    await journal.intend(a, 1, WALL)
+    journal.outcome(a, 1, THROTTLED, WALL + 1, "retry")
+    await journal.intend(a, 2, WALL + 2)
+    journal.outcome(a, 2, DONE, WALL + 3, "done")
+    await journal.intend(b, 1, WALL + 4)
+    journal.outcome(b, 1, FAILED, WALL + 5, "failed")
+    await journal.intend(c, 1, WALL + 6)
+    await journal.flush()
+    _, replayed = read_state(jpath)
+    live = journal.state()
+    assert live.units == replayed.units
+    assert live.records == replayed.records
+    assert live.attempts == replayed.attempts == 4
+    for cid, info in live.chunks.items():
+        other = replayed.chunks[cid]
+        assert (info.state, info.attempts, info.intent_offset, info.outcome_offset) == (
+            other.state,
+            other.attempts,
+            other.intent_offset,
+            other.outcome_offset,
+        )
+
+
+def test_misuse_is_refused(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="without an intent"):
+        journal.outcome(window(0), 1, DONE, WALL, "done")
+    with pytest.raises(ValueError, match="outcome state"):
+        journal.outcome(window(0), 1, DONE, WALL, "maybe")
+    bad = Chunk("x", "window", "window[0]", "j", WS, b'{"a":\n1}', ("x",))
+    with pytest.raises(ValueError, match="canonical JSON"):
+        anyio.run(journal.intend, bad, 1, WALL)
+    with pytest.raises(ValueError, match="finite"):
+        anyio.run(journal.intend, window(0), 1, float("nan"))
+
+
+# -- crashes and damage ---------------------------------------------------------------------
+
+
+def _journal_with_records(path: Path) -> bytes:
+    async def script(j: Journal) -> None:
+        for i in range(3):
+            chunk = window(i)
+            await j.intend(chunk, 1, WALL + i)
+            j.outcome(chunk, 1, DONE, WALL + i, "done")
+        await j.intend(batch([7, 8]), 1, WALL + 5)
+
+    anyio.run(_play, path, script)
+    return path.read_bytes()
+
+
+def test_a_torn_last_record_is_cut_away_at_every_cut_point(jpath: Path) -> None:
+    data = _journal_with_records(jpath)
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    good = data[:last_start]
+    expected_units = {window(i).id: UnitState.DONE for i in range(3)}
+    for cut in range(last_start + 1, len(data)):  # every prefix of the last line
+        jpath.write_bytes(data[:cut])
+        _, state = read_state(jpath)  # read-only: tolerated, not repaired
+        assert state.units == expected_units
+        assert jpath.read_bytes() == data[:cut]
+        with Journal.open(jpath, BINDING, tool_version="0.1.0") as journal:
+            assert journal.state().units == expected_units
+            assert jpath.read_bytes() == good  # repaired before appending
+            anyio.run(journal.intend, window(9), 1, WALL)
+        _, state = read_state(jpath)
+        assert state.units == {**expected_units, window(9).id: UnitState.HELD}
+
+
+def test_garbage_after_the_last_record_is_a_torn_tail(jpath: Path) -> None:
+    data = _journal_with_records(jpath)
+    for garbage in (b"\x00" * 512, b'{"t":"outc', b"not json at all\n"):
+        jpath.write_bytes(data + garbage)
+        with Journal.open(jpath, BINDING, tool_version="0.1.0"):
+            pass
+        assert jpath.read_bytes() == data
+
+
+def test_damage_before_the_last_record_is_refused(jpath: Path) -> None:
+    data = _journal_with_records(jpath)
+    rows = data.splitlines(keepends=True)
+    damaged_line = 3  # 1-based: header, intent, outcome, ...
+    for damage in (
+        lambda row: row.replace(b'"done"', b'"held"'),  # an edit: checksum no longer matches
+        lambda row: row[:20] + b"\n",  # a truncated line
+        lambda row: b"\n",  # an empty line
+    ):
+        rows_copy = list(rows)
+        rows_copy[damaged_line - 1] = damage(rows[damaged_line - 1])
+        jpath.write_bytes(b"".join(rows_copy))
+        for attempt in (
+            lambda: read_state(jpath),
+            lambda: Journal.open(jpath, BINDING, tool_version="0.1.0"),
+        ):
+            with pytest.raises(JournalCorrupt, match=f"line {damaged_line}") as err:
+                attempt()
+            assert err.value.exit_code == 2
+        assert jpath.read_bytes() == b"".join(rows_copy)  # never "repaired"
+
+
+def test_a_record_that_contradicts_the_ones_before_is_refused(jpath: Path) -> None:
+    data = _journal_with_records(jpath)
+    rows = data.splitlines(keepends=True)
+    # Drop the first intent: its outcome then has no intent.
+    jpath.write_bytes(b"".join(rows[:1] + rows[2:]))
+    with pytest.raises(JournalCorrupt, match=r"line 2.*without an intent"):
+        read_state(jpath)
+
+
+def test_every_record_holds_only_what_it_was_given(jpath: Path) -> None:
+    _journal_with_records(jpath)
+    allowed = {
+        "header": {"t", "format", "tool", "tool_version", "project_id", "endpoint", "created"},
+        "intent": {"t", "chunk", "attempt", "wall", "units", "entry", "kind", "job_name",
+                   "workspace", "body"},
+        "outcome": {"t", "chunk", "attempt", "wall", "state", "kind", "status", "error_code",
+                    "error_msg", "request_id", "reason", "retry_after", "ms"},
+    }  # fmt: skip
+    for record in lines(jpath):
+        assert set(record) - {"crc"} <= allowed[record["t"]]
+    text = jpath.read_text()
+    for secret_name in ("Authorization", "X-Auth-Token", "X-Security-Token", "sk", "SK"):
+        assert f'"{secret_name}"' not in text
+
+
+# -- a model of the replay rules ------------------------------------------------------------
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # which chunk
+        st.sampled_from(["done", "failed", "held", "retry", "pending", "crash", "verify"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ACTIONS)
+def test_replay_follows_the_rules_for_any_history(actions: list[tuple[int, str]]) -> None:
+    chunks = [window(0), window(1), batch([1, 2]), batch([2, 3], job="other")]
+    model: dict[str, UnitState] = {}
+
+    async def script(j: Journal) -> None:
+        attempts = [0] * len(chunks)
+        for index, action in actions:
+            chunk = chunks[index]
+            if action == "verify":
+                j.verified(chunk.units[0], UnitState.DONE, "seen", WALL)
+                model[chunk.units[0]] = UnitState.DONE
+                continue
+            attempts[index] += 1
+            before = {u: model.get(u) for u in chunk.units}
+            await j.intend(chunk, attempts[index], WALL)
+            for u in chunk.units:
+                model[u] = UnitState.HELD
+            if action == "crash":
+                continue  # no outcome: held until a later outcome says otherwise
+            kind = {"done": DONE, "failed": FAILED, "held": HELD}.get(action, THROTTLED)
+            j.outcome(chunk, attempts[index], kind, WALL, action)
+            if action in ("retry", "pending"):
+                for u, prior in before.items():
+                    if prior is None:
+                        model.pop(u, None)
+                    else:
+                        model[u] = prior
+            else:
+                for u in chunk.units:
+                    model[u] = UnitState(action)
+        assert j.state().units == model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j"
+        anyio.run(_play, path, script)
+        assert read_state(path)[1].units == model

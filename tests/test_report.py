@@ -1,0 +1,377 @@
+"""status and report, on journals written through the journal's API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from rich.console import Console
+
+from bulkrerun.chunk import Chunk, canonical_json, chunk_id, instance_unit_id
+from bulkrerun.journal import Binding, Journal, RunInfo, UnitState, read_state
+from bulkrerun.manifest import load_manifest
+from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.planner import plan
+from bulkrerun.report import (
+    REPORT_COLUMNS,
+    count_pending,
+    pending_units,
+    render_status,
+    report_rows,
+    status,
+    status_json,
+    write_report,
+)
+
+BINDING = Binding("62099355b894428e8916573ae635f1f9", "http://127.0.0.1:8080")
+WS = "62fbba734e634c5087656fc3ff7adf34"
+T0 = 1_732_600_000.0
+BEGIN = 1_732_608_000_000  # 2024-11-26T08:00:00Z
+
+FAILED = Outcome(
+    Kind.FAILED, 400, "DLF.1000", "Failed to find the job [bold]x[/bold].", "req-f", reason="400"
+)
+NOT_FOUND = Outcome(Kind.FAILED, 404, None, None, "req-n", reason="404")
+HELD = Outcome(Kind.HELD, reason="timeout after send", elapsed=30.0)
+THROTTLED = Outcome(Kind.RETRY, 429, "APIG.0308", "throttled", "req-t", retry_after=2.0)
+ACCEPTED = Outcome(Kind.DONE, 200, request_id="req-ok", reason="accepted", elapsed=0.05)
+
+MANIFEST = f"""version = 1
+
+[defaults]
+workspace = "{WS}"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+
+[[window]]
+job_name = "ods_orders"
+begin = {BEGIN}
+end = {BEGIN + 5 * 3_600_000}
+chunk = "1h"
+concurrent = 4
+jobs = [{{ job_name = "dwd_orders", workspace_id = "{WS}" }}]
+
+[[instances]]
+job_name = "ods_payments"
+batch = 3
+items = [
+  {{ job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 }},
+  {{ job_id = 2, plan_time = 1732601580000, submit_time = 1732239754684 }},
+  {{ job_id = 3, plan_time = 1732601580000, submit_time = 1732239754684 }},
+  {{ job_id = 4, plan_time = 1732601580000, submit_time = 1732239754684 }},
+]
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def console() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=250, color_system=None, force_terminal=False), buffer
+
+
+def run_journal(path: Path, script: Callable[[Journal], Any]) -> None:
+    async def main() -> None:
+        with Journal.open(path, BINDING, tool_version="0.1.0") as journal:
+            await script(journal)
+            await journal.flush()
+
+    anyio.run(main)
+
+
+@pytest.fixture
+def planned(tmp_path: Path) -> tuple[Path, list[Chunk]]:
+    manifest = tmp_path / "backfill.toml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    return manifest, list(plan(load_manifest(manifest)))
+
+
+@pytest.fixture
+def journal_path(tmp_path: Path, planned: tuple[Path, list[Chunk]]) -> Path:
+    """A journal of the manifest above, one run: window chunks 0..4 done / failed / held /
+    throttled-then-done / never sent; instance batch [1, 2, 3] sent with no outcome (the
+    run was killed), instance 4 never sent."""
+    manifest_path, chunks = planned
+    w0, w1, w2, w3, _w4, batch123, _batch4 = chunks
+    path = tmp_path / "journal"
+    manifest = load_manifest(manifest_path)
+
+    async def script(j: Journal) -> None:
+        j.begin_run(
+            RunInfo.from_manifest(
+                manifest_path, instance_files=manifest.files, pending=len(chunks)
+            ),
+            wall=T0,
+        )
+        await j.intend(w0, 1, T0 + 1)
+        j.outcome(w0, 1, ACCEPTED, T0 + 2, "done")
+        await j.intend(w1, 1, T0 + 2)
+        j.outcome(w1, 1, FAILED, T0 + 3, "failed")
+        await j.intend(w2, 1, T0 + 3)
+        j.outcome(w2, 1, HELD, T0 + 4, "held")
+        await j.intend(w3, 1, T0 + 4)
+        j.outcome(w3, 1, THROTTLED, T0 + 5, "retry")
+        await j.intend(w3, 2, T0 + 7)
+        j.outcome(w3, 2, ACCEPTED, T0 + 8, "done")
+        await j.intend(batch123, 1, T0 + 9)  # killed before the outcome
+
+    run_journal(path, script)
+    return path
+
+
+def test_status_counts_units_and_says_what_to_do(journal_path: Path) -> None:
+    summary = status(journal_path, pending=2)
+    assert (summary.done, summary.failed, summary.held, summary.pending) == (2, 1, 4, 2)
+    assert summary.failed_by_code == {"DLF.1000": 1}
+    assert (summary.requests, summary.attempts, summary.accepted, summary.runs) == (5, 6, 2, 1)
+    assert summary.first_wall == T0 + 1
+    assert summary.last_wall == T0 + 9
+    assert summary.active_seconds == pytest.approx(9.0)
+    assert summary.rate == pytest.approx(2 / 9.0)
+    steps = "\n".join(summary.next_steps)
+    assert f"--journal {journal_path}" in steps
+    assert "backfill.toml" in steps
+    assert "--resend-held" in steps
+    assert f"bulkrerun verify {journal_path}" in steps
+    assert "--retry-failed" in steps
+    assert "2 units not yet sent" in steps
+
+
+def test_status_json_has_integer_counts(journal_path: Path) -> None:
+    obj = status_json(status(journal_path, pending=2))
+    assert {k: obj[k] for k in ("done", "failed", "held", "pending")} == {
+        "done": 2,
+        "failed": 1,
+        "held": 4,
+        "pending": 2,
+    }
+    assert obj["failed_by_code"] == {"DLF.1000": 1}
+    assert obj["first_time"] == "2024-11-26T05:46:41.000Z"
+    json.dumps(obj)  # serialisable as is
+
+
+def test_status_when_everything_is_done(tmp_path: Path) -> None:
+    chunk = _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
+
+    run_journal(tmp_path / "j", script)
+    summary = status(tmp_path / "j", pending=0)
+    assert summary.next_steps == ["nothing left to do: every unit is done"]
+    assert summary.failed_by_code == {}
+
+
+def test_render_status_prints_counts_and_escapes_service_text(journal_path: Path) -> None:
+    con, buffer = console()
+    render_status(status(journal_path, pending=None), con)
+    text = buffer.getvalue()
+    assert "DLF.1000" in text
+    assert "?" in text  # pending unknown
+    assert "2 of 5 requests accepted" in text
+    assert "next:" in text
+
+
+def test_report_rows_one_per_request_with_its_final_outcome(
+    journal_path: Path, planned: tuple[Path, list[Chunk]]
+) -> None:
+    chunks = planned[1]
+    rows = {row.chunk: row for row in report_rows(journal_path)}
+    assert list(rows) == [c.id for c in chunks[:4]] + [chunks[5].id]
+    done, failed, held, retried = (rows[c.id] for c in chunks[:4])
+    assert (done.state, done.status, done.request_id, done.attempts) == ("done", 200, "req-ok", 1)
+    assert (done.begin_ms, done.end_ms, done.instances) == (BEGIN, BEGIN + 3_599_999, None)
+    assert (done.mode, done.entry, done.job_name) == ("window", "window[0]", "ods_orders")
+    assert (failed.state, failed.status, failed.error_code) == ("failed", 400, "DLF.1000")
+    assert failed.error_msg == FAILED.error_msg
+    assert (held.state, held.reason) == ("held", "timeout after send")
+    assert (retried.state, retried.attempts, retried.request_id) == ("done", 2, "req-ok")
+    killed = rows[chunks[5].id]
+    assert (killed.state, killed.current, killed.instances, killed.status) == (
+        "held",
+        "held",
+        3,
+        None,
+    )
+    assert killed.reason == "sent; no outcome recorded"
+
+
+def test_report_shows_what_units_became_later(tmp_path: Path) -> None:
+    chunk = _batch_chunk([1, 2])
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, HELD, T0 + 1, "held")
+        j.verified(chunk.units[0], UnitState.DONE, "rerun seen", T0 + 2)
+        other = _window_chunk(1)
+        await j.intend(other, 1, T0 + 3)
+        j.outcome(other, 1, THROTTLED, T0 + 4, "pending")  # 401 came next: run aborted
+
+    run_journal(tmp_path / "j", script)
+    first, second = report_rows(tmp_path / "j")
+    assert (first.state, first.current) == ("held", "done 1, held 1")
+    assert (second.state, second.current) == ("pending", "pending")
+
+
+def test_report_csv_json_and_table(journal_path: Path) -> None:
+    con, table_out = console()
+    outputs: dict[str, str] = {}
+    for fmt in ("csv", "json", "table"):
+        out = io.StringIO()
+        n = write_report(journal_path, fmt, out, con)
+        assert n == 5
+        outputs[fmt] = out.getvalue()
+    rows = list(csv.DictReader(io.StringIO(outputs["csv"])))
+    assert tuple(rows[0]) == REPORT_COLUMNS
+    assert [r["state"] for r in rows] == ["done", "failed", "held", "done", "held"]
+    assert rows[0]["begin"] == "2024-11-26T08:00:00.000Z"
+    assert rows[0]["end"] == "2024-11-26T08:59:59.999Z"
+    assert rows[1]["error_msg"] == FAILED.error_msg
+    objects = [json.loads(line) for line in outputs["json"].splitlines()]
+    assert len(objects) == 5
+    assert objects[0]["begin_ms"] == BEGIN
+    assert objects[4]["instances"] == 3
+    assert set(REPORT_COLUMNS) <= set(objects[0])
+    assert outputs["table"] == ""  # the table goes to the console
+    text = table_out.getvalue()
+    assert "5 requests: done 2, failed 1, held 2" in text
+    assert "DLF.1000" in text
+    assert "[bold]x[/bold]" in text  # printed as is, not taken as markup
+
+
+def test_no_output_carries_an_authorization_header(journal_path: Path) -> None:
+    con, buffer = console()
+    render_status(status(journal_path, pending=1), con)
+    print(json.dumps(status_json(status(journal_path, pending=1))), file=buffer)
+    for fmt in ("table", "csv", "json", "manifest"):
+        write_report(journal_path, fmt, buffer, con)
+    text = buffer.getvalue()
+    for name in ("Authorization", "X-Auth-Token", "X-Security-Token", "SDK-HMAC-SHA256"):
+        assert name not in text
+
+
+def test_manifest_of_what_failed_or_is_held_plans_the_same_requests(
+    journal_path: Path, planned: tuple[Path, list[Chunk]], tmp_path: Path
+) -> None:
+    chunks = planned[1]
+    out = io.StringIO()
+    n = write_report(journal_path, "manifest", out, console()[0])
+    assert n == 3  # failed window, held window, the killed batch
+    text = out.getvalue()
+    tomllib.loads(text)
+    again = tmp_path / "again.toml"
+    again.write_text(text, encoding="utf-8")
+    replanned = list(plan(load_manifest(again)))
+    # The window chunks come back with the very ids they had: the journal knows them.
+    assert [c.id for c in replanned[:2]] == [chunks[1].id, chunks[2].id]
+    assert replanned[0].body == chunks[1].body
+    # The batch comes back with the same instances (units), whatever its batching.
+    assert replanned[2].units == chunks[5].units
+    _, state = read_state(journal_path)
+    assert {state.units[u] for c in replanned for u in c.units} <= {
+        UnitState.FAILED,
+        UnitState.HELD,
+    }
+
+
+def test_manifest_keeps_only_the_units_still_failed_or_held(tmp_path: Path) -> None:
+    chunk = _batch_chunk([1, 2, 3])
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, HELD, T0 + 1, "held")
+        j.verified(chunk.units[1], UnitState.DONE, "rerun seen", T0 + 2)
+
+    run_journal(tmp_path / "j", script)
+    out = io.StringIO()
+    assert write_report(tmp_path / "j", "manifest", out, console()[0]) == 1
+    data = tomllib.loads(out.getvalue())
+    (entry,) = data["instances"]
+    assert [i["job_id"] for i in entry["items"]] == [1, 3]
+    assert entry["batch"] == 2
+    assert entry["retry_location"] == "errorNode"
+
+
+def test_an_empty_manifest_says_there_is_nothing_to_do(tmp_path: Path) -> None:
+    run_journal(tmp_path / "j", _nothing)
+    out = io.StringIO()
+    assert write_report(tmp_path / "j", "manifest", out, console()[0]) == 0
+    assert "Nothing failed or is held" in out.getvalue()
+    assert tomllib.loads(out.getvalue()) == {"version": 1}
+
+
+def test_count_pending_and_pending_units(
+    journal_path: Path, planned: tuple[Path, list[Chunk]]
+) -> None:
+    manifest_path, chunks = planned
+    _, state = read_state(journal_path)
+    # Window chunk 4 and instance 4 were never sent.
+    assert count_pending(state, chunks) == 2
+    assert pending_units(journal_path) == 2
+    manifest_path.write_text(MANIFEST.replace("5 * 3_600_000", "6 * 3_600_000") + "\n")
+    assert pending_units(journal_path) is None  # the manifest changed since the run
+
+
+def test_pending_units_without_a_run_is_unknown(tmp_path: Path) -> None:
+    run_journal(tmp_path / "j", _nothing)
+    assert pending_units(tmp_path / "j") is None
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _nothing(_journal: Journal) -> None:
+    return None
+
+
+def _window_chunk(i: int) -> Chunk:
+    body = canonical_json(
+        {
+            "begin_time": BEGIN + i * 3_600_000,
+            "concurrent": 1,
+            "end_time": BEGIN + (i + 1) * 3_600_000 - 1,
+            "ignore_obs_monitor": True,
+            "retry_location": "errorNode",
+            "retry_task_version": "original_version",
+        }
+    )
+    cid = chunk_id("ods_orders", WS, body)
+    return Chunk(cid, "window", "window[0]", "ods_orders", WS, body, (cid,))
+
+
+def _batch_chunk(job_ids: list[int]) -> Chunk:
+    items = [
+        {"job_id": j, "plan_time": 1_732_601_580_000, "submit_time": 1_732_239_754_684}
+        for j in job_ids
+    ]
+    body = canonical_json(
+        {
+            "ignore_obs_monitor": True,
+            "retry_location": "errorNode",
+            "retry_task_version": "original_version",
+            "task_retrys": items,
+        }
+    )
+    units = tuple(
+        instance_unit_id("ods_payments", j, 1_732_601_580_000, 1_732_239_754_684) for j in job_ids
+    )
+    return Chunk(
+        chunk_id("ods_payments", WS, body),
+        "instances",
+        "instances[0]",
+        "ods_payments",
+        WS,
+        body,
+        units,
+    )
