@@ -11,6 +11,7 @@ import time
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 
 
 class Clock(Protocol):
@@ -71,4 +72,4 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.advance(seconds)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()

@@ -192,17 +192,15 @@ class Engine:
             attempt += 1
 
     async def _admitted(self) -> bool:
-        """Wait for a send slot: book one, sleep until it, and have it confirmed right before
-        sending (the rate may have dropped or the breaker opened meanwhile). False: stopping."""
+        """Wait for this attempt's place in the send schedule (pacing may move it later while
+        it waits: a lower rate, an open breaker). False: a stop came first."""
         pacer, clock = self._pacer, self._clock
-        while True:
-            delay = pacer.reserve(clock.now())
-            if not await self._wait(delay):
+        slot = pacer.reserve(clock.now())
+        while (wait := pacer.wait(slot, clock.now())) > 0:
+            if not await self._wait(wait):
+                pacer.cancel(slot)
                 return False
-            if pacer.admit(clock.now()):
-                return True
-            if delay <= 0:
-                await clock.sleep(0)  # refused without a wait: let the others run first
+        return not self._stopping
 
     def _decide(self, outcome: Outcome, attempt: int) -> tuple[str, float]:
         """The journal state for this attempt's outcome, and the delay before the next

@@ -4,7 +4,7 @@
 
     BulkrerunError                  every error this package raises on purpose
     ├── BadInput                    exit 2: nothing was sent
-    │   ├── ManifestError           the manifest (or an instance file) is wrong; carries every problem
+    │   ├── ManifestError           the manifest or an instance file is wrong: every problem
     │   ├── SettingsError           settings or arguments are wrong
     │   └── JournalMismatch         the journal belongs to another project, endpoint or format
     ├── JournalCorrupt              exit 2: a journal record in the middle is unreadable

@@ -50,8 +50,9 @@ __all__ = ["DEMO_ANCHOR_MS", "Catalog", "Instances", "JobSpec", "Outage"]
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
-# 2024-11-27T00:00:00+08:00: the demo's "now"; its outage is 2024-11-26 02:00..12:00 (+08:00).
-DEMO_ANCHOR_MS = 1_732_636_800_000
+# 2024-11-26T20:00:00+08:00: the demo's "now"; its outage is 2024-11-25 22:00..2024-11-26 08:00
+# (+08:00). configs/demo.toml is written for this world.
+DEMO_ANCHOR_MS = 1_732_622_400_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,136 @@
+"""Helpers shared by the benchmarks: start the fake service as a process on its own core,
+time whole processes, read peak memory, print tables.
+
+Everything runs on loopback. The server and the client are pinned to different cores
+where the machine has two or more, so the client's cost is not hidden by the server's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CORE = CORES[-1:] if len(CORES) >= 2 else []
+CLIENT_CORES = CORES[:-1] if len(CORES) >= 2 else []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pin(cores: Sequence[int]) -> None:
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cores))
+
+
+@contextlib.contextmanager
+def fake_server(*args: str) -> Iterator[str]:
+    """``bulkrerun fake-server`` as a process on the server core; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [PY, "-m", "bulkrerun", "fake-server", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: _pin(SERVER_CORE),
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if "listening" not in line:
+            raise RuntimeError(f"fake server did not start: {line!r}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: float
+    max_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> Timed:
+    """Run a whole process on the client cores; wall time and its peak RSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        preexec_fn=lambda: _pin(CLIENT_CORES),
+        cwd=ROOT,
+        check=False,
+    )
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the max over all waited children: only meaningful when this
+    # child set a new maximum, so benchmarks measure memory in a fresh interpreter each time.
+    return Timed(
+        seconds,
+        max(after, before) / 1024,
+        proc.returncode,
+        proc.stdout.decode(),
+        proc.stderr.decode(),
+    )
+
+
+def peak_rss_of(argv: Sequence[str]) -> tuple[float, Timed]:
+    """Peak RSS in MB of one process, measured by a fresh helper interpreter around it."""
+    code = (
+        "import resource,subprocess,sys,time;t=time.perf_counter();"
+        "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
+        "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(time.perf_counter()-t, u.ru_maxrss, r.returncode)"
+    )
+    t = timed([PY, "-c", code, *argv])
+    seconds, rss_kb, rc = t.stdout.split()
+    return int(rss_kb) / 1024, Timed(float(seconds), int(rss_kb) / 1024, int(rc), "", t.stderr)
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title, "-" * len(title)]
+    for n, r in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    with contextlib.suppress(OSError):
+        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        if m:
+            cpu = m.group(1).strip()
+    return f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"

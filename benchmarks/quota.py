@@ -1,0 +1,102 @@
+"""Quota utilisation: how much of a service's real limit bulkrerun turns into accepted reruns.
+
+The fake service allows 50 requests/s (server-side token bucket, 429 beyond) with 20 ms
+latency. bulkrerun runs with the rate set right (50/s) and far too high (370/s), 64 in
+flight. Utilisation = accepted requests per second over the run (first intent to last
+outcome, from the journal) / 50; the 429 share = attempts answered 429 / all attempts.
+Goals: set right >= 97 % and <= 1 % 429s; set far too high >= 90 % and <= 5 % 429s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import PY, fake_server, machine, median, table, timed
+
+LIMIT = 50.0
+AK, SK = "BENCHAK0000000000000", "bench-secret-key-not-real"
+
+
+def manifest(path: Path, n: int) -> Path:
+    begin = 1_704_067_200_000
+    path.write_text(
+        "version = 1\n[defaults]\n"
+        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
+        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
+        f'[[window]]\njob_name = "quota_job"\nbegin = {begin}\nend = {begin + n * 60_000}\n'
+        'chunk = "1m"\n'
+    )
+    return path
+
+
+def measure(journal: Path) -> tuple[float, float, int]:
+    """(accepted per second, share of attempts answered 429, accepted) from the journal."""
+    first = last = None
+    attempts = throttled = accepted = 0
+    with journal.open(encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["t"] == "intent":
+                first = r["wall"] if first is None else min(first, r["wall"])
+            elif r["t"] == "outcome":
+                attempts += 1
+                last = r["wall"] if last is None else max(last, r["wall"])
+                throttled += r.get("status") == 429
+                accepted += r["state"] == "done"
+    assert first is not None and last is not None
+    return accepted / (last - first), throttled / attempts, accepted
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("-n", type=int, default=1_500)
+    p.add_argument("--reps", type=int, default=1)
+    a = p.parse_args()
+    rows = []
+    ok = True
+    goals = {50.0: (0.97, 0.01), 370.0: (0.90, 0.05)}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        m = manifest(d / "quota.toml", a.n)
+        for rate, (min_util, max_429) in goals.items():
+            utils, shares = [], []
+            for rep in range(a.reps):
+                with fake_server(
+                    "--ak", AK, "--sk", SK, "--rate-limit", str(LIMIT), "--latency-ms", "20",
+                    "--no-retry-after",
+                ) as url:  # fmt: skip
+                    j = d / f"j-{rate}-{rep}"
+                    t = timed(
+                        [PY, "-m", "bulkrerun", "run", str(m), "--journal", str(j),
+                         "--endpoint", url, "--rate", str(rate), "--max-inflight", "64",
+                         "--no-progress"],
+                        env={"BULKRERUN_PROJECT_ID": "bench", "BULKRERUN_AK": AK,
+                             "BULKRERUN_SK": SK},
+                    )  # fmt: skip
+                    if t.returncode != 0:
+                        raise RuntimeError(f"run failed ({t.returncode}): {t.stderr[-2000:]}")
+                    per_s, share, accepted = measure(j)
+                    assert accepted == a.n
+                    utils.append(per_s / LIMIT)
+                    shares.append(share)
+            util, share = median(utils), median(shares)
+            good = util >= min_util and share <= max_429
+            ok &= good
+            rows.append([
+                f"rate set to {rate:g}/s", f"{util * LIMIT:.1f}", f"{util:.1%}", f"{share:.2%}",
+                f">= {min_util:.0%}, <= {max_429:.0%} 429s " + ("PASS" if good else "FAIL"),
+            ])  # fmt: skip
+    print(table(
+        f"quota utilisation: service limit {LIMIT:g}/s, 20 ms latency, {a.n:,} requests, "
+        f"64 in flight ({machine()})",
+        ["client", "accepted/s", "utilisation", "429 share", "goal"], rows,
+    ))  # fmt: skip
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Throughput: a whole ``bulkrerun run`` against a bare aiohttp loop, same requests, same run.
+
+Both send the same N requests (default 60,000 window chunks) at 64 in flight to the same
+fake service (its own core), and both are timed as whole processes (start-up, planning and,
+for bulkrerun, the durable journal included). bulkrerun's rate limit is set out of the way.
+Goal: bulkrerun >= 0.9x the bare loop, unsigned and AK/SK-signed. The official SDK
+(sequential and 16 threads) is the anchor a user would otherwise script: goal >= 5x the SDK
+with 16 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import PY, fake_server, machine, median, table, timed
+
+AK, SK = "BENCHAK0000000000000", "bench-secret-key-not-real"
+PROJECT = "bench"
+
+
+def manifest(path: Path, n: int) -> Path:
+    begin = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+    path.write_text(
+        "version = 1\n[defaults]\n"
+        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
+        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
+        f'[[window]]\njob_name = "bench_job"\nbegin = {begin}\nend = {begin + n * 60_000}\n'
+        'chunk = "1m"\nconcurrent = 4\n'
+    )
+    return path
+
+
+def run_bulkrerun(m: Path, journal: Path, url: str, signed: bool) -> float:
+    env = {"BULKRERUN_PROJECT_ID": PROJECT}
+    env.update({"BULKRERUN_AK": AK, "BULKRERUN_SK": SK} if signed else {"BULKRERUN_TOKEN": "t"})
+    t = timed(
+        [
+            PY,
+            "-m",
+            "bulkrerun",
+            "run",
+            str(m),
+            "--journal",
+            str(journal),
+            "--endpoint",
+            url,
+            "--rate",
+            "1000000",
+            "--burst",
+            "1000",
+            "--max-inflight",
+            "64",
+            "--no-progress",
+        ],
+        env=env,
+    )
+    if t.returncode != 0:
+        raise RuntimeError(f"bulkrerun run failed ({t.returncode}): {t.stderr[-2000:]}")
+    return t.seconds
+
+
+def run_bare(plan: Path, url: str, n: int, signed: bool, uvloop: bool = False) -> float:
+    argv = [PY, "benchmarks/bare_loop.py", str(plan), url, "--project", PROJECT]
+    argv += ["--sign", AK, SK] if signed else []
+    argv += ["--uvloop"] if uvloop else []
+    t = timed(argv)
+    if t.returncode != 0 or t.stdout.strip() != str(n):
+        raise RuntimeError(f"bare loop failed: {t.stdout} {t.stderr[-2000:]}")
+    return t.seconds
+
+
+def run_sdk(plan: Path, url: str, n: int, threads: int) -> float:
+    t = timed(
+        [
+            PY,
+            "benchmarks/sdk_anchor.py",
+            str(plan),
+            url,
+            "--ak",
+            AK,
+            "--sk",
+            SK,
+            "--project",
+            PROJECT,
+            "-n",
+            str(n),
+            "--threads",
+            str(threads),
+        ]
+    )
+    if t.returncode != 0:
+        raise RuntimeError(f"sdk anchor failed: {t.stderr[-2000:]}")
+    return float(t.stdout.strip())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("-n", type=int, default=60_000)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--sdk-n", type=int, default=1_000)
+    a = p.parse_args()
+    rows = []
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        m = manifest(d / "bench.toml", a.n)
+        plan = d / "plan.jsonl"
+        with plan.open("wb") as f:
+            import subprocess
+
+            subprocess.run([PY, "-m", "bulkrerun", "plan", str(m), "--json"], stdout=f, check=True)
+        results: dict[str, float] = {}
+        for signed in (False, True):
+            args = ("--ak", AK, "--sk", SK) if signed else ()
+            with fake_server(*args) as url:
+                bare, ours, bare_uv = [], [], []
+                for rep in range(a.reps):
+                    bare.append(run_bare(plan, url, a.n, signed))
+                    ours.append(run_bulkrerun(m, d / f"j-{signed}-{rep}", url, signed))
+                    bare_uv.append(run_bare(plan, url, a.n, signed, uvloop=True))
+                tag = "signed" if signed else "unsigned"
+                b, o, u = median(bare), median(ours), median(bare_uv)
+                results[f"bulkrerun {tag}"] = a.n / o
+                ratio = b / o
+                goal = ratio >= 0.9
+                ok &= goal
+                rows.append(
+                    [f"bare aiohttp loop, {tag}", f"{a.n / b:,.0f}", f"{b:.2f}", "1.00", ""]
+                )
+                rows.append(
+                    [
+                        f"bare aiohttp loop + uvloop, {tag}",
+                        f"{a.n / u:,.0f}",
+                        f"{u:.2f}",
+                        f"{b / u:.2f}",
+                        "",
+                    ]
+                )
+                rows.append(
+                    [
+                        f"bulkrerun run (journal, pacing), {tag}",
+                        f"{a.n / o:,.0f}",
+                        f"{o:.2f}",
+                        f"{ratio:.2f}",
+                        ">= 0.90 " + ("PASS" if goal else "FAIL"),
+                    ]
+                )
+        with fake_server("--ak", AK, "--sk", SK) as url:
+            seq = median([run_sdk(plan, url, a.sdk_n, 1) for _ in range(a.reps)])
+            thr = median([run_sdk(plan, url, a.sdk_n, 16) for _ in range(a.reps)])
+        rows.append(["official SDK, sequential", f"{seq:,.0f}", "", "", ""])
+        rows.append(["official SDK, 16 threads", f"{thr:,.0f}", "", "", ""])
+        vs = results["bulkrerun signed"] / thr
+        goal = vs >= 5
+        ok &= goal
+        rows.append(
+            [
+                "bulkrerun signed / SDK 16 threads",
+                "",
+                "",
+                f"{vs:.1f}x",
+                ">= 5x " + ("PASS" if goal else "FAIL"),
+            ]
+        )
+    print(
+        table(
+            f"throughput: {a.n:,} requests, 64 in flight, median of {a.reps} ({machine()})",
+            ["client", "requests/s", "seconds", "ratio", "goal"],
+            rows,
+        )
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

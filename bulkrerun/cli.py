@@ -1,0 +1,1115 @@
+"""The ``bulkrerun`` command: the only place that reads settings and configures logging.
+
+Commands: plan, run, status, report, verify, fake-server, demo (see ``bulkrerun --help``).
+Every error a user can cause ends here as a message and an exit code from
+:mod:`bulkrerun.errors`; no traceback reaches an operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import bulkrerun
+from bulkrerun.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BulkrerunError,
+    ManifestError,
+    SettingsError,
+)
+from bulkrerun.events import Event, Retrying, Settled, Stopping
+
+app = typer.Typer(
+    name="bulkrerun",
+    help=(
+        "Rerun Huawei Cloud DataArts Factory job instances in bulk: a manifest of jobs and "
+        "time windows becomes paced API requests, and a journal records every outcome so "
+        "that an interrupted run resumes without losing or repeating work.\n\n"
+        "Start with [bold]bulkrerun plan MANIFEST[/] (sends nothing), then "
+        "[bold]bulkrerun run MANIFEST --journal J[/]. Run the same command again to resume."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _console(stream: Any, **kw: Any) -> Console:
+    """Rich consoles; piped into a file or a CI log they are 160 columns, not rich's 80, so
+    tables of ids and times stay readable."""
+    width = None if stream.isatty() else 160
+    return Console(highlight=False, width=width, **kw)
+
+
+out = _console(sys.stdout)
+err = _console(sys.stderr, stderr=True)
+
+# -- shared options ----------------------------------------------------------------------------
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on stderr.")]
+LogFile = Annotated[
+    Path | None,
+    typer.Option("--log-file", help="Also write structured JSON log lines to this file."),
+]
+Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        help="Base URL, e.g. https://host or http://127.0.0.1:8080 [env BULKRERUN_ENDPOINT]"
+    ),
+]
+Region = Annotated[
+    str | None, typer.Option(help="Region ID, e.g. cn-north-4 [env BULKRERUN_REGION]")
+]
+ProjectId = Annotated[
+    str | None, typer.Option("--project-id", help="Project ID [env BULKRERUN_PROJECT_ID]")
+]
+Rate = Annotated[
+    float | None, typer.Option(help="Requests per second, all workers together [default 10]")
+]
+Burst = Annotated[int | None, typer.Option(help="Token-bucket burst [default 1]")]
+MaxInflight = Annotated[
+    int | None, typer.Option("--max-inflight", help="Requests in flight at once [default 16]")
+]
+Timeout = Annotated[float | None, typer.Option(help="Seconds for one request [default 30]")]
+MaxAttempts = Annotated[
+    int | None,
+    typer.Option("--max-attempts", help="Attempts per request for retryable failures [default 8]"),
+]
+JournalOpt = Annotated[
+    Path,
+    typer.Option("--journal", "-j", help="Journal file: created if new, resumed if it exists."),
+]
+
+
+class _Redact:
+    """structlog processor: no secret value and no auth header ever reaches a log line."""
+
+    KEYS = frozenset({"authorization", "x-auth-token", "x-security-token", "sk", "token"})
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self.secrets = [s for s in secrets if s]
+
+    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key in list(event):
+            if key.lower() in self.KEYS:
+                event[key] = "[redacted]"
+            elif self.secrets and isinstance(event[key], str):
+                value = event[key]
+                for secret in self.secrets:
+                    value = value.replace(secret, "[redacted]")
+                event[key] = value
+        return event
+
+
+def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[str] = ()) -> bool:
+    """Logs go to stderr (warnings, or everything with -v) and, with --log-file, as JSON lines
+    to that file. Returns whether per-chunk logging is wanted (it costs time on big runs).
+
+    Without either, structlog is not even imported: ``plan --json`` of a million requests
+    should not pay for it at start-up. Operator-facing warnings are printed, not logged.
+    """
+    if not verbose and log_file is None:
+        return False
+    import structlog
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Redact(secrets),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger("bulkrerun")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    console.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=structlog.dev.ConsoleRenderer(colors=False), foreign_pre_chain=shared
+        )
+    )
+    root.addHandler(console)
+    if log_file is not None:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processor=structlog.processors.JSONRenderer(), foreign_pre_chain=shared
+            )
+        )
+        root.addHandler(handler)
+    return verbose or log_file is not None
+
+
+def _fail(exc: BulkrerunError) -> typer.Exit:
+    if isinstance(exc, ManifestError):
+        err.print(f"[red]manifest has {len(exc.problems)} problem(s); nothing was sent:[/]")
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False)
+    else:
+        label = "error" if exc.exit_code == EXIT_BAD_INPUT else "stopped"
+        err.print(f"[red]{label}:[/] ", end="")
+        err.print(str(exc), markup=False)
+    return typer.Exit(exc.exit_code)
+
+
+def _settings(**flags: Any) -> Any:
+    from bulkrerun.settings import load_settings
+
+    return load_settings(**flags)
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+@app.command()
+def plan(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (TOML, or JSON).")],
+    json_lines: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='One JSON object per request: {"id","method","path","headers","body"}. '
+            "Streams; auth headers are never shown.",
+        ),
+    ] = False,
+    endpoint: Endpoint = None,
+    region: Region = None,
+    project_id: ProjectId = None,
+    rate: Rate = None,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+) -> None:
+    """Validate MANIFEST and show the plan. Sends nothing.
+
+    The summary shows, per entry, the job, mode, span, requests and instances, the first and
+    last request, and how long the plan takes at the configured rate.
+    """
+    configure_logging(verbose, log_file)
+    from bulkrerun.manifest import load_manifest
+    from bulkrerun.planner import plan as make_plan
+    from bulkrerun.planner import write_json_lines
+
+    try:
+        settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
+        m = load_manifest(manifest)
+        _print_warnings(m)
+        selections = _plan_selections(m, settings)
+        if json_lines:
+            try:
+                write_json_lines(
+                    make_plan(m, selections=selections), settings.project_id, sys.stdout.buffer
+                )
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:  # `plan --json | head` is fine
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        _print_plan_summary(m, settings, selections)
+    except BulkrerunError as exc:
+        raise _fail(exc) from None
+
+
+def _print_warnings(manifest: Any) -> None:
+    for warning in manifest.warnings:
+        err.print("[yellow]warning:[/] ", end="")
+        err.print(warning, markup=False)
+
+
+def _plan_selections(m: Any, settings: Any) -> dict[str, Any] | None:
+    """``plan`` resolves ``[[select]]`` entries only when it can reach the service."""
+    from bulkrerun.manifest import SelectEntry
+
+    if not any(isinstance(e, SelectEntry) for e in m.entries):
+        return None
+    try:
+        return anyio.run(_query_selections_for_plan, m, settings, backend="asyncio")
+    except SettingsError as exc:
+        err.print(
+            "[yellow]note:[/] [[select]] entries need the instance-list API to be planned "
+            f"({exc}); they are shown without their requests."
+        )
+        return None
+
+
+async def _query_selections_for_plan(m: Any, settings: Any) -> dict[str, Any]:
+    from bulkrerun.clock import SystemClock
+    from bulkrerun.pacing import Pacer, PacingConfig
+    from bulkrerun.select import query_selections
+
+    transport = _make_transport(settings)
+    pacer = Pacer(PacingConfig(rate=settings.rate, burst=settings.burst))
+    async with transport:
+        return await query_selections(
+            m,
+            transport,
+            pacer=pacer,
+            clock=SystemClock(),
+            on_note=lambda s: err.print(s, markup=False),
+        )
+
+
+def _print_plan_summary(m: Any, settings: Any, selections: Any) -> None:
+    from bulkrerun.planner import summarize
+
+    try:
+        from bulkrerun.settings import resolve_endpoint
+
+        where = resolve_endpoint(settings)
+    except SettingsError:
+        where = "(not set: BULKRERUN_REGION or BULKRERUN_ENDPOINT)"
+    rows = summarize(m, selections=selections)
+    table = Table(title=f"plan of {m.path}", title_justify="left")
+    for col in ("entry", "job", "mode", "span", "requests", "instances"):
+        table.add_column(col, justify="right" if col in ("requests", "instances") else "left")
+    requests = units = 0
+    for row in rows:
+        span = (
+            f"{_fmt_ms(row.begin_ms)} .. {_fmt_ms(row.end_ms)}"
+            if row.begin_ms is not None and row.end_ms is not None
+            else ""
+        )
+        mode = "B window" if row.kind == "window" else f"A {row.kind}"
+        resolved = row.kind != "select" or (selections and row.label in selections)
+        table.add_row(
+            row.label,
+            row.job_name,
+            mode,
+            span,
+            f"{row.requests:,}" if resolved else "needs a query",
+            f"{row.units:,}" if row.kind != "window" and resolved else "",
+        )
+        requests += row.requests
+        units += row.units if row.kind != "window" else 0
+    table.add_section()
+    table.add_row("total", "", "", "", f"{requests:,}", f"{units:,}")
+    out.print(table)
+    first = next((r.first for r in rows if r.first is not None), None)
+    last = next((r.last for r in reversed(rows) if r.last is not None), None)
+    if first is not None:
+        out.print(f"first request: {_describe(first)}")
+    if last is not None:
+        out.print(f"last request:  {_describe(last)}")
+    seconds = requests / settings.rate
+    out.print(
+        f"{requests:,} requests to {where}, project {settings.project_id or '(not set)'}; "
+        f"at {settings.rate:g} requests/s that takes about {_fmt_duration(seconds)}."
+    )
+
+
+def _describe(chunk: Any) -> str:
+    body = chunk.body_object()
+    if "begin_time" in body:
+        what = f"{_fmt_ms(body['begin_time'])} .. {_fmt_ms(body['end_time'])}"
+    else:
+        what = f"{len(body.get('task_retrys', []))} instances"
+    return f"{chunk.entry} {chunk.job_name} {what} (id {chunk.id})"
+
+
+def _fmt_ms(ms: int | None) -> str:
+    import datetime as dt
+
+    if ms is None:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    manifest: Path
+    journal: Path
+    resend_held: bool
+    retry_failed: bool
+    verify_held: bool
+    reselect: bool
+    watch: bool
+    max_failure_ratio: float | None
+    canary: int
+    grace: float
+    progress: bool
+    log_chunks: bool
+
+
+def _make_auth(settings: Any) -> Any:
+    from bulkrerun.signing import AkSk
+    from bulkrerun.transport import Auth
+
+    ak, sk = settings.ak, settings.sk
+    if (ak is None) != (sk is None):
+        raise SettingsError(
+            "AK/SK: both BULKRERUN_AK and BULKRERUN_SK (or CLOUD_SDK_AK and CLOUD_SDK_SK) "
+            "must be set, not just one"
+        )
+    if ak is not None and sk is not None:
+        token = settings.security_token.get_secret_value() if settings.security_token else None
+        return Auth(aksk=AkSk(ak.get_secret_value(), sk.get_secret_value(), token))
+    if settings.token is not None:
+        return Auth(token=settings.token.get_secret_value())
+    raise SettingsError(
+        "no credentials: set BULKRERUN_AK and BULKRERUN_SK (or CLOUD_SDK_AK / CLOUD_SDK_SK) "
+        "for AK/SK signing, or BULKRERUN_TOKEN for an IAM token"
+    )
+
+
+def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
+    from bulkrerun.settings import resolve_endpoint
+    from bulkrerun.transport import HttpTransport
+
+    if not settings.project_id:
+        raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
+    return HttpTransport(
+        endpoint=endpoint or resolve_endpoint(settings),
+        project_id=settings.project_id,
+        auth=_make_auth(settings),
+        timeout=settings.timeout,
+        max_inflight=settings.max_inflight,
+        verify_tls=settings.verify_tls,
+        ca_bundle=settings.ca_bundle,
+    )
+
+
+def _resume_command(args: RunArgs) -> str:
+    argv = ["bulkrerun", "run", str(args.manifest), "--journal", str(args.journal)]
+    return shlex.join(argv)
+
+
+async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
+    """Everything of ``run`` that needs the event loop; returns the exit code."""
+    from bulkrerun.clock import SystemClock
+    from bulkrerun.display import RunDisplay
+    from bulkrerun.engine import Engine
+    from bulkrerun.journal import Binding, Journal, RunInfo
+    from bulkrerun.manifest import load_manifest
+    from bulkrerun.pacing import Pacer, PacingConfig
+    from bulkrerun.session import ResumeFlags, chunks_to_send, count_units
+
+    manifest = load_manifest(args.manifest)
+    _print_warnings(manifest)
+    transport = _make_transport(settings, endpoint)
+    journal = Journal.open(
+        args.journal, Binding(settings.project_id, endpoint), tool_version=bulkrerun.__version__
+    )
+    flags = ResumeFlags(retry_failed=args.retry_failed, resend_held=args.resend_held)
+    clock = SystemClock()
+    pacer = Pacer(
+        PacingConfig(
+            rate=settings.rate,
+            burst=settings.burst,
+            max_attempts=settings.max_attempts,
+            max_failure_ratio=args.max_failure_ratio,
+            canary=args.canary,
+        )
+    )
+    try:
+        async with transport:
+            selections = await _selections_for_run(manifest, journal, transport, args, pacer)
+            if args.verify_held:
+                await _verify_held(journal, transport, pacer)
+            state = journal.state()
+            counts = count_units(manifest, state.units, flags, selections)
+            for unit, label in counts.duplicates[:20]:
+                err.print(f"[yellow]warning:[/] {label}: unit {unit} appears twice; sent once")
+            if len(counts.duplicates) > 20:
+                err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
+            _print_resume(args, counts)
+            journal.begin_run(
+                RunInfo(
+                    manifest_name=str(manifest.path),
+                    manifest_text=manifest.text,
+                    manifest_sha256=manifest.sha256,
+                    instance_files=manifest.files,
+                    selections={
+                        label: [(i.job_name, i.job_id, i.plan_time, i.submit_time) for i in found]
+                        for label, found in (selections or {}).items()
+                    },
+                    options={
+                        "retry_failed": args.retry_failed,
+                        "resend_held": args.resend_held,
+                        "verify_held": args.verify_held,
+                    },
+                    pending=counts.to_send,
+                )
+            )
+            display = RunDisplay(err, counts.to_send, enabled=args.progress)
+            sink = _event_sink(display, args.log_chunks)
+            engine = Engine(
+                iter(chunks_to_send(manifest, state, flags, selections)),
+                transport=transport,
+                journal=journal,
+                pacer=pacer,
+                max_inflight=settings.max_inflight,
+                clock=clock,
+                on_event=sink,
+                grace=args.grace,
+            )
+            interrupted = False
+            with display:
+                async with anyio.create_task_group() as tg:
+
+                    async def watch_signals() -> None:
+                        nonlocal interrupted
+                        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                            async for signum in sigs:
+                                name = signal.Signals(signum).name
+                                interrupted = True
+                                engine.stop(
+                                    f"{name}: finishing requests in flight (again to stop at once)",
+                                    hard=engine.stopping,
+                                )
+
+                    tg.start_soon(watch_signals)
+                    result = await engine.run()
+                    tg.cancel_scope.cancel()
+            if args.watch and not interrupted and result.fatal is None:
+                await _watch(journal, transport, pacer)
+    finally:
+        journal.close()
+    not_sent = counts.to_send - result.done - result.failed - result.held
+    return _finish(args, result, interrupted, display, not_sent)
+
+
+def _event_sink(display: Any, log_chunks: bool) -> Callable[[Event], None]:
+    if not log_chunks:
+        return display  # type: ignore[no-any-return]
+    import structlog
+
+    log = structlog.get_logger("bulkrerun")
+
+    def sink(event: Event) -> None:
+        display(event)
+        if isinstance(event, Settled):
+            o = event.outcome
+            log.info(
+                "chunk settled",
+                chunk=event.chunk.id,
+                entry=event.chunk.entry,
+                job=event.chunk.job_name,
+                units=len(event.chunk.units),
+                state=event.state,
+                attempts=event.attempts,
+                status=o.status if o else None,
+                error_code=o.error_code if o else None,
+                error_msg=o.error_msg if o else None,
+                request_id=o.request_id if o else None,
+                reason=o.reason if o else None,
+            )
+        elif isinstance(event, Retrying):
+            log.debug(
+                "retrying",
+                chunk=event.chunk.id,
+                attempt=event.attempt,
+                status=event.outcome.status,
+                reason=event.outcome.reason,
+                delay=round(event.delay, 3),
+            )
+        elif isinstance(event, Stopping):
+            log.warning("stopping", reason=event.reason, hard=event.hard)
+
+    return sink
+
+
+def _print_resume(args: RunArgs, c: Any) -> None:
+    if c.done or c.failed or c.held:
+        err.print(
+            f"journal {args.journal}: {c.done:,} units done, {c.failed:,} failed, "
+            f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,}."
+        )
+        if c.held and not args.resend_held:
+            err.print(
+                f"[yellow]{c.held:,} held units are not sent[/]: the service may have acted on "
+                "them. Check with --verify-held, or add --resend-held to send them again "
+                "(they may then run twice)."
+            )
+        if c.failed and not args.retry_failed:
+            err.print(f"{c.failed:,} failed units are not sent; add --retry-failed to resend.")
+    else:
+        err.print(f"new journal {args.journal}: sending {c.to_send:,} units.")
+    if args.resend_held and c.held:
+        err.print(
+            f"[yellow]warning:[/] --resend-held sends {c.held:,} units again whose first "
+            "request may have been acted on; those may run twice."
+        )
+
+
+def _finish(args: RunArgs, result: Any, interrupted: bool, display: Any, not_sent: int) -> int:
+    from bulkrerun.report import render_status, status
+
+    summary = status(args.journal, pending=not_sent)
+    table = Table(title="this run", title_justify="left")
+    for col in ("done", "failed", "held", "not sent", "rate/s"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{result.done:,}",
+        f"{result.failed:,}",
+        f"{result.held:,}",
+        f"{not_sent:,}",
+        f"{display.rate():.1f}",
+    )
+    err.print(table)
+    for code, n in sorted(result.failed_by_code.items(), key=lambda kv: -kv[1]):
+        err.print(f"  failed {code}: {n:,}")
+    render_status(summary, err)
+    if interrupted:
+        err.print(
+            "[yellow]interrupted[/]: the journal is consistent. Resume with:\n  "
+            + _resume_command(args),
+            markup=True,
+        )
+        return EXIT_INTERRUPTED
+    if result.fatal is not None:
+        err.print(f"[red]stopped:[/] {result.fatal}", markup=True)
+        err.print("resume with:\n  " + _resume_command(args))
+        return EXIT_FATAL
+    if summary.failed or summary.held or not_sent:
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+async def _selections_for_run(
+    manifest: Any, journal: Any, transport: Any, args: RunArgs, pacer: Any
+) -> Any:
+    from bulkrerun.clock import SystemClock
+    from bulkrerun.manifest import SelectEntry
+
+    if not any(isinstance(e, SelectEntry) for e in manifest.entries):
+        return None
+    from bulkrerun.select import selections_for_run
+
+    return await selections_for_run(
+        manifest,
+        journal,
+        transport,
+        reselect=args.reselect,
+        pacer=pacer,
+        clock=SystemClock(),
+        on_note=lambda s: err.print(s, markup=False),
+    )
+
+
+async def _verify_held(journal: Any, transport: Any, pacer: Any) -> None:
+    from bulkrerun.clock import SystemClock
+    from bulkrerun.verify import verify_held
+
+    summary = await verify_held(journal, transport, pacer=pacer, clock=SystemClock())
+    err.print(str(summary), markup=False)
+
+
+async def _watch(journal: Any, transport: Any, pacer: Any) -> None:
+    from bulkrerun.clock import SystemClock
+    from bulkrerun.verify import watch
+
+    await watch(journal, transport, pacer=pacer, clock=SystemClock(), console=err)
+
+
+def _run_args(
+    manifest: Path,
+    journal: Path,
+    *,
+    resend_held: bool,
+    retry_failed: bool,
+    verify_held: bool,
+    reselect: bool,
+    watch: bool,
+    max_failure_ratio: float | None,
+    canary: int,
+    grace: float,
+    progress: bool,
+    log_chunks: bool,
+) -> RunArgs:
+    if max_failure_ratio is not None and not 0 <= max_failure_ratio <= 1:
+        raise SettingsError(f"--max-failure-ratio {max_failure_ratio}: must be 0..1")
+    if canary < 0:
+        raise SettingsError(f"--canary {canary}: must be 0 or more")
+    return RunArgs(
+        manifest,
+        journal,
+        resend_held,
+        retry_failed,
+        verify_held,
+        reselect,
+        watch,
+        max_failure_ratio,
+        canary,
+        grace,
+        progress,
+        log_chunks,
+    )
+
+
+def _run_sync(args: RunArgs, settings: Any, endpoint: str) -> int:
+    return anyio.run(
+        _run, args, settings, endpoint, backend="asyncio", backend_options={"use_uvloop": True}
+    )
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (TOML, or JSON).")],
+    journal: JournalOpt,
+    resend_held: Annotated[
+        bool,
+        typer.Option(
+            "--resend-held",
+            help="Send held units again (sent before, outcome unknown). They may run twice.",
+        ),
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Send units the service refused again.")
+    ] = False,
+    verify_held: Annotated[
+        bool,
+        typer.Option(
+            "--verify-held",
+            help="First decide held units from the instances' live state (instance-list API).",
+        ),
+    ] = False,
+    reselect: Annotated[
+        bool,
+        typer.Option("--reselect", help="Query [[select]] entries again instead of the journal's."),
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow the rerun instances to a final status.")
+    ] = False,
+    max_failure_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--max-failure-ratio",
+            help="Stop (exit 3) when more than this share of requests fail, e.g. 0.2.",
+        ),
+    ] = None,
+    canary: Annotated[
+        int,
+        typer.Option(
+            help="Send this many requests first; stop if more than --max-failure-ratio "
+            "(default 0.5 with a canary) of them fail."
+        ),
+    ] = 0,
+    grace: Annotated[
+        float, typer.Option(help="Seconds requests in flight get to answer after Ctrl-C.")
+    ] = 5.0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    endpoint: Endpoint = None,
+    region: Region = None,
+    project_id: ProjectId = None,
+    rate: Rate = None,
+    burst: Burst = None,
+    max_inflight: MaxInflight = None,
+    timeout: Timeout = None,
+    max_attempts: MaxAttempts = None,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+) -> None:
+    """Execute MANIFEST, recording every request in the journal.
+
+    If the journal exists (same project and endpoint) the run resumes: units it records as
+    done are never sent again, whatever the manifest now holds; failed and held units only
+    with --retry-failed / --resend-held. After any interruption, run the same command again.
+
+    Exit codes: 0 all done, 1 some failed or held, 2 bad input (nothing sent),
+    3 stopped by a fatal condition (e.g. credentials refused), 130 interrupted.
+    """
+    try:
+        settings = _settings(
+            endpoint=endpoint,
+            region=region,
+            project_id=project_id,
+            rate=rate,
+            burst=burst,
+            max_inflight=max_inflight,
+            timeout=timeout,
+            max_attempts=max_attempts,
+        )
+        log_chunks = configure_logging(verbose, log_file, settings.secrets())
+        from bulkrerun.settings import resolve_endpoint
+
+        resolved = resolve_endpoint(settings)
+        if not settings.project_id:
+            raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
+        _make_auth(settings)  # credentials are checked before anything else happens
+        if canary and max_failure_ratio is None:
+            max_failure_ratio = 0.5
+        args = _run_args(
+            manifest,
+            journal,
+            resend_held=resend_held,
+            retry_failed=retry_failed,
+            verify_held=verify_held,
+            reselect=reselect,
+            watch=watch,
+            max_failure_ratio=max_failure_ratio,
+            canary=canary,
+            grace=grace,
+            progress=progress,
+            log_chunks=log_chunks,
+        )
+        code = _run_sync(args, settings, resolved)
+    except BulkrerunError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+# -- status, report, verify --------------------------------------------------------------------
+
+
+def _pending_from_journal(path: Path) -> int | None:
+    """Units of the journal's latest manifest copy not yet sent, or None if it cannot tell."""
+    from bulkrerun.report import pending_units
+
+    return pending_units(path)
+
+
+@app.command()
+def status(
+    journal: Annotated[Path, typer.Argument(help="Journal file.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: done, failed, held, pending, ...")
+    ] = False,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+) -> None:
+    """Summarise a journal: done, failed (by error code), held, not yet sent; the rate
+    achieved; what to do next."""
+    configure_logging(verbose, log_file)
+    import json
+
+    from bulkrerun.report import render_status, status_json
+    from bulkrerun.report import status as make_status
+
+    try:
+        summary = make_status(journal, pending=_pending_from_journal(journal))
+    except BulkrerunError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print(json.dumps(status_json(summary)), markup=False, soft_wrap=True)
+    else:
+        render_status(summary, out)
+
+
+@app.command()
+def report(
+    journal: Annotated[Path, typer.Argument(help="Journal file.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, csv, json, or manifest (a new manifest of what failed or is held).",
+        ),
+    ] = "table",
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+) -> None:
+    """One row per request with its final outcome, for audits and tickets."""
+    configure_logging(verbose, log_file)
+    from bulkrerun.report import write_report
+
+    if fmt not in ("table", "csv", "json", "manifest"):
+        err.print(f"[red]error:[/] --format {fmt}: must be table, csv, json or manifest")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
+    except BulkrerunError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def verify(
+    journal: Annotated[Path, typer.Argument(help="Journal file.")],
+    endpoint: Endpoint = None,
+    region: Region = None,
+    project_id: ProjectId = None,
+    rate: Rate = None,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+) -> None:
+    """Decide held units from the instances' live state, without sending any rerun.
+
+    A held instance whose instance shows a run submitted after our intent is marked done
+    (with the evidence); one that still shows the run from before is made pending again, so
+    the next `run` sends it. What cannot be decided stays held, with the reason.
+    """
+    try:
+        settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
+        configure_logging(verbose, log_file, settings.secrets())
+        from bulkrerun.settings import resolve_endpoint
+
+        resolved = resolve_endpoint(settings)
+        code = anyio.run(_verify_only, journal, settings, resolved, backend="asyncio")
+    except BulkrerunError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
+    from bulkrerun.clock import SystemClock
+    from bulkrerun.journal import Binding, Journal
+    from bulkrerun.pacing import Pacer, PacingConfig
+    from bulkrerun.verify import verify_held
+
+    transport = _make_transport(settings, endpoint)
+    pacer = Pacer(PacingConfig(rate=settings.rate, burst=settings.burst))
+    journal = Journal.open(
+        path, Binding(settings.project_id, endpoint), tool_version=bulkrerun.__version__
+    )
+    try:
+        async with transport:
+            summary = await verify_held(journal, transport, pacer=pacer, clock=SystemClock())
+    finally:
+        journal.close()
+    out.print(str(summary))
+    return EXIT_OK if not summary.still_held else EXIT_SOME_FAILED
+
+
+# -- fake-server and demo ----------------------------------------------------------------------
+
+
+@app.command("fake-server")
+def fake_server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8080,
+    ak: Annotated[
+        str | None, typer.Option(help="Accept only requests signed with this AK.")
+    ] = None,
+    sk: Annotated[str | None, typer.Option(help="The SK that goes with --ak.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Accept only requests with this X-Auth-Token.")
+    ] = None,
+    ledger: Annotated[
+        Path | None, typer.Option(help="Append one JSON line per accepted rerun to this file.")
+    ] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option("--rate-limit", help="Answer 429 beyond this many requests/s.")
+    ] = None,
+    rate_burst: Annotated[
+        int, typer.Option("--rate-burst", help="Burst allowed by --rate-limit.")
+    ] = 1,
+    p429: Annotated[float, typer.Option("--p429", help="Share of requests answered 429.")] = 0.0,
+    p5xx: Annotated[float, typer.Option("--p5xx", help="Share of requests answered 503.")] = 0.0,
+    latency_ms: Annotated[
+        float,
+        typer.Option(
+            "--latency-ms",
+            help="Milliseconds added before answering an accepted rerun or a list query.",
+        ),
+    ] = 0.0,
+    drop_after_accept: Annotated[
+        float,
+        typer.Option(
+            "--drop-after-accept",
+            help="Share of accepted reruns whose connection is dropped without an answer.",
+        ),
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for the random faults.")] = None,
+    catalog: Annotated[
+        bool,
+        typer.Option(
+            "--catalog/--no-catalog",
+            help="Model job instances (the demo's jobs and outage) and the instance-list API.",
+        ),
+    ] = False,
+    missing_job: Annotated[
+        list[str] | None,
+        typer.Option("--missing-job", help="Answer DLF.1000 'Failed to find the job.' for it."),
+    ] = None,
+    no_retry_after: Annotated[
+        bool, typer.Option("--no-retry-after", help="Send 429 without Retry-After.")
+    ] = False,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+) -> None:
+    """A local stand-in for the DataArts Factory service, for demos, tests and rehearsals.
+
+    It validates requests like the service, checks AK/SK signatures or a token when given
+    (401 otherwise; without them any auth is accepted), keeps a ledger of accepted reruns
+    and can inject faults: 429, 503, latency, connections dropped after acceptance.
+    """
+    configure_logging(verbose, log_file, [s for s in (sk, token) if s])
+    from bulkrerun.fake import Catalog, FakeConfig, serve
+
+    if (ak is None) != (sk is None):
+        err.print("[red]error:[/] --ak and --sk go together")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    for name, p in (("--p429", p429), ("--p5xx", p5xx), ("--drop-after-accept", drop_after_accept)):
+        if not 0 <= p <= 1:
+            err.print(f"[red]error:[/] {name} {p}: must be 0..1")
+            raise typer.Exit(EXIT_BAD_INPUT)
+    config = FakeConfig(
+        ak=ak,
+        sk=sk,
+        token=token,
+        ledger_path=ledger,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
+        p429=p429,
+        p5xx=p5xx,
+        latency_ms=latency_ms,
+        drop_after_accept=drop_after_accept,
+        seed=seed,
+        retry_after=not no_retry_after,
+        missing_jobs=frozenset(missing_job or ()),
+        catalog=Catalog.demo() if catalog else None,
+    )
+    serve(config, host, port)
+
+
+DEMO_MANIFEST = Path("configs/demo.toml")
+
+
+@app.command()
+def demo(
+    manifest: Annotated[Path, typer.Option(help="The demo manifest.")] = DEMO_MANIFEST,
+    journal: Annotated[
+        Path | None, typer.Option(help="Journal (default: a new one in a temporary folder).")
+    ] = None,
+    hostile: Annotated[
+        bool,
+        typer.Option(
+            "--hostile",
+            help="A service at its weakest: a low rate limit, random 429 and 503, dropped "
+            "connections. Shows pacing at work.",
+        ),
+    ] = False,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 40.0,
+    max_inflight: MaxInflight = None,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+) -> None:
+    """Run configs/demo.toml end to end against the built-in fake service: no account needed.
+
+    Starts the fake service in-process, runs the manifest with progress, then prints the
+    report and the status.
+    """
+    import secrets
+    import tempfile
+
+    from bulkrerun.fake import Catalog, FakeConfig, FakeServer
+
+    ak, sk = "DEMO" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+    log_chunks = configure_logging(verbose, log_file, [sk])
+    if not manifest.exists():
+        err.print(
+            f"[red]error:[/] {manifest} not found: run the demo from the repository root "
+            "(make demo), or give --manifest"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    config = FakeConfig(
+        ak=ak,
+        sk=sk,
+        catalog=Catalog.demo(),  # its world's "now" is the one configs/demo.toml is written for
+        missing_jobs=frozenset({"ods_legacy_feed"}),
+        seed=7,
+        latency_ms=5.0,
+        # --hostile: a quota below the demo's rate, random throttling and outages, and a
+        # few reruns accepted but never answered (they end held).
+        rate_limit=15.0 if hostile else None,
+        p429=0.03 if hostile else 0.0,
+        p5xx=0.03 if hostile else 0.0,
+        drop_after_accept=0.01 if hostile else 0.0,
+    )
+    tmp = tempfile.TemporaryDirectory(prefix="bulkrerun-demo-")
+    journal_path = journal or Path(tmp.name) / "demo.journal"
+
+    async def main() -> int:
+        async with FakeServer(config) as srv:
+            err.print(f"fake DataArts Factory service on {srv.url} (AK/SK signing checked)")
+            settings = _settings(
+                endpoint=srv.url,
+                project_id="0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                ak=ak,
+                sk=sk,
+                rate=rate,
+                burst=1,
+                max_inflight=max_inflight or 16,
+                timeout=10.0,
+            )
+            args = _run_args(
+                manifest,
+                journal_path,
+                resend_held=False,
+                retry_failed=False,
+                verify_held=False,
+                reselect=False,
+                watch=True,
+                max_failure_ratio=None,
+                canary=0,
+                grace=5.0,
+                progress=True,
+                log_chunks=log_chunks,
+            )
+            code = await _run(args, settings, srv.url)
+            err.print(f"ledger: the fake service accepted {len(srv.ledger)} reruns")
+            return code
+
+    try:
+        code = anyio.run(main, backend="asyncio")
+        from bulkrerun.report import write_report
+
+        write_report(journal_path, "table", sys.stdout, out)
+        if journal is None:
+            err.print(
+                "(the demo's journal was temporary; give --journal PATH to keep one and try "
+                "`bulkrerun status PATH` and `bulkrerun report PATH --format csv`)"
+            )
+    except BulkrerunError as exc:
+        raise _fail(exc) from None
+    finally:
+        tmp.cleanup()
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"bulkrerun {bulkrerun.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Rerun DataArts Factory job instances in bulk."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=list(argv) if argv is not None else None)
+
+
+__all__ = ["app", "main"]

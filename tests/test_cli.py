@@ -1,0 +1,132 @@
+"""The command line as a user meets it: exit codes and messages for bad input (in-process,
+through typer's runner, so the whole malformed-manifest corpus runs in seconds)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bulkrerun.cli import app
+from tests.conftest import write_manifest
+
+CORPUS = Path(__file__).parent / "manifests"
+EXPECTED: dict[str, list[str]] = tomllib.loads((CORPUS / "expected.toml").read_text())["expect"]
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("BULKRERUN_", "CLOUD_SDK_")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    return CliRunner()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_malformed_manifest_exits_2_naming_the_field(runner: CliRunner, name: str) -> None:
+    result = runner.invoke(app, ["plan", str(CORPUS / name)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())  # rich may wrap long lines
+    assert name in text
+    for fragment in EXPECTED[name]:
+        assert " ".join(fragment.split()) in text, fragment
+    assert "Traceback" not in result.output
+
+
+def test_run_with_bad_manifest_sends_nothing_and_creates_no_journal(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    env = {
+        "BULKRERUN_ENDPOINT": "http://127.0.0.1:9",  # nothing listens: a send would fail loudly
+        "BULKRERUN_PROJECT_ID": "p",
+        "BULKRERUN_TOKEN": "t",
+    }
+    result = runner.invoke(
+        app,
+        ["run", str(CORPUS / "concurrent_300.toml"), "--journal", str(tmp_path / "j")],
+        env=env,
+    )
+    assert result.exit_code == 2
+    assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "fragment"),
+    [
+        ({}, [], "no endpoint"),
+        ({"BULKRERUN_REGION": "mars-1"}, [], "unknown region 'mars-1'"),
+        ({"BULKRERUN_ENDPOINT": "ftp://x"}, [], "is not a URL"),
+        ({"BULKRERUN_ENDPOINT": "http://127.0.0.1:9"}, [], "no project ID"),
+        (
+            {"BULKRERUN_ENDPOINT": "http://127.0.0.1:9", "BULKRERUN_PROJECT_ID": "p"},
+            [],
+            "no credentials",
+        ),
+        (
+            {
+                "BULKRERUN_ENDPOINT": "http://127.0.0.1:9",
+                "BULKRERUN_PROJECT_ID": "p",
+                "BULKRERUN_AK": "a",
+            },
+            [],
+            "must be set, not just one",
+        ),
+        (
+            {"BULKRERUN_ENDPOINT": "http://127.0.0.1:9", "BULKRERUN_PROJECT_ID": "p"},
+            ["--rate", "0"],
+            "--rate",
+        ),
+        ({"BULKRERUN_RATE": "fast"}, [], "BULKRERUN_RATE"),
+    ],
+)
+def test_bad_settings_exit_2_with_a_hint(
+    runner: CliRunner, tmp_path: Path, env: dict[str, str], args: list[str], fragment: str
+) -> None:
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[window]]\njob_name = "j"\nbegin = 1732579200000\nend = 1732582800000\nchunk = "1h"\n',
+    )
+    result = runner.invoke(app, ["run", str(m), "--journal", str(tmp_path / "j"), *args], env=env)
+    assert result.exit_code == 2, result.output
+    assert fragment in " ".join(result.output.split())
+    assert not (tmp_path / "j").exists()
+
+
+def test_settings_from_dotenv_and_cloud_sdk_fallback(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulkrerun.settings import load_settings
+
+    (tmp_path / ".env").write_text("BULKRERUN_RATE=3.5\nBULKRERUN_REGION=cn-north-4\n")
+    monkeypatch.setenv("CLOUD_SDK_AK", "sdk-ak")
+    monkeypatch.setenv("CLOUD_SDK_SK", "sdk-sk")
+    s = load_settings()
+    assert s.rate == 3.5
+    assert s.ak is not None and s.ak.get_secret_value() == "sdk-ak"
+    assert "sdk-sk" not in repr(s)
+    monkeypatch.setenv("BULKRERUN_AK", "own-ak")
+    assert load_settings().ak.get_secret_value() == "own-ak"  # type: ignore[union-attr]
+    assert load_settings(rate=7.0).rate == 7.0  # flags override env and .env
+
+
+def test_endpoint_spellings_normalise_to_one() -> None:
+    from bulkrerun.settings import Settings, normalise_endpoint, resolve_endpoint
+
+    assert normalise_endpoint("HTTPS://Dayu.CN-North-4.myhuaweicloud.com:443/") == (
+        "https://dayu.cn-north-4.myhuaweicloud.com"
+    )
+    assert normalise_endpoint("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+    by_region = resolve_endpoint(Settings(region="cn-north-4"))
+    by_url = resolve_endpoint(Settings(endpoint="https://dayu.cn-north-4.myhuaweicloud.com/"))
+    assert by_region == by_url
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("bulkrerun ")

@@ -1,0 +1,283 @@
+"""``bulkrerun run`` end to end: the CLI as a process against the fake service as a process,
+over real sockets. The fake's ledger is the truth about what the service accepted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AK, PROJECT, SK, WORKSPACE, Cli, Service, write_manifest
+
+BOTH_MODES = """
+[[window]]
+job_name = "ods_orders"
+begin = "2024-11-26T08:00:00+08:00"
+end   = "2024-11-26T20:00:00+08:00"
+chunk = "1h"
+concurrent = 8
+jobs = [ { job_name = "dwd_orders", workspace_id = "62fbba734e634c5087656fc3ff7adf34" } ]
+
+[[instances]]
+job_name = "ods payments/é"
+batch = 2
+items = [
+  { job_id = 917567, plan_time = 1732601580000, submit_time = 1732239754684 },
+  { job_id = 917568, plan_time = 1732605180000, submit_time = 1732239754684 },
+  { job_id = 917569, plan_time = 1732608780000, submit_time = 1732239754684 },
+]
+"""
+
+
+def plan_ids(cli: Cli, manifest: Path) -> list[str]:
+    out = cli("plan", str(manifest), "--json")
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line)["id"] for line in out.stdout.splitlines()]
+
+
+def status_of(cli: Cli, journal: Path) -> dict[str, int]:
+    out = cli("status", str(journal), "--json")
+    assert out.returncode == 0, out.stderr
+    parsed: dict[str, int] = json.loads(out.stdout)
+    return parsed
+
+
+def test_both_modes_end_to_end_each_chunk_accepted_once(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "run.journal"
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    ids = plan_ids(cli, m)
+    assert len(ids) == 14
+    assert Counter(srv.accepted_ids()) == Counter(ids)  # each exactly once
+    ledger = srv.ledger()
+    assert {e["project_id"] for e in ledger} == {PROJECT}
+    assert {e["mode"] for e in ledger} == {"A", "B"}
+    assert "ods payments/é" in {e["job_name"] for e in ledger}
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"], s["held"], s["pending"]) == (15, 0, 0, 0)
+    assert j.stat().st_mode & 0o777 == 0o600
+
+    again = cli("run", str(m), "--journal", str(j), url=srv.url)
+    assert again.returncode == 0, again.stderr
+    assert "15 units done" in again.stderr
+    assert len(srv.ledger()) == 14  # nothing sent again
+
+
+def test_refusals_are_failed_with_code_and_request_id(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service("--missing-job", "ods_gone")
+    m = write_manifest(
+        tmp_path / "m.toml",
+        BOTH_MODES
+        + """
+[[instances]]
+job_name = "ods_gone"
+items = [ { job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 } ]
+""",
+    )
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 1, out.stderr
+    assert "DLF.1000" in out.stderr
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"], s["held"]) == (15, 1, 0)
+    rows = cli("report", str(j), "--format", "json").stdout
+    failed = [r for r in map(json.loads, rows.splitlines()) if r.get("state") == "failed"]
+    assert len(failed) == 1
+    assert failed[0]["error_code"] == "DLF.1000"
+    assert failed[0]["request_id"]
+    csv = cli("report", str(j), "--format", "csv").stdout
+    assert "DLF.1000" in csv and failed[0]["request_id"] in csv
+
+    # --retry-failed sends the refused one again (and only it)
+    before = len(srv.ledger())
+    again = cli("run", str(m), "--journal", str(j), "--retry-failed", url=srv.url)
+    assert again.returncode == 1
+    assert len(srv.ledger()) == before
+
+
+def test_bad_manifest_exit_2_and_nothing_sent(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(
+        tmp_path / "bad.toml",
+        BOTH_MODES.replace("concurrent = 8", "concurrent = 300").replace("batch = 2", "batchh = 2"),
+    )
+    out = cli("run", str(m), "--journal", str(tmp_path / "j"), url=srv.url)
+    assert out.returncode == 2
+    assert "window[0].concurrent" in out.stderr and "1..128" in out.stderr
+    assert "batchh" in out.stderr  # every problem at once
+    assert srv.ledger() == []
+    assert not (tmp_path / "j").exists()
+
+
+def test_refused_credentials_abort_exit_3_then_same_command_works(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    body = """
+[[window]]
+job_name = "ods_orders"
+begin = 1732579200000
+end = 1732579200000 + 0
+chunk = "1m"
+"""
+    m = write_manifest(
+        tmp_path / "m.toml",
+        body.replace("end = 1732579200000 + 0", "end = 1732582800000"),  # 60 chunks
+    )
+    j = tmp_path / "j"
+    env = cli.env(srv.url, BULKRERUN_SK="wrong-secret-key-wrong-secret")
+    out = cli("run", str(m), "--journal", str(j), "--rate", "1000", env=env)
+    assert out.returncode == 3, out.stderr
+    assert "APIG.0301" in out.stderr
+    assert "wrong-secret-key" not in out.stderr + out.stdout
+    assert srv.ledger() == []
+    s = status_of(cli, j)
+    assert s["done"] == 0 and s["held"] == 0 and s["pending"] == 60
+    good = cli("run", str(m), "--journal", str(j), "--rate", "1000", url=srv.url)
+    assert good.returncode == 0, good.stderr
+    assert len(srv.ledger()) == 60
+
+
+def test_journal_of_another_project_or_endpoint_is_refused(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+    other = cli.env(srv.url, BULKRERUN_PROJECT_ID="another-project")
+    out = cli("run", str(m), "--journal", str(j), env=other)
+    assert out.returncode == 2
+    assert "another-project" in out.stderr or "project" in out.stderr
+    spelled = srv.url.replace("127.0.0.1", "localhost")
+    out = cli("run", str(m), "--journal", str(j), env=cli.env(spelled))
+    assert out.returncode == 2
+
+
+def test_dropped_after_accept_is_held_and_never_resent_without_flag(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service("--drop-after-accept", "0.3", "--seed", "3")
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", "--timeout", "5", url=srv.url)
+    assert out.returncode == 1, out.stderr
+    ledger = srv.ledger()
+    dropped = [e["chunk_id"] for e in ledger if e["dropped"]]
+    assert dropped, "the seed should drop some"
+    assert Counter(e["chunk_id"] for e in ledger) == Counter(plan_ids(cli, m))
+    s = status_of(cli, j)
+    assert s["held"] >= len(dropped) and s["pending"] == 0
+
+    again = cli("run", str(m), "--journal", str(j), url=srv.url)
+    assert again.returncode == 1
+    assert "held" in again.stderr and "--resend-held" in again.stderr
+    assert len(srv.ledger()) == len(ledger)  # held are not resent
+
+    resend = cli("run", str(m), "--journal", str(j), "--resend-held", url=srv.url)
+    extra = srv.ledger()[len(ledger) :]
+    held_units = s["held"]
+    assert extra and len(extra) <= held_units
+    assert {e["chunk_id"] for e in extra} <= {e["chunk_id"] for e in ledger if e["dropped"]} | {
+        e["chunk_id"] for e in extra
+    }
+    assert "may run twice" in resend.stderr
+
+
+def test_sigint_stops_cleanly_exit_130_and_resume_completes(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service("--latency-ms", "50")
+    m = write_manifest(
+        tmp_path / "m.toml",
+        """
+[[window]]
+job_name = "ods_orders"
+begin = 1732579200000
+end = 1732600800000
+chunk = "1m"
+""",
+    )  # 360 chunks at 20/s: 18 s; interrupted after ~1 s
+    j = tmp_path / "j"
+    proc = cli.popen("run", str(m), "--journal", str(j), "--rate", "20", url=srv.url)
+    deadline = time.monotonic() + 30
+    while len(srv.ledger()) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"bulkrerun run {m} --journal {j}" in stderr
+    sent = len(srv.ledger())
+    assert 10 <= sent < 360
+    s = status_of(cli, j)
+    assert s["done"] + s["held"] >= sent - s["held"]
+    out = cli("run", str(m), "--journal", str(j), "--rate", "200", url=srv.url)
+    assert out.returncode in (0, 1), out.stderr
+    counts = Counter(srv.accepted_ids())
+    assert len(counts) == 360 - status_of(cli, j)["held"] or len(counts) == 360
+    assert max(counts.values()) == 1  # nothing accepted twice
+
+
+def test_secrets_never_written_anywhere(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "j"
+    log = tmp_path / "log.jsonl"
+    token = "TEMPORARY-SECURITY-TOKEN-abcdef0123456789"
+    env = cli.env(srv.url, BULKRERUN_SECURITY_TOKEN=token)
+    out = cli(
+        "run", str(m), "--journal", str(j), "-v", "--log-file", str(log), "--rate", "100", env=env
+    )
+    # the fake knows no token for this AK pair: refused with the canonical request echoed
+    texts = [out.stdout, out.stderr, j.read_text(), log.read_text()]
+    for fmt in ("table", "csv", "json"):
+        texts.append(cli("report", str(j), "--format", fmt).stdout)
+    texts.append(cli("status", str(j)).stdout)
+    for text in texts:
+        assert SK not in text
+        assert token not in text
+        assert "Authorization" not in text
+
+
+def test_plan_json_has_no_auth_headers_and_exact_paths(cli: Cli, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    out = cli("plan", str(m), "--json")
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert all(set(r) == {"id", "method", "path", "headers", "body"} for r in lines)
+    assert all(r["method"] == "POST" for r in lines)
+    assert lines[-1]["path"] == (
+        f"/v2/{PROJECT}/factory/jobs/ods%20payments%2F%C3%A9/instances/retry"
+    )
+    assert lines[0]["headers"]["workspace"] == WORKSPACE
+    for r in lines:
+        assert not {"Authorization", "X-Auth-Token", "X-Security-Token"} & set(r["headers"])
+    no_project = cli("plan", str(m), "--json", env=cli.env(None, BULKRERUN_PROJECT_ID=""))
+    assert no_project.returncode == 0, no_project.stderr
+    assert "/v2/{project_id}/factory/" in no_project.stdout
+    ids = [json.loads(x)["id"] for x in no_project.stdout.splitlines()]
+    assert ids == [r["id"] for r in lines]
+
+
+@pytest.mark.parametrize(
+    "cmd", ["plan", "run", "status", "report", "verify", "fake-server", "demo"]
+)
+def test_help_teaches(cli: Cli, cmd: str) -> None:
+    out = cli(cmd, "--help")
+    assert out.returncode == 0
+    assert "--verbose" in out.stdout and "--log-file" in out.stdout
+    assert AK not in out.stdout and SK not in out.stdout
