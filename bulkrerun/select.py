@@ -1,0 +1,566 @@
+"""``[[select]]``: find the instances to rerun through the instance-list API.
+
+An outage is described by what failed, not by a list of ids: a ``[[select]]`` entry names
+jobs, a plan-time window and statuses, and this module asks the service which instances
+match (``GET /v2/{project_id}/factory/jobs/{job_name}/instances/detail``). Each instance found
+carries exactly the ``job_id``, ``plan_time`` and ``submit_time`` a mode-A request needs, so
+the planner turns the selection into ``task_retrys`` batches of exactly those instances.
+
+Two layers:
+
+- :class:`InstanceLister`, the client of the list API, shared with :mod:`bulkrerun.verify`.
+  Every GET goes through the run's :class:`~bulkrerun.pacing.Pacer` (the same limiter, the
+  same adaptive rate and breaker as the rerun POSTs, since both count against one quota),
+  and through the transport that signs and classifies the rerun calls. A GET changes
+  nothing on the service, so what is ``HELD`` for a rerun (timeout, connection lost, 5xx) is
+  simply retried, like ``RETRY``. Pages are read with ``limit`` 1000 and ``offset`` until
+  ``total`` is reached.
+- :func:`query_selections` and :func:`selections_for_run`, what ``plan`` and ``run`` call.
+  ``run`` records the selection in the journal when it starts; a resume reuses the recorded
+  selection instead of asking again (the service's answer has changed by then: the instances
+  rerun meanwhile no longer show ``fail``), unless ``--reselect`` is given or the entry
+  changed since (then it is queried again, with a note).
+
+Reach: the list API searches plan times at most one month back. A window longer than that is
+refused here before anything is sent; a window that starts more than a month before the
+service's "now" is refused by the service (``DLF.0104`` on the fake), and that refusal is
+turned into a message that names the entry and says what to do. The client cannot check the
+second case itself: the service's notion of now is what counts (the demo's world is fixed in
+2024).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
+
+import anyio
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bulkrerun.clock import Clock
+from bulkrerun.errors import AuthRefused, BadInput, Fatal, ManifestError
+from bulkrerun.journal import Journal, JournalState, RunRecord
+from bulkrerun.manifest import MAX_SELECT_SPAN_MS, Manifest, SelectEntry
+from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.pacing import Pacer
+from bulkrerun.planner import SelectedInstance
+
+__all__ = [
+    "LIST_LIMIT",
+    "InstanceLister",
+    "ListFailed",
+    "ListTransport",
+    "ListedInstance",
+    "list_path",
+    "query_selections",
+    "select_entry",
+    "selections_for_run",
+]
+
+LIST_LIMIT = 1000
+"""Instances per page: the most the list API gives at once."""
+
+LIST_CONCURRENCY = 4
+"""List queries in flight at once. The pacer sets the rate; this only hides the latency of a
+few round trips (a dozen jobs at 200 ms each would otherwise take seconds at any rate)."""
+
+MONTH_REFUSAL = "DLF.0104"
+"""The fake service's code for a ``min_plan_time`` more than one month back. The real
+service's code is not documented, so a refusal whose message mentions "month" counts too."""
+
+Note = Callable[[str], None]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ListTransport(Protocol):
+    """What the list client needs of a transport (``HttpTransport`` provides it)."""
+
+    @property
+    def project_id(self) -> str: ...
+
+    async def get_json(
+        self, path: str, query: Mapping[str, str | int], workspace: str
+    ) -> tuple[Outcome, Any]: ...
+
+
+def list_path(project_id: str, job_name: str) -> str:
+    """The path of the instance-list API; the job name is encoded as one path segment."""
+    project, job = quote(project_id, safe=""), quote(job_name, safe="")
+    return f"/v2/{project}/factory/jobs/{job}/instances/detail"
+
+
+@dataclass(frozen=True, slots=True)
+class ListedInstance:
+    """One instance as the list API shows it now (times in epoch ms; 0 when not reached)."""
+
+    job_name: str
+    job_id: int
+    plan_time: int
+    submit_time: int
+    status: str
+    start_time: int = 0
+    end_time: int = 0
+    instance_id: int | None = None
+
+    def selected(self) -> SelectedInstance:
+        return SelectedInstance(self.job_name, self.job_id, self.plan_time, self.submit_time)
+
+
+class ListFailed(Fatal):
+    """The list API refused a query or did not answer within the attempts allowed.
+
+    ``outcome`` is the last attempt's; ``refused`` says it was a definite refusal (a 4xx that
+    asking again would not change) rather than a service that did not answer.
+    """
+
+    def __init__(self, job_name: str, outcome: Outcome, attempts: int) -> None:
+        self.job_name = job_name
+        self.outcome = outcome
+        self.attempts = attempts
+        super().__init__(f"instance list of job {job_name}: {self.reason}")
+
+    @property
+    def refused(self) -> bool:
+        o = self.outcome
+        return o.kind is Kind.FAILED and o.status is not None and o.status >= 400
+
+    @property
+    def reason(self) -> str:
+        """A short phrase for messages and for counting reasons."""
+        o = self.outcome
+        if self.refused:
+            code = f" {o.error_code}" if o.error_code else ""
+            return f"refused ({o.status}{code}): {o.error_msg or o.reason}"
+        if o.kind is Kind.FAILED:
+            return o.reason
+        what = f"{o.status} " if o.status is not None else ""
+        return f"no answer after {self.attempts} attempts (last: {what}{o.reason})"
+
+    @property
+    def month_reach(self) -> bool:
+        """The refusal says the plan times are further back than the API searches."""
+        o = self.outcome
+        return self.refused and (
+            o.error_code == MONTH_REFUSAL or "month" in (o.error_msg or "").lower()
+        )
+
+
+# -- the answer, as it crosses the boundary -----------------------------------------------------
+
+
+class _ApiInstance(BaseModel):
+    # Lax and tolerant: only the fields we use are checked; numbers given as digit strings
+    # are read as numbers. An instance we cannot read makes the page unreadable (below).
+    model_config = ConfigDict(extra="ignore")
+
+    job_name: str | None = None
+    job_id: int
+    plan_time: int
+    submit_time: int
+    status: str
+    start_time: int | None = None
+    end_time: int | None = None
+    instance_id: int | None = None
+
+
+class _ApiPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    total: int
+    instances: list[_ApiInstance] | None = None
+
+
+UNREADABLE = Outcome(Kind.FAILED, status=200, reason="the answer is not an instance list")
+
+
+def _page(job_name: str, parsed: Any) -> tuple[int, list[ListedInstance]]:
+    try:
+        page = _ApiPage.model_validate(parsed)
+    except ValidationError:
+        raise ListFailed(job_name, UNREADABLE, 1) from None
+    return page.total, [
+        ListedInstance(
+            job_name=i.job_name or job_name,
+            job_id=i.job_id,
+            plan_time=i.plan_time,
+            submit_time=i.submit_time,
+            status=i.status,
+            start_time=i.start_time or 0,
+            end_time=i.end_time or 0,
+            instance_id=i.instance_id,
+        )
+        for i in page.instances or ()
+    ]
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+class InstanceLister:
+    """The instance-list API, paced and retried like the rerun calls.
+
+    One GET follows the engine's loop (see :mod:`bulkrerun.pacing`): book a slot, wait until
+    the pacer says it is due, send, tell the pacer. ``RETRY`` and ``HELD`` outcomes wait the
+    pacer's backoff and go again, up to its ``max_attempts``; ``FATAL`` raises
+    :class:`AuthRefused`; a refusal raises :class:`ListFailed` at once.
+    """
+
+    __slots__ = ("_clock", "_pacer", "_transport", "gets")
+
+    def __init__(self, transport: ListTransport, *, pacer: Pacer, clock: Clock) -> None:
+        self._transport = transport
+        self._pacer = pacer
+        self._clock = clock
+        self.gets = 0  # requests sent, retries included
+
+    async def list(
+        self,
+        job_name: str,
+        workspace: str,
+        *,
+        min_plan_time: int,
+        max_plan_time: int,
+        status: str | None = None,
+    ) -> list[ListedInstance]:
+        """Every instance of ``job_name`` with a plan time in ``min..max`` (both inclusive, as
+        sent; callers filter their own bounds), sorted by plan time.
+
+        Pages of :data:`LIST_LIMIT` are read at growing offsets until ``total`` is reached.
+        The set may change between pages (an instance leaves ``fail`` when rerun by someone
+        else), so instances are de-duplicated by ``(job_id, plan_time)``, the last sighting
+        winning, and a page that brings nothing new ends the loop: a service that ignored
+        ``offset`` would otherwise be asked forever.
+        """
+        path = list_path(self._transport.project_id, job_name)
+        found: dict[tuple[int, int], ListedInstance] = {}
+        offset = 0
+        while True:
+            query: dict[str, str | int] = {
+                "min_plan_time": min_plan_time,
+                "max_plan_time": max_plan_time,
+                "limit": LIST_LIMIT,
+                "offset": offset,
+            }
+            if status is not None:
+                query["status"] = status
+            total, items = _page(job_name, await self._get(job_name, path, query, workspace))
+            new = 0
+            for item in items:
+                key = (item.job_id, item.plan_time)
+                new += key not in found
+                found[key] = item
+            offset += len(items)
+            if not items or not new or offset >= total:
+                break
+        return sorted(found.values(), key=lambda i: (i.plan_time, i.job_id))
+
+    async def _get(
+        self, job_name: str, path: str, query: Mapping[str, str | int], workspace: str
+    ) -> Any:
+        pacer, clock = self._pacer, self._clock
+        attempt = 0
+        while True:
+            attempt += 1
+            slot = pacer.reserve(clock.now())
+            try:
+                while (wait := pacer.wait(slot, clock.now())) > 0:
+                    await clock.sleep(wait)
+            except BaseException:
+                pacer.cancel(slot)  # cancelled while waiting: give the slot back
+                raise
+            sent_at = clock.now()
+            self.gets += 1
+            outcome, parsed = await self._transport.get_json(path, query, workspace)
+            if outcome.kind is Kind.FATAL:
+                raise AuthRefused(
+                    f"the service refused our credentials or permissions reading the instance "
+                    f"list of job {job_name} ({outcome.status} {outcome.error_code or ''}: "
+                    f"{outcome.error_msg or outcome.reason}). Check the AK/SK or token and the "
+                    "user's permissions on DataArts Factory, then run the same command again."
+                )
+            if outcome.kind is Kind.HELD:
+                # Unknown for a rerun, harmless for a read: a GET is retried like any RETRY.
+                outcome = dataclasses.replace(outcome, kind=Kind.RETRY)
+            pacer.on_outcome(outcome, clock.now(), sent_at=sent_at)
+            if outcome.kind is Kind.DONE:
+                return parsed
+            if outcome.kind is Kind.FAILED:
+                raise ListFailed(job_name, outcome, attempt)
+            delay = pacer.retry_delay(outcome, attempt)
+            if delay is None:
+                raise ListFailed(job_name, outcome, attempt)
+            await clock.sleep(delay)
+
+
+async def gather_limited(
+    fn: Callable[[T], Awaitable[R]], items: Sequence[T], limit: int = LIST_CONCURRENCY
+) -> list[R]:
+    """``[await fn(x) for x in items]`` with up to ``limit`` running at once, in order.
+
+    The first error cancels the rest and is raised as itself, not wrapped in an exception
+    group, so callers handle :class:`ListFailed` or :class:`AuthRefused` as usual. Written
+    here because anyio has no bounded gather, and ``asyncio.gather`` neither bounds nor
+    cancels structurally; it is a task group and a capacity limiter.
+    """
+    results: dict[int, R] = {}
+    errors: list[Exception] = []
+    limiter = anyio.CapacityLimiter(limit)
+
+    async def one(index: int, item: T) -> None:
+        async with limiter:
+            try:
+                results[index] = await fn(item)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the group
+                errors.append(exc)
+                tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for index, item in enumerate(items):
+            tg.start_soon(one, index, item)
+    if errors:
+        raise errors[0]
+    return [results[index] for index in range(len(items))]
+
+
+# -- selecting ------------------------------------------------------------------------------------
+
+
+async def select_entry(
+    entry: SelectEntry, lister: InstanceLister, *, manifest_name: str, on_note: Note
+) -> list[SelectedInstance]:
+    """The instances of one ``[[select]]`` entry: its jobs' instances with a plan time in
+    ``[begin, end)`` and one of its statuses, job by job in the entry's order, each job's by
+    plan time. Notes what was found per job and status.
+
+    Raises :class:`ManifestError` (nothing sent) for a window longer than the list API
+    reaches and :class:`BadInput` when the service refuses the query (unknown job, window too
+    far back); :class:`ListFailed` (exit 3) when it does not answer.
+    """
+    label = entry.label
+    span = entry.end_ms - entry.begin_ms
+    if span > MAX_SELECT_SPAN_MS:
+        raise ManifestError(
+            [
+                f"{manifest_name}: {label}: the plan times searched span {span / 86_400_000:.1f} "
+                "days; the instance-list API searches at most one month (31 days): split the "
+                "window into several [[select]] entries"
+            ]
+        )
+    queries = [(job, status) for job in entry.job_names for status in entry.statuses]
+
+    async def one(q: tuple[str, str]) -> list[ListedInstance]:
+        job, status = q
+        try:
+            # The API's bounds are inclusive; the entry's end is exclusive.
+            listed = await lister.list(
+                job,
+                entry.workspace,
+                min_plan_time=entry.begin_ms,
+                max_plan_time=entry.end_ms - 1,
+                status=status,
+            )
+        except ListFailed as exc:
+            if not exc.refused:
+                raise
+            raise BadInput(_refusal_message(manifest_name, label, exc)) from None
+        return [
+            i
+            for i in listed
+            if i.status == status
+            and entry.begin_ms <= i.plan_time < entry.end_ms
+            and i.job_name == job
+        ]
+
+    results = await gather_limited(one, queries)
+    counts: dict[str, Counter[str]] = {job: Counter() for job in entry.job_names}
+    by_job: dict[str, dict[tuple[int, int], ListedInstance]] = {j: {} for j in entry.job_names}
+    for (job, status), listed in zip(queries, results, strict=True):
+        for item in listed:
+            by_job[job].setdefault((item.job_id, item.plan_time), item)
+        counts[job][status] += len(listed)
+    found = [
+        item.selected()
+        for job in entry.job_names
+        for item in sorted(by_job[job].values(), key=lambda i: (i.plan_time, i.job_id))
+    ]
+    lines = [f"{label}: found {len(found):,} instances with status {' or '.join(entry.statuses)}"]
+    for job in entry.job_names:
+        seen = ", ".join(f"{counts[job][s]:,} {s}" for s in entry.statuses if counts[job][s])
+        lines.append(f"  {job}: {seen or 'none'}")
+    on_note("\n".join(lines))
+    return found
+
+
+def _refusal_message(manifest_name: str, label: str, exc: ListFailed) -> str:
+    o = exc.outcome
+    said = f"{o.error_code or o.status}: {o.error_msg or o.reason}"
+    if exc.month_reach:
+        hint = (
+            "the instance-list API searches plan times at most one month back from now; "
+            "move begin into the last month (older instances need an [[instances]] entry "
+            "with their job_id, plan_time and submit_time)"
+        )
+    elif o.error_code == "DLF.1000":
+        hint = "check the job name and the workspace"
+    else:
+        hint = "check the entry's jobs, window and statuses"
+    return (
+        f"{manifest_name}: {label}: the service refused the instance list of job "
+        f"{exc.job_name} ({said}); {hint}. Nothing was sent."
+    )
+
+
+async def query_selections(
+    manifest: Manifest,
+    transport: ListTransport,
+    *,
+    pacer: Pacer,
+    clock: Clock,
+    on_note: Note,
+) -> dict[str, list[SelectedInstance]]:
+    """Ask the service for the instances of every ``[[select]]`` entry (label -> found)."""
+    lister = InstanceLister(transport, pacer=pacer, clock=clock)
+    return {
+        entry.label: await select_entry(
+            entry, lister, manifest_name=str(manifest.path), on_note=on_note
+        )
+        for entry in manifest.entries
+        if isinstance(entry, SelectEntry)
+    }
+
+
+async def selections_for_run(
+    manifest: Manifest,
+    journal: Journal,
+    transport: ListTransport,
+    *,
+    reselect: bool,
+    pacer: Pacer,
+    clock: Clock,
+    on_note: Note,
+) -> dict[str, list[SelectedInstance]]:
+    """The selection a ``run`` uses: the journal's for entries it recorded and that did not
+    change since, the service's for the others (or for all, with ``reselect``).
+
+    Why reuse: after a partial run the service's answer has changed (instances rerun meanwhile
+    show ``waiting`` or ``success``, and a rerun that failed again shows a new
+    ``submit_time``, which is a new unit). The recorded selection keeps the run's units what
+    they were, so a resume finishes exactly the work that was started.
+    """
+    state = journal.state()
+    lister = InstanceLister(transport, pacer=pacer, clock=clock)
+    name = str(manifest.path)
+    out: dict[str, list[SelectedInstance]] = {}
+    for entry in manifest.entries:
+        if not isinstance(entry, SelectEntry):
+            continue
+        recorded = state.selections.get(entry.label)
+        if recorded is not None and not reselect:
+            run = recorded_with(state, entry.label)
+            if run is not None and same_selection(run, manifest, entry.label):
+                out[entry.label] = [SelectedInstance(*item) for item in recorded]
+                on_note(
+                    f"{entry.label}: {len(recorded):,} instances as selected in run {run.n} "
+                    "(from the journal; --reselect asks the service again)"
+                )
+                continue
+            on_note(
+                f"{entry.label} changed since its selection was recorded (jobs, window, "
+                "statuses or workspace); asking the service again. Instances rerun since then "
+                "that failed again carry a new submit_time and are selected again."
+            )
+        elif recorded is not None:
+            on_note(f"{entry.label}: --reselect: asking the service again")
+        out[entry.label] = await select_entry(entry, lister, manifest_name=name, on_note=on_note)
+    return out
+
+
+# -- has the entry changed since its selection was recorded? --------------------------------------
+
+
+def recorded_with(state: JournalState, label: str) -> RunRecord | None:
+    """The run whose manifest the selection recorded for ``label`` came from: the latest run
+    whose manifest copy has that select entry (every run records a selection for each select
+    entry of its manifest, so later runs without the entry did not overwrite it)."""
+    index = _index(label)
+    for run in reversed(state.runs):
+        tables = _select_tables(run.manifest_name, run.manifest_text)
+        if tables is not None and index is not None and index < len(tables[1]):
+            return run
+    return None
+
+
+def same_selection(run: RunRecord, manifest: Manifest, label: str) -> bool:
+    """Whether ``label`` asks the same question in ``run``'s manifest copy and in ``manifest``:
+    same jobs, window, statuses, workspace and time zone, as written. Compared on the parsed
+    text rather than on validated entries, because validating the old copy would need its
+    instance files; a difference in spelling only (a time written another way) reads as a
+    change, which costs one query and a note, never a wrong reuse."""
+    index = _index(label)
+    new = _select_tables(str(manifest.path), manifest.text)
+    if index is None or new is None or index >= len(new[1]):
+        return False
+    if run.manifest_sha256 == manifest.sha256:
+        return True
+    old = _select_tables(run.manifest_name, run.manifest_text)
+    if old is None or index >= len(old[1]):
+        return False
+    return _question(old[0], old[1][index]) == _question(new[0], new[1][index])
+
+
+def _index(label: str) -> int | None:
+    if not (label.startswith("select[") and label.endswith("]")):
+        return None
+    digits = label[len("select[") : -1]
+    return int(digits) if digits.isdigit() else None
+
+
+def _select_tables(name: str, text: str) -> tuple[dict[str, Any], list[Any]] | None:
+    """``([defaults], [[select]] tables)`` of a manifest's text; None if it does not parse."""
+    try:
+        data = (
+            json.loads(text)
+            if name.lower().endswith(".json")
+            else tomllib.loads(text.removeprefix("\ufeff"))
+        )
+    except ValueError:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if not isinstance(data, dict):
+        return None
+    defaults = data.get("defaults")
+    selects = data.get("select")
+    return (
+        defaults if isinstance(defaults, dict) else {},
+        selects if isinstance(selects, list) else [],
+    )
+
+
+def _question(defaults: Mapping[str, Any], table: Any) -> tuple[Any, ...] | None:
+    """What a select table asks the service, normalised as far as the raw text allows."""
+    if not isinstance(table, dict):
+        return None
+    names = table.get("job_names")
+    if names is None:
+        names = [table.get("job_name")]
+    status = table.get("status", ["fail"])
+    if isinstance(status, str):
+        status = [status]
+    return (
+        _frozen(names if isinstance(names, list) else [names]),
+        table.get("begin"),
+        table.get("end"),
+        _frozen(status if isinstance(status, list) else [status]),
+        table.get("workspace", defaults.get("workspace")),
+        table.get("timezone", defaults.get("timezone")),
+    )
+
+
+def _frozen(values: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(str(v) for v in values))

@@ -1,0 +1,839 @@
+"""Decide held units from the instances' live state, and watch reruns to their end.
+
+A *held* unit is one whose request may or may not have been acted on (a timeout or a
+connection lost after sending, a crash between intent and outcome). Sending it again could
+rerun it twice, so ``run`` leaves it alone unless told. But the service knows: the instance
+list (:mod:`bulkrerun.select`) shows each instance's current run. :func:`verify_held` reads
+it for every held unit and records a ``verify`` record in the journal:
+
+- **done** when the instance shows a run submitted (or started) after our request was first
+  recorded, or a status only a rerun could produce; the evidence says what was seen;
+- **pending** (``journal.verified(unit, None, ...)``) when it still shows the very run we
+  asked to rerun, finished before our request: the request was not acted on, and the next
+  ``run`` sends it;
+- **held**, with the reason, when the list cannot decide (instance not found, a rerun by
+  someone else before ours, a run that was still going when we asked, the list unavailable).
+
+Window units (mode B) are judged through the instances of the request's jobs in its window:
+all rerun after our request -> done; all untouched since before it -> pending; otherwise held.
+
+Times. "After our request" compares the service's ``submit_time`` and ``start_time`` with our
+own wall clock at the first intent, allowing :data:`CLOCK_SKEW_S` of disagreement between
+the two clocks. The allowance only ever moves a verdict towards done or held, never towards
+pending: *pending* needs, for an instance unit, the exact ``submit_time`` we asked to rerun
+(which no clock can fake) and a finish before our request, and for a window unit runs that
+ended before it, submitted more than the allowance before it. A wrong *done* leaves an
+instance unrerun (visible in ``report``); a wrong *pending* would run it twice, which is the
+one thing bulkrerun must never do. Before deciding, :func:`verify_held` waits until the
+newest held request is :data:`SETTLE_S` old, so that an accepted rerun has had time to show.
+
+:func:`watch` polls the instances of the journal's done units until each shows our rerun in
+a final status, prints a table per job and appends what it saw to a sidecar file next to the
+journal (``PATH.watch``, JSON lines; :func:`read_watch`). A sidecar rather than journal
+records: the journal is the resume decision, and what became of a rerun on the service after
+it was accepted changes no decision; the journal also offers no record type for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bulkrerun.chunk import instance_unit_id
+from bulkrerun.clock import Clock
+from bulkrerun.journal import Journal, JournalState, UnitState, read_records_at
+from bulkrerun.manifest import MAX_SELECT_SPAN_MS
+from bulkrerun.pacing import Pacer
+from bulkrerun.select import (
+    InstanceLister,
+    ListedInstance,
+    ListFailed,
+    ListTransport,
+    gather_limited,
+)
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "CLOCK_SKEW_S",
+    "FAILED_STATUSES",
+    "SETTLE_S",
+    "InstanceTarget",
+    "Verdict",
+    "VerifySummary",
+    "WatchRecord",
+    "WatchSummary",
+    "WindowTarget",
+    "judge_instance",
+    "judge_window",
+    "load_targets",
+    "read_watch",
+    "verify_held",
+    "watch",
+    "watch_path",
+]
+
+CLOCK_SKEW_S = 120.0
+"""How far the service's clock and ours may disagree (s). NTP keeps real clocks within a
+second; two minutes also covers a badly kept laptop. (The gateway refuses signatures more
+than 15 minutes off, so AK/SK runs cannot be further apart than that anyway.)"""
+
+SETTLE_S = 5.0
+"""The age a held request must reach before its instance is believed: an accepted rerun
+shows in the list at once on the fake, and within seconds on a scheduler."""
+
+CLUSTER_GAP_MS = 6 * 3_600_000
+"""Plan times of one job closer than this are read with one paginated query over their span
+rather than one query each: held units come from one incident, a few hours wide."""
+
+ACTIVE_STATUSES = frozenset({"waiting", "running"})
+"""Statuses of a run that is not over. Every other status is final for watching: ``pause``
+and ``freeze`` do not move on by themselves either."""
+
+FAILED_STATUSES = frozenset({"fail", "running-exception"})
+
+Key = tuple[str, str]  # (job_name, workspace)
+
+
+# -- what was asked: targets read from the journal's intent records -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceTarget:
+    """An instance unit (mode A): the instance and the run of it we asked to rerun.
+
+    ``since_ms`` is our first intent for it, ``last_ms`` the latest record of its requests
+    (epoch ms, our clock).
+    """
+
+    unit: str
+    job_name: str
+    workspace: str
+    job_id: int
+    plan_time: int
+    submit_time: int
+    since_ms: int
+    last_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowTarget:
+    """A window unit (mode B): ``jobs`` as ``(job_name, workspace)``, the main job first, and
+    the plan-time window ``begin_time..end_time`` (inclusive, as sent)."""
+
+    unit: str
+    jobs: tuple[Key, ...]
+    begin_time: int
+    end_time: int
+    since_ms: int
+    last_ms: int
+
+
+Target = InstanceTarget | WindowTarget
+
+
+def load_targets(path: Path, state: JournalState, units: Iterable[str]) -> list[Target]:
+    """The targets of ``units``, from the intent records of the chunks that carry them.
+
+    A unit may appear in several chunks (an instance re-batched after an edit, a chunk sent
+    again in a later run): its window of "our request" starts at the earliest intent and
+    ends at the latest record of any of them.
+    """
+    wanted = set(units)
+    spans: dict[str, tuple[float, float]] = {}
+    offsets: list[int] = []
+    for info in state.chunks.values():
+        if wanted.isdisjoint(info.units):
+            continue
+        offsets.append(info.intent_offset)
+        for unit in wanted.intersection(info.units):
+            first, last = spans.get(unit, (info.first_wall, info.last_wall))
+            spans[unit] = (min(first, info.first_wall), max(last, info.last_wall))
+    found: dict[str, Target] = {}
+    for record in read_records_at(path, iter(sorted(offsets))):
+        for target in _targets_of(record, wanted, spans):
+            found[target.unit] = target
+    return list(found.values())
+
+
+def _targets_of(
+    record: Mapping[str, Any], wanted: set[str], spans: Mapping[str, tuple[float, float]]
+) -> Iterator[Target]:
+    job_name = str(record["job_name"])
+    workspace = str(record["workspace"])
+    body = record["body"]
+
+    def times(unit: str) -> tuple[int, int]:
+        first, last = spans[unit]
+        return round(first * 1000), round(last * 1000)
+
+    if "task_retrys" in body:
+        for task in body["task_retrys"]:
+            job_id, plan_time, submit_time = (
+                int(task["job_id"]),
+                int(task["plan_time"]),
+                int(task["submit_time"]),
+            )
+            unit = instance_unit_id(job_name, job_id, plan_time, submit_time)
+            if unit in wanted:
+                yield InstanceTarget(
+                    unit, job_name, workspace, job_id, plan_time, submit_time, *times(unit)
+                )
+        return
+    unit = str(record["chunk"])
+    if unit in wanted:
+        jobs = [(job_name, workspace)]
+        jobs += [(str(j["job_name"]), str(j["workspace_id"])) for j in body.get("jobs", ())]
+        yield WindowTarget(
+            unit,
+            tuple(dict.fromkeys(jobs)),
+            int(body["begin_time"]),
+            int(body["end_time"]),
+            *times(unit),
+        )
+
+
+# -- judging: pure -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the list says of one held unit: ``state`` DONE, HELD or None (pending);
+    ``evidence`` is the sentence journaled; ``reason`` a short phrase to count by."""
+
+    state: UnitState | None
+    evidence: str
+    reason: str
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _after(instance: ListedInstance, since_ms: int, original_submit: int | None) -> bool:
+    """The instance shows a run submitted or started after our request (with the skew
+    allowance). For an instance unit, a submission is only "new" if it differs from the one
+    we asked to rerun."""
+    floor = since_ms - CLOCK_SKEW_S * 1000
+    new_submit = original_submit is None or instance.submit_time != original_submit
+    return (new_submit and instance.submit_time >= floor) or (
+        instance.start_time != 0 and instance.start_time >= floor
+    )
+
+
+def _ended_before(instance: ListedInstance, since_ms: int) -> bool:
+    """The run shown is over and every time it shows is before our request."""
+    latest = max(instance.submit_time, instance.start_time, instance.end_time)
+    return instance.status not in ACTIVE_STATUSES and latest < since_ms
+
+
+def judge_instance(target: InstanceTarget, now: ListedInstance | None) -> Verdict:
+    """The verdict for an instance unit given the instance as listed now (None: not listed)."""
+    what = f"{target.job_name} plan_time {_iso(target.plan_time)}"
+    asked = f"our request of {_iso(target.since_ms)}"
+    if now is None or now.job_id != target.job_id:
+        return Verdict(
+            UnitState.HELD,
+            f"{what}: not in the instance list; cannot tell whether {asked} was acted on",
+            "instance not listed",
+        )
+    if _after(now, target.since_ms, target.submit_time):
+        when = (
+            f"submitted {_iso(now.submit_time)}"
+            if now.submit_time != target.submit_time
+            else f"started {_iso(now.start_time)}"
+        )
+        return Verdict(
+            UnitState.DONE,
+            f"{what}: shows a run {when}, after {asked}; status {now.status}",
+            "rerun seen",
+        )
+    if now.submit_time == target.submit_time:
+        if _ended_before(now, target.since_ms):
+            return Verdict(
+                None,
+                f"{what}: still shows the run submitted {_iso(now.submit_time)} that we asked "
+                f"to rerun, {now.status} before {asked}: not rerun",
+                "not rerun",
+            )
+        return Verdict(
+            UnitState.HELD,
+            f"{what}: shows the run we asked to rerun, {now.status}, not over before {asked}; "
+            "cannot tell whether it was rerun",
+            "run not over before our request",
+        )
+    if now.submit_time > target.submit_time:
+        return Verdict(
+            UnitState.HELD,
+            f"{what}: rerun by someone else (submitted {_iso(now.submit_time)}, before "
+            f"{asked}; status {now.status}); ours was not acted on. Decide by hand: "
+            "--resend-held sends it again",
+            "rerun by someone else before ours",
+        )
+    return Verdict(
+        UnitState.HELD,
+        f"{what}: shows a run submitted {_iso(now.submit_time)}, older than the one we asked "
+        f"to rerun ({_iso(target.submit_time)}); cannot tell",
+        "older run listed",
+    )
+
+
+def judge_window(target: WindowTarget, instances: Sequence[ListedInstance]) -> Verdict:
+    """The verdict for a window unit given the listed instances of its jobs in its window."""
+    what = f"window {_iso(target.begin_time)}..{_iso(target.end_time)} of " + ", ".join(
+        job for job, _ in target.jobs
+    )
+    asked = f"our request of {_iso(target.since_ms)}"
+    if not instances:
+        return Verdict(
+            UnitState.HELD,
+            f"{what}: no instances listed in the window; cannot tell whether {asked} was acted on",
+            "no instances in window",
+        )
+    after = sum(_after(i, target.since_ms, None) for i in instances)
+    before = sum(
+        _ended_before(i, target.since_ms - round(CLOCK_SKEW_S * 1000))
+        for i in instances
+        if not _after(i, target.since_ms, None)
+    )
+    n = len(instances)
+    if after == n:
+        return Verdict(
+            UnitState.DONE,
+            f"{what}: all {n} instances show runs submitted or started after {asked}",
+            "rerun seen",
+        )
+    if before == n:
+        return Verdict(
+            None,
+            f"{what}: all {n} instances still show runs that ended before {asked}: not rerun",
+            "not rerun",
+        )
+    return Verdict(
+        UnitState.HELD,
+        f"{what}: {after} of {n} instances show a run after {asked}, {before} do not: inconclusive",
+        "window inconclusive",
+    )
+
+
+# -- reading the instances the targets need -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    key: Key
+    low: int
+    high: int
+
+
+def _queries(targets: Iterable[Target]) -> list[_Query]:
+    """Plan-time ranges to list per (job, workspace): the targets' points and windows,
+    merged where closer than :data:`CLUSTER_GAP_MS` and never wider than the API's month."""
+    ranges: dict[Key, list[tuple[int, int]]] = {}
+    for t in targets:
+        if isinstance(t, InstanceTarget):
+            ranges.setdefault((t.job_name, t.workspace), []).append((t.plan_time, t.plan_time))
+        else:
+            for key in t.jobs:
+                ranges.setdefault(key, []).append((t.begin_time, t.end_time))
+    out: list[_Query] = []
+    for key, spans in ranges.items():
+        spans.sort()
+        low, high = spans[0]
+        for a, b in spans[1:]:
+            if a - high <= CLUSTER_GAP_MS and max(b, high) - low < MAX_SELECT_SPAN_MS:
+                high = max(high, b)
+            else:
+                out.extend(_split(key, low, high))
+                low, high = a, b
+        out.extend(_split(key, low, high))
+    return out
+
+
+def _split(key: Key, low: int, high: int) -> Iterator[_Query]:
+    """One range as queries the API accepts (at most one month of plan times each)."""
+    while high - low >= MAX_SELECT_SPAN_MS:
+        yield _Query(key, low, low + MAX_SELECT_SPAN_MS - 1)
+        low += MAX_SELECT_SPAN_MS
+    yield _Query(key, low, high)
+
+
+@dataclass
+class _Listing:
+    """What the list queries returned: instances per (job, workspace) by plan time, and why
+    a (job, workspace) could not be read."""
+
+    instances: dict[Key, dict[int, ListedInstance]] = field(default_factory=dict)
+    failed: dict[Key, str] = field(default_factory=dict)
+
+    def instance(self, key: Key, plan_time: int) -> ListedInstance | None:
+        return self.instances.get(key, {}).get(plan_time)
+
+    def window(self, t: WindowTarget) -> list[ListedInstance]:
+        return [
+            i
+            for key in t.jobs
+            for p, i in sorted(self.instances.get(key, {}).items())
+            if t.begin_time <= p <= t.end_time
+        ]
+
+
+async def _read(lister: InstanceLister, queries: Sequence[_Query]) -> _Listing:
+    async def one(q: _Query) -> list[ListedInstance] | ListFailed:
+        try:
+            return await lister.list(q.key[0], q.key[1], min_plan_time=q.low, max_plan_time=q.high)
+        except ListFailed as exc:
+            return exc
+
+    listing = _Listing()
+    for q, result in zip(queries, await gather_limited(one, queries), strict=True):
+        if isinstance(result, ListFailed):
+            listing.failed.setdefault(q.key, result.reason)
+            continue
+        by_plan = listing.instances.setdefault(q.key, {})
+        for item in result:
+            if item.job_name == q.key[0] and q.low <= item.plan_time <= q.high:
+                by_plan[item.plan_time] = item
+    return listing
+
+
+# -- verify ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class VerifySummary:
+    """What :func:`verify_held` decided; ``reasons`` counts the held verdicts by reason."""
+
+    verified_done: int = 0
+    made_pending: int = 0
+    still_held: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def checked(self) -> int:
+        return self.verified_done + self.made_pending + self.still_held
+
+    def __str__(self) -> str:
+        if not self.checked:
+            return "verify: no held units; nothing to check."
+        text = (
+            f"verify: {self.checked:,} held units checked against the instances' live state: "
+            f"{self.verified_done:,} were rerun (now done), {self.made_pending:,} were not "
+            f"(pending again: the next run sends them), {self.still_held:,} stay held"
+        )
+        if self.reasons:
+            text += " (" + "; ".join(f"{r}: {n:,}" for r, n in self.reasons.most_common()) + ")"
+        if self.still_held:
+            text += (
+                ". `bulkrerun report` shows the evidence per unit; --resend-held sends the "
+                "held ones again (they may run twice)"
+            )
+        return text + "."
+
+
+async def verify_held(
+    journal: Journal,
+    transport: ListTransport,
+    *,
+    pacer: Pacer,
+    clock: Clock,
+    settle: float = SETTLE_S,
+) -> VerifySummary:
+    """Decide every held unit of ``journal`` from the instance list; journal each verdict.
+
+    Sends no rerun. Raises :class:`~bulkrerun.errors.AuthRefused` if the service refuses the
+    credentials (nothing is recorded then); a list that cannot be read leaves its units held.
+    """
+    summary = VerifySummary()
+    state = journal.state()
+    held = [u for u, s in state.units.items() if s is UnitState.HELD]
+    if not held:
+        return summary
+    await journal.flush()  # the intent records are read from the file
+    targets = load_targets(journal.path, state, held)
+    newest = max((t.last_ms for t in targets), default=0)
+    wait = newest / 1000 + settle - clock.wall()
+    if wait > 0:
+        await clock.sleep(wait)
+    listing = await _read(InstanceLister(transport, pacer=pacer, clock=clock), _queries(targets))
+    wall = clock.wall()
+    for target in targets:
+        verdict = _verdict(target, listing)
+        journal.verified(target.unit, verdict.state, verdict.evidence, wall)
+        if verdict.state is UnitState.DONE:
+            summary.verified_done += 1
+        elif verdict.state is None:
+            summary.made_pending += 1
+        else:
+            summary.still_held += 1
+            summary.reasons[verdict.reason] += 1
+    # Held units whose intent record was not found cannot be judged (a damaged journal
+    # would have been refused on open, so this is not expected); they stay as they are.
+    missing = len(held) - len(targets)
+    if missing:
+        summary.still_held += missing
+        summary.reasons["request not found in the journal"] += missing
+    await journal.flush()
+    return summary
+
+
+def _verdict(target: Target, listing: _Listing) -> Verdict:
+    keys = (
+        [(target.job_name, target.workspace)] if isinstance(target, InstanceTarget) else target.jobs
+    )
+    for key in keys:
+        if key in listing.failed:
+            return Verdict(
+                UnitState.HELD,
+                f"instance list of job {key[0]} unavailable: {listing.failed[key]}",
+                "instance list unavailable",
+            )
+    if isinstance(target, InstanceTarget):
+        return judge_instance(target, listing.instance(keys[0], target.plan_time))
+    return judge_window(target, listing.window(target))
+
+
+# -- watch ----------------------------------------------------------------------------------------
+
+
+def watch_path(journal_path: Path) -> Path:
+    """The sidecar file where :func:`watch` records what it saw: ``PATH.watch``."""
+    return journal_path.with_name(journal_path.name + ".watch")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRecord:
+    """One instance seen in a final status after our rerun (a line of ``PATH.watch``)."""
+
+    unit: str
+    job_name: str
+    plan_time: int
+    job_id: int
+    instance_id: int | None
+    status: str
+    submit_time: int
+    start_time: int
+    end_time: int
+    wall: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "t": "instance",
+                "unit": self.unit,
+                "job_name": self.job_name,
+                "plan_time": self.plan_time,
+                "job_id": self.job_id,
+                "instance_id": self.instance_id,
+                "status": self.status,
+                "submit_time": self.submit_time,
+                "start_time": self.start_time,
+                "end_time": self.end_time,
+                "wall": round(self.wall, 3),
+            },
+            separators=(",", ":"),
+        )
+
+
+def read_watch(journal_path: Path) -> dict[str, list[WatchRecord]]:
+    """What :func:`watch` recorded for a journal: unit -> the final status of each of its
+    instances (one for an instance unit, those of the window for a window unit). The latest
+    sighting of an instance wins; a torn or foreign line is skipped. Empty without a file."""
+    latest: dict[tuple[str, str, int], WatchRecord] = {}
+    try:
+        f = watch_path(journal_path).open(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    with f:
+        for line in f:
+            try:
+                obj = json.loads(line)
+                if obj.get("t") != "instance":
+                    continue
+                record = WatchRecord(
+                    unit=str(obj["unit"]),
+                    job_name=str(obj["job_name"]),
+                    plan_time=int(obj["plan_time"]),
+                    job_id=int(obj["job_id"]),
+                    instance_id=None if obj.get("instance_id") is None else int(obj["instance_id"]),
+                    status=str(obj["status"]),
+                    submit_time=int(obj["submit_time"]),
+                    start_time=int(obj["start_time"]),
+                    end_time=int(obj["end_time"]),
+                    wall=float(obj["wall"]),
+                )
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            latest[(record.unit, record.job_name, record.plan_time)] = record
+    out: dict[str, list[WatchRecord]] = {}
+    for record in latest.values():
+        out.setdefault(record.unit, []).append(record)
+    return out
+
+
+@dataclass
+class WatchSummary:
+    """Statuses per job of the rerun instances watched. ``jobs[job]`` counts the final
+    statuses seen, plus ``waiting``/``running`` and ``not yet listed`` for those that did not
+    finish before the timeout (``timed_out``)."""
+
+    jobs: dict[str, Counter[str]] = field(default_factory=dict)
+    timed_out: bool = False
+    seconds: float = 0.0
+
+    def total(self, statuses: Iterable[str] | None = None) -> int:
+        wanted = None if statuses is None else frozenset(statuses)
+        return sum(
+            n for c in self.jobs.values() for s, n in c.items() if wanted is None or s in wanted
+        )
+
+    @property
+    def succeeded(self) -> int:
+        return self.total(("success",))
+
+    @property
+    def failed(self) -> int:
+        return self.total(FAILED_STATUSES)
+
+    @property
+    def unfinished(self) -> int:
+        return self.total((*ACTIVE_STATUSES, NOT_LISTED))
+
+    def __str__(self) -> str:
+        n = self.total()
+        if not n:
+            return "watch: no rerun instances to watch."
+        text = f"watch: {n:,} rerun instances: {self.succeeded:,} succeeded, {self.failed:,} failed"
+        other = n - self.succeeded - self.failed - self.unfinished
+        if other:
+            text += f", {other:,} ended otherwise"
+        if self.unfinished:
+            text += f", {self.unfinished:,} not finished"
+            if self.timed_out:
+                text += " when the watch timed out"
+        return text + "."
+
+
+NOT_LISTED = "not yet listed"
+
+
+@dataclass(slots=True)
+class _Watched:
+    """One instance being watched: whose unit, which run we asked to rerun (None for window
+    instances) and when, and the latest status of our rerun (None until it shows)."""
+
+    unit: str
+    key: Key
+    plan_time: int
+    original_submit: int | None
+    since_ms: int
+    status: str | None = None
+    final: bool = False
+
+
+class _Watcher:
+    """The state of one :func:`watch`: the instances, what is final, the sidecar file."""
+
+    def __init__(self, targets: Sequence[Target], path: Path, clock: Clock) -> None:
+        self.items: dict[tuple[Key, int], _Watched] = {}
+        self.windows = [t for t in targets if isinstance(t, WindowTarget)]
+        for t in targets:
+            if isinstance(t, InstanceTarget):
+                key = (t.job_name, t.workspace)
+                self.items[(key, t.plan_time)] = _Watched(
+                    t.unit, key, t.plan_time, t.submit_time, t.since_ms
+                )
+        self.queries = _queries(targets)
+        self.seen: set[int] = set()  # indexes of queries answered at least once
+        self._path = path
+        self._clock = clock
+
+    def open_queries(self) -> list[int]:
+        """Indexes of the queries still worth asking: never answered, or covering an
+        instance whose rerun has not finished."""
+        open_ranges = [(item.key, item.plan_time) for item in self.items.values() if not item.final]
+        return [
+            k
+            for k, q in enumerate(self.queries)
+            if k not in self.seen
+            or any(key == q.key and q.low <= p <= q.high for key, p in open_ranges)
+        ]
+
+    def update(self, q: _Query, listed: Sequence[ListedInstance]) -> list[WatchRecord]:
+        """Take one query's answer; returns the instances newly seen final."""
+        newly: list[WatchRecord] = []
+        for i in listed:
+            if i.job_name != q.key[0] or not q.low <= i.plan_time <= q.high:
+                continue
+            item = self.items.get((q.key, i.plan_time))
+            if item is None:
+                window = next(
+                    (
+                        w
+                        for w in self.windows
+                        if q.key in w.jobs and w.begin_time <= i.plan_time <= w.end_time
+                    ),
+                    None,
+                )
+                if window is None:
+                    continue
+                item = _Watched(window.unit, q.key, i.plan_time, None, window.since_ms)
+                self.items[(q.key, i.plan_time)] = item
+            if item.final or not _after(i, item.since_ms, item.original_submit):
+                continue  # our rerun does not show yet
+            item.status = i.status
+            if i.status not in ACTIVE_STATUSES:
+                item.final = True
+                newly.append(
+                    WatchRecord(
+                        item.unit,
+                        i.job_name,
+                        i.plan_time,
+                        i.job_id,
+                        i.instance_id,
+                        i.status,
+                        i.submit_time,
+                        i.start_time,
+                        i.end_time,
+                        self._clock.wall(),
+                    )
+                )
+        return newly
+
+    def record(self, records: Sequence[WatchRecord]) -> None:
+        """Append to the sidecar (mode 0600, like the journal). Not fsynced: it informs
+        ``report`` and decides nothing."""
+        if not records:
+            return
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write("".join(r.to_json() + "\n" for r in records))
+
+    def counts(self) -> dict[str, Counter[str]]:
+        jobs: dict[str, Counter[str]] = {}
+        for item in self.items.values():
+            jobs.setdefault(item.key[0], Counter())[item.status or NOT_LISTED] += 1
+        return jobs
+
+    @property
+    def done(self) -> bool:
+        return (
+            bool(self.seen)
+            and len(self.seen) == len(self.queries)
+            and all(item.final for item in self.items.values())
+        )
+
+
+async def watch(
+    journal: Journal,
+    transport: ListTransport,
+    *,
+    pacer: Pacer,
+    clock: Clock,
+    console: Console,
+    poll: float = 2.0,
+    # A deadline on the injected clock, not a cancel scope: the watch ends with a summary of
+    # what finished, which cancelling it from outside would lose.
+    timeout: float = 3600,  # noqa: ASYNC109
+) -> WatchSummary:
+    """Poll the instances of the journal's done units until our reruns of them reach a
+    final status (or ``timeout`` seconds pass); print progress and a table per job on
+    ``console``; append each final status to ``PATH.watch``.
+
+    An instance counts once the list shows *our* rerun: for an instance unit a run submitted
+    after the one we asked to rerun, for a window unit a run submitted or started after our
+    request. Until then it is "not yet listed".
+    """
+    state = journal.state()
+    done = [u for u, s in state.units.items() if s is UnitState.DONE]
+    summary = WatchSummary()
+    if not done:
+        console.print(str(summary), highlight=False)
+        return summary
+    await journal.flush()
+    targets = load_targets(journal.path, state, done)
+    watcher = _Watcher(targets, watch_path(journal.path), clock)
+    lister = InstanceLister(transport, pacer=pacer, clock=clock)
+    started = clock.now()
+    deadline = started + timeout
+    shown = ""
+    warned: set[Key] = set()
+
+    async def one(q: _Query) -> list[ListedInstance] | ListFailed:
+        try:
+            return await lister.list(q.key[0], q.key[1], min_plan_time=q.low, max_plan_time=q.high)
+        except ListFailed as exc:
+            return exc
+
+    while True:
+        indexes = watcher.open_queries()
+        queries = [watcher.queries[k] for k in indexes]
+        for k, result in zip(indexes, await gather_limited(one, queries), strict=True):
+            q = watcher.queries[k]
+            if isinstance(result, ListFailed):
+                if q.key not in warned:
+                    warned.add(q.key)
+                    console.print(f"watch: {result}", highlight=False, markup=False)
+                if result.refused:
+                    watcher.seen.add(k)  # asking again gets the same refusal
+                    for item in watcher.items.values():
+                        if item.key == q.key and q.low <= item.plan_time <= q.high:
+                            item.final = True
+                continue
+            watcher.seen.add(k)
+            watcher.record(watcher.update(q, result))
+        summary = WatchSummary(watcher.counts(), seconds=clock.now() - started)
+        line = _progress(summary)
+        if line != shown:
+            console.print(line, highlight=False, markup=False)
+            shown = line
+        if watcher.done:
+            break
+        if clock.now() >= deadline:
+            summary.timed_out = True
+            break
+        await clock.sleep(min(poll, max(0.0, deadline - clock.now())))
+    console.print(_table(summary))
+    console.print(str(summary), highlight=False, markup=False)
+    return summary
+
+
+def _progress(s: WatchSummary) -> str:
+    n = s.total()
+    final = n - s.unfinished
+    return (
+        f"watch: {final:,} of {n:,} rerun instances finished ({s.succeeded:,} succeeded, "
+        f"{s.failed:,} failed), {s.unfinished:,} waiting, running or not yet listed"
+    )
+
+
+def _table(s: WatchSummary) -> Table:
+    table = Table(title="reruns by job", title_justify="left")
+    for col in ("job", "instances", "success", "failed", "other", "not finished"):
+        table.add_column(col, justify="left" if col == "job" else "right")
+    for job in sorted(s.jobs):
+        c = s.jobs[job]
+        n = sum(c.values())
+        ok = c["success"]
+        failed = sum(c[x] for x in FAILED_STATUSES)
+        unfinished = sum(c[x] for x in (*ACTIVE_STATUSES, NOT_LISTED))
+        other = n - ok - failed - unfinished
+        table.add_row(job, f"{n:,}", f"{ok:,}", f"{failed:,}", f"{other:,}", f"{unfinished:,}")
+    table.add_section()
+    table.add_row(
+        "total",
+        f"{s.total():,}",
+        f"{s.succeeded:,}",
+        f"{s.failed:,}",
+        f"{s.total() - s.succeeded - s.failed - s.unfinished:,}",
+        f"{s.unfinished:,}",
+    )
+    return table

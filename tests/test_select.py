@@ -1,0 +1,519 @@
+"""``[[select]]``: the instance-list client (paced, retried, paginated) and selections for a
+run, against the fake service on loopback (real sockets) and a tiny in-process transport for
+the cases the fake cannot produce."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bulkrerun.clock import FakeClock
+from bulkrerun.errors import AuthRefused, BadInput, Fatal, ManifestError
+from bulkrerun.fake import Catalog, FakeConfig, FakeServer, JobSpec, Outage
+from bulkrerun.journal import Binding, Journal, RunInfo
+from bulkrerun.manifest import Manifest, SelectEntry, load_manifest
+from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.pacing import Pacer, PacingConfig
+from bulkrerun.planner import SelectedInstance
+from bulkrerun.select import (
+    LIST_LIMIT,
+    InstanceLister,
+    ListFailed,
+    list_path,
+    query_selections,
+    same_selection,
+    select_entry,
+    selections_for_run,
+)
+from bulkrerun.signing import AkSk
+from bulkrerun.transport import Auth, HttpTransport
+
+pytestmark = pytest.mark.anyio
+
+WS = "62fbba734e634c5087656fc3ff7adf34"
+PROJECT = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+ANCHOR = 1_732_622_400_000  # 2024-11-26T20:00:00+08:00, the demo's "now" (cli.DEMO_ANCHOR_MS)
+HOUR = 3_600_000
+DAY = 24 * HOUR
+OUTAGE = (ANCHOR - 22 * HOUR, ANCHOR - 12 * HOUR)  # the demo catalog's outage
+DEMO_JOBS = [job.name for job in Catalog.demo(ANCHOR).jobs]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def pacer(**overrides: Any) -> Pacer:
+    fields: dict[str, Any] = {"rate": 1000.0, "burst": 1}
+    fields.update(overrides)
+    return Pacer(PacingConfig(**fields))
+
+
+@asynccontextmanager
+async def service(
+    config: FakeConfig | None = None, auth: Auth | None = None
+) -> AsyncIterator[tuple[FakeServer, HttpTransport]]:
+    config = config or FakeConfig(catalog=Catalog.demo(ANCHOR))
+    async with (
+        FakeServer(config) as srv,
+        HttpTransport(endpoint=srv.url, project_id=PROJECT, auth=auth or Auth()) as transport,
+    ):
+        yield srv, transport
+
+
+def select(
+    job_names: tuple[str, ...] = tuple(DEMO_JOBS),
+    begin: int = OUTAGE[0],
+    end: int = OUTAGE[1],
+    statuses: tuple[str, ...] = ("fail", "running-exception"),
+    label: str = "select[0]",
+) -> SelectEntry:
+    return SelectEntry(
+        label=label,
+        workspace=WS,
+        retry_location="errorNode",
+        retry_task_version="original_version",
+        job_names=job_names,
+        begin_ms=begin,
+        end_ms=end,
+        statuses=statuses,
+    )
+
+
+def write_manifest(path: Path, select_body: str, extra: str = "") -> Path:
+    path.write_text(
+        "version = 1\n[defaults]\n"
+        f'workspace = "{WS}"\nretry_location = "errorNode"\n'
+        'retry_task_version = "original_version"\ntimezone = "Asia/Shanghai"\n'
+        f"{extra}\n[[select]]\n{select_body}",
+        encoding="utf-8",
+    )
+    return path
+
+
+OUTAGE_SELECT = (
+    'job_names = ["ods_orders", "ods_users"]\n'
+    'begin = "2024-11-25T22:00:00"\nend = "2024-11-26T08:00:00"\n'
+)
+
+
+# -- the list client ----------------------------------------------------------------------------
+
+
+def test_list_path_encodes_the_job_as_one_segment() -> None:
+    assert list_path("p1", "a b/ç") == "/v2/p1/factory/jobs/a%20b%2F%C3%A7/instances/detail"
+
+
+async def test_the_outage_is_found_per_job_and_status() -> None:
+    notes: list[str] = []
+    async with service() as (srv, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        found = await select_entry(select(), lister, manifest_name="m.toml", on_note=notes.append)
+        truth = srv.instances
+        assert truth is not None
+        # Every instance is the catalog's, exactly as the list shows it (mode A needs these).
+        for item in found[:5]:
+            shown = truth.instance(item.job_name, item.plan_time)
+            assert shown is not None
+            assert (shown["job_id"], shown["submit_time"], shown["status"]) == (
+                item.job_id,
+                item.submit_time,
+                "fail",
+            )
+    # 6 jobs every 15 minutes and 6 hourly over the 10 hours of the outage.
+    assert len(found) == 6 * 40 + 6 * 10 == 300
+    assert len(set(found)) == 300
+    assert [i.job_name for i in found[:40]] == ["ods_orders"] * 40
+    assert [i.plan_time for i in found[:40]] == sorted(i.plan_time for i in found[:40])
+    assert all(OUTAGE[0] <= i.plan_time < OUTAGE[1] for i in found)
+    (note,) = notes
+    assert note.startswith("select[0]: found 300 instances with status fail or running-exception")
+    assert "  ods_orders: 40 fail" in note.splitlines()
+    assert "  ods_users: 10 fail" in note.splitlines()
+    # One GET per job and status: nothing in the outage needs a second page.
+    assert lister.gets == len(DEMO_JOBS) * 2
+
+
+async def test_the_window_end_is_exclusive_and_other_statuses_are_left_out() -> None:
+    begin, end = OUTAGE[0] - 2 * HOUR, OUTAGE[0] + HOUR  # two good hours, one failed
+    async with service() as (_, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        failed = await select_entry(
+            select(("ods_users",), begin, end, ("fail",)), lister, manifest_name="m", on_note=print
+        )
+        good = await select_entry(
+            select(("ods_users",), begin, end, ("success",)),
+            lister,
+            manifest_name="m",
+            on_note=print,
+        )
+    assert [i.plan_time for i in failed] == [OUTAGE[0]]  # end (OUTAGE[0] + 1 h) excluded
+    assert [i.plan_time for i in good] == [begin, begin + HOUR]
+
+
+async def test_more_than_a_thousand_instances_are_read_page_by_page() -> None:
+    minute_job = JobSpec("ods_clicks", 4242, period_min=1)
+    catalog = Catalog(
+        jobs=(minute_job,),
+        start_ms=ANCHOR - 3 * DAY,
+        now_ms=ANCHOR,
+        outage=Outage(ANCHOR - 2 * DAY, ANCHOR - 2 * DAY + 2_500 * 60_000),
+    )
+    async with service(FakeConfig(catalog=catalog)) as (srv, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        found = await select_entry(
+            select(("ods_clicks",), ANCHOR - 3 * DAY, ANCHOR, ("fail",)),
+            lister,
+            manifest_name="m",
+            on_note=lambda _: None,
+        )
+        assert srv.stats.requests == 3  # 1000 + 1000 + 500
+    assert len(found) == 2_500
+    assert len({i.plan_time for i in found}) == 2_500
+    assert found[0].plan_time == ANCHOR - 2 * DAY
+    assert found[-1].plan_time == ANCHOR - 2 * DAY + 2_499 * 60_000
+    assert LIST_LIMIT == 1000
+
+
+async def test_a_window_longer_than_the_api_reaches_is_refused_before_any_request() -> None:
+    async with service() as (srv, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        with pytest.raises(ManifestError) as info:
+            await select_entry(
+                select(begin=ANCHOR - 32 * DAY, end=ANCHOR),
+                lister,
+                manifest_name="outage.toml",
+                on_note=print,
+            )
+        assert srv.stats.requests == 0
+    message = str(info.value)
+    assert "outage.toml: select[0]" in message
+    assert "32.0 days" in message
+    assert "one month" in message
+
+
+async def test_a_window_further_back_than_a_month_is_refused_with_a_clear_message() -> None:
+    async with service() as (srv, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        with pytest.raises(BadInput) as info:
+            await select_entry(
+                select(("ods_orders",), ANCHOR - 40 * DAY, ANCHOR - 39 * DAY, ("fail",)),
+                lister,
+                manifest_name="outage.toml",
+                on_note=print,
+            )
+        assert srv.stats.by_code["DLF.0104"] == 1  # asked once: a refusal is not retried
+    message = str(info.value)
+    assert message.startswith("outage.toml: select[0]: the service refused")
+    assert "ods_orders" in message
+    assert "DLF.0104" in message
+    assert "at most one month back" in message
+    assert "Nothing was sent" in message
+    assert info.value.exit_code == 2
+
+
+async def test_an_unknown_job_is_bad_input_naming_entry_and_job() -> None:
+    async with service() as (_, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        with pytest.raises(BadInput, match=r"select\[0\].*ods_nope.*DLF\.1000.*job name"):
+            await select_entry(
+                select(("ods_orders", "ods_nope")), lister, manifest_name="m", on_note=print
+            )
+
+
+async def test_gets_are_retried_on_429_and_503_and_find_the_same() -> None:
+    clean_config = FakeConfig(catalog=Catalog.demo(ANCHOR))
+    faulty = dataclasses.replace(clean_config, p429=0.3, p5xx=0.3, seed=11)
+    async with service(clean_config) as (_, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        expected = await select_entry(select(), lister, manifest_name="m", on_note=print)
+    clock = FakeClock()
+    shared = pacer(max_attempts=20)
+    async with service(faulty) as (srv, transport):
+        lister = InstanceLister(transport, pacer=shared, clock=clock)
+        found = await select_entry(select(), lister, manifest_name="m", on_note=print)
+        assert srv.stats.by_status[429] > 0
+        assert srv.stats.by_status[503] > 0
+        assert srv.stats.requests == lister.gets > len(DEMO_JOBS) * 2
+    assert found == expected
+    # The shared pacer saw every attempt: throttles lowered its rate, retries were booked,
+    # and the waits were slept on the injected clock (Retry-After: 1 s on each 429).
+    stats = shared.stats(clock.now())
+    assert stats.throttled == srv.stats.by_status[429]
+    assert stats.retries == lister.gets - len(DEMO_JOBS) * 2
+    assert stats.decreases >= 1
+    assert sum(clock.sleeps) >= srv.stats.by_status[429] * 1.0
+
+
+class ScriptedTransport:
+    """Answers GETs from a script of outcomes; records what was asked."""
+
+    project_id = PROJECT
+
+    def __init__(self, outcomes: list[Outcome], body: Any) -> None:
+        self.outcomes = outcomes
+        self.body = body
+        self.asked: list[tuple[str, dict[str, str | int], str]] = []
+
+    async def get_json(
+        self, path: str, query: Mapping[str, str | int], workspace: str
+    ) -> tuple[Outcome, Any]:
+        self.asked.append((path, dict(query), workspace))
+        outcome = self.outcomes.pop(0) if self.outcomes else Outcome(Kind.DONE, status=200)
+        return outcome, self.body if outcome.kind is Kind.DONE else None
+
+
+PAGE = {
+    "total": 1,
+    "instances": [
+        {"job_name": "j", "job_id": "7", "plan_time": 1732601580000, "submit_time": 1732601590000,
+         "status": "fail", "instance_type": 0},
+    ],
+}  # fmt: skip
+
+
+async def test_a_held_get_is_retried_because_reading_changes_nothing() -> None:
+    held = Outcome(Kind.HELD, reason="timeout after sending: unknown whether it ran")
+    server_error = Outcome(Kind.HELD, status=500, reason="server error")
+    transport = ScriptedTransport([held, server_error], PAGE)
+    shared = pacer()
+    lister = InstanceLister(transport, pacer=shared, clock=FakeClock())
+    items = await lister.list("j", WS, min_plan_time=1, max_plan_time=2, status="fail")
+    assert [(i.job_id, i.status) for i in items] == [(7, "fail")]  # "7" read as a number
+    assert len(transport.asked) == 3
+    assert shared.stats(0.0).retries == 2
+    path, query, workspace = transport.asked[-1]
+    assert path == f"/v2/{PROJECT}/factory/jobs/j/instances/detail"
+    assert query == {
+        "min_plan_time": 1,
+        "max_plan_time": 2,
+        "limit": 1000,
+        "offset": 0,
+        "status": "fail",
+    }
+    assert workspace == WS
+
+
+async def test_a_get_gives_up_after_the_attempts_allowed() -> None:
+    unavailable = Outcome(Kind.RETRY, status=503, error_code="APIG.0202", reason="unavailable")
+    transport = ScriptedTransport([unavailable] * 10, PAGE)
+    lister = InstanceLister(transport, pacer=pacer(max_attempts=3), clock=FakeClock())
+    with pytest.raises(ListFailed) as info:
+        await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
+    assert len(transport.asked) == 3
+    assert not info.value.refused
+    assert isinstance(info.value, Fatal)
+    assert "no answer after 3 attempts" in str(info.value)
+
+
+async def test_an_answer_that_is_not_an_instance_list_fails_clearly() -> None:
+    transport = ScriptedTransport([], {"instances": "nope"})
+    lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+    with pytest.raises(ListFailed, match="not an instance list"):
+        await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
+
+
+async def test_a_service_that_ignores_offset_is_not_asked_forever() -> None:
+    transport = ScriptedTransport([], {**PAGE, "total": 5000})
+    lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+    items = await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
+    assert len(items) == 1
+    assert len(transport.asked) == 2  # the second page brought nothing new
+
+
+async def test_refused_credentials_abort_with_auth_refused() -> None:
+    config = FakeConfig(catalog=Catalog.demo(ANCHOR), ak="AK1", sk="right-secret")
+    wrong = Auth(aksk=AkSk("AK1", "wrong-secret"))
+    async with service(config, wrong) as (_, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        with pytest.raises(AuthRefused) as info:
+            await lister.list("ods_orders", WS, min_plan_time=OUTAGE[0], max_plan_time=OUTAGE[1])
+    assert "wrong-secret" not in str(info.value)
+    assert info.value.exit_code == 3
+
+
+async def test_signed_gets_are_accepted() -> None:
+    config = FakeConfig(catalog=Catalog.demo(ANCHOR), ak="AK1", sk="right-secret")
+    async with service(config, Auth(aksk=AkSk("AK1", "right-secret"))) as (_, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        items = await lister.list(
+            "ods_orders", WS, min_plan_time=OUTAGE[0], max_plan_time=OUTAGE[1] - 1, status="fail"
+        )
+    assert len(items) == 40
+
+
+async def test_gets_keep_to_the_shared_rate() -> None:
+    clock = FakeClock()
+    shared = pacer(rate=10.0)
+    async with service() as (_, transport):
+        lister = InstanceLister(transport, pacer=shared, clock=clock)
+        start = clock.now()
+        for job in DEMO_JOBS:
+            await lister.list(job, WS, min_plan_time=OUTAGE[0], max_plan_time=OUTAGE[1] - 1)
+    assert shared.stats(clock.now()).sends == len(DEMO_JOBS) == lister.gets
+    # 12 GETs at 10/s: the last one leaves 1.1 s after the first, on the injected clock.
+    assert clock.now() - start == pytest.approx((len(DEMO_JOBS) - 1) / 10.0, abs=0.01)
+
+
+# -- selections for plan and run ------------------------------------------------------------------
+
+
+def manifest_at(tmp_path: Path, body: str = OUTAGE_SELECT, name: str = "m.toml") -> Manifest:
+    return load_manifest(write_manifest(tmp_path / name, body))
+
+
+async def test_query_selections_covers_every_select_entry(tmp_path: Path) -> None:
+    path = write_manifest(
+        tmp_path / "m.toml",
+        OUTAGE_SELECT
+        + '\n[[select]]\njob_name = "dws_sales_hourly"\nbegin = "2024-11-26T06:00:00"\n'
+        'end = "2024-11-26T10:00:00"\n',
+    )
+    notes: list[str] = []
+    async with service() as (_, transport):
+        found = await query_selections(
+            load_manifest(path), transport, pacer=pacer(), clock=FakeClock(), on_note=notes.append
+        )
+    assert {label: len(v) for label, v in found.items()} == {"select[0]": 50, "select[1]": 2}
+    assert len(notes) == 2
+
+
+def open_journal(path: Path) -> Journal:
+    return Journal.open(path, Binding(PROJECT, "http://fake"), tool_version="test")
+
+
+def record_run(
+    journal: Journal, manifest: Manifest, found: dict[str, list[SelectedInstance]]
+) -> None:
+    journal.begin_run(
+        RunInfo(
+            manifest_name=str(manifest.path),
+            manifest_text=manifest.text,
+            manifest_sha256=manifest.sha256,
+            selections={
+                label: [(i.job_name, i.job_id, i.plan_time, i.submit_time) for i in items]
+                for label, items in found.items()
+            },
+        )
+    )
+
+
+async def test_a_resume_uses_the_recorded_selection_without_asking(tmp_path: Path) -> None:
+    manifest = manifest_at(tmp_path)
+    recorded = [SelectedInstance("ods_orders", 917560, OUTAGE[0], OUTAGE[0] + 5000)]
+    with open_journal(tmp_path / "j") as journal:
+        record_run(journal, manifest, {"select[0]": recorded})
+    notes: list[str] = []
+    with open_journal(tmp_path / "j") as journal:
+        async with service() as (srv, transport):
+            found = await selections_for_run(
+                manifest,
+                journal,
+                transport,
+                reselect=False,
+                pacer=pacer(),
+                clock=FakeClock(),
+                on_note=notes.append,
+            )
+            assert srv.stats.requests == 0
+    assert found == {"select[0]": recorded}
+    assert notes == [
+        "select[0]: 1 instances as selected in run 1 (from the journal; --reselect asks the "
+        "service again)"
+    ]
+
+
+async def test_reselect_asks_the_service_again(tmp_path: Path) -> None:
+    manifest = manifest_at(tmp_path)
+    with open_journal(tmp_path / "j") as journal:
+        record_run(journal, manifest, {"select[0]": []})
+        async with service() as (srv, transport):
+            found = await selections_for_run(
+                manifest,
+                journal,
+                transport,
+                reselect=True,
+                pacer=pacer(),
+                clock=FakeClock(),
+                on_note=lambda _: None,
+            )
+            assert srv.stats.requests == 2
+    assert len(found["select[0]"]) == 50
+
+
+async def test_a_changed_entry_is_queried_again_with_a_note(tmp_path: Path) -> None:
+    old = manifest_at(tmp_path)
+    with open_journal(tmp_path / "j") as journal:
+        record_run(journal, old, {"select[0]": []})
+    # Same label, another window: the recorded selection answers another question.
+    new = manifest_at(tmp_path, OUTAGE_SELECT.replace("08:00:00", "07:00:00"))
+    notes: list[str] = []
+    with open_journal(tmp_path / "j") as journal:
+        async with service() as (srv, transport):
+            found = await selections_for_run(
+                new,
+                journal,
+                transport,
+                reselect=False,
+                pacer=pacer(),
+                clock=FakeClock(),
+                on_note=notes.append,
+            )
+            assert srv.stats.requests == 2
+    assert len(found["select[0]"]) == 45  # 36 + 9 in the 9 hours
+    assert notes[0].startswith("select[0] changed since its selection was recorded")
+
+
+def test_a_selection_is_the_same_question_whatever_else_changed(tmp_path: Path) -> None:
+    old = manifest_at(tmp_path, OUTAGE_SELECT, "a.toml")
+    run = recorded_run(tmp_path, old)
+    # Other fields (batch, retry_location) and other entries do not change the question.
+    also = OUTAGE_SELECT + 'batch = 7\nretry_location = "firstNode"\n'
+    assert same_selection(run, manifest_at(tmp_path, also, "b.toml"), "select[0]")
+    # A lone status string is the list of one; job_name is job_names of one.
+    assert same_selection(
+        recorded_run(
+            tmp_path, manifest_at(tmp_path, OUTAGE_SELECT + 'status = "fail"\n', "c.toml")
+        ),
+        manifest_at(tmp_path, OUTAGE_SELECT + 'status = ["fail"]\n', "d.toml"),
+        "select[0]",
+    )
+    # Jobs, statuses, window and workspace are the question.
+    for changed in (
+        OUTAGE_SELECT.replace('"ods_users"', '"ods_payments"'),
+        OUTAGE_SELECT + 'status = ["fail", "running-exception"]\n',
+        OUTAGE_SELECT.replace("22:00:00", "21:00:00"),
+        OUTAGE_SELECT + 'workspace = "0e4f4c9ab2d84b1f9cf7a4d7c3b2a190"\n',
+    ):
+        assert not same_selection(run, manifest_at(tmp_path, changed, "e.toml"), "select[0]")
+    # An entry that is not in the old manifest is new.
+    assert not same_selection(run, manifest_at(tmp_path), "select[1]")
+
+
+def recorded_run(tmp_path: Path, manifest: Manifest) -> Any:
+    path = tmp_path / f"j-{manifest.path.name}"
+    with open_journal(path) as journal:
+        record_run(journal, manifest, {})
+        return journal.state().runs[-1]
+
+
+def test_json_manifests_are_compared_too(tmp_path: Path) -> None:
+    data = {
+        "version": 1,
+        "defaults": {"workspace": WS, "retry_location": "errorNode",
+                     "retry_task_version": "original_version"},
+        "select": [{"job_name": "ods_orders", "begin": OUTAGE[0], "end": OUTAGE[1]}],
+    }  # fmt: skip
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(data), encoding="utf-8")
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    run = recorded_run(tmp_path, load_manifest(a))
+    assert same_selection(run, load_manifest(b), "select[0]")

@@ -1,0 +1,627 @@
+"""Verifying held units from the instances' live state, and watching reruns to their end.
+
+The verdicts are pure functions, tested on hand-made instances. The rest runs against the
+fake service on loopback with its instance catalog: one :class:`FakeClock` drives the server
+(submit times, instance states) and the client (pacing, journal walls, polling), so a rerun
+moves from waiting to success exactly as the watch sleeps. The end-to-end tests drive the
+real command line in a subprocess against the in-process fake on the system clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from rich.console import Console
+
+from bulkrerun.chunk import Chunk, instance_unit_id
+from bulkrerun.clock import FakeClock
+from bulkrerun.fake import Catalog, FakeConfig, FakeServer
+from bulkrerun.journal import Binding, Journal, RunInfo, UnitState
+from bulkrerun.manifest import Manifest, load_manifest
+from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.pacing import Pacer, PacingConfig
+from bulkrerun.planner import SelectedInstance, plan
+from bulkrerun.select import ListedInstance, query_selections
+from bulkrerun.session import ResumeFlags, chunks_to_send
+from bulkrerun.transport import Auth, HttpTransport
+from bulkrerun.verify import (
+    CLOCK_SKEW_S,
+    InstanceTarget,
+    VerifySummary,
+    WatchSummary,
+    WindowTarget,
+    judge_instance,
+    judge_window,
+    read_watch,
+    verify_held,
+    watch,
+    watch_path,
+)
+
+pytestmark = pytest.mark.anyio
+
+WS = "62fbba734e634c5087656fc3ff7adf34"
+PROJECT = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+ROOT = Path(__file__).resolve().parent.parent
+ANCHOR = 1_732_622_400_000  # 2024-11-26T20:00:00+08:00, the demo's "now" (cli.DEMO_ANCHOR_MS)
+HOUR = 3_600_000
+MINUTE = 60_000
+OUTAGE = (ANCHOR - 22 * HOUR, ANCHOR - 12 * HOUR)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# -- verdicts: pure --------------------------------------------------------------------------------
+
+T_ASK = 1_732_630_000_000  # our first intent (epoch ms, our clock)
+S0 = 1_732_601_590_000  # the submission we asked to rerun
+SKEW = round(CLOCK_SKEW_S * 1000)
+
+
+def target(**overrides: Any) -> InstanceTarget:
+    fields: dict[str, Any] = {
+        "unit": "u1",
+        "job_name": "ods_orders",
+        "workspace": WS,
+        "job_id": 917560,
+        "plan_time": 1_732_601_580_000,
+        "submit_time": S0,
+        "since_ms": T_ASK,
+        "last_ms": T_ASK + 1000,
+    }
+    fields.update(overrides)
+    return InstanceTarget(**fields)
+
+
+def listed(**overrides: Any) -> ListedInstance:
+    fields: dict[str, Any] = {
+        "job_name": "ods_orders",
+        "job_id": 917560,
+        "plan_time": 1_732_601_580_000,
+        "submit_time": S0,
+        "status": "fail",
+        "start_time": S0 + 2000,
+        "end_time": S0 + 60_000,
+    }
+    fields.update(overrides)
+    return ListedInstance(**fields)
+
+
+def test_an_instance_still_showing_the_run_we_asked_to_rerun_is_pending() -> None:
+    verdict = judge_instance(target(), listed())
+    assert verdict.state is None
+    assert verdict.reason == "not rerun"
+    assert "still shows the run submitted 2024-11-26T06:13:10Z" in verdict.evidence
+    assert "ods_orders plan_time 2024-11-26T06:13:00Z" in verdict.evidence
+
+
+@pytest.mark.parametrize(
+    ("instance", "why"),
+    [
+        # A new submission after our request (ours, whatever its status now).
+        (listed(submit_time=T_ASK + 800, status="waiting", start_time=0, end_time=0), "submitted"),
+        (listed(submit_time=T_ASK + 800, status="fail", start_time=T_ASK + 900), "submitted"),
+        # The service's clock a minute behind ours: still ours.
+        (listed(submit_time=T_ASK - 60_000, status="running", start_time=0), "submitted"),
+        # Same submission, but started after our request: only a rerun starts it again.
+        (listed(status="running", start_time=T_ASK + 5000, end_time=0), "started"),
+    ],
+)
+def test_an_instance_showing_a_run_after_our_request_is_done(
+    instance: ListedInstance, why: str
+) -> None:
+    verdict = judge_instance(target(), instance)
+    assert verdict.state is UnitState.DONE
+    assert f"shows a run {why}" in verdict.evidence
+
+
+@pytest.mark.parametrize(
+    ("instance", "reason"),
+    [
+        (None, "instance not listed"),
+        (listed(job_id=1), "instance not listed"),
+        # Rerun by someone else well before our request: ours was not acted on, but sending
+        # it now would rerun a rerun. An operator decides.
+        (
+            listed(submit_time=T_ASK - SKEW - 1, status="success"),
+            "rerun by someone else before ours",
+        ),
+        # The run we asked to rerun had not ended when we asked.
+        (
+            listed(status="running", start_time=S0 + 1, end_time=0),
+            "run not over before our request",
+        ),
+        (listed(status="fail", end_time=T_ASK + 10), "run not over before our request"),
+        (listed(submit_time=S0 - 1), "older run listed"),
+    ],
+)
+def test_what_the_list_cannot_decide_stays_held(
+    instance: ListedInstance | None, reason: str
+) -> None:
+    verdict = judge_instance(target(), instance)
+    assert verdict.state is UnitState.HELD
+    assert verdict.reason == reason
+
+
+def window_target() -> WindowTarget:
+    return WindowTarget(
+        "w1", (("ods_orders", WS), ("dwd_orders", WS)), S0 - HOUR, S0, T_ASK, T_ASK + 1000
+    )
+
+
+def test_a_window_is_done_when_all_its_instances_were_rerun_after_our_request() -> None:
+    rerun = [listed(submit_time=T_ASK + k, status="success", start_time=T_ASK + k) for k in (5, 9)]
+    verdict = judge_window(window_target(), rerun)
+    assert verdict.state is UnitState.DONE
+    assert "all 2 instances" in verdict.evidence
+    assert "ods_orders, dwd_orders" in verdict.evidence
+
+
+def test_a_window_is_pending_when_all_its_runs_ended_before_our_request() -> None:
+    verdict = judge_window(window_target(), [listed(), listed(plan_time=S0 - HOUR)])
+    assert verdict.state is None
+
+
+def test_a_window_is_held_when_mixed_empty_or_too_close_to_our_request() -> None:
+    mixed = [listed(), listed(submit_time=T_ASK + 5, status="waiting", start_time=0, end_time=0)]
+    assert judge_window(window_target(), mixed).reason == "window inconclusive"
+    assert judge_window(window_target(), []).reason == "no instances in window"
+    # A run that ended within the clock allowance before our request could be ours on a
+    # service whose clock is behind: never pending on that.
+    close = listed(submit_time=T_ASK - SKEW - 5000, start_time=T_ASK - SKEW - 4000,
+                   end_time=T_ASK - 1000)  # fmt: skip
+    assert judge_window(window_target(), [close]).state is UnitState.HELD
+
+
+def test_the_summary_reads_as_a_sentence() -> None:
+    assert str(VerifySummary()) == "verify: no held units; nothing to check."
+    s = VerifySummary(3, 2, 1)
+    s.reasons["instance not listed"] += 1
+    text = str(s)
+    assert text.startswith("verify: 6 held units checked against the instances' live state: ")
+    assert "3 were rerun (now done), 2 were not (pending again" in text
+    assert "1 stay held (instance not listed: 1)" in text
+    assert "--resend-held" in text
+
+
+# -- against the fake service ----------------------------------------------------------------------
+
+MANIFEST = f"""version = 1
+[defaults]
+workspace = "{WS}"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+timezone = "Asia/Shanghai"
+
+[[select]]
+job_names = ["ods_orders", "ods_users", "dws_sales_hourly"]
+begin = "2024-11-25T22:00:00"
+end = "2024-11-26T08:00:00"
+batch = 10
+
+[[window]]
+job_name = "ods_payments"
+begin = "2024-11-25T18:00:00"
+end = "2024-11-25T22:00:00"
+chunk = "1h"
+concurrent = 4
+jobs = [{{ job_name = "dwd_payments", workspace_id = "{WS}" }}]
+"""
+# 40 + 10 + 10 failed instances in 4 + 1 + 1 requests; 4 window requests of 2 x 4 instances.
+SELECTED, WINDOW_CHUNKS, WINDOW_INSTANCES = 60, 4, 32
+
+
+def catalog(**overrides: Any) -> Catalog:
+    fields: dict[str, Any] = {"rerun_fail_rate": 0.0, "waiting_s": 1.0, "running_s": 3.0}
+    fields.update(overrides)
+    return dataclasses.replace(Catalog.demo(ANCHOR), **fields)
+
+
+def shared_clock() -> FakeClock:
+    # An hour after the catalog's "now": reruns happen after every original run.
+    return FakeClock(wall=ANCHOR / 1000 + 3600)
+
+
+@dataclasses.dataclass
+class World:
+    srv: FakeServer
+    transport: HttpTransport
+    clock: FakeClock
+    pacer: Pacer
+    manifest: Manifest
+    selections: dict[str, list[SelectedInstance]]
+    chunks: list[Chunk]
+    journal_path: Path
+
+    def open_journal(self) -> Journal:
+        return Journal.open(self.journal_path, Binding(PROJECT, self.srv.url), tool_version="t")
+
+    def rerun_counts(self) -> list[int]:
+        truth = self.srv.instances
+        assert truth is not None
+        return [truth.rerun_count(i.job_name, i.plan_time) for i in self.selections["select[0]"]]
+
+
+@asynccontextmanager
+async def world(tmp_path: Path, **config: Any) -> AsyncIterator[World]:
+    clock = shared_clock()
+    config.setdefault("catalog", catalog())
+    async with (
+        FakeServer(FakeConfig(clock=clock, **config)) as srv,
+        HttpTransport(
+            endpoint=srv.url, project_id=PROJECT, auth=Auth(), timeout=5.0, wall=clock.wall
+        ) as transport,
+    ):
+        path = tmp_path / "outage.toml"
+        path.write_text(MANIFEST, encoding="utf-8")
+        manifest = load_manifest(path)
+        pacer = Pacer(PacingConfig(rate=1000.0))
+        selections = await query_selections(
+            manifest, transport, pacer=pacer, clock=clock, on_note=lambda _: None
+        )
+        chunks = list(plan(manifest, selections=selections))
+        w = World(srv, transport, clock, pacer, manifest, selections, chunks, tmp_path / "j")
+        with w.open_journal() as journal:
+            journal.begin_run(RunInfo.from_manifest(path, selections=_rows(selections)))
+        yield w
+
+
+def _rows(
+    found: Mapping[str, list[SelectedInstance]],
+) -> dict[str, list[tuple[str, int, int, int]]]:
+    return {
+        label: [(i.job_name, i.job_id, i.plan_time, i.submit_time) for i in items]
+        for label, items in found.items()
+    }
+
+
+def units_of(chunks: list[Chunk]) -> set[str]:
+    return {u for c in chunks for u in c.units}
+
+
+async def test_after_a_kill_the_sent_are_done_and_the_unsent_pending(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        assert len(w.chunks) == 6 + WINDOW_CHUNKS
+        # The run records every intent, sends half of the requests, and is killed (-9) before
+        # it can record a single outcome.
+        sent = [c for k, c in enumerate(w.chunks) if k % 2 == 0]
+        unsent = [c for k, c in enumerate(w.chunks) if k % 2 == 1]
+        with w.open_journal() as journal:
+            for chunk in w.chunks:
+                await journal.intend(chunk, 1, w.clock.wall())
+            for chunk in sent:
+                assert (await w.transport.send(chunk)).kind is Kind.DONE
+                w.clock.advance(0.05)
+        # (closing flushes nothing more: intents are durable already, outcomes never came)
+        with w.open_journal() as journal:
+            before = journal.state()
+            assert set(before.units) == units_of(w.chunks)
+            assert set(before.units.values()) == {UnitState.HELD}
+            summary = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+            after = journal.state()
+        assert summary.verified_done == len(units_of(sent))
+        assert summary.made_pending == len(units_of(unsent))
+        assert summary.still_held == 0
+        assert "were not (pending again" in str(summary)
+        # What the journal now says (a replay of the file, not only the live state).
+        with w.open_journal() as journal:
+            replayed = journal.state()
+        for state in (after, replayed):
+            assert {u for u, s in state.units.items() if s is UnitState.DONE} == units_of(sent)
+            assert not units_of(unsent) & set(state.units)
+            assert set(state.verified) == units_of(w.chunks)
+        some = next(iter(units_of(sent)))
+        assert "after our request" in replayed.verified[some]
+        # The resume sends exactly what the service never got, and nothing else.
+        resume = list(chunks_to_send(w.manifest, replayed, ResumeFlags(), w.selections))
+        assert units_of(resume) == units_of(unsent)
+        for chunk in resume:
+            assert (await w.transport.send(chunk)).kind is Kind.DONE
+        # Every selected instance was rerun exactly once; every window chunk accepted once.
+        assert w.rerun_counts() == [1] * SELECTED
+        window_ids = [e.chunk_id for e in w.srv.ledger if e.mode == "B"]
+        assert sorted(window_ids) == sorted({c.id for c in w.chunks if c.kind == "window"})
+
+
+async def test_after_dropped_connections_every_held_unit_is_found_done(tmp_path: Path) -> None:
+    async with world(tmp_path, drop_after_accept=0.5, seed=4) as w:
+        with w.open_journal() as journal:
+            for chunk in w.chunks:
+                await journal.intend(chunk, 1, w.clock.wall())
+                outcome = await w.transport.send(chunk)
+                decided = {Kind.DONE: "done", Kind.HELD: "held"}[outcome.kind]
+                journal.outcome(chunk, 1, outcome, w.clock.wall(), decided)
+                w.clock.advance(0.05)
+            held = {u for u, s in journal.state().units.items() if s is UnitState.HELD}
+            assert 0 < len(held) < len(units_of(w.chunks))
+            assert w.srv.stats.dropped > 0
+            summary = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+            assert summary.verified_done == len(held)
+            assert summary.made_pending == summary.still_held == 0
+            state = journal.state()
+        assert set(state.units.values()) == {UnitState.DONE}
+        assert list(chunks_to_send(w.manifest, state, ResumeFlags(), w.selections)) == []
+        assert w.rerun_counts() == [1] * SELECTED
+
+
+async def test_verify_waits_for_a_fresh_request_to_settle(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        with w.open_journal() as journal:
+            await journal.intend(w.chunks[0], 1, w.clock.wall())
+            start, slept = w.clock.now(), len(w.clock.sleeps)
+            summary = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+        assert w.clock.sleeps[slept] == pytest.approx(5.0, abs=0.01)
+        assert w.clock.now() - start >= 5.0
+        assert summary.made_pending == len(w.chunks[0].units)
+
+
+class Unavailable:
+    project_id = PROJECT
+
+    async def get_json(
+        self, path: str, query: Mapping[str, str | int], workspace: str
+    ) -> tuple[Outcome, Any]:
+        return Outcome(Kind.RETRY, status=503, error_code="APIG.0202", reason="unavailable"), None
+
+
+async def test_units_whose_instances_cannot_be_read_stay_held_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path) as w:
+        with w.open_journal() as journal:
+            await journal.intend(w.chunks[0], 1, w.clock.wall())
+            summary = await verify_held(
+                journal,
+                Unavailable(),
+                pacer=Pacer(PacingConfig(max_attempts=2)),
+                clock=w.clock,
+            )
+            state = journal.state()
+    units = w.chunks[0].units
+    assert summary.still_held == len(units)
+    assert summary.reasons == {"instance list unavailable": len(units)}
+    assert {state.units[u] for u in units} == {UnitState.HELD}
+    assert "no answer after 2 attempts" in state.verified[units[0]]
+
+
+async def test_nothing_held_means_nothing_asked(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        requests = w.srv.stats.requests
+        with w.open_journal() as journal:
+            summary = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+        assert summary.checked == 0
+        assert w.srv.stats.requests == requests
+
+
+# -- watch -----------------------------------------------------------------------------------------
+
+
+async def send_all(w: World) -> None:
+    with w.open_journal() as journal:
+        for chunk in w.chunks:
+            await journal.intend(chunk, 1, w.clock.wall())
+            outcome = await w.transport.send(chunk)
+            assert outcome.kind is Kind.DONE
+            journal.outcome(chunk, 1, outcome, w.clock.wall(), "done")
+
+
+def console() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=120, color_system=None), buffer
+
+
+async def test_watch_follows_every_rerun_to_success_and_records_it(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        await send_all(w)
+        con, out = console()
+        with w.open_journal() as journal:
+            summary = await watch(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, console=con, poll=1.0
+            )
+    assert isinstance(summary, WatchSummary)
+    assert not summary.timed_out
+    assert summary.total() == summary.succeeded == SELECTED + WINDOW_INSTANCES
+    assert summary.jobs["ods_orders"] == {"success": 40}
+    assert summary.jobs["dwd_payments"] == {"success": 16}
+    # Waiting 1 s and running 3 s on the server clock: the watch polled through them.
+    assert 4.0 <= summary.seconds < 10.0
+    text = out.getvalue()
+    assert "reruns by job" in text
+    assert "watch: 92 rerun instances: 92 succeeded, 0 failed." in text
+    assert "waiting, running or not yet listed" in text
+    # The sidecar: one final status per instance, by unit, next to the journal.
+    assert watch_path(w.journal_path) == tmp_path / "j.watch"
+    assert os.stat(tmp_path / "j.watch").st_mode & 0o777 == 0o600
+    seen = read_watch(w.journal_path)
+    first = w.selections["select[0]"][0]
+    unit = instance_unit_id(first.job_name, first.job_id, first.plan_time, first.submit_time)
+    (record,) = seen[unit]
+    assert (record.job_name, record.plan_time, record.status) == (
+        first.job_name,
+        first.plan_time,
+        "success",
+    )
+    assert record.submit_time > first.submit_time
+    window = next(c for c in w.chunks if c.kind == "window")
+    assert len(seen[window.id]) == 8
+    assert {r.job_name for r in seen[window.id]} == {"ods_payments", "dwd_payments"}
+
+
+async def test_watch_counts_failed_reruns(tmp_path: Path) -> None:
+    async with world(tmp_path, catalog=catalog(rerun_fail_rate=1.0)) as w:
+        await send_all(w)
+        con, out = console()
+        with w.open_journal() as journal:
+            summary = await watch(journal, w.transport, pacer=w.pacer, clock=w.clock, console=con)
+    assert summary.failed == SELECTED + WINDOW_INSTANCES
+    assert summary.succeeded == 0
+    assert "0 succeeded, 92 failed" in out.getvalue()
+    assert {r.status for rs in read_watch(w.journal_path).values() for r in rs} == {"fail"}
+
+
+async def test_watch_gives_up_at_the_timeout_and_says_what_is_unfinished(tmp_path: Path) -> None:
+    async with world(tmp_path, catalog=catalog(running_s=10_000.0)) as w:
+        await send_all(w)
+        con, out = console()
+        with w.open_journal() as journal:
+            summary = await watch(
+                journal,
+                w.transport,
+                pacer=w.pacer,
+                clock=w.clock,
+                console=con,
+                poll=5.0,
+                timeout=30.0,
+            )
+    assert summary.timed_out
+    assert summary.unfinished == SELECTED + WINDOW_INSTANCES
+    assert summary.jobs["ods_users"] == {"running": 10}
+    assert "92 not finished when the watch timed out" in out.getvalue()
+    assert read_watch(w.journal_path) == {}
+
+
+async def test_watch_without_done_units_says_so(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        con, out = console()
+        with w.open_journal() as journal:
+            summary = await watch(journal, w.transport, pacer=w.pacer, clock=w.clock, console=con)
+    assert summary.total() == 0
+    assert "no rerun instances to watch" in out.getvalue()
+
+
+def test_read_watch_keeps_the_latest_and_skips_torn_lines(tmp_path: Path) -> None:
+    line = {"t": "instance", "unit": "u", "job_name": "j", "plan_time": 1, "job_id": 2,
+            "instance_id": None, "status": "fail", "submit_time": 3, "start_time": 4,
+            "end_time": 5, "wall": 6.0}  # fmt: skip
+    later = {**line, "status": "success", "wall": 7.0}
+    (tmp_path / "j.watch").write_text(
+        json.dumps(line) + "\n" + json.dumps(later) + "\n" + '{"t":"inst', encoding="utf-8"
+    )
+    (record,) = read_watch(tmp_path / "j")["u"]
+    assert record.status == "success"
+    assert read_watch(tmp_path / "other") == {}
+
+
+# -- the real command line -------------------------------------------------------------------------
+
+
+def cli_env(url: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BULKRERUN_", "CLOUD_SDK_")) and k != "COLUMNS"
+    }
+    env.update(
+        COLUMNS="200",
+        BULKRERUN_ENDPOINT=url,
+        BULKRERUN_PROJECT_ID=PROJECT,
+        BULKRERUN_AK="DEMOAK0000000000",
+        BULKRERUN_SK="demo-secret-0123456789",
+        BULKRERUN_RATE="200",
+        BULKRERUN_MAX_INFLIGHT="16",
+    )
+    return env
+
+
+async def bulkrerun(cwd: Path, url: str, *args: str) -> tuple[int, str, str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "bulkrerun", *args], cwd=cwd, env=cli_env(url), check=False
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def demo_config(**overrides: Any) -> FakeConfig:
+    fields: dict[str, Any] = {
+        "ak": "DEMOAK0000000000",
+        "sk": "demo-secret-0123456789",
+        "catalog": catalog(waiting_s=0.05, running_s=0.1),
+        "missing_jobs": frozenset({"ods_legacy_feed"}),
+    }
+    fields.update(overrides)
+    return FakeConfig(**fields)
+
+
+@pytest.mark.slow
+async def test_the_demo_outage_is_selected_rerun_once_and_watched_to_success(
+    tmp_path: Path,
+) -> None:
+    manifest = str(ROOT / "configs" / "demo.toml")
+    async with FakeServer(demo_config()) as srv:
+        code, out, err = await bulkrerun(
+            tmp_path, srv.url, "run", manifest, "--journal", "demo.journal", "--watch"
+        )
+        assert code == 1, err  # the two ods_legacy_feed requests are refused
+        truth = srv.instances
+        assert truth is not None
+        # The 300 instances of the outage, each rerun exactly once.
+        outage = [
+            (job.name, p)
+            for job in truth.catalog.jobs
+            for p in truth.catalog.plan_times(job)
+            if OUTAGE[0] <= p < OUTAGE[1]
+        ]
+        assert len(outage) == 300
+        assert {truth.rerun_count(j, p) for j, p in outage} == {1}
+        ids = [e.chunk_id for e in srv.ledger]
+        assert len(ids) == len(set(ids)) == 30 + 144 + 48
+        assert "select[0]: found 300 instances" in err
+        assert "reruns by job" in err
+        seen = read_watch(tmp_path / "demo.journal")
+        statuses = [r.status for rs in seen.values() for r in rs]
+        assert statuses.count("success") == len(statuses) >= 300
+
+        code, out, err = await bulkrerun(tmp_path, srv.url, "status", "demo.journal", "--json")
+        assert code == 0, err
+        status = json.loads(out)
+        assert (status["done"], status["failed"], status["held"], status["pending"]) == (
+            300 + 144 + 48,
+            4,
+            0,
+            0,
+        )
+
+        # Running the same command again resends nothing: the selection comes from the
+        # journal (the service would now answer with no failed instance at all).
+        code, out, err = await bulkrerun(
+            tmp_path, srv.url, "run", manifest, "--journal", "demo.journal"
+        )
+        assert code == 1, err
+        assert "select[0]: 300 instances as selected in run 1" in err
+        assert len(srv.ledger) == len(ids)
+
+
+@pytest.mark.slow
+async def test_verify_on_the_command_line_resolves_held_units(tmp_path: Path) -> None:
+    manifest = tmp_path / "outage.toml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    async with FakeServer(demo_config(drop_after_accept=0.4, seed=2)) as srv:
+        code, _, err = await bulkrerun(tmp_path, srv.url, "run", str(manifest), "--journal", "j")
+        assert code == 1, err
+        code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
+        held = json.loads(out)["held"]
+        assert held > 0
+        accepted = len(srv.ledger)
+        await anyio.sleep(5.0)  # verify believes a request once it is SETTLE_S old
+        code, out, err = await bulkrerun(tmp_path, srv.url, "verify", "j")
+        assert code == 0, out + err
+        assert f"{held} held units checked" in out.replace(",", "")
+        code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
+        status = json.loads(out)
+        assert (status["held"], status["pending"]) == (0, 0)
+        assert status["done"] == SELECTED + WINDOW_CHUNKS
+        code, _, err = await bulkrerun(tmp_path, srv.url, "run", str(manifest), "--journal", "j")
+        assert code == 0, err
+        assert len(srv.ledger) == accepted  # nothing the service had accepted was resent
