@@ -22,6 +22,7 @@ error messages come from the service.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ from rich.table import Table
 from bulkrerun.chunk import Chunk, instance_unit_id
 from bulkrerun.errors import BulkrerunError
 from bulkrerun.journal import ChunkInfo, JournalState, UnitState, read_records_at, read_state
+from bulkrerun.watchlog import read_watch
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -292,7 +294,8 @@ class ReportRow:
     ``current`` is what its units are now, which later requests or a verification may
     have changed (``done 3, held 1`` when they differ). ``begin_ms``/``end_ms`` are the
     window request's ``begin_time``/``end_time`` as sent; ``instances`` the size of a
-    mode A request.
+    mode A request. ``instance_status`` is what ``run --watch`` saw the rerun instances end
+    as (``success 3, fail 1``): "accepted" is not "succeeded".
     """
 
     chunk: str
@@ -312,6 +315,7 @@ class ReportRow:
     request_id: str | None
     reason: str | None
     last_wall: float
+    instance_status: str | None = None
 
 
 REPORT_COLUMNS = (
@@ -332,6 +336,7 @@ REPORT_COLUMNS = (
     "request_id",
     "reason",
     "last_time",
+    "instance_status",
 )
 """The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``."""
 
@@ -409,10 +414,18 @@ def _row(
 
 
 def report_rows(path: Path) -> Iterator[ReportRow]:
-    """One row per request recorded in the journal at ``path``, in the order first sent."""
+    """One row per request recorded in the journal at ``path``, in the order first sent,
+    with the final instance statuses ``run --watch`` saw, when it ran."""
     _, state = read_state(path)
+    watched = read_watch(path)
     for info, intent, outcome in _details(path, state):
-        yield _row(info, intent, outcome, state.units)
+        row = _row(info, intent, outcome, state.units)
+        if watched:
+            seen = Counter(r.status for u in info.units for r in watched.get(u, ()))
+            if seen:
+                text = ", ".join(f"{status} {n}" for status, n in seen.most_common())
+                row = dataclasses.replace(row, instance_status=text)
+        yield row
 
 
 def _row_object(row: ReportRow) -> dict[str, Any]:
@@ -436,6 +449,7 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "request_id": row.request_id,
         "reason": row.reason,
         "last_time": _iso(row.last_wall),
+        "instance_status": row.instance_status,
     }
 
 
@@ -472,6 +486,7 @@ def _table(first: bool) -> Table:
         ("status", 16),
         ("request id", 20),
         ("message", 40),
+        ("instances now", 18),
     ):
         table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
     return table
@@ -495,6 +510,7 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
             escape(status),
             escape(row.request_id or ""),
             escape(row.error_msg or row.reason or ""),
+            escape(row.instance_status or ""),
         )
         tally[row.state] += 1
         n += 1

@@ -593,6 +593,16 @@ async def test_the_demo_outage_is_selected_rerun_once_and_watched_to_success(
             0,
         )
 
+        # The report shows the final instance status next to the API outcome.
+        code, out, err = await bulkrerun(
+            tmp_path, srv.url, "report", "demo.journal", "--format", "json"
+        )
+        assert code == 0, err
+        rows = [json.loads(line) for line in out.splitlines()]
+        done_rows = [r for r in rows if r["state"] == "done"]
+        assert done_rows and all(r["instance_status"] for r in done_rows)
+        assert all(r["instance_status"] is None for r in rows if r["state"] == "failed")
+
         # Running the same command again resends nothing: the selection comes from the
         # journal (the service would now answer with no failed instance at all).
         code, out, err = await bulkrerun(
