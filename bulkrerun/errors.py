@@ -10,7 +10,8 @@
     ├── JournalCorrupt              exit 2: a journal record in the middle is unreadable
     └── Fatal                       exit 3: the run stopped; the journal is consistent
         ├── AuthRefused             401/403: credentials or permissions are wrong
-        └── BudgetExhausted         the failure budget or the canary said stop
+        ├── BudgetExhausted         the failure budget or the canary said stop
+        └── select.ListFailed       the instance-list API refused or did not answer
 
 Foreign exceptions (aiohttp, OS errors) are translated into outcomes in ``transport`` and
 nowhere else; they do not escape as exceptions.

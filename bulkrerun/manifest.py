@@ -361,6 +361,18 @@ def _statuses(value: Any) -> tuple[str, ...]:
 
 
 Text = Annotated[str, PlainValidator(_text)]
+
+
+def _job_name(value: Any) -> str:
+    name = _text(value)
+    if name in (".", ".."):
+        # A path segment of "." or ".." is collapsed by URL normalisation on the way, so the
+        # request would reach another path than the one signed.
+        raise _problem('must not be "." or ".." (it would be read as a path step)')
+    return name
+
+
+JobName = Annotated[str, PlainValidator(_job_name)]
 Boolean = Annotated[bool, PlainValidator(_boolean)]
 RetryLocation = Annotated[str, PlainValidator(_one_of(RETRY_LOCATIONS))]
 RetryTaskVersion = Annotated[str, PlainValidator(_one_of(RETRY_TASK_VERSIONS))]
@@ -418,7 +430,7 @@ class _JobRef(_Model):
 
 class _Window(_Common):
     timezone: TimeZone | None = None
-    job_name: Text
+    job_name: JobName
     begin: Time
     end: Time
     chunk: Span
@@ -433,7 +445,7 @@ class _Item(_Model):
 
 
 class _Instances(_Common):
-    job_name: Text
+    job_name: JobName
     batch: Batch = DEFAULT_BATCH
     items: list[_Item] | None = None
     file: Text | None = None
@@ -441,8 +453,8 @@ class _Instances(_Common):
 
 class _Select(_Common):
     timezone: TimeZone | None = None
-    job_name: Text | None = None
-    job_names: list[Text] | None = None
+    job_name: JobName | None = None
+    job_names: list[JobName] | None = None
     begin: Time
     end: Time
     status: Statuses = DEFAULT_STATUSES
