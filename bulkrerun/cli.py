@@ -7,6 +7,7 @@ Every error a user can cause ends here as a message and an exit code from
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shlex
@@ -477,6 +478,10 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 grace=args.grace,
             )
             interrupted = False
+            # Everything built so far (settings, the replayed journal, which may hold a
+            # million records) lives until the end: keep the cyclic GC from re-scanning it
+            # on every full collection of the run.
+            gc.freeze()
             with display:
                 async with anyio.create_task_group() as tg:
 
@@ -496,10 +501,13 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     tg.cancel_scope.cancel()
             if args.watch and not interrupted and result.fatal is None:
                 await _watch(journal, transport, pacer)
+        not_sent = counts.to_send - result.done - result.failed - result.held
+        from bulkrerun.report import summarize
+
+        summary = summarize(args.journal, journal.state(), pending=not_sent)
     finally:
         journal.close()
-    not_sent = counts.to_send - result.done - result.failed - result.held
-    return _finish(args, result, interrupted, display, not_sent)
+    return _finish(args, result, interrupted, display, not_sent, summary)
 
 
 def _event_sink(display: Any, log_chunks: bool) -> Callable[[Event], None]:
@@ -565,10 +573,13 @@ def _print_resume(args: RunArgs, c: Any) -> None:
         )
 
 
-def _finish(args: RunArgs, result: Any, interrupted: bool, display: Any, not_sent: int) -> int:
-    from bulkrerun.report import render_status, status
+def _finish(
+    args: RunArgs, result: Any, interrupted: bool, display: Any, not_sent: int, summary: Any
+) -> int:
+    """The closing table and status (from the journal's live state: no second read of it),
+    and the exit code."""
+    from bulkrerun.report import render_status
 
-    summary = status(args.journal, pending=not_sent)
     table = Table(title="this run", title_justify="left")
     for col in ("done", "failed", "held", "not sent", "rate/s"):
         table.add_column(col, justify="right")
@@ -1108,8 +1119,14 @@ def _main(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point."""
-    app(args=list(argv) if argv is not None else None)
+    """Console-script entry point. A Ctrl-C outside a run's own handling (while a manifest
+    is read, a selection queried or reruns watched) ends quietly with 130 too: nothing is
+    lost, the journal records only what was durable."""
+    try:
+        app(args=list(argv) if argv is not None else None)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]; run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 __all__ = ["app", "main"]

@@ -162,10 +162,13 @@ class Engine:
             if not await self._admitted():
                 self._settle(chunk, "pending", None, attempt - 1)
                 return
-            # The intent must be durable before the request leaves; a hard stop must not
-            # leave it half-written, so it is shielded. It is quick (one group commit).
-            with anyio.CancelScope(shield=True):
+            # The intent must be durable before the request leaves. Cancelled meanwhile
+            # (a hard stop), the journal records the attempt as not sent and re-raises.
+            try:
                 await journal.intend(chunk, attempt, clock.wall())
+            except anyio.get_cancelled_exc_class():
+                self._settle(chunk, "pending", None, attempt - 1)
+                raise
             if self._stopping:  # stopped while the intent was committed: it was not sent
                 journal.outcome(chunk, attempt, NOT_SENT, clock.wall(), "pending")
                 self._settle(chunk, "pending", None, attempt - 1)
