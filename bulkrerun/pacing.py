@@ -778,8 +778,14 @@ class Pacer:
             self._pending.remove(slot)
             slot._gone = True
 
-    def on_outcome(self, outcome: Outcome, now: float, sent_at: float | None = None) -> None:
-        """Learn from one attempt's outcome. ``sent_at`` defaults to ``now - outcome.elapsed``."""
+    def on_outcome(
+        self, outcome: Outcome, now: float, sent_at: float | None = None, *, final: bool = True
+    ) -> None:
+        """Learn from one attempt's outcome. ``sent_at`` defaults to ``now - outcome.elapsed``.
+
+        ``final=False`` for requests that are not reruns (instance-list reads): they pace and
+        feed the breaker like any request, but do not count in the failure budget, so a
+        canary is spent on reruns only."""
         if outcome.kind is Kind.FATAL:
             return  # the engine aborts the run; nothing left to pace
         sent = sent_at if sent_at is not None else now - outcome.elapsed
@@ -799,10 +805,10 @@ class Pacer:
         self._health(healthy, now, sent)
         if healthy:
             self._budget.deposit()
-        if outcome.kind is not Kind.RETRY:
+        if outcome.kind is not Kind.RETRY and final:
             self._final(failed=outcome.kind is not Kind.DONE)
 
-    def retry_delay(self, outcome: Outcome, attempt: int) -> float | None:
+    def retry_delay(self, outcome: Outcome, attempt: int, *, final: bool = True) -> float | None:
         """Seconds to wait before attempt ``attempt + 1`` after a RETRY outcome, or None to
         give up (``max_attempts`` reached or the retry budget is spent).
 
@@ -825,7 +831,8 @@ class Pacer:
             cost = RETRY_COST
         if attempt >= cfg.max_attempts or not self._budget.withdraw(cost):
             self._gave_up += 1
-            self._final(failed=True)
+            if final:
+                self._final(failed=True)
             return None
         delay = backoff(attempt, base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self._rng)
         if outcome.retry_after is not None:

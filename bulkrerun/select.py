@@ -288,12 +288,12 @@ class InstanceLister:
             if outcome.kind is Kind.HELD:
                 # Unknown for a rerun, harmless for a read: a GET is retried like any RETRY.
                 outcome = dataclasses.replace(outcome, kind=Kind.RETRY)
-            pacer.on_outcome(outcome, clock.now(), sent_at=sent_at)
+            pacer.on_outcome(outcome, clock.now(), sent_at=sent_at, final=False)
             if outcome.kind is Kind.DONE:
                 return parsed
             if outcome.kind is Kind.FAILED:
                 raise ListFailed(job_name, outcome, attempt)
-            delay = pacer.retry_delay(outcome, attempt)
+            delay = pacer.retry_delay(outcome, attempt, final=False)
             if delay is None:
                 raise ListFailed(job_name, outcome, attempt)
             await clock.sleep(delay)

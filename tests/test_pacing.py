@@ -721,3 +721,16 @@ def test_rate_far_too_high_converges_under_the_quota_with_few_429s(
     assert min(t for t, rate in result.rates if rate <= 55.0) <= 1.0
     assert max(rate for t, rate in result.rates if t >= 2.0) <= 1.5 * 50.0
     assert sum(t >= 2.0 for t in result.admitted_at) >= 0.93 * 50.0 * 18.0
+
+
+def test_reads_do_not_spend_the_canary() -> None:
+    """Instance-list reads (final=False) pace like any request but leave the failure budget
+    to the reruns: a canary of 3 is not used up by a selection's reads."""
+    pacer = Pacer(PacingConfig(rate=100.0, canary=3))
+    refused = Outcome(Kind.FAILED, status=400, error_code="DLF.0100")
+    for i in range(10):
+        pacer.on_outcome(refused, float(i), float(i), final=False)
+    assert pacer.stop_reason() is None
+    for i in range(3):
+        pacer.on_outcome(refused, 20.0 + i, 20.0 + i)
+    assert pacer.stop_reason() is not None
