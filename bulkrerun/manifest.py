@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from bulkrerun.errors import ManifestError
+from bulkrerun.reference import INSTANCE_STATUSES, RETRY_LOCATIONS, RETRY_TASK_VERSIONS
 
 __all__ = [
     "INSTANCE_FIELDS",
@@ -65,19 +66,7 @@ __all__ = [
     "parse_span",
 ]
 
-RETRY_LOCATIONS = ("firstNode", "errorNode", "specifiedNode")
-RETRY_TASK_VERSIONS = ("original_version", "current_version")
-STATUSES = (
-    "waiting",
-    "running",
-    "success",
-    "fail",
-    "running-exception",
-    "pause",
-    "manual-stop",
-    "skip-by-depend",
-    "freeze",
-)
+STATUSES = INSTANCE_STATUSES
 INSTANCE_FIELDS = ("job_id", "plan_time", "submit_time")
 
 CONCURRENT_RANGE = (1, 128)

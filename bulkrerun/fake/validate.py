@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from bulkrerun import reference
+
 __all__ = [
     "INSTANCE_STATUSES",
     "JOB_NOT_FOUND",
@@ -64,21 +66,9 @@ __all__ = [
     "validate_retry",
 ]
 
-RETRY_LOCATIONS = frozenset({"firstNode", "errorNode", "specifiedNode"})
-RETRY_TASK_VERSIONS = frozenset({"original_version", "current_version"})
-INSTANCE_STATUSES = frozenset(
-    {
-        "waiting",
-        "running",
-        "success",
-        "fail",
-        "running-exception",
-        "pause",
-        "manual-stop",
-        "skip-by-depend",
-        "freeze",
-    }
-)
+RETRY_LOCATIONS = frozenset(reference.RETRY_LOCATIONS)
+RETRY_TASK_VERSIONS = frozenset(reference.RETRY_TASK_VERSIONS)
+INSTANCE_STATUSES = frozenset(reference.INSTANCE_STATUSES)
 
 _COMMON_FIELDS = frozenset(
     {"retry_location", "node_name", "retry_task_version", "ignore_obs_monitor"}
