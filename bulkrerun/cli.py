@@ -309,6 +309,12 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any) -> None:
     table.add_section()
     table.add_row("total", "", "", "", f"{requests:,}", f"{units:,}")
     out.print(table)
+    for row in rows:
+        if row.duplicates:
+            err.print(
+                f"[yellow]warning:[/] {row.label}: {row.duplicates:,} units already planned by "
+                "an earlier entry or line; each is sent once"
+            )
     first = next((r.first for r in rows if r.first is not None), None)
     last = next((r.last for r in reversed(rows) if r.last is not None), None)
     if first is not None:

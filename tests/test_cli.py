@@ -130,3 +130,15 @@ def test_version(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.startswith("bulkrerun ")
+
+
+def test_plan_warns_of_duplicate_units(runner: CliRunner, tmp_path: Path) -> None:
+    item = "{ job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 }"
+    m = write_manifest(
+        tmp_path / "dup.toml",
+        f'[[instances]]\njob_name = "a"\nitems = [ {item} ]\n'
+        f'[[instances]]\njob_name = "a"\nitems = [ {item} ]\n',
+    )
+    result = runner.invoke(app, ["plan", str(m)])
+    assert result.exit_code == 0, result.output
+    assert "instances[1]: 1 units already planned" in " ".join(result.output.split())
