@@ -484,7 +484,7 @@ def _table(first: bool) -> Table:
         ("state", 7),
         ("now", 7),
         ("status", 16),
-        ("request id", 20),
+        ("request id", 32),
         ("message", 40),
         ("instances now", 18),
     ):

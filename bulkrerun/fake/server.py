@@ -246,7 +246,7 @@ class FakeServer:
 
     def _request_id(self) -> str:
         self._rid_next += 1
-        return f"{self._rid_prefix}{self._rid_next:016x}"
+        return f"{self._rid_next:016x}{self._rid_prefix}"  # distinct part first: tables cut ends
 
     def _refuse(
         self, rid: str, refusal: Refusal, extra: dict[str, str] | None = None
