@@ -17,6 +17,7 @@ SUITE = [
     ("throughput vs bare aiohttp and the SDK", ["throughput.py"]),
     ("quota utilisation", ["quota.py"]),
     ("run scale and resume", ["run_scale.py"]),
+    ("journal: overhead in a run", ["journal_overhead.py"]),
     ("journal: resume from 1,000,000 records", ["journal_resume.py"]),
 ]
 
