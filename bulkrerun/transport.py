@@ -45,6 +45,7 @@ from bulkrerun.planner import request_headers, request_path
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503})
 FATAL_STATUSES = frozenset({401, 403})
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection, at most half the request timeout
 MAX_ERROR_BODY = 64 * 1024  # an error body larger than this is cut: messages, not payloads
 
 
@@ -157,8 +158,11 @@ class HttpTransport:
         self.auth = auth
         self._secrets = auth.secrets()
         self._wall = wall
+        # ``timeout`` bounds the whole request (one timer per request; a per-read timeout
+        # would re-arm a timer on every packet). Connecting has a shorter bound of its own so
+        # that a connect timeout is told apart: nothing was sent, it is safe to retry.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout, sock_read=timeout, connect=timeout
+            total=timeout, sock_connect=min(timeout / 2, CONNECT_TIMEOUT)
         )
         self._max_inflight = max_inflight
         self._ssl = ssl_context(verify_tls, ca_bundle)
