@@ -24,7 +24,22 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 SERVER_CORE = CORES[-1:] if len(CORES) >= 2 else []
+# Fixed fake credentials shared by the benchmarks and the fake services they start.
+AK, SK = "BENCHAK0000000000000", "bench-secret-key-not-real"
 CLIENT_CORES = CORES[:-1] if len(CORES) >= 2 else []
+
+
+def window_manifest(path: Path, n: int, job_name: str, extra: str = "") -> Path:
+    """A manifest of one window of ``n`` one-minute chunks (``n`` requests) from 2024-01-01."""
+    begin = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+    path.write_text(
+        "version = 1\n[defaults]\n"
+        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
+        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
+        f'[[window]]\njob_name = "{job_name}"\nbegin = {begin}\nend = {begin + n * 60_000}\n'
+        f'chunk = "1m"\n{extra}'
+    )
+    return path
 
 
 def free_port() -> int:

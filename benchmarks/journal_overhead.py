@@ -16,19 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import PY, fake_server, machine, table, timed
-
-WINDOW = """version = 1
-[defaults]
-workspace = "62fbba734e634c5087656fc3ff7adf34"
-retry_location = "errorNode"
-retry_task_version = "original_version"
-[[window]]
-job_name = "overhead_job"
-begin = 1704067200000
-end = {end}
-chunk = "1m"
-"""
+from _common import PY, fake_server, machine, table, timed, window_manifest
 
 
 class NoJournal:
@@ -91,8 +79,7 @@ def main() -> int:
     results: dict[str, list[tuple[float, float]]] = {"no-op journal": [], "durable journal": []}
     with tempfile.TemporaryDirectory() as tmp, fake_server() as url:
         d = Path(tmp)
-        m = d / "m.toml"
-        m.write_text(WINDOW.format(end=1704067200000 + a.n * 60_000))
+        m = window_manifest(d / "m.toml", a.n, "overhead_job")
         for rep in range(a.reps + 1):  # the first round warms the server up; not counted
             for name in results:
                 j = "-" if name.startswith("no-op") else str(d / f"j{rep}")

@@ -18,22 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import PY, fake_server, machine, median, table, timed
+from _common import AK, PY, SK, fake_server, machine, median, table, timed, window_manifest
 
 LIMIT = 50.0
-AK, SK = "BENCHAK0000000000000", "bench-secret-key-not-real"
-
-
-def manifest(path: Path, n: int) -> Path:
-    begin = 1_704_067_200_000
-    path.write_text(
-        "version = 1\n[defaults]\n"
-        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
-        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
-        f'[[window]]\njob_name = "quota_job"\nbegin = {begin}\nend = {begin + n * 60_000}\n'
-        'chunk = "1m"\n'
-    )
-    return path
 
 
 def measure(journal: Path) -> tuple[float, float, int]:
@@ -64,7 +51,7 @@ def main() -> int:
     goals = {50.0: (0.97, 0.01), 370.0: (0.90, 0.05)}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        m = manifest(d / "quota.toml", a.n)
+        m = window_manifest(d / "quota.toml", a.n, "quota_job")
         for rate, (min_util, max_429) in goals.items():
             utils, shares = [], []
             for rep in range(a.reps):

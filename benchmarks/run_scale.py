@@ -14,21 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import PY, fake_server, machine, peak_rss_of, table
-
-AK, SK = "BENCHAK0000000000000", "bench-secret-key-not-real"
-
-
-def manifest(path: Path, n: int) -> Path:
-    begin = 1_704_067_200_000
-    path.write_text(
-        "version = 1\n[defaults]\n"
-        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
-        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
-        f'[[window]]\njob_name = "scale_job"\nbegin = {begin}\nend = {begin + n * 60_000}\n'
-        'chunk = "1m"\n'
-    )
-    return path
+from _common import AK, PY, SK, fake_server, machine, peak_rss_of, table, window_manifest
 
 
 def run(m: Path, j: Path, url: str) -> tuple[float, float]:
@@ -59,7 +45,7 @@ def main() -> int:
         d = Path(tmp)
         results = {}
         for n in (a.small, a.large):
-            m = manifest(d / f"m{n}.toml", n)
+            m = window_manifest(d / f"m{n}.toml", n, "scale_job")
             rss, seconds = run(m, d / f"j{n}", url)
             results[n] = rss
             rows.append([f"run {n:,} requests", f"{n / seconds:,.0f}", f"{seconds:.1f}",

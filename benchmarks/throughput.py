@@ -15,22 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import PY, fake_server, machine, median, table, timed
+from _common import AK, PY, SK, fake_server, machine, median, table, timed, window_manifest
 
-AK, SK = "BENCHAK0000000000000", "bench-secret-key-not-real"
 PROJECT = "bench"
-
-
-def manifest(path: Path, n: int) -> Path:
-    begin = 1_704_067_200_000  # 2024-01-01T00:00:00Z
-    path.write_text(
-        "version = 1\n[defaults]\n"
-        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
-        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
-        f'[[window]]\njob_name = "bench_job"\nbegin = {begin}\nend = {begin + n * 60_000}\n'
-        'chunk = "1m"\nconcurrent = 4\n'
-    )
-    return path
 
 
 def run_bulkrerun(m: Path, journal: Path, url: str, signed: bool) -> float:
@@ -106,7 +93,7 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        m = manifest(d / "bench.toml", a.n)
+        m = window_manifest(d / "bench.toml", a.n, "bench_job", "concurrent = 4\n")
         plan = d / "plan.jsonl"
         with plan.open("wb") as f:
             import subprocess
