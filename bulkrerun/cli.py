@@ -42,12 +42,12 @@ app = typer.Typer(
         "Rerun Huawei Cloud DataArts Factory job instances in bulk: a manifest of jobs and "
         "time windows becomes paced API requests, and a journal records every outcome so "
         "that an interrupted run resumes without losing or repeating work.\n\n"
-        "Start with [bold]bulkrerun plan MANIFEST[/] (sends nothing), then "
-        "[bold]bulkrerun run MANIFEST --journal J[/]. Run the same command again to resume."
+        "Start with **bulkrerun plan MANIFEST** (sends nothing), then "
+        "**bulkrerun run MANIFEST --journal J**. Run the same command again to resume."
     ),
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -818,8 +818,12 @@ def status(
     verbose: Verbose = False,
     log_file: LogFile = None,
 ) -> None:
-    """Summarise a journal: done, failed (by error code), held, not yet sent; the rate
-    achieved; what to do next."""
+    """Summarise a journal: done, failed, held, not yet sent, and what to do next.
+
+    Failures are counted by error code; the rate achieved is shown. --json prints one
+    object with at least the integer keys done, failed, held and pending (null when the
+    journal's manifest copy cannot be re-planned).
+    """
     configure_logging(verbose, log_file)
     import json
 
