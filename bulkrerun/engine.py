@@ -26,11 +26,17 @@ import anyio
 
 from bulkrerun.chunk import Chunk
 from bulkrerun.clock import Clock, SystemClock
-from bulkrerun.errors import AuthRefused, BudgetExhausted, Fatal
+from bulkrerun.errors import AuthRefused, BudgetExhausted, Fatal, Unreachable
 from bulkrerun.events import EventSink, Retrying, Sent, Settled, Stopping, ignore
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer
 from bulkrerun.transport import Transport
+
+UNREACHABLE_AFTER = 8
+"""Connection failures, before the service has answered anything at all, after which the run
+stops (exit 3) instead of crawling on: with nothing ever reached, the endpoint is wrong or
+down, and the breaker would only pace the hopeless attempts to one every few seconds. Eight
+is the breaker's first five plus three probes, about fifteen seconds."""
 
 INTERRUPTED = Outcome(Kind.HELD, reason="interrupted mid-flight: unknown whether it ran")
 NOT_SENT = Outcome(Kind.RETRY, reason="stopped before sending")
@@ -91,6 +97,8 @@ class Engine:
         self._stop_event = anyio.Event()
         self._waits: set[anyio.CancelScope] = set()  # cancelled on soft stop: waits end at once
         self._inflight = anyio.CancelScope()  # cancelled on hard stop: sends end at once
+        self._answered = False  # has the service (or its gateway) answered anything yet?
+        self._unreached = 0  # connection failures while it has not
         self.result = RunResult()
 
     # -- control ----------------------------------------------------------------------------
@@ -209,6 +217,8 @@ class Engine:
         """The journal state for this attempt's outcome, and the delay before the next
         attempt when it is ``retry``. Trips the stop on a fatal outcome."""
         kind = outcome.kind
+        if outcome.status is not None:
+            self._answered = True
         if kind is Kind.DONE:
             return "done", 0.0
         if kind is Kind.FAILED:
@@ -230,6 +240,16 @@ class Engine:
             return "pending", 0.0
         # RETRY: not acted on. A stop leaves it pending; running out of attempts or of the
         # retry budget makes it failed (so --retry-failed sends it again later).
+        if outcome.status is None and not self._answered:
+            self._unreached += 1
+            if self._unreached >= UNREACHABLE_AFTER and self.result.fatal is None:
+                self.result.fatal = Unreachable(
+                    f"could not reach the service: {self._unreached} attempts failed to connect "
+                    f"({outcome.reason}) and none got an answer. Check BULKRERUN_ENDPOINT or "
+                    "BULKRERUN_REGION and the network; nothing was sent, so the same command "
+                    "resumes once it is reachable."
+                )
+                self.stop("the service cannot be reached")
         if self._stopping:
             return "pending", 0.0
         delay = self._pacer.retry_delay(outcome, attempt)

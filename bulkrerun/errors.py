@@ -11,6 +11,7 @@
     └── Fatal                       exit 3: the run stopped; the journal is consistent
         ├── AuthRefused             401/403: credentials or permissions are wrong
         ├── BudgetExhausted         the failure budget or the canary said stop
+        ├── Unreachable             no request ever reached the service (wrong endpoint?)
         └── select.ListFailed       the instance-list API refused or did not answer
 
 Foreign exceptions (aiohttp, OS errors) are translated into outcomes in ``transport`` and
@@ -73,3 +74,7 @@ class AuthRefused(Fatal):
 
 class BudgetExhausted(Fatal):
     """Too many requests failed (``--max-failure-ratio`` or ``--canary``)."""
+
+
+class Unreachable(Fatal):
+    """The run's first requests all failed to connect: the endpoint is wrong or down."""

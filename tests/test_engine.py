@@ -12,7 +12,7 @@ import pytest
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id
 from bulkrerun.clock import FakeClock
 from bulkrerun.engine import Engine
-from bulkrerun.errors import AuthRefused, BudgetExhausted
+from bulkrerun.errors import AuthRefused, BudgetExhausted, Unreachable
 from bulkrerun.events import Event, Retrying, Settled, Stopping
 from bulkrerun.outcome import DONE, Kind, Outcome
 from bulkrerun.pacing import Pacer, PacingConfig
@@ -85,6 +85,7 @@ def engine_for(
     transport: ScriptedTransport,
     journal: MemoryJournal,
     events: list[Event],
+    inflight: int = 4,
     **pacing: object,
 ) -> Engine:
     cfg = PacingConfig(**{"rate": 1000.0, "burst": 10, **pacing})  # type: ignore[arg-type]
@@ -93,7 +94,7 @@ def engine_for(
         transport=transport,
         journal=journal,
         pacer=Pacer(cfg),
-        max_inflight=4,
+        max_inflight=inflight,
         clock=FakeClock(),
         on_event=events.append,
         grace=0.2,
@@ -213,3 +214,26 @@ async def test_failure_budget_stops_the_run() -> None:
     assert isinstance(result.fatal, BudgetExhausted)
     assert len(transport.sent) < 20
     assert result.failed_by_code == {"DLF.1000": result.failed}
+
+
+async def test_an_unreachable_service_stops_the_run_with_units_pending() -> None:
+    journal = MemoryJournal()
+    refused = Outcome(Kind.RETRY, reason="could not connect (ClientConnectorError)")
+    transport = ScriptedTransport(journal, {i: [refused] * 10 for i in range(100)})
+    result = await engine_for(100, transport, journal, [], breaker_cooldown=0.0).run()
+    assert isinstance(result.fatal, Unreachable)
+    assert "BULKRERUN_ENDPOINT" in str(result.fatal)
+    assert len(transport.sent) < 20
+    assert result.done == result.failed == result.held == 0
+    assert set(journal.states().values()) <= {"pending", "retry"}
+
+
+async def test_connect_errors_after_the_service_answered_are_retried_not_fatal() -> None:
+    journal = MemoryJournal()
+    refused = Outcome(Kind.RETRY, reason="could not connect")
+    script = {0: [DONE]} | {i: [refused, DONE] for i in range(1, 30)}
+    transport = ScriptedTransport(journal, script)
+    # One at a time: the first chunk's answer comes before any connect error.
+    result = await engine_for(30, transport, journal, [], inflight=1, breaker_cooldown=0.0).run()
+    assert result.fatal is None
+    assert result.done == 30

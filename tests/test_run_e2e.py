@@ -281,3 +281,18 @@ def test_help_teaches(cli: Cli, cmd: str) -> None:
     assert out.returncode == 0
     assert "--verbose" in out.stdout and "--log-file" in out.stdout
     assert AK not in out.stdout and SK not in out.stdout
+
+
+def test_unreachable_endpoint_stops_with_exit_3_and_nothing_lost(cli: Cli, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=url)
+    assert out.returncode == 3, out.stderr
+    assert "could not reach the service" in out.stderr
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"], s["held"], s["pending"]) == (0, 0, 0, 15)
