@@ -598,7 +598,12 @@ def _finish(
     )
     err.print(table)
     for code, n in sorted(result.failed_by_code.items(), key=lambda kv: -kv[1]):
-        err.print(f"  failed {code}: {n:,}")
+        example = result.failed_example.get(code)
+        detail = ""
+        if example is not None:
+            said = example.error_msg or example.reason
+            detail = f" (e.g. request id {example.request_id or 'none'}: {said})"
+        err.print(f"  failed {code}: {n:,}{detail}", markup=False)
     render_status(summary, err)
     if interrupted:
         err.print(

@@ -67,6 +67,8 @@ class RunResult:
     fatal: Fatal | None = None
     interrupted: bool = False
     failed_by_code: dict[str, int] = field(default_factory=dict)
+    # The first refusal of each code, for the closing summary: what a ticket asks for.
+    failed_example: dict[str, Outcome] = field(default_factory=dict)
 
 
 class Engine:
@@ -269,6 +271,8 @@ class Engine:
                 code = outcome.error_code or (str(outcome.status) if outcome.status else "")
                 code = code or outcome.reason
             r.failed_by_code[code] = r.failed_by_code.get(code, 0) + n
+            if outcome is not None:
+                r.failed_example.setdefault(code, outcome)
         elif state == "held":
             r.held += n
         else:

@@ -97,6 +97,9 @@ items = [ { job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 }
     assert failed[0]["request_id"]
     csv = cli("report", str(j), "--format", "csv").stdout
     assert "DLF.1000" in csv and failed[0]["request_id"] in csv
+    # the run's own closing summary names the code, the request id and the message
+    assert f"failed DLF.1000: 1 (e.g. request id {failed[0]['request_id']}" in out.stderr
+    assert "Failed to find the job." in out.stderr
 
     # --retry-failed sends the refused one again (and only it)
     before = len(srv.ledger())
