@@ -257,13 +257,28 @@ def _plan_selections(m: Any, settings: Any) -> dict[str, Any] | None:
         return None
 
 
+def _pacer(settings: Any, *, max_failure_ratio: float | None = None, canary: int = 0) -> Any:
+    """The one pacer of a command, from the settings: every request it sends (reruns and
+    instance-list reads alike) goes through it."""
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    return Pacer(
+        PacingConfig(
+            rate=settings.rate,
+            burst=settings.burst,
+            max_attempts=settings.max_attempts,
+            max_failure_ratio=max_failure_ratio,
+            canary=canary,
+        )
+    )
+
+
 async def _query_selections_for_plan(m: Any, settings: Any) -> dict[str, Any]:
     from bulkrerun.clock import SystemClock
-    from bulkrerun.pacing import Pacer, PacingConfig
     from bulkrerun.select import query_selections
 
     transport = _make_transport(settings)
-    pacer = Pacer(PacingConfig(rate=settings.rate, burst=settings.burst))
+    pacer = _pacer(settings)
     async with transport:
         return await query_selections(
             m,
@@ -421,7 +436,6 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     from bulkrerun.engine import Engine
     from bulkrerun.journal import Binding, Journal, RunInfo
     from bulkrerun.manifest import load_manifest
-    from bulkrerun.pacing import Pacer, PacingConfig
     from bulkrerun.session import ResumeFlags, chunks_to_send, count_units
 
     manifest = load_manifest(args.manifest)
@@ -432,20 +446,12 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     )
     flags = ResumeFlags(retry_failed=args.retry_failed, resend_held=args.resend_held)
     clock = SystemClock()
-    pacer = Pacer(
-        PacingConfig(
-            rate=settings.rate,
-            burst=settings.burst,
-            max_attempts=settings.max_attempts,
-            max_failure_ratio=args.max_failure_ratio,
-            canary=args.canary,
-        )
-    )
+    pacer = _pacer(settings, max_failure_ratio=args.max_failure_ratio, canary=args.canary)
     try:
         async with transport:
-            selections = await _selections_for_run(manifest, journal, transport, args, pacer)
+            selections = await _selections_for_run(manifest, journal, transport, args, pacer, clock)
             if args.verify_held:
-                await _verify_held(journal, transport, pacer)
+                await _verify_held(journal, transport, pacer, clock)
             state = journal.state()
             counts = count_units(manifest, state.units, flags, selections)
             for unit, label in counts.duplicates[:20]:
@@ -506,7 +512,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     result = await engine.run()
                     tg.cancel_scope.cancel()
             if args.watch and not interrupted and result.fatal is None:
-                await _watch(journal, transport, pacer)
+                await _watch(journal, transport, pacer, clock)
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import summarize
 
@@ -622,9 +628,8 @@ def _finish(
 
 
 async def _selections_for_run(
-    manifest: Any, journal: Any, transport: Any, args: RunArgs, pacer: Any
+    manifest: Any, journal: Any, transport: Any, args: RunArgs, pacer: Any, clock: Any
 ) -> Any:
-    from bulkrerun.clock import SystemClock
     from bulkrerun.manifest import SelectEntry
 
     if not any(isinstance(e, SelectEntry) for e in manifest.entries):
@@ -637,24 +642,22 @@ async def _selections_for_run(
         transport,
         reselect=args.reselect,
         pacer=pacer,
-        clock=SystemClock(),
+        clock=clock,
         on_note=lambda s: err.print(s, markup=False),
     )
 
 
-async def _verify_held(journal: Any, transport: Any, pacer: Any) -> None:
-    from bulkrerun.clock import SystemClock
+async def _verify_held(journal: Any, transport: Any, pacer: Any, clock: Any) -> None:
     from bulkrerun.verify import verify_held
 
-    summary = await verify_held(journal, transport, pacer=pacer, clock=SystemClock())
+    summary = await verify_held(journal, transport, pacer=pacer, clock=clock)
     err.print(str(summary), markup=False)
 
 
-async def _watch(journal: Any, transport: Any, pacer: Any) -> None:
-    from bulkrerun.clock import SystemClock
+async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> None:
     from bulkrerun.verify import watch
 
-    await watch(journal, transport, pacer=pacer, clock=SystemClock(), console=err)
+    await watch(journal, transport, pacer=pacer, clock=clock, console=err)
 
 
 def _run_args(
@@ -807,13 +810,6 @@ def run(
 # -- status, report, verify --------------------------------------------------------------------
 
 
-def _pending_from_journal(path: Path) -> int | None:
-    """Units of the journal's latest manifest copy not yet sent, or None if it cannot tell."""
-    from bulkrerun.report import pending_units
-
-    return pending_units(path)
-
-
 @app.command()
 def status(
     journal: Annotated[Path, typer.Argument(help="Journal file.")],
@@ -832,11 +828,11 @@ def status(
     configure_logging(verbose, log_file)
     import json
 
-    from bulkrerun.report import render_status, status_json
+    from bulkrerun.report import pending_units, render_status, status_json
     from bulkrerun.report import status as make_status
 
     try:
-        summary = make_status(journal, pending=_pending_from_journal(journal))
+        summary = make_status(journal, pending=pending_units(journal))
     except BulkrerunError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -903,11 +899,10 @@ def verify(
 async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
     from bulkrerun.clock import SystemClock
     from bulkrerun.journal import Binding, Journal
-    from bulkrerun.pacing import Pacer, PacingConfig
     from bulkrerun.verify import verify_held
 
     transport = _make_transport(settings, endpoint)
-    pacer = Pacer(PacingConfig(rate=settings.rate, burst=settings.burst))
+    pacer = _pacer(settings)
     journal = Journal.open(
         path, Binding(settings.project_id, endpoint), tool_version=bulkrerun.__version__
     )
