@@ -62,10 +62,8 @@ class RunResult:
     failed: int = 0
     held: int = 0
     pending: int = 0
-    chunks: int = 0
     stop_reason: str | None = None
     fatal: Fatal | None = None
-    interrupted: bool = False
     failed_by_code: dict[str, int] = field(default_factory=dict)
     # The first refusal of each code, for the closing summary: what a ticket asks for.
     failed_example: dict[str, Outcome] = field(default_factory=dict)
@@ -149,7 +147,6 @@ class Engine:
             chunk = next(self._chunks, None)
             if chunk is None:
                 return
-            self.result.chunks += 1
             await self._one(chunk)
 
     async def _wait(self, seconds: float) -> bool:
