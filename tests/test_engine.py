@@ -138,7 +138,10 @@ async def test_auth_refusal_aborts_and_leaves_pending() -> None:
     result = await engine.run()
     assert isinstance(result.fatal, AuthRefused)
     assert len(transport.sent) <= 4  # only what was already in flight
-    assert result.done == 0 and result.pending == len(transport.sent)
+    intended = {cid for kind, cid, _, _ in journal.log if kind == "intent"}
+    # Intents committed ahead (see "Intents ahead") were not sent: pending too.
+    assert len(intended) <= 4 + 2
+    assert result.done == 0 and result.pending == len(intended)
     assert set(journal.states().values()) == {"pending"}
     assert any(isinstance(e, Stopping) for e in events)
 
@@ -184,7 +187,11 @@ async def test_hard_stop_records_inflight_as_held() -> None:
         tg.start_soon(stopper)
         result = await engine.run()
     assert result.held == 4 and result.done == 0
-    assert sorted(journal.states().values()) == ["held"] * 4
+    states = journal.states()
+    sent = {cid for cid, _ in transport.sent}
+    # In flight: held. Committed ahead and waiting for a permit: not sent, so pending.
+    assert {states[cid] for cid in sent} == {"held"}
+    assert {s for cid, s in states.items() if cid not in sent} <= {"pending"}
 
 
 async def test_grace_runs_out_then_inflight_is_held() -> None:
@@ -237,3 +244,36 @@ async def test_connect_errors_after_the_service_answered_are_retried_not_fatal()
     result = await engine_for(30, transport, journal, [], inflight=1, breaker_cooldown=0.0).run()
     assert result.fatal is None
     assert result.done == 30
+
+
+async def test_intents_run_ahead_but_sends_in_flight_never_exceed_the_limit() -> None:
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal)
+    transport.blocking = True
+    in_flight = peak = 0
+    send = transport.send
+
+    async def counting_send(chunk: Chunk) -> Outcome:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await send(chunk)
+        finally:
+            in_flight -= 1
+
+    transport.send = counting_send  # type: ignore[method-assign]
+    engine = engine_for(40, transport, journal, [], inflight=4)
+
+    async with anyio.create_task_group() as tg:
+
+        async def release() -> None:
+            # Every permit is out: the lookahead workers have committed their intents.
+            while len(transport.sent) < 4 or len(journal.durable) < 6:
+                await anyio.lowlevel.checkpoint()
+            assert len(transport.sent) == 4 and len(journal.durable) == 6
+            transport.block.set()
+
+        tg.start_soon(release)
+        result = await engine.run()
+    assert result.done == 40 and peak == 4
