@@ -441,8 +441,13 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     manifest = load_manifest(args.manifest)
     _print_warnings(manifest)
     transport = _make_transport(settings, endpoint)
+    # Without live details: the run's memory stays flat however many requests it sends
+    # (the resume decisions come from the state as opened; --watch reloads the file).
     journal = Journal.open(
-        args.journal, Binding(settings.project_id, endpoint), tool_version=bulkrerun.__version__
+        args.journal,
+        Binding(settings.project_id, endpoint),
+        tool_version=bulkrerun.__version__,
+        live_details=False,
     )
     flags = ResumeFlags(retry_failed=args.retry_failed, resend_held=args.resend_held)
     clock = SystemClock()
@@ -512,6 +517,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     result = await engine.run()
                     tg.cancel_scope.cancel()
             if args.watch and not interrupted and result.fatal is None:
+                journal.reload()
                 await _watch(journal, transport, pacer, clock)
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import summarize

@@ -112,6 +112,7 @@ __all__ = [
     "RunRecord",
     "Selection",
     "UnitState",
+    "failure_code",
     "read_records_at",
     "read_state",
 ]
@@ -281,10 +282,41 @@ class JournalState:
     span_total: float = 0.0
     span_start: float | None = None
     span_end: float = 0.0
+    # Of a journal opened with ``live_details=False``: what the records appended since only
+    # count (their units and chunks are not in ``units`` and ``chunks``).
+    untracked_units: Counter[UnitState] = field(default_factory=Counter)
+    untracked_requests: int = 0
+    untracked_failed: Counter[str] = field(default_factory=Counter)  # failed units by code
+    # Listed units that a request of this run failed: the code it failed with.
+    failed_codes: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> Counter[UnitState]:
         """Units per state (pending units are not in the journal, so not counted)."""
-        return Counter(self.units.values())
+        counts = Counter(self.units.values())
+        counts.update(self.untracked_units)
+        return counts
+
+    @property
+    def requests(self) -> int:
+        """Distinct requests (chunks) the journal records."""
+        return len(self.chunks) + self.untracked_requests
+
+    def failed_by_code(self) -> dict[str, int]:
+        """Failed units by the error code of the request that failed them last
+        (``verified``: failed by a verification)."""
+        failed = [info for info in self.chunks.values() if info.state == "failed"]
+        failed.sort(key=lambda info: info.outcome_offset or 0)
+        code_of: dict[str, str] = {}
+        for info in failed:
+            code = failure_code(info.error_code, info.status)
+            for unit in info.units:
+                code_of[unit] = code
+        code_of.update(self.failed_codes)
+        counts: Counter[str] = Counter(self.untracked_failed)
+        for unit, unit_state in self.units.items():
+            if unit_state is UnitState.FAILED:
+                counts[code_of.get(unit, "verified")] += 1
+        return dict(counts.most_common())
 
     @property
     def active_seconds(self) -> float:
@@ -292,6 +324,11 @@ class JournalState:
         if self.span_start is None:
             return self.span_total
         return self.span_total + max(0.0, self.span_end - self.span_start)
+
+
+def failure_code(error_code: str | None, status: int | None) -> str:
+    """How a failed request is counted: its error code, else its HTTP status."""
+    return error_code or (f"HTTP {status}" if status else "unknown")
 
 
 class _InconsistentError(Exception):
@@ -302,13 +339,21 @@ class _Replayer:
     """Applies records to a :class:`JournalState`; used by replay and by the live journal,
     so that the state a writer holds is always what a replay of its file would give."""
 
-    __slots__ = ("_open", "state")
+    __slots__ = ("_live", "_open", "details", "state")
 
     def __init__(self, state: JournalState) -> None:
         self.state = state
         # Chunks whose last intent has no outcome yet -> the states their units had before
         # that intent, restored if the outcome says the service did not act on it.
         self._open: dict[str, tuple[UnitState | None, ...]] = {}
+        # False: chunks described from now on are kept only until their outcome is final
+        # (in _live), and then only counted; see Journal.open(live_details=...).
+        self.details = True
+        self._live: dict[str, tuple[str, ...]] = {}
+
+    def described(self, chunk_id: str) -> bool:
+        """Whether a full intent of the chunk is on record (later intents may be short)."""
+        return chunk_id in self.state.chunks or chunk_id in self._live
 
     def run(self, record: RunRecord) -> None:
         st = self.state
@@ -329,15 +374,21 @@ class _Replayer:
     ) -> None:
         st = self.state
         info = st.chunks.get(chunk_id)
-        if info is None:
-            if units is None or offset is None:
-                raise _InconsistentError(f"a later intent of chunk {chunk_id}, never described")
-            info = ChunkInfo(chunk_id, units, offset, wall, wall)
-            st.chunks[chunk_id] = info
-        else:
+        if info is not None:
             info.state = None
             info.last_wall = wall
-        info.attempts += 1
+            info.attempts += 1
+            units = info.units
+        elif (live := self._live.get(chunk_id)) is not None:
+            units = live
+        elif units is None or offset is None:
+            raise _InconsistentError(f"a later intent of chunk {chunk_id}, never described")
+        elif self.details:
+            info = ChunkInfo(chunk_id, units, offset, wall, wall, attempts=1)
+            st.chunks[chunk_id] = info
+        else:
+            self._live[chunk_id] = units
+            st.untracked_requests += 1
         st.attempts += 1
         if st.first_wall is None:
             st.first_wall = wall
@@ -348,7 +399,6 @@ class _Replayer:
         if wall > st.span_end:
             st.span_end = wall
         unit_states = st.units
-        units = info.units
         # What the units were just before this attempt: held, if an earlier attempt has no
         # outcome (it may have been acted on, whatever becomes of this one).
         if len(units) == 1:
@@ -370,17 +420,21 @@ class _Replayer:
     ) -> None:
         st = self.state
         info = st.chunks.get(chunk_id)
-        if info is None:
+        if info is not None:
+            units = info.units
+            info.state = state
+            info.last_wall = wall
+            info.outcome_offset = offset
+            info.status = status
+            info.error_code = error_code
+        elif (live := self._live.get(chunk_id)) is not None:
+            units = live
+        else:
             raise _InconsistentError(f"an outcome of chunk {chunk_id} without an intent")
         new = _ACTED.get(state)
         if new is None and state not in _NOT_ACTED:
             raise _InconsistentError(f"an outcome with the unknown state {state!r}")
         priors = self._open.pop(chunk_id, None)
-        info.state = state
-        info.last_wall = wall
-        info.outcome_offset = offset
-        info.status = status
-        info.error_code = error_code
         if wall > st.last_wall:
             st.last_wall = wall
         if wall > st.span_end:
@@ -389,7 +443,7 @@ class _Replayer:
         if new is None:
             # Not acted on: each unit is back to what it was before the intent.
             if priors is not None:
-                for u, prior in zip(info.units, priors, strict=True):
+                for u, prior in zip(units, priors, strict=True):
                     if prior is None:
                         unit_states.pop(u, None)
                     else:
@@ -397,8 +451,25 @@ class _Replayer:
             return
         if new is UnitState.DONE:
             st.accepted += 1
-        for u in info.units:
-            unit_states[u] = new
+        if info is not None:
+            for u in units:
+                unit_states[u] = new
+            return
+        # A chunk of this session, not kept: from now on its units are only counted, but
+        # for those the state listed before (failed or held ones sent again), updated there.
+        del self._live[chunk_id]
+        code = failure_code(error_code, status) if new is UnitState.FAILED else None
+        for i, u in enumerate(units):
+            prior = priors[i] if priors is not None else unit_states.get(u)
+            if prior is None:
+                unit_states.pop(u, None)
+                st.untracked_units[new] += 1
+                if code is not None:
+                    st.untracked_failed[code] += 1
+            else:
+                unit_states[u] = new
+                if code is not None:
+                    st.failed_codes[u] = code
 
     def verify(self, unit: str, state: UnitState | None, evidence: str, wall: float) -> None:
         st = self.state
@@ -792,9 +863,9 @@ class Journal:
     __slots__ = (
         "_appended",
         "_buf",
-        "_chunks",
         "_closing",
         "_cond",
+        "_described",
         "_durable",
         "_error",
         "_fd",
@@ -820,7 +891,7 @@ class Journal:
         self._fd: int | None = fd
         self._header = header
         self._rep = rep
-        self._chunks = rep.state.chunks
+        self._described = rep.described
         self._size = size  # offset of the next record: we are the only writer (flock)
         self._tool_version = tool_version
         # Records not yet written, oldest first. The event loop appends, the writer thread
@@ -851,8 +922,17 @@ class Journal:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, binding: Binding, *, tool_version: str) -> Journal:
+    def open(
+        cls, path: Path, binding: Binding, *, tool_version: str, live_details: bool = True
+    ) -> Journal:
         """Open the journal at ``path`` for appending, creating it if it does not exist.
+
+        ``live_details=False`` keeps memory flat however many records a run appends: the
+        state keeps in detail what the file held when opened, and of the requests recorded
+        since only the ones without a final outcome yet; the rest is counted (what
+        :meth:`JournalState.counts`, ``requests`` and ``failed_by_code`` need). The resume
+        decisions are made before sending, from the state as opened, so they lose nothing;
+        :meth:`reload` replays the file when the details are wanted again.
 
         A new journal is created with mode ``0600`` and its header is made durable (file
         and directory fsynced). An existing journal must be bound to ``binding`` (else
@@ -878,10 +958,12 @@ class Journal:
         except OSError as exc:
             raise BadInput(f"cannot create the journal {path}: {exc.strerror}") from None
         try:
-            return cls._open_fd(path, fd, binding, tool_version, created=created)
+            journal = cls._open_fd(path, fd, binding, tool_version, created=created)
         except BaseException:
             os.close(fd)
             raise
+        journal._rep.details = live_details
+        return journal
 
     @classmethod
     def _open_fd(
@@ -953,6 +1035,22 @@ class Journal:
         """The replayed state, kept up to date with every record appended since."""
         return self._rep.state
 
+    def reload(self) -> JournalState:
+        """Replay the file again, every record in detail (after a run opened with
+        ``live_details=False``); only when nothing is waiting to be written."""
+        self._check_usable()
+        with self._io_lock:
+            if self._buf:
+                raise RuntimeError("reload() with records not yet written: flush() first")
+            assert self._fd is not None
+            with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as f:
+                f.seek(0)
+                scan = _scan(f, self._path)
+        assert scan is not None, "a journal that was opened has its header"
+        self._rep = scan.replayer
+        self._described = scan.replayer.described
+        return self._rep.state
+
     # -- appending -----------------------------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -987,7 +1085,7 @@ class Journal:
         if not math.isfinite(wall):
             raise ValueError(f"wall time must be finite, got {wall!r}")
         cid = chunk.id
-        if cid in self._chunks:
+        if self._described(cid):
             head = b'{"t":"intent","chunk":%s,"attempt":%d,"wall":%.3f' % (
                 _json_bytes(cid),
                 attempt,
@@ -1086,7 +1184,7 @@ class Journal:
             head = f',"state":"{state}","kind":"{kind}"'.encode()
             self._outcome_heads[state, kind] = head
         cid = chunk.id
-        if cid not in self._chunks:
+        if not self._described(cid):
             raise ValueError(f"outcome of chunk {cid} without an intent")
         if not math.isfinite(wall):
             raise ValueError(f"wall time must be finite, got {wall!r}")

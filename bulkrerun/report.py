@@ -144,22 +144,6 @@ def pending_units(path: Path) -> int | None:
     return count_pending(state, plan(manifest, selections=selections))
 
 
-def _failed_by_code(state: JournalState) -> dict[str, int]:
-    """Failed units by the error code of the request that failed them last."""
-    failed = [info for info in state.chunks.values() if info.state == "failed"]
-    failed.sort(key=lambda info: info.outcome_offset or 0)
-    code_of: dict[str, str] = {}
-    for info in failed:
-        code = info.error_code or (f"HTTP {info.status}" if info.status else "unknown")
-        for unit in info.units:
-            code_of[unit] = code
-    counts: Counter[str] = Counter()
-    for unit, unit_state in state.units.items():
-        if unit_state is UnitState.FAILED:
-            counts[code_of.get(unit, "verified")] += 1
-    return dict(counts.most_common())
-
-
 def _next_steps(
     path: Path, state: JournalState, counts: Counter[UnitState], pending: int | None
 ) -> list[str]:
@@ -202,8 +186,8 @@ def summarize(path: Path, state: JournalState, *, pending: int | None) -> Status
         failed=counts[UnitState.FAILED],
         held=counts[UnitState.HELD],
         pending=pending,
-        failed_by_code=_failed_by_code(state),
-        requests=len(state.chunks),
+        failed_by_code=state.failed_by_code(),
+        requests=state.requests,
         attempts=state.attempts,
         accepted=state.accepted,
         runs=len(state.runs),

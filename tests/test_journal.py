@@ -875,3 +875,82 @@ def test_replay_follows_the_rules_for_any_history(actions: list[tuple[int, str]]
         path = Path(tmp) / "j"
         anyio.run(_play, path, script)
         assert read_state(path)[1].units == model
+
+
+# -- a run's journal without live details ---------------------------------------------------
+
+SESSION = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # retries (429) before the last attempt
+        st.sampled_from(["done", "failed", "held", "pending", "in flight"]),
+    ),
+    min_size=6,
+    max_size=6,
+)
+
+
+def _summary(state: Any) -> tuple[Any, ...]:
+    return (
+        dict(state.counts()),
+        state.requests,
+        state.attempts,
+        state.accepted,
+        state.failed_by_code(),
+        state.records,
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(SESSION)
+def test_a_run_without_live_details_sums_up_as_a_replay(session: list[tuple[int, str]]) -> None:
+    # Before the run: a window done, a window and a batch failed, a batch held.
+    earlier = [window(0), window(1), batch([1, 2]), batch([3])]
+    # The run: a new window, the failed window again (same chunk), the failed batch's units
+    # re-formed with a new one (another chunk), the held batch's unit, two new chunks.
+    run = [window(2), window(1), batch([1, 2, 4]), batch([3]), batch([5, 6]), window(3)]
+    rejected = Outcome(Kind.FAILED, 400, "DLF.3051", "bad state", "req-3", reason="400")
+    again = Outcome(Kind.FAILED, 403, None, "forbidden", "req-4", reason="403")  # "HTTP 403"
+
+    async def before(j: Journal) -> None:
+        states = ["done", "failed", "failed", "held"]
+        for chunk, state, outcome in zip(
+            earlier, states, [DONE, FAILED, rejected, HELD], strict=True
+        ):
+            await j.intend(chunk, 1, WALL)
+            j.outcome(chunk, 1, outcome, WALL + 1, state)
+
+    async def during(path: Path) -> tuple[Any, ...]:
+        j = Journal.open(path, BINDING, tool_version="0.1.0", live_details=False)
+        try:
+            listed = (len(j.state().chunks), len(j.state().units))
+            for chunk, (retries, last) in zip(run, session, strict=True):
+                attempt = 0
+                for _ in range(retries):
+                    attempt += 1
+                    await j.intend(chunk, attempt, WALL + 10)
+                    j.outcome(chunk, attempt, THROTTLED, WALL + 11, "retry")
+                attempt += 1
+                await j.intend(chunk, attempt, WALL + 12)
+                if last != "in flight":
+                    outcome = {"done": DONE, "failed": again, "held": HELD}.get(last, THROTTLED)
+                    j.outcome(chunk, attempt, outcome, WALL + 13, last)
+            await j.flush()
+            live = j.state()
+            # Nothing of the run's settled requests is kept one by one: the state holds
+            # what it held when opened, and the run's units still in flight.
+            flying = [c for c, (_, last) in zip(run, session, strict=True) if last == "in flight"]
+            in_flight = sum(len(c.units) for c in flying)
+            assert len(live.chunks) == listed[0]
+            assert len(live.units) <= listed[1] + in_flight
+            summary = _summary(live)
+            detailed = j.reload()
+            assert set(detailed.chunks) == {c.id for c in earlier + run}
+            return summary
+        finally:
+            j.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j"
+        anyio.run(_play, path, before)
+        live = anyio.run(during, path)
+        assert live == _summary(read_state(path)[1])
