@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Final, Protocol, Self
 from urllib.parse import urlencode
 
 import aiohttp
@@ -63,6 +63,13 @@ class Auth:
         return out
 
 
+WIRE_HEADERS: Final = {"User-Agent": "bulkrerun", "Accept": "*/*", "Accept-Encoding": "identity"}
+"""Sent with every request, unsigned. ``identity``: the session does not decompress
+(``auto_decompress=False``), so it must not invite a compressed answer, which aiohttp's
+default ``Accept-Encoding: gzip, deflate`` would (a gzipped error or instance list would
+read as garbage). Given here, they also spare aiohttp adding its defaults per request."""
+
+
 class Transport(Protocol):
     """What the engine needs: send one chunk, get one outcome. Never raises for HTTP trouble."""
 
@@ -70,12 +77,20 @@ class Transport(Protocol):
 
 
 def classify_status(
-    status: int, body: bytes, headers: Mapping[str, str], wall: float, secrets: list[str]
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    wall: float,
+    secrets: list[str],
+    *,
+    elapsed: float = 0.0,
 ) -> Outcome:
     """Pure: a response's status, body and headers to an outcome (see the module table)."""
     request_id = headers.get("X-Request-Id") or headers.get("x-request-id")
     if 200 <= status < 300:
-        return Outcome(Kind.DONE, status=status, request_id=request_id, reason="accepted")
+        return Outcome(
+            Kind.DONE, status=status, request_id=request_id, reason="accepted", elapsed=elapsed
+        )
     code, msg = _error_fields(body, secrets)
     retry_after = None
     if status in RETRY_STATUSES:
@@ -97,6 +112,7 @@ def classify_status(
         request_id=request_id,
         retry_after=retry_after,
         reason=reason,
+        elapsed=elapsed,
     )
 
 
@@ -177,10 +193,9 @@ class HttpTransport:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            # No cookies, no compression negotiation: the service answers tiny bodies.
+            # No cookies, no compression (see WIRE_HEADERS): the service answers tiny bodies.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            headers={"User-Agent": "bulkrerun"},
         )
         return self
 
@@ -201,18 +216,24 @@ class HttpTransport:
         return pair
 
     def _base_headers(self, workspace: str) -> dict[str, str]:
+        """The request's own headers (signed under AK/SK), token-authenticated: all of
+        them, ready to send."""
         h = self._headers.get(workspace)
         if h is None:
             h = self._headers[workspace] = request_headers(workspace, self.project_id)
-            if self.auth.token and self.auth.aksk is None:
-                h["X-Auth-Token"] = self.auth.token
+            if self.auth.aksk is None:
+                if self.auth.token:
+                    h["X-Auth-Token"] = self.auth.token
+                h.update(WIRE_HEADERS)
         return h
 
     def sign(self, method: str, url: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
         """The headers to send: AK/SK-signed when AK/SK is configured."""
         if self.auth.aksk is None:
             return headers
-        return signing.sign(method, url, headers, body, self.auth.aksk, self._wall())
+        signed = signing.sign(method, url, headers, body, self.auth.aksk, self._wall())
+        signed.update(WIRE_HEADERS)  # unsigned, as a client library adds them
+        return signed
 
     async def send(self, chunk: Chunk) -> Outcome:
         url, wire = self._url(chunk.job_name)
@@ -251,17 +272,23 @@ class HttpTransport:
                     else:
                         elapsed = time.perf_counter() - started
                         return _with_elapsed(classify_exception(exc), elapsed), None
-                outcome = classify_status(status, data, resp.headers, self._wall(), self._secrets)
+                elapsed = time.perf_counter() - started
+                outcome = classify_status(
+                    status, data, resp.headers, self._wall(), self._secrets, elapsed=elapsed
+                )
                 if want_body and outcome.kind is Kind.DONE:
                     try:
                         parsed = json.loads(data)
                     except ValueError:
                         outcome = Outcome(
-                            Kind.RETRY, status=status, reason="unreadable answer from the service"
+                            Kind.RETRY,
+                            status=status,
+                            reason="unreadable answer from the service",
+                            elapsed=elapsed,
                         )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            outcome = classify_exception(exc)
-        return _with_elapsed(outcome, time.perf_counter() - started), parsed
+            outcome = _with_elapsed(classify_exception(exc), time.perf_counter() - started)
+        return outcome, parsed
 
 
 def _with_elapsed(o: Outcome, elapsed: float) -> Outcome:

@@ -168,6 +168,9 @@ async def test_headers_path_and_token_on_the_wire() -> None:
         assert req.headers["X-Project-Id"] == "proj"
         assert req.headers["X-Auth-Token"] == "tok"
         assert req.headers["Content-Type"] == "application/json;charset=UTF-8"
+        # The session does not decompress, so it asks for no compression.
+        assert req.headers["Accept-Encoding"] == "identity"
+        assert req.headers["User-Agent"] == "bulkrerun"
     finally:
         await runner.cleanup()
 
@@ -192,8 +195,10 @@ async def test_signed_request_verifies_on_the_server_side() -> None:
                 wall=__import__("time").time(),
             )
         )
+        encodings.append(request.headers.get("Accept-Encoding"))
         return web.json_response({"total": 0})
 
+    encodings: list[str | None] = []
     runner, url = await serve(check)
     try:
         t = HttpTransport(endpoint=url, project_id="p", auth=Auth(aksk=AkSk("AK1", "SK1")))
@@ -203,5 +208,6 @@ async def test_signed_request_verifies_on_the_server_side() -> None:
             assert outcome.kind is Kind.DONE
         assert parsed == {"total": 0}
         assert len(verdicts) == 2 and all(v.ok for v in verdicts), verdicts
+        assert encodings == ["identity", "identity"]  # added after signing, unsigned
     finally:
         await runner.cleanup()
