@@ -210,17 +210,27 @@ class RateLimiter:
 class _AnswerMeter:
     """The answered attempts of the last ``ESTIMATE_WINDOW`` seconds: when each was sent and
     whether the gateway admitted it (any answer but 429). Kept sorted by send time, since
-    answers arrive out of send order."""
+    answers arrive out of send order. Every query starts within the window, so answers
+    that fell out of it are dropped only now and then (``_TRIM_EVERY`` answers): at
+    thousands of answers a second, dropping them one by one moved the whole list each time.
+    """
 
-    __slots__ = ("_answers",)
+    __slots__ = ("_added", "_answers")
+    _TRIM_EVERY = 512
 
     def __init__(self) -> None:
         self._answers: list[tuple[float, bool]] = []
+        self._added = 0
 
     def add(self, sent_at: float, admitted: bool, now: float) -> None:
-        bisect.insort(self._answers, (sent_at, admitted))
-        # Drop what fell out of the window; the list stays as long as one window of sends.
-        del self._answers[: bisect.bisect_left(self._answers, (now - ESTIMATE_WINDOW, False))]
+        answers = self._answers
+        if not answers or sent_at > answers[-1][0]:
+            answers.append((sent_at, admitted))  # the usual case: the latest send yet
+        else:
+            bisect.insort(answers, (sent_at, admitted))
+        self._added += 1
+        if self._added % self._TRIM_EVERY == 0:
+            del answers[: bisect.bisect_left(answers, (now - ESTIMATE_WINDOW, False))]
 
     def admitted_share(self, since: float) -> float | None:
         """The share of admitted answers among the attempts sent after ``since``, or None

@@ -734,3 +734,22 @@ def test_reads_do_not_spend_the_canary() -> None:
     for i in range(3):
         pacer.on_outcome(refused, 20.0 + i, 20.0 + i)
     assert pacer.stop_reason() is not None
+
+
+def test_answers_that_left_the_window_never_count_though_dropped_in_batches() -> None:
+    from bulkrerun.pacing import ESTIMATE_WINDOW, _AnswerMeter
+
+    meter = _AnswerMeter()
+    # 300 throttled answers long ago (fewer than one trim batch: still in the list), some
+    # arriving out of send order, then 20 admitted ones within the window.
+    for i in range(300):
+        meter.add(float(i % 7 if i % 2 else i) / 100, False, 5.0)
+    now = 10.0
+    for i in range(20):
+        meter.add(now - 0.5 + i * 0.01 - (0.005 if i % 3 == 0 else 0.0), True, now)
+    window = now - ESTIMATE_WINDOW
+    assert meter.admitted_share(window) == 1.0
+    rate = meter.admitted_rate(window)
+    assert rate is not None and 90 < rate < 115
+    answers = meter._answers
+    assert answers == sorted(answers)  # kept in send order, out-of-order arrivals included
