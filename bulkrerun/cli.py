@@ -7,13 +7,14 @@ Every error a user can cause ends here as a message and an exit code from
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -497,9 +498,15 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             interrupted = False
             # Everything built so far (settings, the replayed journal, which may hold a
             # million records) lives until the end: keep the cyclic GC from re-scanning it
-            # on every full collection of the run.
+            # on every full collection of the run. And collect the young generation less
+            # often: each request allocates a few hundred objects that die young by
+            # reference counting, and at the default threshold (700) the collector ran
+            # over a thousand times in 30,000 requests, 7 % of the run's CPU (0.9 s of
+            # 13 s; 0.04 s at 10,000). The garbage it waits for is bounded by that number.
             gc.freeze()
-            with display:
+            thresholds = gc.get_threshold()
+            gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])
+            with display, _restoring_gc(thresholds):
                 async with anyio.create_task_group() as tg:
 
                     async def watch_signals() -> None:
@@ -526,6 +533,18 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     finally:
         journal.close()
     return _finish(args, result, interrupted, display, not_sent, summary)
+
+
+YOUNG_GC_THRESHOLD = 10_000
+"""The cyclic GC's first threshold during a run (see _run)."""
+
+
+@contextlib.contextmanager
+def _restoring_gc(thresholds: tuple[int, int, int]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 def _event_sink(display: Any, log_chunks: bool) -> Callable[[Event], None]:
