@@ -46,7 +46,9 @@ def child(manifest: Path, url: str, journal_path: str) -> None:
         m = load_manifest(manifest)
         journal: object = NoJournal()
         if journal_path != "-":
-            journal = Journal.open(Path(journal_path), Binding("bench", url), tool_version="b")
+            journal = Journal.open(
+                Path(journal_path), Binding("bench", url), tool_version="b", live_details=False
+            )  # as `bulkrerun run` opens it
         transport = HttpTransport(
             endpoint=url, project_id="bench", auth=Auth(token="t"), max_inflight=64
         )
