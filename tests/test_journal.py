@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bulkrerun.journal as journal_module
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id, instance_unit_id
 from bulkrerun.errors import BadInput, Fatal, JournalCorrupt, JournalMismatch
 from bulkrerun.journal import (
@@ -186,13 +187,13 @@ async def test_intent_is_durable_before_intend_returns(
     journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced_sizes: list[int] = []
-    real_fsync = os.fsync
+    real_commit = journal_module._commit
 
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
+    def fsync(fd: int, data: bytes) -> None:
+        real_commit(fd, data)
         synced_sizes.append(os.fstat(fd).st_size)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(journal_module, "_commit", fsync)
     chunk = window(0)
     await journal.intend(chunk, 1, WALL)
     # Another handle sees the record, and an fsync covered it before intend returned.
@@ -203,19 +204,31 @@ async def test_intent_is_durable_before_intend_returns(
     assert synced_sizes[-1] == len(data)
 
 
+@pytest.mark.skipif(not hasattr(os, "O_DSYNC"), reason="a system without O_DSYNC fsyncs")
+def test_every_commit_write_is_synchronous(journal: Journal, jpath: Path) -> None:
+    import fcntl
+
+    # O_DSYNC: a commit's write returns once its data is on stable storage (_commit relies
+    # on it instead of a separate fsync), for a new journal and for a reopened one.
+    assert fcntl.fcntl(journal._fd, fcntl.F_GETFL) & os.O_DSYNC
+    journal.close()
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as again:
+        assert fcntl.fcntl(again._fd, fcntl.F_GETFL) & os.O_DSYNC
+
+
 @pytest.mark.anyio
 async def test_concurrent_intents_share_fsyncs(
     journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fsyncs = 0
-    real_fsync = os.fsync
+    real_commit = journal_module._commit
 
-    def fsync(fd: int) -> None:
+    def fsync(fd: int, data: bytes) -> None:
         nonlocal fsyncs
         fsyncs += 1
-        real_fsync(fd)
+        real_commit(fd, data)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(journal_module, "_commit", fsync)
     chunks = [window(i) for i in range(200)]
 
     async def send(chunk: Chunk) -> None:
@@ -237,14 +250,14 @@ async def test_the_event_loop_runs_while_a_commit_waits_for_the_disk(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = threading.Event()
-    real_fsync = os.fsync
+    real_commit = journal_module._commit
 
-    def slow_fsync(fd: int) -> None:
+    def slow_fsync(fd: int, data: bytes) -> None:
         assert threading.current_thread() is not threading.main_thread()
         assert disk.wait(timeout=10), "the test never released the disk"
-        real_fsync(fd)
+        real_commit(fd, data)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
     returned = False
 
     async def send() -> None:
@@ -269,13 +282,13 @@ async def test_a_cancelled_intent_is_recorded_as_not_sent(
     journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = threading.Event()
-    real_fsync = os.fsync
+    real_commit = journal_module._commit
 
-    def slow_fsync(fd: int) -> None:
+    def slow_fsync(fd: int, data: bytes) -> None:
         disk.wait(timeout=10)
-        real_fsync(fd)
+        real_commit(fd, data)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
     first, second = window(0), window(1)
     sent: list[str] = []
 
@@ -316,15 +329,15 @@ async def test_close_writes_everything_even_during_a_commit(
     journal = Journal.open(jpath, BINDING, tool_version="0.1.0")
     in_fsync = threading.Event()
     disk = threading.Event()
-    real_fsync = os.fsync
+    real_commit = journal_module._commit
 
-    def slow_fsync(fd: int) -> None:
+    def slow_fsync(fd: int, data: bytes) -> None:
         if threading.current_thread() is not threading.main_thread():
             in_fsync.set()
             disk.wait(timeout=10)
-        real_fsync(fd)
+        real_commit(fd, data)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
     chunks = [window(i) for i in range(3)]
 
     async def send(chunk: Chunk) -> None:
@@ -389,13 +402,13 @@ async def test_a_cancelled_caller_stops_at_once_and_the_others_still_wait(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = threading.Event()
-    real_fsync = os.fsync
+    real_commit = journal_module._commit
 
-    def slow_fsync(fd: int) -> None:
+    def slow_fsync(fd: int, data: bytes) -> None:
         disk.wait(timeout=10)
-        real_fsync(fd)
+        real_commit(fd, data)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
     first, second = window(0), window(1)
     returned: list[str] = []
     scope = anyio.CancelScope()
@@ -433,13 +446,13 @@ async def test_commits_run_in_one_writer_thread(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: set[int] = set()
-    real_fsync = os.fsync
+    real_commit = journal_module._commit
 
-    def fsync(fd: int) -> None:
+    def fsync(fd: int, data: bytes) -> None:
         threads.add(threading.get_ident())
-        real_fsync(fd)
+        real_commit(fd, data)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(journal_module, "_commit", fsync)
     for i in range(4):  # one after the other: one commit each
         await journal.intend(window(i), 1, WALL)
     assert len(threads) == 1
