@@ -202,13 +202,11 @@ class Engine:
             try:
                 await permits.acquire()
             except BaseException:  # cancelled (a hard stop) before it was sent
-                journal.outcome(chunk, attempt, NOT_SENT, clock.wall(), "pending")
-                self._settle(chunk, "pending", None, attempt - 1)
+                self._not_sent(chunk, attempt)
                 raise
             try:
                 if self._stopping:  # stopped while the intent was committed: not sent
-                    journal.outcome(chunk, attempt, NOT_SENT, clock.wall(), "pending")
-                    self._settle(chunk, "pending", None, attempt - 1)
+                    self._not_sent(chunk, attempt)
                     return
                 self._emit(Sent(chunk, attempt))
                 sent_at = clock.now()
@@ -232,6 +230,12 @@ class Engine:
                 self._settle(chunk, "pending", outcome, attempt)
                 return
             attempt += 1
+
+    def _not_sent(self, chunk: Chunk, attempt: int) -> None:
+        """An attempt whose intent is durable did not leave: record it so, and settle the
+        chunk as pending (its units are not held)."""
+        self._journal.outcome(chunk, attempt, NOT_SENT, self._clock.wall(), "pending")
+        self._settle(chunk, "pending", None, attempt - 1)
 
     async def _admitted(self) -> bool:
         """Wait for this attempt's place in the send schedule (pacing may move it later while

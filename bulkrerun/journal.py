@@ -55,17 +55,18 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
   ``error_msg``, ``request_id``, ``reason``, ``retry_after``, and ``ms`` (elapsed).
 - ``verify``: ``unit``, ``state`` (``null``: pending), ``evidence``, ``wall``.
 
-Durability. :meth:`Journal.intend` returns only once its record is written and fsynced.
-Concurrent callers share one fsync (group commit): one long-lived writer thread does every
-write and fsync, so that the event loop never waits on the disk. A caller asks it for a
-commit (unless one is already asked for), and the writer starts it at least
-``COMMIT_INTERVAL`` after the start of the previous one, taking every record buffered by
-then; callers that arrive meanwhile ride along. So the batch grows with the load and the
-disk's latency, and the number of fsyncs does not. Each caller waits on a future of its own,
-woken once when its record is durable; a cancelled caller stops at once (its record may
-still be written: it is followed by a ``pending`` outcome). Outcomes are buffered and ride
-along with the next commit (or :meth:`Journal.flush` / :meth:`Journal.close`): an outcome
-lost in a crash leaves its unit ``held``, which is never resent without ``--resend-held``.
+Durability. :meth:`Journal.intend` returns only once its record is on stable storage.
+Concurrent callers share one synchronous write (group commit; see ``_commit``): one
+long-lived writer thread does every write, so that the event loop never waits on the disk.
+A caller asks it for a commit (unless one is already asked for), and the writer starts it
+at least ``COMMIT_INTERVAL`` after the start of the previous one, taking every record
+buffered by then; callers that arrive meanwhile ride along. So the batch grows with the
+load and the disk's latency, and the number of commits does not. Each caller waits on a
+future of its own, woken once when its record is durable; a cancelled caller stops at once
+(its record may still be written: it is followed by a ``pending`` outcome). Outcomes are
+buffered and ride along with the next commit (or :meth:`Journal.flush` /
+:meth:`Journal.close`): an outcome lost in a crash leaves its unit ``held``, which is
+never resent without ``--resend-held``.
 
 A torn last line (a crash while appending) is dropped at open: its records were never
 durable, so no request went out on them. A damaged line before the last one is refused
@@ -776,6 +777,13 @@ def _scan_records(f: IO[bytes], path: Path) -> _Scan | None:
     return _Scan(header, rep, offset, torn=bad is not None)
 
 
+def _scan_fd(fd: int, path: Path) -> _Scan | None:
+    """:func:`_scan` of the journal open (for appending) at ``fd``, from its start."""
+    with os.fdopen(os.dup(fd), "rb", buffering=1 << 20) as f:
+        f.seek(0)
+        return _scan(f, path)
+
+
 def read_state(path: Path) -> tuple[Header, JournalState]:
     """Replay the journal at ``path`` read-only, for ``status`` and ``report``.
 
@@ -1002,9 +1010,7 @@ class Journal:
             ) from None
         scan = None
         if not created:
-            with os.fdopen(os.dup(fd), "rb", buffering=1 << 20) as f:
-                f.seek(0)
-                scan = _scan(f, path)
+            scan = _scan_fd(fd, path)
         if scan is None:
             # New file, or one a crash left empty or with a torn header: start it afresh.
             os.ftruncate(fd, 0)
@@ -1065,9 +1071,7 @@ class Journal:
             if self._buf:
                 raise RuntimeError("reload() with records not yet written: flush() first")
             assert self._fd is not None
-            with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as f:
-                f.seek(0)
-                scan = _scan(f, self._path)
+            scan = _scan_fd(self._fd, self._path)
         assert scan is not None, "a journal that was opened has its header"
         self._rep = scan.replayer
         self._described = scan.replayer.described
@@ -1320,7 +1324,7 @@ class Journal:
     # (_wanted), then waits on a future of its own. The writer thread waits for a request,
     # lets COMMIT_INTERVAL pass since the start of its previous commit (commit delay, as
     # PostgreSQL's commit_delay: every intent that arrives meanwhile rides along), takes
-    # every buffered record, writes and fsyncs them, and wakes the event loop once with
+    # every buffered record, writes them durably (_commit), and wakes the event loop once with
     # call_soon_threadsafe; _wake then resolves the futures of the callers now covered.
     # While commits keep coming (within PARK_AFTER of the last) the writer looks for the
     # next request by itself every COMMIT_INTERVAL; only a parked writer is woken by the
