@@ -56,12 +56,13 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
 - ``verify``: ``unit``, ``state`` (``null``: pending), ``evidence``, ``wall``.
 
 Durability. :meth:`Journal.intend` returns only once its record is on stable storage.
-Concurrent callers share one synchronous write (group commit; see ``_commit``): one
-long-lived writer thread does every write, so that the event loop never waits on the disk.
-A caller asks it for a commit (unless one is already asked for), and the writer starts it
-at least ``COMMIT_INTERVAL`` after the start of the previous one, taking every record
-buffered by then; callers that arrive meanwhile ride along. So the batch grows with the
-load and the disk's latency, and the number of commits does not. Each caller waits on a
+Concurrent callers share one fsync (group commit; see ``Journal._commit``): the event loop
+writes the records (a copy into the page cache) and a small helper process does the
+fdatasync, so that the loop never waits on the disk and no thread of ours competes with it
+for the interpreter lock (see :class:`_SyncHelper`). The helper starts a sync at least
+``COMMIT_INTERVAL`` after the start of the previous one and covers everything written by
+then; callers that arrive meanwhile ride along. So the batch grows with the load and the
+disk's latency, and the number of commits does not. Each caller waits on a
 future of its own, woken once when its record is durable; a cancelled caller stops at once
 (its record may still be written: it is followed by a ``pending`` outcome). Outcomes are
 buffered and ride along with the next commit (or :meth:`Journal.flush` /
@@ -86,7 +87,8 @@ import json
 import math
 import os
 import re
-import threading
+import subprocess
+import sys
 import time
 import zlib
 from collections import Counter, deque
@@ -127,18 +129,14 @@ OUTCOME_STATES: Final = frozenset({"done", "failed", "held", "retry", "pending"}
 _NOT_ACTED: Final = frozenset({"retry", "pending"})
 
 COMMIT_INTERVAL: Final = 0.002
-"""Seconds between the starts of two commits at the least (see ``Journal._writer_main``).
+"""Seconds between the starts of two fsyncs at the least (kept by the sync helper).
 
-A commit delay (as PostgreSQL's ``commit_delay``): a commit costs the event loop a wake-up
-whatever it carries, and an fsync here takes well under a millisecond, so at thousands of
-requests per second nearly every intent would get a commit of its own. Spacing commits
-lets each one carry every intent that arrived meanwhile; the added latency (at most 2 ms)
-is small next to a request's round trip, and a slow run never waits."""
-PARK_AFTER: Final = 0.05
-"""Seconds without a commit after which the writer thread parks until asked again. Until
-then it looks for work every ``COMMIT_INTERVAL``: waking a parked thread from the event loop
-costs far more than a thread that wakes by itself (measured: a tenth of the loop's time in
-``Condition.notify`` at 2,000 commits per run of 30,000 requests)."""
+A commit delay (as PostgreSQL's ``commit_delay``): a commit costs the event loop a write, a
+request to the helper and a wake-up whatever it carries, and an fsync here takes well under
+a millisecond, so at thousands of requests per second nearly every intent would get a
+commit of its own. Spacing commits lets each one carry every intent that arrived meanwhile;
+the added latency (at most 2 ms) is small next to a request's round trip, and a slow run
+never waits."""
 _NOT_SENT: Final = Outcome(Kind.RETRY, reason="not sent: interrupted before sending")
 
 # ,"crc":"xxxxxxxx"}\n  -- the fixed-size tail of every line.
@@ -866,51 +864,151 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-_DSYNC: Final = getattr(os, "O_DSYNC", 0)
-"""Journals are opened with ``O_DSYNC`` where the system has it: each write returns once
-its data is on stable storage (as write + fdatasync, which is what an append-only file
-needs: its data and its size). A commit is then one system call instead of two, and the
-writer thread takes the interpreter lock back once instead of twice: measured about 5 %
-more requests per second in a run."""
+_fdatasync: Final = getattr(os, "fdatasync", os.fsync)
+"""``fdatasync`` where the system has it: an append-only file needs its data and its size
+on stable storage, not its other metadata."""
+
+# The sync helper, a program of its own (run as ``python -I -S -c _SYNC_HELPER``). It waits
+# for a request on one pipe, lets COMMIT_INTERVAL pass since the start of its previous sync
+# (the commit delay: whatever the journal writes meanwhile rides along), reads the file's
+# size, fdatasyncs, and answers that size on the other pipe: every byte before it was
+# written before the fdatasync began, so it is durable. EOF on the request pipe (the
+# journal closed, or its process died) ends it. It opens nothing and imports only builtins.
+_SYNC_HELPER: Final = """
+import os, sys, time
+fd, req, rep = (int(a) for a in sys.argv[1:4])
+interval = float(sys.argv[4])
+sync = getattr(os, "fdatasync", os.fsync)
+last = -interval
+try:
+    while os.read(req, 4096):
+        wait = last + interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        last = time.monotonic()
+        size = os.fstat(fd).st_size
+        try:
+            sync(fd)
+        except OSError as exc:
+            os.write(rep, b"E%d\\n" % (exc.errno or 5))
+            break
+        os.write(rep, b"%d\\n" % size)
+except (OSError, KeyboardInterrupt):
+    pass
+"""
 
 
-def _commit(fd: int, data: bytes) -> None:
-    """Write ``data`` and return once it is durable (writer thread, begin_run, close)."""
-    _write_all(fd, data)
-    if not _DSYNC:
-        os.fsync(fd)
+class _SyncHelper:
+    """The helper process that makes the journal durable, and its two pipes.
+
+    Why a process: the event loop must not wait on the disk, and a thread cannot wait for
+    it cheaply. A Python thread needs the interpreter lock again after every fsync, and
+    under load it waits for it up to the switch interval (5 ms), twice per commit; on a
+    busy core that put 8-13 ms on every intent and two context switches per commit on the
+    client's core (measured: 50,000 in a run of 60,000 requests). The helper needs no lock
+    of ours: the loop writes the records itself (a copy into the page cache) and sends one
+    byte; the helper's answer arrives through the loop's own selector. No library offers an
+    asynchronous fsync on asyncio (aiofiles and anyio hand it to a thread), hence this.
+
+    The helper syncs through a descriptor of its own, opened read-only here: fdatasync acts
+    on the file, whatever descriptor names it, and this one shares neither the journal's
+    lock nor its offset, so a helper outliving a killed run never holds the journal locked.
+    """
+
+    __slots__ = ("_proc", "rep", "req")
+
+    def __init__(self, path: Path) -> None:
+        sync_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fds: list[int] = [sync_fd]
+        try:
+            req_r, self.req = os.pipe()
+            fds.append(req_r)
+            self.rep, rep_w = os.pipe()
+            fds.append(rep_w)
+            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and program
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _SYNC_HELPER,
+                    str(sync_fd),
+                    str(req_r),
+                    str(rep_w),
+                    repr(COMMIT_INTERVAL),
+                ],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C is for the run; the helper ends on EOF
+            )
+        except BaseException:
+            for fd in (getattr(self, "req", None), getattr(self, "rep", None)):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        os.set_blocking(self.rep, False)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def request(self) -> None:
+        """Ask for a sync of everything written so far (never blocks: one byte at a time
+        is outstanding, and a pipe holds thousands)."""
+        os.write(self.req, b".")
+
+    def answers(self) -> list[bytes] | None:
+        """The answers that arrived (sizes, or ``E<errno>``); None: the helper is gone."""
+        data = b""
+        while True:
+            try:
+                more = os.read(self.rep, 4096)
+            except BlockingIOError:
+                return data.split()
+            if not more:
+                return None
+            data += more
+
+    def close(self) -> None:
+        """Stop the helper at once (whatever it does is no longer needed) and reap it."""
+        os.close(self.req)
+        os.close(self.rep)
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        self._proc.wait()
 
 
 class Journal:
     """An open journal, locked for this process. Use :meth:`open`.
 
-    Not thread-safe: every method is called from the event loop's thread. The one writer
-    thread it starts for write and fsync shares only what is documented in ``__init__``.
+    Not thread-safe: every method is called from one thread, the event loop's while a loop
+    runs. The fsyncs happen in a helper process (:class:`_SyncHelper`).
     """
 
     __slots__ = (
-        "_appended",
         "_buf",
-        "_closing",
-        "_cond",
         "_described",
         "_durable",
         "_error",
         "_fd",
         "_header",
-        "_io_lock",
+        "_helper",
         "_loop",
         "_outcome_heads",
-        "_parked",
         "_path",
         "_rep",
+        "_scheduled",
         "_size",
         "_str_cache",
-        "_taken",
+        "_syncing",
         "_tool_version",
         "_waiters",
-        "_wanted",
-        "_writer",
+        "_written",
     )
 
     def __init__(
@@ -921,31 +1019,21 @@ class Journal:
         self._header = header
         self._rep = rep
         self._described = rep.described
-        self._size = size  # offset of the next record: we are the only writer (flock)
+        # Byte offsets, all of them: records are located by where they end. We are the
+        # only writer (flock), so the file's size is ours to count.
+        self._size = size  # end of the last record appended (buffered ones included)
+        self._written = size  # end of what is written to the file
+        self._durable = size  # end of what is known to be on stable storage
         self._tool_version = tool_version
-        # Records not yet written, oldest first. The event loop appends, the writer thread
-        # (or close) takes from the left: a deque's append and popleft are atomic, so the
-        # loop appends without a lock, and record n is always the n-th taken.
-        self._buf: deque[bytes] = deque()
-        self._appended = 0  # records buffered so far: record n has sequence number n
-        self._taken = 0  # records taken from _buf to be written (under _io_lock)
-        self._durable = 0  # records known written and fsynced (set under _io_lock)
-        # Group commit (see _writer_main): _wanted says that a commit is requested and not
-        # yet started; the loop sets it (and wakes the writer) only when it is not set, so
-        # about once per commit. Both under _cond, whose lock is held only for flag changes.
-        self._cond = threading.Condition(threading.Lock())
-        self._wanted = False
-        self._parked = False  # the writer waits on _cond for a request (set under it)
-        self._closing = False
-        self._writer: threading.Thread | None = None
-        # Callers waiting for their record to be durable: (sequence number, future), in
-        # increasing order, each woken once by _wake on the event loop (_loop).
+        self._buf: list[bytes] = []  # records appended and not yet written, in order
+        # Group commit (see "committing" below): callers waiting for their record to be
+        # durable, (end offset, future) in increasing order, each woken once by _wake.
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False  # a _commit is scheduled on the loop
+        self._syncing = False  # the helper has a request it has not answered yet
+        self._helper: _SyncHelper | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the helper answers on
         self._error: OSError | None = None
-        # Held while records are written and fsynced (writer thread, close, begin_run):
-        # what makes writes happen in the order the records were taken.
-        self._io_lock = threading.Lock()
         self._str_cache: dict[tuple[str, ...], bytes] = {}
         self._outcome_heads: dict[tuple[str, str], bytes] = {}
 
@@ -973,11 +1061,11 @@ class Journal:
         """
         created = False
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND | _DSYNC, 0o600)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o600)
             created = True
         except FileExistsError:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | _DSYNC)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND)
             except IsADirectoryError:
                 raise BadInput(
                     f"{path} is a directory; --journal needs a file path "
@@ -1067,11 +1155,10 @@ class Journal:
         """Replay the file again, every record in detail (after a run opened with
         ``live_details=False``); only when nothing is waiting to be written."""
         self._check_usable()
-        with self._io_lock:
-            if self._buf:
-                raise RuntimeError("reload() with records not yet written: flush() first")
-            assert self._fd is not None
-            scan = _scan_fd(self._fd, self._path)
+        if self._buf:
+            raise RuntimeError("reload() with records not yet written: flush() first")
+        assert self._fd is not None
+        scan = _scan_fd(self._fd, self._path)
         assert scan is not None, "a journal that was opened has its header"
         self._rep = scan.replayer
         self._described = scan.replayer.described
@@ -1097,7 +1184,6 @@ class Journal:
         offset = self._size
         self._size += len(line)
         self._buf.append(line)
-        self._appended += 1
         self._rep.state.records += 1
         return offset
 
@@ -1161,9 +1247,8 @@ class Journal:
             self._check_usable()
         line, full = self._intent_line(chunk, attempt, wall)
         offset = self._size
-        self._size = offset + len(line)
+        self._size = end = offset + len(line)
         self._buf.append(line)
-        self._appended = seq = self._appended + 1
         rep = self._rep
         rep.state.records += 1
         if full:
@@ -1171,19 +1256,7 @@ class Journal:
         else:
             rep.intent(chunk.id, None, None, wall)
         try:
-            # _wait_durable(seq), inlined: this runs once per request.
-            loop = asyncio.get_running_loop()
-            self._loop = loop
-            while self._durable < seq:
-                if self._error is not None:
-                    raise self._fatal() from self._error
-                if self._fd is None:
-                    return  # close() wrote and fsynced everything
-                if not self._wanted:
-                    self._request()
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiters.append((seq, fut))
-                await fut
+            await self._wait_durable(end)
         except BaseException:
             if self._error is None and self._fd is not None:
                 self.outcome(chunk, attempt, _NOT_SENT, wall, "pending")
@@ -1247,7 +1320,6 @@ class Journal:
         offset = self._size
         self._size = offset + len(line)
         self._buf.append(line)
-        self._appended += 1
         rep = self._rep
         rep.state.records += 1
         if state == "failed" or state == "pending":  # kept for counting failures by code
@@ -1319,61 +1391,109 @@ class Journal:
 
     # -- committing ----------------------------------------------------------------------
     #
-    # Group commit through one long-lived writer thread. A caller whose record must become
-    # durable asks for a commit unless one is already asked for and not yet started
-    # (_wanted), then waits on a future of its own. The writer thread waits for a request,
-    # lets COMMIT_INTERVAL pass since the start of its previous commit (commit delay, as
-    # PostgreSQL's commit_delay: every intent that arrives meanwhile rides along), takes
-    # every buffered record, writes them durably (_commit), and wakes the event loop once with
-    # call_soon_threadsafe; _wake then resolves the futures of the callers now covered.
-    # While commits keep coming (within PARK_AFTER of the last) the writer looks for the
-    # next request by itself every COMMIT_INTERVAL; only a parked writer is woken by the
-    # loop (a Condition notify). So per request the loop pays a deque append, a future
-    # and one wake-up, and per commit a flag and one cross-thread call: an order of
-    # magnitude less than an anyio.Event batch and a to_thread.run_sync per commit.
+    # Group commit, with the fsyncs in a helper process (see _SyncHelper for why). A caller
+    # whose record must be durable schedules one _commit on the loop (unless one is
+    # scheduled) and waits on a future of its own. _commit writes every buffered record to
+    # the file in one write (a copy into the page cache: microseconds) and, unless the
+    # helper is busy with a request already, sends it one. The helper answers, at most once
+    # per COMMIT_INTERVAL, the size it made durable; _on_answer wakes the callers it covers
+    # and, if some are still waiting (their records came after the helper read the size),
+    # asks again at once. So per request the loop pays a list append, a future and its
+    # wake-up; per commit one write, one byte to the helper, and one read of its answer.
     #
-    # The futures are asyncio's: bulkrerun runs only on asyncio (aiohttp requires it).
-    # Each caller waits on its own future so that cancelling one caller (which cancels the
-    # future it awaits) leaves the others waiting; nobody leads a batch, so a cancellation
-    # takes effect at once, without waiting for the disk.
+    # The futures are asyncio's: bulkrerun runs only on asyncio (aiohttp requires it). Each
+    # caller waits on its own future so that cancelling one caller (which cancels the future
+    # it awaits) leaves the others waiting; nobody leads a batch, so a cancellation takes
+    # effect at once, without waiting for the disk.
 
-    async def _wait_durable(self, target: int) -> None:
-        """Return once the first ``target`` records are durable (or close() wrote them)."""
+    async def _wait_durable(self, end: int) -> None:
+        """Return once every record up to byte ``end`` is durable (or close() wrote it)."""
         loop = asyncio.get_running_loop()
-        # Set before the writer can take a record of this caller: it wakes self._loop.
-        self._loop = loop
-        while self._durable < target:
+        while self._durable < end:
             if self._error is not None:
                 raise self._fatal() from self._error
             if self._fd is None:
                 return  # close() wrote and fsynced everything
-            if not self._wanted:
-                self._request()
+            if not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self._commit)
             fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((target, fut))
+            self._waiters.append((end, fut))
             await fut
 
-    def _request(self) -> None:
-        """Ask the writer thread for a commit of everything buffered (starting it).
+    def _commit(self) -> None:
+        """Loop callback: write what is buffered, and ask the helper to make it durable."""
+        self._scheduled = False
+        if self._fd is None or self._error is not None:
+            self._wake()
+            return
+        self._write_out()
+        if self._error is None and not self._syncing and self._durable < self._written:
+            self._request_sync()
+        self._wake()  # after an error: every caller finds out
 
-        Wakes the writer only when it is parked: under load it finds the next request set
-        when its commit ends and goes on, so the loop pays no cross-thread call. Correct
-        because each side sets its own flag before reading the other's (the writer under
-        _cond, so a notify cannot fall between its check and its wait)."""
-        self._wanted = True
-        if self._parked:
-            cond = self._cond
-            with cond:
-                cond.notify()
-        if self._writer is None:
-            self._writer = threading.Thread(
-                target=self._writer_main, name="bulkrerun-journal", daemon=True
-            )
-            self._writer.start()
+    def _write_out(self) -> None:
+        """Write every buffered record to the file: not yet durable (any caller's thread)."""
+        buf = self._buf
+        if not buf or self._fd is None:
+            return
+        data = b"".join(buf)
+        buf.clear()
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            self._error = exc
+            return
+        self._written += len(data)
+
+    def _request_sync(self) -> None:
+        """Send the helper a request (starting it as needed)."""
+        try:
+            self._ensure_helper().request()
+        except OSError as exc:
+            self._error = exc
+            return
+        self._syncing = True
+
+    def _ensure_helper(self) -> _SyncHelper:
+        """The sync helper, started if need be, its answers read on the running loop."""
+        loop = asyncio.get_running_loop()
+        helper = self._helper
+        if helper is None:
+            helper = self._helper = _SyncHelper(self._path)
+        if self._loop is not loop:
+            if self._loop is not None:  # a journal used by one loop after another
+                with contextlib.suppress(RuntimeError, ValueError):
+                    self._loop.remove_reader(helper.rep)
+                self._syncing = False  # an answer to the old loop's request is read here
+            loop.add_reader(helper.rep, self._on_answer)
+            self._loop = loop
+        return helper
+
+    def _on_answer(self) -> None:
+        """Loop callback: the helper answered; wake whoever it made durable."""
+        helper = self._helper
+        if helper is None or self._fd is None:
+            return
+        answers = helper.answers()
+        if answers is None:
+            self._error = OSError(errno.EIO, "the journal's sync helper ended unexpectedly")
+        for answer in answers or ():
+            if answer.startswith(b"E"):
+                code = int(answer[1:])
+                self._error = OSError(code, os.strerror(code))
+            else:
+                self._durable = max(self._durable, int(answer))
+        if not answers and answers is not None:
+            return  # woken without an answer: nothing changed
+        self._syncing = False
+        self._wake()
+        if self._waiters and self._error is None:
+            self._commit()  # those still waiting came after the helper read the size
 
     def _wake(self) -> None:
-        """Event loop: resolve the waiters whose records are durable (all of them after an
-        error or close(): they find out which)."""
+        """Resolve the waiters whose records are durable (all of them after an error or
+        close(): they find out which)."""
         waiters = self._waiters
         durable: float = self._durable
         if self._error is not None or self._fd is None:
@@ -1383,96 +1503,30 @@ class Journal:
             if not fut.done():  # a cancelled caller's future is done already
                 fut.set_result(None)
 
-    def _wake_threadsafe(self) -> None:
-        """Run :meth:`_wake` on the waiters' event loop, from any thread."""
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._wake()
-            return
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits on it
-            loop.call_soon_threadsafe(self._wake)
-
-    def _writer_main(self) -> None:
-        """Writer thread: one commit per request, at most one per COMMIT_INTERVAL."""
-        cond = self._cond
-        last_start = -math.inf
-        try:
-            while not self._closing:
-                if not self._wanted and time.monotonic() - last_start < PARK_AFTER:
-                    # Busy lately: look again after a commit interval rather than park, so
-                    # that the loop need not wake this thread (see _request).
-                    time.sleep(COMMIT_INTERVAL)
-                    continue
-                if not self._wanted:
-                    with cond:
-                        self._parked = True
-                        while not self._wanted and not self._closing:
-                            cond.wait()
-                        self._parked = False
-                if self._closing:
-                    return
-                gap = last_start + COMMIT_INTERVAL - time.monotonic()
-                if gap > 0:
-                    time.sleep(gap)  # the commit delay: what arrives meanwhile rides along
-                if self._closing:
-                    return
-                # Cleared before the records are taken: a record appended after this
-                # either is taken too or finds _wanted unset and asks again.
-                self._wanted = False
-                last_start = time.monotonic()
-                self._write_buffered()
-                self._wake_threadsafe()
-                if self._error is not None or self._fd is None:
-                    return
-        except Exception as exc:  # noqa: BLE001 - a bug: fail the journal, do not hang callers
-            if self._error is None:
-                self._error = OSError(errno.EIO, f"the journal writer failed ({exc!r})")
-            self._wake_threadsafe()
-
-    def _write_buffered(self) -> None:
-        """Take every buffered record, write it and fsync (any thread; blocks)."""
-        with self._io_lock:
-            fd = self._fd
-            if fd is None or self._error is not None:
-                return  # close() wrote them already, or nothing more is written
-            buf = self._buf
-            n = len(buf)  # only the loop appends, so at least n records are there
-            if n == 0:
-                return  # close() or begin_run() wrote them already
-            data = b"".join([buf.popleft() for _ in range(n)])
-            try:
-                _commit(fd, data)
-            except OSError as exc:
-                self._error = exc
-                return
-            self._taken += n
-            self._durable = self._taken
-
     def _sync_now(self) -> None:
         """Write and fsync everything buffered, on this thread (begin_run, close)."""
         if self._fd is None:
             return
-        # Waits for a commit in the writer thread, whose records come first.
-        self._write_buffered()
+        self._write_out()
+        if self._error is None:
+            try:
+                _fdatasync(self._fd)
+            except OSError as exc:
+                self._error = exc
         if self._error is not None:
             raise self._fatal() from self._error
+        self._durable = self._written
         self._wake()
 
     async def flush(self) -> None:
         """Make every record appended so far durable."""
         self._check_usable()
-        await self._wait_durable(self._appended)
+        await self._wait_durable(self._size)
 
     def close(self) -> None:
         """Write and fsync what is buffered, then release the file and its lock. Idempotent.
 
-        Safe to call while a commit is in progress in the writer thread (it waits for it).
+        Safe to call while the helper is syncing (it is stopped: close() syncs itself).
         """
         fd = self._fd
         if fd is None:
@@ -1481,16 +1535,15 @@ class Journal:
             if self._error is None:
                 self._sync_now()
         finally:
-            with self._cond:
-                self._closing = True
-                self._cond.notify()
-            with self._io_lock:
-                self._fd = None
-                os.close(fd)  # closing the descriptor releases the flock
-            writer = self._writer
-            if writer is not None and writer is not threading.current_thread():
-                writer.join()
-            self._wake_threadsafe()  # callers waiting for a commit: close() did it
+            self._fd = None
+            os.close(fd)  # closing the descriptor releases the flock
+            helper, self._helper = self._helper, None
+            if helper is not None:
+                if self._loop is not None:
+                    with contextlib.suppress(RuntimeError, ValueError):
+                        self._loop.remove_reader(helper.rep)
+                helper.close()
+            self._wake()  # callers waiting for a commit: close() did it
 
     def __enter__(self) -> Journal:
         return self

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
 import tempfile
-import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -180,55 +183,97 @@ def test_a_directory_or_a_missing_parent_is_bad_input(tmp_path: Path) -> None:
 
 
 # -- durability and group commit -----------------------------------------------------------
+#
+# The fsyncs happen in the journal's sync helper process. A disk that does not answer is
+# that helper stopped with SIGSTOP: the requests it has not answered stay unanswered until
+# SIGCONT, exactly as if its fdatasync were blocked.
+
+
+@contextlib.contextmanager
+def stalled_disk(journal: Journal) -> Iterator[Callable[[], None]]:
+    """Stop the journal's sync helper (starting it first); yields a function that lets it go
+    on (called on exit at the latest). Call from a running event loop."""
+    pid = journal._ensure_helper().pid
+    os.kill(pid, signal.SIGSTOP)
+    stopped = True
+
+    def release() -> None:
+        nonlocal stopped
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+            stopped = False
+
+    try:
+        yield release
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # close() may have ended it
+            release()
+
+
+def answered_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every size the sync helpers answer from now on (what they made durable), in order."""
+    sizes: list[int] = []
+    real = journal_module._SyncHelper.answers
+
+    def answers(self: journal_module._SyncHelper) -> list[bytes] | None:
+        got = real(self)
+        sizes.extend(int(a) for a in got or () if a.isdigit())
+        return got
+
+    monkeypatch.setattr(journal_module._SyncHelper, "answers", answers)
+    return sizes
 
 
 @pytest.mark.anyio
 async def test_intent_is_durable_before_intend_returns(
     journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced_sizes: list[int] = []
-    real_commit = journal_module._commit
-
-    def fsync(fd: int, data: bytes) -> None:
-        real_commit(fd, data)
-        synced_sizes.append(os.fstat(fd).st_size)
-
-    monkeypatch.setattr(journal_module, "_commit", fsync)
+    synced = answered_sizes(monkeypatch)
     chunk = window(0)
     await journal.intend(chunk, 1, WALL)
-    # Another handle sees the record, and an fsync covered it before intend returned.
+    # Another handle sees the record, and the helper's fdatasync covered it before intend
+    # returned.
     with open(jpath, "rb") as other:  # noqa: ASYNC230 - the point is to read it at once
         data = other.read()
     assert json.loads(data.splitlines()[-1])["chunk"] == chunk.id
-    assert synced_sizes
-    assert synced_sizes[-1] == len(data)
+    assert synced
+    assert synced[-1] == len(data)
 
 
-@pytest.mark.skipif(not hasattr(os, "O_DSYNC"), reason="a system without O_DSYNC fsyncs")
-def test_every_commit_write_is_synchronous(journal: Journal, jpath: Path) -> None:
-    import fcntl
-
-    # O_DSYNC: a commit's write returns once its data is on stable storage (_commit relies
-    # on it instead of a separate fsync), for a new journal and for a reopened one.
-    assert fcntl.fcntl(journal._fd, fcntl.F_GETFL) & os.O_DSYNC
-    journal.close()
-    with Journal.open(jpath, BINDING, tool_version="0.1.0") as again:
-        assert fcntl.fcntl(again._fd, fcntl.F_GETFL) & os.O_DSYNC
+def test_the_sync_helper_answers_the_size_it_made_durable(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"header\n")
+    helper = journal_module._SyncHelper(path)
+    try:
+        with path.open("ab") as f:
+            f.write(b"x" * 5000)
+        helper.request()
+        answers: list[bytes] | None = []
+        deadline = time.monotonic() + 10
+        while answers == [] and time.monotonic() < deadline:
+            time.sleep(0.001)
+            answers = helper.answers()
+        assert answers == [b"5007"]  # everything written before the request
+    finally:
+        helper.close()
+    # close() ends it at once: no process is left behind.
+    with pytest.raises(ProcessLookupError):
+        os.kill(helper.pid, 0)
 
 
 @pytest.mark.anyio
 async def test_concurrent_intents_share_fsyncs(
     journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fsyncs = 0
-    real_commit = journal_module._commit
+    requests = 0
+    real = journal_module._SyncHelper.request
 
-    def fsync(fd: int, data: bytes) -> None:
-        nonlocal fsyncs
-        fsyncs += 1
-        real_commit(fd, data)
+    def request(self: journal_module._SyncHelper) -> None:
+        nonlocal requests
+        requests += 1
+        real(self)
 
-    monkeypatch.setattr(journal_module, "_commit", fsync)
+    monkeypatch.setattr(journal_module._SyncHelper, "request", request)
     chunks = [window(i) for i in range(200)]
 
     async def send(chunk: Chunk) -> None:
@@ -239,25 +284,14 @@ async def test_concurrent_intents_share_fsyncs(
         for chunk in chunks:
             tg.start_soon(send, chunk)
     await journal.flush()
-    assert fsyncs <= 5  # one for the first caller, one for everyone who came meanwhile, ...
+    assert requests <= 5  # one for the first caller, one for everyone who came meanwhile, ...
     records = lines(jpath)[1:]
     assert len(records) == 400
     assert {r["chunk"] for r in records if r["t"] == "intent"} == {c.id for c in chunks}
 
 
 @pytest.mark.anyio
-async def test_the_event_loop_runs_while_a_commit_waits_for_the_disk(
-    journal: Journal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    disk = threading.Event()
-    real_commit = journal_module._commit
-
-    def slow_fsync(fd: int, data: bytes) -> None:
-        assert threading.current_thread() is not threading.main_thread()
-        assert disk.wait(timeout=10), "the test never released the disk"
-        real_commit(fd, data)
-
-    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
+async def test_the_event_loop_runs_while_a_commit_waits_for_the_disk(journal: Journal) -> None:
     returned = False
 
     async def send() -> None:
@@ -265,30 +299,22 @@ async def test_the_event_loop_runs_while_a_commit_waits_for_the_disk(
         await journal.intend(window(0), 1, WALL)
         returned = True
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(send)
-        ticks = 0
-        for _ in range(50):  # the loop keeps running other tasks while fsync is blocked
-            await anyio.lowlevel.checkpoint()
-            ticks += 1
-        assert ticks == 50
-        assert not returned
-        disk.set()
+    with stalled_disk(journal) as release:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            ticks = 0
+            for _ in range(50):  # the loop keeps running other tasks while the disk is stuck
+                await anyio.lowlevel.checkpoint()
+                ticks += 1
+            await anyio.sleep(0.05)  # many commit intervals: still nothing comes back
+            assert ticks == 50
+            assert not returned
+            release()
     assert returned
 
 
 @pytest.mark.anyio
-async def test_a_cancelled_intent_is_recorded_as_not_sent(
-    journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    disk = threading.Event()
-    real_commit = journal_module._commit
-
-    def slow_fsync(fd: int, data: bytes) -> None:
-        disk.wait(timeout=10)
-        real_commit(fd, data)
-
-    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
+async def test_a_cancelled_intent_is_recorded_as_not_sent(journal: Journal, jpath: Path) -> None:
     first, second = window(0), window(1)
     sent: list[str] = []
 
@@ -296,14 +322,15 @@ async def test_a_cancelled_intent_is_recorded_as_not_sent(
         await journal.intend(chunk, 1, WALL)
         sent.append(chunk.id)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(send, first)
-        await anyio.lowlevel.checkpoint()
-        tg.start_soon(send, second)  # waits for the next commit, behind the first
-        await anyio.lowlevel.checkpoint()
-        await anyio.lowlevel.checkpoint()
-        tg.cancel_scope.cancel()
-        disk.set()
+    with stalled_disk(journal) as release:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, first)
+            await anyio.lowlevel.checkpoint()
+            tg.start_soon(send, second)  # waits for the next commit, behind the first
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+            release()
     journal.close()
     _, state = read_state(jpath)
     # Neither request left; the journal says so instead of calling them held.
@@ -323,34 +350,22 @@ async def test_outcomes_are_buffered_until_the_next_commit(journal: Journal, jpa
 
 
 @pytest.mark.anyio
-async def test_close_writes_everything_even_during_a_commit(
-    jpath: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_close_writes_everything_even_during_a_commit(jpath: Path) -> None:
     journal = Journal.open(jpath, BINDING, tool_version="0.1.0")
-    in_fsync = threading.Event()
-    disk = threading.Event()
-    real_commit = journal_module._commit
-
-    def slow_fsync(fd: int, data: bytes) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            in_fsync.set()
-            disk.wait(timeout=10)
-        real_commit(fd, data)
-
-    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
     chunks = [window(i) for i in range(3)]
 
     async def send(chunk: Chunk) -> None:
         await journal.intend(chunk, 1, WALL)
 
-    async with anyio.create_task_group() as tg:
-        for chunk in chunks:
-            tg.start_soon(send, chunk)
-        await anyio.to_thread.run_sync(in_fsync.wait, 10)
-        journal.outcome(chunks[0], 1, DONE, WALL, "done")  # not yet durable either
-        disk.set()
-        journal.close()  # waits for the worker thread, then writes the rest
-        journal.close()  # idempotent
+    with stalled_disk(journal):
+        async with anyio.create_task_group() as tg:
+            for chunk in chunks:
+                tg.start_soon(send, chunk)
+            while not journal._syncing:  # the commit is under way, the disk stuck in it
+                await anyio.lowlevel.checkpoint()
+            journal.outcome(chunks[0], 1, DONE, WALL, "done")  # not yet durable either
+            journal.close()  # does not wait for the stuck helper: it syncs itself
+            journal.close()  # idempotent
     kinds = [(r["t"], r["chunk"]) for r in lines(jpath)[1:]]
     assert kinds[:3] == [("intent", c.id) for c in chunks]
     assert kinds[3] == ("outcome", chunks[0].id)
@@ -399,16 +414,8 @@ async def test_every_waiting_caller_gets_the_fatal_error(
 
 @pytest.mark.anyio
 async def test_a_cancelled_caller_stops_at_once_and_the_others_still_wait(
-    journal: Journal, monkeypatch: pytest.MonkeyPatch
+    journal: Journal,
 ) -> None:
-    disk = threading.Event()
-    real_commit = journal_module._commit
-
-    def slow_fsync(fd: int, data: bytes) -> None:
-        disk.wait(timeout=10)
-        real_commit(fd, data)
-
-    monkeypatch.setattr(journal_module, "_commit", slow_fsync)
     first, second = window(0), window(1)
     returned: list[str] = []
     scope = anyio.CancelScope()
@@ -425,38 +432,78 @@ async def test_a_cancelled_caller_stops_at_once_and_the_others_still_wait(
         finally:
             second_ended.set()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(send, first)
-        tg.start_soon(send_cancellable)
-        for _ in range(3):
-            await anyio.lowlevel.checkpoint()
-        scope.cancel()
-        # The disk is still blocked: the cancellation does not wait for it.
-        with anyio.fail_after(5):
-            await second_ended.wait()
-        assert returned == []
-        assert journal.state().chunks[second.id].state == "pending"
-        disk.set()
+    with stalled_disk(journal) as release:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, first)
+            tg.start_soon(send_cancellable)
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            scope.cancel()
+            # The disk is still stuck: the cancellation does not wait for it.
+            with anyio.fail_after(5):
+                await second_ended.wait()
+            assert returned == []
+            assert journal.state().chunks[second.id].state == "pending"
+            release()
     assert returned == [first.id]
     assert journal.state().chunks[first.id].state is None  # sent, no outcome yet
 
 
 @pytest.mark.anyio
-async def test_commits_run_in_one_writer_thread(
-    journal: Journal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    threads: set[int] = set()
-    real_commit = journal_module._commit
-
-    def fsync(fd: int, data: bytes) -> None:
-        threads.add(threading.get_ident())
-        real_commit(fd, data)
-
-    monkeypatch.setattr(journal_module, "_commit", fsync)
+async def test_one_sync_helper_serves_every_commit(journal: Journal) -> None:
+    helpers = set()
     for i in range(4):  # one after the other: one commit each
         await journal.intend(window(i), 1, WALL)
-    assert len(threads) == 1
-    assert threading.get_ident() not in threads
+        helpers.add(journal._helper)
+    (helper,) = helpers
+    assert helper is not None
+    assert helper.pid != os.getpid()
+
+
+@pytest.mark.anyio
+async def test_a_helper_that_dies_stops_the_journal_with_a_fatal_error(journal: Journal) -> None:
+    with stalled_disk(journal):
+        assert journal._helper is not None
+        os.kill(journal._helper.pid, signal.SIGKILL)
+        with anyio.fail_after(5), pytest.raises(Fatal, match="sync helper ended"):
+            await journal.intend(window(0), 1, WALL)
+
+
+HOLDS_A_HELPER = """
+import sys, anyio
+from pathlib import Path
+from bulkrerun.journal import Binding, Journal
+from tests.test_journal import BINDING, WALL, window
+
+async def main():
+    journal = Journal.open(Path(sys.argv[1]), BINDING, tool_version="0.1.0")
+    await journal.intend(window(0), 1, WALL)
+    print(journal._helper.pid, flush=True)
+    await anyio.sleep(60)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_runs_helper_never_holds_the_journal_locked(jpath: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDS_A_HELPER, str(jpath)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stdout is not None
+    helper_pid = int(proc.stdout.readline())
+    try:
+        os.kill(helper_pid, signal.SIGSTOP)  # it cannot even notice that the run died
+        proc.kill()  # kill -9 of the run
+        proc.wait(10)
+        with Journal.open(jpath, BINDING, tool_version="0.1.0") as again:
+            assert again.state().units == {window(0).id: UnitState.HELD}
+    finally:
+        proc.stdout.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper_pid, signal.SIGKILL)
 
 
 def test_a_journal_serves_one_event_loop_after_another(jpath: Path) -> None:

@@ -78,7 +78,7 @@ def torture(cli: Cli, srv: Service, tmp: Path, seed: int, *, drops: bool = False
     args = ["run", str(m), "--journal", str(j), "--burst", "4", "--max-inflight", "16",
             "--timeout", "3", "--no-progress"]  # fmt: skip
     # Slow while being killed (each run gets a few dozen requests out), fast to finish.
-    slow, fast = ["--rate", "40"], ["--rate", "400"]
+    slow, fast = ["--rate", "25"], ["--rate", "400"]
     kills = 0
     while kills < KILLS:
         proc = cli.popen(*args, *slow, url=srv.url)
