@@ -39,9 +39,9 @@ import anyio
 from bulkrerun.chunk import Chunk
 from bulkrerun.clock import Clock, SystemClock
 from bulkrerun.errors import AuthRefused, BudgetExhausted, Fatal, Unreachable
-from bulkrerun.events import EventSink, Retrying, Sent, Settled, Stopping, ignore
+from bulkrerun.events import EventSink, Retrying, Settled, Stopping, ignore
 from bulkrerun.outcome import Kind, Outcome
-from bulkrerun.pacing import Pacer
+from bulkrerun.pacing import Pacer, Slot
 from bulkrerun.transport import Transport
 
 UNREACHABLE_AFTER = 8
@@ -188,7 +188,11 @@ class Engine:
         pacer, clock, journal = self._pacer, self._clock, self._journal
         attempt = 1
         while True:
-            if not await self._admitted():
+            # Admission: a slot in the send schedule. Usually it is due at once, and then no
+            # coroutine is made for the wait.
+            slot = pacer.reserve(now := clock.now())
+            wait = pacer.wait(slot, now)
+            if not (await self._admitted(slot, wait) if wait > 0 else not self._stopping):
                 self._settle(chunk, "pending", None, attempt - 1)
                 return
             # The intent must be durable before the request leaves. Cancelled meanwhile
@@ -208,7 +212,6 @@ class Engine:
                 if self._stopping:  # stopped while the intent was committed: not sent
                     self._not_sent(chunk, attempt)
                     return
-                self._emit(Sent(chunk, attempt))
                 sent_at = clock.now()
                 outcome = INTERRUPTED
                 try:
@@ -216,7 +219,11 @@ class Engine:
                 finally:
                     # A hard stop cancels the send: the outcome stays INTERRUPTED, held.
                     pacer.on_outcome(outcome, clock.now(), sent_at)
-                    state, delay = self._decide(outcome, attempt)
+                    if outcome.kind is Kind.DONE:  # _decide's first case, inline
+                        self._answered = True
+                        state, delay = "done", 0.0
+                    else:
+                        state, delay = self._decide(outcome, attempt)
                     journal.outcome(chunk, attempt, outcome, clock.wall(), state)
                     if state != "retry":
                         self._settle(chunk, state, outcome, attempt)
@@ -237,15 +244,16 @@ class Engine:
         self._journal.outcome(chunk, attempt, NOT_SENT, self._clock.wall(), "pending")
         self._settle(chunk, "pending", None, attempt - 1)
 
-    async def _admitted(self) -> bool:
-        """Wait for this attempt's place in the send schedule (pacing may move it later while
-        it waits: a lower rate, an open breaker). False: a stop came first."""
+    async def _admitted(self, slot: Slot, wait: float) -> bool:
+        """Wait for this attempt's place in the send schedule, ``slot``, due in ``wait``
+        seconds (pacing may move it later meanwhile: a lower rate, an open breaker).
+        False: a stop came first."""
         pacer, clock = self._pacer, self._clock
-        slot = pacer.reserve(clock.now())
-        while (wait := pacer.wait(slot, clock.now())) > 0:
+        while wait > 0:
             if not await self._wait(wait):
                 pacer.cancel(slot)
                 return False
+            wait = pacer.wait(slot, clock.now())
         return not self._stopping
 
     def _decide(self, outcome: Outcome, attempt: int) -> tuple[str, float]:

@@ -14,14 +14,6 @@ from bulkrerun.outcome import Outcome
 
 
 @dataclass(frozen=True, slots=True)
-class Sent:
-    """An attempt's intent is durable and the request is leaving."""
-
-    chunk: Chunk
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
 class Retrying:
     """An attempt was not acted on (429, 503, connect error); the chunk waits ``delay`` s."""
 
@@ -50,7 +42,7 @@ class Stopping:
     hard: bool = False
 
 
-Event = Sent | Retrying | Settled | Stopping
+Event = Retrying | Settled | Stopping
 EventSink = Callable[[Event], None]
 
 

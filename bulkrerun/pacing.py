@@ -668,6 +668,11 @@ class PacingStats:
     final_failed: int
 
 
+# The outcome kinds on_outcome asks about, bound once: an enum member read through its class
+# costs several times a global on Python 3.11, and on_outcome runs once per request.
+_DONE, _FAILED, _RETRY, _FATAL = Kind.DONE, Kind.FAILED, Kind.RETRY, Kind.FATAL
+
+
 class Slot:
     """One attempt's place in the send schedule, handed out by :meth:`Pacer.reserve`.
 
@@ -769,16 +774,20 @@ class Pacer:
             raise ValueError(f"{slot!r} was used or cancelled already: reserve another")
         if slot.at - now > DUE_TOLERANCE:
             return min(slot.at - now, MAX_WAIT)
-        if not self._breaker.allows(now):
+        breaker = self._breaker
+        closed = breaker._opened_at is None  # the usual case, asked once per request
+        if not closed and not breaker.allows(now):
             self._holds += 1
-            return min(self._breaker.wait(now) or 1.0 / self._gate.rate, MAX_WAIT)
-        gate = self._gate.delay(now)
-        if gate > DUE_TOLERANCE:
-            return min(gate, MAX_WAIT)
-        self._gate.reserve(now, late=min(LATE_FORGIVEN, now - slot.at))
+            return min(breaker.wait(now) or 1.0 / self._gate.rate, MAX_WAIT)
+        gate = self._gate
+        delay = gate.delay(now)
+        if delay > DUE_TOLERANCE:
+            return min(delay, MAX_WAIT)
+        gate.reserve(now, late=min(LATE_FORGIVEN, now - slot.at))
         self._pending.remove(slot)
         slot._gone = True
-        self._breaker.on_send(now)
+        if not closed:
+            breaker.on_send(now)
         self._sends += 1
         return 0.0
 
@@ -796,7 +805,8 @@ class Pacer:
         ``final=False`` for requests that are not reruns (instance-list reads): they pace and
         feed the breaker like any request, but do not count in the failure budget, so a
         canary is spent on reruns only."""
-        if outcome.kind is Kind.FATAL:
+        kind = outcome.kind
+        if kind is _FATAL:
             return  # the engine aborts the run; nothing left to pace
         sent = sent_at if sent_at is not None else now - outcome.elapsed
         self._outcomes += 1
@@ -808,15 +818,15 @@ class Pacer:
             self._health(None, now, sent)  # the gateway said nothing about the service
             return
         # Anything but a connection error (RETRY without a status) got through the gateway.
-        reached = not (outcome.kind is Kind.RETRY and outcome.status is None)
+        reached = kind is not _RETRY or outcome.status is not None
         if adaptive is not None and reached and adaptive.on_success(now, sent):
             self._set_rate(adaptive.rate, now)
-        healthy = outcome.kind in (Kind.DONE, Kind.FAILED)  # it answered, yes or no
+        healthy = kind is _DONE or kind is _FAILED  # it answered, yes or no
         self._health(healthy, now, sent)
         if healthy:
             self._budget.deposit()
-        if outcome.kind is not Kind.RETRY and final:
-            self._final(failed=outcome.kind is not Kind.DONE)
+        if kind is not _RETRY and final:
+            self._final(failed=kind is not _DONE)
 
     def retry_delay(self, outcome: Outcome, attempt: int, *, final: bool = True) -> float | None:
         """Seconds to wait before attempt ``attempt + 1`` after a RETRY outcome, or None to
@@ -885,6 +895,10 @@ class Pacer:
     def _health(self, healthy: bool | None, now: float, sent_at: float) -> None:
         """Feed the breaker; re-plan the booked slots when it opens (past its cooldown;
         the first slot after it is the probe) or closes (the slots that waited go)."""
+        breaker = self._breaker
+        if breaker._opened_at is None and healthy is not False:
+            breaker.record(healthy, now, sent_at)  # closed, and it stays so: nothing to re-plan
+            return
         was_closed = self._breaker.state(now) is BreakerState.CLOSED
         opens = self._breaker.opens
         self._breaker.record(healthy, now, sent_at)

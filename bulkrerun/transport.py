@@ -64,7 +64,8 @@ class Auth:
 
 
 WIRE_HEADERS: Final = {"User-Agent": "bulkrerun", "Accept": "*/*", "Accept-Encoding": "identity"}
-"""Sent with every request, unsigned. ``identity``: the session does not decompress
+"""Sent with every request, unsigned (the session's default headers, which aiohttp adds to
+each request's own). ``identity``: the session does not decompress
 (``auto_decompress=False``), so it must not invite a compressed answer, which aiohttp's
 default ``Accept-Encoding: gzip, deflate`` would (a gzipped error or instance list would
 read as garbage). Given here, they also spare aiohttp adding its defaults per request."""
@@ -187,12 +188,13 @@ class HttpTransport:
         self._headers: dict[str, dict[str, str]] = {}
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_inflight, limit_per_host=self._max_inflight, ssl=self._ssl
-        )
+        # One endpoint: the total limit is the per-host limit, without aiohttp keeping
+        # per-host counts on every request.
+        connector = aiohttp.TCPConnector(limit=self._max_inflight, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
+            headers=WIRE_HEADERS,
             # No cookies, no compression (see WIRE_HEADERS): the service answers tiny bodies.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
@@ -217,23 +219,20 @@ class HttpTransport:
 
     def _base_headers(self, workspace: str) -> dict[str, str]:
         """The request's own headers (signed under AK/SK), token-authenticated: all of
-        them, ready to send."""
+        them, ready to send (the session adds WIRE_HEADERS)."""
         h = self._headers.get(workspace)
         if h is None:
             h = self._headers[workspace] = request_headers(workspace, self.project_id)
-            if self.auth.aksk is None:
-                if self.auth.token:
-                    h["X-Auth-Token"] = self.auth.token
-                h.update(WIRE_HEADERS)
+            if self.auth.aksk is None and self.auth.token:
+                h["X-Auth-Token"] = self.auth.token
         return h
 
     def sign(self, method: str, url: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
         """The headers to send: AK/SK-signed when AK/SK is configured."""
         if self.auth.aksk is None:
             return headers
-        signed = signing.sign(method, url, headers, body, self.auth.aksk, self._wall())
-        signed.update(WIRE_HEADERS)  # unsigned, as a client library adds them
-        return signed
+        # WIRE_HEADERS come from the session: unsigned, as a client library adds them.
+        return signing.sign(method, url, headers, body, self.auth.aksk, self._wall())
 
     async def send(self, chunk: Chunk) -> Outcome:
         url, wire = self._url(chunk.job_name)
