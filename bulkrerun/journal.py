@@ -1256,20 +1256,7 @@ class Journal:
         else:
             rep.intent(chunk.id, None, None, wall)
         try:
-            # _wait_durable(end), inlined: this runs once per request.
-            if self._durable < end:
-                loop = asyncio.get_running_loop()
-                while self._durable < end:
-                    if self._error is not None:
-                        raise self._fatal() from self._error
-                    if self._fd is None:
-                        return  # close() wrote and fsynced everything
-                    if not self._scheduled:
-                        self._scheduled = True
-                        loop.call_soon(self._commit)
-                    fut: asyncio.Future[None] = loop.create_future()
-                    self._waiters.append((end, fut))
-                    await fut
+            await self._wait_durable(end)
         except BaseException:
             if self._error is None and self._fd is not None:
                 self.outcome(chunk, attempt, _NOT_SENT, wall, "pending")
