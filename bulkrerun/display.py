@@ -23,6 +23,9 @@ from rich.progress import (
 from bulkrerun.events import Event, Retrying, Settled, Stopping
 
 PLAIN_EVERY = 5.0  # seconds between plain progress lines when not on a terminal
+LIVE_EVERY = 0.1
+"""Seconds between updates of the bar's numbers on a terminal: rich redraws it 10 times a
+second, and an update per request cost 4.3 us each (about 2 % of a fast run)."""
 
 
 class RunDisplay:
@@ -34,6 +37,7 @@ class RunDisplay:
         self.done = self.failed = self.held = self.pending = self.retries = 0
         self._started = time.monotonic()
         self._last_plain = self._started
+        self._last_live = -LIVE_EVERY
         self._live = enabled and console.is_terminal
         self._plain = enabled and not console.is_terminal
         self._progress = Progress(
@@ -91,7 +95,10 @@ class RunDisplay:
 
     def _tick(self) -> None:
         if self._live:
-            self._refresh()
+            now = time.monotonic()
+            if now - self._last_live >= LIVE_EVERY:
+                self._last_live = now
+                self._refresh()
         elif self._plain:
             now = time.monotonic()
             if now - self._last_plain >= PLAIN_EVERY:
