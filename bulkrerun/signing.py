@@ -243,6 +243,93 @@ def _find(headers: Mapping[str, str], lower_name: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Everything :func:`sign` derives from the method, the URL, the headers and the
+    credentials, ready for any body and date: a run signs thousands of requests to the same
+    URL with the same headers, and only the body and the second change. Make with
+    :func:`prepare`, use with :func:`sign_prepared`; what it holds includes the SK."""
+
+    head: dict[str, str] = field(repr=False)  # the headers to send that come before the date
+    host: str | None  # the Host header added after the date, unless one was given
+    canonical_head: str  # the canonical request up to the X-Sdk-Date value
+    canonical_tail: str  # after the date value, up to the payload hash
+    declared: str | None  # a payload hash declared in the headers, taken as it is
+    authorization: str = field(repr=False)  # the Authorization value up to the signature
+    sk: bytes = field(repr=False)
+
+
+def prepare(method: str, url: str, headers: Mapping[str, str], creds: AkSk) -> Prepared:
+    """The per-URL part of :func:`sign` (see there for ``url`` and ``headers``)."""
+    head: dict[str, str] = {}
+    present: set[str] = set()  # lower-cased names in `head`, for case-insensitive lookups
+    for name, value in headers.items():
+        low = name.lower()
+        if low not in _COMPUTED:
+            head[name] = value.strip()
+            present.add(low)
+    # The SDK's rule, including its exact-case lookup of "Content-Type": a non-JSON body is
+    # declared unsigned rather than hashed.
+    content_type = head.get("Content-Type")
+    if content_type and not content_type.startswith(("application/json", "application/bson")):
+        head[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
+        present.add("x-sdk-content-sha256")
+    if creds.security_token is not None:
+        head[HEADER_SECURITY_TOKEN] = creds.security_token.strip()
+    parts = urlsplit(url)
+    # The netloc as written (port included when spelled), without any userinfo.
+    host = None if "host" in present else parts.netloc.rpartition("@")[2]
+    declared = None
+    if "x-sdk-content-sha256" in present:
+        declared = _find(head, "x-sdk-content-sha256") or None
+    # The canonical request with a mark where the date's value goes: a run of NULs longer
+    # than any in the method and the header values (the URL's parts are percent-encoded),
+    # so that it stands there and nowhere else.
+    mark = "\0"
+    while mark in method or any(mark in value for value in head.values()):
+        mark += "\0"
+    out = {**head, HEADER_DATE: mark}
+    if host is not None:
+        out[HEADER_HOST] = host
+    block, signed = canonical_headers(out)
+    canonical = _join_canonical(
+        method, canonical_uri(parts.path or "/"), canonical_query(parts.query), block, signed, ""
+    )
+    canonical_head, canonical_tail = canonical.split(mark)
+    return Prepared(
+        head,
+        host,
+        canonical_head,
+        canonical_tail,
+        declared,
+        f"{ALGORITHM} Access={creds.ak}, SignedHeaders={signed}, Signature=",
+        creds.sk.encode(),
+    )
+
+
+def sign_prepared(prepared: Prepared, body: bytes, wall: float) -> dict[str, str]:
+    """:func:`sign` for a request :func:`prepare` was given the method, URL and headers of."""
+    p = prepared
+    date = sdk_date(wall)
+    out = p.head.copy()
+    out[HEADER_DATE] = date
+    if p.host is not None:
+        out[HEADER_HOST] = p.host
+    if not body:
+        payload_hash = EMPTY_SHA256
+    elif p.declared is not None:
+        payload_hash = p.declared  # as the SDK: a declared payload hash is taken as it is
+    else:
+        payload_hash = hashlib.sha256(body).hexdigest()
+    canonical = p.canonical_head + date + p.canonical_tail + payload_hash
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    to_sign = f"{ALGORITHM}\n{date}\n{digest}"
+    out[HEADER_AUTHORIZATION] = (
+        p.authorization + hmac.digest(p.sk, to_sign.encode(), "sha256").hex()
+    )
+    return out
+
+
 def sign(
     method: str,
     url: str,
@@ -260,50 +347,11 @@ def sign(
     ``_``. Values are returned stripped of surrounding whitespace, as they were signed.
     ``Host`` is added from the URL unless given; any ``X-Sdk-Date``, ``Authorization`` or
     ``X-Security-Token`` given is replaced by what ``wall`` and ``creds`` say.
+
+    The same as :func:`sign_prepared` of :func:`prepare`, which is what to use for many
+    requests to one URL with the same headers.
     """
-    out: dict[str, str] = {}
-    present: set[str] = set()  # lower-cased names in `out`, for case-insensitive lookups
-    for name, value in headers.items():
-        low = name.lower()
-        if low not in _COMPUTED:
-            out[name] = value.strip()
-            present.add(low)
-    # The SDK's rule, including its exact-case lookup of "Content-Type": a non-JSON body is
-    # declared unsigned rather than hashed.
-    content_type = out.get("Content-Type")
-    if content_type and not content_type.startswith(("application/json", "application/bson")):
-        out[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
-        present.add("x-sdk-content-sha256")
-    if creds.security_token is not None:
-        out[HEADER_SECURITY_TOKEN] = creds.security_token.strip()
-    date = sdk_date(wall)
-    out[HEADER_DATE] = date
-    parts = urlsplit(url)
-    if "host" not in present:
-        # The netloc as written (port included when spelled), without any userinfo.
-        out[HEADER_HOST] = parts.netloc.rpartition("@")[2]
-
-    if not body:
-        payload_hash = EMPTY_SHA256
-    elif "x-sdk-content-sha256" in present and (declared := _find(out, "x-sdk-content-sha256")):
-        payload_hash = declared  # as the SDK: a declared payload hash is taken as it is
-    else:
-        payload_hash = hashlib.sha256(body).hexdigest()
-
-    block, signed = canonical_headers(out)
-    canonical = _join_canonical(
-        method,
-        canonical_uri(parts.path or "/"),
-        canonical_query(parts.query),
-        block,
-        signed,
-        payload_hash,
-    )
-    signature = _signature(creds.sk, string_to_sign(date, canonical))
-    out[HEADER_AUTHORIZATION] = (
-        f"{ALGORITHM} Access={creds.ak}, SignedHeaders={signed}, Signature={signature}"
-    )
-    return out
+    return sign_prepared(prepare(method, url, headers, creds), body, wall)
 
 
 def _refuse(detail: str) -> Verdict:

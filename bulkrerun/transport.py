@@ -186,6 +186,9 @@ class HttpTransport:
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, tuple[str, URL]] = {}
         self._headers: dict[str, dict[str, str]] = {}
+        # AK/SK: per (job, workspace), the signing work that does not depend on the body or
+        # the date (a run sends thousands of requests to each).
+        self._signers: dict[tuple[str, str], signing.Prepared] = {}
 
     async def __aenter__(self) -> Self:
         # One endpoint: the total limit is the per-host limit, without aiohttp keeping
@@ -236,7 +239,14 @@ class HttpTransport:
 
     async def send(self, chunk: Chunk) -> Outcome:
         url, wire = self._url(chunk.job_name)
-        headers = self.sign("POST", url, self._base_headers(chunk.workspace), chunk.body)
+        headers = self._base_headers(chunk.workspace)
+        aksk = self.auth.aksk
+        if aksk is not None:
+            key = (chunk.job_name, chunk.workspace)
+            prepared = self._signers.get(key)
+            if prepared is None:
+                prepared = self._signers[key] = signing.prepare("POST", url, headers, aksk)
+            headers = signing.sign_prepared(prepared, chunk.body, self._wall())
         outcome, _ = await self._request("POST", wire, headers, chunk.body)
         return outcome
 
