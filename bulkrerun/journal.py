@@ -1478,6 +1478,8 @@ class Journal:
         answers = helper.answers()
         if answers is None:
             self._error = OSError(errno.EIO, "the journal's sync helper ended unexpectedly")
+            if self._loop is not None:  # a pipe at its end stays readable: stop listening
+                self._loop.remove_reader(helper.rep)
         for answer in answers or ():
             if answer.startswith(b"E"):
                 code = int(answer[1:])

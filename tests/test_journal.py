@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -467,6 +468,10 @@ async def test_a_helper_that_dies_stops_the_journal_with_a_fatal_error(journal: 
         os.kill(journal._helper.pid, signal.SIGKILL)
         with anyio.fail_after(5), pytest.raises(Fatal, match="sync helper ended"):
             await journal.intend(window(0), 1, WALL)
+    # The dead helper's pipe, readable for ever at its end, is no longer listened to: the
+    # loop would otherwise call the journal back on every turn until close().
+    assert journal._helper is not None
+    assert not asyncio.get_running_loop().remove_reader(journal._helper.rep)
 
 
 HOLDS_A_HELPER = """
