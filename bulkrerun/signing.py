@@ -231,8 +231,8 @@ def string_to_sign(date: str, canonical: str) -> str:
     return f"{ALGORITHM}\n{date}\n{digest}"
 
 
-def _signature(sk: str, to_sign: str) -> str:
-    return hmac.digest(sk.encode(), to_sign.encode(), "sha256").hex()
+def _signature(sk: bytes, to_sign: str) -> str:
+    return hmac.digest(sk, to_sign.encode(), "sha256").hex()
 
 
 def _find(headers: Mapping[str, str], lower_name: str) -> str | None:
@@ -322,11 +322,7 @@ def sign_prepared(prepared: Prepared, body: bytes, wall: float) -> dict[str, str
     else:
         payload_hash = hashlib.sha256(body).hexdigest()
     canonical = p.canonical_head + date + p.canonical_tail + payload_hash
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    to_sign = f"{ALGORITHM}\n{date}\n{digest}"
-    out[HEADER_AUTHORIZATION] = (
-        p.authorization + hmac.digest(p.sk, to_sign.encode(), "sha256").hex()
-    )
+    out[HEADER_AUTHORIZATION] = p.authorization + _signature(p.sk, string_to_sign(date, canonical))
     return out
 
 
@@ -446,7 +442,7 @@ def verify(
         signed_list,
         payload_hash,
     )
-    expected = _signature(sk, string_to_sign(date, canonical))
+    expected = _signature(sk.encode(), string_to_sign(date, canonical))
     if not hmac.compare_digest(expected, given_signature.lower()):
         return _refuse(f"verify aksk signature fail, canonicalRequest: {canonical}")
     return _ACCEPTED
