@@ -1414,15 +1414,20 @@ class Journal:
                 raise self._fatal() from self._error
             if self._fd is None:
                 return  # close() wrote and fsynced everything
-            if not self._scheduled:
-                self._scheduled = True
-                loop.call_soon(self._commit)
+            self._schedule_commit(loop)
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append((end, fut))
             await fut
 
+    def _schedule_commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have :meth:`_commit` run on ``loop`` soon, once however often this is asked."""
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._commit)
+
     def _commit(self) -> None:
-        """Loop callback: write what is buffered, and ask the helper to make it durable."""
+        """Loop callback (scheduled by _schedule_commit only): write what is buffered, and
+        ask the helper to make it durable."""
         self._scheduled = False
         if self._fd is None or self._error is not None:
             self._wake()
@@ -1491,7 +1496,8 @@ class Journal:
         self._syncing = False
         self._wake()
         if self._waiters and self._error is None:
-            self._commit()  # those still waiting came after the helper read the size
+            # Those still waiting came after the helper read the size: commit again.
+            self._schedule_commit(asyncio.get_running_loop())
 
     def _wake(self) -> None:
         """Resolve the waiters whose records are durable (all of them after an error or
