@@ -523,6 +523,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     tg.start_soon(watch_signals)
                     result = await engine.run()
                     tg.cancel_scope.cancel()
+            if journal.sync_fallback:
+                err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
             if args.watch and not interrupted and result.fatal is None:
                 journal.reload()
                 await _watch(journal, transport, pacer, clock)

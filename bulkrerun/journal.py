@@ -59,15 +59,16 @@ Durability. :meth:`Journal.intend` returns only once its record is on stable sto
 Concurrent callers share one fsync (group commit; see ``Journal._commit``): the event loop
 writes the records (a copy into the page cache) and a small helper process does the
 fdatasync, so that the loop never waits on the disk and no thread of ours competes with it
-for the interpreter lock (see :class:`_SyncHelper`). The helper starts a sync at least
-``COMMIT_INTERVAL`` after the start of the previous one and covers everything written by
-then; callers that arrive meanwhile ride along. So the batch grows with the load and the
-disk's latency, and the number of commits does not. Each caller waits on a
-future of its own, woken once when its record is durable; a cancelled caller stops at once
-(its record may still be written: it is followed by a ``pending`` outcome). Outcomes are
-buffered and ride along with the next commit (or :meth:`Journal.flush` /
-:meth:`Journal.close`): an outcome lost in a crash leaves its unit ``held``, which is
-never resent without ``--resend-held``.
+for the interpreter lock (see :class:`_SyncHelper`); if the helper cannot start, the loop
+fsyncs itself, waiting for the disk at each commit (:attr:`Journal.sync_fallback` says why).
+The helper starts a sync at least ``COMMIT_INTERVAL`` after the start of the previous one
+and covers everything written by then; callers that arrive meanwhile ride along. So the
+batch grows with the load and the disk's latency, and the number of commits does not. Each
+caller waits on a future of its own, woken once when its record is durable; a cancelled
+caller stops at once (its record may still be written: it is followed by a ``pending``
+outcome). Outcomes are buffered and ride along with the next commit (or
+:meth:`Journal.flush` / :meth:`Journal.close`): an outcome lost in a crash leaves its unit
+``held``, which is never resent without ``--resend-held``.
 
 A torn last line (a crash while appending) is dropped at open: its records were never
 durable, so no request went out on them. A damaged line before the last one is refused
@@ -918,6 +919,8 @@ class _SyncHelper:
     __slots__ = ("_proc", "rep", "req")
 
     def __init__(self, path: Path) -> None:
+        if not sys.executable:  # an embedding application that runs no interpreter
+            raise OSError(errno.ENOENT, "no Python interpreter to run it")
         sync_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         fds: list[int] = [sync_fd]
         try:
@@ -995,6 +998,7 @@ class Journal:
         "_described",
         "_durable",
         "_error",
+        "_fallback",
         "_fd",
         "_header",
         "_helper",
@@ -1034,6 +1038,7 @@ class Journal:
         self._helper: _SyncHelper | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the helper answers on
         self._error: OSError | None = None
+        self._fallback: str | None = None  # why commits fsync on the loop (no helper)
         self._str_cache: dict[tuple[str, ...], bytes] = {}
         self._outcome_heads: dict[tuple[str, str], bytes] = {}
 
@@ -1452,13 +1457,40 @@ class Journal:
         self._written += len(data)
 
     def _request_sync(self) -> None:
-        """Send the helper a request (starting it as needed)."""
+        """Send the helper a request (starting it as needed); without one, sync here."""
+        if self._fallback is None:
+            try:
+                helper = self._ensure_helper()
+            except (OSError, subprocess.SubprocessError) as exc:
+                # No process or descriptor to spare, or no interpreter to run: slower beats
+                # stopping a recovery. From now on each commit fsyncs on the loop, which
+                # waits for the disk (milliseconds, each commit carrying every intent
+                # since the previous one).
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                self._fallback = (
+                    f"the journal's sync helper process could not start ({why}): the "
+                    "journal was synced on the event loop instead, which is slower"
+                )
+            else:
+                try:
+                    helper.request()
+                except OSError as exc:
+                    self._error = exc
+                    return
+                self._syncing = True
+                return
+        assert self._fd is not None
         try:
-            self._ensure_helper().request()
+            _fdatasync(self._fd)
         except OSError as exc:
             self._error = exc
             return
-        self._syncing = True
+        self._durable = self._written
+
+    @property
+    def sync_fallback(self) -> str | None:
+        """Why the journal synced on the event loop (its helper could not start), or None."""
+        return self._fallback
 
     def _ensure_helper(self) -> _SyncHelper:
         """The sync helper, started if need be, its answers read on the running loop."""

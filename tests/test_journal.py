@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -472,6 +473,42 @@ async def test_a_helper_that_dies_stops_the_journal_with_a_fatal_error(journal: 
     # loop would otherwise call the journal back on every turn until close().
     assert journal._helper is not None
     assert not asyncio.get_running_loop().remove_reader(journal._helper.rep)
+
+
+@pytest.mark.anyio
+async def test_without_a_sync_helper_the_loop_syncs_each_intent_before_it_returns(
+    journal: Journal, jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[object] = []
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        starts.append(args)
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    synced: list[int] = []  # the file's size at each fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        os.fsync(fd)
+
+    monkeypatch.setattr(journal_module.subprocess, "Popen", no_process)
+    monkeypatch.setattr(journal_module, "_fdatasync", fdatasync)
+    fds = len(os.listdir("/proc/self/fd"))
+    for i in range(3):
+        await journal.intend(window(i), 1, WALL)
+        # Returned: an fdatasync on the loop covered the whole file, this intent included.
+        assert synced and synced[-1] == os.stat(jpath).st_size
+        assert window(i).id in read_state(jpath)[1].chunks
+    async with anyio.create_task_group() as tg:  # concurrent intents share the syncs
+        for i in range(3, 13):
+            tg.start_soon(journal.intend, window(i), 1, WALL)
+    assert len(synced) < 3 + 10
+    assert len(starts) == 1  # tried once, not on every commit
+    assert len(os.listdir("/proc/self/fd")) == fds  # the pipes and descriptor were closed
+    assert journal.sync_fallback is not None
+    assert "sync helper process could not start (Resource temporarily unavailable)" in (
+        journal.sync_fallback
+    )
 
 
 HOLDS_A_HELPER = """

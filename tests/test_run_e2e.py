@@ -299,3 +299,39 @@ def test_unreachable_endpoint_stops_with_exit_3_and_nothing_lost(cli: Cli, tmp_p
     assert "could not reach the service" in out.stderr
     s = status_of(cli, j)
     assert (s["done"], s["failed"], s["held"], s["pending"]) == (0, 0, 0, 15)
+
+
+NO_HELPER = """
+import subprocess
+
+_popen = subprocess.Popen
+
+
+def popen(args, *rest, **kwargs):
+    if "-I" in args and "-S" in args:  # the journal's sync helper, and nothing else
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    return _popen(args, *rest, **kwargs)
+
+
+subprocess.Popen = popen
+"""
+
+
+def test_a_run_whose_sync_helper_cannot_start_completes_and_says_so(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    site = tmp_path / "no-helper"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_HELPER, encoding="utf-8")
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "run.journal"
+    env = cli.env(srv.url, PYTHONPATH=str(site))
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "sync helper process could not start (Resource temporarily unavailable)" in (
+        " ".join(out.stderr.split())
+    )
+    assert Counter(srv.accepted_ids()) == Counter(plan_ids(cli, m))  # each exactly once
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"], s["held"], s["pending"]) == (15, 0, 0, 0)
