@@ -1479,13 +1479,7 @@ class Journal:
                     return
                 self._syncing = True
                 return
-        assert self._fd is not None
-        try:
-            _fdatasync(self._fd)
-        except OSError as exc:
-            self._error = exc
-            return
-        self._durable = self._written
+        self._sync_written()
 
     @property
     def sync_fallback(self) -> str | None:
@@ -1549,14 +1543,20 @@ class Journal:
             return
         self._write_out()
         if self._error is None:
-            try:
-                _fdatasync(self._fd)
-            except OSError as exc:
-                self._error = exc
+            self._sync_written()
         if self._error is not None:
             raise self._fatal() from self._error
-        self._durable = self._written
         self._wake()
+
+    def _sync_written(self) -> None:
+        """fdatasync what is written, on this thread; a failure is kept in ``_error``."""
+        assert self._fd is not None
+        try:
+            _fdatasync(self._fd)
+        except OSError as exc:
+            self._error = exc
+            return
+        self._durable = self._written
 
     async def flush(self) -> None:
         """Make every record appended so far durable."""
