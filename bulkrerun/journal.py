@@ -1443,7 +1443,8 @@ class Journal:
         self._wake()  # after an error: every caller finds out
 
     def _write_out(self) -> None:
-        """Write every buffered record to the file: not yet durable (any caller's thread)."""
+        """Write every buffered record to the file (a copy into the page cache): not yet
+        durable."""
         buf = self._buf
         if not buf or self._fd is None:
             return
@@ -1494,12 +1495,17 @@ class Journal:
             helper = self._helper = _SyncHelper(self._path)
         if self._loop is not loop:
             if self._loop is not None:  # a journal used by one loop after another
-                with contextlib.suppress(RuntimeError, ValueError):
-                    self._loop.remove_reader(helper.rep)
+                self._stop_listening(helper)
                 self._syncing = False  # an answer to the old loop's request is read here
             loop.add_reader(helper.rep, self._on_answer)
             self._loop = loop
         return helper
+
+    def _stop_listening(self, helper: _SyncHelper) -> None:
+        """Stop reading the helper's answers on the loop that read them (if it is open)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError, ValueError):  # a closed loop
+                self._loop.remove_reader(helper.rep)
 
     def _on_answer(self) -> None:
         """Loop callback: the helper answered; wake whoever it made durable."""
@@ -1509,8 +1515,7 @@ class Journal:
         answers = helper.answers()
         if answers is None:
             self._error = OSError(errno.EIO, "the journal's sync helper ended unexpectedly")
-            if self._loop is not None:  # a pipe at its end stays readable: stop listening
-                self._loop.remove_reader(helper.rep)
+            self._stop_listening(helper)  # a pipe at its end stays readable
         for answer in answers or ():
             if answer.startswith(b"E"):
                 code = int(answer[1:])
@@ -1579,9 +1584,7 @@ class Journal:
             os.close(fd)  # closing the descriptor releases the flock
             helper, self._helper = self._helper, None
             if helper is not None:
-                if self._loop is not None:
-                    with contextlib.suppress(RuntimeError, ValueError):
-                        self._loop.remove_reader(helper.rep)
+                self._stop_listening(helper)
                 helper.close()
             self._wake()  # callers waiting for a commit: close() did it
 
