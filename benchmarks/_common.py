@@ -50,6 +50,46 @@ def window_manifest(path: Path, n: int, job_name: str, extra: str = "") -> Path:
     return path
 
 
+PROJECT = "bench"
+
+
+def run_env(signed: bool) -> dict[str, str]:
+    """The environment of a ``bulkrerun run`` against the benchmarks' fake service."""
+    env = {"BULKRERUN_PROJECT_ID": PROJECT}
+    env.update({"BULKRERUN_AK": AK, "BULKRERUN_SK": SK} if signed else {"BULKRERUN_TOKEN": "t"})
+    return env
+
+
+def run_argv(manifest: Path, journal: Path, url: str) -> list[str]:
+    """A whole ``bulkrerun run`` of ``manifest``: rate out of the way, 64 in flight."""
+    return [
+        PY,
+        "-m",
+        "bulkrerun",
+        "run",
+        str(manifest),
+        "--journal",
+        str(journal),
+        "--endpoint",
+        url,
+        "--rate",
+        "1000000",
+        "--burst",
+        "1000",
+        "--max-inflight",
+        "64",
+        "--no-progress",
+    ]
+
+
+def bare_argv(plan: Path, url: str, signed: bool, uvloop: bool = False) -> list[str]:
+    """The bare aiohttp loop (``bare_loop.py``) sending the requests of ``plan --json``."""
+    argv = [PY, "benchmarks/bare_loop.py", str(plan), url, "--project", PROJECT]
+    argv += ["--sign", AK, SK] if signed else []
+    argv += ["--uvloop"] if uvloop else []
+    return argv
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,45 +21,32 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import AK, PY, SK, fake_server, machine, median, table, timed, window_manifest
-
-PROJECT = "bench"
+from _common import (
+    AK,
+    PROJECT,
+    PY,
+    SK,
+    bare_argv,
+    fake_server,
+    machine,
+    median,
+    run_argv,
+    run_env,
+    table,
+    timed,
+    window_manifest,
+)
 
 
 def run_bulkrerun(m: Path, journal: Path, url: str, signed: bool) -> float:
-    env = {"BULKRERUN_PROJECT_ID": PROJECT}
-    env.update({"BULKRERUN_AK": AK, "BULKRERUN_SK": SK} if signed else {"BULKRERUN_TOKEN": "t"})
-    t = timed(
-        [
-            PY,
-            "-m",
-            "bulkrerun",
-            "run",
-            str(m),
-            "--journal",
-            str(journal),
-            "--endpoint",
-            url,
-            "--rate",
-            "1000000",
-            "--burst",
-            "1000",
-            "--max-inflight",
-            "64",
-            "--no-progress",
-        ],
-        env=env,
-    )
+    t = timed(run_argv(m, journal, url), env=run_env(signed))
     if t.returncode != 0:
         raise RuntimeError(f"bulkrerun run failed ({t.returncode}): {t.stderr[-2000:]}")
     return t.seconds
 
 
 def run_bare(plan: Path, url: str, n: int, signed: bool, uvloop: bool = False) -> float:
-    argv = [PY, "benchmarks/bare_loop.py", str(plan), url, "--project", PROJECT]
-    argv += ["--sign", AK, SK] if signed else []
-    argv += ["--uvloop"] if uvloop else []
-    t = timed(argv)
+    t = timed(bare_argv(plan, url, signed, uvloop))
     if t.returncode != 0 or t.stdout.strip() != str(n):
         raise RuntimeError(f"bare loop failed: {t.stdout} {t.stderr[-2000:]}")
     return t.seconds
