@@ -96,7 +96,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pin(cores: Sequence[int]) -> None:
+def pin(cores: Sequence[int]) -> None:
+    """Keep this process (a preexec_fn: the child about to start) on ``cores``."""
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(cores))
 
@@ -109,7 +110,7 @@ def fake_server(*args: str) -> Iterator[str]:
         [PY, "-m", "bulkrerun", "fake-server", "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: _pin(SERVER_CORE),
+        preexec_fn=lambda: pin(SERVER_CORE),
         cwd=ROOT,
     )
     try:
@@ -140,7 +141,7 @@ def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> Timed:
         list(argv),
         capture_output=True,
         env={**os.environ, **(env or {})},
-        preexec_fn=lambda: _pin(CLIENT_CORES),
+        preexec_fn=lambda: pin(CLIENT_CORES),
         cwd=ROOT,
         check=False,
     )

@@ -49,6 +49,7 @@ from _common import (
     bare_argv,
     fake_server,
     machine,
+    pin,
     run_argv,
     run_env,
     table,
@@ -109,11 +110,6 @@ def sampled_seconds(speedscope: Path) -> Counter[str]:
     return out
 
 
-def _pin_client() -> None:
-    if CLIENT_CORES:
-        os.sched_setaffinity(0, set(CLIENT_CORES))
-
-
 def profiled(argv: Sequence[str], env: dict[str, str], rate: int, out: Path) -> Counter[str]:
     """Run ``argv`` on the client cores under py-spy (itself on the server core)."""
     spy = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
@@ -132,7 +128,7 @@ def profiled(argv: Sequence[str], env: dict[str, str], rate: int, out: Path) -> 
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=lambda: os.sched_setaffinity(0, set(SERVER_CORE)) if SERVER_CORE else None,
+        preexec_fn=lambda: pin(SERVER_CORE),
     )
     _, stderr = proc.communicate()
     if proc.returncode != 0 or not out.exists():
@@ -175,7 +171,7 @@ def cpu_time(argv: Sequence[str], env: dict[str, str]) -> CpuTime:
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=_pin_client,
+        preexec_fn=lambda: pin(CLIENT_CORES),
     )
     seen: dict[int, int] = {}
     while True:
