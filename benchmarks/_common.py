@@ -90,6 +90,18 @@ def bare_argv(plan: Path, url: str, signed: bool, uvloop: bool = False) -> list[
     return argv
 
 
+def window_plan(d: Path, n: int) -> tuple[Path, Path]:
+    """A manifest of ``n`` window requests in ``d``, and its ``plan --json`` (what the bare
+    loop sends)."""
+    manifest = window_manifest(d / "bench.toml", n, "bench_job", "concurrent = 4\n")
+    plan = d / "plan.jsonl"
+    with plan.open("wb") as f:
+        subprocess.run(
+            [PY, "-m", "bulkrerun", "plan", str(manifest), "--json"], stdout=f, check=True
+        )
+    return manifest, plan
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

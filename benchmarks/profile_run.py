@@ -53,7 +53,7 @@ from _common import (
     run_argv,
     run_env,
     table,
-    window_manifest,
+    window_plan,
 )
 
 IMPORTS = "start-up: imports"
@@ -110,6 +110,20 @@ def sampled_seconds(speedscope: Path) -> Counter[str]:
     return out
 
 
+def _start(
+    argv: Sequence[str], env: dict[str, str], cores: Sequence[int], stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` from the checkout on ``cores``, its output discarded."""
+    return subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        preexec_fn=lambda: pin(cores),
+    )
+
+
 def profiled(argv: Sequence[str], env: dict[str, str], rate: int, out: Path) -> Counter[str]:
     """Run ``argv`` on the client cores under py-spy (itself on the server core)."""
     spy = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
@@ -122,14 +136,7 @@ def profiled(argv: Sequence[str], env: dict[str, str], rate: int, out: Path) -> 
     cores = ", ".join(map(str, CLIENT_CORES or sorted(os.sched_getaffinity(0))))
     cmd = [spy, "record", "--nonblocking", "--subprocesses", "--rate", str(rate)]
     cmd += ["--format", "speedscope", "-o", str(out), "--", PY, "-c", pin % cores, *argv]
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: pin(SERVER_CORE),
-    )
+    proc = _start(cmd, env, SERVER_CORE, stderr=subprocess.PIPE)
     _, stderr = proc.communicate()
     if proc.returncode != 0 or not out.exists():
         raise SystemExit(
@@ -165,14 +172,7 @@ def cpu_time(argv: Sequence[str], env: dict[str, str]) -> CpuTime:
     tree's comes from wait4 at the end, and the main process's is the difference."""
     hz = os.sysconf("SC_CLK_TCK")
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        argv,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: pin(CLIENT_CORES),
-    )
+    proc = _start(argv, env, CLIENT_CORES)
     seen: dict[int, int] = {}
     while True:
         for child in _children(proc.pid):
@@ -200,10 +200,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        m = window_manifest(d / "bench.toml", a.n, "bench_job", "concurrent = 4\n")
-        plan = d / "plan.jsonl"
-        with plan.open("wb") as f:
-            subprocess.run([PY, "-m", "bulkrerun", "plan", str(m), "--json"], stdout=f, check=True)
+        m, plan = window_plan(d, a.n)
         with fake_server(*(("--ak", AK, "--sk", SK) if a.signed else ())) as url:
             bare = bare_argv(plan, url, a.signed)
             ours_env = run_env(a.signed)

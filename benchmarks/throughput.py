@@ -37,7 +37,7 @@ from _common import (
     run_env,
     table,
     timed,
-    window_manifest,
+    window_plan,
 )
 
 
@@ -89,12 +89,7 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        m = window_manifest(d / "bench.toml", a.n, "bench_job", "concurrent = 4\n")
-        plan = d / "plan.jsonl"
-        with plan.open("wb") as f:
-            import subprocess
-
-            subprocess.run([PY, "-m", "bulkrerun", "plan", str(m), "--json"], stdout=f, check=True)
+        m, plan = window_plan(d, a.n)
         spread: dict[str, tuple[float, float]] = {}
         ours_signed: list[float] = []
         sdk_threads: list[float] = []  # requests/s, one per signed pair
