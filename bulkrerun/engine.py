@@ -3,8 +3,8 @@
 Decisions live elsewhere (what to send: planner and journal state; when: pacing; what an
 answer means: transport). The engine only orders the effects for each chunk::
 
-    reserve a slot (pacing) -> record intent durably (journal) -> send (transport)
-    -> feed pacing -> record the outcome (journal) -> emit an event
+    reserve a slot (pacing) -> record intent durably (journal) -> take a turn at the gate
+    (pacing) -> send (transport) -> feed pacing -> record the outcome (journal) -> emit an event
 
 Workers pull chunks straight from the plan's iterator: the event loop runs one task at a
 time and ``next()`` never awaits, so no queue is needed and the plan is never materialised.
@@ -212,6 +212,11 @@ class Engine:
                 if self._stopping:  # stopped while the intent was committed: not sent
                     self._not_sent(chunk, attempt)
                     return
+                # Its turn at the gate: sends leave at the rate, however the commit bunched
+                # the intents (see Pacer.book_send).
+                turn = pacer.book_send(slot, clock.now())
+                if turn > 0 and not await self._turn(chunk, attempt, turn):
+                    return
                 sent_at = clock.now()
                 outcome = INTERRUPTED
                 try:
@@ -237,6 +242,18 @@ class Engine:
                 self._settle(chunk, "pending", outcome, attempt)
                 return
             attempt += 1
+
+    async def _turn(self, chunk: Chunk, attempt: int, seconds: float) -> bool:
+        """Wait ``seconds`` for the attempt's turn at the gate. False when a stop came first:
+        the attempt is then recorded as not sent (and so when a hard stop cancels the wait)."""
+        try:
+            if await self._wait(seconds):
+                return True
+        except BaseException:
+            self._not_sent(chunk, attempt)
+            raise
+        self._not_sent(chunk, attempt)
+        return False
 
     def _not_sent(self, chunk: Chunk, attempt: int) -> None:
         """An attempt whose intent is durable did not leave: record it so, and settle the

@@ -3,6 +3,7 @@ stops. The real fake service over sockets is exercised in test_run_e2e.py."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 
 import anyio
@@ -15,7 +16,7 @@ from bulkrerun.engine import Engine
 from bulkrerun.errors import AuthRefused, BudgetExhausted, Unreachable
 from bulkrerun.events import Event, Retrying, Settled, Stopping
 from bulkrerun.outcome import DONE, Kind, Outcome
-from bulkrerun.pacing import Pacer, PacingConfig
+from bulkrerun.pacing import LATE_FORGIVEN, Pacer, PacingConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -78,6 +79,71 @@ class ScriptedTransport:
         await anyio.lowlevel.checkpoint()
         script = self.script.get(n, [])
         return script[attempt - 1] if attempt <= len(script) else DONE
+
+
+class StalledCommitJournal(MemoryJournal):
+    """Intents become durable ``batch`` at a time: a commit that stalled while they came
+    (a slow fsync) and then covered them all at once."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+        self.held: list[anyio.Event] = []
+
+    async def intend(self, chunk: Chunk, attempt: int, wall: float) -> None:
+        durable = anyio.Event()
+        self.held.append(durable)
+        if len(self.held) == self.batch:
+            for event in self.held:
+                event.set()
+            self.held = []
+        await durable.wait()
+        await super().intend(chunk, attempt, wall)
+
+
+class VirtualClock:
+    """Time that moves only when every task waits, and then to the earliest wake-up: a
+    discrete-event clock, so that concurrent sleepers wake in order. (``FakeClock`` adds
+    every sleep to one total, which is exact for one sleeper at a time.)"""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        return 1_732_600_000.0 + self._now
+
+    async def sleep(self, seconds: float) -> None:
+        woken = anyio.Event()
+        heapq.heappush(self._sleepers, (self._now + max(0.0, seconds), id(woken), woken))
+        await woken.wait()
+
+    async def drive(self) -> None:
+        """Run beside the tasks under test (cancel it when they are done)."""
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            if not self._sleepers:
+                await anyio.lowlevel.checkpoint()
+                continue
+            at, _, woken = heapq.heappop(self._sleepers)
+            self._now = max(self._now, at)
+            woken.set()
+
+
+class TimedTransport(ScriptedTransport):
+    """Notes the clock at every send."""
+
+    def __init__(self, journal: MemoryJournal, clock: VirtualClock) -> None:
+        super().__init__(journal)
+        self.clock = clock
+        self.times: list[float] = []
+
+    async def send(self, chunk: Chunk) -> Outcome:
+        self.times.append(self.clock.now())
+        return await super().send(chunk)
 
 
 def engine_for(
@@ -277,3 +343,26 @@ async def test_intents_run_ahead_but_sends_in_flight_never_exceed_the_limit() ->
         tg.start_soon(release)
         result = await engine.run()
     assert result.done == 40 and peak == 4
+
+
+async def test_intents_made_durable_together_still_leave_one_interval_apart() -> None:
+    """The rate governs what leaves, not what is admitted: four intents that one stalled
+    commit made durable at once are sent 0.1 s apart at 10/s, not in one burst."""
+    journal = StalledCommitJournal(batch=4)
+    clock = VirtualClock()
+    transport = TimedTransport(journal, clock)
+    engine = Engine(
+        chunks(12),
+        transport=transport,
+        journal=journal,
+        pacer=Pacer(PacingConfig(rate=10.0, burst=1, adaptive=False)),
+        max_inflight=4,
+        clock=clock,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.drive)
+        result = await engine.run()
+        tg.cancel_scope.cancel()
+    assert result.done == 12
+    gaps = [b - a for a, b in zip(transport.times, transport.times[1:], strict=False)]
+    assert min(gaps) >= 0.1 - LATE_FORGIVEN - 1e-9
