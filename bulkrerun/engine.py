@@ -213,9 +213,9 @@ class Engine:
                     self._not_sent(chunk, attempt)
                     return
                 # Its turn at the gate: sends leave at the rate, however the commit bunched
-                # the intents (see Pacer.book_send).
-                turn = pacer.book_send(slot, clock.now())
-                if turn > 0 and not await self._turn(chunk, attempt, turn):
+                # the intents (see Pacer.send_wait).
+                wait = pacer.send_wait(slot, clock.now())
+                if wait > 0 and not await self._turn(chunk, attempt, slot, wait):
                     return
                 sent_at = clock.now()
                 outcome = INTERRUPTED
@@ -243,11 +243,17 @@ class Engine:
                 return
             attempt += 1
 
-    async def _turn(self, chunk: Chunk, attempt: int, seconds: float) -> bool:
-        """Wait ``seconds`` for the attempt's turn at the gate. False when a stop came first:
-        the attempt is then recorded as not sent (and so when a hard stop cancels the wait)."""
+    async def _turn(self, chunk: Chunk, attempt: int, slot: Slot, wait: float) -> bool:
+        """Wait for the attempt's turn at the gate, due in ``wait`` seconds (a lower rate may
+        move it later meanwhile). False when a stop came first: the attempt is then recorded
+        as not sent, and so it is when a hard stop cancels the wait."""
+        pacer, clock = self._pacer, self._clock
         try:
-            if await self._wait(seconds):
+            while wait > 0:
+                if not await self._wait(wait):
+                    break
+                wait = pacer.send_wait(slot, clock.now())
+            else:
                 return True
         except BaseException:
             self._not_sent(chunk, attempt)

@@ -8,7 +8,8 @@ The engine's workers share one :class:`Pacer`; each attempt goes::
     while (wait := pacer.wait(slot, clock.now())) > 0:    # the schedule may move it later
         await clock.sleep(wait)
     await journal.intend(...)                             # (the engine) durable intent
-    await clock.sleep(pacer.book_send(slot, clock.now())) # the gate: its turn to leave
+    while (wait := pacer.send_wait(slot, clock.now())) > 0:  # the gate: its turn to leave
+        await clock.sleep(wait)
     sent_at = clock.now()
     outcome = await transport.send(chunk)
     pacer.on_outcome(outcome, clock.now(), sent_at=sent_at)
@@ -27,8 +28,8 @@ The algorithms, briefly:
   gateway keeping no burst would answer 429 to every other request meanwhile. The pacer
   therefore keeps the booked :class:`Slot` objects and spaces them again whenever the
   rate changes or the breaker opens or closes; workers ask :meth:`Pacer.wait` until their
-  slot is due, and a second GCRA, the gate, books each actual send right before it leaves
-  (:meth:`Pacer.book_send`) and keeps sends one interval apart.
+  slot is due, and a second GCRA, the gate, is asked again right before each send
+  (:meth:`Pacer.send_wait`) and keeps actual sends one interval apart.
 - **Adaptive rate** (:class:`AdaptiveRate`): as in the AWS SDKs' adaptive retry mode, a 429
   lowers the rate to ``BETA`` times a measured rate (here what the gateway *admitted*), then
   the rate climbs back on a CUBIC curve: fast to the last limit, flat around it, slowly past
@@ -706,9 +707,9 @@ class Pacer:
     not yet sent are spaced again from the next moment the new pace allows, so a change
     governs the very next send instead of the one after a backlog (with 64 workers at
     50 req/s, more than a second of slots is booked). The *gate* paces actual sends: each
-    admitted attempt books its turn there right before it leaves (:meth:`book_send`), so
-    workers that woke late, a plan just redrawn, or intents that became durable together
-    never send closer together than the rate allows (give or take ``LATE_FORGIVEN``).
+    admitted attempt asks it right before it leaves (:meth:`send_wait`), so workers that
+    woke late, a plan just redrawn, or intents that became durable together never send
+    closer together than the rate allows (give or take ``LATE_FORGIVEN``).
     Waits are capped at ``MAX_WAIT`` so a slot moved earlier (a higher rate) is noticed.
     """
 
@@ -767,7 +768,7 @@ class Pacer:
 
     def wait(self, slot: Slot, now: float) -> float:
         """Seconds to sleep before asking again; 0.0 means admitted (the slot is used up):
-        record the intent, then :meth:`book_send` before sending.
+        record the intent, then ask :meth:`send_wait` before sending.
 
         A slot waits for its planned time, then for the breaker (while it is open the wait
         is the rest of its cooldown; while the half-open probe is out, one interval). The
@@ -788,24 +789,29 @@ class Pacer:
             breaker.on_send(now)
         return 0.0
 
-    def book_send(self, slot: Slot, now: float) -> float:
-        """Book an admitted attempt's turn to leave at the gate; the seconds to wait for it
-        (0.0: send now). Sleep that long, then send: the turn stays booked.
+    def send_wait(self, slot: Slot, now: float) -> float:
+        """Seconds to sleep before asking again; 0.0 means send now (the turn is taken).
+        Asked for an admitted attempt (``slot``), once its intent is durable.
 
         The gate paces what actually leaves. Between admission and sending, the engine
-        waits for its intent to be durable, and a commit that stalls (a disk that took
-        150 ms over one fsync) releases the intents admitted meanwhile all at once: sent as
-        they come, they would reach the service as one burst and draw 429s from a gateway
-        that allows a small one (measured against the fake service: 8 and 10 requests within
-        2 ms, 3 and 5 of them answered 429). Booked here they leave at most ``burst``
-        at once and then one interval apart, and admissions go on at the rate meanwhile:
-        the requests that wait their turn carry the sends through the next stall, as the
-        engine's intents ahead do, and are as many as the stall held. ``slot`` is the
-        attempt's, admitted: up to ``LATE_FORGIVEN`` of lateness after it does not push
-        later sends back.
+        waits for the attempt's intent to be durable, and a commit that stalls (a disk that
+        took 150 ms over one fsync) releases every intent admitted meanwhile at once: sent
+        as they come, they would reach the service as one burst and draw 429s from a
+        gateway that allows a small one (measured against the fake service: 8 and 10
+        requests within 2 ms, 3 and 5 of them answered 429). Asking here, they leave at
+        most ``burst`` at once and then one interval apart, at the rate of the moment: a
+        429 that lowers it holds the ones still waiting too. Admissions go on meanwhile,
+        so the requests waiting their turn carry the sends through the next stall, as the
+        engine's intents ahead do. Up to ``LATE_FORGIVEN`` of lateness after the slot does
+        not push later sends back.
         """
+        gate = self._gate
+        delay = gate.delay(now)
+        if delay > DUE_TOLERANCE:
+            return min(delay, MAX_WAIT)
+        gate.reserve(now, late=min(LATE_FORGIVEN, now - slot.at))
         self._sends += 1
-        return self._gate.reserve(now, late=min(LATE_FORGIVEN, now - slot.at))
+        return 0.0
 
     def cancel(self, slot: Slot) -> None:
         """Give a booked slot back (a worker stopping before it sent)."""

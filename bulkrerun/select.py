@@ -275,7 +275,8 @@ class InstanceLister:
             except BaseException:
                 pacer.cancel(slot)  # cancelled while waiting: give the slot back
                 raise
-            await clock.sleep(pacer.book_send(slot, clock.now()))  # its turn at the gate
+            while (wait := pacer.send_wait(slot, clock.now())) > 0:  # its turn at the gate
+                await clock.sleep(wait)
             sent_at = clock.now()
             self.gets += 1
             outcome, parsed = await self._transport.get_json(path, query, workspace)

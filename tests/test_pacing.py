@@ -478,13 +478,13 @@ def test_pacer_hands_out_slots_at_the_rate_and_caps_waits() -> None:
     slots = [pacer.reserve(0.0) for _ in range(3)]
     assert [s.at for s in slots] == pytest.approx([0.0, 0.5, 1.0])
     assert pacer.wait(slots[0], 0.0) == 0.0
-    assert pacer.book_send(slots[0], 0.0) == 0.0
+    assert pacer.send_wait(slots[0], 0.0) == 0.0
     with pytest.raises(ValueError, match="used or cancelled"):
         pacer.wait(slots[0], 0.0)  # a slot sends once
     assert pacer.wait(slots[1], 0.0) == MAX_WAIT
     assert pacer.wait(slots[1], 0.4) == pytest.approx(0.1)
     assert pacer.wait(slots[1], 0.5) == 0.0
-    assert pacer.book_send(slots[1], 0.5) == 0.0
+    assert pacer.send_wait(slots[1], 0.5) == 0.0
     assert pacer.stats(0.5).sends == 2
 
 
@@ -492,11 +492,12 @@ def test_pacer_gate_keeps_sends_one_interval_apart_when_a_worker_is_late() -> No
     pacer = _pacer(rate=10.0)
     first, second = pacer.reserve(0.0), pacer.reserve(0.0)
     assert pacer.wait(first, 0.08) == 0.0  # its worker woke 80 ms late
-    assert pacer.book_send(first, 0.08) == 0.0
+    assert pacer.send_wait(first, 0.08) == 0.0
     # So the next, admitted on time, waits for its turn at the gate: one interval after
     # the first send, less the lateness forgiven.
     assert pacer.wait(second, 0.1) == 0.0
-    assert pacer.book_send(second, 0.1) == pytest.approx(0.08 - LATE_FORGIVEN)
+    assert pacer.send_wait(second, 0.1) == pytest.approx(0.08 - LATE_FORGIVEN)
+    assert pacer.send_wait(second, 0.18 - LATE_FORGIVEN) == 0.0
 
 
 def test_pacer_forgives_a_little_lateness_so_the_rate_holds() -> None:
@@ -508,7 +509,7 @@ def test_pacer_forgives_a_little_lateness_so_the_rate_holds() -> None:
     for slot in slots:
         now = slot.at + 0.0015
         assert pacer.wait(slot, now) == 0.0
-        assert pacer.book_send(slot, now) == 0.0
+        assert pacer.send_wait(slot, now) == 0.0
         sent.append(now)
     assert sent[-1] == pytest.approx(99 / 50 + 0.0015)
 
@@ -518,7 +519,7 @@ def test_pacer_replans_booked_slots_when_a_429_lowers_the_rate() -> None:
     slots = [pacer.reserve(0.0) for _ in range(50)]
     assert slots[-1].at == pytest.approx(0.49)
     assert pacer.wait(slots[0], 0.0) == 0.0
-    assert pacer.book_send(slots[0], 0.0) == 0.0
+    assert pacer.send_wait(slots[0], 0.0) == 0.0
     pacer.on_outcome(THROTTLED, 0.005, sent_at=0.0)
     rate = pacer.current_rate
     assert rate == pytest.approx(BETA * 100.0)
@@ -534,7 +535,7 @@ def test_pacer_cancel_gives_the_slot_back() -> None:
     slots = [pacer.reserve(0.0) for _ in range(3)]
     pacer.cancel(slots[1])
     pacer.wait(slots[0], 0.0)
-    pacer.book_send(slots[0], 0.0)
+    pacer.send_wait(slots[0], 0.0)
     pacer.on_outcome(THROTTLED, 0.01, sent_at=0.0)  # re-planned without the cancelled one
     assert slots[2].at == pytest.approx(1 / pacer.current_rate)
     with pytest.raises(ValueError, match="used or cancelled"):
@@ -639,7 +640,7 @@ def simulate(
 ) -> SimResult:
     """Workers running the engine's loop against a gateway, on a simulated clock.
 
-    Each worker sends chunk after chunk: reserve, wait, (commit,) book its turn, send; the
+    Each worker sends chunk after chunk: reserve, wait, (commit,) wait its turn, send; the
     gateway admits by its bucket (or answers 429 at random with ``p429``), with
     ``Retry-After: 1`` like the fake server; admitted requests are answered after
     ``latency``, 429s after ``latency_429``. With ``jitter``, every wake-up is up to that
@@ -662,7 +663,7 @@ def simulate(
                 waiting[0] += 1
                 if commit is not None:  # the intent's commit, before the request may leave
                     yield commit(clock[0])
-                if (turn := pacer.book_send(slot, clock[0])) > 0:
+                while (turn := pacer.send_wait(slot, clock[0])) > 0:
                     yield turn
                 waiting[0] -= 1
                 sent = clock[0]
@@ -759,8 +760,8 @@ def test_a_stalled_commit_releases_its_intents_at_the_rate_not_in_one_burst() ->
     """A commit that stalls holds every intent admitted meanwhile and then makes them all
     durable at once. Sent as they come, those requests reach the gateway together: against
     the fake service (50/s, a burst of 5) 8 and 10 requests went out within 2 ms after
-    fsyncs of 150-190 ms, and 3 and 5 of them were answered 429. The gate books each send
-    right before it leaves, so they go one interval apart, while admissions go on at the
+    fsyncs of 150-190 ms, and 3 and 5 of them were answered 429. The gate is asked right
+    before each send, so they go one interval apart, while admissions go on at the
     rate."""
     pacer = Pacer(PacingConfig(rate=50.0), rng=random.Random(1))
     result = simulate(pacer, burst=5, commit=stalls(every=2.0, length=0.19))
