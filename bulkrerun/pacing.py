@@ -119,8 +119,9 @@ millisecond or so late (epoll counts milliseconds); were every such delay carrie
 50 req/s would become 48. The price: two sends may come up to 2 ms closer than the rate."""
 
 MAX_WAIT = 0.25
-"""Longest sleep :meth:`Pacer.wait` asks for: a worker asks again at least four times a
-second, so a slot moved earlier by a higher rate is used within a quarter second."""
+"""Longest sleep :meth:`Pacer.wait` and :meth:`Pacer.send_wait` ask for: a worker asks again
+at least four times a second, so a slot moved earlier by a higher rate is used within a
+quarter second."""
 
 # --- retries ----------------------------------------------------------------------------------
 
@@ -709,8 +710,8 @@ class Pacer:
     50 req/s, more than a second of slots is booked). The *gate* paces actual sends: each
     admitted attempt asks it right before it leaves (:meth:`send_wait`), so workers that
     woke late, a plan just redrawn, or intents that became durable together never send
-    closer together than the rate allows (give or take ``LATE_FORGIVEN``).
-    Waits are capped at ``MAX_WAIT`` so a slot moved earlier (a higher rate) is noticed.
+    closer together than the rate allows (give or take ``LATE_FORGIVEN``). Waits are capped
+    at ``MAX_WAIT`` so a slot moved earlier (a higher rate) is noticed.
     """
 
     __slots__ = (
