@@ -125,9 +125,8 @@ class VirtualClock:
         """Run beside the tasks under test (cancel it when they are done)."""
         while True:
             await anyio.wait_all_tasks_blocked()
-            if not self._sleepers:
-                await anyio.lowlevel.checkpoint()
-                continue
+            if not self._sleepers:  # nobody runs, nobody sleeps: nothing will ever move
+                raise AssertionError("every task waits and none sleeps: a deadlock")
             at, _, woken = heapq.heappop(self._sleepers)
             self._now = max(self._now, at)
             woken.set()
