@@ -110,6 +110,11 @@ def sampled_seconds(speedscope: Path) -> Counter[str]:
     return out
 
 
+def _name(argv: Sequence[str]) -> str:
+    """The client an argv runs, for messages (``-m bulkrerun``, ``benchmarks/bare_loop.py``)."""
+    return " ".join(argv[1:3]) if argv[1] == "-m" else argv[1]
+
+
 def _start(
     argv: Sequence[str], env: dict[str, str], cores: Sequence[int], stderr: int = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
@@ -131,18 +136,22 @@ def profiled(argv: Sequence[str], env: dict[str, str], rate: int, out: Path) -> 
         raise SystemExit("py-spy is not installed: `make profile` installs the dev tools")
     # py-spy starts a small Python that pins itself and runs the client as its child (an
     # exec would leave py-spy reading the old interpreter); --subprocesses follows it.
-    pin = "import os, subprocess, sys; os.sched_setaffinity(0, {%s}); "
-    pin += "sys.exit(subprocess.call(sys.argv[1:]))"
+    # py-spy exits 0 whatever the client did, so the wrapper writes the client's exit code.
+    pin = "import os, pathlib, subprocess, sys; os.sched_setaffinity(0, {%s}); "
+    pin += "pathlib.Path(sys.argv[1]).write_text(str(subprocess.call(sys.argv[2:])))"
     cores = ", ".join(map(str, CLIENT_CORES or sorted(os.sched_getaffinity(0))))
+    status = out.with_suffix(".exit")
     cmd = [spy, "record", "--nonblocking", "--subprocesses", "--rate", str(rate)]
-    cmd += ["--format", "speedscope", "-o", str(out), "--", PY, "-c", pin % cores, *argv]
-    proc = _start(cmd, env, SERVER_CORE, stderr=subprocess.PIPE)
+    cmd += ["--format", "speedscope", "-o", str(out), "--", PY, "-c", pin % cores, str(status)]
+    proc = _start([*cmd, *argv], env, SERVER_CORE, stderr=subprocess.PIPE)
     _, stderr = proc.communicate()
     if proc.returncode != 0 or not out.exists():
         raise SystemExit(
             f"py-spy could not profile the run (exit {proc.returncode}); it needs ptrace "
             f"permission here: {stderr.decode(errors='replace')[-800:]}"
         )
+    if status.read_text() != "0":
+        raise SystemExit(f"{_name(argv)} failed under py-spy: exit {status.read_text()}")
     return sampled_seconds(out)
 
 
@@ -183,7 +192,7 @@ def cpu_time(argv: Sequence[str], env: dict[str, str]) -> CpuTime:
         time.sleep(0.02)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv[1]} failed: exit {os.waitstatus_to_exitcode(status)}")
+        raise SystemExit(f"{_name(argv)} failed: exit {os.waitstatus_to_exitcode(status)}")
     total = usage.ru_utime + usage.ru_stime
     descendants = sum(seen.values()) / hz
     return CpuTime(wall, total - descendants, descendants)
