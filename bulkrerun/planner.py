@@ -412,6 +412,27 @@ class Plan(Iterator[Chunk]):
     def _entry_chunks(self, entry: Entry) -> Iterator[Chunk]:
         return _entry_chunks(entry, self._templates, self._skip, self._seen, self._selections)
 
+    def count_units(self) -> int:
+        """The units of this (fresh) plan, as iterating it would give them, counted.
+
+        A window that no other window can repeat is counted by arithmetic, as
+        :func:`summarize` does: not one chunk is cut or hashed, so a run of a million-request
+        window starts sending at once instead of after a pass over the whole plan. Every
+        other entry is streamed, and its duplicates are reported as iterating reports them.
+        With ``skip`` every entry is streamed: what it leaves out is known only by asking.
+        """
+        if self.started:
+            raise RuntimeError("the plan was already iterated; make a new one")
+        self._chunks = iter(())
+        total, repeated = 0, self._seen.windows
+        for entry in self._manifest.entries:
+            template = self._templates.get(entry.label)
+            if self._skip is None and template is not None and template.id_fmt not in repeated:
+                total += template.count()
+            else:
+                total += sum(len(chunk.units) for chunk in self._entry_chunks(entry))
+        return total
+
     def write_json_lines(self, project_id: str | None, out: BinaryIO) -> int:
         """The ``plan --json`` stream of this (fresh) plan; see :func:`write_json_lines`."""
         if self.started:

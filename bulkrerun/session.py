@@ -56,14 +56,20 @@ def count_units(
     flags: ResumeFlags,
     selections: Mapping[str, Sequence[SelectedInstance]] | None,
 ) -> UnitCounts:
-    """One streaming pass over the whole plan, counting units by their journal state."""
+    """Count the plan's units by their journal state: one streaming pass over the whole plan,
+    or, when the journal knows no unit yet (a first run), as :meth:`Plan.count_units` counts
+    (windows by arithmetic): every unit is then new and sent."""
     counts = UnitCounts()
     tally: Counter[UnitState | None] = Counter()
 
     def dup(unit: str, label: str) -> None:
         counts.duplicates.append((unit, label))
 
-    for chunk in plan(manifest, selections=selections, on_duplicate=dup):
+    chunks = plan(manifest, selections=selections, on_duplicate=dup)
+    if not units:
+        counts.new = counts.to_send = chunks.count_units()
+        return counts
+    for chunk in chunks:
         for unit in chunk.units:
             state = units.get(unit)
             tally[state] += 1

@@ -590,6 +590,62 @@ def test_summary_of_a_huge_window_is_arithmetic() -> None:
     assert summary.last.body_object()["end_time"] == T0 + 10**12 - 1
 
 
+# ---------------------------------------------------------------------------------------------
+# Counting a fresh plan
+# ---------------------------------------------------------------------------------------------
+
+
+def mixed_manifest() -> tuple[Manifest, dict[str, list[SelectedInstance]]]:
+    """Every kind of entry, with duplicates of both kinds: window[1] repeats two chunks of
+    window[0], instances[3] repeats one of its instances, select[4] one of instances[3]'s."""
+    numbers = items_of(3)
+    entries = (
+        window(end_ms=T0 + 4 * HOUR),
+        window(label="window[1]", begin_ms=T0 + 2 * HOUR, end_ms=T0 + 6 * HOUR),
+        window(label="window[2]", concurrent=3, end_ms=T0 + 5 * HOUR + 1),  # a short last one
+        instances([*numbers, numbers[0]], batch=2, label="instances[3]"),
+        select(label="select[4]", job_names=("ods_payments", "b")),
+    )
+    found = [SelectedInstance("ods_payments", *numbers[1]), SelectedInstance("b", 7, T0, T0)]
+    return manifest_of(*entries), {"select[4]": found}
+
+
+def test_counting_a_plan_gives_what_iterating_it_gives() -> None:
+    m, selections = mixed_manifest()
+    counted: list[tuple[str, str]] = []
+    iterated: list[tuple[str, str]] = []
+
+    n = plan(m, selections=selections, on_duplicate=lambda *d: counted.append(d)).count_units()
+    chunks = list(plan(m, selections=selections, on_duplicate=lambda *d: iterated.append(d)))
+
+    assert n == sum(len(c.units) for c in chunks) == 4 + 2 + 6 + 3 + 1
+    assert counted == iterated
+    labels = [label for _, label in counted]
+    assert labels == ["window[1]", "window[1]", "instances[3]", "select[4]"]
+
+
+def test_counting_a_huge_window_cuts_no_chunk() -> None:
+    entry = window(end_ms=T0 + 10**12, chunk_ms=1000)  # a billion requests: arithmetic or never
+    assert plan(manifest_of(entry)).count_units() == 10**9
+
+
+def test_counting_with_skip_leaves_out_what_it_skips() -> None:
+    m = manifest_of(window(end_ms=T0 + 4 * HOUR), instances(items_of(3)))
+    sent = list(plan(m))
+    skipped = {sent[0].id, sent[-1].units[1]}
+    assert plan(m, skip=skipped.__contains__).count_units() == 4 + 3 - 2
+
+
+def test_a_counted_plan_cannot_be_iterated_or_counted_again() -> None:
+    stream = plan(manifest_of(window()))
+    next(stream)
+    with pytest.raises(RuntimeError):
+        stream.count_units()
+    counted = plan(manifest_of(window()))
+    assert counted.count_units() == 12
+    assert list(counted) == []
+
+
 def test_entries_are_frozen() -> None:
     entry = window()
     assert replace(entry, concurrent=2).concurrent == 2
