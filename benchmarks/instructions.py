@@ -4,7 +4,8 @@ On a shared machine the time a client takes drifts: identical runs here used bet
 and 6.2 s of CPU within minutes, and pairs of runs side by side still spread by a fifth. So
 a change worth a few percent cannot be seen in ``throughput.py``. Instruction counts do
 not drift: valgrind's callgrind counts every instruction a process executes in user space,
-and repeated counts agree to within a few hundredths of a percent.
+and repeated counts of the same code agree to within about 1 % (what still varies is how
+the event loop's work falls into batches).
 
 Each client sends N1 and then N2 requests (default 1,000 and 3,000) to the fake service,
 64 in flight, under callgrind; ``(I(N2) - I(N1)) / (N2 - N1)`` is the cost of one request
