@@ -30,7 +30,7 @@ import json
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 from urllib.parse import quote
 
 from bulkrerun.chunk import ID_HEX, Chunk, Kind, canonical_json
@@ -259,6 +259,11 @@ class _Seen:
         if self.on_duplicate is not None:
             self.on_duplicate(unit, label)
 
+    def countable(self, template: _WindowTemplate | None) -> TypeGuard[_WindowTemplate]:
+        """Whether an entry's units can be counted by arithmetic: it is a window (it has a
+        template) that no other window can repeat, so none of its chunks is a duplicate."""
+        return template is not None and template.id_fmt not in self.windows
+
 
 def _whole_end(entry: WindowEntry) -> int:
     """Where the window's whole chunks end (the last chunk may be shorter)."""
@@ -424,10 +429,10 @@ class Plan(Iterator[Chunk]):
         if self.started:
             raise RuntimeError("the plan was already iterated; make a new one")
         self._chunks = iter(())
-        total, repeated = 0, self._seen.windows
+        total = 0
         for entry in self._manifest.entries:
             template = self._templates.get(entry.label)
-            if self._skip is None and template is not None and template.id_fmt not in repeated:
+            if self._skip is None and self._seen.countable(template):
                 total += template.count()
             else:
                 total += sum(len(chunk.units) for chunk in self._entry_chunks(entry))
@@ -613,7 +618,7 @@ def summarize(
         first = last = None
         requests = units = 0
         template = templates.get(entry.label)
-        if template is not None and template.id_fmt not in seen.windows:
+        if seen.countable(template):
             requests = units = template.count()
             first, last = template.nth(0), template.nth(requests - 1)
         else:
