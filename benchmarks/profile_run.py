@@ -12,6 +12,11 @@ service on its own core, as ``throughput.py`` does, twice each:
   anything is sent, for its totals and duplicates) count as that pass.
 - once unprofiled, for its wall time and its CPU time read from ``/proc``: the main process
   and, apart, its descendants (bulkrerun's journal sync helper, which does the fdatasyncs).
+  The wall time the main process was not on the CPU is split in two: waiting for a CPU
+  (runnable, while the sync helper, a kernel thread or another tenant of the machine had the
+  core; from ``/proc/PID/schedstat``) and asleep (nothing to do: every request out and no
+  answer in, or intents waiting for a commit). Instruction counts (``instructions.py``) see
+  neither.
 
 Every figure is per request (microseconds): the difference column is what bulkrerun's
 journal, planner, pacing and engine cost on top of the same HTTP work. One caveat: py-spy
@@ -160,6 +165,7 @@ class CpuTime:
     wall: float
     main: float  # seconds of CPU (user + system) of the main process
     descendants: float  # of the processes it started (the journal's sync helper)
+    runnable: float | None  # seconds the main process waited for a CPU; None: not known
 
 
 def _ticks(pid: int) -> int:
@@ -167,6 +173,14 @@ def _ticks(pid: int) -> int:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])  # utime, stime
     return 0
+
+
+def _runnable(pid: int) -> float | None:
+    """Seconds ``pid`` has spent runnable but not running (None where the kernel does not
+    keep scheduler statistics)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    return None
 
 
 def _children(pid: int) -> list[int]:
@@ -183,9 +197,11 @@ def cpu_time(argv: Sequence[str], env: dict[str, str]) -> CpuTime:
     started = time.perf_counter()
     proc = _start(argv, env, CLIENT_CORES)
     seen: dict[int, int] = {}
+    runnable: float | None = None
     while True:
         for child in _children(proc.pid):
             seen[child] = max(seen.get(child, 0), _ticks(child))
+        runnable = _runnable(proc.pid) or runnable
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
@@ -195,7 +211,7 @@ def cpu_time(argv: Sequence[str], env: dict[str, str]) -> CpuTime:
         raise SystemExit(f"{_name(argv)} failed: exit {os.waitstatus_to_exitcode(status)}")
     total = usage.ru_utime + usage.ru_stime
     descendants = sum(seen.values()) / hz
-    return CpuTime(wall, total - descendants, descendants)
+    return CpuTime(wall, total - descendants, descendants, runnable)
 
 
 def main() -> int:
@@ -246,6 +262,16 @@ def report(
     rows.append(row("unprofiled run: CPU of the main process", b.main, o.main))
     rows.append(row("unprofiled run: CPU of its sync helper", b.descendants, o.descendants))
     rows.append(row("unprofiled run: wall", b.wall, o.wall))
+    if b.runnable is not None and o.runnable is not None:
+        # The wall time the main process was not on the CPU, split in two.
+        rows.append(row("  of it, the main process waiting for a CPU", b.runnable, o.runnable))
+        rows.append(
+            row(
+                "  of it, the main process asleep",
+                max(0.0, b.wall - b.main - b.runnable),
+                max(0.0, o.wall - o.main - o.runnable),
+            )
+        )
     tag = "signed" if a.signed else "unsigned"
     return table(
         f"profile: {a.n:,} requests, {tag}, 64 in flight, microseconds per request; py-spy "
