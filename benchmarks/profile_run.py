@@ -190,9 +190,10 @@ def _children(pid: int) -> list[int]:
 
 
 def cpu_time(argv: Sequence[str], env: dict[str, str]) -> CpuTime:
-    """Run ``argv`` on the client cores, unprofiled. Its descendants' CPU is read from /proc
-    every 20 ms while they live (what one does in its last 20 ms is missed); the whole
-    tree's comes from wait4 at the end, and the main process's is the difference."""
+    """Run ``argv`` on the client cores, unprofiled. Its descendants' CPU, and the main
+    process's time waiting for a CPU, are read from /proc every 20 ms while they live (what
+    happens in the last 20 ms is missed); the whole tree's CPU comes from wait4 at the end,
+    and the main process's is the difference."""
     hz = os.sysconf("SC_CLK_TCK")
     started = time.perf_counter()
     proc = _start(argv, env, CLIENT_CORES)
@@ -201,7 +202,8 @@ def cpu_time(argv: Sequence[str], env: dict[str, str]) -> CpuTime:
     while True:
         for child in _children(proc.pid):
             seen[child] = max(seen.get(child, 0), _ticks(child))
-        runnable = _runnable(proc.pid) or runnable
+        if (waited := _runnable(proc.pid)) is not None:
+            runnable = waited
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
