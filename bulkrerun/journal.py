@@ -506,14 +506,16 @@ def _plain(s: str) -> bool:
     return '"' not in s and "\\" not in s and s.isprintable()
 
 
-def _str_json(s: str) -> str:
-    # isalnum() first: chunk ids are hex, and this is on the hot path.
-    return f'"{s}"' if s.isalnum() or _plain(s) else _js(s)
-
-
 def _json_bytes(s: str) -> bytes:
-    """``s`` as a JSON string in UTF-8: :func:`_str_json`, for the bytes templates."""
-    return b'"%s"' % s.encode() if s.isalnum() or _plain(s) else _js(s).encode()
+    """``s`` as a JSON string in UTF-8, for the bytes templates (twice per request).
+
+    Chunk ids are hex: ``bytes.isalnum`` says so from an ASCII table, where ``str.isalnum``
+    asks the Unicode database per character (callgrind: 3,300 to 2,000 instructions for a
+    chunk id). ``isascii()`` first, so that a string ``encode()`` would refuse (a lone
+    surrogate) still reaches ``_js``."""
+    if s.isascii() and (b := s.encode()).isalnum():
+        return b'"%s"' % b
+    return b'"%s"' % s.encode() if _plain(s) else _js(s).encode()
 
 
 def _outcome_payload(cid: str, attempt: int, wall: float, head: bytes, o: Outcome) -> bytes:

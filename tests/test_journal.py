@@ -928,6 +928,25 @@ def test_every_record_holds_only_what_it_was_given(jpath: Path) -> None:
         assert f'"{secret_name}"' not in text
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=12))
+def test_any_chunk_id_is_written_as_json_and_read_back(text: str) -> None:
+    # Chunk ids are hex, and the encoder takes a shortcut for them; any other string must
+    # still be escaped as JSON (quotes, backslashes, control characters, lone surrogates).
+    cid = "c" + text
+    chunk = Chunk(cid, "window", "window[0]", "j", WS, b'{"a":1}', (cid,))
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, WALL)
+        j.outcome(chunk, 1, DONE, WALL, "done")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j"
+        anyio.run(_play, path, script)
+        assert [r["chunk"] for r in lines(path)[1:]] == [cid, cid]
+        assert read_state(path)[1].units == {cid: UnitState.DONE}
+
+
 # -- a model of the replay rules ------------------------------------------------------------
 
 ACTIONS = st.lists(
