@@ -930,21 +930,27 @@ def test_every_record_holds_only_what_it_was_given(jpath: Path) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.text(max_size=12))
-def test_any_chunk_id_is_written_as_json_and_read_back(text: str) -> None:
-    # Chunk ids are hex, and the encoder takes a shortcut for them; any other string must
-    # still be escaped as JSON (quotes, backslashes, control characters, lone surrogates).
+def test_any_chunk_or_unit_id_is_written_as_json_and_read_back(text: str) -> None:
+    # Ids are hex, and the encoder takes a shortcut for them; any other string must still
+    # be escaped as JSON (quotes, backslashes, control characters, lone surrogates).
     cid = "c" + text
-    chunk = Chunk(cid, "window", "window[0]", "j", WS, b'{"a":1}', (cid,))
+    window_chunk = Chunk(cid, "window", "window[0]", "j", WS, b'{"a":1}', (cid,))
+    units = ("u" + text, "0f")
+    batch_chunk = Chunk("b" + text, "instances", "instances[0]", "j", WS, b'{"b":1}', units)
 
     async def script(j: Journal) -> None:
-        await j.intend(chunk, 1, WALL)
-        j.outcome(chunk, 1, DONE, WALL, "done")
+        for chunk in (window_chunk, batch_chunk):
+            await j.intend(chunk, 1, WALL)
+            j.outcome(chunk, 1, DONE, WALL, "done")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "j"
         anyio.run(_play, path, script)
-        assert [r["chunk"] for r in lines(path)[1:]] == [cid, cid]
-        assert read_state(path)[1].units == {cid: UnitState.DONE}
+        records = lines(path)[1:]
+        assert [r["chunk"] for r in records] == [cid, cid, "b" + text, "b" + text]
+        assert records[2]["units"] == list(units)
+        done = UnitState.DONE
+        assert read_state(path)[1].units == {cid: done, units[0]: done, units[1]: done}
 
 
 # -- a model of the replay rules ------------------------------------------------------------
