@@ -31,7 +31,6 @@ second case itself: the service's notion of now is what counts (the demo's world
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tomllib
 from collections import Counter
@@ -289,7 +288,7 @@ class InstanceLister:
                 )
             if outcome.kind is Kind.HELD:
                 # Unknown for a rerun, harmless for a read: a GET is retried like any RETRY.
-                outcome = dataclasses.replace(outcome, kind=Kind.RETRY)
+                outcome = outcome._replace(kind=Kind.RETRY)
             pacer.on_outcome(outcome, clock.now(), sent_at=sent_at, final=False)
             if outcome.kind is Kind.DONE:
                 return parsed
