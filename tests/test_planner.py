@@ -24,6 +24,7 @@ from bulkrerun.manifest import (
     WindowEntry,
     load_manifest,
 )
+from bulkrerun.outcome import DONE, Kind
 from bulkrerun.planner import (
     Plan,
     SelectedInstance,
@@ -651,3 +652,15 @@ def test_entries_are_frozen() -> None:
     assert replace(entry, concurrent=2).concurrent == 2
     with pytest.raises(AttributeError):
         entry.concurrent = 2  # type: ignore[misc]
+
+
+def test_a_planned_chunk_and_its_outcome_cannot_be_changed() -> None:
+    # Named tuples since they are made per request: as immutable as the frozen dataclasses
+    # they replaced. The journal and the engine share one chunk per request and the outcome
+    # constants (DONE, INTERRUPTED) across requests.
+    chunk = next(plan(manifest_of(window())))
+    with pytest.raises(AttributeError):
+        chunk.body = b"{}"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        DONE.kind = Kind.FAILED  # type: ignore[misc]
+    assert DONE.kind is Kind.DONE and chunk.body == canonical_json(chunk.body_object())
