@@ -61,7 +61,8 @@ class Chunk(NamedTuple):
     order of ``task_retrys``. ``entry`` names the manifest entry (``window[0]``).
 
     A named tuple, not a frozen dataclass, for the cost of making one per request (see
-    :class:`bulkrerun.outcome.Outcome`; callgrind: 11,500 instructions as a frozen dataclass).
+    :class:`bulkrerun.outcome.Outcome`; callgrind: 11,500 instructions as a frozen
+    dataclass, 3,600 so).
     """
 
     id: str

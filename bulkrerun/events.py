@@ -4,7 +4,8 @@ The engine never prints or logs by itself: it hands each event to one callback
 (``on_event``), and the CLI fans it out to the progress display and to structlog.
 
 Named tuples, as immutable as frozen dataclasses and cheaper to make: a run makes a
-:class:`Settled` for every request (callgrind: 7,300 instructions as a frozen dataclass).
+:class:`Settled` for every request (callgrind: 7,300 instructions as a frozen dataclass,
+3,300 so).
 """
 
 from __future__ import annotations
