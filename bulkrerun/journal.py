@@ -174,7 +174,7 @@ class UnitState(StrEnum):
 _ACTED: Final = {s.value: s for s in UnitState}  # outcome states that set a unit's state
 # Bound once for the replayer, which runs twice per request: an enum member read through its
 # class costs several times a global on Python 3.11 (see pacing).
-_DONE, _FAILED, _HELD = UnitState.DONE, UnitState.FAILED, UnitState.HELD
+_UNIT_DONE, _UNIT_FAILED, _UNIT_HELD = UnitState.DONE, UnitState.FAILED, UnitState.HELD
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +414,7 @@ class _Replayer:
         else:
             self._open[chunk_id] = tuple([unit_states.get(u) for u in units])
         for u in units:
-            unit_states[u] = _HELD
+            unit_states[u] = _UNIT_HELD
 
     def outcome(
         self,
@@ -456,7 +456,7 @@ class _Replayer:
                     else:
                         unit_states[u] = prior
             return
-        if new is _DONE:
+        if new is _UNIT_DONE:
             st.accepted += 1
         if info is not None:
             for u in units:
@@ -465,7 +465,7 @@ class _Replayer:
         # A chunk of this session, not kept: from now on its units are only counted, but
         # for those the state listed before (failed or held ones sent again), updated there.
         del self._live[chunk_id]
-        code = failure_code(error_code, status) if new is _FAILED else None
+        code = failure_code(error_code, status) if new is _UNIT_FAILED else None
         for i, u in enumerate(units):
             prior = priors[i] if priors is not None else unit_states.get(u)
             if prior is None:
