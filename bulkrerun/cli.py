@@ -484,7 +484,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 )
             )
             display = RunDisplay(err, counts.to_send, enabled=args.progress)
-            sink = _event_sink(display, args.log_chunks)
+            on_event, on_settled = _event_sinks(display, args.log_chunks)
             engine = Engine(
                 iter(chunks_to_send(manifest, state, flags, selections)),
                 transport=transport,
@@ -492,7 +492,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 pacer=pacer,
                 max_inflight=settings.max_inflight,
                 clock=clock,
-                on_event=sink,
+                on_event=on_event,
+                on_settled=on_settled,
                 grace=args.grace,
             )
             interrupted = False
@@ -521,6 +522,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                                 )
 
                     tg.start_soon(watch_signals)
+                    tg.start_soon(display.follow, engine.result, clock)
                     result = await engine.run()
                     tg.cancel_scope.cancel()
             if journal.sync_fallback:
@@ -549,9 +551,13 @@ def _restoring_gc(thresholds: tuple[int, int, int]) -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
-def _event_sink(display: Any, log_chunks: bool) -> Callable[[Event], None]:
+def _event_sinks(
+    display: Any, log_chunks: bool
+) -> tuple[Callable[[Event], None], Callable[[Event], None] | None]:
+    """The engine's ``on_event`` and ``on_settled``: the display's stop notices, and with
+    ``--log-chunks`` a log line per event (without it, no Settled events are made)."""
     if not log_chunks:
-        return display  # type: ignore[no-any-return]
+        return display, None
     import structlog
 
     log = structlog.get_logger("bulkrerun")
@@ -586,7 +592,7 @@ def _event_sink(display: Any, log_chunks: bool) -> Callable[[Event], None]:
         elif isinstance(event, Stopping):
             log.warning("stopping", reason=event.reason, hard=event.hard)
 
-    return sink
+    return sink, sink
 
 
 def _print_resume(args: RunArgs, c: Any) -> None:

@@ -1,44 +1,103 @@
-"""The run's progress display: what it counts, and how often it redraws its numbers."""
+"""The run's progress display: what it shows, and how often it redraws its numbers."""
 
 from __future__ import annotations
 
 import io
+import itertools
 
+import anyio
+import anyio.lowlevel
 import pytest
 from rich.console import Console
 
 import bulkrerun.display as display_module
-from bulkrerun.chunk import Chunk
-from bulkrerun.display import LIVE_EVERY, RunDisplay
-from bulkrerun.events import Settled
+from bulkrerun.clock import FakeClock
+from bulkrerun.display import LIVE_EVERY, PLAIN_EVERY, RunDisplay
+from bulkrerun.engine import RunResult
+from bulkrerun.events import Stopping
 
-CHUNK = Chunk("a" * 32, "window", "window[0]", "job", "ws", b"{}", ("a" * 32,))
+pytestmark = pytest.mark.anyio
 
 
-def test_on_a_terminal_the_bar_is_updated_at_most_every_live_interval_and_ends_exact(
+async def settle(counts: RunResult, n: int) -> None:
+    """What the engine does to its result as chunks settle, one per step of the event loop
+    (as fast as it goes); one in a hundred failed."""
+    for i in range(n):
+        await anyio.lowlevel.checkpoint()
+        if i % 100 == 0:
+            counts.failed += 1
+        else:
+            counts.done += 1
+
+
+async def test_on_a_terminal_the_bar_follows_the_counts_every_live_interval_and_ends_exact(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    now = [100.0]
-    monkeypatch.setattr(display_module.time, "monotonic", lambda: now[0])
+    clock = FakeClock()
+    monkeypatch.setattr(display_module.time, "monotonic", clock.now)
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
     display = RunDisplay(console, 1000)
-    updates: list[int] = []
+    updates: list[tuple[float, int]] = []
     real_update = display._progress.update
 
     def update(task: object, **fields: object) -> None:
-        updates.append(int(fields["completed"]))  # type: ignore[call-overload]
+        updates.append((clock.now(), int(fields["completed"])))  # type: ignore[call-overload]
         real_update(task, **fields)  # type: ignore[arg-type]
 
     monkeypatch.setattr(display._progress, "update", update)
+    counts = RunResult()
+    start = clock.now()
     with display:
-        for i in range(600):
-            state = "failed" if i % 100 == 0 else "done"
-            display(Settled(CHUNK, state, None, 1))
-            now[0] += LIVE_EVERY / 100  # 100 events per interval
-    assert updates[0] == 1  # the first one shows at once
-    assert 6 <= len(updates) <= 8  # then one per interval (and one on exit), not 600
-    assert updates[-1] == 600  # the bar ends on the exact count
-    assert (display.done, display.failed) == (594, 6)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(display.follow, counts, clock)
+            await settle(counts, 600)
+            tg.cancel_scope.cancel()
+    times = [t for t, _ in updates]
+    shown = [n for _, n in updates]
+    assert updates[0] == (start, 0)  # shown at once
+    # Every redraw while following came LIVE_EVERY after the one before: however fast the
+    # chunks settle, the bar is updated at most once per interval.
+    following = times[:-1]  # the last one is the exit's
+    gaps = [round(b - a, 9) for a, b in itertools.pairwise(following)]
+    assert gaps == [LIVE_EVERY] * (len(following) - 1)
+    assert clock.sleeps == [LIVE_EVERY] * len(following)
+    assert shown == sorted(shown) and shown[-1] == 600  # the bar ends on the exact count
     task = display._progress.tasks[0]
     assert task.completed == 600
-    assert task.fields["failed"] == 6
+    assert (task.fields["done"], task.fields["failed"]) == (594, 6)
+
+
+async def test_off_a_terminal_a_plain_line_every_plain_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(display_module.time, "monotonic", clock.now)
+    out = io.StringIO()
+    display = RunDisplay(Console(file=out, force_terminal=False, width=200), 50)
+    counts = RunResult()
+    with display:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(display.follow, counts, clock)
+            await settle(counts, 50)
+            tg.cancel_scope.cancel()
+    lines = out.getvalue().splitlines()
+    # A line after each PLAIN_EVERY of the clock (the last sleep was cut short).
+    assert clock.sleeps == [PLAIN_EVERY] * (len(lines) + 1)
+    assert lines[0] == "progress: 1/50 units, 0 done, 1 failed, 0 held, 0.2/s"
+    assert lines[-1] == (
+        f"progress: {len(lines)}/50 units, {len(lines) - 1} done, 1 failed, 0 held, 0.2/s"
+    )
+
+
+async def test_disabled_it_draws_nothing_but_stop_notices() -> None:
+    clock = FakeClock()
+    out = io.StringIO()
+    display = RunDisplay(Console(file=out, force_terminal=True, width=120), 10, enabled=False)
+    counts = RunResult()
+    with display:
+        await display.follow(counts, clock)  # returns at once: nothing to follow
+        counts.done = 10
+        display(Stopping("SIGINT: finishing requests in flight"))
+    assert clock.sleeps == []
+    assert "stopping: SIGINT: finishing requests in flight" in out.getvalue()
+    assert display.settled == 10

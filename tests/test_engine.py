@@ -162,6 +162,7 @@ def engine_for(
         max_inflight=inflight,
         clock=FakeClock(),
         on_event=events.append,
+        on_settled=events.append,
         grace=0.2,
     )
 
@@ -176,6 +177,25 @@ async def test_every_chunk_done_with_intent_first() -> None:
     assert set(journal.states().values()) == {"done"}
     assert journal.log[-1][0] == "flush"
     assert sum(isinstance(e, Settled) for e in events) == 25
+
+
+async def test_settled_events_only_for_a_sink_that_asks_and_counts_either_way() -> None:
+    journal = MemoryJournal()
+    busy = Outcome(Kind.RETRY, status=503, reason="unavailable")
+    transport = ScriptedTransport(journal, {0: [busy, DONE]})
+    events: list[Event] = []
+    engine = Engine(
+        chunks(10),
+        transport=transport,
+        journal=journal,
+        pacer=Pacer(PacingConfig(rate=1000.0, burst=10)),
+        max_inflight=4,
+        clock=FakeClock(),
+        on_event=events.append,
+    )
+    result = await engine.run()
+    assert result.done == 10
+    assert [type(e) for e in events] == [Retrying]  # no Settled without on_settled
 
 
 async def test_retry_then_done_and_give_up_is_failed() -> None:

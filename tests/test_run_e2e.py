@@ -257,6 +257,22 @@ def test_secrets_never_written_anywhere(
         assert "Authorization" not in text
 
 
+def test_log_file_has_a_line_per_settled_chunk(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "j"
+    log = tmp_path / "log.jsonl"
+    out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), url=srv.url)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    settled = [r for r in records if r["event"] == "chunk settled"]
+    assert Counter(r["chunk"] for r in settled) == Counter(plan_ids(cli, m))
+    assert {r["state"] for r in settled} == {"done"}
+    assert {r["request_id"] for r in settled} == {e["request_id"] for e in srv.ledger()}
+
+
 def test_plan_json_has_no_auth_headers_and_exact_paths(cli: Cli, tmp_path: Path) -> None:
     m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
     out = cli("plan", str(m), "--json")
