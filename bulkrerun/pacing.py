@@ -201,10 +201,27 @@ class RateLimiter:
         ``late``: how late the booking comes after its due time; up to that much lateness
         does not push later bookings back (the caller bounds it: it is a small burst).
         """
-        delay = self.delay(now)
+        # delay(), inline, and conditionals rather than max(): a run books twice per request
+        # (callgrind: 2,200 instructions a booking so, 4,900 through delay() and max()).
+        tat, interval = self._tat, self._interval
+        delay = tat - (self._burst - 1) * interval - now
         # Each booking moves the theoretical arrival time one interval on.
-        self._tat = max(self._tat, now - late) + self._interval
-        return delay
+        self._tat = (tat if tat > now - late else now - late) + interval
+        return delay if delay > 0.0 else 0.0
+
+    def reserve_due(self, now: float, tolerance: float, late: float) -> float:
+        """Book the next slot if it is due within ``tolerance`` seconds and return 0.0;
+        otherwise book nothing and return the seconds until it is due. ``late``: as for
+        :meth:`reserve`.
+
+        One call where asking :meth:`delay` and then booking took two (the gate, once per
+        request; callgrind: 1,700 instructions against 8,600)."""
+        tat, interval = self._tat, self._interval
+        delay = tat - (self._burst - 1) * interval - now
+        if delay > tolerance:
+            return delay
+        self._tat = (tat if tat > now - late else now - late) + interval
+        return 0.0
 
     def rebase(self, at: float) -> None:
         """Forget every booking: the next one is at ``at``, then one interval apart, with no
@@ -440,7 +457,8 @@ class RetryBudget:
         return True
 
     def deposit(self, amount: int = SUCCESS_REFUND) -> None:
-        self._tokens = min(self._capacity, self._tokens + amount)
+        tokens = self._tokens + amount  # once per request: a conditional costs less than min()
+        self._tokens = tokens if tokens < self._capacity else self._capacity
 
 
 class BreakerState(StrEnum):
@@ -806,11 +824,12 @@ class Pacer:
         engine's intents ahead do. Up to ``LATE_FORGIVEN`` of lateness after the slot does
         not push later sends back.
         """
-        gate = self._gate
-        delay = gate.delay(now)
-        if delay > DUE_TOLERANCE:
-            return min(delay, MAX_WAIT)
-        gate.reserve(now, late=min(LATE_FORGIVEN, now - slot.at))
+        late = now - slot.at
+        delay = self._gate.reserve_due(
+            now, DUE_TOLERANCE, late if late < LATE_FORGIVEN else LATE_FORGIVEN
+        )
+        if delay > 0.0:
+            return delay if delay < MAX_WAIT else MAX_WAIT
         self._sends += 1
         return 0.0
 
@@ -834,7 +853,7 @@ class Pacer:
         sent = sent_at if sent_at is not None else now - outcome.elapsed
         self._outcomes += 1
         adaptive = self._adaptive
-        if outcome.throttled:
+        if outcome.status == 429:  # outcome.throttled, without a property call per request
             self._throttled += 1
             if adaptive is not None and adaptive.on_throttle(now, sent):
                 self._set_rate(adaptive.rate, now)

@@ -83,6 +83,24 @@ def test_limiter_delays_are_relative_to_now() -> None:
     assert limiter.reserve(1.1) == pytest.approx(0.4)
 
 
+def test_limiter_reserve_due_books_only_what_is_due_and_forgives_lateness() -> None:
+    limiter = RateLimiter(10, burst=1)
+    assert limiter.reserve_due(0.0, 1e-6, 0.0) == 0.0  # due: booked
+    assert limiter.reserve_due(0.0, 1e-6, 0.0) == pytest.approx(0.1)  # not due: not booked
+    assert limiter.reserve_due(0.0, 1e-6, 0.0) == pytest.approx(0.1)
+    assert limiter.reserve_due(0.1, 1e-6, 0.0) == 0.0
+    # Booked 0.05 s late with 0.05 s forgiven: the next is due one interval after the
+    # slot, not after the late booking; with nothing forgiven, after the booking.
+    assert limiter.reserve_due(0.25, 1e-6, 0.05) == 0.0
+    assert limiter.delay(0.25) == pytest.approx(0.05)
+    other = RateLimiter(10, burst=1)
+    other.reserve_due(0.0, 1e-6, 0.0)
+    other.reserve_due(0.25, 1e-6, 0.0)
+    assert other.delay(0.25) == pytest.approx(0.1)
+    # Within the tolerance counts as due.
+    assert other.reserve_due(0.35 - 1e-7, 1e-6, 0.0) == 0.0
+
+
 def test_limiter_set_rate_paces_the_next_booking_at_the_new_interval() -> None:
     limiter = RateLimiter(10)
     assert limiter.reserve(0.0) == 0.0
