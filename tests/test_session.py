@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bulkrerun.journal import UnitState
+from bulkrerun.journal import FORMAT, Header, JournalState, UnitState
 from bulkrerun.planner import plan
-from bulkrerun.session import ResumeFlags, count_units, should_send
+from bulkrerun.session import ResumeFlags, chunks_to_send, count_units, should_send
 from tests.test_planner import T0, manifest_of, mixed_manifest, window
 
 
@@ -54,3 +54,19 @@ def test_a_resumed_run_counts_units_by_their_state() -> None:
 
     assert (counts.done, counts.failed, counts.held, counts.new) == (1, 1, 1, 13)
     assert counts.to_send == 14  # the new ones and the failed one
+
+
+def test_a_first_run_sends_the_whole_plan_once_and_a_resumed_one_what_the_rule_says() -> None:
+    m, selections = mixed_manifest()
+    planned = list(plan(m, selections=selections))
+    units = [u for chunk in planned for u in chunk.units]
+    assert len(units) == len(set(units)) == 16  # the plan leaves out the 4 repeats
+
+    header = Header(FORMAT, "test", "p", "http://x", 0.0)
+    fresh = list(chunks_to_send(m, JournalState(header), ResumeFlags(), selections))
+    assert fresh == planned
+
+    resumed = JournalState(header)
+    resumed.units.update({units[0]: UnitState.DONE, units[-1]: UnitState.HELD})
+    sent = [u for c in chunks_to_send(m, resumed, ResumeFlags(), selections) for u in c.units]
+    assert sorted(sent) == sorted(units[1:-1])
