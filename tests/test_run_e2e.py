@@ -262,10 +262,10 @@ def test_log_file_has_a_line_per_settled_chunk(
 ) -> None:
     srv = fake_service()
     m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
-    j = tmp_path / "j"
-    log = tmp_path / "log.jsonl"
-    out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), url=srv.url)
+    log = tmp_path / "chunks.jsonl"  # --log-file alone: per-chunk lines, none on stderr
+    out = cli("run", str(m), "--journal", str(tmp_path / "j"), "--log-file", str(log), url=srv.url)
     assert out.returncode == 0, out.stderr
+    assert "chunk settled" not in out.stderr
     records = [json.loads(line) for line in log.read_text().splitlines()]
     settled = [r for r in records if r["event"] == "chunk settled"]
     assert Counter(r["chunk"] for r in settled) == Counter(plan_ids(cli, m))
