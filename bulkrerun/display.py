@@ -91,10 +91,9 @@ class RunDisplay:
         elif self._plain:
             while True:
                 await clock.sleep(PLAIN_EVERY)
-                c = counts
                 self.console.print(
-                    f"progress: {self.settled}/{self.total} units, {c.done} done, "
-                    f"{c.failed} failed, {c.held} held, {self.rate():.1f}/s",
+                    f"progress: {self.settled}/{self.total} units, {counts.done} done, "
+                    f"{counts.failed} failed, {counts.held} held, {self.rate():.1f}/s",
                     highlight=False,
                 )
 
