@@ -72,6 +72,10 @@ default ``Accept-Encoding: gzip, deflate`` would (a gzipped error or instance li
 read as garbage). Given here, they also spare aiohttp adding its defaults per request."""
 
 
+_Route = tuple[URL, dict[str, str], signing.Prepared | None]
+"""A job's URL as sent, its headers, and (AK/SK) its prepared signer: see HttpTransport._route."""
+
+
 class Transport(Protocol):
     """What the engine needs: send one chunk, get one outcome. Never raises for HTTP trouble."""
 
@@ -186,11 +190,11 @@ class HttpTransport:
         self._max_inflight = max_inflight
         self._ssl = ssl_context(verify_tls, ca_bundle)
         self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, tuple[str, URL]] = {}
         self._headers: dict[str, dict[str, str]] = {}
-        # AK/SK: per (job, workspace), the signing work that does not depend on the body or
-        # the date (a run sends thousands of requests to each).
-        self._signers: dict[tuple[str, str], signing.Prepared] = {}
+        # Per (job, workspace): the URL as sent, and the headers ready to send or (AK/SK)
+        # the signing work that does not depend on the body or the date. A run sends
+        # thousands of requests to each: one lookup per request.
+        self._routes: dict[tuple[str, str], _Route] = {}
 
     async def __aenter__(self) -> Self:
         # One endpoint: the total limit is the per-host limit, without aiohttp keeping
@@ -213,14 +217,16 @@ class HttpTransport:
             await self._session.close()
             self._session = None
 
-    def _url(self, job_name: str) -> tuple[str, URL]:
-        """The URL as signed (str) and as sent: ``encoded=True`` keeps yarl from re-quoting
-        the path, which would change what the signature covers."""
-        pair = self._urls.get(job_name)
-        if pair is None:
-            url = self.endpoint + request_path(self.project_id, job_name)
-            pair = self._urls[job_name] = (url, URL(url, encoded=True))
-        return pair
+    def _route(self, job_name: str, workspace: str) -> _Route:
+        """What every request of a job in a workspace shares. The URL is sent as signed:
+        ``encoded=True`` keeps yarl from re-quoting the path, which would change what the
+        signature covers."""
+        url = self.endpoint + request_path(self.project_id, job_name)
+        headers = self._base_headers(workspace)
+        aksk = self.auth.aksk
+        prepared = signing.prepare("POST", url, headers, aksk) if aksk is not None else None
+        route = self._routes[job_name, workspace] = (URL(url, encoded=True), headers, prepared)
+        return route
 
     def _base_headers(self, workspace: str) -> dict[str, str]:
         """The request's own headers (signed under AK/SK), token-authenticated: all of
@@ -240,14 +246,11 @@ class HttpTransport:
         return signing.sign(method, url, headers, body, self.auth.aksk, self._wall())
 
     async def send(self, chunk: Chunk) -> Outcome:
-        url, wire = self._url(chunk.job_name)
-        headers = self._base_headers(chunk.workspace)
-        aksk = self.auth.aksk
-        if aksk is not None:
-            key = (chunk.job_name, chunk.workspace)
-            prepared = self._signers.get(key)
-            if prepared is None:
-                prepared = self._signers[key] = signing.prepare("POST", url, headers, aksk)
+        route = self._routes.get((chunk.job_name, chunk.workspace))
+        if route is None:
+            route = self._route(chunk.job_name, chunk.workspace)
+        wire, headers, prepared = route
+        if prepared is not None:
             headers = signing.sign_prepared(prepared, chunk.body, self._wall())
         outcome, _ = await self._request("POST", wire, headers, chunk.body)
         return outcome
