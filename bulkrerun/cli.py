@@ -14,7 +14,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +35,7 @@ from bulkrerun.errors import (
     ManifestError,
     SettingsError,
 )
-from bulkrerun.events import Event, Retrying, Settled, Stopping
+from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
 
 app = typer.Typer(
     name="bulkrerun",
@@ -551,9 +551,7 @@ def _restoring_gc(thresholds: tuple[int, int, int]) -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
-def _event_sinks(
-    display: Any, log_chunks: bool
-) -> tuple[Callable[[Event], None], Callable[[Event], None] | None]:
+def _event_sinks(display: Any, log_chunks: bool) -> tuple[EventSink, EventSink | None]:
     """The engine's ``on_event`` and ``on_settled``: the display's stop notices, and with
     ``--log-chunks`` a log line per event (without it, no Settled events are made)."""
     if not log_chunks:
