@@ -90,7 +90,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         m, plan = window_plan(d, a.n)
-        spread: dict[str, list[float]] = {}  # each pair's ratio, in run order
+        pair_ratios: dict[str, list[float]] = {}  # tag -> each pair's ratio, in run order
         ours_signed: list[float] = []
         sdk_threads: list[float] = []  # requests/s, one per signed pair
         for signed in (False, True):
@@ -114,7 +114,7 @@ def main() -> int:
                     ours_signed = ours
                 pairs = [x / y for x, y in zip(bare, ours, strict=True)]
                 ratio = median(pairs)
-                spread[tag] = pairs
+                pair_ratios[tag] = pairs
                 goal = ratio >= 0.9
                 ok &= goal
                 rows.append(
@@ -166,7 +166,7 @@ def main() -> int:
         )
     )
     # Every pair, so that a median near the goal can be read for what it is: one of a spread.
-    for tag, pairs in [*spread.items(), ("vs SDK", vs_pairs)]:
+    for tag, pairs in [*pair_ratios.items(), ("vs SDK", vs_pairs)]:
         print(f"pairs, {tag}, in run order: " + " ".join(f"{x:.2f}" for x in pairs))
     return 0 if ok else 1
 
