@@ -25,7 +25,7 @@ from yarl import URL
 
 from bulkrerun.chunk import canonical_json, chunk_id
 from bulkrerun.clock import FakeClock
-from bulkrerun.fake import FakeConfig, FakeServer, read_ledger
+from bulkrerun.fake import FakeConfig, FakeServer, LedgerEntry, read_ledger
 from bulkrerun.fake.faults import TokenBucket, throttle_message
 from bulkrerun.fake.validate import json_content_type
 from bulkrerun.signing import AkSk, sign
@@ -122,6 +122,8 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("bad retry_location", {"body": changed(MODE_A, retry_location="lastNode")}),
     ("specifiedNode without node", {"body": changed(MODE_A, retry_location="specifiedNode")}),
     ("node_name not a string", {"body": changed(MODE_A, node_name=3)}),
+    ("node_name null", {"body": changed(MODE_A, node_name=None)}),
+    ("ignore_obs_monitor null", {"body": changed(MODE_A, ignore_obs_monitor=None)}),
     ("no retry_task_version", {"body": changed(MODE_A, retry_task_version=...)}),
     ("bad retry_task_version", {"body": changed(MODE_A, retry_task_version="latest")}),
     ("ignore_obs_monitor string", {"body": changed(MODE_A, ignore_obs_monitor="true")}),
@@ -137,6 +139,10 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("job_id boolean", {"body": task(job_id=True)}),
     ("job_id string", {"body": task(job_id="917567")}),
     ("job_id float", {"body": task(job_id=917567.0)}),
+    ("job_id zero", {"body": task(job_id=0)}),
+    ("job_id negative", {"body": task(job_id=-5)}),
+    ("job_id over a long", {"body": task(job_id=2**63)}),
+    ("job_id huge", {"body": task(job_id=99999999999999999999999)}),
     ("plan_time in seconds", {"body": task(plan_time=1732601580)}),
     ("plan_time 14 digits", {"body": task(plan_time=17326015800000)}),
     ("plan_time float", {"body": task(plan_time=1732601580000.0)}),
@@ -211,6 +217,8 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         "firstNode, no ignore_obs_monitor",
         {"body": changed(MODE_A, retry_location="firstNode", ignore_obs_monitor=...)},
     ),
+    ("job_id 1", {"body": task(job_id=1)}),
+    ("job_id the largest long", {"body": task(job_id=2**63 - 1)}),
     ("mode B minimal", {"body": changed(MODE_B, jobs=..., concurrent=...)}),
     ("mode B empty jobs", {"body": changed(MODE_B, jobs=[])}),
     ("mode B begin equals end", {"body": changed(MODE_B, end_time=MODE_B["begin_time"])}),
@@ -375,13 +383,14 @@ async def signed_call(
     path: str | None = None,
     body: dict[str, Any] = MODE_A,
     tamper: Callable[[dict[str, str]], None] | None = None,
+    project_header: str = PROJECT,
 ) -> tuple[int, dict[str, Any] | None, Any]:
     raw = canonical_json(body)
     target = path if path is not None else retry_path()
     headers = sign(
         "POST",
         base + target,
-        {"workspace": WS, "X-Project-Id": PROJECT, **JSON},
+        {"workspace": WS, "X-Project-Id": project_header, **JSON},
         raw,
         creds,
         wall,
@@ -462,6 +471,73 @@ async def test_token_and_aksk_together_accept_either() -> None:
     assert (by_token[0], by_key[0], by_nothing[0]) == (200, 200, 401)
 
 
+async def test_signed_request_with_another_project_in_x_project_id_is_refused() -> None:
+    clock = FakeClock()
+    async with running(FakeConfig(ak=AK, sk=SK, clock=clock)) as (srv, session):
+        other = await signed_call(
+            session, srv.url, AkSk(AK, SK), clock.wall(), project_header="f" * 32
+        )
+        same = await signed_call(session, srv.url, AkSk(AK, SK), clock.wall())
+    # Validly signed (a bad signature would be 401), but scoped to another project.
+    assert other[0] == 403
+    assert other[1] is not None
+    assert other[1]["error_code"] == "DLF.0004"
+    assert other[2]["X-Request-Id"]
+    assert same[0] == 200
+    assert [e.request_id for e in srv.ledger] == [same[2]["X-Request-Id"]]
+
+
+def detail_path(project: str = PROJECT) -> str:
+    return f"/v2/{project}/factory/jobs/test_job_name/instances/detail"
+
+
+@pytest.mark.parametrize(
+    ("api", "project_header", "status"),
+    [
+        ("retry", None, 200),
+        ("retry", PROJECT, 200),
+        ("retry", "another", 403),
+        ("retry", PROJECT.upper(), 403),
+        ("retry", "", 403),
+        ("detail", None, 200),
+        ("detail", PROJECT, 200),
+        ("detail", "another", 403),
+    ],
+)
+async def test_x_project_id_must_be_the_path_project_when_given(
+    api: str, project_header: str | None, status: int
+) -> None:
+    headers = {"workspace": WS, **JSON}
+    if project_header is not None:
+        headers["X-Project-Id"] = project_header
+    async with running() as (srv, session):
+        if api == "retry":
+            got, body, _ = await call(session, srv.url, headers=headers)
+        else:
+            got, body, _ = await call(
+                session, srv.url, method="GET", path=detail_path(), body=b"", headers=headers
+            )
+    assert got == status
+    if status == 403:
+        assert body is not None
+        assert body["error_code"] == "DLF.0004"
+        assert srv.ledger == []
+    elif api == "retry":
+        assert len(srv.ledger) == 1
+    else:
+        assert body == {"total": 0, "instances": []}
+
+
+async def test_x_project_id_is_compared_with_the_decoded_path_project() -> None:
+    headers = {"workspace": WS, "X-Project-Id": "a b", **JSON}
+    async with running() as (srv, session):
+        status, _, _ = await call(
+            session, srv.url, path=retry_path(project="a%20b"), headers=headers
+        )
+    assert status == 200
+    assert srv.ledger[0].project_id == "a b"
+
+
 def test_config_refuses_half_a_key_pair() -> None:
     with pytest.raises(ValueError, match="AK"):
         FakeConfig(ak="x")
@@ -529,16 +605,30 @@ async def test_auth_is_checked_before_the_rate_limit() -> None:
     assert (first[0], refused[0], throttled[0]) == (200, 401, 429)
 
 
-def expected_faults(seed: int, p: float, n: int) -> list[bool]:
-    rng = random.Random(seed)
+def expected_faults(seed: int, fault: str, p: float, n: int) -> list[bool]:
+    """The first ``n`` rolls of one fault's die. Spelled out here rather than imported, so that
+    a change of derivation (which changes every seeded run) fails this test."""
+    rng = random.Random(f"{seed}/{fault}")
     return [rng.random() < p for _ in range(n)]
+
+
+async def answers_of(config: FakeConfig, n: int) -> tuple[list[int | None], list[LedgerEntry]]:
+    """Send ``n`` mode-A requests one after another: each status (None if dropped), the ledger."""
+    statuses: list[int | None] = []
+    async with running(config) as (srv, session):
+        for _ in range(n):
+            try:
+                statuses.append((await call(session, srv.url))[0])
+            except aiohttp.ServerDisconnectedError:
+                statuses.append(None)
+    return statuses, srv.ledger
 
 
 async def test_random_429_follows_the_seed() -> None:
     async with running(FakeConfig(p429=0.4, seed=7)) as (srv, session):
         answers = [await call(session, srv.url) for _ in range(30)]
     throttled = [status == 429 for status, _, _ in answers]
-    assert throttled == expected_faults(7, 0.4, 30)
+    assert throttled == expected_faults(7, "p429", 0.4, 30)
     assert 0 < sum(throttled) < 30
     assert all(
         body and body["error_code"] == "APIG.0308" for status, body, _ in answers if status == 429
@@ -551,7 +641,7 @@ async def test_random_5xx_follows_the_seed_and_is_not_acted_on() -> None:
     async with running(FakeConfig(p5xx=0.3, seed=11)) as (srv, session):
         answers = [await call(session, srv.url) for _ in range(30)]
     unavailable = [status == 503 for status, _, _ in answers]
-    assert unavailable == expected_faults(11, 0.3, 30)
+    assert unavailable == expected_faults(11, "p5xx", 0.3, 30)
     assert all(
         body == {"error_code": "APIG.0202", "error_msg": "Backend unavailable"}
         for status, body, _ in answers
@@ -584,16 +674,32 @@ async def test_drop_after_accept_closes_the_connection_without_an_answer() -> No
 
 
 async def test_drop_after_accept_follows_the_seed() -> None:
-    async with running(FakeConfig(drop_after_accept=0.5, seed=3)) as (srv, session):
-        dropped = []
-        for _ in range(12):
-            try:
-                await call(session, srv.url)
-                dropped.append(False)
-            except aiohttp.ServerDisconnectedError:
-                dropped.append(True)
-    assert dropped == expected_faults(3, 0.5, 12)
-    assert [e.dropped for e in srv.ledger] == dropped
+    statuses, ledger = await answers_of(FakeConfig(drop_after_accept=0.5, seed=3), 12)
+    dropped = [status is None for status in statuses]
+    assert dropped == expected_faults(3, "drop_after_accept", 0.5, 12)
+    assert [e.dropped for e in ledger] == dropped
+
+
+async def test_turning_one_fault_on_does_not_change_what_another_one_rolls() -> None:
+    alone, _ = await answers_of(FakeConfig(p5xx=0.3, seed=11), 40)
+    both, _ = await answers_of(FakeConfig(p429=0.4, p5xx=0.3, seed=11), 40)
+    # p429 is rolled for every request, p5xx only for those p429 let through: these see the
+    # 5xx die's sequence from its start, as if p429 were off.
+    assert [status == 429 for status in both] == expected_faults(11, "p429", 0.4, 40)
+    unavailable = [status == 503 for status in both if status != 429]
+    assert unavailable == [status == 503 for status in alone][: len(unavailable)]
+    assert 429 in both
+    assert 503 in both
+
+    # The drop die is rolled only for accepted reruns, whatever refused the others.
+    _, drops_alone = await answers_of(FakeConfig(drop_after_accept=0.5, seed=3), 30)
+    statuses, drops_with_5xx = await answers_of(
+        FakeConfig(drop_after_accept=0.5, p5xx=0.3, seed=3), 30
+    )
+    dropped = [e.dropped for e in drops_with_5xx]
+    assert dropped == [e.dropped for e in drops_alone][: len(dropped)]
+    assert 503 in statuses
+    assert None in statuses
 
 
 async def test_stats_count_requests_and_in_flight() -> None:

@@ -2,9 +2,16 @@
 
 Both are pure decisions: the token bucket is arithmetic on the ``now`` it is given (the
 server's clock, a :class:`~bulkrerun.clock.FakeClock` in tests, so a rate-limit test asserts
-exact outcomes), and the dice are one ``random.Random(seed)``, so a seeded run refuses the same
-requests in the same order every time. The dice are rolled only for faults that are switched
-on, so turning one fault on does not change the sequence another one sees.
+exact outcomes), and the dice are seeded, so a seeded run refuses the same requests in the same
+order every time.
+
+Each fault has its own die: ``random.Random(f"{seed}/{name}")`` with ``name`` one of ``p429``,
+``p5xx`` and ``drop_after_accept`` (a ``str`` seed is hashed with SHA-512, the same on every
+run and platform; a ``None`` seed gives unseeded dice). A die is rolled only when its fault is
+switched on, so the n-th roll of one die is the same whatever the others are set to: turning
+one fault on does not change the sequence another one sees. Which request gets the n-th roll
+still depends on the faults before it, since each die is rolled only for the requests that
+reach it (see :class:`Dice`).
 """
 
 from __future__ import annotations
@@ -67,24 +74,41 @@ def throttle_message(limit: float) -> str:
 
 
 class Dice:
-    """Seeded random faults: 429, 5xx and dropping the connection after acceptance."""
+    """Seeded random faults: 429, 5xx and dropping the connection after acceptance.
 
-    __slots__ = ("_random", "p5xx", "p429", "p_drop")
+    Each probability is a share of the requests its die is rolled for, not of all requests:
+
+    - ``p429``: of the requests to either API that passed authentication and the rate limit;
+    - ``p5xx``: of those that p429 then did not throttle;
+    - ``p_drop``: of the reruns accepted (an instance-list answer is never dropped).
+
+    So, without a rate limit, ``p429 = p5xx = 0.1`` answers about 10 % of the authenticated
+    requests 429 and 9 % (0.9 x 0.1) 503.
+    """
+
+    __slots__ = ("_drop", "_throttle", "_unavailable", "p5xx", "p429", "p_drop")
 
     def __init__(self, seed: int | None, p429: float, p5xx: float, p_drop: float) -> None:
         for name, p in (("p429", p429), ("p5xx", p5xx), ("drop_after_accept", p_drop)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} = {p}: must be a probability, 0..1")
-        self._random = random.Random(seed)
+        self._throttle = _die(seed, "p429")
+        self._unavailable = _die(seed, "p5xx")
+        self._drop = _die(seed, "drop_after_accept")
         self.p429 = p429
         self.p5xx = p5xx
         self.p_drop = p_drop
 
     def throttle(self) -> bool:
-        return self.p429 > 0.0 and self._random.random() < self.p429
+        return self.p429 > 0.0 and self._throttle.random() < self.p429
 
     def unavailable(self) -> bool:
-        return self.p5xx > 0.0 and self._random.random() < self.p5xx
+        return self.p5xx > 0.0 and self._unavailable.random() < self.p5xx
 
     def drop(self) -> bool:
-        return self.p_drop > 0.0 and self._random.random() < self.p_drop
+        return self.p_drop > 0.0 and self._drop.random() < self.p_drop
+
+
+def _die(seed: int | None, name: str) -> random.Random:
+    """The die of one fault: its own stream, derived from the seed and the fault's name."""
+    return random.Random(None if seed is None else f"{seed}/{name}")

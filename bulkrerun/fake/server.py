@@ -4,8 +4,8 @@ It serves the two APIs bulkrerun uses, ``POST .../instances/retry`` and ``GET
 .../instances/detail``, and answers everything else 404 (405 for another method on those
 paths). Each request goes through the same steps, in this order::
 
-    route -> method -> auth -> rate limit -> p429 -> p5xx -> deny_jobs -> validation
-          -> missing_jobs, catalog -> accept -> latency -> drop
+    route -> method -> auth -> rate limit -> p429 -> p5xx -> project -> deny_jobs
+          -> validation -> missing_jobs, catalog -> accept -> latency -> drop
 
 - auth: with ``ak``/``sk`` the API gateway's signature (``bulkrerun.signing.verify``); with
   ``token`` the ``X-Auth-Token`` header; with both, either is accepted; with neither, any
@@ -13,7 +13,11 @@ paths). Each request goes through the same steps, in this order::
 - rate limit: a token bucket on the server clock, 429 ``APIG.0308`` beyond it, with
   ``Retry-After`` unless ``retry_after`` is off (the real gateway sends none). Both APIs
   count against it, as they share a user's quota on the real gateway.
-- p429 / p5xx: seeded random 429 and 503 refusals; neither acts on the request.
+- p429 / p5xx: seeded random 429 and 503 refusals; neither acts on the request. Each is a
+  share of the requests its die is rolled for (see ``faults.Dice``).
+- project: an ``X-Project-Id`` header, when present, must be the project ID of the path
+  (percent-decoded); otherwise 403 ``DLF.0004``, as a permission refusal. Absent is fine: the
+  reference sends it only with AK/SK auth in multi-project setups.
 - deny_jobs: 403, as a permission refusal.
 - validation: see ``validate.py`` and its table of error codes; then ``missing_jobs`` and,
   with a catalog, the jobs and instances themselves (``catalog.py``).
@@ -69,6 +73,11 @@ _UNAVAILABLE = Refusal(503, "APIG.0202", "Backend unavailable")
 _DENIED = Refusal(
     403, "DLF.0003", "The user does not have the permission to perform this operation."
 )
+_WRONG_PROJECT = Refusal(
+    403,
+    "DLF.0004",
+    "The X-Project-Id header names another project than the URL: send the same project ID.",
+)
 _IAM = "Incorrect IAM authentication information"
 _TOKEN_REFUSED = Refusal(401, "APIG.0301", f"{_IAM}: verify token failed")
 _NO_AUTH = Refusal(401, "APIG.0301", f"{_IAM}: x-auth-token not found")
@@ -82,7 +91,8 @@ class FakeConfig:
 
     ``ak``/``sk`` and ``token`` switch authentication on (``None``: accept any auth).
     ``rate_limit`` is per second with a burst of ``rate_burst``. ``p429``, ``p5xx`` and
-    ``drop_after_accept`` are probabilities drawn from ``random.Random(seed)``.
+    ``drop_after_accept`` are probabilities, each drawn from its own die derived from ``seed``
+    and each a share of the requests that reach it (see ``faults.Dice``).
     ``missing_jobs`` answer ``DLF.1000``, ``deny_jobs`` 403. With a ``catalog`` the service
     knows real instances: unknown jobs answer ``DLF.1000`` and unknown instances ``DLF.1001``.
     """
@@ -276,6 +286,9 @@ class FakeServer:
         refused = self._gateway(rid, request, raw_path, raw_query, body)
         if refused is not None:
             return refused
+        given_project = request.headers.get("X-Project-Id")
+        if given_project is not None and given_project != found.project_id:
+            return self._refuse(rid, _WRONG_PROJECT)
         if found.job_name in self.config.deny_jobs:
             return self._refuse(rid, _DENIED)
         if found.api == "detail":

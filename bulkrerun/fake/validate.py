@@ -20,7 +20,8 @@ status  error_code   when
 400     DLF.0100     a body or query parameter is wrong: missing, wrong type, not allowed
                      value, unknown field, 13-digit time expected, modes A and B mixed or
                      neither given, ``concurrent`` outside 1..128, ``limit`` outside
-                     1..1000, a job name that is not UTF-8
+                     1..1000, a ``job_id`` that is not a positive signed 64-bit integer
+                     (the reference's "long"), a job name that is not UTF-8
 400     DLF.0101     the ``workspace`` header is missing or empty
 400     DLF.0102     ``Content-Type`` is not ``application/json`` (charset UTF-8 allowed)
 400     DLF.0103     the body is not a JSON object
@@ -29,6 +30,9 @@ status  error_code   when
 400     DLF.1001     a job instance to rerun does not exist (catalog only)
 401     APIG.0301    authentication failed (bad or missing signature, wrong token)
 403     DLF.0003     the job is denied to this user (``deny_jobs``)
+403     DLF.0004     the ``X-Project-Id`` header is given and is not the path's project ID
+                     (other services answer a token or header scoped to another project
+                     with 403 too: a permission problem, not a malformed request)
 404     APIG.0101    no such API (any other path)
 405     APIG.0101    the retry or list path with another method
 413     APIG.0413    the body is over 1 MiB (aiohttp's limit; the code is ours)
@@ -81,6 +85,7 @@ _JOB_FIELDS = frozenset({"job_name", "workspace_id"})
 
 _MS_MIN = 10**12  # 13-digit epoch milliseconds: 2001-09-09 .. 2286-11-20
 _MS_MAX = 10**13 - 1
+_LONG_MAX = 2**63 - 1  # the reference's "long": a signed 64-bit integer
 _CONCURRENT_MAX = 128
 _LIMIT_MAX = 1000
 _LIMIT_DEFAULT = 10
@@ -230,8 +235,9 @@ def _validate_body(job_name: str, workspace: str, body: dict[str, Any]) -> Retry
         return bad_param(
             f"retry_location = {location!r}: must be one of firstNode, errorNode, specifiedNode"
         )
+    # Optional fields, when present, must have their type: null is not a string or a boolean.
     node_name = body.get("node_name")
-    if node_name is not None and not isinstance(node_name, str):
+    if "node_name" in body and not isinstance(node_name, str):
         return bad_param("node_name must be a string")
     if location == "specifiedNode" and not node_name:
         return bad_param("node_name is required when retry_location is specifiedNode")
@@ -271,8 +277,10 @@ def _mode_a(job_name: str, workspace: str, body: dict[str, Any]) -> RetryRequest
                 f"got {', '.join(sorted(item)) or 'nothing'}"
             )
         job_id, plan_time, submit_time = item["job_id"], item["plan_time"], item["submit_time"]
-        if not _is_int(job_id):
-            return bad_param(f"task_retrys[{i}].job_id must be an integer")
+        if not _is_int(job_id) or not 1 <= job_id <= _LONG_MAX:
+            return bad_param(
+                f"task_retrys[{i}].job_id must be a positive integer of at most 2**63 - 1"
+            )
         if not _is_ms(plan_time):
             return bad_param(f"task_retrys[{i}].plan_time must be 13-digit epoch milliseconds")
         if not _is_ms(submit_time):
