@@ -91,12 +91,19 @@ _AUTHORIZATION_RE = re.compile(
     r"\s*Signature=([0-9a-fA-F]{64})"
 )
 _IAM = "Incorrect IAM authentication information"
-# Lines of an echoed canonical request (or any "name: value" text) whose value is a secret.
-# The value runs to the end of the line, or to a literal backslash-n if the message is still
-# JSON-escaped; over-scrubbing a flattened message is preferred to leaking a token.
+# A secret header and its value, in an echoed canonical request ("name:value" lines) or in a
+# printed mapping (JSON, a Python dict), whose key may be quoted. The value is masked:
+# - quoted with " or ': up to its closing quote, backslash escapes skipped ("a\"b" is whole);
+# - quoted with \" (JSON inside a JSON string): up to the next \";
+# - unquoted: to the end of the line, or to a literal backslash-n if the message is still
+#   JSON-escaped.
+# A value whose quote never closes runs to the end of the line: over-scrubbing a flattened
+# message is preferred to leaking a token.
 _SECRET_LINE_RE = re.compile(
-    r"(?im)\b(x-security-token|x-auth-token|authorization)([ \t]*[:=][ \t]*)"
-    r"(?:(?!\\n)[^\r\n])*"
+    r"""(?im)\b(x-security-token|x-auth-token|authorization)(\\?["']?[ \t]*[:=][ \t]*)"""
+    r"""(?:(\\")(?:(?!\\")[^\r\n])*"""
+    r"""|(["'])(?:\\[^\r\n]|(?!\4)[^\\\r\n])*"""
+    r"""|(?:(?!\\n)[^\r\n])*)"""
 )
 _MASK = "***"
 
@@ -453,10 +460,17 @@ def scrub(message: str, secrets: Iterable[str]) -> str:
 
     A gateway error message may echo the canonical request, whose signed ``x-security-token``
     line carries the temporary credentials' token; ``x-auth-token`` and ``authorization``
-    lines are removed the same way. Use it on every message from the service before it is
-    logged, journaled or shown.
+    values are masked the same way, also where a message prints headers as a JSON object or
+    a Python dict (``{"X-Auth-Token": "***", ...}``: the rest is kept). Use it on every message
+    from the service before it is logged, journaled or shown.
     """
     # Longest first, so that a secret containing another is removed whole.
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         message = message.replace(secret, _MASK)
-    return _SECRET_LINE_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{_MASK}", message)
+    return _SECRET_LINE_RE.sub(_mask_value, message)
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    # Name, separator and opening quote stay; the closing quote was not part of the match.
+    name, separator, quote = match.group(1), match.group(2), match.group(3) or match.group(4)
+    return f"{name}{separator}{quote or ''}{_MASK}"

@@ -633,6 +633,40 @@ def test_scrub_removes_secret_lines_and_values(message: str, forbidden: str) -> 
     assert "***" in clean
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # JSON: the value is masked up to its closing quote, the rest of the object is kept.
+        (
+            '{"x-security-token": "JSONTOK", "host": "h"}',
+            '{"x-security-token": "***", "host": "h"}',
+        ),
+        # A Python dict, any case.
+        (
+            "{'X-Security-Token': 'DICTTOK', 'workspace': 'w'}",
+            "{'X-Security-Token': '***', 'workspace': 'w'}",
+        ),
+        (
+            '{"Authorization": "SDK-HMAC-SHA256 Access=A, Signature=f00", "X-Auth-Token": "T2"}',
+            '{"Authorization": "***", "X-Auth-Token": "***"}',
+        ),
+        ("{'x-auth-token': 'MIIdict', 'n': 1}", "{'x-auth-token': '***', 'n': 1}"),
+        # An escaped quote inside the value does not end it.
+        ('{"authorization": "a\\"TAIL", "host": "h"}', '{"authorization": "***", "host": "h"}'),
+        ("{'x-auth-token': 'it\\'sTAIL'}", "{'x-auth-token': '***'}"),
+        # JSON inside a JSON string: the quotes are escaped.
+        (
+            '{"error_msg": "{\\"X-Auth-Token\\": \\"ESCTOK\\", \\"host\\": \\"h\\"}"}',
+            '{"error_msg": "{\\"X-Auth-Token\\": \\"***\\", \\"host\\": \\"h\\"}"}',
+        ),
+        # A quoted value after an unquoted name.
+        ('x-auth-token = "QTOK" rest', 'x-auth-token = "***" rest'),
+    ],
+)
+def test_scrub_masks_quoted_keys_and_values(message: str, expected: str) -> None:
+    assert scrub(message, []) == expected
+
+
 def test_scrub_keeps_harmless_text() -> None:
     assert scrub("host:h\nx-sdk-date:1", ["absent"]) == "host:h\nx-sdk-date:1"
     # Longest secret first: a secret containing another is removed whole.
