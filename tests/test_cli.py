@@ -110,6 +110,7 @@ def test_settings_from_dotenv_and_cloud_sdk_fallback(
     assert s.ak is not None and s.ak.get_secret_value() == "sdk-ak"
     assert "sdk-sk" not in repr(s)
     monkeypatch.setenv("BULKRERUN_AK", "own-ak")
+    monkeypatch.setenv("BULKRERUN_SK", "own-sk")  # a pair of our own wins over the SDK's
     assert load_settings().ak.get_secret_value() == "own-ak"  # type: ignore[union-attr]
     assert load_settings(rate=7.0).rate == 7.0  # flags override env and .env
 
