@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import bulkrerun
@@ -55,10 +56,11 @@ app = typer.Typer(
 
 
 def _console(stream: Any, **kw: Any) -> Console:
-    """Rich consoles; piped into a file or a CI log they are 160 columns, not rich's 80, so
-    tables of ids and times stay readable."""
-    width = None if stream.isatty() else 160
-    return Console(highlight=False, width=width, **kw)
+    """Rich consoles. Piped into a file or a CI log, tables are 160 columns, not rich's 80, so
+    that ids and times stay readable, and a message is never broken across lines: one problem
+    is one line for grep."""
+    tty = stream.isatty()
+    return Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, **kw)
 
 
 out = _console(sys.stdout)
@@ -95,6 +97,7 @@ MaxAttempts = Annotated[
     int | None,
     typer.Option("--max-attempts", help="Attempts per request for retryable failures [default 8]"),
 ]
+_DEFAULT_GRACE = 5.0  # seconds requests in flight get to answer after Ctrl-C
 JournalOpt = Annotated[
     Path,
     typer.Option("--journal", "-j", help="Journal file: created if new, resumed if it exists."),
@@ -127,6 +130,7 @@ def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[st
 
     Without either, structlog is not even imported: ``plan --json`` of a million requests
     should not pay for it at start-up. Operator-facing warnings are printed, not logged.
+    A log file that cannot be opened ends the command with exit 2 before anything is done.
     """
     if not verbose and log_file is None:
         return False
@@ -157,7 +161,12 @@ def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[st
     )
     root.addHandler(console)
     if log_file is not None:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:  # a missing folder, a directory, no permission
+            raise _fail(
+                SettingsError(f"--log-file {log_file}: cannot write to it ({exc.strerror})")
+            ) from None
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
@@ -191,7 +200,9 @@ def _settings(**flags: Any) -> Any:
 
 @app.command()
 def plan(
-    manifest: Annotated[Path, typer.Argument(help="Manifest file (TOML, or JSON).")],
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="Manifest file (TOML, or JSON).")
+    ],
     json_lines: Annotated[
         bool,
         typer.Option(
@@ -211,6 +222,8 @@ def plan(
 
     The summary shows, per entry, the job, mode, span, requests and instances, the first and
     last request, and how long the plan takes at the configured rate.
+
+    Exit codes: 0 the manifest is valid, 2 bad input (every problem found is listed).
     """
     configure_logging(verbose, log_file)
     from bulkrerun.manifest import load_manifest
@@ -219,6 +232,7 @@ def plan(
 
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
+        where = _plan_endpoint(settings)
         m = load_manifest(manifest)
         _print_warnings(m)
         selections = _plan_selections(m, settings)
@@ -231,7 +245,7 @@ def plan(
             except BrokenPipeError:  # `plan --json | head` is fine
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
-        _print_plan_summary(m, settings, selections)
+        _print_plan_summary(m, settings, selections, where)
     except BulkrerunError as exc:
         raise _fail(exc) from None
 
@@ -251,9 +265,11 @@ def _plan_selections(m: Any, settings: Any) -> dict[str, Any] | None:
     try:
         return anyio.run(_query_selections_for_plan, m, settings, backend="asyncio")
     except SettingsError as exc:
+        err.print("[yellow]note:[/] ", end="")
         err.print(
-            "[yellow]note:[/] [[select]] entries need the instance-list API to be planned "
-            f"({exc}); they are shown without their requests."
+            f"[[select]] entries need the instance-list API to be planned ({exc}); they are "
+            "shown without their requests.",
+            markup=False,
         )
         return None
 
@@ -290,17 +306,21 @@ async def _query_selections_for_plan(m: Any, settings: Any) -> dict[str, Any]:
         )
 
 
-def _print_plan_summary(m: Any, settings: Any, selections: Any) -> None:
+def _plan_endpoint(settings: Any) -> str:
+    """Where ``plan`` says the requests would go. A plan needs no endpoint, but one that is
+    given and wrong (an unknown region, not a URL) is bad input, as it is for ``run``."""
+    from bulkrerun.settings import resolve_endpoint
+
+    if not settings.endpoint and not settings.region:
+        return "(not set: BULKRERUN_REGION or BULKRERUN_ENDPOINT)"
+    return resolve_endpoint(settings)
+
+
+def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> None:
     from bulkrerun.planner import summarize
 
-    try:
-        from bulkrerun.settings import resolve_endpoint
-
-        where = resolve_endpoint(settings)
-    except SettingsError:
-        where = "(not set: BULKRERUN_REGION or BULKRERUN_ENDPOINT)"
     rows = summarize(m, selections=selections)
-    table = Table(title=f"plan of {m.path}", title_justify="left")
+    table = Table(title=f"plan of {escape(str(m.path))}", title_justify="left")
     for col in ("entry", "job", "mode", "span", "requests", "instances"):
         table.add_column(col, justify="right" if col in ("requests", "instances") else "left")
     requests = units = 0
@@ -313,8 +333,8 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any) -> None:
         mode = "B window" if row.kind == "window" else f"A {row.kind}"
         resolved = row.kind != "select" or (selections and row.label in selections)
         table.add_row(
-            row.label,
-            row.job_name,
+            escape(row.label),
+            escape(row.job_name),
             mode,
             span,
             f"{row.requests:,}" if resolved else "needs a query",
@@ -328,19 +348,20 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any) -> None:
     for row in rows:
         if row.duplicates:
             err.print(
-                f"[yellow]warning:[/] {row.label}: {row.duplicates:,} units already planned by "
-                "an earlier entry or line; each is sent once"
+                f"[yellow]warning:[/] {escape(row.label)}: {row.duplicates:,} units already "
+                "planned by an earlier entry or line; each is sent once"
             )
     first = next((r.first for r in rows if r.first is not None), None)
     last = next((r.last for r in reversed(rows) if r.last is not None), None)
     if first is not None:
-        out.print(f"first request: {_describe(first)}")
+        out.print(f"first request: {_describe(first)}", markup=False)
     if last is not None:
-        out.print(f"last request:  {_describe(last)}")
+        out.print(f"last request:  {_describe(last)}", markup=False)
     seconds = requests / settings.rate
     out.print(
         f"{requests:,} requests to {where}, project {settings.project_id or '(not set)'}; "
-        f"at {settings.rate:g} requests/s that takes about {_fmt_duration(seconds)}."
+        f"at {settings.rate:g} requests/s that takes about {_fmt_duration(seconds)}.",
+        markup=False,
     )
 
 
@@ -385,6 +406,7 @@ class RunArgs:
     grace: float
     progress: bool
     log_chunks: bool
+    resume: str  # the command line that resumes this run, shell-quoted
 
 
 def _make_auth(settings: Any) -> Any:
@@ -425,9 +447,44 @@ def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
     )
 
 
-def _resume_command(args: RunArgs) -> str:
-    argv = ["bulkrerun", "run", str(args.manifest), "--journal", str(args.journal)]
-    return shlex.join(argv)
+# One-shot decisions about units recorded before: a resume command that repeated them would
+# apply them to what this run leaves behind, e.g. send again units held by the interruption.
+_ONE_SHOT_FLAGS = ("--resend-held", "--retry-failed", "--verify-held", "--reselect")
+
+
+def _resume_command(
+    manifest: Path, journal: Path, options: dict[str, Any], switches: Sequence[str]
+) -> str:
+    """The ``run`` command line that resumes: the manifest, the journal and every setting
+    given as a flag (``options``: flag -> value, None when not given), so that it reaches the
+    same endpoint and project at the same pace. ``switches`` are the valueless flags to keep."""
+    argv = ["bulkrerun", "run", str(manifest), "--journal", str(journal)]
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join([*argv, *switches])
+
+
+def _print_resume_command(args: RunArgs, lead: str) -> None:
+    # No markup: a path like "rerun[prod].journal" is a file name, not a style tag.
+    err.print(f"{lead}\n  {args.resume}", markup=False, soft_wrap=True)
+    left_out = [
+        flag
+        for flag, given in zip(
+            _ONE_SHOT_FLAGS,
+            (args.resend_held, args.retry_failed, args.verify_held, args.reselect),
+            strict=True,
+        )
+        if given
+    ]
+    if left_out:
+        err.print(
+            f"  (without {', '.join(left_out)}: add {'it' if len(left_out) == 1 else 'them'} "
+            f"again only after `bulkrerun status "
+            f"{shlex.quote(str(args.journal))}` shows what this run left held or failed)",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
@@ -461,7 +518,10 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             state = journal.state()
             counts = count_units(manifest, state.units, flags, selections)
             for unit, label in counts.duplicates[:20]:
-                err.print(f"[yellow]warning:[/] {label}: unit {unit} appears twice; sent once")
+                err.print(
+                    f"[yellow]warning:[/] {escape(label)}: unit {escape(unit)} appears twice; "
+                    "sent once"
+                )
             if len(counts.duplicates) > 20:
                 err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
             _print_resume(args, counts)
@@ -525,6 +585,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     tg.start_soon(display.follow, engine.result, clock)
                     result = await engine.run()
                     tg.cancel_scope.cancel()
+            _signals_interrupt()  # the engine's receiver is gone: back to KeyboardInterrupt
             if journal.sync_fallback:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
             if args.watch and not interrupted and result.fatal is None:
@@ -597,7 +658,8 @@ def _print_resume(args: RunArgs, c: Any) -> None:
     if c.done or c.failed or c.held:
         err.print(
             f"journal {args.journal}: {c.done:,} units done, {c.failed:,} failed, "
-            f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,}."
+            f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,}.",
+            markup=False,
         )
         if c.held and not args.resend_held:
             err.print(
@@ -608,7 +670,7 @@ def _print_resume(args: RunArgs, c: Any) -> None:
         if c.failed and not args.retry_failed:
             err.print(f"{c.failed:,} failed units are not sent; add --retry-failed to resend.")
     else:
-        err.print(f"new journal {args.journal}: sending {c.to_send:,} units.")
+        err.print(f"new journal {args.journal}: sending {c.to_send:,} units.", markup=False)
     if args.resend_held and c.held:
         err.print(
             f"[yellow]warning:[/] --resend-held sends {c.held:,} units again whose first "
@@ -643,15 +705,13 @@ def _finish(
         err.print(f"  failed {code}: {n:,}{detail}", markup=False)
     render_status(summary, err)
     if interrupted:
-        err.print(
-            "[yellow]interrupted[/]: the journal is consistent. Resume with:\n  "
-            + _resume_command(args),
-            markup=True,
-        )
+        err.print("[yellow]interrupted[/]: ", end="")
+        _print_resume_command(args, "the journal is consistent. Resume with:")
         return EXIT_INTERRUPTED
     if result.fatal is not None:
-        err.print(f"[red]stopped:[/] {result.fatal}", markup=True)
-        err.print("resume with:\n  " + _resume_command(args))
+        err.print("[red]stopped:[/] ", end="")
+        err.print(str(result.fatal), markup=False)
+        _print_resume_command(args, "resume with:")
         return EXIT_FATAL
     if summary.failed or summary.held or not_sent:
         return EXIT_SOME_FAILED
@@ -705,6 +765,7 @@ def _run_args(
     grace: float,
     progress: bool,
     log_chunks: bool,
+    resume: str,
 ) -> RunArgs:
     if max_failure_ratio is not None and not 0 <= max_failure_ratio <= 1:
         raise SettingsError(f"--max-failure-ratio {max_failure_ratio}: must be 0..1")
@@ -723,6 +784,7 @@ def _run_args(
         grace,
         progress,
         log_chunks,
+        resume,
     )
 
 
@@ -734,7 +796,9 @@ def _run_sync(args: RunArgs, settings: Any, endpoint: str) -> int:
 
 @app.command()
 def run(
-    manifest: Annotated[Path, typer.Argument(help="Manifest file (TOML, or JSON).")],
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="Manifest file (TOML, or JSON).")
+    ],
     journal: JournalOpt,
     resend_held: Annotated[
         bool,
@@ -776,7 +840,7 @@ def run(
     ] = 0,
     grace: Annotated[
         float, typer.Option(help="Seconds requests in flight get to answer after Ctrl-C.")
-    ] = 5.0,
+    ] = _DEFAULT_GRACE,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     endpoint: Endpoint = None,
     region: Region = None,
@@ -794,6 +858,11 @@ def run(
     If the journal exists (same project and endpoint) the run resumes: units it records as
     done are never sent again, whatever the manifest now holds; failed and held units only
     with --retry-failed / --resend-held. After any interruption, run the same command again.
+
+    Credentials come from the environment or a .env file in the current folder:
+    BULKRERUN_AK and BULKRERUN_SK for AK/SK signing (or CLOUD_SDK_AK and CLOUD_SDK_SK when
+    both are unset; BULKRERUN_SECURITY_TOKEN with temporary keys), or BULKRERUN_TOKEN for an
+    IAM token. They are never printed, logged or journaled.
 
     Exit codes: 0 all done, 1 some failed or held, 2 bad input (nothing sent),
     3 stopped by a fatal condition (e.g. credentials refused), 130 interrupted.
@@ -816,6 +885,29 @@ def run(
         if not settings.project_id:
             raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
         _make_auth(settings)  # credentials are checked before anything else happens
+        resume = _resume_command(
+            manifest,
+            journal,
+            {
+                "--endpoint": endpoint,
+                "--region": region,
+                "--project-id": project_id,
+                "--rate": rate,
+                "--burst": burst,
+                "--max-inflight": max_inflight,
+                "--timeout": timeout,
+                "--max-attempts": max_attempts,
+                "--max-failure-ratio": max_failure_ratio,
+                "--canary": canary or None,
+                "--grace": grace if grace != _DEFAULT_GRACE else None,
+                "--log-file": log_file,
+            },
+            [
+                *(["--watch"] if watch else []),
+                *([] if progress else ["--no-progress"]),
+                *(["--verbose"] if verbose else []),
+            ],
+        )
         if canary and max_failure_ratio is None:
             max_failure_ratio = 0.5
         args = _run_args(
@@ -831,6 +923,7 @@ def run(
             grace=grace,
             progress=progress,
             log_chunks=log_chunks,
+            resume=resume,
         )
         code = _run_sync(args, settings, resolved)
     except BulkrerunError as exc:
@@ -843,7 +936,9 @@ def run(
 
 @app.command()
 def status(
-    journal: Annotated[Path, typer.Argument(help="Journal file.")],
+    journal: Annotated[
+        Path, typer.Argument(metavar="JOURNAL", help="Journal file (the --journal PATH of a run).")
+    ],
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object: done, failed, held, pending, ...")
     ] = False,
@@ -874,7 +969,9 @@ def status(
 
 @app.command()
 def report(
-    journal: Annotated[Path, typer.Argument(help="Journal file.")],
+    journal: Annotated[
+        Path, typer.Argument(metavar="JOURNAL", help="Journal file (the --journal PATH of a run).")
+    ],
     fmt: Annotated[
         str,
         typer.Option(
@@ -891,7 +988,7 @@ def report(
     from bulkrerun.report import write_report
 
     if fmt not in ("table", "csv", "json", "manifest"):
-        err.print(f"[red]error:[/] --format {fmt}: must be table, csv, json or manifest")
+        err.print(f"[red]error:[/] --format {escape(fmt)}: must be table, csv, json or manifest")
         raise typer.Exit(EXIT_BAD_INPUT)
     try:
         write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
@@ -901,7 +998,9 @@ def report(
 
 @app.command()
 def verify(
-    journal: Annotated[Path, typer.Argument(help="Journal file.")],
+    journal: Annotated[
+        Path, typer.Argument(metavar="JOURNAL", help="Journal file (the --journal PATH of a run).")
+    ],
     endpoint: Endpoint = None,
     region: Region = None,
     project_id: ProjectId = None,
@@ -942,7 +1041,7 @@ async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
             summary = await verify_held(journal, transport, pacer=pacer, clock=SystemClock())
     finally:
         journal.close()
-    out.print(str(summary))
+    out.print(str(summary), markup=False)
     return EXIT_OK if not summary.still_held else EXIT_SOME_FAILED
 
 
@@ -969,8 +1068,22 @@ def fake_server(
     rate_burst: Annotated[
         int, typer.Option("--rate-burst", help="Burst allowed by --rate-limit.")
     ] = 1,
-    p429: Annotated[float, typer.Option("--p429", help="Share of requests answered 429.")] = 0.0,
-    p5xx: Annotated[float, typer.Option("--p5xx", help="Share of requests answered 503.")] = 0.0,
+    p429: Annotated[
+        float,
+        typer.Option(
+            "--p429",
+            help="Share of authenticated requests, not already throttled by --rate-limit, "
+            "answered 429 (seeded by --seed).",
+        ),
+    ] = 0.0,
+    p5xx: Annotated[
+        float,
+        typer.Option(
+            "--p5xx",
+            help="Share of the requests not throttled (by --rate-limit or --p429) answered 503, "
+            "not acted on (seeded by --seed).",
+        ),
+    ] = 0.0,
     latency_ms: Annotated[
         float,
         typer.Option(
@@ -1012,30 +1125,33 @@ def fake_server(
     configure_logging(verbose, log_file, [s for s in (sk, token) if s])
     from bulkrerun.fake import Catalog, FakeConfig, serve
 
-    if (ak is None) != (sk is None):
-        err.print("[red]error:[/] --ak and --sk go together")
-        raise typer.Exit(EXIT_BAD_INPUT)
-    for name, p in (("--p429", p429), ("--p5xx", p5xx), ("--drop-after-accept", drop_after_accept)):
-        if not 0 <= p <= 1:
-            err.print(f"[red]error:[/] {name} {p}: must be 0..1")
-            raise typer.Exit(EXIT_BAD_INPUT)
-    config = FakeConfig(
-        ak=ak,
-        sk=sk,
-        token=token,
-        ledger_path=ledger,
-        rate_limit=rate_limit,
-        rate_burst=rate_burst,
-        p429=p429,
-        p5xx=p5xx,
-        latency_ms=latency_ms,
-        drop_after_accept=drop_after_accept,
-        seed=seed,
-        retry_after=not no_retry_after,
-        missing_jobs=frozenset(missing_job or ()),
-        catalog=Catalog.demo() if catalog else None,
-    )
-    serve(config, host, port)
+    try:
+        config = FakeConfig(
+            ak=ak,
+            sk=sk,
+            token=token,
+            ledger_path=ledger,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+            p429=p429,
+            p5xx=p5xx,
+            latency_ms=latency_ms,
+            drop_after_accept=drop_after_accept,
+            seed=seed,
+            retry_after=not no_retry_after,
+            missing_jobs=frozenset(missing_job or ()),
+            catalog=Catalog.demo() if catalog else None,
+        )
+    except ValueError as exc:  # --ak without --sk, --rate-limit 0, --p429 2, an empty --token
+        err.print("[red]error:[/] ", end="")
+        err.print(f"{exc} (see bulkrerun fake-server --help)", markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    try:
+        serve(config, host, port)
+    except OSError as exc:  # the port is taken, the host is not ours, the ledger not writable
+        err.print("[red]error:[/] the fake service could not start: ", end="")
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 DEMO_MANIFEST = Path("configs/demo.toml")
@@ -1074,8 +1190,8 @@ def demo(
     log_chunks = configure_logging(verbose, log_file, [sk])
     if not manifest.exists():
         err.print(
-            f"[red]error:[/] {manifest} not found: run the demo from the repository root "
-            "(make demo), or give --manifest"
+            f"[red]error:[/] {escape(str(manifest))} not found: run the demo from the repository "
+            "root (make demo), or give --manifest"
         )
         raise typer.Exit(EXIT_BAD_INPUT)
     config = FakeConfig(
@@ -1118,9 +1234,12 @@ def demo(
                 watch=True,
                 max_failure_ratio=None,
                 canary=0,
-                grace=5.0,
+                grace=_DEFAULT_GRACE,
                 progress=True,
                 log_chunks=log_chunks,
+                # Its fake service (a new port, new keys) ends with it: a journal of the demo
+                # cannot be resumed, the demo starts again.
+                resume="bulkrerun demo",
             )
             code = await _run(args, settings, srv.url)
             err.print(f"ledger: the fake service accepted {len(srv.ledger)} reruns")
@@ -1167,14 +1286,46 @@ def _main(
     """Rerun DataArts Factory job instances in bulk."""
 
 
+class _Interrupt:
+    """The handler of SIGINT and SIGTERM outside a run's engine: raises KeyboardInterrupt and
+    remembers that it did (typer turns a KeyboardInterrupt into a silent exit 130)."""
+
+    fired = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.fired = True
+        raise KeyboardInterrupt
+
+
+_interrupt = _Interrupt()
+
+
+def _signals_interrupt() -> None:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt, wherever the command is, except while
+    a run's engine handles them itself (it finishes the requests in flight first).
+
+    Without this, SIGTERM before the engine started killed the process (exit 143), and a
+    Ctrl-C there went to asyncio's own handler, which only cancels the main task: the
+    cancellation could be absorbed on its way and the run went on sending.
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point. A Ctrl-C outside a run's own handling (while a manifest
-    is read, a selection queried or reruns watched) ends quietly with 130 too: nothing is
-    lost, the journal records only what was durable."""
+    """Console-script entry point. A Ctrl-C or SIGTERM outside a run's own handling (while a
+    manifest is read, a journal replayed, a selection queried or reruns watched) ends with
+    130 too, and the command to run again: nothing is lost, the journal records only what
+    was durable."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    _signals_interrupt()
     try:
-        app(args=list(argv) if argv is not None else None)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]; run the same command again to resume")
+        app(args=args)
+    except SystemExit:
+        if not _interrupt.fired:
+            raise
+        err.print("[yellow]interrupted[/]: nothing is lost. Run the same command again to resume:")
+        err.print("  " + shlex.join(["bulkrerun", *args]), markup=False, soft_wrap=True)
         sys.exit(EXIT_INTERRUPTED)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -77,7 +78,7 @@ class RunDisplay:
     def __call__(self, event: Event) -> None:
         if isinstance(event, Stopping):
             word = "stopping now" if event.hard else "stopping"
-            self.console.print(f"[yellow]{word}: {event.reason}[/]")
+            self.console.print(f"[yellow]{word}: {escape(event.reason)}[/]")
 
     async def follow(self, counts: RunResult, clock: Clock) -> None:
         """Show ``counts`` (the engine's result, which it updates as chunks settle) until

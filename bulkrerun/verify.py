@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bulkrerun.chunk import instance_unit_id
@@ -681,7 +682,7 @@ async def watch(
     done = [u for u, s in state.units.items() if s is UnitState.DONE]
     summary = WatchSummary()
     if not done:
-        console.print(str(summary), highlight=False)
+        console.print(str(summary), highlight=False, markup=False)
         return summary
     await journal.flush()
     targets = load_targets(journal.path, state, done)
@@ -751,7 +752,9 @@ def _table(s: WatchSummary) -> Table:
         failed = sum(c[x] for x in FAILED_STATUSES)
         unfinished = sum(c[x] for x in (*ACTIVE_STATUSES, NOT_LISTED))
         other = n - ok - failed - unfinished
-        table.add_row(job, f"{n:,}", f"{ok:,}", f"{failed:,}", f"{other:,}", f"{unfinished:,}")
+        table.add_row(
+            escape(job), f"{n:,}", f"{ok:,}", f"{failed:,}", f"{other:,}", f"{unfinished:,}"
+        )
     table.add_section()
     table.add_row(
         "total",

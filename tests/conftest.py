@@ -120,13 +120,15 @@ class Cli:
             check=False,
         )
 
-    def popen(self, *args: str, url: str) -> subprocess.Popen[str]:
+    def popen(
+        self, *args: str, url: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "bulkrerun", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.env(url),
+            env=env if env is not None else self.env(url),
             cwd=self.cwd,
         )
 

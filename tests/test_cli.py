@@ -143,3 +143,75 @@ def test_plan_warns_of_duplicate_units(runner: CliRunner, tmp_path: Path) -> Non
     result = runner.invoke(app, ["plan", str(m)])
     assert result.exit_code == 0, result.output
     assert "instances[1]: 1 units already planned" in " ".join(result.output.split())
+
+
+WINDOW = (
+    '[[window]]\njob_name = "{job}"\nbegin = 1732579200000\nend = 1732582800000\nchunk = "1h"\n'
+)
+
+
+def test_plan_shows_names_with_brackets_as_written(runner: CliRunner, tmp_path: Path) -> None:
+    # rich would take "[bold]" for a style tag and drop it: names are printed, never parsed.
+    m = write_manifest(tmp_path / "m[prod].toml", WINDOW.format(job="ods[bold]orders"))
+    result = runner.invoke(app, ["plan", str(m)], env={"BULKRERUN_PROJECT_ID": "p[x]"})
+    assert result.exit_code == 0, result.output
+    assert "plan of " + str(m) in result.output
+    assert "first request: window[0] ods[bold]orders " in result.output
+    assert "project p[x];" in result.output
+
+
+def test_a_long_problem_is_one_line_when_piped(runner: CliRunner, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"), defaults="retry_locaton = 1\n")
+    result = runner.invoke(app, ["plan", str(m)])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if "retry_locaton" in x]
+    assert len(line) > 160  # longer than the console, not broken across lines
+    assert line.rstrip().endswith("node_name, timezone")
+
+
+def test_plan_with_an_unknown_region_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"))
+    result = runner.invoke(app, ["plan", str(m)], env={"BULKRERUN_REGION": "mars-1"})
+    assert result.exit_code == 2, result.output
+    assert "unknown region 'mars-1'" in result.output
+
+
+def test_a_log_file_that_cannot_be_written_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"))
+    for target in (tmp_path / "no" / "such" / "x.log", tmp_path):
+        result = runner.invoke(app, ["plan", str(m), "--log-file", str(target)])
+        assert result.exit_code == 2, result.output
+        assert f"--log-file {target}: cannot write to it" in result.output
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--rate-limit", "0"], "rate_limit = 0.0: must be more than 0"),
+        (["--p429", "2"], "p429 = 2.0: must be a probability"),
+        (["--ak", "x"], "give both the AK and the SK"),
+        (["--token", ""], "the token is empty"),
+        (["--latency-ms", "-5"], "latency_ms = -5.0: must be 0 or more"),
+    ],
+)
+def test_fake_server_refuses_bad_options_with_exit_2(
+    runner: CliRunner, args: list[str], fragment: str
+) -> None:
+    result = runner.invoke(app, ["fake-server", "--port", "0", *args])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert "Traceback" not in result.output
+
+
+def test_fake_server_on_a_taken_port_exits_2(runner: CliRunner) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["fake-server", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert "the fake service could not start" in result.output
+    assert "address already in use" in result.output.lower()

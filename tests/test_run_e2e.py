@@ -4,6 +4,7 @@ over real sockets. The fake's ledger is the truth about what the service accepte
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import time
 from collections import Counter
@@ -213,8 +214,13 @@ end = 1732600800000
 chunk = "1m"
 """,
     )  # 360 chunks at 20/s: 18 s; interrupted after ~1 s
-    j = tmp_path / "j"
-    proc = cli.popen("run", str(m), "--journal", str(j), "--rate", "20", url=srv.url)
+    # Brackets in the name (rich would take "[prod]" for a style tag) and the endpoint and
+    # project given as flags only: the printed command must carry both to resume.
+    j = tmp_path / "j[prod]"
+    flags = ["--endpoint", srv.url, "--project-id", PROJECT]
+    env = {k: v for k, v in cli.env().items() if k != "BULKRERUN_PROJECT_ID"}
+    run = ["run", str(m), "--journal", str(j), "--rate", "20", "--retry-failed", *flags]
+    proc = cli.popen(*run, env=env)
     deadline = time.monotonic() + 30
     while len(srv.ledger()) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -222,16 +228,44 @@ chunk = "1m"
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert f"bulkrerun run {m} --journal {j}" in stderr
+    printed = stderr.split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    resume = shlex.split(printed)
+    assert resume == ["bulkrerun", "run", str(m), "--journal", str(j), *flags, "--rate", "20"]
+    assert "(without --retry-failed: add it again only after" in stderr  # a one-shot decision
     sent = len(srv.ledger())
     assert 10 <= sent < 360
     s = status_of(cli, j)
     assert s["done"] + s["held"] >= sent - s["held"]
-    out = cli("run", str(m), "--journal", str(j), "--rate", "200", url=srv.url)
+    out = cli(*resume[1:], "--rate", "200", env=env)  # the last --rate wins: a faster finish
     assert out.returncode in (0, 1), out.stderr
+    assert f"journal {j}: {s['done']:,} units done" in out.stderr  # resumed, not started anew
     counts = Counter(srv.accepted_ids())
     assert len(counts) == 360 - status_of(cli, j)["held"] or len(counts) == 360
     assert max(counts.values()) == 1  # nothing accepted twice
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_start_up_exits_130_and_prints_the_command(
+    cli: Cli, fake_service: type[Service], tmp_path: Path, sig: signal.Signals
+) -> None:
+    # The selection query waits 8 s for its answer: the signal lands in the run's start-up,
+    # before the engine (and its own signal handling) exists.
+    srv = fake_service("--latency-ms", "8000")
+    now = int(time.time() * 1000)
+    m = write_manifest(
+        tmp_path / "m.toml",
+        f'[[select]]\njob_name = "ods_orders"\nbegin = {now - 7_200_000}\nend = {now}\n',
+    )
+    j = tmp_path / "j"
+    proc = cli.popen("run", str(m), "--journal", str(j), "--resend-held", url=srv.url)
+    time.sleep(3)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    # Nothing was sent by this run: the same command, one-shot flags included, resumes.
+    assert f"bulkrerun run {m} --journal {j} --resend-held" in stderr
+    assert srv.ledger() == []
 
 
 def test_secrets_never_written_anywhere(
