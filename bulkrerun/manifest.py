@@ -79,6 +79,8 @@ MAX_SELECT_SPAN_MS = 31 * 86_400_000
 MS_LOW, MS_HIGH = 10**12, 10**13
 # A broken million-line file would otherwise bury the other problems.
 MAX_PROBLEMS_PER_FILE = 20
+# The service's job_id is a "long": a signed 64-bit integer.
+JOB_ID_MAX = 2**63 - 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -242,6 +244,8 @@ def _int_between(low: int, high: int) -> Callable[[Any], int]:
 def _job_id_problem(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         return "must be a positive integer"
+    if value > JOB_ID_MAX:
+        return f"must be at most {JOB_ID_MAX} (2**63 - 1: the service's job_id is a 64-bit long)"
     return None
 
 
@@ -463,7 +467,7 @@ _ALLOWED: dict[str, str] = {
     "begin": _TIME_HINT,
     "end": _TIME_HINT + " (exclusive)",
     "chunk": _SPAN_HINT,
-    "job_id": "a positive integer",
+    "job_id": "a positive integer up to 2**63 - 1",
     "plan_time": "13-digit epoch milliseconds",
     "submit_time": "13-digit epoch milliseconds",
     "jobs": 'a list of tables like { job_name = "...", workspace_id = "..." }',
@@ -537,6 +541,12 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _meant(key: str, allowed: Iterable[str]) -> str | None:
+    """The allowed key that the unknown ``key`` is probably a misspelling of, if any."""
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return close[0] if close else None
+
+
 def _translate(error: ErrorDetails, prefix: str, model: type[BaseModel]) -> str:
     """One pydantic error as ``<entry>.<field> = <value>: <what is wrong>; <what is allowed>``."""
     loc = error["loc"]
@@ -547,9 +557,8 @@ def _translate(error: ErrorDetails, prefix: str, model: type[BaseModel]) -> str:
         return f"{where}: missing; required: {_ALLOWED.get(str(field), 'a value')}"
     if kind == "extra_forbidden":
         allowed = list(_model_at(model, loc).model_fields)
-        key = str(loc[-1])
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        meant = _meant(str(loc[-1]), allowed)
+        hint = f" (did you mean {meant}?)" if meant else ""
         return f"{where}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
     shown = _show(error.get("input"))
     if kind == "manifest":
@@ -595,20 +604,34 @@ def _decoded_lines(raw_lines: Iterable[bytes], digest: Any | None) -> Iterator[s
 
 _Row = Instance | list[str]  # an instance, or what is wrong with the line
 
+# Python refuses to read integers of more than 4300 digits (sys.get_int_max_str_digits()).
+_TOO_LONG = "holds a number too long to read (more than 4300 digits); no field takes one"
 
-def _instance_from_values(values: dict[str, Any]) -> _Row:
+
+def _value_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with the instance fields in ``values``; fields not there are skipped."""
     problems = []
     for name, check in (
         ("job_id", _job_id_problem),
         ("plan_time", _epoch_ms_problem),
         ("submit_time", _epoch_ms_problem),
     ):
-        problem = check(values[name])
+        problem = check(values[name]) if name in values else None
         if problem:
             problems.append(f"{name} = {_show(values[name])}: {problem}")
-    if problems:
-        return problems
-    return Instance(values["job_id"], values["plan_time"], values["submit_time"])
+    return problems
+
+
+def _cell(text: str) -> int | str:
+    """A CSV cell as the value it stands for: a number when it is all digits."""
+    cell = text.strip()
+    # isascii() too: str.isdigit() also accepts digits like "²".
+    if cell.isascii() and cell.isdigit():
+        try:
+            return int(cell)
+        except ValueError:  # too long to read: left as text, refused as not a number
+            return cell
+    return cell
 
 
 def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
@@ -617,22 +640,29 @@ def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
     expected = ",".join(INSTANCE_FIELDS)
     if header is None:
         return
-    if [cell.strip() for cell in header] != list(INSTANCE_FIELDS):
+    names = [cell.strip() for cell in header]
+    header_ok = names == list(INSTANCE_FIELDS)
+    if not header_ok:
         yield 1, [f"header = {_show(','.join(header))}: must be exactly {expected}"]
-        return
+    # Below a bad header the values are still checked, in the columns it names rightly, so
+    # that fixing the header does not bring up a second round of problems. A row is measured
+    # against the header: when the header has a column too many, so has every row, and that
+    # is one problem, reported once at the header.
+    columns = {name: names.index(name) for name in INSTANCE_FIELDS if name in names}
+    width = f"must have 3, {expected}" if header_ok else f"the header has {len(names)}"
     for row in reader:
         line = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
-        if len(row) != len(INSTANCE_FIELDS):
-            yield line, [f"has {len(row)} fields: must have 3, {expected}"]
+        if len(row) != len(names):
+            yield line, [f"has {len(row)} fields: {width}"]
             continue
-        values: dict[str, Any] = {}
-        for name, cell in zip(INSTANCE_FIELDS, row, strict=True):
-            cell = cell.strip()
-            # isascii() too: str.isdigit() also accepts digits like "²".
-            values[name] = int(cell) if cell.isascii() and cell.isdigit() else cell
-        yield line, _instance_from_values(values)
+        values: dict[str, Any] = {name: _cell(row[index]) for name, index in columns.items()}
+        problems = _value_problems(values)
+        if problems:
+            yield line, problems
+        elif header_ok:
+            yield line, Instance(values["job_id"], values["plan_time"], values["submit_time"])
 
 
 def _jsonl_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
@@ -648,17 +678,28 @@ def _jsonl_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
         except json.JSONDecodeError as exc:
             yield line_no, [f"is not valid JSON: {exc.msg} (column {exc.colno})"]
             continue
+        except ValueError:
+            yield line_no, [_TOO_LONG]
+            continue
         if not isinstance(obj, dict):
             yield line_no, [f"must be a JSON object with keys {expected}"]
             continue
-        unknown = [key for key in obj if key not in INSTANCE_FIELDS]
-        missing = [key for key in INSTANCE_FIELDS if key not in obj]
-        if unknown or missing:
-            problems = [f"{key}: unknown key; allowed keys: {expected}" for key in unknown]
-            problems += [f"{key}: missing; each line needs {expected}" for key in missing]
+        # Every problem of the line at once: a stray key does not hide a bad value.
+        problems = [
+            f"{key}: unknown key; allowed keys: {expected}"
+            for key in obj
+            if key not in INSTANCE_FIELDS
+        ]
+        problems += [
+            f"{key}: missing; each line needs {expected}"
+            for key in INSTANCE_FIELDS
+            if key not in obj
+        ]
+        problems += _value_problems(obj)
+        if problems:
             yield line_no, problems
         else:
-            yield line_no, _instance_from_values(obj)
+            yield line_no, Instance(obj["job_id"], obj["plan_time"], obj["submit_time"])
 
 
 def _rows(path: Path, digest: Any | None = None) -> Iterator[tuple[int, _Row]]:
@@ -760,6 +801,14 @@ class _Checker:
         if not isinstance(data, dict):
             return None, set(model.model_fields)
         broken = {str(error["loc"][0]) for error in errors if error["loc"]}
+        # A misspelt key counts as the key it was meant to be: when that one is absent, its
+        # absence is the problem already reported with "did you mean", and must not come back
+        # as "missing" (for [defaults], once in every entry).
+        for error in errors:
+            if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+                meant = _meant(str(error["loc"][0]), model.model_fields)
+                if meant is not None and meant not in data:
+                    broken.add(meant)
         usable = {key: value for key, value in data.items() if key not in broken}
         for key in broken:
             field = model.model_fields.get(key)
@@ -850,12 +899,17 @@ class _Checker:
 
         ``data`` is the entry as written, so that messages show times as the user wrote them.
         """
-        if {"begin", "end", "timezone"} & broken:
-            return None
-        zone = raw.timezone or self.defaults.timezone
-        excused = "timezone" in self.defaults_broken
-        begin_ms = self.time_ms(f"{label}.begin", raw.begin, zone, excused)
-        end_ms = self.time_ms(f"{label}.end", raw.end, zone, excused)
+        # Each time is checked whatever is wrong with the other. A time without an offset
+        # cannot be read when the timezone meant for it (the entry's or the default) is
+        # wrong; that was reported already, so such a time stays quiet.
+        zone = None if "timezone" in broken else raw.timezone or self.defaults.timezone
+        excused = "timezone" in broken or "timezone" in self.defaults_broken
+        begin_ms = None
+        if "begin" not in broken:
+            begin_ms = self.time_ms(f"{label}.begin", raw.begin, zone, excused)
+        end_ms = None
+        if "end" not in broken:
+            end_ms = self.time_ms(f"{label}.end", raw.end, zone, excused)
         if begin_ms is None or end_ms is None:
             return None
         if end_ms <= begin_ms:
@@ -1058,6 +1112,8 @@ def _parse(name: str, text: str, is_json: bool) -> Any:
             ) from None
         except _DuplicateKeyError as exc:
             raise ManifestError([f"{name}: invalid JSON: {exc}; keep one of them"]) from None
+        except ValueError:
+            raise ManifestError([f"{name}: {_TOO_LONG}"]) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -1068,6 +1124,8 @@ def _parse(name: str, text: str, is_json: bool) -> Any:
         else:
             where = name
         raise ManifestError([f"{where}: invalid TOML: {message}; fix the syntax"]) from None
+    except ValueError:
+        raise ManifestError([f"{name}: {_TOO_LONG}"]) from None
 
 
 _HEADER = re.compile(r"^[ \t]*\[\[[ \t]*(window|instances|select)[ \t]*\]\]", re.MULTILINE)

@@ -15,6 +15,7 @@ import pytest
 
 from bulkrerun.errors import BadInput, ManifestError
 from bulkrerun.manifest import (
+    JOB_ID_MAX,
     MAX_PROBLEMS_PER_FILE,
     Instance,
     InstancesEntry,
@@ -415,6 +416,47 @@ def test_non_utf8_line_is_reported_at_its_line(tmp_path: Path) -> None:
     assert "instances[0].file: bad.csv:3:" in problem
 
 
+def test_jsonl_line_with_an_unknown_key_still_has_its_values_checked(tmp_path: Path) -> None:
+    line = {"job_id": True, "plan_time": 1732601580000, "submit_time": 1732239754684, "extra": 1}
+    (tmp_path / "failed.jsonl").write_text(json.dumps(line) + "\n")
+    problems = problems_of(instances_manifest(tmp_path, "failed.jsonl"))
+    assert len(problems) == 2
+    assert "failed.jsonl:1: extra: unknown key" in problems[0]
+    assert "failed.jsonl:1: job_id = true: must be a positive integer" in problems[1]
+
+
+def test_csv_below_a_bad_header_still_has_its_values_checked(tmp_path: Path) -> None:
+    (tmp_path / "typo.csv").write_text(
+        "job_id,plan_time,submit_tme\n0,1732601580000,1732239754684\n"
+    )
+    problems = problems_of(instances_manifest(tmp_path, "typo.csv"))
+    assert len(problems) == 2
+    assert "typo.csv:1: header" in problems[0]
+    assert "typo.csv:2: job_id = 0: must be a positive integer" in problems[1]
+
+
+def test_csv_with_an_extra_column_is_one_problem_not_one_per_row(tmp_path: Path) -> None:
+    rows = "".join(f"{i},1732601580000,1732239754684,note\n" for i in range(1, 6))
+    (tmp_path / "extra.csv").write_text("job_id,plan_time,submit_time,note\n" + rows + "7,8\n")
+    problems = problems_of(instances_manifest(tmp_path, "extra.csv"))
+    assert len(problems) == 2
+    assert "extra.csv:1: header" in problems[0]
+    # A row that does not even match the header is still named.
+    assert "extra.csv:7: has 2 fields: the header has 4" in problems[1]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_number_too_long_to_read_is_a_problem_not_a_crash(tmp_path: Path, suffix: str) -> None:
+    huge = "9" * 5000
+    if suffix == ".csv":
+        content = f"job_id,plan_time,submit_time\n{huge},1732601580000,1732239754684\n"
+    else:
+        content = f'{{"job_id": {huge}, "plan_time": 1732601580000, "submit_time": 1}}\n'
+    (tmp_path / f"huge{suffix}").write_text(content)
+    (problem,) = problems_of(instances_manifest(tmp_path, f"huge{suffix}"))
+    assert f"huge{suffix}:" in problem
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad manifests
 # ---------------------------------------------------------------------------------------------
@@ -508,6 +550,75 @@ status = "sleeping"
     assert all(problem.startswith("many.toml: ") or "many.toml" in problem for problem in problems)
     # The broken default is reported once, not again as "missing" in every entry.
     assert not any("retry_location: missing" in problem for problem in problems)
+
+
+def test_naive_begin_is_reported_when_end_is_wrong_too(tmp_path: Path) -> None:
+    text = HEAD + '\n[[window]]\njob_name = "a"\nbegin = "2024-11-26T08:00:00"\nend = "nope"\n'
+    problems = problems_of(write(tmp_path, "m.toml", text + 'chunk = "1h"\n'))
+    assert len(problems) == 2
+    assert any('window[0].end = "nope": is not a time' in problem for problem in problems)
+    assert any(
+        "window[0].begin" in problem and "no timezone is set" in problem for problem in problems
+    )
+
+
+def test_misspelt_default_is_reported_once_not_as_missing_in_every_entry(tmp_path: Path) -> None:
+    window = (
+        '\n[[window]]\njob_name = "a"\nbegin = 1732579200000\nend = 1732622400000\nchunk = "1h"\n'
+    )
+    text = f'version = 1\n\n[defaults]\nworkspace = "{WS}"\nretry_locaton = "errorNode"\n'
+    problems = problems_of(write(tmp_path, "m.toml", text + window * 5))
+    typo = [problem for problem in problems if "retry_location" in problem]
+    assert len(typo) == 1
+    assert "defaults.retry_locaton: unknown key (did you mean retry_location?)" in typo[0]
+    # A field that is really missing is still reported in every entry that lacks it.
+    missing = [problem for problem in problems if "retry_task_version: missing" in problem]
+    assert len(missing) == 5
+
+
+def test_misspelt_key_of_an_entry_is_not_also_reported_missing(tmp_path: Path) -> None:
+    text = (
+        f'version = 1\n\n[defaults]\nworkspace = "{WS}"\nretry_task_version = "original_version"\n'
+        '\n[[window]]\njob_name = "a"\nretry_locaton = "errorNode"\nbegin = 1732579200000\n'
+        'end = 1732622400000\nchunk = "1h"\n'
+    )
+    (problem,) = problems_of(write(tmp_path, "m.toml", text))
+    assert "window[0].retry_locaton: unknown key (did you mean retry_location?)" in problem
+
+
+def job_id_manifest(folder: Path, form: str, job_id: int) -> Path:
+    """A manifest with one instance of ``job_id``, given in ``form``: an item of a TOML or
+    JSON manifest, or a line of a CSV or JSONL instance file."""
+    item = {"job_id": job_id, "plan_time": 1732601580000, "submit_time": 1732239754684}
+    if form == "csv":
+        (folder / "i.csv").write_text(
+            "job_id,plan_time,submit_time\n" + ",".join(map(str, item.values())) + "\n"
+        )
+        return instances_manifest(folder, "i.csv")
+    if form == "jsonl":
+        (folder / "i.jsonl").write_text(json.dumps(item) + "\n")
+        return instances_manifest(folder, "i.jsonl")
+    inline = ", ".join(f"{key} = {value}" for key, value in item.items())
+    text = HEAD + f'\n[[instances]]\njob_name = "p"\nitems = [ {{ {inline} }} ]\n'
+    if form == "json":
+        return write(folder, "m.json", json.dumps(tomllib.loads(text)))
+    return write(folder, "m.toml", text)
+
+
+@pytest.mark.parametrize("form", ["toml", "json", "csv", "jsonl"])
+def test_job_id_is_at_most_a_signed_64_bit_long(tmp_path: Path, form: str) -> None:
+    (entry,) = load_manifest(job_id_manifest(tmp_path, form, JOB_ID_MAX)).entries
+    assert isinstance(entry, InstancesEntry)
+    assert [i.job_id for i in iter_instances(entry)] == [2**63 - 1]
+    (problem,) = problems_of(job_id_manifest(tmp_path, form, JOB_ID_MAX + 1))
+    assert f"job_id = {2**63}: must be at most 9223372036854775807 (2**63 - 1" in problem
+
+
+def test_a_number_too_long_to_read_in_the_manifest_is_a_problem(tmp_path: Path) -> None:
+    text = HEAD + f'\n[[instances]]\njob_name = "p"\nitems = [ {{ job_id = {"9" * 5000} }} ]\n'
+    (problem,) = problems_of(write(tmp_path, "m.toml", text))
+    assert problem.startswith(f"{tmp_path / 'm.toml'}: ")
+    assert "too long" in problem
 
 
 def test_missing_manifest_file(tmp_path: Path) -> None:
