@@ -948,17 +948,18 @@ def status(
     """Summarise a journal: done, failed, held, not yet sent, and what to do next.
 
     Failures are counted by error code; the rate achieved is shown. --json prints one
-    object with at least the integer keys done, failed, held and pending (null when the
-    journal's manifest copy cannot be re-planned).
+    object with at least the integer keys done, failed, held and pending. pending is counted
+    from the journal's copy of the manifest; it is null, with pending_unknown saying why, only
+    when an instance file the run read is missing or has changed.
     """
     configure_logging(verbose, log_file)
     import json
 
-    from bulkrerun.report import pending_units, render_status, status_json
+    from bulkrerun.report import render_status, status_json
     from bulkrerun.report import status as make_status
 
     try:
-        summary = make_status(journal, pending=pending_units(journal))
+        summary = make_status(journal)
     except BulkrerunError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -10,9 +10,12 @@ lock, so it also works while a run appends) and never sends anything.
   line, so that a report of a million requests streams and ``jq`` reads it), or as a new
   manifest of what failed or is held, ready to feed back in.
 
-A unit that was never sent is not in the journal, so "not yet sent" needs the plan: the
-caller passes ``pending`` (see :func:`count_pending`), or :func:`pending_units` re-plans the
-manifest the journal's last run recorded.
+A unit that was never sent is not in the journal, so "not yet sent" needs the plan:
+:func:`not_sent` plans again the copy of the manifest the journal's last run recorded (with
+the instance files it read, found where that run read them and checked against their
+digests, and the instances its ``[[select]]`` entries found) and counts the units the same
+replay does not know. :func:`status` does both from one read of the journal, so that its
+numbers are of one moment even while a run appends.
 
 The journal never holds a secret (the transport scrubs error messages before they are
 recorded), so nothing here needs to hide anything; it escapes what it prints, though, as
@@ -26,22 +29,37 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shlex
+import tempfile
+import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bulkrerun.chunk import Chunk, instance_unit_id
-from bulkrerun.errors import BulkrerunError
-from bulkrerun.journal import ChunkInfo, JournalState, UnitState, read_records_at, read_state
+from bulkrerun.errors import ManifestError
+from bulkrerun.journal import (
+    ChunkInfo,
+    JournalState,
+    RunRecord,
+    UnitState,
+    read_records_at,
+    read_state,
+)
 from bulkrerun.watchlog import read_watch
+
+if TYPE_CHECKING:
+    from bulkrerun.manifest import Manifest
+    from bulkrerun.planner import SelectedInstance
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -49,7 +67,7 @@ __all__ = [
     "ReportRow",
     "StatusSummary",
     "count_pending",
-    "pending_units",
+    "not_sent",
     "render_status",
     "report_rows",
     "status",
@@ -86,7 +104,8 @@ class StatusSummary:
     """A journal summed up. Unit counts (``done`` ...) count units of work (an instance, or
     a window chunk); ``requests``, ``attempts`` and ``accepted`` count API requests.
 
-    ``pending`` is ``None`` when it is not known (the plan could not be re-made).
+    ``pending`` is ``None`` when it is not known (the plan could not be made again), and
+    ``pending_unknown`` then says why, when there is more to say than that no run is recorded.
     ``rate`` is accepted requests per second over the runs' active time (each run from its
     start to its last record), ``None`` before there is any.
     """
@@ -108,6 +127,7 @@ class StatusSummary:
     active_seconds: float
     rate: float | None
     next_steps: list[str] = field(default_factory=list)
+    pending_unknown: str | None = None
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -116,36 +136,177 @@ def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
     return sum(1 for chunk in chunks for unit in chunk.units if unit not in units)
 
 
-def pending_units(path: Path) -> int | None:
-    """Units not yet sent of the manifest the journal's last run recorded, by planning it
-    again; ``None`` when that cannot be done faithfully (no run recorded, the manifest or an
-    instance file moved or changed since: the plan would not be the one that ran)."""
-    # Imported here: only this function needs the manifest machinery.
-    from bulkrerun.manifest import load_manifest
-    from bulkrerun.planner import SelectedInstance, plan
+class _CannotCount(Exception):
+    """What is not yet sent cannot be counted faithfully. The message says why and what to
+    do, as a next step that ends where the command to run follows."""
 
-    _, state = read_state(path)
+
+def not_sent(state: JournalState) -> tuple[int | None, str | None]:
+    """Units not yet sent of the manifest the journal's last run recorded: ``(count, None)``,
+    or ``(None, why)`` when that cannot be counted faithfully (``why`` is a next step; None
+    when no run is recorded).
+
+    The plan is made from the journal's copy of the manifest, not from the file, which may
+    have been edited or moved since, or named relative to another working directory; its
+    ``[[select]]`` entries get the instances the journal recorded for them. Only instance
+    files are read from disk (the journal holds their digests, not their lines): where the
+    run read them, and only if their digests are still the recorded ones.
+    """
+    # Imported here, as in the functions below: only counting what is not yet sent needs
+    # the manifest machinery (pydantic), which `report` can do without.
+    from bulkrerun.planner import plan
+
     if not state.runs:
-        return None
+        return None, None
     run = state.runs[-1]
-    manifest_path = Path(run.manifest_name)
     try:
-        if hashlib.sha256(manifest_path.read_bytes()).hexdigest() != run.manifest_sha256:
-            return None
-        manifest = load_manifest(manifest_path)
-    except (OSError, BulkrerunError):
-        return None
-    if manifest.files != run.instance_files:
-        return None
-    selections = {
-        label: [SelectedInstance(*item) for item in items]
-        for label, items in state.selections.items()
+        manifest = _recorded_manifest(run)
+        selections = _recorded_selections(state, run, manifest)
+        return count_pending(state, plan(manifest, selections=selections)), None
+    except _CannotCount as exc:
+        return None, str(exc)
+    except ManifestError:  # an instance file changed between its check and the plan
+        return None, (
+            f"an instance file that run {run.n} read changed while it was read again, so what "
+            "is not yet sent cannot be counted; ask again, or resume with the same command"
+        )
+    except OSError as exc:
+        return None, (
+            f"what is not yet sent cannot be counted ({exc}); ask again, or resume with the "
+            "same command"
+        )
+
+
+def _recorded_manifest(run: RunRecord) -> Manifest:
+    """The manifest of ``run`` made again from the journal's copy, with the instance files
+    that run read; raises :class:`_CannotCount` when that cannot be done faithfully."""
+    from bulkrerun.manifest import load_manifest
+
+    name = run.manifest_name
+    try:
+        text = run.manifest_text.removeprefix("\ufeff")
+        data = json.loads(text) if name.lower().endswith(".json") else tomllib.loads(text)
+        tables = data.get("instances") or []
+    except (ValueError, AttributeError):  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise _CannotCount(
+            f"the journal's copy of {name} (run {run.n}) cannot be read, so what is not yet "
+            "sent cannot be counted; the same command resumes"
+        ) from None
+    spelled = {
+        i: table["file"]
+        for i, table in enumerate(tables)
+        if isinstance(table, dict) and isinstance(table.get("file"), str)
     }
-    return count_pending(state, plan(manifest, selections=selections))
+    where = _instance_files(run, list(spelled.values()))
+    labels: dict[str, str] = {}  # instance file -> the first entry that reads it
+    for i, file in spelled.items():
+        path = where[file]
+        label = labels.setdefault(path, f"instances[{i}]")
+        if not Path(path).is_file():
+            raise _missing(run, path, label)
+        tables[i]["file"] = path
+    # load_manifest reads a file and resolves relative instance files against its folder.
+    # The copy, its instance files now absolute paths, goes to a file of its own, as JSON
+    # (TOML's dates and times as ISO 8601 strings, which the manifest reads alike).
+    with tempfile.TemporaryDirectory(prefix="bulkrerun-status-") as folder:
+        copy = Path(folder) / "manifest.json"
+        copy.write_text(json.dumps(data, default=_iso_text), encoding="utf-8")
+        try:
+            manifest = load_manifest(copy)
+        except ManifestError as exc:
+            _check_digests(run, {path: _sha256(path) for path in run.instance_files}, labels)
+            problem = exc.problems[0].replace(str(copy), name) if exc.problems else str(exc)
+            raise _CannotCount(
+                f"the journal's copy of {name} (run {run.n}) no longer validates ({problem}), "
+                "so what is not yet sent cannot be counted; the same command resumes"
+            ) from None
+    _check_digests(run, dict(manifest.files), labels)
+    return manifest
+
+
+def _instance_files(run: RunRecord, spelled: list[str]) -> dict[str, str]:
+    """Each instance file as the manifest copy spells it -> the file ``run`` read.
+
+    The journal records the files by the absolute paths they were read from, in the order
+    the manifest's ``[[instances]]`` entries first named them (the manifest module checks
+    entries in order and reads a file once). So the n-th file the copy names is the n-th
+    file recorded, wherever the run was started and however the path was spelled.
+    """
+    recorded = list(run.instance_files)
+    named = list(dict.fromkeys(os.path.normpath(file) for file in spelled))
+    if len(named) != len(recorded):
+        raise _CannotCount(
+            f"the manifest {run.manifest_name} of run {run.n} names {len(named)} instance "
+            f"files and the journal records {len(recorded)} read, so what is not yet sent "
+            "cannot be counted; the same command resumes"
+        )
+    where = dict(zip(named, recorded, strict=True))
+    return {file: where[os.path.normpath(file)] for file in spelled}
+
+
+def _missing(run: RunRecord, path: str, label: str | None) -> _CannotCount:
+    of = f" ({label})" if label else ""
+    return _CannotCount(
+        f"the instance file {path}{of} that run {run.n} read is missing, so what is not yet "
+        "sent cannot be counted; put it back, then resume with the same command"
+    )
+
+
+def _check_digests(run: RunRecord, digests: dict[str, str | None], labels: dict[str, str]) -> None:
+    """Raise :class:`_CannotCount` naming the first instance file whose digest now
+    (``digests``: path -> SHA-256) is not the one ``run`` recorded."""
+    for path, recorded in run.instance_files.items():
+        if digests.get(path) != recorded:
+            of = f" ({labels[path]})" if path in labels else ""
+            raise _CannotCount(
+                f"the instance file {path}{of} changed since run {run.n} read it, so what "
+                "that run left unsent cannot be counted; the same command resumes with the "
+                "file as it is now"
+            )
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _iso_text(value: Any) -> str:
+    """A TOML date or date-time for JSON (the manifest takes no time of day alone)."""
+    if isinstance(value, date):  # a datetime is a date too
+        return value.isoformat()
+    raise TypeError(f"{value!r} cannot be written as JSON")
+
+
+def _recorded_selections(
+    state: JournalState, run: RunRecord, manifest: Manifest
+) -> dict[str, list[SelectedInstance]]:
+    """The instances each ``[[select]]`` entry of ``manifest`` found, as the journal recorded
+    them (``run`` records them all when it starts)."""
+    from bulkrerun.manifest import SelectEntry
+    from bulkrerun.planner import SelectedInstance
+
+    selections = {}
+    for entry in manifest.entries:
+        if isinstance(entry, SelectEntry):
+            found = state.selections.get(entry.label)
+            if found is None:
+                raise _CannotCount(
+                    f"the instances {entry.label} selected in run {run.n} are not recorded, "
+                    "so what is not yet sent cannot be counted; the same command resumes"
+                )
+            selections[entry.label] = [SelectedInstance(*item) for item in found]
+    return selections
 
 
 def _next_steps(
-    path: Path, state: JournalState, counts: Counter[UnitState], pending: int | None
+    path: Path,
+    state: JournalState,
+    counts: Counter[UnitState],
+    pending: int | None,
+    pending_unknown: str | None,
 ) -> list[str]:
     journal = shlex.quote(str(path))
     manifest = shlex.quote(state.runs[-1].manifest_name) if state.runs else "MANIFEST"
@@ -157,7 +318,8 @@ def _next_steps(
 
     steps: list[str] = []
     if pending is None:
-        steps.append(f"send whatever is not yet sent (the same command resumes): {run}")
+        why = pending_unknown or "send whatever is not yet sent (the same command resumes)"
+        steps.append(f"{why}: {run}")
     elif pending:
         steps.append(f"send the {units(pending)} not yet sent: {run}")
     if held:
@@ -174,8 +336,11 @@ def _next_steps(
     return steps
 
 
-def summarize(path: Path, state: JournalState, *, pending: int | None) -> StatusSummary:
-    """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state)."""
+def summarize(
+    path: Path, state: JournalState, *, pending: int | None, pending_unknown: str | None = None
+) -> StatusSummary:
+    """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
+    with ``pending`` as the caller counted it (``pending_unknown``: why it could not)."""
     counts = state.counts()
     active = state.active_seconds
     return StatusSummary(
@@ -195,24 +360,31 @@ def summarize(path: Path, state: JournalState, *, pending: int | None) -> Status
         last_wall=state.last_wall or None,
         active_seconds=active,
         rate=state.accepted / active if active > 0 else None,
-        next_steps=_next_steps(path, state, counts, pending),
+        next_steps=_next_steps(path, state, counts, pending, pending_unknown),
+        pending_unknown=pending_unknown,
     )
 
 
-def status(path: Path, *, pending: int | None) -> StatusSummary:
-    """Read the journal at ``path`` and sum it up (``pending`` as the caller counted it)."""
+def status(path: Path) -> StatusSummary:
+    """Read the journal at ``path`` once and sum it up, what is not yet sent included.
+
+    One read serves every number (see :func:`not_sent`), so that they are of one moment
+    and add up even while a run appends to the journal.
+    """
     _, state = read_state(path)
-    return summarize(path, state, pending=pending)
+    pending, unknown = not_sent(state)
+    return summarize(path, state, pending=pending, pending_unknown=unknown)
 
 
 def status_json(summary: StatusSummary) -> dict[str, Any]:
     """The summary as a JSON-ready object: integer ``done``, ``failed``, ``held`` and
-    ``pending`` (``null`` when unknown), then the details."""
+    ``pending`` (``null`` when unknown, ``pending_unknown`` saying why), then the details."""
     return {
         "done": summary.done,
         "failed": summary.failed,
         "held": summary.held,
         "pending": summary.pending,
+        "pending_unknown": summary.pending_unknown,
         "failed_by_code": summary.failed_by_code,
         "requests": summary.requests,
         "attempts": summary.attempts,
@@ -457,22 +629,42 @@ def _what(row: ReportRow) -> str:
 _STATE_STYLE = {"done": "green", "failed": "red", "held": "yellow", "pending": "cyan"}
 
 
+# The table's columns, each with the widest it may get. ``None``: always shown in full
+# (chunk id prefix, entry, tries, state, status: what an audit needs of every row). The
+# others give way when the console is narrow: rich narrows the widest of them first, so the
+# long free text (times, request id, message, instance statuses) gives way before the job
+# and the units' state now, and all of them before the columns shown in full.
+_COLUMNS: tuple[tuple[str, int | None], ...] = (
+    ("chunk", None),
+    ("entry", None),
+    ("job", 32),
+    ("what (UTC)", 52),
+    ("tries", None),
+    ("state", None),
+    ("now", 24),
+    ("status", None),
+    ("request id", 40),
+    ("message", 80),
+    ("instances now", 32),
+)
+
+
+def _line(text: str, style: str = "") -> Text:
+    """A cell that stays on one line, cut with an ellipsis when its column is narrowed.
+
+    Said of the cell, not the column: rich narrows only columns that may wrap, so a column
+    that gives way must leave ``no_wrap`` off, and its cells keep to one line themselves.
+    """
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
 def _table(first: bool) -> Table:
     table = Table(show_header=first, show_edge=False, pad_edge=False, box=None)
-    for name, width in (
-        ("chunk", 12),
-        ("entry", 14),
-        ("job", 20),
-        ("what (UTC)", 40),
-        ("tries", 5),
-        ("state", 7),
-        ("now", 7),
-        ("status", 16),
-        ("request id", 32),
-        ("message", 40),
-        ("instances now", 18),
-    ):
-        table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
+    for name, widest in _COLUMNS:
+        if widest is None:
+            table.add_column(name, no_wrap=True)
+        else:
+            table.add_column(_line(name), max_width=widest)
     return table
 
 
@@ -481,20 +673,19 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     table = _table(first=True)
     tally: Counter[str] = Counter()
     for row in rows:
-        style = _STATE_STYLE.get(row.state, "")
         status = " ".join(x for x in (str(row.status or ""), row.error_code or "") if x)
         table.add_row(
-            row.chunk[:12],
-            escape(row.entry),
-            escape(row.job_name),
-            _what(row),
-            str(row.attempts),
-            f"[{style}]{row.state}[/]" if style else row.state,
-            escape(row.current) if row.current != row.state else "",
-            escape(status),
-            escape(row.request_id or ""),
-            escape(row.error_msg or row.reason or ""),
-            escape(row.instance_status or ""),
+            _line(row.chunk[:12]),
+            _line(row.entry),
+            _line(row.job_name),
+            _line(_what(row)),
+            _line(str(row.attempts)),
+            _line(row.state, _STATE_STYLE.get(row.state, "")),
+            _line(row.current if row.current != row.state else ""),
+            _line(status),
+            _line(row.request_id or ""),
+            _line(row.error_msg or row.reason or ""),
+            _line(row.instance_status or ""),
         )
         tally[row.state] += 1
         n += 1

@@ -14,21 +14,24 @@ import anyio
 import pytest
 from rich.console import Console
 
+import bulkrerun.report as report_module
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id, instance_unit_id
 from bulkrerun.journal import Binding, Journal, RunInfo, UnitState, read_state
 from bulkrerun.manifest import load_manifest
 from bulkrerun.outcome import Kind, Outcome
-from bulkrerun.planner import plan
+from bulkrerun.planner import SelectedInstance, plan
 from bulkrerun.report import (
     REPORT_COLUMNS,
     count_pending,
-    pending_units,
+    not_sent,
     render_status,
     report_rows,
     status,
     status_json,
+    summarize,
     write_report,
 )
+from tests.conftest import Cli
 
 BINDING = Binding("62099355b894428e8916573ae635f1f9", "http://127.0.0.1:8080")
 WS = "62fbba734e634c5087656fc3ff7adf34"
@@ -130,7 +133,7 @@ def journal_path(tmp_path: Path, planned: tuple[Path, list[Chunk]]) -> Path:
 
 
 def test_status_counts_units_and_says_what_to_do(journal_path: Path) -> None:
-    summary = status(journal_path, pending=2)
+    summary = status(journal_path)
     assert (summary.done, summary.failed, summary.held, summary.pending) == (2, 1, 4, 2)
     assert summary.failed_by_code == {"DLF.1000": 1}
     assert (summary.requests, summary.attempts, summary.accepted, summary.runs) == (5, 6, 2, 1)
@@ -148,7 +151,7 @@ def test_status_counts_units_and_says_what_to_do(journal_path: Path) -> None:
 
 
 def test_status_json_has_integer_counts(journal_path: Path) -> None:
-    obj = status_json(status(journal_path, pending=2))
+    obj = status_json(status(journal_path))
     assert {k: obj[k] for k in ("done", "failed", "held", "pending")} == {
         "done": 2,
         "failed": 1,
@@ -168,14 +171,14 @@ def test_status_when_everything_is_done(tmp_path: Path) -> None:
         j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
 
     run_journal(tmp_path / "j", script)
-    summary = status(tmp_path / "j", pending=0)
+    summary = summarize(tmp_path / "j", read_state(tmp_path / "j")[1], pending=0)
     assert summary.next_steps == ["nothing left to do: every unit is done"]
     assert summary.failed_by_code == {}
 
 
 def test_render_status_prints_counts_and_escapes_service_text(journal_path: Path) -> None:
     con, buffer = console()
-    render_status(status(journal_path, pending=None), con)
+    render_status(summarize(journal_path, read_state(journal_path)[1], pending=None), con)
     text = buffer.getvalue()
     assert "DLF.1000" in text
     assert "?" in text  # pending unknown
@@ -252,8 +255,8 @@ def test_report_csv_json_and_table(journal_path: Path) -> None:
 
 def test_no_output_carries_an_authorization_header(journal_path: Path) -> None:
     con, buffer = console()
-    render_status(status(journal_path, pending=1), con)
-    print(json.dumps(status_json(status(journal_path, pending=1))), file=buffer)
+    render_status(status(journal_path), con)
+    print(json.dumps(status_json(status(journal_path))), file=buffer)
     for fmt in ("table", "csv", "json", "manifest"):
         write_report(journal_path, fmt, buffer, con)
     text = buffer.getvalue()
@@ -311,21 +314,259 @@ def test_an_empty_manifest_says_there_is_nothing_to_do(tmp_path: Path) -> None:
     assert tomllib.loads(out.getvalue()) == {"version": 1}
 
 
-def test_count_pending_and_pending_units(
+def test_pending_is_counted_from_the_journals_copy_of_the_manifest(
     journal_path: Path, planned: tuple[Path, list[Chunk]]
 ) -> None:
     manifest_path, chunks = planned
     _, state = read_state(journal_path)
     # Window chunk 4 and instance 4 were never sent.
     assert count_pending(state, chunks) == 2
-    assert pending_units(journal_path) == 2
+    assert not_sent(state) == (2, None)
+    # What the file says now does not matter: the run's manifest is the journal's copy.
     manifest_path.write_text(MANIFEST.replace("5 * 3_600_000", "6 * 3_600_000") + "\n")
-    assert pending_units(journal_path) is None  # the manifest changed since the run
+    assert not_sent(state) == (2, None)
+    manifest_path.unlink()
+    assert not_sent(state) == (2, None)
 
 
-def test_pending_units_without_a_run_is_unknown(tmp_path: Path) -> None:
+def test_pending_without_a_run_is_unknown(tmp_path: Path) -> None:
     run_journal(tmp_path / "j", _nothing)
-    assert pending_units(tmp_path / "j") is None
+    assert not_sent(read_state(tmp_path / "j")[1]) == (None, None)
+    assert status(tmp_path / "j").pending is None
+
+
+# -- not yet sent: from the journal's copy of the manifest, in one read ----------------------
+
+FILE_MANIFEST = """version = 1
+
+[defaults]
+workspace = "WS"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+
+[[window]]
+job_name = "ods_orders"
+begin = 2024-11-26T16:00:00+08:00
+end = 2024-11-26T19:00:00+08:00
+chunk = "1h"
+
+[[instances]]
+job_name = "ods_payments"
+batch = 2
+file = "FILE"
+""".replace("WS", WS)
+
+INSTANCES_CSV = "job_id,plan_time,submit_time\n" + "".join(
+    f"{j},1732601580000,1732239754684\n" for j in range(1, 6)
+)
+
+
+def run_from_manifest(journal: Path, manifest: Path, sent: int) -> list[Chunk]:
+    """Record a run of ``manifest`` (named as given, as ``bulkrerun run`` records it) that
+    sent the first ``sent`` requests of its plan: the first accepted, the others refused.
+    Returns the plan."""
+    loaded = load_manifest(manifest)
+    chunks = list(plan(loaded))
+
+    async def script(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(manifest, instance_files=loaded.files), wall=T0)
+        for i, chunk in enumerate(chunks[:sent]):
+            await j.intend(chunk, 1, T0 + i)
+            if i == 0:
+                j.outcome(chunk, 1, ACCEPTED, T0 + i, "done")
+            else:
+                j.outcome(chunk, 1, FAILED, T0 + i, "failed")
+
+    run_journal(journal, script)
+    return chunks
+
+
+@pytest.mark.parametrize("file", ["failed.csv", "data/failed.csv", "../shared/failed.csv"])
+def test_pending_is_counted_from_any_folder_whatever_became_of_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str
+) -> None:
+    # The run started in ops/ with `bulkrerun run configs/backfill.toml`: the journal has the
+    # manifest's name relative to ops/, and the instance file as the manifest resolved it.
+    ops = tmp_path / "ops"
+    manifest = ops / "configs" / "backfill.toml"
+    instances = (manifest.parent / file).resolve()
+    instances.parent.mkdir(parents=True, exist_ok=True)
+    instances.write_text(INSTANCES_CSV, encoding="utf-8")
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(FILE_MANIFEST.replace("FILE", file), encoding="utf-8")
+    monkeypatch.chdir(ops)
+    chunks = run_from_manifest(tmp_path / "j", Path("configs/backfill.toml"), sent=4)
+    units = sum(len(c.units) for c in chunks)
+    assert units == 3 + 5
+    # A window chunk done, two window chunks and the first batch of 2 instances failed.
+    expected = {"done": 1, "failed": 4, "held": 0, "pending": 3}
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with manifest.open("a", encoding="utf-8") as f:
+        f.write("# looked at again after the run\n")
+    for _ in ("edited", "deleted"):
+        obj = status_json(status(tmp_path / "j"))
+        assert {k: obj[k] for k in expected} == expected
+        assert obj["pending_unknown"] is None
+        manifest.unlink(missing_ok=True)
+
+
+def test_pending_is_unknown_while_an_instance_file_is_missing_or_changed(tmp_path: Path) -> None:
+    manifest = tmp_path / "backfill.toml"
+    manifest.write_text(FILE_MANIFEST.replace("FILE", "data/failed.csv"), encoding="utf-8")
+    instances = tmp_path / "data" / "failed.csv"
+    instances.parent.mkdir()
+    instances.write_text(INSTANCES_CSV, encoding="utf-8")
+    run_from_manifest(tmp_path / "j", manifest, sent=1)
+
+    instances.rename(tmp_path / "kept.csv")
+    summary = status(tmp_path / "j")
+    assert summary.pending is None
+    step = summary.next_steps[0]
+    assert f"the instance file {instances} (instances[0]) that run 1 read is missing" in step
+    assert step.endswith(f"bulkrerun run {manifest} --journal {tmp_path / 'j'}")
+    con, buffer = console()
+    render_status(summary, con)
+    assert "?" in buffer.getvalue()
+    assert str(instances) in buffer.getvalue()
+
+    instances.write_text(INSTANCES_CSV.replace("\n5,", "\n6,"), encoding="utf-8")
+    summary = status(tmp_path / "j")
+    assert summary.pending is None
+    assert f"{instances} (instances[0]) changed since run 1 read it" in summary.next_steps[0]
+    assert status_json(summary)["pending_unknown"] == summary.pending_unknown
+
+    (tmp_path / "kept.csv").replace(instances)  # back as it was: counted again
+    assert status(tmp_path / "j").pending == 3 + 5 - 1
+
+
+SELECT_MANIFEST = f"""version = 1
+
+[defaults]
+workspace = "{WS}"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+
+[[select]]
+job_name = "ods_payments"
+begin = "2024-11-26T02:00:00+08:00"
+end = "2024-11-26T06:00:00+08:00"
+batch = 2
+"""
+
+
+def test_pending_of_a_select_entry_comes_from_the_selection_recorded(tmp_path: Path) -> None:
+    manifest = tmp_path / "outage.toml"
+    manifest.write_text(SELECT_MANIFEST, encoding="utf-8")
+    found = [("ods_payments", j, 1_732_601_580_000, 1_732_239_754_684) for j in range(1, 6)]
+    selected = {"select[0]": [SelectedInstance(*item) for item in found]}
+    chunks = list(plan(load_manifest(manifest), selections=selected))
+    assert [len(c.units) for c in chunks] == [2, 2, 1]
+
+    async def script(j: Journal) -> None:
+        info = RunInfo.from_manifest(manifest, selections={"select[0]": found})
+        j.begin_run(info, wall=T0)
+        await j.intend(chunks[0], 1, T0 + 1)
+        j.outcome(chunks[0], 1, ACCEPTED, T0 + 2, "done")
+
+    run_journal(tmp_path / "j", script)
+    # The service would answer otherwise now, and the entry was edited: neither counts.
+    manifest.write_text(SELECT_MANIFEST.replace("06:00", "05:00"), encoding="utf-8")
+    summary = status(tmp_path / "j")
+    assert (summary.done, summary.pending) == (2, 3)
+
+    async def unrecorded(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(manifest), wall=T0)
+
+    run_journal(tmp_path / "j2", unrecorded)
+    summary = status(tmp_path / "j2")
+    assert summary.pending is None
+    assert "the instances select[0] selected in run 1 are not recorded" in summary.next_steps[0]
+
+
+def test_status_counts_from_one_read_so_its_numbers_add_up_during_a_run(
+    journal_path: Path, planned: tuple[Path, list[Chunk]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunks = planned[1]
+    unsent = [chunks[4], chunks[6]]  # window chunk 4, the batch of instance 4
+    read_state_now = report_module.read_state
+
+    def read_while_the_run_goes_on(path: Path) -> Any:
+        read = read_state_now(path)
+        if unsent:  # meanwhile the run sends the next request, and it is accepted
+            chunk = unsent.pop(0)
+
+            async def script(j: Journal) -> None:
+                await j.intend(chunk, 1, T0 + 20)
+                j.outcome(chunk, 1, ACCEPTED, T0 + 21, "done")
+
+            run_journal(path, script)
+        return read
+
+    monkeypatch.setattr(report_module, "read_state", read_while_the_run_goes_on)
+    summary = status(journal_path)
+    assert (summary.done, summary.failed, summary.held, summary.pending) == (2, 1, 4, 2)
+    assert summary.done + summary.failed + summary.held + summary.pending == sum(
+        len(c.units) for c in chunks
+    )
+
+
+def test_status_from_another_folder_through_the_cli(tmp_path: Path, cli: Cli) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the run stops, nothing sent
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "failed.csv").write_text(INSTANCES_CSV, encoding="utf-8")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(FILE_MANIFEST.replace("FILE", "data/failed.csv"), encoding="utf-8")
+    out = cli("run", "m.toml", "--journal", "run.journal", "--rate", "100", url=url)
+    assert out.returncode == 3, out.stderr
+    with manifest.open("a", encoding="utf-8") as f:
+        f.write("# edited after the run\n")
+    (tmp_path / "elsewhere").mkdir()
+    out = Cli(tmp_path / "elsewhere")("status", str(tmp_path / "run.journal"), "--json")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert {k: obj[k] for k in ("done", "failed", "held", "pending")} == {
+        "done": 0,
+        "failed": 0,
+        "held": 0,
+        "pending": 3 + 5,
+    }
+
+
+# -- the table ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [80, 120, 160, 260])
+def test_the_table_shows_chunk_entry_tries_state_and_status_in_full_at_any_width(
+    journal_path: Path, width: int
+) -> None:
+    rows = list(report_rows(journal_path))
+    assert {r.state for r in rows} == {"done", "failed", "held"}
+    for soft_wrap in (False, True):  # True: as the CLI prints into a pipe or a file
+        buffer = io.StringIO()
+        con = Console(file=buffer, width=width, soft_wrap=soft_wrap)
+        write_report(journal_path, "table", io.StringIO(), con)
+        lines = buffer.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width
+        for row in rows:
+            (line,) = (line for line in lines if line.startswith(row.chunk[:12] + " "))
+            words = line.split()
+            assert {row.entry, str(row.attempts), row.state} <= set(words), line
+            if row.status is not None:
+                assert str(row.status) in words, line
+            if row.error_code is not None:
+                assert row.error_code in words, line
+        if width >= 260:  # room for everything: nothing gives way
+            text = buffer.getvalue()
+            assert FAILED.error_msg is not None
+            assert FAILED.error_msg in text
+            assert "2024-11-26T08:00:00Z .. 08:59:59.999Z" in text
 
 
 # -- helpers ------------------------------------------------------------------------------
