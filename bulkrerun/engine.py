@@ -37,7 +37,7 @@ import anyio
 
 from bulkrerun.chunk import Chunk
 from bulkrerun.clock import Clock, SystemClock
-from bulkrerun.errors import AuthRefused, BudgetExhausted, Fatal, Unreachable
+from bulkrerun.errors import AuthRefused, BudgetExhausted, Fatal, Unanswered, Unreachable
 from bulkrerun.events import EventSink, Retrying, Settled, Stopping, ignore
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer, Slot
@@ -48,6 +48,14 @@ UNREACHABLE_AFTER = 8
 stops (exit 3) instead of crawling on: with nothing ever reached, the endpoint is wrong or
 down, and the breaker would only pace the hopeless attempts to one every few seconds. Eight
 is the breaker's first five plus three probes, about fifteen seconds."""
+
+HELD_IN_A_ROW_BEYOND_INFLIGHT = 3
+"""Held outcomes in a row (nothing done or refused between them), beyond ``max_inflight``,
+after which the run stops (exit 3): the service takes requests but answers none in time.
+Each held unit may have run and must be decided by verification or by hand, so a run that
+went on would only pile them up, one per breaker probe (every 6 s, seen against a service
+that never answered in time). A stall that times out every request in flight at once makes
+``max_inflight`` of them; three more are the breaker's probes failing too."""
 
 LOOKAHEAD_SHARE = 0.5
 """Workers beyond ``max_inflight``, as a share of it (at least one): see "Intents ahead"."""
@@ -130,6 +138,7 @@ class Engine:
         self._inflight = anyio.CancelScope()  # cancelled on hard stop: sends end at once
         self._answered = False  # has the service (or its gateway) answered anything yet?
         self._unreached = 0  # connection failures while it has not
+        self._held_in_a_row = 0  # held outcomes since the last done or failed one
         self.result = RunResult()
 
     # -- control ----------------------------------------------------------------------------
@@ -238,6 +247,7 @@ class Engine:
                     pacer.on_outcome(outcome, clock.now(), sent_at)
                     if outcome.kind is _DONE:  # _decide's first case, inline
                         self._answered = True
+                        self._held_in_a_row = 0
                         state, delay = "done", 0.0
                     else:
                         state, delay = self._decide(outcome, attempt)
@@ -298,10 +308,24 @@ class Engine:
         if outcome.status is not None:
             self._answered = True
         if kind is Kind.DONE:
+            self._held_in_a_row = 0
             return "done", 0.0
         if kind is Kind.FAILED:
+            self._held_in_a_row = 0
             return "failed", 0.0
         if kind is Kind.HELD:
+            self._held_in_a_row += 1
+            limit = self._max_inflight + HELD_IN_A_ROW_BEYOND_INFLIGHT
+            if self._held_in_a_row >= limit and self.result.fatal is None:
+                self.result.fatal = Unanswered(
+                    f"the service does not answer: {self._held_in_a_row} requests in a row "
+                    f"were sent and got no definite answer (the last: {outcome.reason}). "
+                    "Each is held, as its rerun may have started; the run stopped rather than "
+                    "hold more. Check the service and BULKRERUN_TIMEOUT, then run the same "
+                    "command again: held units are not resent; decide them first with "
+                    "--verify-held (or `bulkrerun verify`)."
+                )
+                self.stop("the service does not answer")
             return "held", 0.0
         if kind is Kind.FATAL:
             if self.result.fatal is None:
@@ -357,8 +381,5 @@ class Engine:
             self._on_settled(Settled(chunk, state, outcome, attempts))
         reason = self._pacer.stop_reason()
         if reason is not None and r.fatal is None:
-            r.fatal = BudgetExhausted(
-                f"{reason}. The rest was not sent; look at the failures "
-                "(bulkrerun report JOURNAL) before resuming."
-            )
+            r.fatal = BudgetExhausted(f"{reason}. The rest was not sent.")
             self.stop(reason)

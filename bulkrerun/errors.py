@@ -12,6 +12,7 @@
         ├── AuthRefused             401/403: credentials or permissions are wrong
         ├── BudgetExhausted         the failure budget or the canary said stop
         ├── Unreachable             no request ever reached the service (wrong endpoint?)
+        ├── Unanswered              request after request sent without a definite answer
         └── select.ListFailed       the instance-list API refused or did not answer
 
 Foreign exceptions (aiohttp, OS errors) are translated into outcomes in ``transport`` and
@@ -78,3 +79,8 @@ class BudgetExhausted(Fatal):
 
 class Unreachable(Fatal):
     """The run's first requests all failed to connect: the endpoint is wrong or down."""
+
+
+class Unanswered(Fatal):
+    """Request after request was sent and got no definite answer (a timeout, a lost
+    connection, a 5xx that may have acted): each is held, and more would only be more held."""

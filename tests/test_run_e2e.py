@@ -268,6 +268,28 @@ def test_a_signal_during_start_up_exits_130_and_prints_the_command(
     assert srv.ledger() == []
 
 
+def test_a_service_that_never_answers_in_time_stops_the_run(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # Accepted, then answered after 2 s; the client gives up after 0.3 s: every unit sent is
+    # held (its rerun did start). With 2 in flight the run stops after 2 + 3 in a row.
+    srv = fake_service("--latency-ms", "2000")
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[window]]\njob_name = "ods_orders"\nbegin = 1732579200000\nend = 1732582800000\n'
+        'chunk = "1m"\n',
+    )  # 60 chunks
+    j = tmp_path / "j"
+    run = ["run", str(m), "--journal", str(j), "--timeout", "0.3", "--max-inflight", "2"]
+    out = cli(*run, "--rate", "100", url=srv.url)
+    assert out.returncode == 3, out.stderr
+    assert "the service does not answer: 5 requests in a row" in out.stderr
+    s = status_of(cli, j)
+    assert s["done"] == 0 and s["failed"] == 0
+    assert 5 <= s["held"] < 60 and s["held"] + s["pending"] == 60
+    assert len(srv.ledger()) == s["held"]  # what is held was in fact accepted
+
+
 def test_secrets_never_written_anywhere(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
