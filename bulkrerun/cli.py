@@ -8,6 +8,7 @@ Every error a user can cause ends here as a message and an exit code from
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -32,7 +33,9 @@ from bulkrerun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    BadInput,
     BulkrerunError,
+    Fatal,
     ManifestError,
     SettingsError,
 )
@@ -124,6 +127,16 @@ class _Redact:
         return event
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged: while the progress bar is
+    drawn, rich puts a proxy there that prints above the bar; a handler that kept the real
+    stderr would write into the bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[str] = ()) -> bool:
     """Logs go to stderr (warnings, or everything with -v) and, with --log-file, as JSON lines
     to that file. Returns whether per-chunk logging is wanted (it costs time on big runs).
@@ -152,7 +165,7 @@ def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[st
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     root.propagate = False
-    console = logging.StreamHandler(sys.stderr)
+    console = _StderrHandler()
     console.setLevel(logging.DEBUG if verbose else logging.WARNING)
     console.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -407,6 +420,9 @@ class RunArgs:
     progress: bool
     log_chunks: bool
     resume: str  # the command line that resumes this run, shell-quoted
+    # Instead of the journal's next steps, when those cannot work (the demo's fake service
+    # is gone when it ends).
+    next_steps: tuple[str, ...] | None = None
 
 
 def _make_auth(settings: Any) -> Any:
@@ -524,7 +540,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 )
             if len(counts.duplicates) > 20:
                 err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
-            _print_resume(args, counts)
+            _print_resume(args, counts, resumed=bool(state.runs))
             journal.begin_run(
                 RunInfo(
                     manifest_name=str(manifest.path),
@@ -543,7 +559,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     pending=counts.to_send,
                 )
             )
-            display = RunDisplay(err, counts.to_send, enabled=args.progress)
+            display = RunDisplay(err, counts.to_send, enabled=args.progress, pacer=pacer)
             on_event, on_settled = _event_sinks(display, args.log_chunks)
             engine = Engine(
                 iter(chunks_to_send(manifest, state, flags, selections)),
@@ -590,7 +606,11 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
             if args.watch and not interrupted and result.fatal is None:
                 journal.reload()
-                await _watch(journal, transport, pacer, clock)
+                try:
+                    await _watch(journal, transport, pacer, clock)
+                except Fatal as exc:  # the reruns stand; only following them failed
+                    err.print("[yellow]warning:[/] could not follow the reruns: ", end="")
+                    err.print(str(exc), markup=False)
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import summarize
 
@@ -654,8 +674,8 @@ def _event_sinks(display: Any, log_chunks: bool) -> tuple[EventSink, EventSink |
     return sink, sink
 
 
-def _print_resume(args: RunArgs, c: Any) -> None:
-    if c.done or c.failed or c.held:
+def _print_resume(args: RunArgs, c: Any, *, resumed: bool) -> None:
+    if resumed or c.done or c.failed or c.held:
         err.print(
             f"journal {args.journal}: {c.done:,} units done, {c.failed:,} failed, "
             f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,}.",
@@ -686,7 +706,7 @@ def _finish(
     from bulkrerun.report import render_status
 
     table = Table(title="this run", title_justify="left")
-    for col in ("done", "failed", "held", "not sent", "rate/s"):
+    for col in ("done", "failed", "held", "not sent", "units/s"):
         table.add_column(col, justify="right")
     table.add_row(
         f"{result.done:,}",
@@ -703,6 +723,8 @@ def _finish(
             said = example.error_msg or example.reason
             detail = f" (e.g. request id {example.request_id or 'none'}: {said})"
         err.print(f"  failed {code}: {n:,}{detail}", markup=False)
+    if args.next_steps is not None:
+        summary = dataclasses.replace(summary, next_steps=list(args.next_steps))
     render_status(summary, err)
     if interrupted:
         err.print("[yellow]interrupted[/]: ", end="")
@@ -1016,6 +1038,8 @@ def verify(
     the next `run` sends it. What cannot be decided stays held, with the reason.
     """
     try:
+        if not journal.exists():  # a mistyped path must not become a new, empty journal
+            raise BadInput(f"no journal at {journal}")
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
         configure_logging(verbose, log_file, settings.secrets())
         from bulkrerun.settings import resolve_endpoint
@@ -1242,6 +1266,7 @@ def demo(
                 # cannot be resumed, the demo starts again.
                 resume="bulkrerun demo",
             )
+            args = dataclasses.replace(args, next_steps=_demo_next_steps(journal))
             code = await _run(args, settings, srv.url)
             err.print(f"ledger: the fake service accepted {len(srv.ledger)} reruns")
             return code
@@ -1251,11 +1276,6 @@ def demo(
         from bulkrerun.report import write_report
 
         write_report(journal_path, "table", sys.stdout, out)
-        if journal is None:
-            err.print(
-                "(the demo's journal was temporary; give --journal PATH to keep one and try "
-                "`bulkrerun status PATH` and `bulkrerun report PATH --format csv`)"
-            )
         if code == EXIT_SOME_FAILED:
             # The refusals (a job the service does not know) and, with --hostile, the held
             # reruns are part of the show: the demo itself succeeded.
@@ -1269,6 +1289,21 @@ def demo(
     finally:
         tmp.cleanup()
     raise typer.Exit(code)
+
+
+def _demo_next_steps(journal: Path | None) -> tuple[str, ...]:
+    """What to try after the demo. Not the journal's own next steps: the demo's fake service
+    stops with it (and a temporary journal is deleted), so resuming or verifying cannot work."""
+    if journal is None:
+        return (
+            "the demo's journal was temporary: give --journal PATH to keep one, then try "
+            "`bulkrerun status PATH` and `bulkrerun report PATH --format csv`",
+        )
+    quoted = shlex.quote(str(journal))
+    return (
+        f"look at the journal: `bulkrerun status {quoted}` and `bulkrerun report {quoted} "
+        "--format csv` (the demo's fake service has stopped: the journal cannot be resumed)",
+    )
 
 
 def _version(value: bool) -> None:

@@ -4,6 +4,10 @@ On a terminal: one bar in units (instances or window chunks) with done / failed 
 counts, the current rate and an ETA. Elsewhere (CI logs, pipes): a plain line every few
 seconds, so a long run still shows life without flooding the log.
 
+Pacing shows too, when it is at work: how often the service throttled and the rate it
+left, or that sending is paused while the circuit breaker waits on a failing service (a
+line is printed when it opens). Without it a run that waits looks like a run that hangs.
+
 The display reads the engine's :class:`~bulkrerun.engine.RunResult` on a timer instead of
 being told of every chunk: the engine counts each settled chunk there anyway, and an event
 per request, made and handed to a display that counted it a second time, cost 6,100
@@ -29,6 +33,7 @@ from rich.progress import (
 from bulkrerun.clock import Clock
 from bulkrerun.engine import RunResult
 from bulkrerun.events import Event, Stopping
+from bulkrerun.pacing import BreakerState, Pacer
 
 PLAIN_EVERY = 5.0  # seconds between plain progress lines when not on a terminal
 LIVE_EVERY = 0.1
@@ -41,10 +46,19 @@ class RunDisplay:
     notices (it is the engine's ``on_event`` sink). Use as a context manager around the
     run: leaving it draws the final counts."""
 
-    def __init__(self, console: Console, total_units: int, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        console: Console,
+        total_units: int,
+        *,
+        enabled: bool = True,
+        pacer: Pacer | None = None,
+    ) -> None:
         self.console = console
         self.total = total_units
         self.counts = RunResult()  # the engine's, once follow() is given them
+        self._pacer = pacer
+        self._breaker_opens = 0  # openings already told
         self._started = time.monotonic()
         self._live = enabled and console.is_terminal
         self._plain = enabled and not console.is_terminal
@@ -56,6 +70,7 @@ class RunDisplay:
                 "[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/] "
                 "[yellow]{task.fields[held]} held[/] {task.fields[rate]}/s"
             ),
+            TextColumn("[yellow]{task.fields[pacing]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -67,7 +82,7 @@ class RunDisplay:
     def __enter__(self) -> RunDisplay:
         self._progress.start()
         self._task = self._progress.add_task(
-            "rerun", total=self.total, done=0, failed=0, held=0, rate="0"
+            "rerun", total=self.total, done=0, failed=0, held=0, rate="0", pacing=""
         )
         return self
 
@@ -87,16 +102,36 @@ class RunDisplay:
         self.counts = counts
         if self._live:
             while True:
-                self._refresh()
+                self._refresh(self.pacing(clock.now()))
                 await clock.sleep(LIVE_EVERY)
         elif self._plain:
             while True:
                 await clock.sleep(PLAIN_EVERY)
+                pacing = self.pacing(clock.now())
                 self.console.print(
                     f"progress: {self.settled}/{self.total} units, {counts.done} done, "
-                    f"{counts.failed} failed, {counts.held} held, {self.rate():.1f}/s",
+                    f"{counts.failed} failed, {counts.held} held, {self.rate():.1f}/s"
+                    + (f"; {pacing}" if pacing else ""),
                     highlight=False,
                 )
+
+    def pacing(self, now: float) -> str:
+        """What pacing is doing, in a few words ("" when nothing worth saying); prints a
+        line the first time the breaker opens after the last one was told."""
+        if self._pacer is None:
+            return ""
+        stats = self._pacer.stats(now)
+        if stats.breaker_opens > self._breaker_opens:
+            self._breaker_opens = stats.breaker_opens
+            self.console.print(
+                "[yellow]the service is failing: sending paused; one request probes it "
+                "every few seconds[/]"
+            )
+        if stats.breaker is not BreakerState.CLOSED:
+            return f"paused: the service is failing (circuit breaker {stats.breaker})"
+        if stats.throttled:
+            return f"{stats.throttled:,} throttled (429), sending at {stats.rate:.1f} requests/s"
+        return ""
 
     @property
     def settled(self) -> int:
@@ -104,10 +139,12 @@ class RunDisplay:
         return c.done + c.failed + c.held + c.pending
 
     def rate(self) -> float:
+        """Units sent and settled per second so far: not those left pending by a stop."""
+        c = self.counts
         elapsed = time.monotonic() - self._started
-        return self.settled / elapsed if elapsed > 0 else 0.0
+        return (c.done + c.failed + c.held) / elapsed if elapsed > 0 else 0.0
 
-    def _refresh(self) -> None:
+    def _refresh(self, pacing: str = "") -> None:
         if self._task is None:
             return
         c = self.counts
@@ -118,4 +155,5 @@ class RunDisplay:
             failed=c.failed,
             held=c.held,
             rate=f"{self.rate():.1f}",
+            pacing=escape(pacing),
         )

@@ -215,3 +215,37 @@ def test_fake_server_on_a_taken_port_exits_2(runner: CliRunner) -> None:
     assert result.exit_code == 2, result.output
     assert "the fake service could not start" in result.output
     assert "address already in use" in result.output.lower()
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # While the progress bar is drawn, rich puts a proxy in sys.stderr that prints above the
+    # bar; a handler that kept the stderr of its start wrote into the bar's line.
+    import io
+    import logging
+    import sys
+
+    import structlog
+
+    from bulkrerun.cli import configure_logging
+
+    logger = logging.getLogger("bulkrerun")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        configure_logging(True, None)
+        swapped = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", swapped)
+        logging.getLogger("bulkrerun.cli").warning("drawn above the bar")
+        assert "drawn above the bar" in swapped.getvalue()
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+        structlog.reset_defaults()
+
+
+def test_verify_of_a_mistyped_journal_exits_2_and_creates_nothing(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    env = {"BULKRERUN_ENDPOINT": "http://127.0.0.1:9", "BULKRERUN_PROJECT_ID": "p"}
+    result = runner.invoke(app, ["verify", str(tmp_path / "nope.journal")], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"no journal at {tmp_path / 'nope.journal'}" in result.output
+    assert not (tmp_path / "nope.journal").exists()

@@ -101,3 +101,21 @@ async def test_disabled_it_draws_nothing_but_stop_notices() -> None:
     assert clock.sleeps == []
     assert "stopping: SIGINT: finishing requests in flight" in out.getvalue()
     assert display.settled == 10
+
+
+def test_pacing_at_work_is_shown_and_a_breaker_opening_is_told_once() -> None:
+    from bulkrerun.outcome import Kind, Outcome
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    out = io.StringIO()
+    pacer = Pacer(PacingConfig(rate=50.0))
+    display = RunDisplay(Console(file=out, force_terminal=False, width=200), 10, pacer=pacer)
+    assert display.pacing(0.0) == ""  # nothing to say while pacing is idle
+    pacer.on_outcome(Outcome(Kind.RETRY, status=429, reason="429 throttled"), 0.1, 0.0)
+    assert display.pacing(0.2).startswith("1 throttled (429), sending at ")
+    for i in range(5):  # the breaker's threshold of failures in a row
+        pacer.on_outcome(Outcome(Kind.RETRY, status=503, reason="503"), 1.0 + i, 0.5 + i)
+    note = display.pacing(6.0)
+    assert note.startswith("paused: the service is failing (circuit breaker ")
+    display.pacing(6.1)
+    assert out.getvalue().count("the service is failing: sending paused") == 1

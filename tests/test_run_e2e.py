@@ -290,6 +290,24 @@ def test_a_service_that_never_answers_in_time_stops_the_run(
     assert len(srv.ledger()) == s["held"]  # what is held was in fact accepted
 
 
+def test_a_journal_of_other_units_is_resumed_not_new(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    window = (
+        '[[window]]\njob_name = "{}"\nbegin = 1732579200000\nend = 1732586400000\nchunk = "1h"\n'
+    )
+    first = write_manifest(tmp_path / "a.toml", window.format("ods_orders"))
+    other = write_manifest(tmp_path / "b.toml", window.format("ods_users"))
+    j = tmp_path / "j"
+    assert cli("run", str(first), "--journal", str(j), url=srv.url).returncode == 0
+    out = cli("run", str(other), "--journal", str(j), url=srv.url)
+    assert out.returncode == 0, out.stderr
+    # None of b's units is in the journal, but the journal is not new: it says so.
+    assert f"journal {j}: 0 units done, 0 failed, 0 held, 2 new; sending 2." in out.stderr
+    assert "new journal" not in out.stderr
+
+
 def test_secrets_never_written_anywhere(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:

@@ -635,3 +635,28 @@ async def test_verify_on_the_command_line_resolves_held_units(tmp_path: Path) ->
         code, _, err = await bulkrerun(tmp_path, srv.url, "run", str(manifest), "--journal", "j")
         assert code == 0, err
         assert len(srv.ledger) == accepted  # nothing the service had accepted was resent
+
+
+class ListRefused(FakeServer):
+    """Accepts reruns, refuses the instance list (a role without the list permission)."""
+
+    async def _list(self, rid: str, request: Any, job_name: str) -> Any:
+        from bulkrerun.fake.validate import Refusal
+
+        return self._refuse(rid, Refusal(403, "DLF.0003", "list denied"))
+
+
+async def test_a_watch_that_cannot_list_warns_and_the_reruns_decide_the_exit(
+    tmp_path: Path,
+) -> None:
+    window_only = MANIFEST[MANIFEST.index("[[window]]") :]
+    manifest = tmp_path / "window.toml"
+    manifest.write_text(MANIFEST[: MANIFEST.index("[[select]]")] + window_only, encoding="utf-8")
+    async with ListRefused(demo_config()) as srv:
+        code, _, err = await bulkrerun(
+            tmp_path, srv.url, "run", str(manifest), "--journal", "j", "--watch"
+        )
+    assert code == 0, err  # every rerun was accepted; only following them failed
+    assert len(srv.ledger) == WINDOW_CHUNKS
+    assert "warning: could not follow the reruns: " in err
+    assert "this run" in err  # the run's summary is still shown
