@@ -13,13 +13,25 @@ Two layers:
   same adaptive rate and breaker as the rerun POSTs, since both count against one quota),
   and through the transport that signs and classifies the rerun calls. A GET changes
   nothing on the service, so what is ``HELD`` for a rerun (timeout, connection lost, 5xx) is
-  simply retried, like ``RETRY``. Pages are read with ``limit`` 1000 and ``offset`` until
-  ``total`` is reached.
+  simply retried, like ``RETRY``. Pages are read with ``limit`` 1000 and ``offset``; a read
+  counts only if it is provably complete (see :meth:`InstanceLister.list`).
 - :func:`query_selections` and :func:`selections_for_run`, what ``plan`` and ``run`` call.
   ``run`` records the selection in the journal when it starts; a resume reuses the recorded
   selection instead of asking again (the service's answer has changed by then: the instances
   rerun meanwhile no longer show ``fail``), unless ``--reselect`` is given or the entry
   changed since (then it is queried again, with a note).
+
+Statuses change while a selection is read: in an outage other people and tools rerun
+instances too. So the list is never filtered by status on the service, where offset paging
+over a shrinking set skips instances; each job's whole window is read, without a filter,
+and the statuses are picked here. What a selection then means, precisely: every instance of
+the window is read exactly once, and it is selected if and only if the status it showed when
+read is one of the entry's. An instance that keeps a selected status throughout the listing
+is therefore always selected, one that never has it is never selected, and one that changes
+while the listing runs is judged by what it showed when its page was read (with the
+``submit_time`` of that moment). That last race is the one any read-then-rerun has, however
+fast the read: an instance rerun by someone else after it was read is selected here just as
+it would be if they reran it a second after the listing ended.
 
 Reach: the list API searches plan times at most one month back. A window longer than that is
 refused here before anything is sent; a window that starts more than a month before the
@@ -52,6 +64,7 @@ from bulkrerun.planner import SelectedInstance
 
 __all__ = [
     "LIST_LIMIT",
+    "LIST_READS",
     "InstanceLister",
     "ListFailed",
     "ListTransport",
@@ -68,6 +81,9 @@ LIST_LIMIT = 1000
 LIST_CONCURRENCY = 4
 """List queries in flight at once. The pacer sets the rate; this only hides the latency of a
 few round trips (a dozen jobs at 200 ms each would otherwise take seconds at any rate)."""
+
+LIST_READS = 3
+"""Reads of a job's whole window before giving up when the list changes while it is read."""
 
 MONTH_REFUSAL = "DLF.0104"
 """The fake service's code for a ``min_plan_time`` more than one month back. The real
@@ -113,7 +129,8 @@ class ListedInstance:
 
 
 class ListFailed(Fatal):
-    """The list API refused a query or did not answer within the attempts allowed.
+    """The list API refused a query, did not answer within the attempts allowed, or its pages
+    did not add up to a complete list within :data:`LIST_READS` reads.
 
     ``outcome`` is the last attempt's; ``refused`` says it was a definite refusal (a 4xx that
     asking again would not change) rather than a service that did not answer.
@@ -220,45 +237,89 @@ class InstanceLister:
         self.gets = 0  # requests sent, retries included
 
     async def list(
-        self,
-        job_name: str,
-        workspace: str,
-        *,
-        min_plan_time: int,
-        max_plan_time: int,
-        status: str | None = None,
+        self, job_name: str, workspace: str, *, min_plan_time: int, max_plan_time: int
     ) -> list[ListedInstance]:
         """Every instance of ``job_name`` with a plan time in ``min..max`` (both inclusive, as
-        sent; callers filter their own bounds), sorted by plan time.
+        sent; callers filter their own bounds), whatever its status, sorted by plan time.
 
-        Pages of :data:`LIST_LIMIT` are read at growing offsets until ``total`` is reached.
-        The set may change between pages (an instance leaves ``fail`` when rerun by someone
-        else), so instances are de-duplicated by ``(job_id, plan_time)``, the last sighting
-        winning, and a page that brings nothing new ends the loop: a service that ignored
-        ``offset`` would otherwise be asked forever.
+        Why no status filter: the list is paged by ``offset``, and offset paging is only
+        sound over a set that does not change between pages. The set filtered by status
+        does change (an instance rerun by someone else leaves ``fail``, and every instance
+        behind it moves one place up, so the next page starts one instance too far: 300
+        reruns between two pages skip 300 failed instances). The set of instances planned in
+        a window does not change when their statuses do; it changes only when instances are
+        created or removed in it, which for a window in the past is rare (a window that
+        reaches into the present gains an instance per period as the scheduler plans it).
+
+        Why this is checked rather than assumed: a read of the window counts only if every
+        page gave the same ``total`` and the pages held ``total`` distinct instances between
+        them. With the set unchanged, that is every instance of it, whatever order the
+        service lists them in (the reference promises none; the fake sorts by plan time).
+        Otherwise the window is read again from the start, up to :data:`LIST_READS` times,
+        then :class:`ListFailed` says so. A read that finds a changed ``total`` stops at
+        that page, so a retry costs at most the pages already read.
+
+        The cost: every instance of the window is read, not only the failed ones, at
+        :data:`LIST_LIMIT` a page against the rerun calls' quota. A window of hours or days
+        of hourly or 15-minute jobs is one page per job (fewer requests than one query per
+        status); the dearest case, a one-minute job over the whole month the API reaches,
+        is 45 pages, under 5 s at the default 10 requests per second.
         """
         path = list_path(self._transport.project_id, job_name)
-        found: dict[tuple[int, int], ListedInstance] = {}
+        problem = ""
+        for _ in range(LIST_READS):
+            found, problem = await self._read_window(
+                job_name, path, workspace, min_plan_time, max_plan_time
+            )
+            if not problem:
+                return sorted(found, key=lambda i: (i.plan_time, i.job_id))
+        reason = (
+            f"the list could not be read completely, {LIST_READS} times in a row: the pages "
+            f"did not add up ({problem}), so instances were being planned or removed in the "
+            "window, or the service changed their order between pages. If the window reaches "
+            "into the present, end it in the past; then run the same command again"
+        )
+        raise ListFailed(job_name, Outcome(Kind.FAILED, status=200, reason=reason), LIST_READS)
+
+    async def _read_window(
+        self, job_name: str, path: str, workspace: str, low: int, high: int
+    ) -> tuple[Sequence[ListedInstance], str]:
+        """One read of the window, page by page: ``(instances, "")`` when it is complete,
+        ``(_, what went wrong)`` when it is not (see :meth:`list`)."""
+        # An instance is (job_id, plan_time), as for a rerun; instance_id is added so that two
+        # rows of one plan time (should the service list, say, a manual run beside the
+        # scheduled one) count as two and do not make a complete read look incomplete.
+        found: dict[tuple[int, int, int | None], ListedInstance] = {}
+        first_total: int | None = None
         offset = 0
         while True:
             query: dict[str, str | int] = {
-                "min_plan_time": min_plan_time,
-                "max_plan_time": max_plan_time,
+                "min_plan_time": low,
+                "max_plan_time": high,
                 "limit": LIST_LIMIT,
                 "offset": offset,
             }
-            if status is not None:
-                query["status"] = status
             total, items = _page(job_name, await self._get(job_name, path, query, workspace))
+            if first_total is None:
+                first_total = total
+            elif total != first_total:
+                return (), f"{first_total:,} instances, then {total:,} at offset {offset:,}"
             new = 0
             for item in items:
-                key = (item.job_id, item.plan_time)
+                key = (item.job_id, item.plan_time, item.instance_id)
                 new += key not in found
                 found[key] = item
             offset += len(items)
+            # Ends when the pages reach the total, or bring nothing new: a service that
+            # ignored offset would otherwise be asked forever.
             if not items or not new or offset >= total:
                 break
-        return sorted(found.values(), key=lambda i: (i.plan_time, i.job_id))
+        if len(found) != first_total:
+            return (), (
+                f"the pages held {len(found):,} distinct instances of the {first_total:,} "
+                "the service counted"
+            )
+        return tuple(found.values()), ""
 
     async def _get(
         self, job_name: str, path: str, query: Mapping[str, str | int], workspace: str
@@ -342,7 +403,8 @@ async def select_entry(
 
     Raises :class:`ManifestError` (nothing sent) for a window longer than the list API
     reaches and :class:`BadInput` when the service refuses the query (unknown job, window too
-    far back); :class:`ListFailed` (exit 3) when it does not answer.
+    far back); :class:`ListFailed` (exit 3) when it does not answer, or its pages keep
+    changing (see :meth:`InstanceLister.list`).
     """
     label = entry.label
     span = entry.end_ms - entry.begin_ms
@@ -354,18 +416,14 @@ async def select_entry(
                 "window into several [[select]] entries"
             ]
         )
-    queries = [(job, status) for job in entry.job_names for status in entry.statuses]
+    statuses = frozenset(entry.statuses)
 
-    async def one(q: tuple[str, str]) -> list[ListedInstance]:
-        job, status = q
+    async def one(job: str) -> list[ListedInstance]:
         try:
-            # The API's bounds are inclusive; the entry's end is exclusive.
+            # The API's bounds are inclusive; the entry's end is exclusive. No status filter:
+            # the statuses are picked here, from one complete read (see InstanceLister.list).
             listed = await lister.list(
-                job,
-                entry.workspace,
-                min_plan_time=entry.begin_ms,
-                max_plan_time=entry.end_ms - 1,
-                status=status,
+                job, entry.workspace, min_plan_time=entry.begin_ms, max_plan_time=entry.end_ms - 1
             )
         except ListFailed as exc:
             if not exc.refused:
@@ -374,18 +432,18 @@ async def select_entry(
         return [
             i
             for i in listed
-            if i.status == status
+            if i.status in statuses
             and entry.begin_ms <= i.plan_time < entry.end_ms
             and i.job_name == job
         ]
 
-    results = await gather_limited(one, queries)
+    results = await gather_limited(one, entry.job_names)
     counts: dict[str, Counter[str]] = {job: Counter() for job in entry.job_names}
     by_job: dict[str, dict[tuple[int, int], ListedInstance]] = {j: {} for j in entry.job_names}
-    for (job, status), listed in zip(queries, results, strict=True):
+    for job, listed in zip(entry.job_names, results, strict=True):
         for item in listed:
-            by_job[job].setdefault((item.job_id, item.plan_time), item)
-        counts[job][status] += len(listed)
+            if by_job[job].setdefault((item.job_id, item.plan_time), item) is item:
+                counts[job][item.status] += 1
     found = [
         item.selected()
         for job in entry.job_names

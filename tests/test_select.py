@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ import pytest
 from bulkrerun.clock import FakeClock
 from bulkrerun.errors import AuthRefused, BadInput, Fatal, ManifestError
 from bulkrerun.fake import Catalog, FakeConfig, FakeServer, JobSpec, Outage
+from bulkrerun.fake.catalog import Instances
+from bulkrerun.fake.validate import ListQuery
 from bulkrerun.journal import Binding, Journal, RunInfo
 from bulkrerun.manifest import Manifest, SelectEntry, load_manifest
 from bulkrerun.outcome import Kind, Outcome
@@ -23,6 +25,7 @@ from bulkrerun.pacing import Pacer, PacingConfig
 from bulkrerun.planner import SelectedInstance
 from bulkrerun.select import (
     LIST_LIMIT,
+    LIST_READS,
     InstanceLister,
     ListFailed,
     list_path,
@@ -39,7 +42,8 @@ pytestmark = pytest.mark.anyio
 WS = "62fbba734e634c5087656fc3ff7adf34"
 PROJECT = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 ANCHOR = 1_732_622_400_000  # 2024-11-26T20:00:00+08:00, the demo's "now" (cli.DEMO_ANCHOR_MS)
-HOUR = 3_600_000
+MINUTE = 60_000
+HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 OUTAGE = (ANCHOR - 22 * HOUR, ANCHOR - 12 * HOUR)  # the demo catalog's outage
 DEMO_JOBS = [job.name for job in Catalog.demo(ANCHOR).jobs]
@@ -137,8 +141,8 @@ async def test_the_outage_is_found_per_job_and_status() -> None:
     assert note.startswith("select[0]: found 300 instances with status fail or running-exception")
     assert "  ods_orders: 40 fail" in note.splitlines()
     assert "  ods_users: 10 fail" in note.splitlines()
-    # One GET per job and status: nothing in the outage needs a second page.
-    assert lister.gets == len(DEMO_JOBS) * 2
+    # One GET per job, whatever the statuses (picked from the answer): one page each.
+    assert lister.gets == len(DEMO_JOBS)
 
 
 async def test_the_window_end_is_exclusive_and_other_statuses_are_left_out() -> None:
@@ -174,7 +178,8 @@ async def test_more_than_a_thousand_instances_are_read_page_by_page() -> None:
             manifest_name="m",
             on_note=lambda _: None,
         )
-        assert srv.stats.requests == 3  # 1000 + 1000 + 500
+        # The whole window is read, not only its failed instances: 4,320 minutes in 3 days.
+        assert srv.stats.requests == 5
     assert len(found) == 2_500
     assert len({i.plan_time for i in found}) == 2_500
     assert found[0].plan_time == ANCHOR - 2 * DAY
@@ -241,13 +246,13 @@ async def test_gets_are_retried_on_429_and_503_and_find_the_same() -> None:
         found = await select_entry(select(), lister, manifest_name="m", on_note=print)
         assert srv.stats.by_status[429] > 0
         assert srv.stats.by_status[503] > 0
-        assert srv.stats.requests == lister.gets > len(DEMO_JOBS) * 2
+        assert srv.stats.requests == lister.gets > len(DEMO_JOBS)
     assert found == expected
     # The shared pacer saw every attempt: throttles lowered its rate, retries were booked,
     # and the waits were slept on the injected clock (Retry-After: 1 s on each 429).
     stats = shared.stats(clock.now())
     assert stats.throttled == srv.stats.by_status[429]
-    assert stats.retries == lister.gets - len(DEMO_JOBS) * 2
+    assert stats.retries == lister.gets - len(DEMO_JOBS)
     assert stats.decreases >= 1
     assert sum(clock.sleeps) >= srv.stats.by_status[429] * 1.0
 
@@ -285,19 +290,15 @@ async def test_a_held_get_is_retried_because_reading_changes_nothing() -> None:
     transport = ScriptedTransport([held, server_error], PAGE)
     shared = pacer()
     lister = InstanceLister(transport, pacer=shared, clock=FakeClock())
-    items = await lister.list("j", WS, min_plan_time=1, max_plan_time=2, status="fail")
+    items = await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
     assert [(i.job_id, i.status) for i in items] == [(7, "fail")]  # "7" read as a number
     assert len(transport.asked) == 3
     assert shared.stats(0.0).retries == 2
     path, query, workspace = transport.asked[-1]
     assert path == f"/v2/{PROJECT}/factory/jobs/j/instances/detail"
-    assert query == {
-        "min_plan_time": 1,
-        "max_plan_time": 2,
-        "limit": 1000,
-        "offset": 0,
-        "status": "fail",
-    }
+    # Never a status filter: offset paging over a set that shrinks as instances are rerun
+    # skips instances (see the tests of a changing world below).
+    assert query == {"min_plan_time": 1, "max_plan_time": 2, "limit": 1000, "offset": 0}
     assert workspace == WS
 
 
@@ -320,12 +321,17 @@ async def test_an_answer_that_is_not_an_instance_list_fails_clearly() -> None:
         await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
 
 
-async def test_a_service_that_ignores_offset_is_not_asked_forever() -> None:
+async def test_a_service_that_ignores_offset_is_not_asked_forever_nor_believed() -> None:
     transport = ScriptedTransport([], {**PAGE, "total": 5000})
     lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
-    items = await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
-    assert len(items) == 1
-    assert len(transport.asked) == 2  # the second page brought nothing new
+    with pytest.raises(ListFailed) as info:
+        await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
+    # Each read stops at its second page, which brought nothing new; 1 of 5,000 instances is
+    # not a selection, so after LIST_READS reads it fails instead of returning it.
+    assert len(transport.asked) == 2 * LIST_READS
+    assert [q["offset"] for _, q, _ in transport.asked] == [0, 1] * LIST_READS
+    assert not info.value.refused
+    assert "held 1 distinct instances of the 5,000" in str(info.value)
 
 
 async def test_refused_credentials_abort_with_auth_refused() -> None:
@@ -344,9 +350,9 @@ async def test_signed_gets_are_accepted() -> None:
     async with service(config, Auth(aksk=AkSk("AK1", "right-secret"))) as (_, transport):
         lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
         items = await lister.list(
-            "ods_orders", WS, min_plan_time=OUTAGE[0], max_plan_time=OUTAGE[1] - 1, status="fail"
+            "ods_orders", WS, min_plan_time=OUTAGE[0], max_plan_time=OUTAGE[1] - 1
         )
-    assert len(items) == 40
+    assert [i.status for i in items] == ["fail"] * 40
 
 
 async def test_gets_keep_to_the_shared_rate() -> None:
@@ -360,6 +366,173 @@ async def test_gets_keep_to_the_shared_rate() -> None:
     assert shared.stats(clock.now()).sends == len(DEMO_JOBS) == lister.gets
     # 12 GETs at 10/s: the last one leaves 1.1 s after the first, on the injected clock.
     assert clock.now() - start == pytest.approx((len(DEMO_JOBS) - 1) / 10.0, abs=0.01)
+
+
+# -- a world that changes while it is listed ------------------------------------------------------
+#
+# What a correct selection is when statuses change mid-listing: each instance of the window is
+# read once and selected if and only if the status it showed when read is one of the entry's.
+# So an instance that has the status throughout the listing is always selected, one that never
+# has it never is, and one that changes is judged by what it showed when its page was read.
+
+Hook = Callable[["ChangingInstances", int], None]
+
+
+class ChangingInstances(Instances):
+    """The fake's live instances with someone else at work: ``before(self, n)`` runs just
+    before the ``n``-th list query (from 0) is answered, i.e. between two pages."""
+
+    __slots__ = ("before", "queries")
+
+    def __init__(self, catalog: Catalog, clock: FakeClock, before: Hook) -> None:
+        super().__init__(catalog, clock)
+        self.before = before
+        self.queries = 0
+
+    def query(self, job_name: str, q: ListQuery) -> Any:
+        self.before(self, self.queries)
+        self.queries += 1
+        return super().query(job_name, q)
+
+
+@asynccontextmanager
+async def changing(
+    catalog: Catalog, before: Hook
+) -> AsyncIterator[tuple[FakeServer, ChangingInstances, InstanceLister]]:
+    # The server's clock stands still, so an instance rerun by "someone else" stays waiting.
+    clock = FakeClock()
+    async with service(FakeConfig(catalog=catalog, clock=clock)) as (srv, transport):
+        world = ChangingInstances(catalog, clock, before)
+        srv.instances = world
+        yield srv, world, InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+
+
+CLICKS = JobSpec("ods_clicks", 4242, period_min=1)
+FAILED_AT = ANCHOR - 2 * DAY  # 2,520 one-minute instances failed from here (as in the audit)
+
+
+def clicks_catalog(**changes: Any) -> Catalog:
+    fields: dict[str, Any] = {
+        "jobs": (CLICKS,),
+        "start_ms": ANCHOR - 3 * DAY,
+        "now_ms": ANCHOR,
+        "outage": Outage(FAILED_AT, FAILED_AT + 2_520 * MINUTE),
+    }
+    fields.update(changes)
+    return Catalog(**fields)
+
+
+def minutes(first: int, count: int) -> list[int]:
+    return [first + k * MINUTE for k in range(count)]
+
+
+async def test_instances_rerun_by_someone_else_between_pages_skip_none_that_still_fail() -> None:
+    # The window: 100 good minutes, the 2,520 failed ones, 100 good ones: 2,720, three pages.
+    begin, end = FAILED_AT - 100 * MINUTE, FAILED_AT + 2_620 * MINUTE
+    failed = minutes(FAILED_AT, 2_520)
+    read_then_rerun, rerun_then_read = failed[:300], failed[-300:]
+
+    def someone_else(world: ChangingInstances, n: int) -> None:
+        if n == 1:  # after the first page: they rerun 300 it showed and 300 it did not
+            tasks = [(CLICKS.job_id, p, 0) for p in read_then_rerun + rerun_then_read]
+            assert world.rerun_instances(CLICKS.name, tasks) is None
+
+    notes: list[str] = []
+    async with changing(clicks_catalog(), someone_else) as (srv, world, lister):
+        originals = {p: world.instance(CLICKS.name, p) for p in failed}
+        found = await select_entry(
+            select((CLICKS.name,), begin, end, ("fail",)),
+            lister,
+            manifest_name="m",
+            on_note=notes.append,
+        )
+        fail_at_end = {
+            p for p in minutes(begin, 2_720) if world.instance(CLICKS.name, p)["status"] == "fail"
+        }
+    chosen = {i.plan_time for i in found}
+    assert len(chosen) == len(found)
+    # Every instance that failed before and still fails after the listing is selected (the
+    # old status-filtered paging lost the 300 at failed[1000:1300] here)...
+    assert fail_at_end == set(failed[300:-300])
+    assert fail_at_end <= chosen
+    # ...none that never failed, and none that was rerun before its page was read...
+    assert chosen <= set(failed)
+    assert not chosen & set(rerun_then_read)
+    # ...and those read as failed, then rerun, as they were read: the original submit_time.
+    assert set(read_then_rerun) <= chosen
+    assert chosen == set(failed[:-300])
+    for item in found[:300]:
+        shown = originals[item.plan_time]
+        assert shown is not None
+        assert (item.job_id, item.submit_time) == (shown["job_id"], shown["submit_time"])
+    assert notes[0].startswith("select[0]: found 2,220 instances with status fail")
+    assert "  ods_clicks: 2,220 fail" in notes[0].splitlines()
+    assert srv.stats.requests == 3  # one read of three pages: the window did not change
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # The window reaches into the present: the scheduler plans 5 more minutes.
+        (lambda c: dataclasses.replace(c, now_ms=c.now_ms + 5 * MINUTE), 2_505),
+        # 5 instances at the window's start disappear (say, purged): the rest move up.
+        (lambda c: dataclasses.replace(c, start_ms=ANCHOR - 2_495 * MINUTE), 2_495),
+    ],
+    ids=["instances-planned", "instances-removed"],
+)
+async def test_a_window_whose_total_changes_between_pages_is_read_again(
+    change: Callable[[Catalog], Catalog], expected: int
+) -> None:
+    # Every instance fails, even those planned later; the window ends an hour in the future.
+    catalog = clicks_catalog(
+        start_ms=ANCHOR - 2 * DAY, outage=Outage(ANCHOR - 3 * DAY, ANCHOR + DAY)
+    )
+    begin, end = ANCHOR - 2_500 * MINUTE, ANCHOR + HOUR
+
+    def scheduler(world: ChangingInstances, n: int) -> None:
+        if n == 1:
+            world.catalog = change(world.catalog)
+
+    async with changing(catalog, scheduler) as (srv, world, lister):
+        found = await select_entry(
+            select((CLICKS.name,), begin, end, ("fail",)),
+            lister,
+            manifest_name="m",
+            on_note=lambda _: None,
+        )
+        truth = [p for p in world.catalog.plan_times(CLICKS) if begin <= p < end]
+    assert len(truth) == expected
+    assert [i.plan_time for i in found] == truth  # each instance once, none skipped
+    # The first read stopped at its second page, whose total differed; the second read was
+    # consistent: 3 pages.
+    assert srv.stats.requests == 2 + 3
+
+
+async def test_a_window_that_keeps_changing_fails_clearly_after_a_few_reads() -> None:
+    catalog = clicks_catalog(start_ms=ANCHOR - 2 * DAY)
+
+    def busy_scheduler(world: ChangingInstances, n: int) -> None:
+        if n % 2:  # every second page sees one more instance than the page before it
+            world.catalog = dataclasses.replace(world.catalog, now_ms=world.catalog.now_ms + MINUTE)
+
+    async with changing(catalog, busy_scheduler) as (srv, _, lister):
+        with pytest.raises(ListFailed) as info:
+            await select_entry(
+                select((CLICKS.name,), ANCHOR - 2_500 * MINUTE, ANCHOR + HOUR, ("fail",)),
+                lister,
+                manifest_name="m",
+                on_note=print,
+            )
+        assert srv.stats.requests == 2 * LIST_READS  # each read stopped at its second page
+    exc = info.value
+    assert isinstance(exc, Fatal)  # exit 3, not bad input: nothing is wrong with the entry
+    assert exc.exit_code == 3
+    assert not exc.refused
+    message = str(exc)
+    assert message.startswith("instance list of job ods_clicks: ")
+    assert f"could not be read completely, {LIST_READS} times in a row" in message
+    assert "2,502 instances, then 2,503 at offset 1,000" in message  # the last read's
+    assert "end it in the past" in message
 
 
 # -- selections for plan and run ------------------------------------------------------------------
