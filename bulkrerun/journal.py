@@ -407,6 +407,10 @@ class _Replayer:
         if wall > st.span_end:
             st.span_end = wall
         unit_states = st.units
+        verified = st.verified
+        if verified:  # a request sent after a verification decides its units from now on
+            for u in units:
+                verified.pop(u, None)
         # What the units were just before this attempt: held, if an earlier attempt has no
         # outcome (it may have been acted on, whatever becomes of this one).
         if len(units) == 1:

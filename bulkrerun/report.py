@@ -10,6 +10,40 @@ lock, so it also works while a run appends) and never sends anything.
   line, so that a report of a million requests streams and ``jq`` reads it), or as a new
   manifest of what failed or is held, ready to feed back in.
 
+Report columns. The CSV header is :data:`REPORT_COLUMNS`, in this order (scripts may rely
+on names and order; columns are only ever added at the end); each JSON line has the same
+keys, plus ``begin_ms`` and ``end_ms`` (epoch milliseconds):
+
+``chunk`` ``entry`` ``job_name`` ``workspace`` ``mode`` ``begin`` ``end`` ``instances``
+``attempts`` ``state`` ``current`` ``status`` ``error_code`` ``error_msg`` ``request_id``
+``reason`` ``last_time`` ``instance_status``
+    the request and what became of it (see :class:`ReportRow`).
+``verify_state``
+    what a verification (``bulkrerun verify``, ``run --verify-held``) decided the request's
+    units are, for the units whose state it still decides: ``done``, ``pending`` or
+    ``held``; a tally (``done 2, pending 1``) when they differ or when it decided only some
+    of them. Empty (JSON ``null``) when no verification decides any of them; ``state``,
+    ``reason`` and ``error_msg`` remain what the request itself got.
+``verify_evidence``
+    what the verification saw, one sentence per unit, each naming its instance or window;
+    distinct sentences joined with `` | ``.
+
+The table shows ``verify_state`` as its ``verified`` column and the evidence, when there is
+any, instead of the request's own message: it is what decided the units.
+
+CSV and spreadsheets. The report is opened in spreadsheets for audits and tickets, and some
+of its text comes from elsewhere (job names, the service's error messages), so a CSV cell
+that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``
+(as OWASP recommends against formula injection): a spreadsheet shows it as text instead of
+running it. Only the CSV is escaped; JSON lines carry every value exactly, and are what
+scripts should read.
+
+The manifest format. When nothing is failed or held there is nothing to rerun, and a
+manifest needs at least one entry (``bulkrerun plan`` refuses one without): nothing is
+written on ``out``, a note on stderr says so, and the exit code stays 0. Scripts test for
+an empty file: ``bulkrerun report J --format manifest > again.toml && [ -s again.toml ] &&
+bulkrerun plan again.toml``.
+
 A unit that was never sent is not in the journal, so "not yet sent" needs the plan:
 :func:`not_sent` plans again the copy of the manifest the journal's last run recorded (with
 the instance files it read, found where that run read them and checked against their
@@ -31,6 +65,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import tempfile
 import tomllib
 from collections import Counter
@@ -451,7 +486,9 @@ class ReportRow:
     have changed (``done 3, held 1`` when they differ). ``begin_ms``/``end_ms`` are the
     window request's ``begin_time``/``end_time`` as sent; ``instances`` the size of a
     mode A request. ``instance_status`` is what ``run --watch`` saw the rerun instances end
-    as (``success 3, fail 1``): "accepted" is not "succeeded".
+    as (``success 3, fail 1``): "accepted" is not "succeeded". ``verify_state`` and
+    ``verify_evidence`` say how a verification decided the units, when one decides them
+    (see the module's docstring).
     """
 
     chunk: str
@@ -472,6 +509,8 @@ class ReportRow:
     reason: str | None
     last_wall: float
     instance_status: str | None = None
+    verify_state: str | None = None
+    verify_evidence: str | None = None
 
 
 REPORT_COLUMNS = (
@@ -493,8 +532,11 @@ REPORT_COLUMNS = (
     "reason",
     "last_time",
     "instance_status",
+    "verify_state",
+    "verify_evidence",
 )
-"""The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``."""
+"""The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``. Columns
+are only ever added at the end, so that scripts keep working."""
 
 
 def _row_state(info: ChunkInfo) -> str:
@@ -510,6 +552,27 @@ def _current(info: ChunkInfo, units: dict[str, UnitState]) -> str:
     if len(tally) == 1:
         return next(iter(tally))
     return ", ".join(f"{s} {n}" for s, n in sorted(tally.items()))
+
+
+def _verification(
+    info: ChunkInfo, units: dict[str, UnitState], verified: dict[str, str]
+) -> tuple[str, str] | None:
+    """How a verification decided the chunk's units: ``(state, evidence)``, or None when it
+    decides none of them.
+
+    :attr:`JournalState.verified` holds, per unit, the evidence of the verification that
+    decides its state now, so that state is what the verification found (a unit absent from
+    the replay's units is pending again).
+    """
+    decided = [u for u in info.units if u in verified]
+    if not decided:
+        return None
+    tally = Counter(str(units.get(u, "pending")) for u in decided)
+    if len(tally) == 1 and len(decided) == len(info.units):
+        state = next(iter(tally))
+    else:
+        state = ", ".join(f"{s} {n}" for s, n in sorted(tally.items()))
+    return state, " | ".join(dict.fromkeys(verified[u] for u in decided))
 
 
 def _details(
@@ -571,11 +634,19 @@ def _row(
 
 def report_rows(path: Path) -> Iterator[ReportRow]:
     """One row per request recorded in the journal at ``path``, in the order first sent,
-    with the final instance statuses ``run --watch`` saw, when it ran."""
+    with how a verification decided its units, if one did, and the final instance statuses
+    ``run --watch`` saw, when it ran.
+
+    Verifications come with the replay (:attr:`JournalState.verified`), so this reads the
+    journal once, plus the intent and outcome lines of each request at their offsets.
+    """
     _, state = read_state(path)
     watched = read_watch(path)
+    verified = state.verified
     for info, intent, outcome in _details(path, state):
         row = _row(info, intent, outcome, state.units)
+        if verified and (decided := _verification(info, state.units, verified)) is not None:
+            row = dataclasses.replace(row, verify_state=decided[0], verify_evidence=decided[1])
         if watched:
             seen = Counter(r.status for u in info.units for r in watched.get(u, ()))
             if seen:
@@ -606,6 +677,8 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "reason": row.reason,
         "last_time": _iso(row.last_wall),
         "instance_status": row.instance_status,
+        "verify_state": row.verify_state,
+        "verify_evidence": row.verify_evidence,
     }
 
 
@@ -642,6 +715,7 @@ _COLUMNS: tuple[tuple[str, int | None], ...] = (
     ("tries", None),
     ("state", None),
     ("now", 24),
+    ("verified", 24),
     ("status", None),
     ("request id", 40),
     ("message", 80),
@@ -682,9 +756,10 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
             _line(str(row.attempts)),
             _line(row.state, _STATE_STYLE.get(row.state, "")),
             _line(row.current if row.current != row.state else ""),
+            _line(row.verify_state or ""),
             _line(status),
             _line(row.request_id or ""),
-            _line(row.error_msg or row.reason or ""),
+            _line(row.verify_evidence or row.error_msg or row.reason or ""),
             _line(row.instance_status or ""),
         )
         tally[row.state] += 1
@@ -699,13 +774,27 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     return n
 
 
+# What a spreadsheet may take for the start of a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: None empty, text that a spreadsheet would run as a formula
+    behind a ``'`` (see the module's docstring)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _write_csv(rows: Iterable[ReportRow], out: TextIO) -> int:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(REPORT_COLUMNS)
     n = 0
     for row in rows:
         obj = _row_object(row)
-        writer.writerow(["" if obj[c] is None else obj[c] for c in REPORT_COLUMNS])
+        writer.writerow([_csv_cell(obj[c]) for c in REPORT_COLUMNS])
         n += 1
     return n
 
@@ -795,9 +884,12 @@ def _manifest_entry(
     return [*lines, ""]
 
 
-def _write_manifest(path: Path, out: TextIO) -> int:
+def _write_manifest(path: Path, out: TextIO, err: TextIO) -> int:
     """Write a manifest of the units now failed or held, one entry per request that
-    carried them (the latest such request, if several); returns the number of entries."""
+    carried them (the latest such request, if several); returns the number of entries.
+
+    With none, writes nothing on ``out`` (a manifest without entries is no manifest) and
+    says on ``err`` that there is nothing to rerun."""
     header, state = read_state(path)
     units = state.units
     wanted = (UnitState.FAILED, UnitState.HELD)
@@ -831,32 +923,38 @@ def _write_manifest(path: Path, out: TextIO) -> int:
         emitted.update(todo)
     entries.reverse()
     journal = str(path)
+    if not entries:
+        err.write(
+            f"nothing failed or is held in the journal {journal}: nothing to rerun, so no "
+            "manifest was written\n"
+        )
+        return 0
     out.write(
         f"# Requests whose units failed or are held, from the journal {_comment(journal)}\n"
         f"# (project {header.project_id} at {_comment(header.endpoint)}), "
         f"written {_iso(datetime.now(UTC).timestamp())}.\n"
     )
-    if entries:
-        out.write(
-            "# Held units may have been rerun already: check them first with "
-            f"`bulkrerun verify {shlex.quote(journal)}`.\n"
-            "# With the same journal, failed units need --retry-failed and held ones "
-            "--resend-held.\n"
-        )
-    else:
-        out.write("# Nothing failed or is held: this manifest has no entries.\n")
+    out.write(
+        "# Held units may have been rerun already: check them first with "
+        f"`bulkrerun verify {shlex.quote(journal)}`.\n"
+        "# With the same journal, failed units need --retry-failed and held ones "
+        "--resend-held.\n"
+    )
     out.write("version = 1\n\n")
     for lines in entries:
         out.write("\n".join(lines) + "\n")
     return len(entries)
 
 
-def write_report(path: Path, fmt: ReportFormat, out: TextIO, console: Console) -> int:
+def write_report(
+    path: Path, fmt: ReportFormat, out: TextIO, console: Console, *, err: TextIO | None = None
+) -> int:
     """Write the report of the journal at ``path`` in ``fmt``: ``table`` on ``console``;
     ``csv``, ``json`` (JSON lines: one object per request) or ``manifest`` on ``out``.
-    Returns the number of rows (entries, for a manifest)."""
+    Returns the number of rows (entries, for a manifest). Notes go to ``err`` (default:
+    stderr): for now only that a manifest has nothing to rerun, so none is written."""
     if fmt == "manifest":
-        return _write_manifest(path, out)
+        return _write_manifest(path, out, sys.stderr if err is None else err)
     rows = report_rows(path)
     if fmt == "table":
         return _write_table(rows, console)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,9 @@ from bulkrerun.report import (
     summarize,
     write_report,
 )
+from bulkrerun.verify import verify_held
 from tests.conftest import Cli
+from tests.test_verify import world
 
 BINDING = Binding("62099355b894428e8916573ae635f1f9", "http://127.0.0.1:8080")
 WS = "62fbba734e634c5087656fc3ff7adf34"
@@ -306,12 +309,25 @@ def test_manifest_keeps_only_the_units_still_failed_or_held(tmp_path: Path) -> N
     assert entry["retry_location"] == "errorNode"
 
 
-def test_an_empty_manifest_says_there_is_nothing_to_do(tmp_path: Path) -> None:
-    run_journal(tmp_path / "j", _nothing)
-    out = io.StringIO()
-    assert write_report(tmp_path / "j", "manifest", out, console()[0]) == 0
-    assert "Nothing failed or is held" in out.getvalue()
-    assert tomllib.loads(out.getvalue()) == {"version": 1}
+def test_with_nothing_to_rerun_no_manifest_is_written_and_stderr_says_why(
+    tmp_path: Path, cli: Cli
+) -> None:
+    # `plan` refuses a manifest without entries: writing one would end the user's pipeline
+    # `report J --format manifest > again.toml && bulkrerun plan again.toml` in its error.
+    chunk = _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
+
+    run_journal(tmp_path / "j", script)
+    out, err = io.StringIO(), io.StringIO()
+    assert write_report(tmp_path / "j", "manifest", out, console()[0], err=err) == 0
+    assert out.getvalue() == ""
+    assert f"nothing failed or is held in the journal {tmp_path / 'j'}" in err.getvalue()
+    done = cli("report", str(tmp_path / "j"), "--format", "manifest")
+    assert (done.returncode, done.stdout) == (0, "")
+    assert "nothing to rerun, so no manifest was written" in done.stderr
 
 
 def test_pending_is_counted_from_the_journals_copy_of_the_manifest(
@@ -539,6 +555,130 @@ def test_status_from_another_folder_through_the_cli(tmp_path: Path, cli: Cli) ->
     }
 
 
+# -- verification: how held units were decided --------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_report_shows_how_a_verification_decided_held_units(tmp_path: Path) -> None:
+    # A run against the fake service, which drops connections after accepting; then verify.
+    async with world(tmp_path, drop_after_accept=0.5, seed=4) as w:
+        with w.open_journal() as journal:
+            for chunk in w.chunks:
+                await journal.intend(chunk, 1, w.clock.wall())
+                outcome = await w.transport.send(chunk)
+                decided = {Kind.DONE: "done", Kind.HELD: "held"}[outcome.kind]
+                journal.outcome(chunk, 1, outcome, w.clock.wall(), decided)
+                w.clock.advance(0.05)
+            await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+    rows = list(report_rows(w.journal_path))
+    held = [r for r in rows if r.state == "held"]
+    assert held and len(held) < len(rows)
+    for row in rows:
+        if row.state == "held":
+            assert (row.current, row.verify_state) == ("done", "done")
+            assert row.reason is not None and "connection lost" in row.reason  # kept as is
+            assert row.verify_evidence is not None
+            assert "after our request" in row.verify_evidence
+        else:
+            assert (row.verify_state, row.verify_evidence) == (None, None)
+    batch = next(r for r in held if (r.instances or 0) > 1)
+    assert batch.verify_evidence is not None
+    assert batch.verify_evidence.count(" | ") == (batch.instances or 0) - 1  # one per instance
+
+    con, table = console()
+    outputs = {}
+    for fmt in ("csv", "json", "table"):
+        buffer = io.StringIO()
+        write_report(w.journal_path, fmt, buffer, con)
+        outputs[fmt] = buffer.getvalue()
+    by_chunk = {r["chunk"]: r for r in csv.DictReader(io.StringIO(outputs["csv"]))}
+    objects = {o["chunk"]: o for o in map(json.loads, outputs["json"].splitlines())}
+    for row in held:
+        assert by_chunk[row.chunk]["verify_state"] == objects[row.chunk]["verify_state"] == "done"
+        assert by_chunk[row.chunk]["verify_evidence"] == row.verify_evidence
+        assert objects[row.chunk]["verify_evidence"] == row.verify_evidence
+    assert {by_chunk[r.chunk]["verify_state"] for r in rows if r.state == "done"} == {""}
+    text = table.getvalue()
+    assert "verified" in text.splitlines()[0]
+    window = next(r for r in held if r.mode == "window")
+    (line,) = (x for x in text.splitlines() if x.startswith(window.chunk[:12] + " "))
+    assert re.search(r" 1 +held +done +done +window ", line)  # tries, state, now, verified
+    assert "connection lost" not in line  # the message is the evidence, not the reason
+
+
+def test_the_verification_of_each_unit_of_a_request_is_tallied_with_its_evidence(
+    tmp_path: Path,
+) -> None:
+    batch, window = _batch_chunk([1, 2, 3]), _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(batch, 1, T0)
+        j.outcome(batch, 1, HELD, T0 + 1, "held")
+        await j.intend(window, 1, T0 + 1)  # killed before the outcome
+        j.verified(batch.units[0], UnitState.DONE, "job 1: shows a run after ours", T0 + 9)
+        j.verified(batch.units[1], None, "job 2: still shows the run: not rerun", T0 + 9)
+        j.verified(window.id, None, "window: all 4 instances ended before ours", T0 + 9)
+
+    run_journal(tmp_path / "j", script)
+    first, second = report_rows(tmp_path / "j")
+    assert (first.state, first.current) == ("held", "done 1, held 1, pending 1")
+    assert first.verify_state == "done 1, pending 1"  # job 3 was not decided
+    assert first.verify_evidence == (
+        "job 1: shows a run after ours | job 2: still shows the run: not rerun"
+    )
+    assert (second.state, second.current, second.verify_state) == ("held", "pending", "pending")
+    assert second.verify_evidence == "window: all 4 instances ended before ours"
+
+
+def test_a_verification_no_longer_shows_once_a_later_request_decided_the_unit(
+    tmp_path: Path,
+) -> None:
+    chunk = _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, HELD, T0 + 1, "held")
+        j.verified(chunk.id, None, "window: not rerun", T0 + 9)
+        await j.intend(chunk, 2, T0 + 10)  # the next run sends it again
+        j.outcome(chunk, 2, ACCEPTED, T0 + 11, "done")
+
+    run_journal(tmp_path / "j", script)
+    (row,) = report_rows(tmp_path / "j")
+    assert (row.state, row.current, row.attempts) == ("done", "done", 2)
+    assert (row.verify_state, row.verify_evidence) == (None, None)
+
+
+# -- CSV: text a spreadsheet would run ------------------------------------------------------
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_start_with_a_quote(
+    tmp_path: Path,
+) -> None:
+    payload = "=cmd|' /C calc'!A0"
+    messages = ["+SUM(1,2)", "-2+3", "@SUM(A1)", "\t=1+1", "plain = text"]
+    chunks = [_window_chunk(i, job=payload) for i in range(len(messages))]
+
+    async def script(j: Journal) -> None:
+        for chunk, message in zip(chunks, messages, strict=True):
+            await j.intend(chunk, 1, T0)
+            refused = Outcome(Kind.FAILED, 400, "DLF.1000", message, "req-f", reason="400")
+            j.outcome(chunk, 1, refused, T0 + 1, "failed")
+
+    run_journal(tmp_path / "j", script)
+    con = console()[0]
+    out = io.StringIO()
+    write_report(tmp_path / "j", "csv", out, con)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [r["job_name"] for r in rows] == ["'" + payload] * len(messages)
+    assert [r["error_msg"] for r in rows] == ["'" + m for m in messages[:-1]] + [messages[-1]]
+    assert {r["state"] for r in rows} == {"failed"}
+    # JSON lines, for scripts, carry the values exactly.
+    out = io.StringIO()
+    write_report(tmp_path / "j", "json", out, con)
+    objects = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(o["job_name"], o["error_msg"]) for o in objects] == [(payload, m) for m in messages]
+
+
 # -- the table ----------------------------------------------------------------------------
 
 
@@ -576,7 +716,7 @@ async def _nothing(_journal: Journal) -> None:
     return None
 
 
-def _window_chunk(i: int) -> Chunk:
+def _window_chunk(i: int, job: str = "ods_orders") -> Chunk:
     body = canonical_json(
         {
             "begin_time": BEGIN + i * 3_600_000,
@@ -587,8 +727,8 @@ def _window_chunk(i: int) -> Chunk:
             "retry_task_version": "original_version",
         }
     )
-    cid = chunk_id("ods_orders", WS, body)
-    return Chunk(cid, "window", "window[0]", "ods_orders", WS, body, (cid,))
+    cid = chunk_id(job, WS, body)
+    return Chunk(cid, "window", "window[0]", job, WS, body, (cid,))
 
 
 def _batch_chunk(job_ids: list[int]) -> Chunk:
