@@ -563,12 +563,7 @@ async def test_the_report_shows_how_a_verification_decided_held_units(tmp_path: 
     # A run against the fake service, which drops connections after accepting; then verify.
     async with world(tmp_path, drop_after_accept=0.5, seed=4) as w:
         with w.open_journal() as journal:
-            for chunk in w.chunks:
-                await journal.intend(chunk, 1, w.clock.wall())
-                outcome = await w.transport.send(chunk)
-                decided = {Kind.DONE: "done", Kind.HELD: "held"}[outcome.kind]
-                journal.outcome(chunk, 1, outcome, w.clock.wall(), decided)
-                w.clock.advance(0.05)
+            await w.send_each_once(journal)
             await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
     rows = list(report_rows(w.journal_path))
     held = [r for r in rows if r.state == "held"]

@@ -176,21 +176,16 @@ def test_a_real_ca_bundle_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- which key pair ------------------------------------------------------------------------------
 
 
-def test_bulkrerun_pair_in_dotenv_wins_over_cloud_sdk_pair_in_environment(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("own_pair_in", [".env", "environment"])
+def test_the_bulkrerun_pair_wins_over_the_cloud_sdk_pair_whichever_holds_which(
+    monkeypatch: pytest.MonkeyPatch, own_pair_in: str
 ) -> None:
-    dotenv("BULKRERUN_AK=own-ak", "BULKRERUN_SK=own-sk")
-    monkeypatch.setenv("CLOUD_SDK_AK", "sdk-ak")
-    monkeypatch.setenv("CLOUD_SDK_SK", "sdk-sk")
-    assert keys(load_settings()) == ("own-ak", "own-sk")
-
-
-def test_bulkrerun_pair_in_environment_wins_over_cloud_sdk_pair_in_dotenv(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    dotenv("CLOUD_SDK_AK=sdk-ak", "CLOUD_SDK_SK=sdk-sk")
-    monkeypatch.setenv("BULKRERUN_AK", "own-ak")
-    monkeypatch.setenv("BULKRERUN_SK", "own-sk")
+    own = {"BULKRERUN_AK": "own-ak", "BULKRERUN_SK": "own-sk"}
+    sdk = {"CLOUD_SDK_AK": "sdk-ak", "CLOUD_SDK_SK": "sdk-sk"}
+    in_dotenv, in_environment = (own, sdk) if own_pair_in == ".env" else (sdk, own)
+    dotenv(*(f"{name}={value}" for name, value in in_dotenv.items()))
+    for name, value in in_environment.items():
+        monkeypatch.setenv(name, value)
     assert keys(load_settings()) == ("own-ak", "own-sk")
 
 

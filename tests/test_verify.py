@@ -249,6 +249,16 @@ class World:
     def open_journal(self) -> Journal:
         return Journal.open(self.journal_path, Binding(PROJECT, self.srv.url), tool_version="t")
 
+    async def send_each_once(self, journal: Journal) -> None:
+        """Every chunk sent once, its intent and outcome recorded as a run records them (a
+        dropped connection is held), 50 ms apart on the shared clock."""
+        for chunk in self.chunks:
+            await journal.intend(chunk, 1, self.clock.wall())
+            outcome = await self.transport.send(chunk)
+            decided = {Kind.DONE: "done", Kind.HELD: "held"}[outcome.kind]
+            journal.outcome(chunk, 1, outcome, self.clock.wall(), decided)
+            self.clock.advance(0.05)
+
     def rerun_counts(self) -> list[int]:
         truth = self.srv.instances
         assert truth is not None
@@ -339,12 +349,7 @@ async def test_after_a_kill_the_sent_are_done_and_the_unsent_pending(tmp_path: P
 async def test_after_dropped_connections_every_held_unit_is_found_done(tmp_path: Path) -> None:
     async with world(tmp_path, drop_after_accept=0.5, seed=4) as w:
         with w.open_journal() as journal:
-            for chunk in w.chunks:
-                await journal.intend(chunk, 1, w.clock.wall())
-                outcome = await w.transport.send(chunk)
-                decided = {Kind.DONE: "done", Kind.HELD: "held"}[outcome.kind]
-                journal.outcome(chunk, 1, outcome, w.clock.wall(), decided)
-                w.clock.advance(0.05)
+            await w.send_each_once(journal)
             held = {u for u, s in journal.state().units.items() if s is UnitState.HELD}
             assert 0 < len(held) < len(units_of(w.chunks))
             assert w.srv.stats.dropped > 0
