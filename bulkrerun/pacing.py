@@ -34,7 +34,9 @@ The algorithms, briefly:
   lowers the rate to ``BETA`` times a measured rate (here what the gateway *admitted*), then
   the rate climbs back on a CUBIC curve: fast to the last limit, flat around it, slowly past
   it, never above the configured rate. 429s for requests sent before the last decrease are
-  stale and ignored, so one burst of 429s for many in-flight requests counts once.
+  stale and ignored, so one burst of 429s for many in-flight requests counts once. What it
+  measures and how fast it climbs span a second, or a few dozen answers when a second holds
+  fewer, so that it behaves at 2 req/s much as it does at 50.
 - **Backoff** (:func:`backoff`): exponential with full jitter, clamped at a cap; Retry-After
   (:func:`parse_retry_after`) is a floor.
 - **Retry budget** (:class:`RetryBudget`): the AWS SDK retry quota. Retries spend tokens,
@@ -70,21 +72,31 @@ to keep utilisation above 90 %, far enough below it that the gateway's bucket re
 between our requests and the next 429 takes a while."""
 
 CLIMB_SECONDS = 1.0
-"""CUBIC's K after the usual step: seconds to climb from ``BETA * limit`` back to the limit.
-One second recovers quickly from a sporadic 429 (another client's burst), yet the curve is
-flat near the limit, so probing past it is slow and costs few 429s."""
+"""CUBIC's K after the usual step, at a limit of ``CLIMB_ANSWERS`` req/s or more: seconds to
+climb from ``BETA * limit`` back to the limit. One second recovers quickly from a sporadic
+429 (another client's burst), yet the curve is flat near the limit, so probing past it is
+slow and costs few 429s, as long as that second holds ``CLIMB_ANSWERS`` requests."""
 
-CUBIC_SCALE = (1.0 - BETA) / CLIMB_SECONDS**3
-"""CUBIC's C relative to the limit (per s^3), derived from ``BETA`` and ``CLIMB_SECONDS`` so
-that the curve passes through ``BETA * limit`` at the decrease and ``limit`` K seconds
-later. Relative, so the curve has the same shape at 10 req/s and at 1000."""
+CLIMB_ANSWERS = 40
+"""Below this many req/s, CUBIC's K after the usual step is the time the limit takes for
+this many requests (20 s at 2 req/s), not ``CLIMB_SECONDS``. Against a real quota each
+climb ends in a probe past it and a 429, so the climb counted in requests sets the share of
+429s: about one in 40. A climb of one second was two requests at 2 req/s, and a third of
+the answers were 429s. The price: below 40 req/s a sporadic 429 costs as many requests as
+it does at 40, where before it cost next to nothing. With 50, sporadic 429s at 50 req/s
+cost more too: a rate they lower below 50 climbs back more slowly."""
 
 ESTIMATE_WINDOW = 1.0
-"""Seconds of sends the measurements look back: the unit of the gateway's quota
-("limit:10, time:1 second"), long enough for several samples at 10 req/s."""
+"""Seconds of sends the measurements look back at least: the unit of the gateway's quota
+("limit:10, time:1 second"). Further back when that holds fewer than ``ESTIMATE_ANSWERS``."""
 
-EPISODE_GAP = 1.0
-"""A 429 after a second without any starts a new throttling episode."""
+ESTIMATE_ANSWERS = 50
+"""Answers the measurements look back at least: the window reaches back further than
+``ESTIMATE_WINDOW`` to take in the last 50. At 2 req/s a second holds two answers, too few
+for a share (``SHARE_MIN_ANSWERS``) or an admitted rate, and every 429 cut the rate by rule
+(by half for a second one within the second) instead of by measurement; 50 is what a second
+holds at 50 req/s. A 429 with no other 429 within the window starts a new throttling
+episode."""
 
 RATE_MIN_SAMPLES = 2
 """At least two admitted sends (one interval) before an admitted rate is believed: it only
@@ -230,10 +242,10 @@ class RateLimiter:
 
 
 class _AnswerMeter:
-    """The answered attempts of the last ``ESTIMATE_WINDOW`` seconds: when each was sent and
-    whether the gateway admitted it (any answer but 429). Kept sorted by send time, since
-    answers arrive out of send order. Every query starts within the window, so answers
-    that fell out of it are dropped only now and then (``_TRIM_EVERY`` answers): at
+    """The answered attempts of the measurement window (:meth:`window_start`): when each was
+    sent and whether the gateway admitted it (any answer but 429). Kept sorted by send time,
+    since answers arrive out of send order. Every query starts within the window, so
+    answers that fell out of it are dropped only now and then (``_TRIM_EVERY`` answers): at
     thousands of answers a second, dropping them one by one moved the whole list each time.
     """
 
@@ -252,7 +264,23 @@ class _AnswerMeter:
             bisect.insort(answers, (sent_at, admitted))
         self._added += 1
         if self._added % self._TRIM_EVERY == 0:
-            del answers[: bisect.bisect_left(answers, (now - ESTIMATE_WINDOW, False))]
+            # Older than the window: sent more than a second ago, and not among the last
+            # ESTIMATE_ANSWERS.
+            old = bisect.bisect_left(answers, (now - ESTIMATE_WINDOW, False))
+            old = min(old, len(answers) - ESTIMATE_ANSWERS)
+            if old > 0:
+                del answers[:old]
+
+    def window_start(self, now: float) -> float:
+        """The send time the measurements start from: ``ESTIMATE_WINDOW`` seconds back, or
+        further back to take in the last ``ESTIMATE_ANSWERS`` answers (all, while fewer)."""
+        answers = self._answers
+        start = now - ESTIMATE_WINDOW
+        if answers:
+            oldest = answers[max(0, len(answers) - ESTIMATE_ANSWERS)][0]
+            # Just before its send time: the share counts what was sent after the start.
+            start = min(start, math.nextafter(oldest, -math.inf))
+        return start
 
     def admitted_share(self, since: float) -> float | None:
         """The share of admitted answers among the attempts sent after ``since``, or None
@@ -300,11 +328,18 @@ class AdaptiveRate:
 
     Between 429s the rate follows CUBIC from the last decrease,
     ``limit * (1 + C * (t - K)^3)``: concave up to the limit, flat around it, convex past it.
+    C is set at each decrease so that the usual step climbs back in ``CLIMB_SECONDS``, or in
+    ``CLIMB_ANSWERS`` requests at the limit when that takes longer: below 40 req/s the
+    curve has the same shape counted in requests at any rate.
+
+    The measurements look back over a window of at least a second and at least
+    ``ESTIMATE_ANSWERS`` answers (:meth:`_AnswerMeter.window_start`), for the same reason.
     """
 
     __slots__ = (
         "_ceiling",
         "_climb",
+        "_cubic",
         "_episode",
         "_last_throttle",
         "_limit",
@@ -320,7 +355,8 @@ class AdaptiveRate:
         self._meter = _AnswerMeter()
         self._limit: float | None = None  # CUBIC's W_max; None until the first decrease
         self._since = -math.inf  # the last decrease: CUBIC's origin, and the stale line
-        self._climb = CLIMB_SECONDS  # CUBIC's K since the last decrease
+        self._climb = 0.0  # CUBIC's K and C since the last decrease; set at each decrease
+        self._cubic = 0.0
         self._episode = -math.inf  # when the first 429 of the current run of 429s was sent
         self._last_throttle = -math.inf
         self.decreases = 0
@@ -341,7 +377,7 @@ class AdaptiveRate:
         if self._limit is None:
             return False
         t = now - self._since - self._climb
-        target = min(self._ceiling, self._limit * (1.0 + CUBIC_SCALE * t**3))
+        target = min(self._ceiling, self._limit * (1.0 + self._cubic * t**3))
         if target <= self._rate:
             return False
         self._rate = target
@@ -350,25 +386,30 @@ class AdaptiveRate:
     def on_throttle(self, now: float, sent_at: float) -> bool:
         """A request sent at ``sent_at`` got 429. Returns True if the rate went down."""
         self._meter.add(sent_at, False, now)
-        if now - self._last_throttle > EPISODE_GAP:
-            self._episode = sent_at
+        window = self._meter.window_start(now)
+        if self._last_throttle < window:
+            self._episode = sent_at  # no other 429 within the window: a new episode
         self._last_throttle = now
         if sent_at < self._since:
             self.stale += 1
             return False
-        limit, cut = self._estimate(now)
+        limit, cut = self._estimate(window)
         self._limit = min(self._rate, limit)
         self._rate = min(self._ceiling, max(MIN_RATE, cut * self._limit))
-        # CUBIC's K for this cut: the curve is back at the limit K seconds from now.
-        self._climb = ((1.0 - cut) / CUBIC_SCALE) ** (1.0 / 3.0)
+        # CUBIC's C, relative to the limit: the usual step climbs back in a second, or in
+        # CLIMB_ANSWERS requests at the limit if that is longer. Then K for this cut: the
+        # curve is back at the limit K seconds from now.
+        climb = max(CLIMB_SECONDS, CLIMB_ANSWERS / self._limit)
+        self._cubic = (1.0 - BETA) / climb**3
+        self._climb = ((1.0 - cut) / self._cubic) ** (1.0 / 3.0)
         self._since = now
         self.decreases += 1
         return True
 
-    def _estimate(self, now: float) -> tuple[float, float]:
+    def _estimate(self, window: float) -> tuple[float, float]:
         """``(limit, cut)`` at a fresh 429: what the gateway seems to let through, and the
-        share of it to pace at (see the class docstring)."""
-        window = now - ESTIMATE_WINDOW
+        share of it to pace at (see the class docstring). ``window``: where the
+        measurements start (:meth:`_AnswerMeter.window_start`)."""
         admitted = self._meter.admitted_rate(max(self._episode, window)) or 0.0
         share = self._meter.admitted_share(max(self._since, window))
         if share is None:
@@ -382,9 +423,9 @@ class AdaptiveRate:
             if admitted and share < MAX_CUT:
                 return admitted, BETA  # most refused: we saturate it, it admits its quota
             return max(admitted, self._rate * max(MAX_CUT, share)), BETA
-        if admitted or now - self._since >= ESTIMATE_WINDOW:
-            # The first 429 in a while with nothing to measure (the first answers of a run)
-            # takes the usual step. Halving would cost seconds of climbing back whenever the
+        if admitted or self._since <= window:
+            # The first 429 in the window with nothing to measure (the first answers of a
+            # run) takes the usual step. Halving would cost a long climb back whenever the
             # rate was right and the 429 came from jitter or from another client.
             return max(admitted, self._rate), BETA
         return self._rate, MAX_CUT  # a second fresh 429 in a row: still far too fast
