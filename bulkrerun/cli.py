@@ -465,7 +465,8 @@ def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
 
 # One-shot decisions about units recorded before: a resume command that repeated them would
 # apply them to what this run leaves behind, e.g. send again units held by the interruption.
-_ONE_SHOT_FLAGS = ("--resend-held", "--retry-failed", "--verify-held", "--reselect")
+# (--verify-held only reads the instances' state: repeating it is safe, and it stays.)
+_ONE_SHOT_FLAGS = ("--resend-held", "--retry-failed", "--reselect")
 
 
 def _resume_command(
@@ -477,7 +478,9 @@ def _resume_command(
     argv = ["bulkrerun", "run", str(manifest), "--journal", str(journal)]
     for flag, value in options.items():
         if value is not None:
-            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # --rate 20 comes back as 20, not 20.0 (nor 2e+01)
+            argv += [flag, str(value)]
     return shlex.join([*argv, *switches])
 
 
@@ -488,7 +491,7 @@ def _print_resume_command(args: RunArgs, lead: str) -> None:
         flag
         for flag, given in zip(
             _ONE_SHOT_FLAGS,
-            (args.resend_held, args.retry_failed, args.verify_held, args.reselect),
+            (args.resend_held, args.retry_failed, args.reselect),
             strict=True,
         )
         if given
@@ -602,6 +605,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     result = await engine.run()
                     tg.cancel_scope.cancel()
             _signals_interrupt()  # the engine's receiver is gone: back to KeyboardInterrupt
+            _interrupt.resume = args.resume  # what a Ctrl-C from now on says to run again
             if journal.sync_fallback:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
             if args.watch and not interrupted and result.fatal is None:
@@ -925,6 +929,7 @@ def run(
                 "--log-file": log_file,
             },
             [
+                *(["--verify-held"] if verify_held else []),
                 *(["--watch"] if watch else []),
                 *([] if progress else ["--no-progress"]),
                 *(["--verbose"] if verbose else []),
@@ -1329,6 +1334,9 @@ class _Interrupt:
     remembers that it did (typer turns a KeyboardInterrupt into a silent exit 130)."""
 
     fired = False
+    # The command that resumes, once a run has sent something: the raw command line would
+    # repeat one-shot flags such as --resend-held (see _resume_command).
+    resume: str | None = None
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.fired = True
@@ -1363,7 +1371,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not _interrupt.fired:
             raise
         err.print("[yellow]interrupted[/]: nothing is lost. Run the same command again to resume:")
-        err.print("  " + shlex.join(["bulkrerun", *args]), markup=False, soft_wrap=True)
+        command = _interrupt.resume or shlex.join(["bulkrerun", *args])
+        err.print("  " + command, markup=False, soft_wrap=True)
         sys.exit(EXIT_INTERRUPTED)
 
 

@@ -308,12 +308,13 @@ class Engine:
         if outcome.status is not None:
             self._answered = True
         if kind is Kind.DONE:
-            self._held_in_a_row = 0
             return "done", 0.0
         if kind is Kind.FAILED:
             self._held_in_a_row = 0
             return "failed", 0.0
         if kind is Kind.HELD:
+            if outcome is INTERRUPTED:  # cut off by a hard stop: not the service's doing
+                return "held", 0.0
             self._held_in_a_row += 1
             limit = self._max_inflight + HELD_IN_A_ROW_BEYOND_INFLIGHT
             if self._held_in_a_row >= limit and self.result.fatal is None:

@@ -407,10 +407,6 @@ class _Replayer:
         if wall > st.span_end:
             st.span_end = wall
         unit_states = st.units
-        verified = st.verified
-        if verified:  # a request sent after a verification decides its units from now on
-            for u in units:
-                verified.pop(u, None)
         # What the units were just before this attempt: held, if an earlier attempt has no
         # outcome (it may have been acted on, whatever becomes of this one).
         if len(units) == 1:
@@ -460,6 +456,10 @@ class _Replayer:
                     else:
                         unit_states[u] = prior
             return
+        verified = st.verified
+        if verified:  # an attempt acted on after a verification decides its units from now on
+            for u in units:
+                verified.pop(u, None)
         if new is _UNIT_DONE:
             st.accepted += 1
         if info is not None:

@@ -249,3 +249,32 @@ def test_verify_of_a_mistyped_journal_exits_2_and_creates_nothing(
     assert result.exit_code == 2, result.output
     assert f"no journal at {tmp_path / 'nope.journal'}" in result.output
     assert not (tmp_path / "nope.journal").exists()
+
+
+def test_an_interrupt_after_a_run_sent_prints_its_resume_command_not_the_raw_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Ctrl-C while --watch follows the reruns reaches main(); typer has turned it into a
+    # silent exit 130. The raw command line would repeat --resend-held on what this run
+    # left held: main() prints the run's own resume command instead.
+    import signal
+
+    import bulkrerun.cli as cli_module
+
+    def interrupted_app(args: list[str]) -> None:
+        raise SystemExit(130)
+
+    monkeypatch.setattr(cli_module, "app", interrupted_app)
+    monkeypatch.setattr(cli_module._interrupt, "fired", True)
+    monkeypatch.setattr(cli_module._interrupt, "resume", "bulkrerun run m.toml --journal j")
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli_module.main(["run", "m.toml", "--journal", "j", "--resend-held", "--watch"])
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "  bulkrerun run m.toml --journal j\n" in err
+    assert "--resend-held" not in err

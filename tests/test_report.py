@@ -751,3 +751,21 @@ def _batch_chunk(job_ids: list[int]) -> Chunk:
         body,
         units,
     )
+
+
+def test_a_verification_still_shows_after_an_attempt_that_was_not_sent(tmp_path: Path) -> None:
+    from bulkrerun.engine import NOT_SENT
+
+    chunk = _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, HELD, T0 + 1, "held")
+        j.verified(chunk.id, None, "window: not rerun", T0 + 9)
+        await j.intend(chunk, 2, T0 + 10)  # the next run stopped before this one left
+        j.outcome(chunk, 2, NOT_SENT, T0 + 11, "pending")
+
+    run_journal(tmp_path / "j", script)
+    (row,) = report_rows(tmp_path / "j")
+    assert row.current == "pending"
+    assert (row.verify_state, row.verify_evidence) == ("pending", "window: not rerun")
