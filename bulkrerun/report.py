@@ -336,10 +336,16 @@ def _recorded_selections(
     return selections
 
 
+NO_SUCH_API = "APIG.0101"
+"""The gateway's code for a path it does not know: the endpoint (or a proxy's prefix) is
+wrong, whatever the request."""
+
+
 def _next_steps(
     path: Path,
     state: JournalState,
     counts: Counter[UnitState],
+    failed_by_code: dict[str, int],
     pending: int | None,
     pending_unknown: str | None,
 ) -> list[str]:
@@ -363,7 +369,17 @@ def _next_steps(
             f"bulkrerun verify {journal}"
         )
         steps.append(f"or resend them (each may then run twice): {run} --resend-held")
-    if failed:
+    if failed and set(failed_by_code) == {NO_SUCH_API} and not held and not counts[UnitState.DONE]:
+        # Every request met "no such API": the endpoint is wrong, not the requests. Once it
+        # is fixed, this journal, bound to the wrong endpoint, refuses the run (exit 2), and
+        # as nothing was accepted there a new journal loses nothing.
+        steps.append(
+            f"every request was refused with {NO_SUCH_API} (no such API): the endpoint "
+            f"{state.header.endpoint} looks wrong. Nothing was accepted there; once "
+            "BULKRERUN_ENDPOINT or BULKRERUN_REGION is right, start again with a new "
+            "--journal (this one stays bound to that endpoint)"
+        )
+    elif failed:
         steps.append(f"see why the {units(failed)} failed: bulkrerun report {journal}")
         steps.append(f"once the cause is fixed, send them again: {run} --retry-failed")
     if not steps:
@@ -377,6 +393,7 @@ def summarize(
     """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
     with ``pending`` as the caller counted it (``pending_unknown``: why it could not)."""
     counts = state.counts()
+    failed_by_code = state.failed_by_code()
     active = state.active_seconds
     return StatusSummary(
         journal=str(path),
@@ -386,7 +403,7 @@ def summarize(
         failed=counts[UnitState.FAILED],
         held=counts[UnitState.HELD],
         pending=pending,
-        failed_by_code=state.failed_by_code(),
+        failed_by_code=failed_by_code,
         requests=state.requests,
         attempts=state.attempts,
         accepted=state.accepted,
@@ -395,7 +412,7 @@ def summarize(
         last_wall=state.last_wall or None,
         active_seconds=active,
         rate=state.accepted / active if active > 0 else None,
-        next_steps=_next_steps(path, state, counts, pending, pending_unknown),
+        next_steps=_next_steps(path, state, counts, failed_by_code, pending, pending_unknown),
         pending_unknown=pending_unknown,
     )
 

@@ -308,6 +308,24 @@ def test_a_journal_of_other_units_is_resumed_not_new(
     assert "new journal" not in out.stderr
 
 
+def test_a_wrong_endpoint_is_named_as_such_not_retried(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[window]]\njob_name = "ods_orders"\nbegin = 1732579200000\nend = 1732590000000\n'
+        'chunk = "1h"\n',
+    )
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), url=srv.url + "/wrongprefix")
+    assert out.returncode == 1, out.stderr  # every request refused: 404 APIG.0101
+    steps = " ".join(json.loads(cli("status", str(j), "--json").stdout)["next_steps"])
+    assert "refused with APIG.0101 (no such API): the endpoint" in steps
+    assert "start again with a new --journal" in steps
+    assert "--retry-failed" not in steps  # the same journal would refuse the right endpoint
+
+
 def test_secrets_never_written_anywhere(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
