@@ -34,6 +34,13 @@ items = [
 """
 
 
+def one_window(job: str, hours: int, chunk: str) -> str:
+    """A manifest body: one window of ``job``, ``hours`` long from 2024-11-26T00:00Z."""
+    begin = 1_732_579_200_000
+    end = begin + hours * 3_600_000
+    return f'[[window]]\njob_name = "{job}"\nbegin = {begin}\nend = {end}\nchunk = "{chunk}"\n'
+
+
 def plan_ids(cli: Cli, manifest: Path) -> list[str]:
     out = cli("plan", str(manifest), "--json")
     assert out.returncode == 0, out.stderr
@@ -274,11 +281,7 @@ def test_a_service_that_never_answers_in_time_stops_the_run(
     # Accepted, then answered after 2 s; the client gives up after 0.3 s: every unit sent is
     # held (its rerun did start). With 2 in flight the run stops after 2 + 3 in a row.
     srv = fake_service("--latency-ms", "2000")
-    m = write_manifest(
-        tmp_path / "m.toml",
-        '[[window]]\njob_name = "ods_orders"\nbegin = 1732579200000\nend = 1732582800000\n'
-        'chunk = "1m"\n',
-    )  # 60 chunks
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
     j = tmp_path / "j"
     run = ["run", str(m), "--journal", str(j), "--timeout", "0.3", "--max-inflight", "2"]
     out = cli(*run, "--rate", "100", url=srv.url)
@@ -294,11 +297,8 @@ def test_a_journal_of_other_units_is_resumed_not_new(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
     srv = fake_service()
-    window = (
-        '[[window]]\njob_name = "{}"\nbegin = 1732579200000\nend = 1732586400000\nchunk = "1h"\n'
-    )
-    first = write_manifest(tmp_path / "a.toml", window.format("ods_orders"))
-    other = write_manifest(tmp_path / "b.toml", window.format("ods_users"))
+    first = write_manifest(tmp_path / "a.toml", one_window("ods_orders", 2, "1h"))
+    other = write_manifest(tmp_path / "b.toml", one_window("ods_users", 2, "1h"))
     j = tmp_path / "j"
     assert cli("run", str(first), "--journal", str(j), url=srv.url).returncode == 0
     out = cli("run", str(other), "--journal", str(j), url=srv.url)
@@ -312,11 +312,7 @@ def test_a_wrong_endpoint_is_named_as_such_not_retried(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
     srv = fake_service()
-    m = write_manifest(
-        tmp_path / "m.toml",
-        '[[window]]\njob_name = "ods_orders"\nbegin = 1732579200000\nend = 1732590000000\n'
-        'chunk = "1h"\n',
-    )
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 3, "1h"))
     j = tmp_path / "j"
     out = cli("run", str(m), "--journal", str(j), url=srv.url + "/wrongprefix")
     assert out.returncode == 1, out.stderr  # every request refused: 404 APIG.0101
