@@ -318,47 +318,59 @@ class Engine:
             self._held_in_a_row += 1
             limit = self._max_inflight + HELD_IN_A_ROW_BEYOND_INFLIGHT
             if self._held_in_a_row >= limit and self.result.fatal is None:
-                self.result.fatal = Unanswered(
-                    f"the service does not answer: {self._held_in_a_row} requests in a row "
-                    f"were sent and got no definite answer (the last: {outcome.reason}). "
-                    "Each is held, as its rerun may have started; the run stopped rather than "
-                    "hold more. Check the service and BULKRERUN_TIMEOUT, then run the same "
-                    "command again: held units are not resent; decide them first with "
-                    "--verify-held (or `bulkrerun verify`)."
+                self._fatal(
+                    Unanswered(
+                        f"the service does not answer: {self._held_in_a_row} requests in a "
+                        f"row were sent and got no definite answer (the last: "
+                        f"{outcome.reason}). Each is held, as its rerun may have started; the "
+                        "run stopped rather than hold more. Check the service and "
+                        "BULKRERUN_TIMEOUT, then run the same command again: held units are "
+                        "not resent; decide them first with --verify-held (or `bulkrerun "
+                        "verify`)."
+                    ),
+                    "the service does not answer",
                 )
-                self.stop("the service does not answer")
             return "held", 0.0
         if kind is Kind.FATAL:
             if self.result.fatal is None:
                 detail = " ".join(
                     str(x) for x in (outcome.status, outcome.error_code, outcome.error_msg) if x
                 )
-                self.result.fatal = AuthRefused(
-                    f"the service refused our credentials or permissions ({detail}); "
-                    "nothing it refused was acted on. Fix the credentials "
-                    "(BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN, and the project ID) "
-                    "and run the same command again."
+                self._fatal(
+                    AuthRefused(
+                        f"the service refused our credentials or permissions ({detail}); "
+                        "nothing it refused was acted on. Fix the credentials "
+                        "(BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN, and the project ID) "
+                        "and run the same command again."
+                    ),
+                    "authentication or permission refused",
                 )
-            self.stop("authentication or permission refused")
             return "pending", 0.0
         # RETRY: not acted on. A stop leaves it pending; running out of attempts or of the
         # retry budget makes it failed (so --retry-failed sends it again later).
         if outcome.status is None and not self._answered:
             self._unreached += 1
             if self._unreached >= UNREACHABLE_AFTER and self.result.fatal is None:
-                self.result.fatal = Unreachable(
-                    f"could not reach the service: {self._unreached} attempts failed to connect "
-                    f"({outcome.reason}) and none got an answer. Check BULKRERUN_ENDPOINT or "
-                    "BULKRERUN_REGION and the network; nothing was sent, so the same command "
-                    "resumes once it is reachable."
+                self._fatal(
+                    Unreachable(
+                        f"could not reach the service: {self._unreached} attempts failed to "
+                        f"connect ({outcome.reason}) and none got an answer. Check "
+                        "BULKRERUN_ENDPOINT or BULKRERUN_REGION and the network; nothing was "
+                        "sent, so the same command resumes once it is reachable."
+                    ),
+                    "the service cannot be reached",
                 )
-                self.stop("the service cannot be reached")
         if self._stopping:
             return "pending", 0.0
         delay = self._pacer.retry_delay(outcome, attempt)
         if delay is None:
             return "failed", 0.0
         return "retry", delay
+
+    def _fatal(self, fatal: Fatal, reason: str) -> None:
+        """Stop the run for ``fatal`` (exit 3), the first fatal condition of the run."""
+        self.result.fatal = fatal
+        self.stop(reason)
 
     def _settle(self, chunk: Chunk, state: str, outcome: Outcome | None, attempts: int) -> None:
         n = len(chunk.units)
@@ -382,5 +394,4 @@ class Engine:
             self._on_settled(Settled(chunk, state, outcome, attempts))
         reason = self._pacer.stop_reason()
         if reason is not None and r.fatal is None:
-            r.fatal = BudgetExhausted(f"{reason}. The rest was not sent.")
-            self.stop(reason)
+            self._fatal(BudgetExhausted(f"{reason}. The rest was not sent."), reason)
