@@ -620,7 +620,9 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
 
         summary = summarize(args.journal, journal.state(), pending=not_sent)
     finally:
-        journal.close()
+        # Closes it; a journal this run created and stopped before recording anything in
+        # (a refused selection, a Ctrl-C in start-up) is removed, so that it binds nothing.
+        journal.discard_if_unused()
     return _finish(args, result, interrupted, display, not_sent, summary)
 
 

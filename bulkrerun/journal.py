@@ -1008,6 +1008,7 @@ class Journal:
 
     __slots__ = (
         "_buf",
+        "_created_end",
         "_described",
         "_durable",
         "_error",
@@ -1054,6 +1055,7 @@ class Journal:
         self._fallback: str | None = None  # why commits fsync on the loop (no helper)
         self._str_cache: dict[tuple[str, ...], bytes] = {}
         self._outcome_heads: dict[tuple[str, str], bytes] = {}
+        self._created_end: int | None = None  # of a journal this open created: its header's end
 
     # -- opening -------------------------------------------------------------------------
 
@@ -1135,7 +1137,10 @@ class Journal:
             _write_all(fd, line)
             os.fsync(fd)
             _fsync_dir(path.parent)
-            return cls(path, fd, header, _Replayer(JournalState(header)), len(line), tool_version)
+            end = len(line)
+            journal = cls(path, fd, header, _Replayer(JournalState(header)), end, tool_version)
+            journal._created_end = end
+            return journal
         header = scan.header
         if header.binding != binding:
             raise JournalMismatch(
@@ -1602,6 +1607,23 @@ class Journal:
                 self._stop_listening(helper)
                 helper.close()
             self._wake()  # callers waiting for a commit: close() did it
+
+    def discard_if_unused(self) -> bool:
+        """Close the journal; if this open created it and nothing was appended after its
+        header, remove the file too, and say so (True).
+
+        A run that stops before recording anything (bad input found late, such as a refused
+        selection, or an interruption during start-up) then leaves no journal binding the
+        path to its project and endpoint: the same command against the right endpoint works.
+        """
+        if self._fd is None or self._created_end is None or self._size != self._created_end:
+            self.close()
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()  # while this process still holds the lock
+        self.close()
+        _fsync_dir(self._path.parent)
+        return True
 
     def __enter__(self) -> Journal:
         return self

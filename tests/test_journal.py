@@ -164,6 +164,21 @@ def test_an_empty_file_or_a_torn_header_is_started_afresh(jpath: Path) -> None:
         assert lines(jpath)[0]["project_id"] == BINDING.project_id
 
 
+def test_only_a_journal_created_by_this_open_and_left_unused_is_discarded(jpath: Path) -> None:
+    assert Journal.open(jpath, BINDING, tool_version="0.1.0").discard_if_unused()
+    assert not jpath.exists()
+    # Created, and a run recorded in it: kept.
+    j = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    j.begin_run(RunInfo("m.toml", "version = 1\n", "0" * 64))
+    assert not j.discard_if_unused()
+    assert j.closed and len(lines(jpath)) == 2
+    # Opened, not created, even with nothing beyond its header: kept (it is not this run's).
+    jpath.unlink()
+    Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+    assert not Journal.open(jpath, BINDING, tool_version="0.1.0").discard_if_unused()
+    assert len(lines(jpath)) == 1
+
+
 def test_a_second_opener_is_refused_while_the_first_holds_the_journal(
     journal: Journal, jpath: Path
 ) -> None:

@@ -441,3 +441,27 @@ def test_a_run_whose_sync_helper_cannot_start_completes_and_says_so(
     assert Counter(srv.accepted_ids()) == Counter(plan_ids(cli, m))  # each exactly once
     s = status_of(cli, j)
     assert (s["done"], s["failed"], s["held"], s["pending"]) == (15, 0, 0, 0)
+
+
+def test_a_run_refused_before_recording_anything_leaves_no_journal(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # The selection is refused (further back than the list API reaches): exit 2, nothing
+    # sent. A journal left behind would bind the path to this endpoint, and the same
+    # command against another one would then be refused too.
+    wrong, right = fake_service(), fake_service()
+    now, day = int(time.time() * 1000), 86_400_000
+
+    def days_back(begin: int, end: int) -> Path:
+        select = f'job_name = "ods_orders"\nbegin = {now - begin * day}\nend = {now - end * day}\n'
+        return write_manifest(tmp_path / "m.toml", f"[[select]]\n{select}")
+
+    j = tmp_path / "j"
+    out = cli("run", str(days_back(40, 39)), "--journal", str(j), url=wrong.url)
+    assert out.returncode == 2, out.stderr
+    assert "DLF.0104" in out.stderr
+    assert not j.exists()
+    out = cli("run", str(days_back(1, 0)), "--journal", str(j), url=right.url)
+    assert out.returncode == 0, out.stderr
+    assert status_of(cli, j)["endpoint"] == right.url
+    assert wrong.ledger() == []
