@@ -547,6 +547,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             journal.begin_run(
                 RunInfo(
                     manifest_name=str(manifest.path),
+                    manifest_path=str(manifest.path.absolute()),
                     manifest_text=manifest.text,
                     manifest_sha256=manifest.sha256,
                     instance_files=manifest.files,

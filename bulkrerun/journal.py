@@ -41,7 +41,8 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
 - ``header``: ``format``, ``tool``, ``tool_version``, ``project_id``, ``endpoint``,
   ``created``. The first line; binds the journal to one project and endpoint.
 - ``run``: one per ``run`` command: ``n``, ``wall``, ``pid``, ``tool_version``, ``manifest``
-  (``name``, ``sha256``, ``text``: a copy), ``instance_files`` (path -> sha256), ``options``,
+  (``name`` as given, ``path`` where that led, ``sha256``, ``text``: a copy),
+  ``instance_files`` (path -> sha256), ``options``,
   ``pending`` (units not yet sent at start). Followed by one ``select`` record per
   ``[[select]]`` entry: ``run``, ``label``, ``items`` (``[job_name, job_id, plan_time,
   submit_time]`` lists).
@@ -218,15 +219,18 @@ class RunInfo:
     selections: Mapping[str, Sequence[Selection]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     pending: int | None = None
+    manifest_path: str = ""  # absolute: where the name as given led, from any folder
 
     @classmethod
     def from_manifest(cls, path: Path, **fields: Any) -> RunInfo:
-        """Read the manifest at ``path``: its name as given, its text and its digest."""
+        """Read the manifest at ``path``: its name as given, where it is, its text and its
+        digest."""
         data = path.read_bytes()
         return cls(
             manifest_name=str(path),
             manifest_text=data.decode("utf-8", "replace"),
             manifest_sha256=hashlib.sha256(data).hexdigest(),
+            manifest_path=str(path.absolute()),
             **fields,
         )
 
@@ -245,6 +249,7 @@ class RunRecord:
     instance_files: dict[str, str]
     options: dict[str, Any]
     pending: int | None
+    manifest_path: str = ""  # absolute; empty in journals written before it was recorded
 
 
 @dataclass(slots=True, eq=False)
@@ -670,6 +675,7 @@ def _apply_slow(rep: _Replayer, obj: Any, offset: int) -> None:
                     instance_files=dict(obj.get("instance_files") or {}),
                     options=dict(obj.get("options") or {}),
                     pending=None if pending is None else int(pending),
+                    manifest_path=str(manifest.get("path", "")),
                 )
             )
         elif kind == "select":
@@ -1387,6 +1393,7 @@ class Journal:
             instance_files=dict(run_info.instance_files),
             options=dict(run_info.options),
             pending=run_info.pending,
+            manifest_path=run_info.manifest_path,
         )
         self._append(
             _record(
@@ -1398,6 +1405,7 @@ class Journal:
                     "tool_version": record.tool_version,
                     "manifest": {
                         "name": record.manifest_name,
+                        "path": record.manifest_path,
                         "sha256": record.manifest_sha256,
                         "text": record.manifest_text,
                     },

@@ -341,6 +341,15 @@ NO_SUCH_API = "APIG.0101"
 wrong, whatever the request."""
 
 
+def _manifest_arg(run: RunRecord) -> str:
+    """The manifest as a command typed here should name it: as it was given, if that still
+    leads to it from this folder, else where it was (the journal may be read from anywhere)."""
+    given, where = run.manifest_name, run.manifest_path
+    if not where or Path(given).absolute() == Path(where):
+        return given
+    return where
+
+
 def _next_steps(
     path: Path,
     state: JournalState,
@@ -350,7 +359,7 @@ def _next_steps(
     pending_unknown: str | None,
 ) -> list[str]:
     journal = shlex.quote(str(path))
-    manifest = shlex.quote(state.runs[-1].manifest_name) if state.runs else "MANIFEST"
+    manifest = shlex.quote(_manifest_arg(state.runs[-1])) if state.runs else "MANIFEST"
     run = f"bulkrerun run {manifest} --journal {journal}"
     held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
 

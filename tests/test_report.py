@@ -553,6 +553,11 @@ def test_status_from_another_folder_through_the_cli(tmp_path: Path, cli: Cli) ->
         "held": 0,
         "pending": 3 + 5,
     }
+    # The commands it gives work from there: the manifest named where it is, not as typed.
+    journal = tmp_path / "run.journal"
+    assert obj["next_steps"][0].endswith(f": bulkrerun run {manifest} --journal {journal}")
+    here = json.loads(cli("status", "run.journal", "--json").stdout)
+    assert here["next_steps"][0].endswith(": bulkrerun run m.toml --journal run.journal")
 
 
 # -- verification: how held units were decided --------------------------------------------
