@@ -1173,6 +1173,14 @@ def load_manifest(path: Path, *, now_ms: int | None = None) -> Manifest:
             [f"{name}: byte {exc.start} is not UTF-8; save the file as UTF-8"]
         ) from None
 
+    if not text.removeprefix("\ufeff").strip():
+        raise ManifestError(
+            [
+                f"{name}: the file is empty; a manifest needs version = 1 and at least one "
+                "[[window]], [[instances]] or [[select]] entry (`report --format manifest` "
+                "writes nothing when nothing is left to rerun)"
+            ]
+        )
     data = _parse(name, text.removeprefix("\ufeff"), path.suffix.lower() == ".json")
     if not isinstance(data, dict):
         raise ManifestError(

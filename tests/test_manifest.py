@@ -408,6 +408,16 @@ def test_file_used_twice_is_read_once_and_reported_once(tmp_path: Path) -> None:
     assert len([p for p in problems if "plan_time = 2" in p]) == 1
 
 
+@pytest.mark.parametrize("name", ["m.toml", "m.json"])
+@pytest.mark.parametrize("text", ["", "\ufeff", " \n\n"])
+def test_an_empty_file_is_said_to_be_empty(tmp_path: Path, name: str, text: str) -> None:
+    # E.g. `report --format manifest > m.toml` with nothing to rerun, then `plan m.toml`.
+    (problem,) = problems_of(write(tmp_path, name, text))
+    assert problem.startswith(f"{tmp_path / name}: the file is empty;")
+    assert "version = 1" in problem and "[[window]]" in problem
+    assert "report --format manifest" in problem
+
+
 def test_non_utf8_line_is_reported_at_its_line(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_bytes(
         b"job_id,plan_time,submit_time\n1,1732601580000,1732239754684\n\xff\xfe,1,2\n"
