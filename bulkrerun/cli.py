@@ -33,7 +33,6 @@ from bulkrerun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    BadInput,
     BulkrerunError,
     Fatal,
     ManifestError,
@@ -1048,8 +1047,6 @@ def verify(
     the next `run` sends it. What cannot be decided stays held, with the reason.
     """
     try:
-        if not journal.exists():  # a mistyped path must not become a new, empty journal
-            raise BadInput(f"no journal at {journal}")
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
         configure_logging(verbose, log_file, settings.secrets())
         from bulkrerun.settings import resolve_endpoint
@@ -1066,12 +1063,15 @@ async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
     from bulkrerun.journal import Binding, Journal
     from bulkrerun.verify import verify_held
 
-    transport = _make_transport(settings, endpoint)
-    pacer = _pacer(settings)
     journal = Journal.open(
-        path, Binding(settings.project_id, endpoint), tool_version=bulkrerun.__version__
+        path,
+        Binding(settings.project_id, endpoint),
+        tool_version=bulkrerun.__version__,
+        create=False,  # a mistyped path must not become a new, empty journal
     )
     try:
+        transport = _make_transport(settings, endpoint)
+        pacer = _pacer(settings)
         async with transport:
             summary = await verify_held(journal, transport, pacer=pacer, clock=SystemClock())
     finally:

@@ -1067,9 +1067,17 @@ class Journal:
 
     @classmethod
     def open(
-        cls, path: Path, binding: Binding, *, tool_version: str, live_details: bool = True
+        cls,
+        path: Path,
+        binding: Binding,
+        *,
+        tool_version: str,
+        live_details: bool = True,
+        create: bool = True,
     ) -> Journal:
-        """Open the journal at ``path`` for appending, creating it if it does not exist.
+        """Open the journal at ``path`` for appending, creating it if it does not exist
+        (with ``create=False`` a missing journal is :class:`BadInput`: a mistyped path
+        must not become a new, empty journal).
 
         ``live_details=False`` keeps memory flat however many records a run appends: the
         state keeps in detail what the file held when opened, and of the requests recorded
@@ -1087,11 +1095,15 @@ class Journal:
         """
         created = False
         try:
+            if not create:
+                raise FileExistsError  # open only what is there
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o600)
             created = True
         except FileExistsError:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                raise BadInput(f"no journal at {path}") from None
             except IsADirectoryError:
                 raise BadInput(
                     f"{path} is a directory; --journal needs a file path "

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -177,6 +178,14 @@ def test_only_a_journal_created_by_this_open_and_left_unused_is_discarded(jpath:
     Journal.open(jpath, BINDING, tool_version="0.1.0").close()
     assert not Journal.open(jpath, BINDING, tool_version="0.1.0").discard_if_unused()
     assert len(lines(jpath)) == 1
+
+
+def test_opening_only_what_is_there_refuses_a_missing_journal(jpath: Path) -> None:
+    with pytest.raises(BadInput, match=f"no journal at {re.escape(str(jpath))}"):
+        Journal.open(jpath, BINDING, tool_version="0.1.0", create=False)
+    assert not jpath.exists()
+    Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+    Journal.open(jpath, BINDING, tool_version="0.1.0", create=False).close()
 
 
 def test_a_second_opener_is_refused_while_the_first_holds_the_journal(
