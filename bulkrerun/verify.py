@@ -411,12 +411,21 @@ async def _read(lister: InstanceLister, queries: Sequence[_Query]) -> _Listing:
 
 @dataclass
 class VerifySummary:
-    """What :func:`verify_held` decided; ``reasons`` counts the held verdicts by reason."""
+    """What :func:`verify_held` decided; ``reasons`` counts the held verdicts by reason,
+    ``examples`` has the evidence of the first unit held for each reason."""
 
     verified_done: int = 0
     made_pending: int = 0
     still_held: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def hold(self, reason: str, evidence: str, n: int = 1) -> None:
+        """Count ``n`` units that stay held for ``reason``."""
+        self.still_held += n
+        self.reasons[reason] += n
+        if evidence:
+            self.examples.setdefault(reason, evidence)
 
     @property
     def checked(self) -> int:
@@ -431,7 +440,16 @@ class VerifySummary:
             f"(pending again: the next run sends them), {self.still_held:,} stay held"
         )
         if self.reasons:
-            text += " (" + "; ".join(f"{r}: {n:,}" for r, n in self.reasons.most_common()) + ")"
+            # The phrase counts; the first unit's evidence says why (e.g. which refusal made
+            # the list unavailable), so the operator need not open the report to find out.
+            text += (
+                " ("
+                + "; ".join(
+                    f"{r}: {n:,}, e.g. {self.examples[r]}" if r in self.examples else f"{r}: {n:,}"
+                    for r, n in self.reasons.most_common()
+                )
+                + ")"
+            )
         if self.still_held:
             text += (
                 ". `bulkrerun report` shows the evidence per unit; --resend-held sends the "
@@ -474,14 +492,12 @@ async def verify_held(
         elif verdict.state is None:
             summary.made_pending += 1
         else:
-            summary.still_held += 1
-            summary.reasons[verdict.reason] += 1
+            summary.hold(verdict.reason, verdict.evidence)
     # Held units whose intent record was not found cannot be judged (a damaged journal
     # would have been refused on open, so this is not expected); they stay as they are.
     missing = len(held) - len(targets)
     if missing:
-        summary.still_held += missing
-        summary.reasons["request not found in the journal"] += missing
+        summary.hold("request not found in the journal", "", missing)
     await journal.flush()
     return summary
 

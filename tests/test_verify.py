@@ -400,6 +400,10 @@ async def test_units_whose_instances_cannot_be_read_stay_held_with_the_reason(
     assert summary.reasons == {"instance list unavailable": len(units)}
     assert {state.units[u] for u in units} == {UnitState.HELD}
     assert "no answer after 2 attempts" in state.verified[units[0]]
+    # The summary says why, with the first unit's evidence: no need to open the report.
+    assert f"instance list unavailable: {len(units)}, e.g. {state.verified[units[0]]})" in str(
+        summary
+    )
 
 
 async def test_nothing_held_means_nothing_asked(tmp_path: Path) -> None:
