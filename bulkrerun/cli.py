@@ -688,10 +688,15 @@ def _print_resume(args: RunArgs, c: Any, *, resumed: bool) -> None:
             markup=False,
         )
         if c.held and not args.resend_held:
+            check = (
+                "--verify-held could not decide them (see above)"
+                if args.verify_held
+                else "Check with --verify-held"
+            )
             err.print(
                 f"[yellow]{c.held:,} held units are not sent[/]: the service may have acted on "
-                "them. Check with --verify-held, or add --resend-held to send them again "
-                "(they may then run twice)."
+                f"them. {check}, or add --resend-held to send them again (they may then run "
+                "twice)."
             )
         if c.failed and not args.retry_failed:
             err.print(f"{c.failed:,} failed units are not sent; add --retry-failed to resend.")

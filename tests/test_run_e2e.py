@@ -465,3 +465,25 @@ def test_a_run_refused_before_recording_anything_leaves_no_journal(
     assert out.returncode == 0, out.stderr
     assert status_of(cli, j)["endpoint"] == right.url
     assert wrong.ledger() == []
+
+
+def test_held_units_verify_held_cannot_decide_are_explained_not_sent_to_verify_again(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # Every connection drops after acceptance: both requests are held. Their instances
+    # (2024) are further back than the instance list reaches, so verification cannot say.
+    srv = fake_service("--drop-after-accept", "1")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 2, "1h"))
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 1, out.stderr
+    assert status_of(cli, j)["held"] == 2
+    out = cli("run", str(m), "--journal", str(j), "--verify-held", url=srv.url)
+    assert out.returncode == 1, out.stderr
+    err = " ".join(out.stderr.split())
+    assert "2 stay held (instance list unavailable: 2, e.g. instance list of job ods_orders" in err
+    assert "DLF.0104" in err
+    assert "2 held units are not sent: the service may have acted on them. --verify-held " in err
+    assert "could not decide them (see above), or add --resend-held" in err
+    assert "Check with --verify-held" not in err
+    assert len(srv.ledger()) == 2  # nothing sent again
