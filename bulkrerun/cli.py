@@ -338,7 +338,7 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> N
     requests = units = 0
     for row in rows:
         span = (
-            f"{_fmt_ms(row.begin_ms)} .. {_fmt_ms(row.end_ms)}"
+            f"{_fmt_ms(row.begin_ms, row.timezone)} .. {_fmt_ms(row.end_ms, row.timezone)}"
             if row.begin_ms is not None and row.end_ms is not None
             else ""
         )
@@ -363,12 +363,12 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> N
                 f"[yellow]warning:[/] {escape(row.label)}: {row.duplicates:,} units already "
                 "planned by an earlier entry or line; each is sent once"
             )
-    first = next((r.first for r in rows if r.first is not None), None)
-    last = next((r.last for r in reversed(rows) if r.last is not None), None)
-    if first is not None:
-        out.print(f"first request: {_describe(first)}", markup=False)
-    if last is not None:
-        out.print(f"last request:  {_describe(last)}", markup=False)
+    first = next((r for r in rows if r.first is not None), None)
+    last = next((r for r in reversed(rows) if r.last is not None), None)
+    if first is not None and first.first is not None:
+        out.print(f"first request: {_describe(first.first, first.timezone)}", markup=False)
+    if last is not None and last.last is not None:
+        out.print(f"last request:  {_describe(last.last, last.timezone)}", markup=False)
     seconds = requests / settings.rate
     out.print(
         f"{requests:,} requests to {where}, project {settings.project_id or '(not set)'}; "
@@ -377,21 +377,27 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> N
     )
 
 
-def _describe(chunk: Any) -> str:
+def _describe(chunk: Any, zone: str | None) -> str:
     body = chunk.body_object()
     if "begin_time" in body:
-        what = f"{_fmt_ms(body['begin_time'])} .. {_fmt_ms(body['end_time'])}"
+        what = f"{_fmt_ms(body['begin_time'], zone)} .. {_fmt_ms(body['end_time'], zone)}"
     else:
         what = f"{len(body.get('task_retrys', []))} instances"
     return f"{chunk.entry} {chunk.job_name} {what} (id {chunk.id})"
 
 
-def _fmt_ms(ms: int | None) -> str:
+def _fmt_ms(ms: int | None, zone: str | None = None) -> str:
+    """A time as the manifest meant it: in the entry's timezone with its offset
+    (``2024-11-26 08:00:00.000+08:00``), or in UTC (``...Z``) when it named none."""
     import datetime as dt
+    from zoneinfo import ZoneInfo
 
     if ms is None:
         return ""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    at = dt.datetime.fromtimestamp(ms / 1000, ZoneInfo(zone) if zone else dt.UTC)
+    offset = at.strftime("%z") if zone else ""
+    offset = f"{offset[:3]}:{offset[3:]}" if offset else "Z"
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + offset
 
 
 def _fmt_duration(seconds: float) -> str:

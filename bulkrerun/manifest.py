@@ -131,6 +131,7 @@ class WindowEntry(EntryBase):
     chunk_ms: int
     concurrent: int = 1
     jobs: tuple[tuple[str, str], ...] = ()
+    timezone: str | None = None  # the zone its times were read in, to show them in again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +160,7 @@ class SelectEntry(EntryBase):
     end_ms: int
     statuses: tuple[str, ...] = DEFAULT_STATUSES
     batch: int = DEFAULT_BATCH
+    timezone: str | None = None  # the zone its times were read in, to show them in again
 
 
 Entry = WindowEntry | InstancesEntry | SelectEntry
@@ -939,6 +941,7 @@ class _Checker:
             chunk_ms=raw.chunk,
             concurrent=raw.concurrent,
             jobs=tuple((job.job_name, job.workspace_id) for job in raw.jobs or ()),
+            timezone=times[2],
         )
 
     def instances(self, index: int, data: Any) -> InstancesEntry | None:
@@ -1076,6 +1079,7 @@ class _Checker:
             end_ms=times[1],
             statuses=raw.status,
             batch=raw.batch,
+            timezone=times[2],
         )
 
 

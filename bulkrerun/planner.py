@@ -595,6 +595,7 @@ class EntrySummary:
     last: Chunk | None
     duplicates: int = 0
     needs_selection: bool = False
+    timezone: str | None = None  # the entry's, for showing its times as they were written
 
 
 def summarize(
@@ -642,6 +643,7 @@ def summarize(
                 last=last,
                 duplicates=duplicates.get(entry.label, 0),
                 needs_selection=isinstance(entry, SelectEntry) and entry.label not in chosen,
+                timezone=None if isinstance(entry, InstancesEntry) else entry.timezone,
             )
         )
     return summaries

@@ -150,6 +150,34 @@ WINDOW = (
 )
 
 
+def test_plan_shows_times_in_the_timezone_they_were_written_in(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # Written as Shanghai's 08:00 (timezone from [defaults]): shown so, not as 00:00Z.
+    body = (
+        '[[window]]\njob_name = "j"\nbegin = "2024-11-26T08:00:00"\nend = "2024-11-26T10:00:00"\n'
+    )
+    m = write_manifest(tmp_path / "m.toml", body + 'chunk = "1h"\n')
+    result = runner.invoke(app, ["plan", str(m)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "2024-11-26 08:00:00.000+08:00 .. 2024-11-26 10:00:00.000+08:00" in result.output
+    assert (
+        "first request: window[0] j 2024-11-26 08:00:00.000+08:00 .. 2024-11-26 08:59:59.999+08:00"
+        in result.output
+    )
+    assert "last request:  window[0] j 2024-11-26 09:00:00.000+08:00 .. " in result.output
+    # No timezone anywhere (epoch milliseconds): UTC, marked Z.
+    m.write_text(m.read_text().replace('timezone = "Asia/Shanghai"\n', ""))
+    m.write_text(
+        m.read_text()
+        .replace('"2024-11-26T08:00:00"', "1732579200000")
+        .replace('"2024-11-26T10:00:00"', "1732586400000")
+    )
+    result = runner.invoke(app, ["plan", str(m)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "first request: window[0] j 2024-11-26 00:00:00.000Z .. " in result.output
+
+
 def test_plan_shows_names_with_brackets_as_written(runner: CliRunner, tmp_path: Path) -> None:
     # rich would take "[bold]" for a style tag and drop it: names are printed, never parsed.
     m = write_manifest(tmp_path / "m[prod].toml", WINDOW.format(job="ods[bold]orders"))

@@ -108,6 +108,7 @@ def test_contract_example_loads_with_defaults_merged(tmp_path: Path) -> None:
         chunk_ms=3_600_000,
         concurrent=8,
         jobs=(("dwd_orders", WS),),
+        timezone="Asia/Shanghai",  # [defaults]: what its times are shown in again
     )
     assert isinstance(instances, InstancesEntry)
     assert instances.label == "instances[0]"
