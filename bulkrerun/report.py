@@ -66,12 +66,11 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
@@ -215,7 +214,7 @@ def not_sent(state: JournalState) -> tuple[int | None, str | None]:
 def _recorded_manifest(run: RunRecord) -> Manifest:
     """The manifest of ``run`` made again from the journal's copy, with the instance files
     that run read; raises :class:`_CannotCount` when that cannot be done faithfully."""
-    from bulkrerun.manifest import load_manifest
+    from bulkrerun.manifest import manifest_from_copy
 
     name = run.manifest_name
     try:
@@ -240,21 +239,15 @@ def _recorded_manifest(run: RunRecord) -> Manifest:
         if not Path(path).is_file():
             raise _missing(run, path, label)
         tables[i]["file"] = path
-    # load_manifest reads a file and resolves relative instance files against its folder.
-    # The copy, its instance files now absolute paths, goes to a file of its own, as JSON
-    # (TOML's dates and times as ISO 8601 strings, which the manifest reads alike).
-    with tempfile.TemporaryDirectory(prefix="bulkrerun-status-") as folder:
-        copy = Path(folder) / "manifest.json"
-        copy.write_text(json.dumps(data, default=_iso_text), encoding="utf-8")
-        try:
-            manifest = load_manifest(copy)
-        except ManifestError as exc:
-            _check_digests(run, {path: _sha256(path) for path in run.instance_files}, labels)
-            problem = exc.problems[0].replace(str(copy), name) if exc.problems else str(exc)
-            raise _CannotCount(
-                f"the journal's copy of {name} (run {run.n}) no longer validates ({problem}), "
-                "so what is not yet sent cannot be counted; the same command resumes"
-            ) from None
+    try:
+        manifest = manifest_from_copy(Path(name), run.manifest_text, run.manifest_sha256, data)
+    except ManifestError as exc:
+        _check_digests(run, {path: _sha256(path) for path in run.instance_files}, labels)
+        problem = exc.problems[0] if exc.problems else str(exc)
+        raise _CannotCount(
+            f"the journal's copy of {name} (run {run.n}) no longer validates ({problem}), "
+            "so what is not yet sent cannot be counted; the same command resumes"
+        ) from None
     _check_digests(run, dict(manifest.files), labels)
     return manifest
 
@@ -306,13 +299,6 @@ def _sha256(path: str) -> str | None:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
-
-
-def _iso_text(value: Any) -> str:
-    """A TOML date or date-time for JSON (the manifest takes no time of day alone)."""
-    if isinstance(value, date):  # a datetime is a date too
-        return value.isoformat()
-    raise TypeError(f"{value!r} cannot be written as JSON")
 
 
 def _recorded_selections(

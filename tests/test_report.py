@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -342,6 +343,15 @@ def test_pending_is_counted_from_the_journals_copy_of_the_manifest(
     manifest_path.write_text(MANIFEST.replace("5 * 3_600_000", "6 * 3_600_000") + "\n")
     assert not_sent(state) == (2, None)
     manifest_path.unlink()
+    assert not_sent(state) == (2, None)
+
+
+def test_pending_is_counted_without_writing_anything(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # status reads: a full or read-only temporary folder must not stop it from counting.
+    _, state = read_state(journal_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(journal_path.parent / "no-such-folder"))
     assert not_sent(state) == (2, None)
 
 
