@@ -615,9 +615,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             if journal.sync_fallback:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
             if args.watch and not interrupted and result.fatal is None:
-                journal.reload()
                 try:
-                    await _watch(journal, transport, pacer, clock)
+                    interrupted = await _watch(journal, transport, pacer, clock)
                 except Fatal as exc:  # the reruns stand; only following them failed
                     err.print("[yellow]warning:[/] could not follow the reruns: ", end="")
                     err.print(str(exc), markup=False)
@@ -784,10 +783,65 @@ async def _verify_held(journal: Any, transport: Any, pacer: Any, clock: Any) -> 
     err.print(str(summary), markup=False)
 
 
-async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> None:
+async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> bool:
+    """Follow the reruns to a final status (``--watch``); True when SIGINT or SIGTERM
+    stopped the following.
+
+    The reruns were sent and journaled before: a signal here stops only the following, and
+    the run still ends with its table, status and resume command (``_finish``), exit 130.
+    The first signal is taken by a receiver on the event loop, which cancels the watch;
+    the receiver is then removed, so that a second signal raises KeyboardInterrupt at once
+    (``main`` prints the resume command). The journal's replay (seconds for a million
+    records) runs before the receiver, without awaiting: a signal raises there, and is
+    handled in the same way.
+    """
     from bulkrerun.verify import watch
 
-    await watch(journal, transport, pacer=pacer, clock=clock, console=err)
+    try:
+        journal.reload()  # --watch needs the details a run opened with live_details=False
+    except KeyboardInterrupt:  # the previous state stands: reload() replaces it when done
+        _interrupt.fired = False  # handled here; main() is not to print the command again
+        _watch_stopped(_interrupt.signame, journal.path)
+        return True
+    stopped: str | None = None
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            nonlocal stopped
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                task_status.started()
+                async for signum in sigs:
+                    stopped = signal.Signals(signum).name
+                    break
+            # Removing the receiver reset the handlers (SIGTERM to the default, which kills):
+            # from now on a signal raises KeyboardInterrupt, wherever the run is.
+            _signals_interrupt()
+            tg.cancel_scope.cancel()
+
+        await tg.start(stop_on_signal)
+        try:
+            await watch(journal, transport, pacer=pacer, clock=clock, console=err)
+        except Exception as exc:  # noqa: BLE001 - raised below, not wrapped in a group
+            failure = exc
+        tg.cancel_scope.cancel()
+    _signals_interrupt()
+    if failure is not None:
+        raise failure
+    if stopped is None:
+        return False
+    _watch_stopped(stopped, journal.path)
+    return True
+
+
+def _watch_stopped(signame: str, journal: Path) -> None:
+    err.print(f"[yellow]watch stopped by {signame}[/]: ", end="")
+    err.print(
+        "the reruns sent stand (the service accepted them and the journal records them); "
+        "only following them stopped. `bulkrerun report "
+        f"{shlex.quote(str(journal))}` shows the final statuses seen so far.",
+        markup=False,
+    )
 
 
 def _run_args(
@@ -1348,12 +1402,14 @@ class _Interrupt:
     remembers that it did (typer turns a KeyboardInterrupt into a silent exit 130)."""
 
     fired = False
+    signame = "SIGINT"  # the name of the last signal taken
     # The command that resumes, once a run has sent something: the raw command line would
     # repeat one-shot flags such as --resend-held (see _resume_command).
     resume: str | None = None
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.fired = True
+        self.signame = signal.Signals(signum).name
         raise KeyboardInterrupt
 
 
@@ -1362,7 +1418,8 @@ _interrupt = _Interrupt()
 
 def _signals_interrupt() -> None:
     """SIGINT and SIGTERM both raise KeyboardInterrupt, wherever the command is, except while
-    a run's engine handles them itself (it finishes the requests in flight first).
+    a run's engine handles them itself (it finishes the requests in flight first) and while
+    ``--watch`` follows the reruns (the first one stops the following; see ``_watch``).
 
     Without this, SIGTERM before the engine started killed the process (exit 143), and a
     Ctrl-C there went to asyncio's own handler, which only cancels the main task: the
@@ -1374,9 +1431,9 @@ def _signals_interrupt() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point. A Ctrl-C or SIGTERM outside a run's own handling (while a
-    manifest is read, a journal replayed, a selection queried or reruns watched) ends with
-    130 too, and the command to run again: nothing is lost, the journal records only what
-    was durable."""
+    manifest is read, a journal replayed or a selection queried; a second one while the run
+    ends) ends with 130 too, and the command to run again: nothing is lost, the journal
+    records only what was durable."""
     args = list(argv) if argv is not None else sys.argv[1:]
     _signals_interrupt()
     try:

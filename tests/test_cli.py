@@ -282,9 +282,10 @@ def test_verify_of_a_mistyped_journal_exits_2_and_creates_nothing(
 def test_an_interrupt_after_a_run_sent_prints_its_resume_command_not_the_raw_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A Ctrl-C while --watch follows the reruns reaches main(); typer has turned it into a
-    # silent exit 130. The raw command line would repeat --resend-held on what this run
-    # left held: main() prints the run's own resume command instead.
+    # A Ctrl-C after the engine, outside the watch's own handling (a second one while the
+    # run ends), reaches main(); typer has turned it into a silent exit 130. The raw command
+    # line would repeat --resend-held on what this run left held: main() prints the run's
+    # own resume command instead.
     import signal
 
     import bulkrerun.cli as cli_module

@@ -13,8 +13,11 @@ import dataclasses
 import io
 import json
 import os
+import re
+import shlex
+import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -669,3 +672,130 @@ async def test_a_watch_that_cannot_list_warns_and_the_reruns_decide_the_exit(
     assert len(srv.ledger) == WINDOW_CHUNKS
     assert "warning: could not follow the reruns: " in err
     assert "this run" in err  # the run's summary is still shown
+
+
+async def read_until(stream: Any, text: bytes, seen: bytearray) -> None:
+    """Read ``stream`` into ``seen`` until ``text`` appears in it (or the stream ends)."""
+    while text not in seen:
+        try:
+            seen += await stream.receive()
+        except anyio.EndOfStream:
+            return
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_a_signal_during_the_watch_stops_following_and_ends_with_the_run_table(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # The reruns never finish (running for hours): the watch is still following them when
+    # the signal comes, after its first progress line. The reruns were sent and journaled:
+    # the run ends as it would without --watch, with its table, status and resume command.
+    window_only = MANIFEST[MANIFEST.index("[[window]]") :]
+    manifest = tmp_path / "window.toml"
+    manifest.write_text(MANIFEST[: MANIFEST.index("[[select]]")] + window_only, encoding="utf-8")
+    config = demo_config(catalog=catalog(waiting_s=0.05, running_s=36_000.0))
+    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j"]
+    argv += ["--watch", "--resend-held"]  # a one-shot flag the resume command must leave out
+    seen = bytearray()
+    async with FakeServer(config) as srv:
+        async with await anyio.open_process(argv, cwd=tmp_path, env=cli_env(srv.url)) as proc:
+            assert proc.stderr is not None
+            with anyio.fail_after(60):
+                await read_until(proc.stderr, b"rerun instances finished", seen)
+                assert b"rerun instances finished" in seen, seen.decode()
+                proc.send_signal(sig)
+                await read_until(proc.stderr, b"\0", seen)  # to the end
+                code = await proc.wait()
+        accepted = len(srv.ledger)
+    err = seen.decode()
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert f"watch stopped by {sig.name}: the reruns sent stand" in err
+    # The closing table of this run, then the journal's status, as without --watch.
+    table = err[err.index("this run") :]
+    assert re.search(r"│ +4 │ +0 │ +0 │ +0 │", table), table
+    assert "nothing left to do: every unit is done" in table
+    printed = err.split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    assert shlex.split(printed) == ["bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
+    assert "(without --resend-held: add it again only after" in err
+    assert accepted == WINDOW_CHUNKS
+    # The journal was closed properly: whole, unlocked, every rerun done.
+    code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
+    status = json.loads(out)
+    assert (status["done"], status["held"], status["pending"]) == (WINDOW_CHUNKS, 0, 0)
+
+
+@pytest.fixture
+def signal_handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SIGINT and SIGTERM as the run leaves them before its watch (they raise
+    KeyboardInterrupt); pytest's own handlers and the CLI's interrupt state back after."""
+    import bulkrerun.cli as cli
+
+    monkeypatch.setattr(cli._interrupt, "fired", False)
+    monkeypatch.setattr(cli._interrupt, "signame", "SIGINT", raising=False)
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    cli._signals_interrupt()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+
+
+@pytest.mark.usefixtures("signal_handlers")
+async def test_after_a_signal_stops_the_watch_the_next_one_ends_the_command_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bulkrerun.cli as cli
+
+    async with world(tmp_path, catalog=catalog(running_s=36_000.0)) as w:
+        await send_all(w)
+        before = w.srv.stats.requests
+        unheard = False  # the signal raised where it was sent: nothing took it
+
+        async def interrupt() -> None:
+            nonlocal unheard
+            while w.srv.stats.requests == before:  # once the watch polls
+                await anyio.sleep(0.01)
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                unheard = True
+
+        with w.open_journal() as journal, anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(interrupt)
+                stopped = await cli._watch(journal, w.transport, w.pacer, w.clock)
+    assert not unheard
+    assert stopped is True
+    assert "watch stopped by SIGINT: the reruns sent stand" in capsys.readouterr().err
+    assert not cli._interrupt.fired  # taken by the watch: main() prints nothing more
+    # The next signal, SIGTERM too, raises at once wherever the command is.
+    assert signal.getsignal(signal.SIGINT) is cli._interrupt
+    assert signal.getsignal(signal.SIGTERM) is cli._interrupt
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGTERM)
+    assert (cli._interrupt.fired, cli._interrupt.signame) == (True, "SIGTERM")
+
+
+@pytest.mark.usefixtures("signal_handlers")
+async def test_a_signal_while_the_watch_replays_the_journal_stops_it_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The replay before the watch is synchronous (seconds for a million records): the signal
+    # raises KeyboardInterrupt inside it, and the run still ends with its table.
+    import bulkrerun.cli as cli
+
+    class Replaying:
+        path = tmp_path / "j"
+
+        def reload(self) -> None:
+            signal.raise_signal(signal.SIGTERM)
+
+    async with world(tmp_path) as w:
+        requests = w.srv.stats.requests
+        stopped = await cli._watch(Replaying(), w.transport, w.pacer, w.clock)
+        assert w.srv.stats.requests == requests  # nothing listed
+    assert stopped is True
+    assert not cli._interrupt.fired
+    assert "watch stopped by SIGTERM: the reruns sent stand" in capsys.readouterr().err
