@@ -225,15 +225,25 @@ class InstanceLister:
     One GET follows the engine's loop (see :mod:`bulkrerun.pacing`): book a slot, wait until
     the pacer says it is due, send, tell the pacer. ``RETRY`` and ``HELD`` outcomes wait the
     pacer's backoff and go again, up to its ``max_attempts``; ``FATAL`` raises
-    :class:`AuthRefused`; a refusal raises :class:`ListFailed` at once.
+    :class:`AuthRefused`; a refusal raises :class:`ListFailed` at once. ``on_outcome``, when
+    given, is told every GET's outcome (a ``HELD`` one as ``RETRY``) as it comes, retries
+    included: the watch tells from it how long the list has been failing.
     """
 
-    __slots__ = ("_clock", "_pacer", "_transport", "gets")
+    __slots__ = ("_clock", "_on_outcome", "_pacer", "_transport", "gets")
 
-    def __init__(self, transport: ListTransport, *, pacer: Pacer, clock: Clock) -> None:
+    def __init__(
+        self,
+        transport: ListTransport,
+        *,
+        pacer: Pacer,
+        clock: Clock,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
         self._transport = transport
         self._pacer = pacer
         self._clock = clock
+        self._on_outcome = on_outcome
         self.gets = 0  # requests sent, retries included
 
     async def list(
@@ -351,6 +361,8 @@ class InstanceLister:
                 # Unknown for a rerun, harmless for a read: a GET is retried like any RETRY.
                 outcome = outcome._replace(kind=Kind.RETRY)
             pacer.on_outcome(outcome, clock.now(), sent_at=sent_at, final=False)
+            if self._on_outcome is not None:
+                self._on_outcome(outcome)
             if outcome.kind is Kind.DONE:
                 return parsed
             if outcome.kind is Kind.FAILED:

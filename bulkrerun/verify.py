@@ -31,7 +31,11 @@ newest held request is :data:`SETTLE_S` old, so that an accepted rerun has had t
 a final status, prints a table per job and appends what it saw to a sidecar file next to the
 journal (``PATH.watch``, JSON lines; :func:`read_watch`). A sidecar rather than journal
 records: the journal is the resume decision, and what became of a rerun on the service after
-it was accepted changes no decision; the journal also offers no record type for it.
+it was accepted changes no decision; the journal also offers no record type for it. While
+the list keeps failing (a service down behind its gateway answers 503 for as long as it is
+down), the watch keeps asking until its timeout, and :class:`ListTrouble` says so on the
+console past :data:`LIST_NOTICE_AFTER_S`, again every :data:`LIST_NOTICE_EVERY_S`, and once
+more when the list answers again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from bulkrerun.chunk import instance_unit_id
 from bulkrerun.clock import Clock
 from bulkrerun.journal import Journal, JournalState, UnitState, read_records_at
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS
+from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer
 from bulkrerun.select import (
     InstanceLister,
@@ -66,8 +71,11 @@ __all__ = [
     "ACTIVE_STATUSES",
     "CLOCK_SKEW_S",
     "FAILED_STATUSES",
+    "LIST_NOTICE_AFTER_S",
+    "LIST_NOTICE_EVERY_S",
     "SETTLE_S",
     "InstanceTarget",
+    "ListTrouble",
     "Verdict",
     "VerifySummary",
     "WatchRecord",
@@ -100,6 +108,18 @@ ACTIVE_STATUSES = frozenset({"waiting", "running"})
 and ``freeze`` do not move on by themselves either."""
 
 FAILED_STATUSES = frozenset({"fail", "running-exception"})
+
+LIST_NOTICE_AFTER_S = 60.0
+"""How long the instance list may fail, attempt after attempt, before the watch says so (s).
+A blip of a few seconds is ridden out by each call's retries and is not worth a line; a
+minute without a single answer is an outage the operator should hear of, since the watch
+otherwise keeps asking, silently, until its timeout (an hour by default). Counted per attempt,
+not per poll: against a service that is down, one call's eight attempts take minutes (backoff
+up to 30 s, the breaker's cooldowns), and a check per poll would come that much later."""
+
+LIST_NOTICE_EVERY_S = 300.0
+"""While the failures go on, the notice comes again at most this often (s): the console shows
+that the watch is alive and still trying, in a dozen lines an hour rather than one a poll."""
 
 Key = tuple[str, str]  # (job_name, workspace)
 
@@ -674,6 +694,76 @@ class _Watcher:
         )
 
 
+class ListTrouble:
+    """How long the instance list has been failing during a watch, and when to say so.
+
+    Pure: told each list call's outcome as it comes (retries included), with the clock's
+    readings, it returns the line to print, if any. A failure is a ``RETRY`` outcome (a 5xx,
+    a 429, a connection that failed or timed out: no answer); any other outcome is an
+    answer, a refusal too, and ends the trouble. One tracker for the whole list, not one per
+    job: the jobs' lists are one API behind one gateway, and while some of them answer the
+    service is up (a job whose own list keeps failing is warned of when its query gives up).
+    """
+
+    __slots__ = ("_noticed", "_since", "_since_wall", "_until_wall")
+
+    def __init__(self, until_wall: float) -> None:
+        self._until_wall = until_wall  # when the watch times out (epoch s)
+        self._since: float | None = None  # the first failure since the last answer (monotonic)
+        self._since_wall = 0.0  # the same instant, epoch s
+        self._noticed: float | None = None  # the last notice given (monotonic)
+
+    def failed(self, outcome: Outcome, now: float, wall: float) -> str | None:
+        """A list call failed at ``now`` (monotonic; ``wall`` is the same instant in epoch s).
+        The notice to print once the failures have lasted :data:`LIST_NOTICE_AFTER_S`, then
+        at most every :data:`LIST_NOTICE_EVERY_S`; None otherwise."""
+        if self._since is None:
+            self._since, self._since_wall = now, wall
+        failing = now - self._since
+        if failing < LIST_NOTICE_AFTER_S:
+            return None
+        if self._noticed is not None and now - self._noticed < LIST_NOTICE_EVERY_S:
+            return None
+        self._noticed = now
+        return (
+            f"watch: the instance list has been failing for {_duration(failing)} (since "
+            f"{_iso(round(self._since_wall * 1000))}; last: {_what_failed(outcome)}). "
+            f"Following goes on until {_iso(round(self._until_wall * 1000))}, when the watch "
+            "times out; Ctrl-C stops following, and the reruns already sent stand."
+        )
+
+    def answered(self, now: float) -> str | None:
+        """A list call was answered at ``now``: the line saying so, if a notice was given."""
+        since, noticed = self._since, self._noticed
+        self._since = self._noticed = None
+        if since is None or noticed is None:
+            return None
+        return (
+            f"watch: the instance list answers again, after {_duration(now - since)} of "
+            "failures; following the reruns goes on."
+        )
+
+
+def _what_failed(o: Outcome) -> str:
+    """A failed call's status, error code and message (the message scrubbed of secrets by the
+    transport, as every message from the service is), or what happened without an answer."""
+    if o.status is None:
+        return o.reason
+    return " ".join(str(part) for part in (o.status, o.error_code, o.error_msg or o.reason) if part)
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``6m30s``, ``1h05m``; whole units, rounded down."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
 async def watch(
     journal: Journal,
     transport: ListTransport,
@@ -693,6 +783,9 @@ async def watch(
     An instance counts once the list shows *our* rerun: for an instance unit a run submitted
     after the one we asked to rerun, for a window unit a run submitted or started after our
     request. Until then it is "not yet listed".
+
+    A list that keeps failing is asked again until the timeout; past a minute the console
+    says what fails, since when and until when (:class:`ListTrouble`).
     """
     state = journal.state()
     done = [u for u, s in state.units.items() if s is UnitState.DONE]
@@ -703,9 +796,19 @@ async def watch(
     await journal.flush()
     targets = load_targets(journal.path, state, done)
     watcher = _Watcher(targets, watch_path(journal.path), clock)
-    lister = InstanceLister(transport, pacer=pacer, clock=clock)
     started = clock.now()
     deadline = started + timeout
+    trouble = ListTrouble(until_wall=clock.wall() + timeout)
+
+    def observe(outcome: Outcome) -> None:
+        if outcome.kind is Kind.RETRY:
+            line = trouble.failed(outcome, clock.now(), clock.wall())
+        else:
+            line = trouble.answered(clock.now())
+        if line is not None:
+            console.print(line, highlight=False, markup=False)
+
+    lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
     shown = ""
     warned: set[Key] = set()
 

@@ -13,12 +13,14 @@ import dataclasses
 import io
 import json
 import os
+import random
 import re
 import shlex
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,10 @@ from bulkrerun.session import ResumeFlags, chunks_to_send
 from bulkrerun.transport import Auth, HttpTransport
 from bulkrerun.verify import (
     CLOCK_SKEW_S,
+    LIST_NOTICE_AFTER_S,
+    LIST_NOTICE_EVERY_S,
     InstanceTarget,
+    ListTrouble,
     VerifySummary,
     WatchSummary,
     WindowTarget,
@@ -269,11 +274,13 @@ class World:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, **config: Any) -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path, server: type[FakeServer] = FakeServer, **config: Any
+) -> AsyncIterator[World]:
     clock = shared_clock()
     config.setdefault("catalog", catalog())
     async with (
-        FakeServer(FakeConfig(clock=clock, **config)) as srv,
+        server(FakeConfig(clock=clock, **config)) as srv,
         HttpTransport(
             endpoint=srv.url, project_id=PROJECT, auth=Auth(), timeout=5.0, wall=clock.wall
         ) as transport,
@@ -512,6 +519,114 @@ async def test_watch_without_done_units_says_so(tmp_path: Path) -> None:
             summary = await watch(journal, w.transport, pacer=w.pacer, clock=w.clock, console=con)
     assert summary.total() == 0
     assert "no rerun instances to watch" in out.getvalue()
+
+
+def test_list_trouble_speaks_past_a_minute_every_five_and_when_it_is_over() -> None:
+    unavailable = Outcome(
+        Kind.RETRY, status=503, error_code="APIG.0202", error_msg="Backend unavailable"
+    )
+    wall0 = ANCHOR / 1000  # 2024-11-26T12:00:00Z, at now = 0
+    trouble = ListTrouble(until_wall=wall0 + 3600)
+    assert trouble.answered(5.0) is None  # nothing was said: nothing to take back
+    for now in (10.0, 30.0, 69.9):
+        assert trouble.failed(unavailable, now, wall0 + now) is None
+    notice = trouble.failed(unavailable, 70.0, wall0 + 70.0)
+    assert notice == (
+        "watch: the instance list has been failing for 1m00s (since 2024-11-26T12:00:10Z; "
+        "last: 503 APIG.0202 Backend unavailable). Following goes on until "
+        "2024-11-26T13:00:00Z, when the watch times out; Ctrl-C stops following, and the "
+        "reruns already sent stand."
+    )
+    assert trouble.failed(unavailable, 71.0, wall0 + 71.0) is None
+    assert trouble.failed(unavailable, 369.9, wall0 + 369.9) is None
+    refused = Outcome(Kind.RETRY, reason="could not connect (ClientConnectorError)")
+    again = trouble.failed(refused, 370.0, wall0 + 370.0)
+    assert again is not None
+    assert "failing for 6m00s (since 2024-11-26T12:00:10Z; last: could not connect" in again
+    assert trouble.answered(400.0) == (
+        "watch: the instance list answers again, after 6m30s of failures; following the "
+        "reruns goes on."
+    )
+    assert trouble.answered(401.0) is None
+    # A new outage is counted from its own start.
+    assert trouble.failed(unavailable, 500.0, wall0 + 500.0) is None
+    assert trouble.failed(unavailable, 559.0, wall0 + 559.0) is None
+    assert trouble.failed(unavailable, 560.0, wall0 + 560.0) is not None
+
+
+class ListDown(FakeServer):
+    """Answers the instance list 503 ``APIG.0202``, as the gateway does while the service
+    behind it is down, from ``down[0]`` until ``down[1]`` on the server clock (monotonic);
+    notes each refusal's wall time."""
+
+    down = (float("inf"), float("inf"))
+
+    def __init__(self, config: FakeConfig) -> None:
+        super().__init__(config)
+        self.refused: list[float] = []
+
+    async def _list(self, rid: str, request: Any, job_name: str) -> Any:
+        from bulkrerun.fake.validate import Refusal
+
+        if self.down[0] <= self._clock.now() < self.down[1]:
+            self.refused.append(self._clock.wall())
+            return self._refuse(rid, Refusal(503, "APIG.0202", "Backend unavailable"))
+        return await super()._list(rid, request, job_name)
+
+
+class Stamped(io.StringIO):
+    """A console's file that notes the clock's wall reading at each print (one write each),
+    with the print's lines, wrapped by the console, joined again."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.prints: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.prints.append((self.clock.wall(), " ".join(text.split())))
+        return super().write(text)
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_a_watch_whose_list_keeps_failing_says_so_past_a_minute_and_when_it_recovers(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path, server=ListDown) as w:
+        srv = w.srv
+        assert isinstance(srv, ListDown)
+        await send_all(w)
+        start = w.clock.wall()
+        srv.down = (w.clock.now(), w.clock.now() + 400.0)  # nearly seven minutes, then back
+        file = Stamped(w.clock)
+        con = Console(file=file, width=120, color_system=None)
+        pacer = Pacer(PacingConfig(rate=1000.0), rng=random.Random(3))
+        with w.open_journal() as journal:
+            summary = await watch(journal, w.transport, pacer=pacer, clock=w.clock, console=con)
+    assert summary.succeeded == SELECTED + WINDOW_INSTANCES  # followed to the end once back
+    notices = [(t, text) for t, text in file.prints if "instance list has been failing" in text]
+    back = [(t, text) for t, text in file.prints if "instance list answers again" in text]
+    first_503 = srv.refused[0]
+    # Not before the minute; after it, at the next failed attempt: attempts are at most a
+    # backoff apart (30 s, PacingConfig.backoff_cap), or a breaker cooldown or a poll.
+    (t1, n1), (t2, n2) = notices
+    assert first_503 + LIST_NOTICE_AFTER_S <= t1 <= first_503 + LIST_NOTICE_AFTER_S + 35
+    assert LIST_NOTICE_EVERY_S <= t2 - t1 <= LIST_NOTICE_EVERY_S + 35
+    for notice in (n1, n2):
+        assert "last: 503 APIG.0202 Backend unavailable" in notice
+        since = re.search(r"since (\S+Z);", notice)
+        assert since is not None
+        when = datetime.strptime(since[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert first_503 - 1 <= when.timestamp() <= first_503 + 5
+        assert f"until {_iso(start + 3600)}, when the watch times out" in notice
+        assert "Ctrl-C stops following, and the reruns already sent stand" in notice
+    ((t3, line),) = back
+    assert t3 >= start + 400.0
+    assert re.search(r"answers again, after \d+m\d\ds of failures", line)
+    assert "watch: 92 rerun instances: 92 succeeded" in file.getvalue()
 
 
 def test_read_watch_keeps_the_latest_and_skips_torn_lines(tmp_path: Path) -> None:
