@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ __all__ = [
     "request_headers",
     "request_path",
     "summarize",
+    "window_times",
     "write_json_lines",
 ]
 
@@ -184,6 +186,26 @@ class _WindowTemplate:
         """The ``k``-th chunk (from 0), without cutting the ones before it."""
         first = self.entry.begin_ms + k * self.entry.chunk_ms
         return self.chunk(*next(_cuts(self.entry, first, first + 1)))
+
+
+# The head every window body starts with (see _WindowTemplate.of): its two times, read back
+# without parsing the body.
+_WINDOW_HEAD = re.compile(
+    rb'\{"begin_time":(-?[0-9]+),"concurrent":[0-9]+,"end_time":(-?[0-9]+)[,}]'
+)
+
+
+def window_times(body: bytes) -> tuple[int, int]:
+    """``(begin_time, end_time)`` of a window chunk's canonical body.
+
+    Read from the fixed head the templates render, a regular expression instead of a
+    ``json.loads`` of the whole body: a resume may ask it of every new chunk of a big plan.
+    """
+    m = _WINDOW_HEAD.match(body)
+    if m is not None:
+        return int(m[1]), int(m[2])
+    parsed = json.loads(body)
+    return int(parsed["begin_time"]), int(parsed["end_time"])
 
 
 @dataclass(frozen=True, slots=True)

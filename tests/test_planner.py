@@ -32,6 +32,7 @@ from bulkrerun.planner import (
     request_headers,
     request_path,
     summarize,
+    window_times,
     write_json_lines,
 )
 
@@ -186,6 +187,7 @@ def test_window_template_equals_canonical_json(
         assert chunk.body == canonical_json(expected)
         assert chunk.id == chunk_id(job_name, workspace, chunk.body)
         assert chunk.units == (chunk.id,)
+        assert window_times(chunk.body) == (expected["begin_time"], expected["end_time"])
         assert (chunk.kind, chunk.entry, chunk.job_name, chunk.workspace) == (
             "window",
             "window[0]",
@@ -194,6 +196,11 @@ def test_window_template_equals_canonical_json(
         )
     # The fast `plan --json` path renders the same bytes as the chunks themselves.
     assert json_lines(plan(manifest_of(entry)), "p") == json_lines(produced, "p")
+
+
+def test_window_times_of_a_body_the_templates_did_not_render_are_parsed() -> None:
+    assert window_times(b'{"begin_time":1,"end_time":2}') == (1, 2)
+    assert window_times(b'{"begin_time":1,"concurrent":8,"end_time":2}') == (1, 2)
 
 
 @settings(max_examples=200, deadline=None)
