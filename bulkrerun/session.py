@@ -3,18 +3,27 @@
 The resume rules of the contract live here, as one pure function (:func:`should_send`):
 ``done`` is never sent again; ``failed`` only with ``--retry-failed``; ``held`` only with
 ``--resend-held``; anything the journal has never seen is new and sent.
+
+Window chunks are decided per chunk, and a chunk's id covers its whole body: an edit of a
+window entry (its ``chunk``, its ``begin``, a body field) gives every chunk a new id, and
+the new chunks re-cover times whose instances an earlier run already rerun. The contract
+keeps the per-chunk rule, so such chunks are sent; :func:`count_units` finds them
+(:class:`Overlap`) so that the operator is warned before anything is sent.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 from bulkrerun.chunk import Chunk
-from bulkrerun.journal import JournalState, UnitState
-from bulkrerun.manifest import Manifest
-from bulkrerun.planner import SelectedInstance, plan
+from bulkrerun.journal import ChunkInfo, JournalState, UnitState, read_records_at
+from bulkrerun.manifest import Manifest, WindowEntry
+from bulkrerun.planner import SelectedInstance, plan, window_times
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,7 @@ class UnitCounts:
     new: int = 0
     to_send: int = 0
     duplicates: list[tuple[str, str]] = field(default_factory=list)
+    overlaps: list[Overlap] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -55,10 +65,16 @@ def count_units(
     units: Mapping[str, UnitState],
     flags: ResumeFlags,
     selections: Mapping[str, Sequence[SelectedInstance]] | None,
+    *,
+    earlier: Callable[[], Iterable[DoneWindow]] | None = None,
 ) -> UnitCounts:
     """Count the plan's units by their journal state: one streaming pass over the whole plan,
     or, when the journal knows no unit yet (a first run), as :meth:`Plan.count_units` counts
-    (windows by arithmetic): every unit is then new and sent."""
+    (windows by arithmetic): every unit is then new and sent.
+
+    With ``earlier`` (see :func:`earlier_windows`), the same pass also finds the new window
+    chunks that re-cover times of done ones: :attr:`UnitCounts.overlaps`. ``earlier`` is
+    called only if the plan has new window chunks."""
     counts = UnitCounts()
     tally: Counter[UnitState | None] = Counter()
 
@@ -69,16 +85,21 @@ def count_units(
     if not units:
         counts.new = counts.to_send = chunks.count_units()
         return counts
+    new_windows = _NewWindows(manifest) if earlier is not None else None
     for chunk in chunks:
         for unit in chunk.units:
             state = units.get(unit)
             tally[state] += 1
             if should_send(state, flags):
                 counts.to_send += 1
+        if new_windows is not None and chunk.kind == "window" and chunk.id not in units:
+            new_windows.add(chunk)
     counts.done = tally[UnitState.DONE]
     counts.failed = tally[UnitState.FAILED]
     counts.held = tally[UnitState.HELD]
     counts.new = tally[None]
+    if new_windows is not None and earlier is not None:
+        counts.overlaps = new_windows.overlaps(earlier)
     return counts
 
 
@@ -98,3 +119,207 @@ def chunks_to_send(
         return plan(manifest, selections=selections)
     skip: Callable[[str], bool] = lambda unit: not should_send(units.get(unit), flags)  # noqa: E731
     return plan(manifest, skip=skip, selections=selections)
+
+
+# ---------------------------------------------------------------------------------------------
+# New window chunks over done ones
+# ---------------------------------------------------------------------------------------------
+
+
+class DoneWindow(NamedTuple):
+    """A done window request of the journal: its job, workspace and plan times
+    ``begin_time..end_time`` (inclusive, as sent)."""
+
+    job_name: str
+    workspace: str
+    begin_time: int
+    end_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """New requests of one window entry that re-cover times done requests already covered,
+    so that the instances there run again.
+
+    ``new`` counts the entry's new requests that overlap a done one, ``done`` the done
+    requests they overlap (of the same job and workspace), ``first_ms``..``last_ms`` (both
+    inclusive) the span of plan times covered twice.
+    """
+
+    entry: str
+    job_name: str
+    workspace: str
+    new: int
+    done: int
+    first_ms: int
+    last_ms: int
+
+
+def earlier_windows(
+    path: Path, state: JournalState, manifest: Manifest
+) -> Callable[[], Iterator[DoneWindow]] | None:
+    """What :func:`count_units` compares the new window chunks with: the journal's done
+    window requests, read (lazily) from their intent records. None when the check can find
+    nothing, so that it costs nothing:
+
+    - the manifest is the one the last run recorded (a resume after an interruption): only an
+      edit gives chunks new ids over done times (two overlapping entries of one manifest can
+      too, but loading the manifest already warns about those);
+    - the manifest has no window entry, or the journal no done window request.
+    """
+    if state.runs and state.runs[-1].manifest_sha256 == manifest.sha256:
+        return None
+    if not any(isinstance(entry, WindowEntry) for entry in manifest.entries):
+        return None
+    units = state.units
+    if not any(_done_window(info, units) for info in state.chunks.values()):
+        return None
+    return lambda: read_done_windows(path, state)
+
+
+def _done_window(info: ChunkInfo, units: Mapping[str, UnitState]) -> bool:
+    # A window chunk is its own one unit; an instance batch's units are instance ids.
+    chunk_units = info.units
+    return (
+        len(chunk_units) == 1 and chunk_units[0] == info.id and units.get(info.id) is UnitState.DONE
+    )
+
+
+def read_done_windows(path: Path, state: JournalState) -> Iterator[DoneWindow]:
+    """The done window requests of the journal at ``path`` (replayed as ``state``), in the
+    order first sent, from their intent records (one read each, in file order)."""
+    units = state.units
+    offsets = (info.intent_offset for info in state.chunks.values() if _done_window(info, units))
+    for record in read_records_at(path, offsets):
+        body = record.get("body")
+        if record.get("kind") != "window" or not isinstance(body, dict):
+            continue
+        yield DoneWindow(
+            str(record.get("job_name", "")),
+            str(record.get("workspace", "")),
+            int(body["begin_time"]),
+            int(body["end_time"]),
+        )
+
+
+class _Spans:
+    """A union of closed intervals of milliseconds, as sorted starts and ends.
+
+    An interval that touches the last one merges into it at once, so intervals that come in
+    time order (a window's chunks, done chunks as they were sent) cost one pair per gap
+    between them. Others are appended, and the whole is sorted and merged again whenever it
+    has doubled; :meth:`merge` before reading ``starts`` and ``ends``.
+    """
+
+    __slots__ = ("_limit", "ends", "starts")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self._limit = 64
+
+    def add(self, start: int, end: int) -> None:
+        starts, ends = self.starts, self.ends
+        if starts and start <= ends[-1] + 1 and end + 1 >= starts[-1]:
+            starts[-1] = min(start, starts[-1])
+            ends[-1] = max(end, ends[-1])
+            return
+        starts.append(start)
+        ends.append(end)
+        if len(starts) > self._limit:
+            self.merge()
+            self._limit = 2 * len(self.starts) + 64
+
+    def merge(self) -> None:
+        starts: list[int] = []
+        ends: list[int] = []
+        for start, end in sorted(zip(self.starts, self.ends, strict=True)):
+            if starts and start <= ends[-1] + 1:
+                ends[-1] = max(end, ends[-1])
+            else:
+                starts.append(start)
+                ends.append(end)
+        self.starts, self.ends = starts, ends
+
+
+class _NewWindows:
+    """The plan times of a plan's new window chunks, per entry, merged as they stream by.
+
+    The chunks of one entry come in time order and touch one another, so an entry costs
+    one interval per run of new chunks: as many as the journaled chunks between them cut,
+    however many chunks the plan holds. No chunk id is kept.
+    """
+
+    __slots__ = ("entries", "runs")
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.entries = {e.label: e for e in manifest.entries if isinstance(e, WindowEntry)}
+        self.runs: dict[str, _Spans] = {}
+
+    def add(self, chunk: Chunk) -> None:
+        runs = self.runs.get(chunk.entry)
+        if runs is None:
+            runs = self.runs[chunk.entry] = _Spans()
+        runs.add(*window_times(chunk.body))
+
+    def overlaps(self, earlier: Callable[[], Iterable[DoneWindow]]) -> list[Overlap]:
+        """Per entry (in manifest order) that has any: its new chunks over ``earlier`` ones.
+
+        One pass over the done requests: each is looked up (bisection) among the runs of
+        new chunks of the entries of its job and workspace; what it overlaps is kept as
+        spans, merged, and the entry's chunks these spans touch are counted by arithmetic.
+        """
+        if not self.runs:
+            return []
+        by_job: dict[tuple[str, str], list[str]] = {}
+        for label, runs in self.runs.items():
+            runs.merge()
+            entry = self.entries[label]
+            by_job.setdefault((entry.job_name, entry.workspace), []).append(label)
+        covered = {label: _Spans() for label in self.runs}
+        done: Counter[str] = Counter()
+        for job_name, workspace, begin, end in earlier():
+            for label in by_job.get((job_name, workspace), ()):
+                runs = self.runs[label]
+                starts, ends = runs.starts, runs.ends
+                i = bisect_left(ends, begin)  # the first run that does not end before it
+                if i == len(starts) or starts[i] > end:
+                    continue
+                done[label] += 1
+                while i < len(starts) and starts[i] <= end:
+                    covered[label].add(max(begin, starts[i]), min(end, ends[i]))
+                    i += 1
+        found = []
+        for label in self.runs:
+            if not done[label]:
+                continue
+            entry, spans = self.entries[label], covered[label]
+            spans.merge()
+            found.append(
+                Overlap(
+                    entry=label,
+                    job_name=entry.job_name,
+                    workspace=entry.workspace,
+                    new=_chunks_touched(entry, spans),
+                    done=done[label],
+                    first_ms=spans.starts[0],
+                    last_ms=spans.ends[-1],
+                )
+            )
+        return found
+
+
+def _chunks_touched(entry: WindowEntry, spans: _Spans) -> int:
+    """How many of the entry's chunks the (merged) ``spans`` touch.
+
+    Chunk ``k`` covers ``begin + k*chunk`` to ``begin + (k+1)*chunk - 1`` (the last one
+    less), so a plan time ``t`` of the window lies in chunk ``(t - begin) // chunk``. Spans
+    are sorted, so each counts its chunks from past the last one counted.
+    """
+    counted, last = 0, -1
+    for start, end in zip(spans.starts, spans.ends, strict=True):
+        first = max((start - entry.begin_ms) // entry.chunk_ms, last + 1)
+        final = (end - entry.begin_ms) // entry.chunk_ms
+        counted += max(0, final - first + 1)
+        last = max(last, final)
+    return counted

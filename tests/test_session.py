@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tracemalloc
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import anyio
 import pytest
 
-from bulkrerun.journal import FORMAT, Header, JournalState, UnitState
+from bulkrerun.chunk import Chunk
+from bulkrerun.journal import (
+    FORMAT,
+    Binding,
+    Header,
+    Journal,
+    JournalState,
+    RunInfo,
+    UnitState,
+    read_state,
+)
+from bulkrerun.manifest import Manifest, WindowEntry
+from bulkrerun.outcome import DONE, Kind, Outcome
 from bulkrerun.planner import plan
-from bulkrerun.session import ResumeFlags, chunks_to_send, count_units, should_send
-from tests.test_planner import T0, manifest_of, mixed_manifest, window
+from bulkrerun.session import (
+    DoneWindow,
+    Overlap,
+    ResumeFlags,
+    chunks_to_send,
+    count_units,
+    earlier_windows,
+    should_send,
+)
+from tests.test_planner import HOUR, T0, WS, instances, manifest_of, mixed_manifest, window
 
 
 @pytest.mark.parametrize(
@@ -70,3 +96,140 @@ def test_a_first_run_sends_the_whole_plan_once_and_a_resumed_one_what_the_rule_s
     resumed.units.update({units[0]: UnitState.DONE, units[-1]: UnitState.HELD})
     sent = [u for c in chunks_to_send(m, resumed, ResumeFlags(), selections) for u in c.units]
     assert sorted(sent) == sorted(units[1:-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# New window chunks over done ones
+# ---------------------------------------------------------------------------------------------
+
+MINUTE = 60_000
+BINDING = Binding("p", "http://x")
+HELD = Outcome(Kind.HELD, reason="timeout after send")
+
+
+def journal_of(path: Path, sha256: str, sent: Iterable[tuple[Chunk, str]]) -> JournalState:
+    """A journal of one earlier run (of a manifest with digest ``sha256``) that sent each
+    chunk with the outcome ``done`` or ``held``; its replayed state."""
+
+    async def write() -> None:
+        with Journal.open(path, BINDING, tool_version="test") as journal:
+            journal.begin_run(RunInfo("m.toml", "", sha256))
+            for chunk, state in sent:
+                await journal.intend(chunk, 1, 1.0)
+                journal.outcome(chunk, 1, DONE if state == "done" else HELD, 2.0, state)
+            await journal.flush()
+
+    anyio.run(write)
+    return read_state(path)[1]
+
+
+def edited(*entries: WindowEntry) -> Manifest:
+    return dataclasses.replace(manifest_of(*entries), sha256="edited")
+
+
+def test_new_window_chunks_over_done_ones_are_counted_per_entry(tmp_path: Path) -> None:
+    """An earlier run sent 4 hours of ods_orders in 1h chunks (two done, two held), the first
+    hour of ods_users (done), that hour of ods_orders in another workspace (done) and an
+    instance batch (done). The manifest now cuts ods_orders in 30 minutes, moves ods_users by
+    half an hour, and keeps the last two hours of ods_orders as they were."""
+    orders = list(plan(manifest_of(window(end_ms=T0 + 4 * HOUR))))
+    users = next(plan(manifest_of(window(job_name="ods_users", end_ms=T0 + HOUR))))
+    elsewhere = next(plan(manifest_of(window(workspace="w" * 32, end_ms=T0 + HOUR))))
+    batch = next(plan(manifest_of(instances([(1, T0, T0 - 1000)]))))
+    path = tmp_path / "j"
+    done = [orders[0], orders[1], users, elsewhere, batch]
+    state = journal_of(
+        path, "earlier", [*((c, "done") for c in done), *((c, "held") for c in orders[2:])]
+    )
+    manifest = edited(
+        window(end_ms=T0 + 4 * HOUR, chunk_ms=30 * MINUTE),
+        window(
+            label="window[1]",
+            job_name="ods_users",
+            begin_ms=T0 + 30 * MINUTE,
+            end_ms=T0 + 90 * MINUTE,
+        ),
+        window(label="window[2]", begin_ms=T0 + 2 * HOUR, end_ms=T0 + 4 * HOUR),
+    )
+
+    earlier = earlier_windows(path, state, manifest)
+    assert earlier is not None
+    assert list(earlier()) == [  # the done window requests, as sent
+        DoneWindow("ods_orders", WS, T0, T0 + HOUR - 1),
+        DoneWindow("ods_orders", WS, T0 + HOUR, T0 + 2 * HOUR - 1),
+        DoneWindow("ods_users", WS, T0, T0 + HOUR - 1),
+        DoneWindow("ods_orders", "w" * 32, T0, T0 + HOUR - 1),
+    ]
+    counts = count_units(manifest, state.units, ResumeFlags(), None, earlier=earlier)
+
+    # window[0]: its first four chunks re-cover the two done hours (not the held ones, nor
+    # the hour of the other workspace); window[1]: its one chunk, half of the done hour of
+    # ods_users; window[2]: its chunks are the held ones, not new.
+    assert counts.overlaps == [
+        Overlap("window[0]", "ods_orders", WS, 4, 2, first_ms=T0, last_ms=T0 + 2 * HOUR - 1),
+        Overlap("window[1]", "ods_users", WS, 1, 1, T0 + 30 * MINUTE, T0 + HOUR - 1),
+    ]
+    assert (counts.done, counts.failed, counts.held, counts.new) == (0, 0, 2, 9)
+
+
+def test_only_new_chunks_that_overlap_are_counted_and_runs_split_at_journaled_ones() -> None:
+    """Hours 3 and 4 of a 10-hour window are done as they are; an old 3-hour chunk covered
+    2:30 to 5:30: only hours 2 and 5 re-cover it (hours 3 and 4 are not new), and a done
+    chunk that ends 1 ms before a new one starts does not overlap it."""
+    entry = window(end_ms=T0 + 10 * HOUR)
+    chunks = list(plan(manifest_of(entry)))
+    units = {chunks[3].id: UnitState.DONE, chunks[4].id: UnitState.DONE}
+    old = [
+        DoneWindow("ods_orders", WS, T0 + 150 * MINUTE, T0 + 330 * MINUTE - 1),
+        DoneWindow("ods_orders", WS, T0 - HOUR, T0 - 1),  # just before the window
+        DoneWindow("ods_orders", WS, T0 + 10 * HOUR, T0 + 11 * HOUR - 1),  # just after
+    ]
+
+    counts = count_units(edited(entry), units, ResumeFlags(), None, earlier=lambda: iter(old))
+
+    assert counts.overlaps == [
+        Overlap("window[0]", "ods_orders", WS, 2, 1, T0 + 150 * MINUTE, T0 + 330 * MINUTE - 1)
+    ]
+    assert counts.new == 8
+
+
+def test_a_resume_with_the_manifest_of_the_last_run_skips_the_check(tmp_path: Path) -> None:
+    """Only an edit gives new chunks over done times: the same manifest as the last run
+    (a resume after a crash) does not read a record more, nor does a journal without a done
+    window request, nor a plan without a new window chunk."""
+    chunks = list(plan(manifest_of(window(end_ms=T0 + 2 * HOUR))))
+    path = tmp_path / "j"
+    state = journal_of(path, "same", [(chunks[0], "done"), (chunks[1], "held")])
+    rechunked = window(end_ms=T0 + 2 * HOUR, chunk_ms=30 * MINUTE)
+
+    same = dataclasses.replace(edited(rechunked), sha256="same")
+    assert earlier_windows(path, state, same) is None
+    assert earlier_windows(path, state, edited(rechunked)) is not None
+
+    held_only = journal_of(tmp_path / "held", "earlier", [(chunks[1], "held")])
+    assert earlier_windows(tmp_path / "held", held_only, edited(rechunked)) is None
+
+    def unread() -> Iterator[DoneWindow]:
+        raise AssertionError("read the journal for a plan without new window chunks")
+
+    unchanged = edited(window(end_ms=T0 + 2 * HOUR))
+    counts = count_units(unchanged, state.units, ResumeFlags(), None, earlier=unread)
+    assert counts.overlaps == []
+    assert (counts.done, counts.held, counts.new) == (1, 1, 0)
+
+
+def test_the_new_chunks_of_a_huge_window_take_flat_memory() -> None:
+    """20,000 new chunks, all over one old chunk: a few intervals are kept, not 20,000 ids."""
+    entry = window(end_ms=T0 + 20_000 * 1000, chunk_ms=1000)
+    old = [DoneWindow("ods_orders", WS, T0, T0 + 20_000 * 1000 - 1)]
+    units = {"of another plan": UnitState.DONE}
+    tracemalloc.start()
+    try:
+        counts = count_units(edited(entry), units, ResumeFlags(), None, earlier=lambda: iter(old))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert counts.overlaps == [
+        Overlap("window[0]", "ods_orders", WS, 20_000, 1, T0, T0 + 20_000 * 1000 - 1)
+    ]
+    assert peak < 256 * 1024
