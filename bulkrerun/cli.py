@@ -400,6 +400,10 @@ def _fmt_ms(ms: int | None, zone: str | None = None) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + offset
 
 
+def _counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
@@ -518,7 +522,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     from bulkrerun.engine import Engine
     from bulkrerun.journal import Binding, Journal, RunInfo
     from bulkrerun.manifest import load_manifest
-    from bulkrerun.session import ResumeFlags, chunks_to_send, count_units
+    from bulkrerun.session import ResumeFlags, chunks_to_send, count_units, earlier_windows
 
     manifest = load_manifest(args.manifest)
     _print_warnings(manifest)
@@ -540,7 +544,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             if args.verify_held:
                 await _verify_held(journal, transport, pacer, clock)
             state = journal.state()
-            counts = count_units(manifest, state.units, flags, selections)
+            earlier = earlier_windows(journal.path, state, manifest)
+            counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
             for unit, label in counts.duplicates[:20]:
                 err.print(
                     f"[yellow]warning:[/] {escape(label)}: unit {escape(unit)} appears twice; "
@@ -548,6 +553,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 )
             if len(counts.duplicates) > 20:
                 err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
+            _print_overlaps(counts.overlaps, log=args.log_chunks)
             _print_resume(args, counts, resumed=bool(state.runs))
             journal.begin_run(
                 RunInfo(
@@ -683,6 +689,37 @@ def _event_sinks(display: Any, log_chunks: bool) -> tuple[EventSink, EventSink |
             log.warning("stopping", reason=event.reason, hard=event.hard)
 
     return sink, sink
+
+
+def _print_overlaps(overlaps: Sequence[Any], *, log: bool) -> None:
+    """Warn, before anything is sent, of window entries whose new chunks re-cover times
+    that done requests of an earlier run covered (see :class:`bulkrerun.session.Overlap`).
+    They are sent all the same: resume decides per chunk. With logging on, also logged."""
+    for o in overlaps:
+        err.print(
+            f"[yellow]warning:[/] {escape(o.entry)} (job {escape(o.job_name)}): its chunks "
+            "changed since an earlier run (chunk, begin or a body field), so "
+            f"{_counted(o.new, 'request')} {'re-covers' if o.new == 1 else 're-cover'} times "
+            f"that {_counted(o.done, 'done request')} already covered "
+            f"({_fmt_ms(o.first_ms)} .. {_fmt_ms(o.last_ms)}): their instances will run "
+            "again. To avoid that, restore the earlier chunk, begin and fields, or narrow the "
+            "window to what is not done."
+        )
+    if log and overlaps:
+        import structlog
+
+        logger = structlog.get_logger("bulkrerun")
+        for o in overlaps:
+            logger.warning(
+                "new window chunks re-cover done ones",
+                entry=o.entry,
+                job=o.job_name,
+                workspace=o.workspace,
+                requests=o.new,
+                done_requests=o.done,
+                first_ms=o.first_ms,
+                last_ms=o.last_ms,
+            )
 
 
 def _print_resume(args: RunArgs, c: Any, *, resumed: bool) -> None:

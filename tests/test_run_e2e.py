@@ -10,8 +10,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import anyio
 import pytest
 
+from bulkrerun.journal import Binding, Journal, RunInfo
+from bulkrerun.manifest import load_manifest
+from bulkrerun.outcome import DONE
+from bulkrerun.planner import plan
+from bulkrerun.settings import normalise_endpoint
 from tests.conftest import AK, PROJECT, SK, WORKSPACE, Cli, Service, write_manifest
 
 BOTH_MODES = """
@@ -34,9 +40,10 @@ items = [
 """
 
 
-def one_window(job: str, hours: int, chunk: str) -> str:
-    """A manifest body: one window of ``job``, ``hours`` long from 2024-11-26T00:00Z."""
-    begin = 1_732_579_200_000
+def one_window(job: str, hours: int, chunk: str, *, start: float = 0) -> str:
+    """A manifest body: one window of ``job``, ``hours`` long from 2024-11-26T00:00Z
+    (``start`` hours later)."""
+    begin = 1_732_579_200_000 + round(start * 3_600_000)
     end = begin + hours * 3_600_000
     return f'[[window]]\njob_name = "{job}"\nbegin = {begin}\nend = {end}\nchunk = "{chunk}"\n'
 
@@ -487,3 +494,103 @@ def test_held_units_verify_held_cannot_decide_are_explained_not_sent_to_verify_a
     assert "could not decide them (see above), or add --resend-held" in err
     assert "Check with --verify-held" not in err
     assert len(srv.ledger()) == 2  # nothing sent again
+
+
+def overlap_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "changed since an earlier run" in line]
+
+
+def test_a_rechunked_window_is_sent_after_a_warning_that_names_the_entry_and_counts(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1h"))
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+    m.write_text(m.read_text().replace('chunk = "1h"', 'chunk = "2h"'), encoding="utf-8")
+    log = tmp_path / "log.jsonl"
+    run = ["run", str(m), "--journal", str(j), "--rate", "100", "--log-file", str(log)]
+    out = cli(*run, url=srv.url)
+
+    assert out.returncode == 0, out.stderr
+    assert overlap_warnings(out.stderr) == [
+        "warning: window[0] (job ods_orders): its chunks changed since an earlier run (chunk, "
+        "begin or a body field), so 3 requests re-cover times that 6 done requests already "
+        "covered (2024-11-26 00:00:00.000Z .. 2024-11-26 05:59:59.999Z): their instances will "
+        "run again. To avoid that, restore the earlier chunk, begin and fields, or narrow the "
+        "window to what is not done."
+    ]
+    # Said before anything was sent (the resume line comes next), and sent all the same:
+    # resume decides per chunk.
+    assert out.stderr.index("changed since an earlier run") < out.stderr.index("units done")
+    assert len(srv.ledger()) == 6 + 3
+    logged = [r for r in map(json.loads, log.read_text().splitlines()) if r["level"] == "warning"]
+    assert [(r["event"], r["entry"], r["requests"], r["done_requests"]) for r in logged] == [
+        ("new window chunks re-cover done ones", "window[0]", 3, 6)
+    ]
+
+
+def half_done_journal(journal: Path, manifest: Path, url: str) -> None:
+    """The journal a run of ``manifest`` leaves when killed after its first half of the
+    chunks was done (the second half never sent)."""
+    chunks = list(plan(load_manifest(manifest)))
+
+    async def write() -> None:
+        binding = Binding(PROJECT, normalise_endpoint(url))
+        with Journal.open(journal, binding, tool_version="test") as j:
+            j.begin_run(RunInfo.from_manifest(manifest))
+            for chunk in chunks[: len(chunks) // 2]:
+                await j.intend(chunk, 1, time.time())
+                j.outcome(chunk, 1, DONE, time.time(), "done")
+
+    anyio.run(write)
+
+
+def test_an_unedited_resume_after_an_interruption_does_not_warn(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1h"))
+    j = tmp_path / "j"
+    half_done_journal(j, m, srv.url)
+    edited = tmp_path / "edited.toml"
+    edited.write_text(m.read_text().replace('chunk = "1h"', 'chunk = "2h"'), encoding="utf-8")
+    j_edited = tmp_path / "j-edited"
+    j_edited.write_bytes(j.read_bytes())
+
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    assert overlap_warnings(out.stderr) == []
+    assert "3 units done, 0 failed, 0 held, 3 new; sending 3." in out.stderr
+    assert len(srv.ledger()) == 3
+    # The same journal with the chunk edited: 2 of the 2h requests re-cover the 3 done hours.
+    out = cli("run", str(edited), "--journal", str(j_edited), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    assert "so 2 requests re-cover times that 3 done requests" in " ".join(
+        overlap_warnings(out.stderr)
+    )
+
+
+def test_a_window_moved_past_what_is_done_does_not_warn(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1h"))
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+    j_into = tmp_path / "j-into"
+    j_into.write_bytes(j.read_bytes())
+
+    # The next 6 hours, in 2h chunks: begin moved to where the done ones end.
+    past = write_manifest(tmp_path / "past.toml", one_window("ods_orders", 6, "2h", start=6))
+    out = cli("run", str(past), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    assert overlap_warnings(out.stderr) == []
+    assert len(srv.ledger()) == 6 + 3
+    # Moved half an hour less far, its first chunk re-covers the last done hour.
+    into = write_manifest(tmp_path / "into.toml", one_window("ods_orders", 6, "2h", start=5.5))
+    out = cli("run", str(into), "--journal", str(j_into), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    assert "so 1 request re-covers times that 1 done request already covered" in " ".join(
+        overlap_warnings(out.stderr)
+    )
