@@ -15,7 +15,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -553,7 +553,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 )
             if len(counts.duplicates) > 20:
                 err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
-            _print_overlaps(counts.overlaps, log=args.log_chunks)
+            zones = {e.label: getattr(e, "timezone", None) for e in manifest.entries}
+            _print_overlaps(counts.overlaps, zones, log=args.log_chunks)
             _print_resume(args, counts, resumed=bool(state.runs))
             journal.begin_run(
                 RunInfo(
@@ -691,19 +692,21 @@ def _event_sinks(display: Any, log_chunks: bool) -> tuple[EventSink, EventSink |
     return sink, sink
 
 
-def _print_overlaps(overlaps: Sequence[Any], *, log: bool) -> None:
+def _print_overlaps(overlaps: Sequence[Any], zones: Mapping[str, str | None], *, log: bool) -> None:
     """Warn, before anything is sent, of window entries whose new chunks re-cover times
-    that done requests of an earlier run covered (see :class:`bulkrerun.session.Overlap`).
-    They are sent all the same: resume decides per chunk. With logging on, also logged."""
+    that done requests of an earlier run covered (see :class:`bulkrerun.session.Overlap`),
+    the times in each entry's timezone (``zones``, by label). They are sent all the same:
+    resume decides per chunk. With logging on, also logged."""
     for o in overlaps:
+        zone = zones.get(o.entry)
         err.print(
             f"[yellow]warning:[/] {escape(o.entry)} (job {escape(o.job_name)}): its chunks "
             "changed since an earlier run (chunk, begin or a body field), so "
             f"{_counted(o.new, 'request')} {'re-covers' if o.new == 1 else 're-cover'} times "
             f"that {_counted(o.done, 'done request')} already covered "
-            f"({_fmt_ms(o.first_ms)} .. {_fmt_ms(o.last_ms)}): their instances will run "
-            "again. To avoid that, restore the earlier chunk, begin and fields, or narrow the "
-            "window to what is not done."
+            f"({_fmt_ms(o.first_ms, zone)} .. {_fmt_ms(o.last_ms, zone)}): their instances "
+            "will run again. To avoid that, restore the earlier chunk, begin and fields, or "
+            "narrow the window to what is not done."
         )
     if log and overlaps:
         import structlog

@@ -516,9 +516,9 @@ def test_a_rechunked_window_is_sent_after_a_warning_that_names_the_entry_and_cou
     assert overlap_warnings(out.stderr) == [
         "warning: window[0] (job ods_orders): its chunks changed since an earlier run (chunk, "
         "begin or a body field), so 3 requests re-cover times that 6 done requests already "
-        "covered (2024-11-26 00:00:00.000Z .. 2024-11-26 05:59:59.999Z): their instances will "
-        "run again. To avoid that, restore the earlier chunk, begin and fields, or narrow the "
-        "window to what is not done."
+        "covered (2024-11-26 08:00:00.000+08:00 .. 2024-11-26 13:59:59.999+08:00): their "
+        "instances will run again. To avoid that, restore the earlier chunk, begin and "
+        "fields, or narrow the window to what is not done."
     ]
     # Said before anything was sent (the resume line comes next), and sent all the same:
     # resume decides per chunk.
