@@ -141,15 +141,25 @@ def _error_fields(body: bytes, secrets: list[str]) -> tuple[str | None, str | No
         parsed = json.loads(body[:MAX_ERROR_BODY])
     except ValueError:
         text = body[:500].decode("utf-8", "replace")
-        return None, signing.scrub(text, secrets)
+        return None, _one_line(signing.scrub(text, secrets))
     if not isinstance(parsed, dict):
-        return None, signing.scrub(str(parsed)[:500], secrets)
+        return None, _one_line(signing.scrub(str(parsed)[:500], secrets))
     code = parsed.get("error_code")
     msg = parsed.get("error_msg")
     return (
-        str(code) if code is not None else None,
-        signing.scrub(str(msg), secrets) if msg is not None else None,
+        _one_line(str(code)) if code is not None else None,
+        _one_line(signing.scrub(str(msg), secrets)) if msg is not None else None,
     )
+
+
+def _one_line(text: str) -> str:
+    """Service text as one line, its line breaks written ``\\n``: a gateway's signature error
+    (``APIG.0301``) echoes the canonical request over a dozen lines, which broke the stop
+    message, the report's rows and csv cells apart. Scrubbed before (scrub masks secret
+    headers line by line), so the text is whole, only its breaks are spelled out."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
 
 
 def ssl_context(verify: bool, ca_bundle: Path | None) -> ssl.SSLContext | bool:

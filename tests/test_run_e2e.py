@@ -160,6 +160,10 @@ chunk = "1m"
     assert out.returncode == 3, out.stderr
     assert "APIG.0301" in out.stderr
     assert "wrong-secret-key" not in out.stderr + out.stdout
+    # The gateway echoes its canonical request over many lines: the stop is one line still.
+    (stop,) = [line for line in out.stderr.splitlines() if line.startswith("stopped:")]
+    assert "canonicalRequest: POST\\n/v2/" in stop
+    assert stop.endswith("run the same command again.")
     assert srv.ledger() == []
     s = status_of(cli, j)
     assert s["done"] == 0 and s["held"] == 0 and s["pending"] == 60

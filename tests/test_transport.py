@@ -76,6 +76,17 @@ def test_signature_error_is_scrubbed() -> None:
     assert secret not in (out.error_msg or "")
 
 
+def test_service_text_is_one_line_with_its_breaks_spelled_out_after_scrubbing() -> None:
+    # The line of a signed token the client does not know of is masked line by line first.
+    msg = "canonicalRequest: POST\r\n/v2/\n\nx-security-token:OTHER-TOKEN\nhost:h:8080\n"
+    out = classify_status(401, body("APIG.0301", msg), {}, WALL, [])
+    assert (
+        out.error_msg == "canonicalRequest: POST\\n/v2/\\n\\nx-security-token:***\\nhost:h:8080\\n"
+    )
+    page = classify_status(502, b"<html>\n<h1>bad gateway</h1>\n</html>", {}, WALL, [])
+    assert page.error_msg == "<html>\\n<h1>bad gateway</h1>\\n</html>"
+
+
 def test_non_json_error_body_is_kept_as_text() -> None:
     out = classify_status(502, b"<html>bad gateway</html>", {}, WALL, [])
     assert out.kind is Kind.RETRY
