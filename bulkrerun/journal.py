@@ -120,6 +120,7 @@ __all__ = [
     "failure_code",
     "read_records_at",
     "read_state",
+    "writer_pid",
 ]
 
 FORMAT: Final = 1
@@ -875,6 +876,20 @@ def _lock_holder(fd: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def writer_pid(path: Path) -> int | None:
+    """Best effort: the pid of the run writing the journal at ``path`` (the holder of its
+    lock); None when no run holds it, or when that cannot be told. Takes no lock itself, so
+    that a run starting meanwhile is not refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

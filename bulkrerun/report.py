@@ -88,6 +88,7 @@ from bulkrerun.journal import (
     UnitState,
     read_records_at,
     read_state,
+    writer_pid,
 )
 from bulkrerun.watchlog import read_watch
 
@@ -162,6 +163,10 @@ class StatusSummary:
     rate: float | None
     next_steps: list[str] = field(default_factory=list)
     pending_unknown: str | None = None
+    # Of a journal a run is writing (``status`` while it runs): its pid, and the units of the
+    # requests it has sent and not yet had answered (not counted in ``held``).
+    writer_pid: int | None = None
+    in_flight: int = 0
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -343,8 +348,17 @@ def _next_steps(
     failed_by_code: dict[str, int],
     pending: int | None,
     pending_unknown: str | None,
+    writer_pid: int | None = None,
 ) -> list[str]:
     journal = shlex.quote(str(path))
+    if writer_pid is not None:
+        # Any command on the journal would be refused while the run holds it.
+        return [
+            f"a run (pid {writer_pid}) is writing this journal, so these numbers are of this "
+            "moment: wait for it to end, or stop it (Ctrl-C where it runs, or kill -TERM "
+            f"{writer_pid}: it finishes the requests in flight), then ask again: bulkrerun "
+            f"status {journal}"
+        ]
     manifest = shlex.quote(_manifest_arg(state.runs[-1])) if state.runs else "MANIFEST"
     run = f"bulkrerun run {manifest} --journal {journal}"
     held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
@@ -383,11 +397,20 @@ def _next_steps(
 
 
 def summarize(
-    path: Path, state: JournalState, *, pending: int | None, pending_unknown: str | None = None
+    path: Path,
+    state: JournalState,
+    *,
+    pending: int | None,
+    pending_unknown: str | None = None,
+    writer_pid: int | None = None,
 ) -> StatusSummary:
     """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
-    with ``pending`` as the caller counted it (``pending_unknown``: why it could not)."""
+    with ``pending`` as the caller counted it (``pending_unknown``: why it could not).
+    ``writer_pid``: the run writing the journal meanwhile; its requests without an answer
+    yet are then in flight, not held."""
     counts = state.counts()
+    in_flight = _in_flight(state) if writer_pid is not None else 0
+    counts[UnitState.HELD] -= in_flight
     failed_by_code = state.failed_by_code()
     active = state.active_seconds
     return StatusSummary(
@@ -407,9 +430,30 @@ def summarize(
         last_wall=state.last_wall or None,
         active_seconds=active,
         rate=state.accepted / active if active > 0 else None,
-        next_steps=_next_steps(path, state, counts, failed_by_code, pending, pending_unknown),
+        next_steps=_next_steps(
+            path, state, counts, failed_by_code, pending, pending_unknown, writer_pid
+        ),
         pending_unknown=pending_unknown,
+        writer_pid=writer_pid,
+        in_flight=in_flight,
     )
+
+
+def _in_flight(state: JournalState) -> int:
+    """Units of the requests the last run sent and has no answer for yet: while that run
+    goes on, they are in flight. (Requests an earlier run left without an answer are held.)"""
+    if not state.runs:
+        return 0
+    since = state.runs[-1].wall
+    units = state.units
+    flying = {
+        unit
+        for info in state.chunks.values()
+        if info.state is None and info.last_wall >= since
+        for unit in info.units
+        if units.get(unit) is UnitState.HELD
+    }
+    return len(flying)
 
 
 def status(path: Path) -> StatusSummary:
@@ -420,7 +464,10 @@ def status(path: Path) -> StatusSummary:
     """
     _, state = read_state(path)
     pending, unknown = not_sent(state)
-    return summarize(path, state, pending=pending, pending_unknown=unknown)
+    writer = writer_pid(path)
+    if writer == os.getpid():  # a run summing itself up: nothing of its own is in flight
+        writer = None
+    return summarize(path, state, pending=pending, pending_unknown=unknown, writer_pid=writer)
 
 
 def status_json(summary: StatusSummary) -> dict[str, Any]:
@@ -432,6 +479,8 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "held": summary.held,
         "pending": summary.pending,
         "pending_unknown": summary.pending_unknown,
+        "in_flight": summary.in_flight,
+        "writer_pid": summary.writer_pid,
         "failed_by_code": summary.failed_by_code,
         "requests": summary.requests,
         "attempts": summary.attempts,
@@ -465,6 +514,12 @@ def render_status(summary: StatusSummary, console: Console) -> None:
     pending = "?" if summary.pending is None else f"{summary.pending:,}"
     table.add_row(f"{summary.done:,}", f"{summary.failed:,}", f"{summary.held:,}", pending)
     console.print(table)
+    if summary.writer_pid is not None:
+        console.print(
+            f"a run (pid {summary.writer_pid}) is writing this journal: "
+            f"{summary.in_flight:,} unit{'' if summary.in_flight == 1 else 's'} in flight (no "
+            "answer yet)"
+        )
     for code, n in summary.failed_by_code.items():
         console.print(f"  failed [red]{escape(code)}[/]: {n:,}")
     if summary.requests:

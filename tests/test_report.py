@@ -154,6 +154,27 @@ def test_status_counts_units_and_says_what_to_do(journal_path: Path) -> None:
     assert "2 units not yet sent" in steps
 
 
+def test_while_a_run_writes_only_its_own_unanswered_requests_are_in_flight(
+    journal_path: Path, planned: tuple[Path, list[Chunk]]
+) -> None:
+    # Run 1 was killed with batch [1, 2, 3] unanswered: held. Run 2 has sent window 4.
+    manifest_path, chunks = planned
+    w4 = chunks[4]
+
+    async def second_run(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(manifest_path), wall=T0 + 100)
+        await j.intend(w4, 1, T0 + 101)
+
+    run_journal(journal_path, second_run)
+    _, state = read_state(journal_path)
+    live = summarize(journal_path, state, pending=1, writer_pid=4242)
+    assert (live.held, live.in_flight, live.writer_pid) == (1 + 3, 1, 4242)
+    assert len(live.next_steps) == 1 and "a run (pid 4242) is writing" in live.next_steps[0]
+    # Nobody writing: what has no answer is held, whoever sent it.
+    ended = summarize(journal_path, state, pending=1)
+    assert (ended.held, ended.in_flight, ended.writer_pid) == (1 + 3 + 1, 0, None)
+
+
 def test_status_json_has_integer_counts(journal_path: Path) -> None:
     obj = status_json(status(journal_path))
     assert {k: obj[k] for k in ("done", "failed", "held", "pending")} == {

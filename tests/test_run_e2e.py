@@ -598,3 +598,40 @@ def test_a_window_moved_past_what_is_done_does_not_warn(
     assert "so 1 request re-covers times that 1 done request already covered" in " ".join(
         overlap_warnings(out.stderr)
     )
+
+
+def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # Answers take 3 s: the run's requests sit in flight while status is asked.
+    srv = fake_service("--latency-ms", "3000")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
+    j = tmp_path / "j"
+    proc = cli.popen(
+        "run", str(m), "--journal", str(j), "--rate", "100", "--max-inflight", "4", url=srv.url
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "the run never had a request in flight"
+            if j.exists():
+                s = status_of(cli, j)
+                if s["in_flight"]:
+                    break
+            time.sleep(0.2)
+        assert s["writer_pid"] == proc.pid
+        assert s["held"] == 0  # in flight, not held: their answers are on the way
+        assert 1 <= s["in_flight"] <= 4 + 2  # the sends, and the intents written ahead
+        assert s["done"] + s["in_flight"] + s["pending"] == 60
+        assert s["next_steps"] == [
+            f"a run (pid {proc.pid}) is writing this journal, so these numbers are of this "
+            "moment: wait for it to end, or stop it (Ctrl-C where it runs, or kill -TERM "
+            f"{proc.pid}: it finishes the requests in flight), then ask again: bulkrerun "
+            f"status {j}"
+        ]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    after = status_of(cli, j)
+    assert after["writer_pid"] is None and after["in_flight"] == 0
+    assert after["done"] + after["held"] + after["pending"] == 60
