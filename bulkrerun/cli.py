@@ -556,6 +556,28 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             zones = {e.label: getattr(e, "timezone", None) for e in manifest.entries}
             _print_overlaps(counts.overlaps, zones, log=args.log_chunks)
             _print_resume(args, counts, resumed=bool(state.runs))
+            if args.log_chunks:
+                _log_run(
+                    "run started",
+                    manifest=str(manifest.path),
+                    manifest_sha256=manifest.sha256,
+                    journal=str(args.journal),
+                    project_id=settings.project_id,
+                    endpoint=endpoint,
+                    tool_version=bulkrerun.__version__,
+                    pid=os.getpid(),
+                    resumed=bool(state.runs),
+                    done=counts.done,
+                    failed=counts.failed,
+                    held=counts.held,
+                    new=counts.new,
+                    to_send=counts.to_send,
+                    retry_failed=args.retry_failed,
+                    resend_held=args.resend_held,
+                    verify_held=args.verify_held,
+                    rate=settings.rate,
+                    max_inflight=settings.max_inflight,
+                )
             journal.begin_run(
                 RunInfo(
                     manifest_name=str(manifest.path),
@@ -785,15 +807,42 @@ def _finish(
     if interrupted:
         err.print("[yellow]interrupted[/]: ", end="")
         _print_resume_command(args, "the journal is consistent. Resume with:")
-        return EXIT_INTERRUPTED
-    if result.fatal is not None:
+        code = EXIT_INTERRUPTED
+    elif result.fatal is not None:
         err.print("[red]stopped:[/] ", end="")
         err.print(str(result.fatal), markup=False)
         _print_resume_command(args, "resume with:")
-        return EXIT_FATAL
-    if summary.failed or summary.held or not_sent:
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+        code = EXIT_FATAL
+    elif summary.failed or summary.held or not_sent:
+        code = EXIT_SOME_FAILED
+    else:
+        code = EXIT_OK
+    if args.log_chunks:
+        _log_run(
+            "run ended",
+            journal=str(args.journal),
+            exit_code=code,
+            done=result.done,
+            failed=result.failed,
+            held=result.held,
+            not_sent=not_sent,
+            failed_by_code=dict(result.failed_by_code),
+            interrupted=interrupted,
+            stopped=None if result.fatal is None else str(result.fatal),
+            units_per_second=round(display.rate(), 3),
+            journal_done=summary.done,
+            journal_failed=summary.failed,
+            journal_held=summary.held,
+        )
+    return code
+
+
+def _log_run(event: str, **fields: Any) -> None:
+    """One record of the run as a whole in the log (``--log-file``, ``-v``): what it set out
+    to do, and what it did with which exit code, around its per-request records."""
+    import structlog
+
+    structlog.get_logger("bulkrerun").info(event, **fields)
 
 
 async def _selections_for_run(

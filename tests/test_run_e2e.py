@@ -635,3 +635,28 @@ def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
     after = status_of(cli, j)
     assert after["writer_pid"] is None and after["in_flight"] == 0
     assert after["done"] + after["held"] + after["pending"] == 60
+
+
+def test_the_log_file_opens_and_closes_with_the_run_as_a_whole(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 3, "1h"))
+    j, log = tmp_path / "j", tmp_path / "run.jsonl"
+    out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), url=srv.url)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    first, last = records[0], records[-1]
+    assert first["event"] == "run started"
+    assert {k: first[k] for k in ("manifest", "journal", "resumed", "to_send", "pid")} == {
+        "manifest": str(m),
+        "journal": str(j),
+        "resumed": False,
+        "to_send": 3,
+        "pid": first["pid"],
+    }
+    assert first["endpoint"] == srv.url and first["manifest_sha256"]
+    assert [r["event"] for r in records[1:-1]] == ["chunk settled"] * 3
+    assert last["event"] == "run ended"
+    assert (last["exit_code"], last["done"], last["not_sent"], last["stopped"]) == (0, 3, 0, None)
+    assert SK not in log.read_text()
