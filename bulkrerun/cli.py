@@ -141,7 +141,8 @@ def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[st
     to that file. Returns whether per-chunk logging is wanted (it costs time on big runs).
 
     Without either, structlog is not even imported: ``plan --json`` of a million requests
-    should not pay for it at start-up. Operator-facing warnings are printed, not logged.
+    should not pay for it at start-up. Messages for the operator are printed; those an
+    audit needs as well (the run's start and end, a stop, edited windows) are also logged.
     A log file that cannot be opened ends the command with exit 2 before anything is done.
     """
     if not verbose and log_file is None:
