@@ -1347,9 +1347,25 @@ def fake_server(
 DEMO_MANIFEST = Path("configs/demo.toml")
 
 
+def _demo_manifest() -> Path | None:
+    """configs/demo.toml: in the current folder (a checkout's root, as `make demo` runs it),
+    else the copy an installed wheel carries (pyproject's force-include), else the checkout
+    this package was imported from. So `bulkrerun demo` works from any folder."""
+    if DEMO_MANIFEST.is_file():
+        return DEMO_MANIFEST
+    packaged = Path(__file__).resolve().parent / "demo.toml"
+    if packaged.is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parent.parent / DEMO_MANIFEST
+    return checkout if checkout.is_file() else None
+
+
 @app.command()
 def demo(
-    manifest: Annotated[Path, typer.Option(help="The demo manifest.")] = DEMO_MANIFEST,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="The demo manifest [default: configs/demo.toml, found from anywhere]."),
+    ] = None,
     journal: Annotated[
         Path | None, typer.Option(help="Journal (default: a new one in a temporary folder).")
     ] = None,
@@ -1378,11 +1394,16 @@ def demo(
 
     ak, sk = "DEMO" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
     log_chunks = configure_logging(verbose, log_file, [sk])
-    if not manifest.exists():
-        err.print(
-            f"[red]error:[/] {escape(str(manifest))} not found: run the demo from the repository "
-            "root (make demo), or give --manifest"
-        )
+    if manifest is None:
+        manifest = _demo_manifest()
+        if manifest is None:
+            err.print(
+                f"[red]error:[/] {DEMO_MANIFEST} is neither here nor in this installation: "
+                "run the demo from the repository's root (make demo), or give --manifest"
+            )
+            raise typer.Exit(EXIT_BAD_INPUT)
+    elif not manifest.exists():
+        err.print(f"[red]error:[/] {escape(str(manifest))} not found (--manifest)")
         raise typer.Exit(EXIT_BAD_INPUT)
     config = FakeConfig(
         ak=ak,

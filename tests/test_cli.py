@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bulkrerun.cli import app
-from tests.conftest import write_manifest
+from tests.conftest import Cli, write_manifest
 
 CORPUS = Path(__file__).parent / "manifests"
 EXPECTED: dict[str, list[str]] = tomllib.loads((CORPUS / "expected.toml").read_text())["expect"]
@@ -307,3 +307,16 @@ def test_an_interrupt_after_a_run_sent_prints_its_resume_command_not_the_raw_one
     err = capsys.readouterr().err
     assert "  bulkrerun run m.toml --journal j\n" in err
     assert "--resend-held" not in err
+
+
+def test_the_demo_runs_from_any_folder(cli: Cli) -> None:
+    # The README's first command, as an installed `bulkrerun demo` would run it elsewhere:
+    # configs/demo.toml is found from the package, not from the current folder.
+    out = cli("demo", timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "ledger: the fake service accepted 222 reruns" in out.stderr
+    assert "222 of 224 requests accepted" in " ".join(out.stderr.split())
+    assert not (cli.cwd / "configs").exists()
+    missing = cli("demo", "--manifest", "nope.toml")
+    assert missing.returncode == 2
+    assert "nope.toml not found (--manifest)" in missing.stderr
