@@ -556,7 +556,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
             zones = {e.label: getattr(e, "timezone", None) for e in manifest.entries}
             _print_overlaps(counts.overlaps, zones, log=args.log_chunks)
-            _print_resume(args, counts, resumed=bool(state.runs))
+            where = f"project {settings.project_id} at {endpoint}"
+            _print_resume(args, counts, resumed=bool(state.runs), where=where)
             if args.log_chunks:
                 _log_run(
                     "run started",
@@ -748,11 +749,13 @@ def _print_overlaps(overlaps: Sequence[Any], zones: Mapping[str, str | None], *,
             )
 
 
-def _print_resume(args: RunArgs, c: Any, *, resumed: bool) -> None:
+def _print_resume(args: RunArgs, c: Any, *, resumed: bool, where: str) -> None:
+    """What the journal says and what this run sends, and where to (``where``: project and
+    endpoint, so that a run against the wrong one can be stopped before much is sent)."""
     if resumed or c.done or c.failed or c.held:
         err.print(
             f"journal {args.journal}: {c.done:,} units done, {c.failed:,} failed, "
-            f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,}.",
+            f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,} to {where}.",
             markup=False,
         )
         if c.held and not args.resend_held:
@@ -769,7 +772,9 @@ def _print_resume(args: RunArgs, c: Any, *, resumed: bool) -> None:
         if c.failed and not args.retry_failed:
             err.print(f"{c.failed:,} failed units are not sent; add --retry-failed to resend.")
     else:
-        err.print(f"new journal {args.journal}: sending {c.to_send:,} units.", markup=False)
+        err.print(
+            f"new journal {args.journal}: sending {c.to_send:,} units to {where}.", markup=False
+        )
     if args.resend_held and c.held:
         err.print(
             f"[yellow]warning:[/] --resend-held sends {c.held:,} units again whose first "

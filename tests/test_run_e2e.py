@@ -315,7 +315,10 @@ def test_a_journal_of_other_units_is_resumed_not_new(
     out = cli("run", str(other), "--journal", str(j), url=srv.url)
     assert out.returncode == 0, out.stderr
     # None of b's units is in the journal, but the journal is not new: it says so.
-    assert f"journal {j}: 0 units done, 0 failed, 0 held, 2 new; sending 2." in out.stderr
+    assert (
+        f"journal {j}: 0 units done, 0 failed, 0 held, 2 new; sending 2 to project {PROJECT} "
+        f"at {srv.url}." in out.stderr
+    )
     assert "new journal" not in out.stderr
 
 
@@ -565,7 +568,7 @@ def test_an_unedited_resume_after_an_interruption_does_not_warn(
     out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url)
     assert out.returncode == 0, out.stderr
     assert overlap_warnings(out.stderr) == []
-    assert "3 units done, 0 failed, 0 held, 3 new; sending 3." in out.stderr
+    assert "3 units done, 0 failed, 0 held, 3 new; sending 3 to project " in out.stderr
     assert len(srv.ledger()) == 3
     # The same journal with the chunk edited: 2 of the 2h requests re-cover the 3 done hours.
     out = cli("run", str(edited), "--journal", str(j_edited), "--rate", "100", url=srv.url)
@@ -645,6 +648,7 @@ def test_the_log_file_opens_and_closes_with_the_run_as_a_whole(
     j, log = tmp_path / "j", tmp_path / "run.jsonl"
     out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), url=srv.url)
     assert out.returncode == 0, out.stderr
+    assert f"new journal {j}: sending 3 units to project {PROJECT} at {srv.url}." in out.stderr
     records = [json.loads(line) for line in log.read_text().splitlines()]
     first, last = records[0], records[-1]
     assert first["event"] == "run started"
