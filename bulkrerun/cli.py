@@ -33,6 +33,7 @@ from bulkrerun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    BadInput,
     BulkrerunError,
     Fatal,
     ManifestError,
@@ -1183,9 +1184,32 @@ def report(
         err.print(f"[red]error:[/] --format {escape(fmt)}: must be table, csv, json or manifest")
         raise typer.Exit(EXIT_BAD_INPUT)
     try:
+        _report_while_written(journal, fmt)
         write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
     except BulkrerunError as exc:
         raise _fail(exc) from None
+
+
+def _report_while_written(journal: Path, fmt: str) -> None:
+    """A report of a journal a run is writing is of this moment, and its requests without
+    an answer yet show as held: say so. A manifest of what failed or is held would then
+    name requests still in flight, which a run of it would send twice: refused."""
+    from bulkrerun.journal import writer_pid
+
+    pid = writer_pid(journal)
+    if pid is None:
+        return
+    if fmt == "manifest":
+        raise BadInput(
+            f"a run (pid {pid}) is writing the journal {journal}: a manifest of what failed "
+            "or is held would name requests still in flight, and running it would send them "
+            "twice. Wait for the run to end (or stop it), then ask again."
+        )
+    err.print(
+        f"[yellow]note:[/] a run (pid {pid}) is writing this journal: the report is of this "
+        "moment, and its requests without an answer yet show as held.",
+        highlight=False,
+    )
 
 
 @app.command()

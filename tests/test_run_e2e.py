@@ -3,12 +3,16 @@ over real sockets. The fake's ledger is the truth about what the service accepte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import signal
+import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -603,10 +607,12 @@ def test_a_window_moved_past_what_is_done_does_not_warn(
     )
 
 
-def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
+@contextlib.contextmanager
+def a_run_in_flight(
     cli: Cli, fake_service: type[Service], tmp_path: Path
-) -> None:
-    # Answers take 3 s: the run's requests sit in flight while status is asked.
+) -> Iterator[tuple[subprocess.Popen[str], Path, dict[str, Any]]]:
+    """A run of 60 requests whose answers take 3 s, stopped (SIGINT) at the end: yields it,
+    its journal, and the first `status --json` that saw a request of it in flight."""
     srv = fake_service("--latency-ms", "3000")
     m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
     j = tmp_path / "j"
@@ -618,10 +624,20 @@ def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
         while True:
             assert time.monotonic() < deadline, "the run never had a request in flight"
             if j.exists():
-                s = status_of(cli, j)
+                s: dict[str, Any] = status_of(cli, j)
                 if s["in_flight"]:
                     break
             time.sleep(0.2)
+        yield proc, j, s
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    with a_run_in_flight(cli, fake_service, tmp_path) as (proc, j, s):
         assert s["writer_pid"] == proc.pid
         assert s["held"] == 0  # in flight, not held: their answers are on the way
         assert 1 <= s["in_flight"] <= 4 + 2  # the sends, and the intents written ahead
@@ -632,12 +648,27 @@ def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
             f"{proc.pid}: it finishes the requests in flight), then ask again: bulkrerun "
             f"status {j}"
         ]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
     after = status_of(cli, j)
     assert after["writer_pid"] is None and after["in_flight"] == 0
     assert after["done"] + after["held"] + after["pending"] == 60
+
+
+def test_a_report_during_a_run_says_so_and_its_manifest_is_refused(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    with a_run_in_flight(cli, fake_service, tmp_path) as (proc, j, _):
+        table = cli("report", str(j), "--format", "csv")
+        assert table.returncode == 0, table.stderr
+        assert f"a run (pid {proc.pid}) is writing this journal" in table.stderr
+        assert table.stdout.startswith("chunk,")
+        # Requests in flight would be in it as held: run, they would be sent twice.
+        manifest = cli("report", str(j), "--format", "manifest")
+        assert manifest.returncode == 2
+        assert (manifest.stdout, manifest.stderr.count("would name requests still in flight")) == (
+            "",
+            1,
+        )
+    assert "is writing" not in cli("report", str(j)).stderr
 
 
 def test_the_log_file_opens_and_closes_with_the_run_as_a_whole(
