@@ -511,13 +511,19 @@ def overlap_warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "changed since an earlier run" in line]
 
 
+def six_hours_done(cli: Cli, srv: Service, tmp_path: Path) -> tuple[Path, Path]:
+    """A manifest of 6 hours of ods_orders in 1h chunks, and a journal where all are done."""
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1h"))
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+    return m, j
+
+
 def test_a_rechunked_window_is_sent_after_a_warning_that_names_the_entry_and_counts(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
     srv = fake_service()
-    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1h"))
-    j = tmp_path / "j"
-    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+    m, j = six_hours_done(cli, srv, tmp_path)
     m.write_text(m.read_text().replace('chunk = "1h"', 'chunk = "2h"'), encoding="utf-8")
     log = tmp_path / "log.jsonl"
     run = ["run", str(m), "--journal", str(j), "--rate", "100", "--log-file", str(log)]
@@ -586,9 +592,7 @@ def test_a_window_moved_past_what_is_done_does_not_warn(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
     srv = fake_service()
-    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1h"))
-    j = tmp_path / "j"
-    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+    _, j = six_hours_done(cli, srv, tmp_path)
     j_into = tmp_path / "j-into"
     j_into.write_bytes(j.read_bytes())
 
