@@ -56,6 +56,7 @@ import bisect
 import email.utils
 import math
 import random
+import re
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC
@@ -468,6 +469,35 @@ def parse_retry_after(value: str, wall: float) -> float | None:
     if when.tzinfo is None:  # "-0000" means "UTC, source unknown"; HTTP dates are UTC anyway
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - wall)
+
+
+_STATED_LIMIT = re.compile(
+    r"\blimit:\s*(\d+(?:\.\d*)?|\.\d+)\s*,\s*time:\s*(\d+(?:\.\d*)?|\.\d+)\s*"
+    r"(second|minute|hour|day)s?\b",
+    re.IGNORECASE,
+)
+_UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def stated_rate(message: str | None) -> float | None:
+    """The limit a 429's message states, in requests per second, or None if it states none.
+
+    The API gateway names the throttling policy that refused the request and its limit:
+    ``...policy user over ratelimit,limit:10,time:1 second`` is 10.0, ``limit:100,time:1
+    minute`` is 100/60, ``limit:5,time:5 second`` is 1.0. The unit may be second, minute,
+    hour or day, singular or plural, in any case; the numbers may be fractional. A message
+    without both parts (``...ratelimit,limit:10``), a zero or an unreadable number gives None:
+    the statement is advice, and garbage is ignored.
+    """
+    if not message:
+        return None
+    found = _STATED_LIMIT.search(message)
+    if found is None:
+        return None
+    limit, span, unit = found.groups()
+    seconds = float(span) * _UNIT_SECONDS[unit.lower()]
+    rate = float(limit) / seconds if seconds > 0 else math.inf
+    return rate if 0 < rate < math.inf else None
 
 
 class RetryBudget:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from bulkrerun.errors import SettingsError
+from bulkrerun.fake.faults import throttle_message
 from bulkrerun.outcome import DONE, Kind, Outcome
 from bulkrerun.pacing import (
     BETA,
@@ -42,6 +43,7 @@ from bulkrerun.pacing import (
     RetryBudget,
     backoff,
     parse_retry_after,
+    stated_rate,
 )
 
 THROTTLED = Outcome(Kind.RETRY, status=429, error_code="APIG.0308", reason="429 throttled")
@@ -220,6 +222,55 @@ def test_a_429_retry_is_backoff_but_at_least_one_interval_of_the_current_rate() 
 def test_a_5xx_retry_is_plain_backoff() -> None:
     pacer = Pacer(PacingConfig(), rng=MaxRandom())
     assert [pacer.retry_delay(UNAVAILABLE, n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+
+
+# --- the limit a 429 states ---------------------------------------------------------------------
+
+REACHED = "The throttling threshold has been reached"  # how the gateway's 429 message begins
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (throttle_message(10), 10.0),  # the fake's, as the reference writes it
+        (f"{REACHED}: policy user over ratelimit,limit:60,time:1 minute.", 1.0),
+        ("policy api over ratelimit,limit:2000,time:1 minute", 2000 / 60),
+        ("policy ip over ratelimit,limit:5,time:5 second", 1.0),
+        ("policy user over ratelimit,limit:10,time:2 seconds", 5.0),
+        ("policy user over ratelimit,limit:7200,time:1 hour", 2.0),
+        ("policy user over ratelimit,limit:43200,time:12 hours", 1.0),
+        ("policy user over ratelimit,limit:8640,time:1 day", 0.1),
+        ("policy user over ratelimit,limit:2.5,time:1 second", 2.5),
+        ("policy user over ratelimit,limit:.5,time:0.5 second", 1.0),
+        (throttle_message(0.25), 0.25),
+        ("policy user over ratelimit, LIMIT: 30 , Time: 1 Minutes", 0.5),
+    ],
+)
+def test_stated_rate_reads_the_limit_in_requests_per_second(message: str, expected: float) -> None:
+    assert stated_rate(message) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        None,
+        "",
+        "Too many requests",
+        f"{REACHED}: policy user over ratelimit,limit:10",
+        "policy user over ratelimit,time:1 second",
+        "policy user over ratelimit,limit:10,time:1 fortnight",
+        "policy user over ratelimit,limit:10,time:1 secondly",
+        "policy user over ratelimit,limit:ten,time:1 second",
+        "policy user over ratelimit,limit:-5,time:1 second",
+        "policy user over ratelimit,limit:0,time:1 second",
+        "policy user over ratelimit,limit:10,time:0 second",
+        "policy user over ratelimit,limit:1e3,time:1 second",
+        "policy user over ratelimit,limit:1" + "0" * 400 + ",time:1 second",  # inf
+        "ratelimit:10,time:1 second",  # not "limit:" as a word
+    ],
+)
+def test_stated_rate_is_none_when_no_limit_is_stated(message: str | None) -> None:
+    assert stated_rate(message) is None
 
 
 # --- adaptive rate ------------------------------------------------------------------------------
