@@ -1292,7 +1292,9 @@ def fake_server(
         typer.Option(
             "--p429",
             help="Share of authenticated requests, not already throttled by --rate-limit, "
-            "answered 429 (seeded by --seed).",
+            "answered 429 (seeded by --seed). Like every 429 of the fake, they state the "
+            "--rate-limit as the gateway's limit, or 10/s without one, and bulkrerun paces "
+            "under a stated limit.",
         ),
     ] = 0.0,
     p5xx: Annotated[

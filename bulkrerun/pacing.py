@@ -36,7 +36,10 @@ The algorithms, briefly:
   it, never above the configured rate. 429s for requests sent before the last decrease are
   stale and ignored, so one burst of 429s for many in-flight requests counts once. What it
   measures and how fast it climbs span a second, or a few dozen answers when a second holds
-  fewer, so that it behaves at 2 req/s much as it does at 50.
+  fewer, so that it behaves at 2 req/s much as it does at 50. A 429 whose message states
+  the gateway's limit (``limit:10,time:1 second``, read by :func:`stated_rate`) lowers the
+  ceiling to it for the rest of the run: the rate needs no string of 429s to come down
+  from a configured rate far too high, and never probes past the stated limit.
 - **Backoff** (:func:`backoff`): exponential with full jitter, clamped at a cap; Retry-After
   (:func:`parse_retry_after`) is a floor.
 - **Retry budget** (:class:`RetryBudget`): the AWS SDK retry quota. Retries spend tokens,
@@ -47,7 +50,8 @@ The algorithms, briefly:
   a sliding window; stops a bad recovery before it spreads.
 
 Which outcome is retryable, final or fatal is decided in ``transport`` (``Outcome.kind``);
-this module only reacts to kinds and statuses.
+this module only reacts to kinds and statuses, and reads a 429's message for the limit it
+states.
 """
 
 from __future__ import annotations
@@ -304,7 +308,8 @@ class _AnswerMeter:
 
 
 class AdaptiveRate:
-    """The sending rate, from 429s and successes; never above ``ceiling``.
+    """The sending rate, from 429s and successes; never above the ceiling: the configured
+    rate, or the limit a 429 stated when that is lower.
 
     A 429 is *stale*, and ignored, when its request was sent before the last decrease: one
     burst of 429s answered for many in-flight requests is one signal, not many. (This
@@ -335,11 +340,21 @@ class AdaptiveRate:
 
     The measurements look back over a window of at least a second and at least
     ``ESTIMATE_ANSWERS`` answers (:meth:`_AnswerMeter.window_start`), for the same reason.
+
+    A 429 may state the gateway's limit (:func:`stated_rate`). From then on the ceiling is
+    the lower of it and the configured rate, and the latest statement replaces an earlier
+    one (a policy may change), so a higher one lifts the ceiling again, never above the
+    configured rate. The statement is only an upper bound: other clients of the same user
+    share the quota, so below it the rate adapts as before, and sporadic 429s cost what
+    they did. A statement below the current rate makes its 429 fresh even if stale, and
+    caps the limit: the rate drops to at most ``BETA`` times the stated limit at once,
+    instead of coming down by halves over several 429s, and climbs back to it, not past it.
     """
 
     __slots__ = (
         "_ceiling",
         "_climb",
+        "_configured",
         "_cubic",
         "_episode",
         "_last_throttle",
@@ -347,12 +362,14 @@ class AdaptiveRate:
         "_meter",
         "_rate",
         "_since",
+        "_stated",
         "decreases",
         "stale",
     )
 
     def __init__(self, ceiling: float) -> None:
-        self._ceiling = self._rate = _positive("ceiling", ceiling)
+        self._configured = self._ceiling = self._rate = _positive("ceiling", ceiling)
+        self._stated: float | None = None  # the limit the latest 429 stating one stated
         self._meter = _AnswerMeter()
         self._limit: float | None = None  # CUBIC's W_max; None until the first decrease
         self._since = -math.inf  # the last decrease: CUBIC's origin, and the stale line
@@ -369,7 +386,13 @@ class AdaptiveRate:
 
     @property
     def ceiling(self) -> float:
+        """The highest rate allowed: the configured one, or a lower limit a 429 stated."""
         return self._ceiling
+
+    @property
+    def stated(self) -> float | None:
+        """The limit (req/s) stated by the latest 429 that stated one; None until one did."""
+        return self._stated
 
     def on_success(self, now: float, sent_at: float) -> bool:
         """A request sent at ``sent_at`` got through the gateway (any answer but 429).
@@ -384,18 +407,24 @@ class AdaptiveRate:
         self._rate = target
         return True
 
-    def on_throttle(self, now: float, sent_at: float) -> bool:
-        """A request sent at ``sent_at`` got 429. Returns True if the rate went down."""
+    def on_throttle(self, now: float, sent_at: float, stated: float | None = None) -> bool:
+        """A request sent at ``sent_at`` got 429, its message stating the limit ``stated``
+        (req/s; None when it states none). Returns True if the rate went down."""
         self._meter.add(sent_at, False, now)
         window = self._meter.window_start(now)
         if self._last_throttle < window:
             self._episode = sent_at  # no other 429 within the window: a new episode
         self._last_throttle = now
-        if sent_at < self._since:
+        if stated is not None:
+            self._stated = stated
+            self._ceiling = min(self._configured, stated)
+        if sent_at < self._since and self._rate <= self._ceiling:
             self.stale += 1
             return False
         limit, cut = self._estimate(window)
-        self._limit = min(self._rate, limit)
+        # At most the rate, and at most the ceiling: a stated limit below the rate is the
+        # limit, whatever the measurements make of answers to a rate far above it.
+        self._limit = min(self._rate, limit, self._ceiling)
         self._rate = min(self._ceiling, max(MIN_RATE, cut * self._limit))
         # CUBIC's C, relative to the limit: the usual step climbs back in a second, or in
         # CLIMB_ANSWERS requests at the limit if that is longer. Then K for this cut: the
@@ -760,6 +789,8 @@ class PacingStats:
     breaker_opens: int
     final_ok: int
     final_failed: int
+    stated_limit: float | None = None
+    """The limit (req/s) the gateway's latest 429 stated, None until one did."""
 
 
 # The outcome kinds on_outcome asks about, bound once: an enum member read through its class
@@ -926,7 +957,10 @@ class Pacer:
         adaptive = self._adaptive
         if outcome.status == 429:  # outcome.throttled, without a property call per request
             self._throttled += 1
-            if adaptive is not None and adaptive.on_throttle(now, sent):
+            # The message is read on a 429 only: a 200 costs nothing more.
+            if adaptive is not None and adaptive.on_throttle(
+                now, sent, stated_rate(outcome.error_msg)
+            ):
                 self._set_rate(adaptive.rate, now)
             self._health(None, now, sent)  # the gateway said nothing about the service
             return
@@ -998,6 +1032,7 @@ class Pacer:
             breaker_opens=self._breaker.opens,
             final_ok=self._final_ok,
             final_failed=self._final_failed,
+            stated_limit=adaptive.stated if adaptive is not None else None,
         )
 
     def _set_rate(self, rate: float, now: float) -> None:

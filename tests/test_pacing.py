@@ -411,6 +411,103 @@ def test_sporadic_429s_do_not_collapse_the_rate(seed: int, rate: float) -> None:
     assert accepted >= 0.85 * 1500
 
 
+# --- a limit the gateway states ---------------------------------------------------------------
+
+
+def stating(limit: float) -> Outcome:
+    """A 429 whose message states ``limit`` requests per second, as the gateway's does."""
+    return Outcome(
+        Kind.RETRY, status=429, error_code="APIG.0308", error_msg=throttle_message(limit)
+    )
+
+
+def _answered_at_the_rate(pacer: Pacer, start: float, seconds: float) -> tuple[float, list[float]]:
+    """Sends from ``start`` for ``seconds``, each one interval of the pacer's rate of the
+    moment after the last, all admitted and answered 20 ms later. Returns the end and the
+    rate after each answer."""
+    t, rates = start, []
+    while t < start + seconds:
+        pacer.on_outcome(DONE, t + 0.02, sent_at=t)
+        rates.append(pacer.current_rate)
+        t += 1.0 / pacer.current_rate
+    return t, rates
+
+
+def test_a_429_stating_a_limit_caps_the_rate_at_once_and_for_the_rest_of_the_run() -> None:
+    pacer = _pacer(rate=50.0)
+    end, _ = _answered_at_the_rate(pacer, 0.0, 1.0)
+    pacer.on_outcome(stating(5), end + 0.001, sent_at=end)
+    # One step to just under the stated limit, not halvings over several 429s.
+    assert pacer.current_rate == pytest.approx(BETA * 5.0)
+    assert pacer.stats(end).stated_limit == 5.0
+    _, rates = _answered_at_the_rate(pacer, end + 0.001, 120.0)
+    assert max(rates) == 5.0  # back at the limit, never past it: no probing above it
+    assert rates[-1] == 5.0
+
+
+def test_a_burst_of_429s_stating_the_limit_is_one_decrease() -> None:
+    pacer = _pacer(rate=370.0)
+    # 30 requests sent at 370/s before the first answer, all refused, all stating 50/s.
+    for k in range(30):
+        pacer.on_outcome(stating(50), 0.1 + k * 0.001, sent_at=k / 370.0)
+    stats = pacer.stats(0.2)
+    assert pacer.current_rate == pytest.approx(BETA * 50.0)
+    assert (stats.decreases, stats.stale_throttles) == (1, 29)
+
+
+@pytest.mark.parametrize(("configured", "lifted"), [(50.0, 8.0), (6.0, 6.0)])
+def test_a_later_statement_replaces_the_earlier_but_never_lifts_past_the_configured_rate(
+    configured: float, lifted: float
+) -> None:
+    pacer = _pacer(rate=configured)
+    end, _ = _answered_at_the_rate(pacer, 0.0, 1.0)
+    pacer.on_outcome(stating(5), end, sent_at=end)
+    end, rates = _answered_at_the_rate(pacer, end, 60.0)
+    assert max(rates) == 5.0
+    # The gateway's policy changed: its 429s now state 8/s. Still a 429: a step down first.
+    pacer.on_outcome(stating(8), end, sent_at=end)
+    assert pacer.current_rate < 5.0
+    assert pacer.stats(end).stated_limit == 8.0
+    _, rates = _answered_at_the_rate(pacer, end, 120.0)
+    assert max(rates) == lifted  # climbs past 5, up to the new ceiling and no further
+    assert rates[-1] == lifted
+
+
+UNSTATED = [
+    None,
+    "Too many requests",
+    f"{REACHED}: policy user over ratelimit,limit:10",
+]
+
+
+@pytest.mark.parametrize("message", UNSTATED)
+def test_a_429_stating_no_limit_paces_as_before_and_keeps_a_stated_ceiling(
+    message: str | None,
+) -> None:
+    unstated = Outcome(Kind.RETRY, status=429, error_code="APIG.0308", error_msg=message)
+    # As before: the same rates, answer for answer, as a 429 that says nothing at all, and
+    # as one stating a limit above the configured rate (which bounds nothing).
+    histories = []
+    for outcome in (THROTTLED, unstated, stating(500)):
+        pacer = _pacer(rate=50.0)
+        end, before = _answered_at_the_rate(pacer, 0.0, 1.0)
+        pacer.on_outcome(outcome, end, sent_at=end)
+        _, after = _answered_at_the_rate(pacer, end, 10.0)
+        histories.append(before + after)
+    assert histories[0] == histories[1] == histories[2]
+    assert max(histories[0][-20:]) == 50.0  # back at the configured rate
+    assert _pacer(rate=50.0).stats(0.0).stated_limit is None
+    # A 429 stating no limit leaves the ceiling a statement set before: for the whole run.
+    pacer = _pacer(rate=50.0)
+    end, _ = _answered_at_the_rate(pacer, 0.0, 1.0)
+    pacer.on_outcome(stating(5), end, sent_at=end)
+    end, _ = _answered_at_the_rate(pacer, end, 30.0)
+    pacer.on_outcome(unstated, end, sent_at=end)
+    _, rates = _answered_at_the_rate(pacer, end, 60.0)
+    assert max(rates) == 5.0
+    assert pacer.stats(end).stated_limit == 5.0
+
+
 # --- retry budget, max attempts -------------------------------------------------------------------
 
 
@@ -728,6 +825,7 @@ class SimResult:
     sent: int = 0
     rates: list[tuple[float, float]] = field(default_factory=list)  # every 0.25 s
     admitted_at: list[float] = field(default_factory=list)
+    throttled_at: list[float] = field(default_factory=list)  # when each 429 was answered
     waiting: list[int] = field(default_factory=list)  # admitted, not yet sent: every 0.25 s
 
 
@@ -752,6 +850,7 @@ def simulate(
     workers: int = 64,
     seconds: float = 20.0,
     p429: float = 0.0,
+    stated: float | None = None,
     jitter: float = 0.0,
     seed: int = 0,
     commit: Callable[[float], float] | None = None,
@@ -761,12 +860,14 @@ def simulate(
     Each worker sends chunk after chunk: reserve, wait, (commit,) wait its turn, send; the
     gateway admits by its bucket (or answers 429 at random with ``p429``), with
     ``Retry-After: 1`` like the fake server; admitted requests are answered after
-    ``latency``, 429s after ``latency_429``. With ``jitter``, every wake-up is up to that
+    ``latency``, 429s after ``latency_429``; a 429's message states the limit ``stated``
+    (req/s) as the gateway's does, or none. With ``jitter``, every wake-up is up to that
     late and every request takes up to that long to reach the gateway, as timers and
     networks do. ``commit(t)``: how long an intent written at ``t`` takes to be durable.
     """
     rng = random.Random(seed)
     bucket = _Bucket(quota, burst) if quota is not None else None
+    message = throttle_message(stated) if stated is not None else None
     result = SimResult()
     clock = [0.0]
     waiting = [0]
@@ -796,9 +897,10 @@ def simulate(
                     result.admitted_at.append(arrival)
                     break
                 yield latency_429
-                outcome = Outcome(Kind.RETRY, status=429, retry_after=1.0)
+                outcome = Outcome(Kind.RETRY, status=429, error_msg=message, retry_after=1.0)
                 pacer.on_outcome(outcome, clock[0], sent_at=sent)
                 result.throttled += 1
+                result.throttled_at.append(clock[0])
                 delay = pacer.retry_delay(outcome, attempt)
                 assert delay is not None
                 attempt += 1
@@ -900,6 +1002,45 @@ def test_rate_five_times_too_high_converges_under_a_low_quota(
     )  # fmt: skip
     assert result.accepted >= 0.90 * quota * seconds
     assert result.throttled <= 0.05 * result.sent
+
+
+@pytest.mark.parametrize(("burst", "latency_429", "jitter"), GATEWAYS)
+def test_rate_far_too_high_against_a_stated_limit_drops_under_it_at_the_first_429(
+    burst: int, latency_429: float, jitter: float
+) -> None:
+    """The gateway at 50/s states "limit:50,time:1 second" in its 429s; the rate is 370.
+    Before, the rate came down by halves, a 429 each, and climbed past 50 again on its
+    CUBIC curve, each probe a 429. Now the first 429 puts it just under 50, and it never
+    goes past 50 again: fewer 429s (13 against 17 with a bucket of 1 answering at once, 1
+    against 18 with a bucket of 5), the goals of a rate set far too high met as before."""
+    runs = {}
+    for stated in (None, 50.0):
+        pacer = Pacer(PacingConfig(rate=370.0), rng=random.Random(1))
+        runs[stated] = simulate(
+            pacer, burst=burst, latency_429=latency_429, jitter=jitter, stated=stated
+        )
+    result = runs[50.0]
+    first = result.throttled_at[0]
+    assert max(rate for t, rate in result.rates if t > first) <= 50.0
+    assert result.throttled < runs[None].throttled
+    assert result.accepted >= 0.90 * 50.0 * 20.0
+    assert result.throttled <= 0.05 * result.sent
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sporadic_429s_stating_a_limit_below_the_rate_bound_it_but_do_not_collapse_it(
+    seed: int,
+) -> None:
+    """Other tools of the same user share its quota of 50/s and take some of it: 1 % of our
+    requests are refused at random, each 429 stating the user's limit. The rate set to 370
+    comes down to 50 and stays near it: no quota is enforced against us below it."""
+    pacer = Pacer(PacingConfig(rate=370.0), rng=random.Random(seed))
+    result = simulate(pacer, quota=None, p429=0.01, stated=50.0, seconds=30.0, seed=seed)
+    first = result.throttled_at[0]
+    rates = [rate for t, rate in result.rates if t > first]
+    assert max(rates) <= 50.0
+    assert statistics.mean(rates) >= 0.8 * 50.0
+    assert min(rates) >= 0.5 * 50.0
 
 
 def test_a_stalled_commit_releases_its_intents_at_the_rate_not_in_one_burst() -> None:
