@@ -1,13 +1,16 @@
 """Pacing against the fake service over real sockets: a gateway limit below the client's
-rate, random 429 and 503, and refused credentials. The engine, transport and journal are
-the real ones (through the CLI's run coroutine); the fake's ledger and arrival times are
-the truth. Time here is real: these are end-to-end checks of behaviour whose schedules the
-unit tests in test_pacing.py pin down exactly on a fake clock."""
+rate (stated in its 429s), random 429 and 503, and refused credentials. The engine,
+transport and journal are the real ones (through the CLI's run coroutine, or the CLI
+itself); the fake's ledger and arrival times are the truth. Time here is real: these are
+end-to-end checks of behaviour whose schedules the unit tests in test_pacing.py pin down
+exactly on a fake clock."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from bulkrerun.cli import RunArgs, _run
 from bulkrerun.errors import EXIT_FATAL, EXIT_OK
 from bulkrerun.fake import FakeConfig, FakeServer
 from bulkrerun.settings import Settings
-from tests.conftest import AK, PROJECT, SK, write_manifest
+from tests.conftest import AK, PROJECT, SK, Cli, Service, write_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +98,27 @@ async def test_refused_credentials_stop_after_a_few_requests(tmp_path: Path) -> 
         assert srv.ledger == []
         assert srv.stats.by_status[401] == srv.stats.requests
         assert srv.stats.requests <= 16 + 4  # what was already in flight, no more
+
+
+def test_a_rate_far_too_high_meets_fewer_429s_when_the_gateway_states_its_limit(
+    tmp_path: Path, fake_service: Callable[..., Service], cli: Cli
+) -> None:
+    """``bulkrerun fake-server --rate-limit 10`` says "limit:10,time:1 second" in its 429s, as
+    the gateway does. With the rate set to 370, the first 429 now brings the rate under 10
+    at once. Before, it came down over several 429s, by measurement and by halves, and
+    climbed past 10 again: 13 to 20 attempts were 429s (four runs); now 4 (four runs), the
+    requests in flight at the start."""
+    n = 40
+    srv = fake_service("--rate-limit", "10", "--no-retry-after", "--latency-ms", "20")
+    journal = tmp_path / "j"
+    done = cli(
+        "run", str(window(tmp_path, n)), "--journal", str(journal), "--rate", "370",
+        "--max-inflight", "4", "--no-progress", url=srv.url,
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    ids = Counter(srv.accepted_ids())
+    assert len(ids) == n and set(ids.values()) == {1}
+    status = json.loads(cli("status", str(journal), "--json", url=srv.url).stdout)
+    assert (status["done"], status["requests"]) == (n, n)
+    throttled = status["attempts"] - status["requests"]  # a 429 is the only retry here
+    assert throttled <= 8, status
