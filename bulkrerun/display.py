@@ -4,9 +4,10 @@ On a terminal: one bar in units (instances or window chunks) with done / failed 
 counts, the current rate and an ETA. Elsewhere (CI logs, pipes): a plain line every few
 seconds, so a long run still shows life without flooding the log.
 
-Pacing shows too, when it is at work: how often the service throttled and the rate it
-left, or that sending is paused while the circuit breaker waits on a failing service (a
-line is printed when it opens). Without it a run that waits looks like a run that hangs.
+Pacing shows too, when it is at work: how often the service throttled, the rate it left
+and the limit the gateway stated in its 429s, if it did; or that sending is paused while
+the circuit breaker waits on a failing service (a line is printed when it opens). Without
+it a run that waits looks like a run that hangs.
 
 The display reads the engine's :class:`~bulkrerun.engine.RunResult` on a timer instead of
 being told of every chunk: the engine counts each settled chunk there anyway, and an event
@@ -130,7 +131,10 @@ class RunDisplay:
         if stats.breaker is not BreakerState.CLOSED:
             return f"paused: the service is failing (circuit breaker {stats.breaker})"
         if stats.throttled:
-            return f"{stats.throttled:,} throttled (429), sending at {stats.rate:.1f} requests/s"
+            line = f"{stats.throttled:,} throttled (429), sending at {stats.rate:.1f} requests/s"
+            if stats.stated_limit is not None:
+                line += f" (gateway limit {_per_second(stats.stated_limit)}/s)"
+            return line
         return ""
 
     @property
@@ -157,3 +161,8 @@ class RunDisplay:
             rate=f"{self.rate():.1f}",
             pacing=escape(pacing),
         )
+
+
+def _per_second(rate: float) -> str:
+    """A stated limit as a short number: 50, 1.7 (100 a minute), 0.0069 (600 a day)."""
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"

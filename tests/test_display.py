@@ -119,3 +119,21 @@ def test_pacing_at_work_is_shown_and_a_breaker_opening_is_told_once() -> None:
     assert note.startswith("paused: the service is failing (circuit breaker ")
     display.pacing(6.1)
     assert out.getvalue().count("the service is failing: sending paused") == 1
+
+
+def test_the_limit_the_gateway_stated_is_shown_with_the_rate() -> None:
+    from bulkrerun.fake.faults import throttle_message
+    from bulkrerun.outcome import Kind, Outcome
+    from bulkrerun.pacing import BETA, Pacer, PacingConfig
+
+    pacer = Pacer(PacingConfig(rate=50.0))
+    display = RunDisplay(Console(file=io.StringIO(), width=200), 10, pacer=pacer)
+    stating = Outcome(Kind.RETRY, status=429, error_msg=throttle_message(5))
+    pacer.on_outcome(stating, 0.1, 0.0)
+    assert display.pacing(0.2) == (
+        f"1 throttled (429), sending at {BETA * 5:.1f} requests/s (gateway limit 5/s)"
+    )
+    per_minute = "The throttling threshold has been reached: policy user over ratelimit,"
+    per_minute += "limit:100,time:1 minute"
+    pacer.on_outcome(Outcome(Kind.RETRY, status=429, error_msg=per_minute), 0.3, 0.2)
+    assert display.pacing(0.4).endswith("(gateway limit 1.7/s)")
