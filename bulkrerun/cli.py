@@ -15,7 +15,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,13 +33,13 @@ from bulkrerun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    BadInput,
     BulkrerunError,
     Fatal,
     ManifestError,
     SettingsError,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
+from bulkrerun.text import counted, duration
 
 app = typer.Typer(
     name="bulkrerun",
@@ -374,7 +374,7 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> N
     seconds = requests / settings.rate
     out.print(
         f"{requests:,} requests to {where}, project {settings.project_id or '(not set)'}; "
-        f"at {settings.rate:g} requests/s that takes about {_fmt_duration(seconds)}.",
+        f"at {settings.rate:g} requests/s that takes about {duration(seconds)}.",
         markup=False,
     )
 
@@ -397,20 +397,8 @@ def _fmt_ms(ms: int | None, zone: str | None = None) -> str:
     if ms is None:
         return ""
     at = dt.datetime.fromtimestamp(ms / 1000, ZoneInfo(zone) if zone else dt.UTC)
-    offset = at.strftime("%z") if zone else ""
-    offset = f"{offset[:3]}:{offset[3:]}" if offset else "Z"
-    return at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + offset
-
-
-def _counted(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = round(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+    shown = at.isoformat(" ", "milliseconds")
+    return shown if zone else shown.removesuffix("+00:00") + "Z"
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -555,8 +543,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 )
             if len(counts.duplicates) > 20:
                 err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
-            zones = {e.label: getattr(e, "timezone", None) for e in manifest.entries}
-            _print_overlaps(counts.overlaps, zones, log=args.log_chunks)
+            _print_overlaps(counts.overlaps, log=args.log_chunks)
             where = f"project {settings.project_id} at {endpoint}"
             _print_resume(args, counts, resumed=bool(state.runs), where=where)
             if args.log_chunks:
@@ -584,7 +571,6 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             journal.begin_run(
                 RunInfo(
                     manifest_name=str(manifest.path),
-                    manifest_path=str(manifest.path.absolute()),
                     manifest_text=manifest.text,
                     manifest_sha256=manifest.sha256,
                     instance_files=manifest.files,
@@ -717,18 +703,18 @@ def _event_sinks(display: Any, log_chunks: bool) -> tuple[EventSink, EventSink |
     return sink, sink
 
 
-def _print_overlaps(overlaps: Sequence[Any], zones: Mapping[str, str | None], *, log: bool) -> None:
+def _print_overlaps(overlaps: Sequence[Any], *, log: bool) -> None:
     """Warn, before anything is sent, of window entries whose new chunks re-cover times
     that done requests of an earlier run covered (see :class:`bulkrerun.session.Overlap`),
-    the times in each entry's timezone (``zones``, by label). They are sent all the same:
-    resume decides per chunk. With logging on, also logged."""
+    the times in each entry's timezone. They are sent all the same: resume decides per
+    chunk. With logging on, also logged."""
     for o in overlaps:
-        zone = zones.get(o.entry)
+        zone = o.timezone
         err.print(
             f"[yellow]warning:[/] {escape(o.entry)} (job {escape(o.job_name)}): its chunks "
             "changed since an earlier run (chunk, begin or a body field), so "
-            f"{_counted(o.new, 'request')} {'re-covers' if o.new == 1 else 're-cover'} times "
-            f"that {_counted(o.done, 'done request')} already covered "
+            f"{counted(o.new, 'request')} {'re-covers' if o.new == 1 else 're-cover'} times "
+            f"that {counted(o.done, 'done request')} already covered "
             f"({_fmt_ms(o.first_ms, zone)} .. {_fmt_ms(o.last_ms, zone)}): their instances "
             "will run again. To avoid that, restore the earlier chunk, begin and fields, or "
             "narrow the window to what is not done."
@@ -1184,32 +1170,9 @@ def report(
         err.print(f"[red]error:[/] --format {escape(fmt)}: must be table, csv, json or manifest")
         raise typer.Exit(EXIT_BAD_INPUT)
     try:
-        _report_while_written(journal, fmt)
         write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
     except BulkrerunError as exc:
         raise _fail(exc) from None
-
-
-def _report_while_written(journal: Path, fmt: str) -> None:
-    """A report of a journal a run is writing is of this moment, and its requests without
-    an answer yet show as held: say so. A manifest of what failed or is held would then
-    name requests still in flight, which a run of it would send twice: refused."""
-    from bulkrerun.journal import writer_pid
-
-    pid = writer_pid(journal)
-    if pid is None:
-        return
-    if fmt == "manifest":
-        raise BadInput(
-            f"a run (pid {pid}) is writing the journal {journal}: a manifest of what failed "
-            "or is held would name requests still in flight, and running it would send them "
-            "twice. Wait for the run to end (or stop it), then ask again."
-        )
-    err.print(
-        f"[yellow]note:[/] a run (pid {pid}) is writing this journal: the report is of this "
-        "moment, and its requests without an answer yet show as held.",
-        highlight=False,
-    )
 
 
 @app.command()
@@ -1236,6 +1199,8 @@ def verify(
         from bulkrerun.settings import resolve_endpoint
 
         resolved = resolve_endpoint(settings)
+        if not settings.project_id:  # before the journal, which is bound to a project
+            raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
         code = anyio.run(_verify_only, journal, settings, resolved, backend="asyncio")
     except BulkrerunError as exc:
         raise _fail(exc) from None

@@ -111,6 +111,7 @@ __all__ = [
     "Binding",
     "ChunkInfo",
     "Header",
+    "Holder",
     "Journal",
     "JournalState",
     "RunInfo",
@@ -118,9 +119,9 @@ __all__ = [
     "Selection",
     "UnitState",
     "failure_code",
+    "held_by",
     "read_records_at",
     "read_state",
-    "writer_pid",
 ]
 
 FORMAT: Final = 1
@@ -220,18 +221,15 @@ class RunInfo:
     selections: Mapping[str, Sequence[Selection]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     pending: int | None = None
-    manifest_path: str = ""  # absolute: where the name as given led, from any folder
 
     @classmethod
     def from_manifest(cls, path: Path, **fields: Any) -> RunInfo:
-        """Read the manifest at ``path``: its name as given, where it is, its text and its
-        digest."""
+        """Read the manifest at ``path``: its name as given, its text and its digest."""
         data = path.read_bytes()
         return cls(
             manifest_name=str(path),
             manifest_text=data.decode("utf-8", "replace"),
             manifest_sha256=hashlib.sha256(data).hexdigest(),
-            manifest_path=str(path.absolute()),
             **fields,
         )
 
@@ -878,18 +876,56 @@ def _lock_holder(fd: int) -> int | None:
     return None
 
 
-def writer_pid(path: Path) -> int | None:
-    """Best effort: the pid of the run writing the journal at ``path`` (the holder of its
-    lock); None when no run holds it, or when that cannot be told. Takes no lock itself, so
-    that a run starting meanwhile is not refused."""
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Another bulkrerun holding a journal (a run, or a verify): its pid when known."""
+
+    pid: int | None
+
+
+def held_by(path: Path) -> Holder | None:
+    """The bulkrerun holding the journal at ``path`` (its lock) right now, None when none
+    does. Probes with a shared lock it drops at once (so a run starting at that very instant
+    may be told the journal is in use); the pid comes from Linux's /proc/locks, best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        return _lock_holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return Holder(_lock_holder(fd))
+    except OSError:
+        return None
     finally:
-        os.close(fd)
+        os.close(fd)  # also drops the probe's lock
+    return None
+
+
+class _Removed(Exception):
+    """The journal file was unlinked between its open and its lock."""
+
+
+def _open_file(path: Path, create: bool) -> tuple[int, bool]:
+    """A descriptor of the journal file at ``path`` for appending, and whether this call
+    created it (mode ``0600``); with ``create=False`` only an existing file is opened."""
+    if create:
+        try:
+            return os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o600), True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise BadInput(f"cannot create the journal {path}: {exc.strerror}") from None
+    try:
+        return os.open(path, os.O_RDWR | os.O_APPEND), False
+    except FileNotFoundError:
+        raise BadInput(f"no journal at {path}") from None
+    except IsADirectoryError:
+        raise BadInput(
+            f"{path} is a directory; --journal needs a file path (new, or an existing journal)"
+        ) from None
+    except OSError as exc:
+        raise BadInput(f"cannot open the journal {path}: {exc.strerror}") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -1108,33 +1144,19 @@ class Journal:
         :class:`JournalCorrupt`. The file stays locked (``flock``) until :meth:`close`:
         another process opening it gets :class:`BadInput`.
         """
-        created = False
-        try:
-            if not create:
-                raise FileExistsError  # open only what is there
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o600)
-            created = True
-        except FileExistsError:
+        for _ in range(3):
+            fd, created = _open_file(path, create)
             try:
-                fd = os.open(path, os.O_RDWR | os.O_APPEND)
-            except FileNotFoundError:
-                raise BadInput(f"no journal at {path}") from None
-            except IsADirectoryError:
-                raise BadInput(
-                    f"{path} is a directory; --journal needs a file path "
-                    "(new, or an existing journal)"
-                ) from None
-            except OSError as exc:
-                raise BadInput(f"cannot open the journal {path}: {exc.strerror}") from None
-        except OSError as exc:
-            raise BadInput(f"cannot create the journal {path}: {exc.strerror}") from None
-        try:
-            journal = cls._open_fd(path, fd, binding, tool_version, created=created)
-        except BaseException:
-            os.close(fd)
-            raise
-        journal._rep.details = live_details
-        return journal
+                journal = cls._open_fd(path, fd, binding, tool_version, created=created)
+            except _Removed:  # a run that had just created it removed it again: afresh
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            journal._rep.details = live_details
+            return journal
+        raise BadInput(f"journal {path} was removed again and again while it was opened")
 
     @classmethod
     def _open_fd(
@@ -1149,6 +1171,10 @@ class Journal:
                 f"journal {path} is in use by another bulkrerun{who}; wait for it to end "
                 "or stop it, or give this run another --journal path."
             ) from None
+        if os.fstat(fd).st_nlink == 0:
+            # Its holder created it, recorded nothing and removed it (discard_if_unused)
+            # between our open and our lock: what this descriptor holds is no journal.
+            raise _Removed
         scan = None
         if not created:
             scan = _scan_fd(fd, path)
@@ -1172,7 +1198,8 @@ class Journal:
             _fsync_dir(path.parent)
             end = len(line)
             journal = cls(path, fd, header, _Replayer(JournalState(header)), end, tool_version)
-            journal._created_end = end
+            if created:  # not a file a crash left empty: that one is not this run's to remove
+                journal._created_end = end
             return journal
         header = scan.header
         if header.binding != binding:
@@ -1420,7 +1447,9 @@ class Journal:
             instance_files=dict(run_info.instance_files),
             options=dict(run_info.options),
             pending=run_info.pending,
-            manifest_path=run_info.manifest_path,
+            # Where the name as given leads from here (the run's folder), so that commands
+            # naming the manifest can be given from any folder later.
+            manifest_path=str(Path(run_info.manifest_name).absolute()),
         )
         self._append(
             _record(

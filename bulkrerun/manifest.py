@@ -1187,25 +1187,23 @@ def load_manifest(path: Path, *, now_ms: int | None = None) -> Manifest:
         )
     data = _parse(name, text.removeprefix("\ufeff"), path.suffix.lower() == ".json")
     sha256 = hashlib.sha256(raw).hexdigest()
-    return _validated(path, text, sha256, data, folder=path.parent, now_ms=now_ms)
+    return _validated(path, text, sha256, data, now_ms=now_ms)
 
 
 def manifest_from_copy(path: Path, text: str, sha256: str, data: Any) -> Manifest:
     """A manifest made again from a copy (a journal's): ``data`` is ``text`` parsed, with
     every instance file an absolute path. Validated as :func:`load_manifest` validates, with
     no file read but the instance files; ``path`` is the name messages give."""
-    return _validated(path, text, sha256, data, folder=path.parent, now_ms=None)
+    return _validated(path, text, sha256, data, now_ms=None)
 
 
-def _validated(
-    path: Path, text: str, sha256: str, data: Any, *, folder: Path, now_ms: int | None
-) -> Manifest:
+def _validated(path: Path, text: str, sha256: str, data: Any, *, now_ms: int | None) -> Manifest:
     name = str(path)
     if not isinstance(data, dict):
         raise ManifestError(
             [f"{name}: must be an object with version, defaults and entries; found {_show(data)}"]
         )
-    check = _Checker(name, folder, now_ms)
+    check = _Checker(name, path.parent, now_ms)
     top, _ = check.validate(_Top, data, "")
     if top is None:  # pragma: no cover - validate() substitutes every required field
         raise ManifestError(check.problems)

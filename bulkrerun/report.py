@@ -80,16 +80,18 @@ from rich.table import Table
 from rich.text import Text
 
 from bulkrerun.chunk import Chunk, instance_unit_id
-from bulkrerun.errors import ManifestError
+from bulkrerun.errors import BadInput, ManifestError
 from bulkrerun.journal import (
     ChunkInfo,
+    Holder,
     JournalState,
     RunRecord,
     UnitState,
+    held_by,
     read_records_at,
     read_state,
-    writer_pid,
 )
+from bulkrerun.text import counted
 from bulkrerun.watchlog import read_watch
 
 if TYPE_CHECKING:
@@ -163,9 +165,11 @@ class StatusSummary:
     rate: float | None
     next_steps: list[str] = field(default_factory=list)
     pending_unknown: str | None = None
-    # Of a journal a run is writing (``status`` while it runs): its pid, and the units of the
-    # requests it has sent and not yet had answered (not counted in ``held``).
-    writer_pid: int | None = None
+    # Of a journal another bulkrerun holds (``status`` while a run or a verify goes on): that
+    # it does, its pid when known, and, when it is the last run, the units of its requests
+    # without an answer yet (in flight, so not counted in ``held``).
+    busy: bool = False
+    holder_pid: int | None = None
     in_flight: int = 0
 
 
@@ -348,33 +352,29 @@ def _next_steps(
     failed_by_code: dict[str, int],
     pending: int | None,
     pending_unknown: str | None,
-    writer_pid: int | None = None,
+    holder: Holder | None = None,
 ) -> list[str]:
     journal = shlex.quote(str(path))
-    if writer_pid is not None:
-        # Any command on the journal would be refused while the run holds it.
+    if holder is not None:
+        # Any command on the journal would be refused while another bulkrerun holds it.
+        kill = f", or kill -TERM {holder.pid}" if holder.pid is not None else ""
         return [
-            f"a run (pid {writer_pid}) is writing this journal, so these numbers are of this "
-            "moment: wait for it to end, or stop it (Ctrl-C where it runs, or kill -TERM "
-            f"{writer_pid}: it finishes the requests in flight), then ask again: bulkrerun "
-            f"status {journal}"
+            f"wait for it to end, or stop it (Ctrl-C where it runs{kill}: a run finishes the "
+            f"requests in flight), then ask again: bulkrerun status {journal}"
         ]
     manifest = shlex.quote(_manifest_arg(state.runs[-1])) if state.runs else "MANIFEST"
     run = f"bulkrerun run {manifest} --journal {journal}"
     held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
-
-    def units(n: int) -> str:
-        return f"{n:,} unit{'' if n == 1 else 's'}"
 
     steps: list[str] = []
     if pending is None:
         why = pending_unknown or "send whatever is not yet sent (the same command resumes)"
         steps.append(f"{why}: {run}")
     elif pending:
-        steps.append(f"send the {units(pending)} not yet sent: {run}")
+        steps.append(f"send the {counted(pending, 'unit')} not yet sent: {run}")
     if held:
         steps.append(
-            f"decide the {units(held)} held from the instances' live state: "
+            f"decide the {counted(held, 'unit')} held from the instances' live state: "
             f"bulkrerun verify {journal}"
         )
         steps.append(f"or resend them (each may then run twice): {run} --resend-held")
@@ -389,7 +389,7 @@ def _next_steps(
             "--journal (this one stays bound to that endpoint)"
         )
     elif failed:
-        steps.append(f"see why the {units(failed)} failed: bulkrerun report {journal}")
+        steps.append(f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}")
         steps.append(f"once the cause is fixed, send them again: {run} --retry-failed")
     if not steps:
         steps.append("nothing left to do: every unit is done")
@@ -402,14 +402,18 @@ def summarize(
     *,
     pending: int | None,
     pending_unknown: str | None = None,
-    writer_pid: int | None = None,
+    holder: Holder | None = None,
 ) -> StatusSummary:
     """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
     with ``pending`` as the caller counted it (``pending_unknown``: why it could not).
-    ``writer_pid``: the run writing the journal meanwhile; its requests without an answer
-    yet are then in flight, not held."""
+    ``holder``: another bulkrerun holding the journal meanwhile. When that is the last run
+    (its pid is the run record's), its requests without an answer yet are in flight, not
+    held; a verify, or a run still starting, sends nothing, and held units stay held."""
     counts = state.counts()
-    in_flight = _in_flight(state) if writer_pid is not None else 0
+    in_flight = 0
+    last_run = state.runs[-1].pid if state.runs else None
+    if holder is not None and holder.pid is not None and holder.pid == last_run:
+        in_flight = _in_flight(state)
     counts[UnitState.HELD] -= in_flight
     failed_by_code = state.failed_by_code()
     active = state.active_seconds
@@ -431,10 +435,11 @@ def summarize(
         active_seconds=active,
         rate=state.accepted / active if active > 0 else None,
         next_steps=_next_steps(
-            path, state, counts, failed_by_code, pending, pending_unknown, writer_pid
+            path, state, counts, failed_by_code, pending, pending_unknown, holder
         ),
         pending_unknown=pending_unknown,
-        writer_pid=writer_pid,
+        busy=holder is not None,
+        holder_pid=holder.pid if holder is not None else None,
         in_flight=in_flight,
     )
 
@@ -464,10 +469,10 @@ def status(path: Path) -> StatusSummary:
     """
     _, state = read_state(path)
     pending, unknown = not_sent(state)
-    writer = writer_pid(path)
-    if writer == os.getpid():  # a run summing itself up: nothing of its own is in flight
-        writer = None
-    return summarize(path, state, pending=pending, pending_unknown=unknown, writer_pid=writer)
+    holder = held_by(path)
+    if holder is not None and holder.pid == os.getpid():  # a run summing itself up
+        holder = None
+    return summarize(path, state, pending=pending, pending_unknown=unknown, holder=holder)
 
 
 def status_json(summary: StatusSummary) -> dict[str, Any]:
@@ -480,7 +485,8 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "pending": summary.pending,
         "pending_unknown": summary.pending_unknown,
         "in_flight": summary.in_flight,
-        "writer_pid": summary.writer_pid,
+        "busy": summary.busy,
+        "holder_pid": summary.holder_pid,
         "failed_by_code": summary.failed_by_code,
         "requests": summary.requests,
         "attempts": summary.attempts,
@@ -514,12 +520,18 @@ def render_status(summary: StatusSummary, console: Console) -> None:
     pending = "?" if summary.pending is None else f"{summary.pending:,}"
     table.add_row(f"{summary.done:,}", f"{summary.failed:,}", f"{summary.held:,}", pending)
     console.print(table)
-    if summary.writer_pid is not None:
-        console.print(
-            f"a run (pid {summary.writer_pid}) is writing this journal: "
-            f"{summary.in_flight:,} unit{'' if summary.in_flight == 1 else 's'} in flight (no "
-            "answer yet)"
-        )
+    if summary.busy:
+        who = f" (pid {summary.holder_pid})" if summary.holder_pid is not None else ""
+        if summary.in_flight:
+            console.print(
+                f"a run{who} is writing this journal: {counted(summary.in_flight, 'unit')} in "
+                "flight (no answer yet)"
+            )
+        else:
+            console.print(
+                f"another bulkrerun{who} holds this journal (a run, or a verify): these "
+                "numbers are of this moment"
+            )
     for code, n in summary.failed_by_code.items():
         console.print(f"  failed [red]{escape(code)}[/]: {n:,}")
     if summary.requests:
@@ -1019,9 +1031,29 @@ def write_report(
     """Write the report of the journal at ``path`` in ``fmt``: ``table`` on ``console``;
     ``csv``, ``json`` (JSON lines: one object per request) or ``manifest`` on ``out``.
     Returns the number of rows (entries, for a manifest). Notes go to ``err`` (default:
-    stderr): for now only that a manifest has nothing to rerun, so none is written."""
+    stderr): that a manifest has nothing to rerun, so none is written; that another
+    bulkrerun holds the journal, so the report is of this moment.
+
+    While another bulkrerun holds the journal, a manifest is refused (:class:`BadInput`): a
+    run's requests without an answer yet show as held, and a manifest naming them would,
+    run, send them twice."""
+    notes = sys.stderr if err is None else err
+    holder = held_by(path)
+    if holder is not None:
+        who = f" (pid {holder.pid})" if holder.pid is not None else ""
+        if fmt == "manifest":
+            raise BadInput(
+                f"another bulkrerun{who} holds the journal {path}: a manifest of what failed "
+                "or is held could name requests still in flight, and running it would send "
+                "them twice. Wait for it to end (or stop it), then ask again."
+            )
+        print(
+            f"note: another bulkrerun{who} holds this journal: the report is of this moment, "
+            "and a run's requests without an answer yet show as held.",
+            file=notes,
+        )
     if fmt == "manifest":
-        return _write_manifest(path, out, sys.stderr if err is None else err)
+        return _write_manifest(path, out, notes)
     rows = report_rows(path)
     if fmt == "table":
         return _write_table(rows, console)

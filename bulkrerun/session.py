@@ -92,7 +92,8 @@ def count_units(
             tally[state] += 1
             if should_send(state, flags):
                 counts.to_send += 1
-        if new_windows is not None and chunk.kind == "window" and chunk.id not in units:
+        # A window chunk's one unit is the chunk: ``state`` is the chunk's.
+        if new_windows is not None and state is None and chunk.kind == "window":
             new_windows.add(chunk)
     counts.done = tally[UnitState.DONE]
     counts.failed = tally[UnitState.FAILED]
@@ -153,6 +154,7 @@ class Overlap:
     done: int
     first_ms: int
     last_ms: int
+    timezone: str | None = None  # the entry's, to show the times as it was written
 
 
 def earlier_windows(
@@ -304,6 +306,7 @@ class _NewWindows:
                     done=done[label],
                     first_ms=spans.starts[0],
                     last_ms=spans.ends[-1],
+                    timezone=entry.timezone,
                 )
             )
         return found

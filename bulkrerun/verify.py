@@ -65,6 +65,7 @@ from bulkrerun.select import (
     ListTransport,
     gather_limited,
 )
+from bulkrerun.text import duration
 from bulkrerun.watchlog import WatchRecord, read_watch, watch_path
 
 __all__ = [
@@ -726,7 +727,7 @@ class ListTrouble:
             return None
         self._noticed = now
         return (
-            f"watch: the instance list has been failing for {_duration(failing)} (since "
+            f"watch: the instance list has been failing for {duration(failing)} (since "
             f"{_iso(round(self._since_wall * 1000))}; last: {_what_failed(outcome)}). "
             f"Following goes on until {_iso(round(self._until_wall * 1000))}, when the watch "
             "times out; Ctrl-C stops following, and the reruns already sent stand."
@@ -739,7 +740,7 @@ class ListTrouble:
         if since is None or noticed is None:
             return None
         return (
-            f"watch: the instance list answers again, after {_duration(now - since)} of "
+            f"watch: the instance list answers again, after {duration(now - since)} of "
             "failures; following the reruns goes on."
         )
 
@@ -750,18 +751,6 @@ def _what_failed(o: Outcome) -> str:
     if o.status is None:
         return o.reason
     return " ".join(str(part) for part in (o.status, o.error_code, o.error_msg or o.reason) if part)
-
-
-def _duration(seconds: float) -> str:
-    """``45s``, ``6m30s``, ``1h05m``; whole units, rounded down."""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
 
 
 async def watch(

@@ -279,6 +279,22 @@ def test_verify_of_a_mistyped_journal_exits_2_and_creates_nothing(
     assert not (tmp_path / "nope.journal").exists()
 
 
+def test_verify_without_a_project_says_so_and_leaves_the_journal_alone(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    from bulkrerun.journal import Binding, Journal
+
+    path = tmp_path / "j"
+    Journal.open(path, Binding("p1", "http://127.0.0.1:9"), tool_version="t").close()
+    before = path.read_bytes()
+    result = runner.invoke(
+        app, ["verify", str(path)], env={"BULKRERUN_ENDPOINT": "http://127.0.0.1:9"}
+    )
+    assert result.exit_code == 2, result.output
+    assert "no project ID: set BULKRERUN_PROJECT_ID or --project-id" in result.output
+    assert path.read_bytes() == before
+
+
 def test_an_interrupt_after_a_run_sent_prints_its_resume_command_not_the_raw_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

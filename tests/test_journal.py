@@ -180,6 +180,36 @@ def test_only_a_journal_created_by_this_open_and_left_unused_is_discarded(jpath:
     assert len(lines(jpath)) == 1
 
 
+def test_a_file_a_crash_left_empty_is_not_this_runs_to_discard(jpath: Path) -> None:
+    jpath.write_bytes(b"")  # e.g. --journal "$(mktemp)": there before this run
+    assert not Journal.open(jpath, BINDING, tool_version="0.1.0").discard_if_unused()
+    assert len(lines(jpath)) == 1
+
+
+def test_a_journal_removed_between_open_and_lock_is_opened_afresh(
+    jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run A created the journal; run B opens the path; A records nothing and removes it; B
+    # then gets the lock on a file no longer there. B must not journal into that.
+    first = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    real = journal_module._open_file
+    calls = 0
+
+    def racing(path: Path, create: bool) -> tuple[int, bool]:
+        nonlocal calls
+        calls += 1
+        opened = real(path, create)
+        if calls == 1:
+            assert first.discard_if_unused()  # A leaves between B's open and B's lock
+        return opened
+
+    monkeypatch.setattr(journal_module, "_open_file", racing)
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as second:
+        assert calls == 2
+        assert os.fstat(second._fd or -1).st_ino == jpath.stat().st_ino
+    assert len(lines(jpath)) == 1
+
+
 def test_opening_only_what_is_there_refuses_a_missing_journal(jpath: Path) -> None:
     with pytest.raises(BadInput, match=f"no journal at {re.escape(str(jpath))}"):
         Journal.open(jpath, BINDING, tool_version="0.1.0", create=False)

@@ -18,7 +18,7 @@ from rich.console import Console
 
 import bulkrerun.report as report_module
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id, instance_unit_id
-from bulkrerun.journal import Binding, Journal, RunInfo, UnitState, read_state
+from bulkrerun.journal import Binding, Holder, Journal, RunInfo, UnitState, read_state
 from bulkrerun.manifest import load_manifest
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.planner import SelectedInstance, plan
@@ -167,12 +167,22 @@ def test_while_a_run_writes_only_its_own_unanswered_requests_are_in_flight(
 
     run_journal(journal_path, second_run)
     _, state = read_state(journal_path)
-    live = summarize(journal_path, state, pending=1, writer_pid=4242)
-    assert (live.held, live.in_flight, live.writer_pid) == (1 + 3, 1, 4242)
-    assert len(live.next_steps) == 1 and "a run (pid 4242) is writing" in live.next_steps[0]
-    # Nobody writing: what has no answer is held, whoever sent it.
+    run_pid = state.runs[-1].pid  # the run record's: this process
+    assert run_pid is not None
+    live = summarize(journal_path, state, pending=1, holder=Holder(run_pid))
+    assert (live.held, live.in_flight, live.busy, live.holder_pid) == (1 + 3, 1, True, run_pid)
+    assert live.next_steps == [
+        f"wait for it to end, or stop it (Ctrl-C where it runs, or kill -TERM {run_pid}: a run "
+        f"finishes the requests in flight), then ask again: bulkrerun status {journal_path}"
+    ]
+    # Held by another bulkrerun (a verify, a run still starting): it sends nothing, so what
+    # has no answer is held, as when nobody holds the journal.
+    for holder in (Holder(run_pid + 1), Holder(None)):
+        other = summarize(journal_path, state, pending=1, holder=holder)
+        assert (other.held, other.in_flight, other.busy) == (1 + 3 + 1, 0, True)
+        assert other.next_steps[0].startswith("wait for it to end")
     ended = summarize(journal_path, state, pending=1)
-    assert (ended.held, ended.in_flight, ended.writer_pid) == (1 + 3 + 1, 0, None)
+    assert (ended.held, ended.in_flight, ended.busy, ended.holder_pid) == (5, 0, False, None)
 
 
 def test_status_json_has_integer_counts(journal_path: Path) -> None:

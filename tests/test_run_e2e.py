@@ -642,18 +642,18 @@ def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
     with a_run_in_flight(cli, fake_service, tmp_path) as (proc, j, s):
-        assert s["writer_pid"] == proc.pid
+        assert (s["busy"], s["holder_pid"]) == (True, proc.pid)
         assert s["held"] == 0  # in flight, not held: their answers are on the way
         assert 1 <= s["in_flight"] <= 4 + 2  # the sends, and the intents written ahead
         assert s["done"] + s["in_flight"] + s["pending"] == 60
         assert s["next_steps"] == [
-            f"a run (pid {proc.pid}) is writing this journal, so these numbers are of this "
-            "moment: wait for it to end, or stop it (Ctrl-C where it runs, or kill -TERM "
-            f"{proc.pid}: it finishes the requests in flight), then ask again: bulkrerun "
-            f"status {j}"
+            f"wait for it to end, or stop it (Ctrl-C where it runs, or kill -TERM {proc.pid}: "
+            f"a run finishes the requests in flight), then ask again: bulkrerun status {j}"
         ]
+        shown = cli("status", str(j)).stdout
+        assert f"a run (pid {proc.pid}) is writing this journal: " in shown
     after = status_of(cli, j)
-    assert after["writer_pid"] is None and after["in_flight"] == 0
+    assert (after["busy"], after["holder_pid"], after["in_flight"]) == (False, None, 0)
     assert after["done"] + after["held"] + after["pending"] == 60
 
 
@@ -663,16 +663,37 @@ def test_a_report_during_a_run_says_so_and_its_manifest_is_refused(
     with a_run_in_flight(cli, fake_service, tmp_path) as (proc, j, _):
         table = cli("report", str(j), "--format", "csv")
         assert table.returncode == 0, table.stderr
-        assert f"a run (pid {proc.pid}) is writing this journal" in table.stderr
+        assert f"another bulkrerun (pid {proc.pid}) holds this journal" in table.stderr
         assert table.stdout.startswith("chunk,")
         # Requests in flight would be in it as held: run, they would be sent twice.
         manifest = cli("report", str(j), "--format", "manifest")
         assert manifest.returncode == 2
-        assert (manifest.stdout, manifest.stderr.count("would name requests still in flight")) == (
+        assert (manifest.stdout, manifest.stderr.count("could name requests still in flight")) == (
             "",
             1,
         )
-    assert "is writing" not in cli("report", str(j)).stderr
+    assert "holds this journal" not in cli("report", str(j)).stderr
+
+
+def test_status_while_verify_holds_the_journal_keeps_held_units_held(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # Both reruns are accepted and their connections dropped (held); verify then lists
+    # their instances, each answer 3 s late: it holds the journal meanwhile, sending nothing.
+    srv = fake_service("--drop-after-accept", "1", "--latency-ms", "3000")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 2, "1h"))
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 1
+    proc = cli.popen("verify", str(j), url=srv.url)
+    try:
+        deadline = time.monotonic() + 60
+        while not (s := status_of(cli, j))["busy"]:
+            assert time.monotonic() < deadline, "verify never held the journal"
+            time.sleep(0.1)
+        assert (s["holder_pid"], s["held"], s["in_flight"]) == (proc.pid, 2, 0)
+        assert s["next_steps"][0].startswith("wait for it to end")
+    finally:
+        proc.communicate(timeout=60)
 
 
 def test_the_log_file_opens_and_closes_with_the_run_as_a_whole(

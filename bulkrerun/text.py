@@ -1,0 +1,16 @@
+"""Wording shared by what the operator reads: a count with its noun, a duration."""
+
+from __future__ import annotations
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 unit``, ``1,204 units``: the noun's plural is the noun and an ``s``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``6m30s``, ``1h05m00s``; to the nearest second."""
+    whole = round(seconds)
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
