@@ -860,20 +860,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _lock_holder(fd: int) -> int | None:
-    """Best effort: the pid holding a flock on ``fd``'s file, from Linux's /proc/locks."""
+def _flock_pids(fd: int) -> list[int] | None:
+    """The pids holding a flock on ``fd``'s file, from Linux's /proc/locks (0 for a holder
+    outside this pid namespace); None when /proc/locks cannot be read."""
     try:
         st = os.fstat(fd)
         key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            for row in f:
-                parts = row.split()
-                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == key:
-                    return int(parts[4])
+            # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters read "1: -> FLOCK".
+            return [
+                int(parts[4])
+                for parts in map(str.split, f)
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == key
+            ]
     except (OSError, ValueError):
         return None
-    return None
+
+
+def _lock_holder(fd: int) -> int | None:
+    """Best effort: the pid holding a flock on ``fd``'s file."""
+    return next((pid for pid in _flock_pids(fd) or () if pid), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -885,21 +891,26 @@ class Holder:
 
 def held_by(path: Path) -> Holder | None:
     """The bulkrerun holding the journal at ``path`` (its lock) right now, None when none
-    does. Probes with a shared lock it drops at once (so a run starting at that very instant
-    may be told the journal is in use); the pid comes from Linux's /proc/locks, best effort."""
+    does. Read from Linux's /proc/locks, which takes no lock. Where that cannot be read, a
+    shared lock is tried and dropped at once (a run starting at that very instant would be
+    told the journal is in use), and the pid is not known."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return Holder(_lock_holder(fd))
-    except OSError:
+        pids = _flock_pids(fd)
+        if pids is not None:
+            return Holder(next((pid for pid in pids if pid), None)) if pids else None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return Holder(None)
+        except OSError:
+            return None
         return None
     finally:
-        os.close(fd)  # also drops the probe's lock
-    return None
+        os.close(fd)  # also drops a probe's lock
 
 
 class _Removed(Exception):

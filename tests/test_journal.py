@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -29,9 +30,11 @@ from bulkrerun.chunk import Chunk, canonical_json, chunk_id, instance_unit_id
 from bulkrerun.errors import BadInput, Fatal, JournalCorrupt, JournalMismatch
 from bulkrerun.journal import (
     Binding,
+    Holder,
     Journal,
     RunInfo,
     UnitState,
+    held_by,
     read_records_at,
     read_state,
 )
@@ -178,6 +181,25 @@ def test_only_a_journal_created_by_this_open_and_left_unused_is_discarded(jpath:
     Journal.open(jpath, BINDING, tool_version="0.1.0").close()
     assert not Journal.open(jpath, BINDING, tool_version="0.1.0").discard_if_unused()
     assert len(lines(jpath)) == 1
+
+
+def test_who_holds_a_journal_is_read_without_taking_its_lock(
+    jpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert held_by(jpath) is None  # no journal there
+    with Journal.open(jpath, BINDING, tool_version="0.1.0"):
+        locks: list[int] = []
+        real = fcntl.flock
+        monkeypatch.setattr(fcntl, "flock", lambda fd, op: locks.append(op) or real(fd, op))
+        assert held_by(jpath) == Holder(os.getpid())
+        assert locks == []  # read from /proc/locks: a run opening it meanwhile is not refused
+        monkeypatch.undo()
+    assert held_by(jpath) is None
+    # Where /proc/locks cannot be read: a shared lock is tried, and the pid is not known.
+    monkeypatch.setattr(journal_module, "_flock_pids", lambda fd: None)
+    with Journal.open(jpath, BINDING, tool_version="0.1.0"):
+        assert held_by(jpath) == Holder(None)
+    assert held_by(jpath) is None
 
 
 def test_a_file_a_crash_left_empty_is_not_this_runs_to_discard(jpath: Path) -> None:
