@@ -445,15 +445,20 @@ def _make_auth(settings: Any) -> Any:
     )
 
 
+def _project_id(settings: Any) -> str:
+    """The project ID every command that talks to the service needs: exit 2 without one."""
+    if not settings.project_id:
+        raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
+    return str(settings.project_id)
+
+
 def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
     from bulkrerun.settings import resolve_endpoint
     from bulkrerun.transport import HttpTransport
 
-    if not settings.project_id:
-        raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
     return HttpTransport(
         endpoint=endpoint or resolve_endpoint(settings),
-        project_id=settings.project_id,
+        project_id=_project_id(settings),
         auth=_make_auth(settings),
         timeout=settings.timeout,
         max_inflight=settings.max_inflight,
@@ -1057,8 +1062,7 @@ def run(
         from bulkrerun.settings import resolve_endpoint
 
         resolved = resolve_endpoint(settings)
-        if not settings.project_id:
-            raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
+        _project_id(settings)
         _make_auth(settings)  # credentials are checked before anything else happens
         resume = _resume_command(
             manifest,
@@ -1199,8 +1203,7 @@ def verify(
         from bulkrerun.settings import resolve_endpoint
 
         resolved = resolve_endpoint(settings)
-        if not settings.project_id:  # before the journal, which is bound to a project
-            raise SettingsError("no project ID: set BULKRERUN_PROJECT_ID or --project-id")
+        _project_id(settings)  # before the journal, which is bound to a project
         code = anyio.run(_verify_only, journal, settings, resolved, backend="asyncio")
     except BulkrerunError as exc:
         raise _fail(exc) from None
