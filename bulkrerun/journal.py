@@ -888,6 +888,11 @@ class Holder:
 
     pid: int | None
 
+    @property
+    def who(self) -> str:
+        """``another bulkrerun (pid 4242)``, or without the pid when it is not known."""
+        return "another bulkrerun" + (f" (pid {self.pid})" if self.pid is not None else "")
+
 
 def held_by(path: Path) -> Holder | None:
     """The bulkrerun holding the journal at ``path`` (its lock) right now, None when none

@@ -520,18 +520,16 @@ def render_status(summary: StatusSummary, console: Console) -> None:
     pending = "?" if summary.pending is None else f"{summary.pending:,}"
     table.add_row(f"{summary.done:,}", f"{summary.failed:,}", f"{summary.held:,}", pending)
     console.print(table)
-    if summary.busy:
-        who = f" (pid {summary.holder_pid})" if summary.holder_pid is not None else ""
-        if summary.in_flight:
-            console.print(
-                f"a run{who} is writing this journal: {counted(summary.in_flight, 'unit')} in "
-                "flight (no answer yet)"
-            )
-        else:
-            console.print(
-                f"another bulkrerun{who} holds this journal (a run, or a verify): these "
-                "numbers are of this moment"
-            )
+    if summary.in_flight:  # counted only when the holder's pid is the last run's
+        console.print(
+            f"a run (pid {summary.holder_pid}) is writing this journal: "
+            f"{counted(summary.in_flight, 'unit')} in flight (no answer yet)"
+        )
+    elif summary.busy:
+        console.print(
+            f"{Holder(summary.holder_pid).who} holds this journal (a run, or a verify): these "
+            "numbers are of this moment"
+        )
     for code, n in summary.failed_by_code.items():
         console.print(f"  failed [red]{escape(code)}[/]: {n:,}")
     if summary.requests:
@@ -1040,15 +1038,14 @@ def write_report(
     notes = sys.stderr if err is None else err
     holder = held_by(path)
     if holder is not None:
-        who = f" (pid {holder.pid})" if holder.pid is not None else ""
         if fmt == "manifest":
             raise BadInput(
-                f"another bulkrerun{who} holds the journal {path}: a manifest of what failed "
+                f"{holder.who} holds the journal {path}: a manifest of what failed "
                 "or is held could name requests still in flight, and running it would send "
                 "them twice. Wait for it to end (or stop it), then ask again."
             )
         print(
-            f"note: another bulkrerun{who} holds this journal: the report is of this moment, "
+            f"note: {holder.who} holds this journal: the report is of this moment, "
             "and a run's requests without an answer yet show as held.",
             file=notes,
         )
