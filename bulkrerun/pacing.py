@@ -120,6 +120,37 @@ MAX_CUT = 0.5
 than a measured admitted rate. Also the step for a second fresh 429 with nothing measured
 in between, as in AIMD: 370 req/s meets a quota of 50 within a few 429s."""
 
+BACKGROUND_BAND = 0.97
+"""Answers to what was sent while the rate climbed back below 97 % of the limit (CUBIC's
+W_max) measure the *background*: the share of 429s our rate does not cause. Under a real
+quota the limit sits at it, so those sends are admitted; 429s that come from other clients
+or a gateway's whims come at any rate, and come there too."""
+
+BACKGROUND_LIMITS = 3
+"""...below 97 % of the lowest of the last three limits, in fact: a gateway with a burst lets
+a rate past its quota for a while, and a limit set then lies above the quota."""
+
+BACKGROUND_SETTLED = 0.8
+"""...and only once the rate has settled near the quota: after a decrease that took the
+usual step, with at least 80 % of the window's answers admitted, to a limit at least 80 %
+of the one before. On the way down from a rate far above the quota the limit is still
+above it, and what is sent below the limit is refused for being too fast."""
+
+BACKGROUND_ANSWERS = 400
+"""The background share is a moving average over about the last 400 such answers (older
+ones weigh less and less), so it follows a background that changes."""
+
+BACKGROUND_MIN_ANSWERS = 50
+BACKGROUND_MIN_SHARE = 0.01
+"""The background is believed from 50 answers on, and only at 1 % or more: below that,
+every fresh 429 lowers the rate as before, and 1 % costs little (87-98 % of the rate)."""
+
+BACKGROUND_Z = 2.0
+"""A fresh 429 the background explains lowers nothing: the window's 429s are at most the
+background's share of its answers plus two standard deviations. At 3 % over 50 answers,
+four 429s are already too many; over a real quota the rate then probes a few per cent
+past it before it turns back."""
+
 MIN_RATE = 0.1
 """Never pace slower than one request per 10 s: a quota taken entirely by other clients then
 costs one 429 per 10 s while the rate waits for room."""
@@ -295,6 +326,11 @@ class _AnswerMeter:
             return None
         return sum(admitted for _, admitted in answers) / len(answers)
 
+    def refused(self, since: float) -> tuple[int, int]:
+        """``(answers, refused)`` among the attempts sent after ``since``."""
+        answers = self._answers[bisect.bisect_right(self._answers, (since, True)) :]
+        return len(answers), sum(not admitted for _, admitted in answers)
+
     def admitted_rate(self, since: float) -> float | None:
         """Admitted sends per second among those sent at or after ``since``, or None when
         too few. Measured between the first and last of them (n - 1 intervals), so a
@@ -349,9 +385,22 @@ class AdaptiveRate:
     they did. A statement below the current rate makes its 429 fresh even if stale, and
     caps the limit: the rate drops to at most ``BETA`` times the stated limit at once,
     instead of coming down by halves over several 429s, and climbs back to it, not past it.
+
+    Some 429s have nothing to do with our rate: another client's burst, a gateway refusing
+    a share of requests at random. Each one used to lower the limit to the rate of the
+    moment, so at 3 % the next came before the rate had climbed back, and the rate sank
+    step by step towards the floor (15 req/s became 5 within a minute). What tells such
+    429s from a quota is whether they come at lower rates too: answers to sends made while
+    the rate climbs back below the limit (``BACKGROUND_BAND``) measure the *background*
+    share, which a quota leaves near zero. A fresh 429 that the background explains
+    (``BACKGROUND_Z``) is counted in ``background`` and lowers nothing; more 429s than it
+    explains, or a stated limit below the rate, lower the rate as above.
     """
 
     __slots__ = (
+        "_band",
+        "_bg_answers",
+        "_bg_refused",
         "_ceiling",
         "_climb",
         "_configured",
@@ -359,10 +408,13 @@ class AdaptiveRate:
         "_episode",
         "_last_throttle",
         "_limit",
+        "_limits",
         "_meter",
         "_rate",
+        "_settled",
         "_since",
         "_stated",
+        "background",
         "decreases",
         "stale",
     )
@@ -377,6 +429,13 @@ class AdaptiveRate:
         self._cubic = 0.0
         self._episode = -math.inf  # when the first 429 of the current run of 429s was sent
         self._last_throttle = -math.inf
+        # The background: answers below the limit while climbing back, and those refused,
+        # as moving sums (BACKGROUND_ANSWERS).
+        self._bg_answers = self._bg_refused = 0.0
+        self._settled = False  # whether the rate has settled near the limit (see above)
+        self._limits: deque[float] = deque(maxlen=BACKGROUND_LIMITS)  # the last limits
+        self._band = 0.0  # sends below this rate measure the background, once settled
+        self.background = 0  # fresh 429s the background explained
         self.decreases = 0
         self.stale = 0
 
@@ -400,6 +459,8 @@ class AdaptiveRate:
         self._meter.add(sent_at, True, now)
         if self._limit is None:
             return False
+        if self._settled and sent_at >= self._since and self._rate < self._band:
+            self._below(refused=False)
         t = now - self._since - self._climb
         target = min(self._ceiling, self._limit * (1.0 + self._cubic * t**3))
         if target <= self._rate:
@@ -421,10 +482,26 @@ class AdaptiveRate:
         if sent_at < self._since and self._rate <= self._ceiling:
             self.stale += 1
             return False
+        if self._settled and self._rate < self._band:
+            self._below(refused=True)
+        if (stated is None or stated >= self._rate) and self._explained(window):
+            self.background += 1
+            return False
         limit, cut = self._estimate(window)
         # At most the rate, and at most the ceiling: a stated limit below the rate is the
         # limit, whatever the measurements make of answers to a rate far above it.
-        self._limit = min(self._rate, limit, self._ceiling)
+        limit = min(self._rate, limit, self._ceiling)
+        share = self._meter.admitted_share(window)
+        self._settled = (
+            cut == BETA
+            and share is not None
+            and share >= BACKGROUND_SETTLED
+            and self._limit is not None
+            and limit >= BACKGROUND_SETTLED * self._limit
+        )
+        self._limit = limit
+        self._limits.append(limit)
+        self._band = BACKGROUND_BAND * min(self._limits)
         self._rate = min(self._ceiling, max(MIN_RATE, cut * self._limit))
         # CUBIC's C, relative to the limit: the usual step climbs back in a second, or in
         # CLIMB_ANSWERS requests at the limit if that is longer. Then K for this cut: the
@@ -435,6 +512,23 @@ class AdaptiveRate:
         self._since = now
         self.decreases += 1
         return True
+
+    def _below(self, *, refused: bool) -> None:
+        """Count one fresh answer to a send made below the limit, while climbing back."""
+        keep = 1.0 - 1.0 / BACKGROUND_ANSWERS
+        self._bg_answers = self._bg_answers * keep + 1.0
+        self._bg_refused = self._bg_refused * keep + refused
+
+    def _explained(self, window: float) -> bool:
+        """Whether the background explains the window's 429s (see the class docstring)."""
+        if self._bg_answers < BACKGROUND_MIN_ANSWERS:
+            return False
+        share = self._bg_refused / self._bg_answers
+        if share < BACKGROUND_MIN_SHARE:
+            return False
+        answers, refused = self._meter.refused(window)
+        expected = answers * share
+        return refused <= expected + BACKGROUND_Z * math.sqrt(expected * (1.0 - share))
 
     def _estimate(self, window: float) -> tuple[float, float]:
         """``(limit, cut)`` at a fresh 429: what the gateway seems to let through, and the
@@ -791,6 +885,8 @@ class PacingStats:
     final_failed: int
     stated_limit: float | None = None
     """The limit (req/s) the gateway's latest 429 stated, None until one did."""
+    background_throttles: int = 0
+    """Fresh 429s the background share explained, which lowered nothing."""
 
 
 # The outcome kinds on_outcome asks about, bound once: an enum member read through its class
@@ -1033,6 +1129,7 @@ class Pacer:
             final_ok=self._final_ok,
             final_failed=self._final_failed,
             stated_limit=adaptive.stated if adaptive is not None else None,
+            background_throttles=adaptive.background if adaptive is not None else 0,
         )
 
     def _set_rate(self, rate: float, now: float) -> None:

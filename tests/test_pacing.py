@@ -411,6 +411,70 @@ def test_sporadic_429s_do_not_collapse_the_rate(seed: int, rate: float) -> None:
     assert accepted >= 0.85 * 1500
 
 
+def _background_run(seed: int, rate: float, quota: float | None, p429: float) -> SimResult:
+    """1,500 requests' worth of time at ``rate`` (or the quota), twice over, ``p429`` of the
+    answers a 429 at random that no rate of ours causes."""
+    pacer = Pacer(PacingConfig(rate=rate), rng=random.Random(seed))
+    seconds = 3000 / min(rate, quota or rate)
+    return simulate(pacer, quota=quota, p429=p429, seconds=seconds, seed=seed)
+
+
+# Each 429 used to lower the limit to the rate of the moment; at 3 % the next came before
+# the climb back was over, and the rate sank step by step: 15 req/s became 5 in a minute,
+# and these runs accepted 14-67 % of the rate. The background takes some fifty answers
+# below the limit to learn (longest at 2 req/s), and a run of 429s it does not explain
+# still lowers the rate, hence the bounds, looser at 5 %. Of seeds 3-15, two runs at 2 req/s
+# fall just short (a rate of 0.64 at 5 %, 61 % accepted at 3 %).
+@pytest.mark.parametrize(("p429", "floor"), [(0.03, 0.75), (0.05, 0.65)])
+@pytest.mark.parametrize("rate", [50.0, 15.0, 2.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_steady_random_429s_do_not_ratchet_the_rate_down(
+    seed: int, rate: float, p429: float, floor: float
+) -> None:
+    result = _background_run(seed, rate, None, p429)
+    seconds = result.rates[-1][0]
+    second_half = [r for t, r in result.rates if t >= seconds / 2]
+    assert statistics.mean(second_half) >= floor * rate
+    assert result.accepted >= (floor - 0.15) * rate * seconds
+    assert result.throttled <= 1.5 * p429 * result.sent  # the background's, give or take
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_429s_over_a_real_quota_do_not_let_the_rate_hammer_it(seed: int) -> None:
+    """The background explains the random 429s only: probing past the quota adds 429s
+    above it, and the rate turns back. Seeds 0-15: 3.9-9.0 % 429s in all, 3 % of them the
+    background's, and 63-78 % of the quota used; before, 2.8-4.1 % and 29-70 %."""
+    result = _background_run(seed, 370.0, 50.0, 0.03)
+    seconds = result.rates[-1][0]
+    assert result.throttled <= 0.1 * result.sent
+    assert max(r for t, r in result.rates if t >= 5.0) <= 1.5 * 50.0
+    assert result.accepted >= 0.6 * 50.0 * seconds
+
+
+def test_a_429_the_background_explains_lowers_nothing_and_a_run_of_them_does() -> None:
+    adaptive, rng = AdaptiveRate(10.0), random.Random(0)
+    t, late = 0.0, []
+    while t < 300.0:  # 4 % of the answers a 429 at random, at the rate of the moment
+        if rng.random() < 0.04:
+            adaptive.on_throttle(t + 0.02, t)
+        else:
+            adaptive.on_success(t + 0.02, t)
+        if t >= 200.0:
+            late.append(adaptive.rate)
+        t += 1 / adaptive.rate
+    assert adaptive.background > 0
+    assert statistics.mean(late) >= 0.85 * 10.0
+    rate, decreases, background = adaptive.rate, adaptive.decreases, adaptive.background
+    assert adaptive.on_throttle(t + 0.02, t) is False  # one more: the background's
+    assert (adaptive.rate, adaptive.decreases) == (rate, decreases)
+    assert adaptive.background == background + 1
+    for _ in range(10):  # a run of them is not
+        t += 1 / adaptive.rate
+        adaptive.on_throttle(t + 0.02, t)
+    assert adaptive.decreases > decreases
+    assert adaptive.rate < rate
+
+
 # --- a limit the gateway states ---------------------------------------------------------------
 
 
