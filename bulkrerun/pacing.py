@@ -552,6 +552,11 @@ class AdaptiveRate:
             # run) takes the usual step. Halving would cost a long climb back whenever the
             # rate was right and the 429 came from jitter or from another client.
             return max(admitted, self._rate), BETA
+        if self._stated is not None and self._rate <= self._stated:
+            # Below a stated limit already, the rate is not far too fast: a 429 for the
+            # first sends after the cut to it is the gateway's bucket, still empty from
+            # the rate before, and halving it took the demo from 15 req/s to 7 at once.
+            return self._rate, BETA
         return self._rate, MAX_CUT  # a second fresh 429 in a row: still far too fast
 
 

@@ -28,6 +28,7 @@ from bulkrerun.pacing import (
     CLIMB_SECONDS,
     ESTIMATE_ANSWERS,
     LATE_FORGIVEN,
+    MAX_CUT,
     MAX_WAIT,
     RETRY_AFTER_CAP,
     RETRY_BUDGET_CAPACITY,
@@ -517,6 +518,22 @@ def test_a_burst_of_429s_stating_the_limit_is_one_decrease() -> None:
     stats = pacer.stats(0.2)
     assert pacer.current_rate == pytest.approx(BETA * 50.0)
     assert (stats.decreases, stats.stale_throttles) == (1, 29)
+
+
+def test_a_429_just_after_the_cut_to_a_stated_limit_takes_the_usual_step_not_half() -> None:
+    """The gateway's bucket is still empty from the rate before the cut: the first send
+    after it may be refused too. It used to halve the rate (15 req/s to 7 in the demo):
+    with nothing measured in between, a second fresh 429 meant "still far too fast"."""
+    pacer = _pacer(rate=40.0)
+    pacer.on_outcome(stating(15), 0.021, sent_at=0.001)
+    cut = pacer.current_rate
+    assert cut == pytest.approx(BETA * 15.0)
+    pacer.on_outcome(stating(15), 0.03, sent_at=0.03)  # sent after the cut: fresh
+    assert pacer.current_rate == pytest.approx(BETA * cut)
+    unstated = _pacer(rate=40.0)  # without a statement, it still halves
+    unstated.on_outcome(THROTTLED, 0.021, sent_at=0.001)
+    unstated.on_outcome(THROTTLED, 0.03, sent_at=0.03)
+    assert unstated.current_rate == pytest.approx(MAX_CUT * BETA * 40.0)
 
 
 @pytest.mark.parametrize(("configured", "lifted"), [(50.0, 8.0), (6.0, 6.0)])
