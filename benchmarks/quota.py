@@ -8,6 +8,10 @@ client has into 429s.) bulkrerun runs with the rate set right (50/s) and far too
 flight. Utilisation = accepted requests per second over the run (first intent to last
 outcome, from the journal) / 50; the 429 share = attempts answered 429 / all attempts.
 Goals: set right >= 97 % and <= 1 % 429s; set far too high >= 90 % and <= 5 % 429s.
+A third row sets the rate right while the service also answers 3 % of requests 429 at
+random (``--p429 0.03``: other clients sharing the quota, which must not pass for a quota);
+its bar, >= 90 % and <= 5 % 429s, is ours. Before the pacer told such 429s from a quota, a
+run of 2,000 requests reached 31 % (15.3/s).
 Medians of 3 runs (``--reps``). Single runs with the rate set right measured from 90.4 % to
 100 % on the development machine in one day; in the one kept with 429s (98.7 %), the
 service answered two 429s 7 ms apart in the middle of an even 50/s.
@@ -51,19 +55,23 @@ def main() -> int:
     a = p.parse_args()
     rows = []
     ok = True
-    goals = {50.0: (0.97, 0.01), 370.0: (0.90, 0.05)}
+    cases = [  # label, rate, fake-server faults, goal: utilisation at least, 429s at most
+        ("rate set to 50/s", 50.0, [], 0.97, 0.01, ""),
+        ("rate set to 370/s", 370.0, [], 0.90, 0.05, ""),
+        ("50/s, 3 % random 429s", 50.0, ["--p429", "0.03", "--seed", "3"], 0.90, 0.05, " (ours)"),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         m = window_manifest(d / "quota.toml", a.n, "quota_job")
-        for rate, (min_util, max_429) in goals.items():
+        for n, (label, rate, faults, min_util, max_429, whose) in enumerate(cases):
             utils, shares = [], []
             for rep in range(a.reps):
                 with fake_server(
                     "--ak", AK, "--sk", SK, "--rate-limit", str(LIMIT), "--rate-burst", "5",
                     "--latency-ms", "20",
-                    "--no-retry-after",
+                    "--no-retry-after", *faults,
                 ) as url:  # fmt: skip
-                    j = d / f"j-{rate}-{rep}"
+                    j = d / f"j-{n}-{rep}"
                     t = timed(
                         [PY, "-m", "bulkrerun", "run", str(m), "--journal", str(j),
                          "--endpoint", url, "--rate", str(rate), "--max-inflight", "64",
@@ -81,8 +89,8 @@ def main() -> int:
             good = util >= min_util and share <= max_429
             ok &= good
             rows.append([
-                f"rate set to {rate:g}/s", f"{util * LIMIT:.1f}", f"{util:.1%}", f"{share:.2%}",
-                f">= {min_util:.0%}, <= {max_429:.0%} 429s " + ("PASS" if good else "FAIL"),
+                label, f"{util * LIMIT:.1f}", f"{util:.1%}", f"{share:.2%}",
+                f">= {min_util:.0%}, <= {max_429:.0%} 429s{whose} " + ("PASS" if good else "FAIL"),
             ])  # fmt: skip
     print(table(
         f"quota utilisation: service limit {LIMIT:g}/s, 20 ms latency, {a.n:,} requests, "
