@@ -410,10 +410,8 @@ def summarize(
     (its pid is the run record's), its requests without an answer yet are in flight, not
     held; a verify, or a run still starting, sends nothing, and held units stay held."""
     counts = state.counts()
-    in_flight = 0
-    last_run = state.runs[-1].pid if state.runs else None
-    if holder is not None and holder.pid is not None and holder.pid == last_run:
-        in_flight = _in_flight(state)
+    since = _flying_since(state, holder)
+    in_flight = _in_flight(state, since) if since is not None else 0
     counts[UnitState.HELD] -= in_flight
     failed_by_code = state.failed_by_code()
     active = state.active_seconds
@@ -444,17 +442,29 @@ def summarize(
     )
 
 
-def _in_flight(state: JournalState) -> int:
-    """Units of the requests the last run sent and has no answer for yet: while that run
-    goes on, they are in flight. (Requests an earlier run left without an answer are held.)"""
-    if not state.runs:
-        return 0
-    since = state.runs[-1].wall
+def _flying_since(state: JournalState, holder: Holder | None) -> float | None:
+    """When the last run started, if it is the ``holder`` of the journal (its pid is the run
+    record's): the requests it sent since and has no answer for are in flight. None
+    otherwise: a verify, or a run still starting, sends nothing, and what has no answer is
+    held. (Requests an earlier run left without an answer are held either way.)"""
+    if holder is None or holder.pid is None or not state.runs:
+        return None
+    last = state.runs[-1]
+    return last.wall if last.pid == holder.pid else None
+
+
+def _flying(info: ChunkInfo, since: float | None) -> bool:
+    """Whether the request ``info`` is in flight (see :func:`_flying_since`)."""
+    return since is not None and info.state is None and info.last_wall >= since
+
+
+def _in_flight(state: JournalState, since: float) -> int:
+    """Units of the requests in flight (see :func:`_flying_since`)."""
     units = state.units
     flying = {
         unit
         for info in state.chunks.values()
-        if info.state is None and info.last_wall >= since
+        if _flying(info, since)
         for unit in info.units
         if units.get(unit) is UnitState.HELD
     }
@@ -616,16 +626,22 @@ REPORT_COLUMNS = (
 are only ever added at the end, so that scripts keep working."""
 
 
-def _row_state(info: ChunkInfo) -> str:
+def _row_state(info: ChunkInfo, flying: bool) -> str:
     if info.state is None:
-        return "held"  # sent, and no outcome was recorded (the run was killed)
+        # Sent, and no outcome recorded: the run that sent it is still waiting for the
+        # answer, or it was killed.
+        return "in flight" if flying else "held"
     if info.state in ("retry", "pending"):
         return "pending"
     return info.state
 
 
-def _current(info: ChunkInfo, units: dict[str, UnitState]) -> str:
-    tally = Counter(str(units.get(u, "pending")) for u in info.units)
+def _current(info: ChunkInfo, units: dict[str, UnitState], flying: bool) -> str:
+    held = "in flight" if flying else "held"
+    tally = Counter(
+        held if (state := units.get(u)) is UnitState.HELD else str(state or "pending")
+        for u in info.units
+    )
     if len(tally) == 1:
         return next(iter(tally))
     return ", ".join(f"{s} {n}" for s, n in sorted(tally.items()))
@@ -683,7 +699,10 @@ def _row(
     intent: dict[str, Any],
     outcome: dict[str, Any] | None,
     units: dict[str, UnitState],
+    flying: bool = False,
 ) -> ReportRow:
+    """The report's row of one request; ``flying``: it is in flight (see
+    :func:`_flying_since`)."""
     body = intent.get("body") or {}
     tasks = body.get("task_retrys")
     o = outcome or {}
@@ -698,21 +717,27 @@ def _row(
         end_ms=int(end) if end is not None else None,
         instances=len(tasks) if isinstance(tasks, list) else None,
         attempts=info.attempts,
-        state=_row_state(info),
-        current=_current(info, units),
+        state=_row_state(info, flying),
+        current=_current(info, units, flying),
         status=int(o["status"]) if o.get("status") is not None else None,
         error_code=_opt_str(o.get("error_code")),
         error_msg=_opt_str(o.get("error_msg")),
         request_id=_opt_str(o.get("request_id")),
-        reason=_opt_str(o.get("reason")) if outcome is not None else "sent; no outcome recorded",
+        reason=_opt_str(o.get("reason"))
+        if outcome is not None
+        else "sent; no answer yet"
+        if flying
+        else "sent; no outcome recorded",
         last_wall=info.last_wall,
     )
 
 
-def report_rows(path: Path) -> Iterator[ReportRow]:
+def report_rows(path: Path, holder: Holder | None = None) -> Iterator[ReportRow]:
     """One row per request recorded in the journal at ``path``, in the order first sent,
     with how a verification decided its units, if one did, and the final instance statuses
-    ``run --watch`` saw, when it ran.
+    ``run --watch`` saw, when it ran. ``holder``: another bulkrerun holding the journal;
+    when it is the last run, its requests without an answer yet are ``in flight``, not
+    ``held``.
 
     Verifications come with the replay (:attr:`JournalState.verified`), so this reads the
     journal once, plus the intent and outcome lines of each request at their offsets.
@@ -720,8 +745,9 @@ def report_rows(path: Path) -> Iterator[ReportRow]:
     _, state = read_state(path)
     watched = read_watch(path)
     verified = state.verified
+    since = _flying_since(state, holder)
     for info, intent, outcome in _details(path, state):
-        row = _row(info, intent, outcome, state.units)
+        row = _row(info, intent, outcome, state.units, _flying(info, since))
         if verified and (decided := _verification(info, state.units, verified)) is not None:
             row = dataclasses.replace(row, verify_state=decided[0], verify_evidence=decided[1])
         if watched:
@@ -776,7 +802,13 @@ def _what(row: ReportRow) -> str:
     return ""
 
 
-_STATE_STYLE = {"done": "green", "failed": "red", "held": "yellow", "pending": "cyan"}
+_STATE_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "held": "yellow",
+    "in flight": "blue",
+    "pending": "cyan",
+}
 
 
 # The table's columns, each with the widest it may get. ``None``: always shown in full
@@ -1045,13 +1077,13 @@ def write_report(
                 "them twice. Wait for it to end (or stop it), then ask again."
             )
         print(
-            f"note: {holder.who} holds this journal: the report is of this moment, "
-            "and a run's requests without an answer yet show as held.",
+            f"note: {holder.who} holds this journal: the report is of this moment. A run's "
+            "requests without an answer yet show as in flight (as held, for a verify).",
             file=notes,
         )
     if fmt == "manifest":
         return _write_manifest(path, out, notes)
-    rows = report_rows(path)
+    rows = report_rows(path, holder)
     if fmt == "table":
         return _write_table(rows, console)
     if fmt == "csv":

@@ -183,6 +183,18 @@ def test_while_a_run_writes_only_its_own_unanswered_requests_are_in_flight(
         assert other.next_steps[0].startswith("wait for it to end")
     ended = summarize(journal_path, state, pending=1)
     assert (ended.held, ended.in_flight, ended.busy, ended.holder_pid) == (5, 0, False, None)
+    # The report's rows say the same.
+    live_rows = {row.chunk: row for row in report_rows(journal_path, Holder(run_pid))}
+    killed, flying = live_rows[chunks[5].id], live_rows[w4.id]
+    assert (flying.state, flying.current, flying.reason) == (
+        "in flight",
+        "in flight",
+        "sent; no answer yet",
+    )
+    assert (killed.state, killed.current) == ("held", "held")
+    for holder in (Holder(run_pid + 1), Holder(None), None):
+        row = {row.chunk: row for row in report_rows(journal_path, holder)}[w4.id]
+        assert (row.state, row.current, row.reason) == ("held", "held", "sent; no outcome recorded")
 
 
 def test_status_json_has_integer_counts(journal_path: Path) -> None:
