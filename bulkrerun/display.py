@@ -131,7 +131,13 @@ class RunDisplay:
         if stats.breaker is not BreakerState.CLOSED:
             return f"paused: the service is failing (circuit breaker {stats.breaker})"
         if stats.throttled:
-            line = f"{stats.throttled:,} throttled (429), sending at {stats.rate:.1f} requests/s"
+            # Sporadic: 429s no more frequent than those that come at any rate (another
+            # client's), which lowered nothing: why the rate holds while 429s go up.
+            sporadic = stats.background_throttles
+            kept = f"; {sporadic:,} sporadic, rate kept" if sporadic else ""
+            line = (
+                f"{stats.throttled:,} throttled (429{kept}), sending at {stats.rate:.1f} requests/s"
+            )
             if stats.stated_limit is not None:
                 line += f" (gateway limit {_per_second(stats.stated_limit)}/s)"
             return line

@@ -121,6 +121,30 @@ def test_pacing_at_work_is_shown_and_a_breaker_opening_is_told_once() -> None:
     assert out.getvalue().count("the service is failing: sending paused") == 1
 
 
+def test_sporadic_429s_that_kept_the_rate_are_counted_apart() -> None:
+    import random
+    import re
+
+    from bulkrerun.outcome import DONE, Kind, Outcome
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    pacer, rng = Pacer(PacingConfig(rate=10.0)), random.Random(0)
+    display = RunDisplay(Console(file=io.StringIO(), width=200), 10, pacer=pacer)
+    throttled = Outcome(Kind.RETRY, status=429, reason="429 throttled")
+    t = 0.0
+    while t < 300.0:  # 4 % of the answers a 429 at random, whatever the rate
+        pacer.on_outcome(throttled if rng.random() < 0.04 else DONE, t + 0.02, t)
+        t += 1 / pacer.current_rate
+    stats = pacer.stats(t)
+    assert 0 < stats.background_throttles < stats.throttled
+    line = display.pacing(t)
+    assert re.fullmatch(
+        rf"{stats.throttled} throttled \(429; {stats.background_throttles} sporadic, rate kept\), "
+        r"sending at \d+\.\d requests/s",
+        line,
+    ), line
+
+
 def test_the_limit_the_gateway_stated_is_shown_with_the_rate() -> None:
     from bulkrerun.fake.faults import throttle_message
     from bulkrerun.outcome import Kind, Outcome
