@@ -620,7 +620,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
 
                     async def watch_signals() -> None:
                         nonlocal interrupted
-                        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                        with _signal_receiver() as sigs:
                             async for signum in sigs:
                                 name = signal.Signals(signum).name
                                 interrupted = True
@@ -633,7 +633,6 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     tg.start_soon(display.follow, engine.result, clock)
                     result = await engine.run()
                     tg.cancel_scope.cancel()
-            _signals_interrupt()  # the engine's receiver is gone: back to KeyboardInterrupt
             _interrupt.resume = args.resume  # what a Ctrl-C from now on says to run again
             if journal.sync_fallback:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
@@ -896,14 +895,12 @@ async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> bool:
 
         async def stop_on_signal(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
             nonlocal stopped
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+            with _signal_receiver() as sigs:
                 task_status.started()
                 async for signum in sigs:
                     stopped = signal.Signals(signum).name
                     break
-            # Removing the receiver reset the handlers (SIGTERM to the default, which kills):
-            # from now on a signal raises KeyboardInterrupt, wherever the run is.
-            _signals_interrupt()
+            # From now on a signal raises KeyboardInterrupt, wherever the run is.
             tg.cancel_scope.cancel()
 
         await tg.start(stop_on_signal)
@@ -912,7 +909,6 @@ async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> bool:
         except Exception as exc:  # noqa: BLE001 - raised below, not wrapped in a group
             failure = exc
         tg.cancel_scope.cancel()
-    _signals_interrupt()
     if failure is not None:
         raise failure
     if stopped is None:
@@ -1537,6 +1533,20 @@ def _signals_interrupt() -> None:
     """
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+@contextlib.contextmanager
+def _signal_receiver() -> Iterator[Any]:
+    """anyio's receiver of SIGINT and SIGTERM on the event loop; on the way out, straight
+    back to :func:`_signals_interrupt`. Removing the receiver resets the handlers, SIGTERM's
+    to the default, which kills: a SIGTERM while the run's display and task group closed
+    after it ended the process with 143 and no resume command. What is left is the instant
+    between two calls, with no await between them."""
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+            yield sigs
+    finally:
+        _signals_interrupt()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

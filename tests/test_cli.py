@@ -336,3 +336,23 @@ def test_the_demo_runs_from_any_folder(cli: Cli) -> None:
     missing = cli("demo", "--manifest", "nope.toml")
     assert missing.returncode == 2
     assert "nope.toml not found (--manifest)" in missing.stderr
+
+
+@pytest.mark.anyio
+async def test_the_signal_receivers_hand_sigterm_back_the_moment_they_close() -> None:
+    # Removing anyio's receiver resets SIGTERM to the default, which kills. The run's
+    # display and task group still closed after the engine's receiver did: a SIGTERM then
+    # ended the process with 143, and no resume command.
+    import signal
+
+    import bulkrerun.cli as cli_module
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with cli_module._signal_receiver():
+            assert signal.getsignal(signal.SIGTERM) is not cli_module._interrupt  # anyio's
+        assert signal.getsignal(signal.SIGTERM) is cli_module._interrupt
+        assert signal.getsignal(signal.SIGINT) is cli_module._interrupt
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
