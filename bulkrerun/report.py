@@ -410,8 +410,7 @@ def summarize(
     (its pid is the run record's), its requests without an answer yet are in flight, not
     held; a verify, or a run still starting, sends nothing, and held units stay held."""
     counts = state.counts()
-    since = _flying_since(state, holder)
-    in_flight = _in_flight(state, since) if since is not None else 0
+    in_flight = _in_flight(state, _flying_since(state, holder))
     counts[UnitState.HELD] -= in_flight
     failed_by_code = state.failed_by_code()
     active = state.active_seconds
@@ -458,8 +457,10 @@ def _flying(info: ChunkInfo, since: float | None) -> bool:
     return since is not None and info.state is None and info.last_wall >= since
 
 
-def _in_flight(state: JournalState, since: float) -> int:
+def _in_flight(state: JournalState, since: float | None) -> int:
     """Units of the requests in flight (see :func:`_flying_since`)."""
+    if since is None:
+        return 0
     units = state.units
     flying = {
         unit
@@ -707,6 +708,10 @@ def _row(
     tasks = body.get("task_retrys")
     o = outcome or {}
     begin, end = body.get("begin_time"), body.get("end_time")
+    if outcome is not None:
+        reason = _opt_str(o.get("reason"))
+    else:
+        reason = "sent; no answer yet" if flying else "sent; no outcome recorded"
     return ReportRow(
         chunk=info.id,
         entry=str(intent.get("entry", "")),
@@ -723,11 +728,7 @@ def _row(
         error_code=_opt_str(o.get("error_code")),
         error_msg=_opt_str(o.get("error_msg")),
         request_id=_opt_str(o.get("request_id")),
-        reason=_opt_str(o.get("reason"))
-        if outcome is not None
-        else "sent; no answer yet"
-        if flying
-        else "sent; no outcome recorded",
+        reason=reason,
         last_wall=info.last_wall,
     )
 
