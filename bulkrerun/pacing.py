@@ -321,10 +321,10 @@ class _AnswerMeter:
     def admitted_share(self, since: float) -> float | None:
         """The share of admitted answers among the attempts sent after ``since``, or None
         when fewer than ``SHARE_MIN_ANSWERS`` were answered."""
-        answers = self._answers[bisect.bisect_right(self._answers, (since, True)) :]
-        if len(answers) < SHARE_MIN_ANSWERS:
+        answers, refused = self.refused(since)
+        if answers < SHARE_MIN_ANSWERS:
             return None
-        return sum(admitted for _, admitted in answers) / len(answers)
+        return (answers - refused) / answers
 
     def refused(self, since: float) -> tuple[int, int]:
         """``(answers, refused)`` among the attempts sent after ``since``."""
