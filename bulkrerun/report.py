@@ -480,10 +480,16 @@ def status(path: Path) -> StatusSummary:
     """
     _, state = read_state(path)
     pending, unknown = not_sent(state)
+    return summarize(
+        path, state, pending=pending, pending_unknown=unknown, holder=_other_holder(path)
+    )
+
+
+def _other_holder(path: Path) -> Holder | None:
+    """Another bulkrerun holding the journal at ``path``; None when none does, or when it
+    is this process (a run summing itself up)."""
     holder = held_by(path)
-    if holder is not None and holder.pid == os.getpid():  # a run summing itself up
-        holder = None
-    return summarize(path, state, pending=pending, pending_unknown=unknown, holder=holder)
+    return None if holder is not None and holder.pid == os.getpid() else holder
 
 
 def status_json(summary: StatusSummary) -> dict[str, Any]:
@@ -1065,11 +1071,10 @@ def write_report(
     stderr): that a manifest has nothing to rerun, so none is written; that another
     bulkrerun holds the journal, so the report is of this moment.
 
-    While another bulkrerun holds the journal, a manifest is refused (:class:`BadInput`): a
-    run's requests without an answer yet show as held, and a manifest naming them would,
-    run, send them twice."""
+    While another bulkrerun holds the journal, a manifest is refused (:class:`BadInput`): it
+    would name a run's requests without an answer yet, and, run, send them twice."""
     notes = sys.stderr if err is None else err
-    holder = held_by(path)
+    holder = _other_holder(path)
     if holder is not None:
         if fmt == "manifest":
             raise BadInput(
