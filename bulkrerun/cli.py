@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
+import math
 import os
 import shlex
 import signal
@@ -58,12 +60,22 @@ app = typer.Typer(
 )
 
 
+class _Console(Console):
+    """rich's Console, except when the reader of the output goes away (``status | head``):
+    rich then exits 1, which means here that requests failed. This one raises the
+    BrokenPipeError for :func:`_writing_stdout` to decide."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more reaches that reader
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def _console(stream: Any, **kw: Any) -> Console:
     """Rich consoles. Piped into a file or a CI log, tables are 160 columns, not rich's 80, so
     that ids and times stay readable, and a message is never broken across lines: one problem
     is one line for grep."""
     tty = stream.isatty()
-    return Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, **kw)
+    return _Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, **kw)
 
 
 out = _console(sys.stdout)
@@ -203,6 +215,27 @@ def _fail(exc: BulkrerunError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
+@contextlib.contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """Around what a command writes to stdout (the plan, a status, a report). A reader that
+    went away (``report -f csv | head``) had what it wanted: the command ends quietly, exit
+    0. Output that cannot be written (a full disk under ``> outage.csv``) ends it with one
+    line saying so and exit 3, not a traceback."""
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError as exc:
+        # What is still buffered goes nowhere, so that the interpreter's last flush at exit
+        # does not fail again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(exc, BrokenPipeError):
+            return
+        err.print("[red]stopped:[/] ", end="")
+        err.print(f"cannot write the output: {exc.strerror or exc}", markup=False)
+        raise typer.Exit(EXIT_FATAL) from None
+
+
 def _settings(**flags: Any) -> Any:
     from bulkrerun.settings import load_settings
 
@@ -232,12 +265,16 @@ def plan(
     verbose: Verbose = False,
     log_file: LogFile = None,
 ) -> None:
-    """Validate MANIFEST and show the plan. Sends nothing.
+    """Validate MANIFEST and show the plan. Sends no rerun.
 
     The summary shows, per entry, the job, mode, span, requests and instances, the first and
-    last request, and how long the plan takes at the configured rate.
+    last request, and how long the plan takes at the configured rate. [[select]] entries are
+    planned by reading the instance-list API (queries only) when an endpoint and credentials
+    are set; without them they are shown without their requests.
 
-    Exit codes: 0 the manifest is valid, 2 bad input (every problem found is listed).
+    Exit codes: 0 the manifest is valid, 2 bad input (every problem found is listed), 3 the
+    instance list of a [[select]] entry could not be read (credentials refused, service
+    unreachable).
     """
     configure_logging(verbose, log_file)
     from bulkrerun.manifest import load_manifest
@@ -250,16 +287,14 @@ def plan(
         m = load_manifest(manifest)
         _print_warnings(m)
         selections = _plan_selections(m, settings)
-        if json_lines:
-            try:
+        with _writing_stdout():
+            if json_lines:
                 write_json_lines(
                     make_plan(m, selections=selections), settings.project_id, sys.stdout.buffer
                 )
                 sys.stdout.buffer.flush()
-            except BrokenPipeError:  # `plan --json | head` is fine
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return
-        _print_plan_summary(m, settings, selections, where)
+            else:
+                _print_plan_summary(m, settings, selections, where)
     except BulkrerunError as exc:
         raise _fail(exc) from None
 
@@ -947,6 +982,8 @@ def _run_args(
         raise SettingsError(f"--max-failure-ratio {max_failure_ratio}: must be 0..1")
     if canary < 0:
         raise SettingsError(f"--canary {canary}: must be 0 or more")
+    if not 0 <= grace < math.inf:
+        raise SettingsError(f"--grace {grace:g}: must be a number of seconds, 0 or more")
     return RunArgs(
         manifest,
         journal,
@@ -1138,10 +1175,11 @@ def status(
         summary = make_status(journal)
     except BulkrerunError as exc:
         raise _fail(exc) from None
-    if as_json:
-        out.print(json.dumps(status_json(summary)), markup=False, soft_wrap=True)
-    else:
-        render_status(summary, out)
+    with _writing_stdout():
+        if as_json:
+            out.print(json.dumps(status_json(summary)), markup=False, soft_wrap=True)
+        else:
+            render_status(summary, out)
 
 
 @app.command()
@@ -1170,7 +1208,8 @@ def report(
         err.print(f"[red]error:[/] --format {escape(fmt)}: must be table, csv, json or manifest")
         raise typer.Exit(EXIT_BAD_INPUT)
     try:
-        write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
+        with _writing_stdout():
+            write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
     except BulkrerunError as exc:
         raise _fail(exc) from None
 

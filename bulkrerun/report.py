@@ -92,7 +92,7 @@ from bulkrerun.journal import (
     read_state,
 )
 from bulkrerun.text import counted
-from bulkrerun.watchlog import read_watch
+from bulkrerun.watchlog import WatchRecord, read_watch
 
 if TYPE_CHECKING:
     from bulkrerun.manifest import Manifest
@@ -365,6 +365,16 @@ def _next_steps(
     manifest = shlex.quote(_manifest_arg(state.runs[-1])) if state.runs else "MANIFEST"
     run = f"bulkrerun run {manifest} --journal {journal}"
     held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
+    # A run sends again only the failed or held units of its own plan. When the journal's
+    # runs had different manifests (another file, or an edit), the last one may not hold
+    # them all: a manifest made of exactly them does.
+    again = run
+    if len({r.manifest_sha256 for r in state.runs}) > 1:
+        again = (
+            f"bulkrerun report {journal} --format manifest > retry.toml (the runs had "
+            f"different manifests; the last may not hold them all), then bulkrerun run "
+            f"retry.toml --journal {journal}"
+        )
 
     steps: list[str] = []
     if pending is None:
@@ -377,7 +387,7 @@ def _next_steps(
             f"decide the {counted(held, 'unit')} held from the instances' live state: "
             f"bulkrerun verify {journal}"
         )
-        steps.append(f"or resend them (each may then run twice): {run} --resend-held")
+        steps.append(f"or resend them (each may then run twice): {again} --resend-held")
     if failed and set(failed_by_code) == {NO_SUCH_API} and not held and not counts[UnitState.DONE]:
         # Every request met "no such API": the endpoint is wrong, not the requests. Once it
         # is fixed, this journal, bound to the wrong endpoint, refuses the run (exit 2), and
@@ -390,7 +400,7 @@ def _next_steps(
         )
     elif failed:
         steps.append(f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}")
-        steps.append(f"once the cause is fixed, send them again: {run} --retry-failed")
+        steps.append(f"once the cause is fixed, send them again: {again} --retry-failed")
     if not steps:
         steps.append("nothing left to do: every unit is done")
     return steps
@@ -747,10 +757,17 @@ def report_rows(path: Path, holder: Holder | None = None) -> Iterator[ReportRow]
     ``held``.
 
     Verifications come with the replay (:attr:`JournalState.verified`), so this reads the
-    journal once, plus the intent and outcome lines of each request at their offsets.
+    journal once, plus the intent and outcome lines of each request at their offsets. The
+    journal is read before this returns, so that a path that is no journal is refused before
+    a writer has put anything out (a csv header, say).
     """
     _, state = read_state(path)
-    watched = read_watch(path)
+    return _rows(path, state, read_watch(path), holder)
+
+
+def _rows(
+    path: Path, state: JournalState, watched: dict[str, list[WatchRecord]], holder: Holder | None
+) -> Iterator[ReportRow]:
     verified = state.verified
     since = _flying_since(state, holder)
     for info, intent, outcome in _details(path, state):

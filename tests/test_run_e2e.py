@@ -10,6 +10,7 @@ import json
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -423,6 +424,8 @@ def test_unreachable_endpoint_stops_with_exit_3_and_nothing_lost(cli: Cli, tmp_p
     out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=url)
     assert out.returncode == 3, out.stderr
     assert "could not reach the service" in out.stderr
+    flat = " ".join(out.stderr.split())
+    assert "If the endpoint itself was wrong, the journal is bound to it" in flat
     s = status_of(cli, j)
     assert (s["done"], s["failed"], s["held"], s["pending"]) == (0, 0, 0, 15)
 
@@ -727,3 +730,77 @@ def test_the_log_file_opens_and_closes_with_the_run_as_a_whole(
     assert last["event"] == "run ended"
     assert (last["exit_code"], last["done"], last["not_sent"], last["stopped"]) == (0, 3, 0, None)
     assert SK not in log.read_text()
+
+
+def test_a_failed_unit_of_an_earlier_manifest_is_sent_again_by_the_step_status_names(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service("--missing-job", "ods_gone")
+    first = write_manifest(tmp_path / "first.toml", one_window("ods_gone", 1, "1h"))
+    second = write_manifest(tmp_path / "second.toml", one_window("ods_orders", 2, "1h"))
+    j = tmp_path / "j"
+    assert cli("run", str(first), "--journal", str(j), url=srv.url).returncode == 1
+    out = cli("run", str(second), "--journal", str(j), url=srv.url)
+    assert out.returncode == 1, out.stderr
+    # The failed unit is first.toml's: second.toml --retry-failed would send nothing.
+    steps = json.loads(cli("status", str(j), "--json").stdout)["next_steps"]
+    step = next(s for s in steps if s.startswith("once the cause is fixed"))
+    assert "second.toml" not in step and "--format manifest > retry.toml" in step
+    assert step in out.stderr.replace("\n", "")
+    # The step works as it says, from the journal's folder.
+    before = len(srv.ledger())
+    report = cli("report", str(j), "--format", "manifest")
+    (tmp_path / "retry.toml").write_text(report.stdout, encoding="utf-8")
+    again = cli("run", "retry.toml", "--journal", str(j), "--retry-failed", url=srv.url)
+    assert again.returncode == 1, again.stderr
+    assert len(srv.ledger()) == before  # refused again, so not accepted
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"], s["attempts"]) == (2, 1, 3 + 1)  # sent again, once
+
+
+BULKRERUN = [sys.executable, "-m", "bulkrerun"]
+
+
+def test_output_that_cannot_be_written_ends_with_one_line_and_exit_3(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), url=srv.url).returncode == 0
+    commands = [
+        ["plan", str(m)],
+        ["plan", str(m), "--json"],
+        ["status", str(j)],
+        ["status", str(j), "--json"],
+        *(["report", str(j), "--format", f] for f in ("table", "csv", "json")),
+    ]
+    for args in commands:
+        with open("/dev/full", "w") as full:  # every write: no space left on device
+            out = subprocess.run(
+                [*BULKRERUN, *args], stdout=full, stderr=subprocess.PIPE, text=True,
+                env=cli.env(srv.url), cwd=tmp_path, timeout=60, check=False,
+            )  # fmt: skip
+        assert out.returncode == 3, (args, out.stderr)
+        assert out.stderr.strip().splitlines()[-1] == (
+            "stopped: cannot write the output: No space left on device"
+        ), args
+        assert "Traceback" not in out.stderr
+        # A reader that goes away (`| head`) had what it wanted: exit 0, nothing said.
+        proc = subprocess.Popen(
+            [*BULKRERUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=cli.env(srv.url), cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # before the command has written anything
+        assert proc.wait(60) == 0, args
+        assert proc.stderr.read() == b"", args
+        proc.stderr.close()
+
+
+def test_a_report_of_a_file_that_is_no_journal_writes_nothing(cli: Cli, tmp_path: Path) -> None:
+    m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
+    for fmt in ("table", "csv", "json", "manifest"):
+        out = cli("report", str(m), "--format", fmt)
+        assert out.returncode == 2 and out.stdout == "", fmt
+        assert "is not a bulkrerun journal" in out.stderr and "check the path" in out.stderr
