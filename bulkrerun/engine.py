@@ -356,7 +356,9 @@ class Engine:
                         f"could not reach the service: {self._unreached} attempts failed to "
                         f"connect ({outcome.reason}) and none got an answer. Check "
                         "BULKRERUN_ENDPOINT or BULKRERUN_REGION and the network; nothing was "
-                        "sent, so the same command resumes once it is reachable."
+                        "sent, so the same command resumes once it is reachable. If the "
+                        "endpoint itself was wrong, the journal is bound to it: run with the "
+                        "right one and a new --journal path."
                     ),
                     "the service cannot be reached",
                 )

@@ -591,8 +591,8 @@ def _parse_header(line: bytes, path: Path) -> Header:
             raise TypeError
     except (ValueError, TypeError, KeyError):
         raise JournalMismatch(
-            f"{path} is not a bulkrerun journal (its first line is not a journal header); "
-            "give --journal a new path, or the path of an existing journal."
+            f"{path} is not a bulkrerun journal (its first line is not a journal header): "
+            "check the path. A run's --journal takes a new path or an existing journal."
         ) from None
     if fmt > FORMAT:
         raise JournalMismatch(
@@ -717,8 +717,8 @@ def _scan_records(f: IO[bytes], path: Path) -> _Scan | None:
                 "would be sent again, start over with a new --journal path)."
             )
         raise JournalMismatch(
-            f"{path} is not a bulkrerun journal (its first line is not a journal header); "
-            "give --journal a new path, or the path of an existing journal."
+            f"{path} is not a bulkrerun journal (its first line is not a journal header): "
+            "check the path. A run's --journal takes a new path or an existing journal."
         )
     header = _parse_header(first, path)
     state = JournalState(header=header)
@@ -944,6 +944,33 @@ def _open_file(path: Path, create: bool) -> tuple[int, bool]:
         raise BadInput(f"cannot open the journal {path}: {exc.strerror}") from None
 
 
+def _mismatch(
+    path: Path, header: Header, binding: Binding, state: JournalState, for_run: bool
+) -> str:
+    """Why the journal at ``path`` refuses ``binding``, and what to do: a run needs another
+    journal (or none: one whose requests were never acted on, such as a run stopped at a
+    mistyped endpoint, can go); a verification needs the journal's own project and
+    endpoint."""
+    said = (
+        f"journal {path} belongs to project {header.project_id} at {header.endpoint}, not to "
+        f"project {binding.project_id} at {binding.endpoint}. A journal records the requests "
+        "of one project and endpoint"
+    )
+    if not for_run:
+        return (
+            f"{said}: verify it with the project and endpoint it was run with "
+            "(BULKRERUN_PROJECT_ID and BULKRERUN_ENDPOINT or BULKRERUN_REGION, or the flags)."
+        )
+    counts = state.counts()
+    if not (counts[UnitState.DONE] or counts[UnitState.FAILED] or counts[UnitState.HELD]):
+        return (
+            f"{said}. No request recorded in it was acted on or may have been (none is done, "
+            "failed or held), so nothing is lost without it: remove it, or give this run "
+            "another --journal path."
+        )
+    return f"{said}; give this run another --journal path."
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -1163,7 +1190,9 @@ class Journal:
         for _ in range(3):
             fd, created = _open_file(path, create)
             try:
-                journal = cls._open_fd(path, fd, binding, tool_version, created=created)
+                journal = cls._open_fd(
+                    path, fd, binding, tool_version, created=created, for_run=create
+                )
             except _Removed:  # a run that had just created it removed it again: afresh
                 os.close(fd)
                 continue
@@ -1176,7 +1205,14 @@ class Journal:
 
     @classmethod
     def _open_fd(
-        cls, path: Path, fd: int, binding: Binding, tool_version: str, *, created: bool
+        cls,
+        path: Path,
+        fd: int,
+        binding: Binding,
+        tool_version: str,
+        *,
+        created: bool,
+        for_run: bool,
     ) -> Journal:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1195,8 +1231,15 @@ class Journal:
         if not created:
             scan = _scan_fd(fd, path)
         if scan is None:
-            # New file, or one a crash left empty or with a torn header: start it afresh.
+            # New file, or one a crash left empty or with a torn header: start it afresh,
+            # private as a new one is (an empty file made beforehand keeps its own mode).
             os.ftruncate(fd, 0)
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError as exc:
+                raise BadInput(
+                    f"cannot make the journal {path} private (mode 0600): {exc.strerror}"
+                ) from None
             header = Header(FORMAT, tool_version, binding.project_id, binding.endpoint, time.time())
             line = _record(
                 {
@@ -1219,12 +1262,7 @@ class Journal:
             return journal
         header = scan.header
         if header.binding != binding:
-            raise JournalMismatch(
-                f"journal {path} belongs to project {header.project_id} at "
-                f"{header.endpoint}, not to project {binding.project_id} at "
-                f"{binding.endpoint}. A journal records the requests of one project and "
-                "endpoint; give this run another --journal path."
-            )
+            raise JournalMismatch(_mismatch(path, header, binding, scan.replayer.state, for_run))
         if scan.torn:
             # A crash cut the last record short. It never counted: an intent is durable
             # only once whole, and a request leaves only after that.

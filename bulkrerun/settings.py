@@ -165,6 +165,12 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and ``.env``, with ``overrides`` (flags; None = not given)
     on top. A bad value becomes a :class:`SettingsError` naming the variable or flag."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "region" in given:
+        # A flag says where to send, over the environment and .env: --region sets aside an
+        # endpoint set there (which would otherwise win, as it does over a region beside it).
+        if "endpoint" in given:
+            raise SettingsError("--endpoint and --region both say where to send: give one of them")
+        given["endpoint"] = None
     settings = _validated(Settings, given)
     if settings.ak is None and settings.sk is None:
         sdk = _validated(_CloudSdkKeys, {})

@@ -82,6 +82,23 @@ def test_run_with_bad_manifest_sends_nothing_and_creates_no_journal(
             "--rate",
         ),
         ({"BULKRERUN_RATE": "fast"}, [], "BULKRERUN_RATE"),
+        (
+            {"BULKRERUN_PROJECT_ID": "p", "BULKRERUN_TOKEN": "t"},
+            ["--endpoint", "http://127.0.0.1:9", "--region", "cn-north-4"],
+            "--endpoint and --region both say where to send",
+        ),
+        *(
+            (
+                {
+                    "BULKRERUN_ENDPOINT": "http://127.0.0.1:9",
+                    "BULKRERUN_PROJECT_ID": "p",
+                    "BULKRERUN_TOKEN": "t",
+                },
+                ["--grace", grace],
+                f"--grace {grace}: must be a number of seconds, 0 or more",
+            )
+            for grace in ("-1", "nan", "inf")
+        ),
     ],
 )
 def test_bad_settings_exit_2_with_a_hint(

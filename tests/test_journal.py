@@ -137,6 +137,42 @@ def test_journal_of_another_project_or_endpoint_is_refused(jpath: Path) -> None:
         assert BINDING.endpoint in message
         assert "another --journal path" in message
         assert err.value.exit_code == 2
+        # A verification is told to use the journal's own project and endpoint instead.
+        with pytest.raises(JournalMismatch) as err:
+            Journal.open(jpath, other, tool_version="0.1.0", create=False)
+        assert "verify it with the project and endpoint it was run with" in str(err.value)
+        assert "--journal" not in str(err.value)
+
+
+@pytest.mark.anyio
+async def test_a_journal_nothing_was_acted_on_through_may_go_says_the_refusal(
+    jpath: Path,
+) -> None:
+    """A run stopped at an endpoint that was never reached binds its journal to it: the
+    refusal at the right endpoint says that nothing is lost without it, until a request
+    recorded in it is done, failed or held."""
+    other = Binding(BINDING.project_id, "http://127.0.0.1:8080")
+    c = window(0)
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+        await j.intend(c, 1, 1.0)
+        j.outcome(c, 1, Outcome(Kind.RETRY, reason="connect error"), 2.0, "pending")
+    with pytest.raises(JournalMismatch, match="nothing is lost without it: remove it, or"):
+        Journal.open(jpath, other, tool_version="0.1.0")
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+        await j.intend(c, 2, 3.0)
+        j.outcome(c, 2, Outcome(Kind.FAILED, 400, "DLF.1000", reason="400"), 4.0, "failed")
+    with pytest.raises(JournalMismatch) as err:
+        Journal.open(jpath, other, tool_version="0.1.0")
+    assert "nothing is lost" not in str(err.value)
+    assert str(err.value).endswith("give this run another --journal path.")
+
+
+def test_an_empty_file_made_beforehand_becomes_a_private_journal(jpath: Path) -> None:
+    jpath.touch(mode=0o644)
+    jpath.chmod(0o644)
+    Journal.open(jpath, BINDING, tool_version="0.1.0").close()
+    assert stat.S_IMODE(jpath.stat().st_mode) == 0o600
+    assert lines(jpath)[0]["t"] == "header"
 
 
 def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(jpath: Path) -> None:

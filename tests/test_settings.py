@@ -212,6 +212,28 @@ def test_flags_override_both_families(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.rate == 7.0
 
 
+def test_a_region_flag_sends_there_over_an_endpoint_of_the_environment_or_dotenv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bulkrerun.settings import resolve_endpoint
+
+    region_url = "https://dayu.cn-north-4.myhuaweicloud.com"
+    monkeypatch.setenv("BULKRERUN_ENDPOINT", "http://127.0.0.1:18472")
+    assert resolve_endpoint(load_settings(region="cn-north-4")) == region_url
+    monkeypatch.delenv("BULKRERUN_ENDPOINT")
+    dotenv("BULKRERUN_ENDPOINT=http://127.0.0.1:18472")
+    assert resolve_endpoint(load_settings(region="cn-north-4")) == region_url
+    # Beside each other in one place, the endpoint still wins over the region.
+    monkeypatch.setenv("BULKRERUN_REGION", "cn-north-4")
+    assert resolve_endpoint(load_settings()) == "http://127.0.0.1:18472"
+    assert resolve_endpoint(load_settings(endpoint="http://[::1]:9")) == "http://[::1]:9"
+
+
+def test_endpoint_and_region_flags_together_are_refused() -> None:
+    message = refused(endpoint="http://127.0.0.1:18472", region="cn-north-4")
+    assert "--endpoint and --region" in message
+
+
 @pytest.mark.parametrize(
     ("environment", "lines", "have", "missing"),
     [
