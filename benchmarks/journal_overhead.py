@@ -31,6 +31,9 @@ class NoJournal:
     async def flush(self) -> None:
         return None
 
+    def was_held(self, chunk: object) -> bool:
+        return False
+
 
 def child(manifest: Path, url: str, journal_path: str) -> None:
     import anyio

@@ -76,6 +76,8 @@ class JournalSink(Protocol):
 
     async def flush(self) -> None: ...
 
+    def was_held(self, chunk: Chunk) -> bool: ...
+
 
 @dataclass
 class RunResult:
@@ -250,7 +252,7 @@ class Engine:
                         self._held_in_a_row = 0
                         state, delay = "done", 0.0
                     else:
-                        state, delay = self._decide(outcome, attempt)
+                        state, delay = self._decide(chunk, outcome, attempt)
                     journal.outcome(chunk, attempt, outcome, clock.wall(), state)
                     if state != "retry":
                         self._settle(chunk, state, outcome, attempt)
@@ -301,7 +303,7 @@ class Engine:
             wait = pacer.wait(slot, clock.now())
         return not self._stopping
 
-    def _decide(self, outcome: Outcome, attempt: int) -> tuple[str, float]:
+    def _decide(self, chunk: Chunk, outcome: Outcome, attempt: int) -> tuple[str, float]:
         """The journal state for this attempt's outcome, and the delay before the next
         attempt when it is ``retry``. Trips the stop on a fatal outcome."""
         kind = outcome.kind
@@ -347,7 +349,8 @@ class Engine:
                 )
             return "pending", 0.0
         # RETRY: not acted on. A stop leaves it pending; running out of attempts or of the
-        # retry budget makes it failed (so --retry-failed sends it again later).
+        # retry budget makes it failed (so --retry-failed sends it again later), unless it
+        # was a resend of held units: see below.
         if outcome.status is None and not self._answered:
             self._unreached += 1
             if self._unreached >= UNREACHABLE_AFTER and self.result.fatal is None:
@@ -366,7 +369,10 @@ class Engine:
             return "pending", 0.0
         delay = self._pacer.retry_delay(outcome, attempt)
         if delay is None:
-            return "failed", 0.0
+            # A unit held before (--resend-held) may have been acted on by the send that left
+            # it held; that this resend was not acted on decides nothing. It stays held:
+            # failed would have --retry-failed, said to be safe, send it a third time.
+            return ("held" if self._journal.was_held(chunk) else "failed"), 0.0
         return "retry", delay
 
     def _fatal(self, fatal: Fatal, reason: str) -> None:

@@ -367,6 +367,11 @@ class _Replayer:
         """Whether a full intent of the chunk is on record (later intents may be short)."""
         return chunk_id in self.state.chunks or chunk_id in self._live
 
+    def priors(self, chunk_id: str) -> tuple[UnitState | None, ...] | None:
+        """The states the units of ``chunk_id`` had before its attempt now open (None: no
+        attempt of it is open)."""
+        return self._open.get(chunk_id)
+
     def run(self, record: RunRecord) -> None:
         st = self.state
         st.runs.append(record)
@@ -1465,6 +1470,12 @@ class Journal:
             rep.outcome(cid, state, wall, offset, status, o.error_code)
         else:
             rep.outcome(cid, state, wall, offset, None, None)
+
+    def was_held(self, chunk: Chunk) -> bool:
+        """Whether a unit of ``chunk`` was held before its attempt now open (a resend of held
+        units): an earlier send may have been acted on, whatever becomes of this one."""
+        priors = self._rep.priors(chunk.id)
+        return priors is not None and _UNIT_HELD in priors
 
     def verified(self, unit_id: str, state: UnitState | None, evidence: str, wall: float) -> None:
         """Record what a verification found for a unit (``None``: it was not rerun, so it is

@@ -48,6 +48,11 @@ class MemoryJournal:
     async def flush(self) -> None:
         self.log.append(("flush", "", 0, ""))
 
+    def was_held(self, chunk: Chunk) -> bool:
+        return chunk.id in self.held_before
+
+    held_before: frozenset[str] = frozenset()  # chunks resent with units held before
+
     def states(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for kind, cid, _, state in self.log:
@@ -212,6 +217,23 @@ async def test_retry_then_done_and_give_up_is_failed() -> None:
     assert result.done == 2 and result.failed == 1
     retries = [e for e in events if isinstance(e, Retrying)]
     assert len(retries) == 4 and all(e.delay > 0 for e in retries)
+
+
+async def test_a_resend_of_held_units_that_runs_out_of_attempts_stays_held() -> None:
+    """--resend-held: a held unit may have been acted on by the send that left it held. A
+    resend the service did not act on (429s until the attempts ran out) decides nothing: the
+    unit stays held, not failed, which --retry-failed would send a third time."""
+    journal = MemoryJournal()
+    held, *fresh = (c.id for c in chunks(3))
+    journal.held_before = frozenset({held})
+    throttled = Outcome(Kind.RETRY, status=429, error_code="APIG.0308", reason="throttled")
+    transport = ScriptedTransport(journal, {i: [throttled] * 3 for i in range(3)})
+    result = await engine_for(3, transport, journal, [], max_attempts=2).run()
+    assert sorted(transport.sent) == sorted((c, a) for c in (held, *fresh) for a in (1, 2))
+    states = journal.states()
+    assert states[held] == "held"
+    assert [states[c] for c in fresh] == ["failed", "failed"]
+    assert (result.held, result.failed) == (1, 2)
 
 
 async def test_auth_refusal_aborts_and_leaves_pending() -> None:

@@ -167,6 +167,23 @@ async def test_a_journal_nothing_was_acted_on_through_may_go_says_the_refusal(
     assert str(err.value).endswith("give this run another --journal path.")
 
 
+@pytest.mark.anyio
+async def test_an_attempt_knows_whether_it_resends_held_units(jpath: Path) -> None:
+    held, fresh = window(0), window(1)
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+        await j.intend(held, 1, 1.0)  # no outcome: the run was killed, the unit is held
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+        assert not j.was_held(held)  # no attempt of it open
+        await j.intend(held, 2, 2.0)
+        await j.intend(fresh, 1, 2.0)
+        assert j.was_held(held) and not j.was_held(fresh)
+        throttled = Outcome(Kind.RETRY, 429, "APIG.0308", reason="throttled")
+        j.outcome(held, 2, throttled, 3.0, "retry")  # not acted on: held, as before
+        assert j.state().units[held.id] is UnitState.HELD
+        await j.intend(held, 3, 4.0)
+        assert j.was_held(held)
+
+
 def test_an_empty_file_made_beforehand_becomes_a_private_journal(jpath: Path) -> None:
     jpath.touch(mode=0o644)
     jpath.chmod(0o644)
