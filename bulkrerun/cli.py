@@ -681,6 +681,16 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
         from bulkrerun.report import summarize
 
         summary = summarize(args.journal, journal.state(), pending=not_sent)
+        if journal.broken:
+            # Its state in memory holds intents the file lacks (never durable, so never
+            # sent): sum up the file, which is what a resume will find.
+            from bulkrerun.journal import read_state
+            from bulkrerun.report import not_sent as count_not_sent
+
+            with contextlib.suppress(BulkrerunError, OSError):
+                state = read_state(args.journal)[1]
+                pending, unknown = count_not_sent(state)
+                summary = summarize(args.journal, state, pending=pending, pending_unknown=unknown)
     finally:
         # Closes it; a journal this run created and stopped before recording anything in
         # (a refused selection, a Ctrl-C in start-up) is removed, so that it binds nothing.

@@ -175,7 +175,11 @@ class Engine:
                     outer.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._journal.flush()
+                try:
+                    await self._journal.flush()
+                except Fatal as exc:  # the journal cannot be written (a full disk)
+                    if self.result.fatal is None:
+                        self.result.fatal = exc
         return self.result
 
     async def _grace_watch(self) -> None:
@@ -189,7 +193,15 @@ class Engine:
             chunk = next(self._chunks, None)
             if chunk is None:
                 return
-            await self._one(chunk)
+            try:
+                await self._one(chunk)
+            except Fatal as exc:
+                # The journal cannot be written (a full disk): no intent can be made durable,
+                # so nothing more is sent. A request in flight keeps its durable intent
+                # without an outcome, held; the others' workers stop as for any fatal stop.
+                if self.result.fatal is None:
+                    self._fatal(exc, "the journal cannot be written")
+                return
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep unless stopping; False when a stop came first or cut the wait short."""

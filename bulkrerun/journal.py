@@ -1632,6 +1632,12 @@ class Journal:
         self._sync_written()
 
     @property
+    def broken(self) -> bool:
+        """Whether a write or a sync failed: the file then lacks records the state in memory
+        holds (intents that were never durable, so never sent), and is the one to read."""
+        return self._error is not None
+
+    @property
     def sync_fallback(self) -> str | None:
         """Why the journal synced on the event loop (its helper could not start), or None."""
         return self._fallback

@@ -804,3 +804,44 @@ def test_a_report_of_a_file_that_is_no_journal_writes_nothing(cli: Cli, tmp_path
         out = cli("report", str(m), "--format", fmt)
         assert out.returncode == 2 and out.stdout == "", fmt
         assert "is not a bulkrerun journal" in out.stderr and "check the path" in out.stderr
+
+
+def test_a_journal_that_cannot_grow_mid_run_stops_it_with_exit_3_and_nothing_lost(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The disk fills during a run (here: a file-size limit on the process, so the journal's
+    writes fail with EFBIG): the run stops cleanly with exit 3 and its resume command, its
+    closing status adds up to the plan, and the resume loses and repeats nothing."""
+    import resource
+
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 50, "1m"))  # 3,000
+    j = tmp_path / "j"
+    limit = 64 * 1024  # about a hundred requests' records
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = ["run", str(m), "--journal", str(j), "--rate", "5000", "--max-inflight", "32"]
+    out = subprocess.run(
+        [*BULKRERUN, *args], capture_output=True, text=True, env=cli.env(srv.url),
+        cwd=tmp_path, timeout=120, check=False, preexec_fn=small_files,
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    flat = " ".join(out.stderr.split())
+    assert f"stopped: cannot write the journal {j}: File too large" in flat
+    assert f"resume with: bulkrerun run {m} --journal {j}" in flat
+    s = status_of(cli, j)
+    assert s["done"] + s["held"] + s["pending"] == 3000 and s["failed"] == 0
+    assert 0 < s["done"] < 3000
+    # The closing status is the file's, as the resume finds it (not the state in memory,
+    # which held intents that never became durable).
+    assert f"send the {s['pending']:,} units not yet sent" in flat
+    assert f"decide the {s['held']:,} units held" in flat
+    accepted = Counter(srv.accepted_ids())
+    again = cli(*args, "--resend-held", url=srv.url)
+    assert again.returncode == 0, again.stderr
+    after = Counter(srv.accepted_ids())
+    assert set(after) == set(plan_ids(cli, m))
+    assert sum(after.values()) - sum(accepted.values()) == s["held"] + s["pending"]
