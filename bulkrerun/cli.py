@@ -678,19 +678,18 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     err.print("[yellow]warning:[/] could not follow the reruns: ", end="")
                     err.print(str(exc), markup=False)
         not_sent = counts.to_send - result.done - result.failed - result.held
-        from bulkrerun.report import summarize
+        from bulkrerun.report import several_manifests, summarize
 
         summary = summarize(args.journal, journal.state(), pending=not_sent)
-        if journal.broken:
-            # Its state in memory holds intents the file lacks (never durable, so never
-            # sent): sum up the file, which is what a resume will find.
-            from bulkrerun.journal import read_state
-            from bulkrerun.report import not_sent as count_not_sent
+        if journal.broken or several_manifests(journal.state()):
+            # Sum up the file instead, as `status` does. Broken, the state in memory holds
+            # intents the file lacks (never durable, so never sent); with the runs of other
+            # manifests, what they left unsent counts too, and the state in memory no
+            # longer lists the units this run settled, which they may plan as well.
+            from bulkrerun.report import status as file_status
 
             with contextlib.suppress(BulkrerunError, OSError):
-                state = read_state(args.journal)[1]
-                pending, unknown = count_not_sent(state)
-                summary = summarize(args.journal, state, pending=pending, pending_unknown=unknown)
+                summary = file_status(args.journal)
     finally:
         # Closes it; a journal this run created and stopped before recording anything in
         # (a refused selection, a Ctrl-C in start-up) is removed, so that it binds nothing.

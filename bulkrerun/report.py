@@ -171,6 +171,10 @@ class StatusSummary:
     busy: bool = False
     holder_pid: int | None = None
     in_flight: int = 0
+    # Of ``pending``, the units of manifests other than the last run's (each as a command
+    # should name it) that the last one does not plan: a journal run with a manifest of
+    # what failed or is held, say, after the one that planned them all.
+    pending_elsewhere: list[tuple[str, int]] = field(default_factory=list)
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -185,9 +189,24 @@ class _CannotCount(Exception):
 
 
 def not_sent(state: JournalState) -> tuple[int | None, str | None]:
-    """Units not yet sent of the manifest the journal's last run recorded: ``(count, None)``,
+    """Units not yet sent of the manifests the journal's runs recorded: ``(count, None)``,
     or ``(None, why)`` when that cannot be counted faithfully (``why`` is a next step; None
-    when no run is recorded).
+    when no run is recorded). See :func:`not_sent_by_manifest`."""
+    pending, why, _ = not_sent_by_manifest(state)
+    return pending, why
+
+
+def not_sent_by_manifest(
+    state: JournalState,
+) -> tuple[int | None, str | None, list[tuple[str, int]]]:
+    """What :func:`not_sent` counts, and of it, per manifest other than the last run's (as
+    a command should name it), the units that manifest plans and no later one does.
+
+    Each manifest (by where it was) counts as its latest run recorded it: an edit replaces
+    what the file planned before. Usually every run had the same manifest, and only its
+    plan is made. When the runs had others (a manifest of what failed or is held, made by
+    ``report --format manifest``, run with the same journal), each plan is made, the last
+    run's first, and a unit two of them plan counts once.
 
     The plan is made from the journal's copy of the manifest, not from the file, which may
     have been edited or moved since, or named relative to another working directory; its
@@ -200,24 +219,98 @@ def not_sent(state: JournalState) -> tuple[int | None, str | None]:
     from bulkrerun.planner import plan
 
     if not state.runs:
-        return None, None
-    run = state.runs[-1]
+        return None, None, []
+    latest = _latest_runs(state.runs)
+    run = latest[0]
     try:
-        manifest = _recorded_manifest(run)
-        selections = _recorded_selections(state, run, manifest)
-        return count_pending(state, plan(manifest, selections=selections)), None
+        if len(latest) == 1:
+            manifest, selections = _recorded_plan(state, run)
+            return count_pending(state, plan(manifest, selections=selections)), None, []
+        units = state.units
+        seen: set[str] = set()
+        elsewhere = []
+        for run in latest:
+            before = len(seen)
+            manifest, selections = _recorded_plan(state, run, later=_runs_after(state, run))
+            for chunk in plan(manifest, selections=selections):
+                seen.update(u for u in chunk.units if u not in units)
+            if run is not latest[0] and len(seen) > before:
+                elsewhere.append((_manifest_arg(run), len(seen) - before))
+        return len(seen), None, elsewhere
     except _CannotCount as exc:
-        return None, str(exc)
+        return None, str(exc), []
     except ManifestError:  # an instance file changed between its check and the plan
-        return None, (
-            f"an instance file that run {run.n} read changed while it was read again, so what "
-            "is not yet sent cannot be counted; ask again, or resume with the same command"
+        return (
+            None,
+            (
+                f"an instance file that run {run.n} read changed while it was read again, so what "
+                "is not yet sent cannot be counted; ask again, or resume with the same command"
+            ),
+            [],
         )
     except OSError as exc:
-        return None, (
-            f"what is not yet sent cannot be counted ({exc}); ask again, or resume with the "
-            "same command"
+        return (
+            None,
+            (
+                f"what is not yet sent cannot be counted ({exc}); ask again, or resume with the "
+                "same command"
+            ),
+            [],
         )
+
+
+def several_manifests(state: JournalState) -> bool:
+    """Whether the journal's runs had more than one manifest (by where it was)."""
+    return len({_manifest_key(run) for run in state.runs}) > 1
+
+
+def _manifest_key(run: RunRecord) -> str:
+    return run.manifest_path or run.manifest_name
+
+
+def _latest_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """The latest run of each manifest (by where it was), the last run's first."""
+    latest: dict[str, RunRecord] = {}
+    for run in reversed(runs):
+        latest.setdefault(_manifest_key(run), run)
+    return list(latest.values())
+
+
+def _runs_after(state: JournalState, run: RunRecord) -> list[RunRecord]:
+    return [r for r in state.runs if r.n > run.n]
+
+
+def _recorded_plan(
+    state: JournalState, run: RunRecord, later: list[RunRecord] | None = None
+) -> tuple[Manifest, dict[str, list[SelectedInstance]]]:
+    """The manifest ``run`` recorded and the instances its ``[[select]]`` entries found.
+    ``later``: the runs since, when it is not the last run. The journal keeps one selection
+    per entry label, the latest: if a later run had ``[[select]]`` entries too, the ones
+    kept may be its own, and ``run``'s cannot be planned faithfully."""
+    from bulkrerun.manifest import SelectEntry
+
+    manifest = _recorded_manifest(run)
+    selects = any(isinstance(e, SelectEntry) for e in manifest.entries)
+    if selects and later and any(_has_select(r) for r in later):
+        raise _CannotCount(
+            f"what {run.manifest_name} (run {run.n}) left unsent cannot be counted: its "
+            "[[select]] entries were selected over by a later run of another manifest. "
+            "Running it again resumes it; this sends what the last run's manifest left"
+        )
+    return manifest, _recorded_selections(state, run, manifest)
+
+
+def _has_select(run: RunRecord) -> bool:
+    """Whether the manifest ``run`` recorded has ``[[select]]`` entries (as far as its copy
+    reads: one that does not read cannot have recorded a selection)."""
+    text = run.manifest_text.removeprefix("\ufeff")
+    try:
+        data = (
+            json.loads(text) if run.manifest_name.lower().endswith(".json") else tomllib.loads(text)
+        )
+    except ValueError:
+        return False
+    return isinstance(data, dict) and bool(data.get("select"))
 
 
 def _recorded_manifest(run: RunRecord) -> Manifest:
@@ -353,6 +446,7 @@ def _next_steps(
     pending: int | None,
     pending_unknown: str | None,
     holder: Holder | None = None,
+    elsewhere: list[tuple[str, int]] | None = None,
 ) -> list[str]:
     journal = shlex.quote(str(path))
     if holder is not None:
@@ -380,8 +474,16 @@ def _next_steps(
     if pending is None:
         why = pending_unknown or "send whatever is not yet sent (the same command resumes)"
         steps.append(f"{why}: {run}")
-    elif pending:
-        steps.append(f"send the {counted(pending, 'unit')} not yet sent: {run}")
+    else:
+        here = pending - sum(n for _, n in elsewhere or ())
+        if here:
+            steps.append(f"send the {counted(here, 'unit')} not yet sent: {run}")
+        for other, n in elsewhere or ():
+            steps.append(
+                f"send the {counted(n, 'unit')} not yet sent of {other} (an earlier run's "
+                f"manifest; the last one does not plan them): bulkrerun run "
+                f"{shlex.quote(other)} --journal {journal}"
+            )
     if held:
         steps.append(
             f"decide the {counted(held, 'unit')} held from the instances' live state: "
@@ -413,6 +515,7 @@ def summarize(
     pending: int | None,
     pending_unknown: str | None = None,
     holder: Holder | None = None,
+    pending_elsewhere: list[tuple[str, int]] | None = None,
 ) -> StatusSummary:
     """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
     with ``pending`` as the caller counted it (``pending_unknown``: why it could not).
@@ -442,12 +545,20 @@ def summarize(
         active_seconds=active,
         rate=state.accepted / active if active > 0 else None,
         next_steps=_next_steps(
-            path, state, counts, failed_by_code, pending, pending_unknown, holder
+            path,
+            state,
+            counts,
+            failed_by_code,
+            pending,
+            pending_unknown,
+            holder,
+            pending_elsewhere or [],
         ),
         pending_unknown=pending_unknown,
         busy=holder is not None,
         holder_pid=holder.pid if holder is not None else None,
         in_flight=in_flight,
+        pending_elsewhere=pending_elsewhere or [],
     )
 
 
@@ -489,9 +600,14 @@ def status(path: Path) -> StatusSummary:
     and add up even while a run appends to the journal.
     """
     _, state = read_state(path)
-    pending, unknown = not_sent(state)
+    pending, unknown, elsewhere = not_sent_by_manifest(state)
     return summarize(
-        path, state, pending=pending, pending_unknown=unknown, holder=_other_holder(path)
+        path,
+        state,
+        pending=pending,
+        pending_unknown=unknown,
+        holder=_other_holder(path),
+        pending_elsewhere=elsewhere,
     )
 
 
@@ -511,6 +627,7 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "held": summary.held,
         "pending": summary.pending,
         "pending_unknown": summary.pending_unknown,
+        "pending_elsewhere": [{"manifest": m, "pending": n} for m, n in summary.pending_elsewhere],
         "in_flight": summary.in_flight,
         "busy": summary.busy,
         "holder_pid": summary.holder_pid,

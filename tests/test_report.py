@@ -34,7 +34,7 @@ from bulkrerun.report import (
     write_report,
 )
 from bulkrerun.verify import verify_held
-from tests.conftest import Cli
+from tests.conftest import Cli, write_manifest
 from tests.test_verify import world
 
 BINDING = Binding("62099355b894428e8916573ae635f1f9", "http://127.0.0.1:8080")
@@ -827,3 +827,26 @@ def test_a_verification_still_shows_after_an_attempt_that_was_not_sent(tmp_path:
     (row,) = report_rows(tmp_path / "j")
     assert row.current == "pending"
     assert (row.verify_state, row.verify_evidence) == ("pending", "window: not rerun")
+
+
+def test_a_unit_two_manifests_plan_counts_once_and_each_names_what_only_it_plans(
+    tmp_path: Path,
+) -> None:
+    def window(hours: tuple[int, int]) -> str:
+        begin, end = (1_732_579_200_000 + h * 3_600_000 for h in hours)
+        return f'[[window]]\njob_name = "j"\nbegin = {begin}\nend = {end}\nchunk = "1h"\n'
+
+    first = write_manifest(tmp_path / "first.toml", window((0, 4)))  # hours 0-3
+    second = write_manifest(tmp_path / "second.toml", window((2, 6)))  # hours 2-5
+    path = tmp_path / "j"
+
+    async def script(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(first), wall=T0)
+        j.begin_run(RunInfo.from_manifest(second), wall=T0 + 1)
+
+    run_journal(path, script)
+    summary = status(path)
+    assert summary.pending == 6  # hours 0-5, the two they share once
+    assert summary.pending_elsewhere == [(str(first), 2)]  # hours 0 and 1
+    assert f"send the 4 units not yet sent: bulkrerun run {second}" in summary.next_steps[0]
+    assert summary.next_steps[1].startswith(f"send the 2 units not yet sent of {first}")

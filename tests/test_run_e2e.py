@@ -845,3 +845,34 @@ def test_a_journal_that_cannot_grow_mid_run_stops_it_with_exit_3_and_nothing_los
     after = Counter(srv.accepted_ids())
     assert set(after) == set(plan_ids(cli, m))
     assert sum(after.values()) - sum(accepted.values()) == s["held"] + s["pending"]
+
+
+def test_units_an_earlier_manifest_left_unsent_still_count_after_a_manifest_of_held_ones(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The manifest `report --format manifest` writes of what is held, run with the same
+    journal, plans only those units: what the first manifest left unsent still counts as
+    not yet sent, and the next step names that manifest's command."""
+    srv = fake_service("--drop-after-accept", "1.0")  # every request held
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 24, "1h"))
+    j = tmp_path / "j"
+    out = cli(
+        "run", "m.toml", "--journal", "j", "--max-inflight", "2", "--rate", "100", url=srv.url
+    )
+    assert out.returncode == 3, out.stderr  # the service answers nothing: stopped
+    before = status_of(cli, j)
+    assert before["held"] > 0 and before["pending"] > 0
+    assert before["held"] + before["pending"] == 24
+    report = cli("report", "j", "--format", "manifest")
+    (tmp_path / "held.toml").write_text(report.stdout, encoding="utf-8")
+    again = cli("run", "held.toml", "--journal", "j", "--rate", "100", url=srv.url)
+    assert again.returncode == 1, again.stderr  # held units are not resent without the flag
+    after = json.loads(cli("status", "j", "--json").stdout)
+    assert (after["held"], after["pending"]) == (before["held"], before["pending"])
+    assert after["pending_elsewhere"] == [{"manifest": "m.toml", "pending": before["pending"]}]
+    step = f"send the {before['pending']} units not yet sent of m.toml"
+    assert any(s.startswith(step) for s in after["next_steps"]), after["next_steps"]
+    assert any(s.endswith(": bulkrerun run m.toml --journal j") for s in after["next_steps"])
+    # The run's own closing status says the same.
+    assert step in " ".join(again.stderr.split())
+    assert m.exists()
