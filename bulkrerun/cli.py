@@ -680,16 +680,18 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import several_manifests, summarize
 
-        summary = summarize(args.journal, journal.state(), pending=not_sent)
+        summary = None
         if journal.broken or several_manifests(journal.state()):
-            # Sum up the file instead, as `status` does. Broken, the state in memory holds
-            # intents the file lacks (never durable, so never sent); with the runs of other
+            # Sum up the file, as `status` does. Broken, the state in memory holds intents
+            # the file lacks (never durable, so never sent); with the runs of other
             # manifests, what they left unsent counts too, and the state in memory no
             # longer lists the units this run settled, which they may plan as well.
             from bulkrerun.report import status as file_status
 
             with contextlib.suppress(BulkrerunError, OSError):
                 summary = file_status(args.journal)
+        if summary is None:
+            summary = summarize(args.journal, journal.state(), pending=not_sent)
     finally:
         # Closes it; a journal this run created and stopped before recording anything in
         # (a refused selection, a Ctrl-C in start-up) is removed, so that it binds nothing.

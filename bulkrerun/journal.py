@@ -586,6 +586,13 @@ def _check_crc(line: bytes) -> bool:
         return False
 
 
+def _not_a_journal(path: Path) -> JournalMismatch:
+    return JournalMismatch(
+        f"{path} is not a bulkrerun journal (its first line is not a journal header): "
+        "check the path. A run's --journal takes a new path or an existing journal."
+    )
+
+
 def _parse_header(line: bytes, path: Path) -> Header:
     try:
         obj = json.loads(line)
@@ -595,10 +602,7 @@ def _parse_header(line: bytes, path: Path) -> Header:
         if not isinstance(fmt, int):
             raise TypeError
     except (ValueError, TypeError, KeyError):
-        raise JournalMismatch(
-            f"{path} is not a bulkrerun journal (its first line is not a journal header): "
-            "check the path. A run's --journal takes a new path or an existing journal."
-        ) from None
+        raise _not_a_journal(path) from None
     if fmt > FORMAT:
         raise JournalMismatch(
             f"journal {path} has format {fmt} (written by bulkrerun "
@@ -721,10 +725,7 @@ def _scan_records(f: IO[bytes], path: Path) -> _Scan | None:
                 "trusted. Restore it from a copy (or, knowing that units it records as sent "
                 "would be sent again, start over with a new --journal path)."
             )
-        raise JournalMismatch(
-            f"{path} is not a bulkrerun journal (its first line is not a journal header): "
-            "check the path. A run's --journal takes a new path or an existing journal."
-        )
+        raise _not_a_journal(path)
     header = _parse_header(first, path)
     state = JournalState(header=header)
     rep = _Replayer(state)
