@@ -681,17 +681,23 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
         from bulkrerun.report import several_manifests, summarize
 
         summary = None
-        if journal.broken or several_manifests(journal.state()):
-            # Sum up the file, as `status` does. Broken, the state in memory holds intents
-            # the file lacks (never durable, so never sent); with the runs of other
-            # manifests, what they left unsent counts too, and the state in memory no
-            # longer lists the units this run settled, which they may plan as well.
+        if journal.broken:
+            # Its state in memory holds intents the file lacks (never durable, so never
+            # sent): sum up the file, as `status` does, which is what a resume will find.
             from bulkrerun.report import status as file_status
 
             with contextlib.suppress(BulkrerunError, OSError):
                 summary = file_status(args.journal)
         if summary is None:
             summary = summarize(args.journal, journal.state(), pending=not_sent)
+            if several_manifests(journal.state()):
+                # What the others left unsent would take planning each again against a
+                # second read of the journal (the state in memory no longer lists the units
+                # this run settled): `status` does that, not every run's end.
+                summary.next_steps.append(
+                    "this journal's runs had other manifests too; what they left unsent is "
+                    f"counted by: bulkrerun status {shlex.quote(str(args.journal))}"
+                )
     finally:
         # Closes it; a journal this run created and stopped before recording anything in
         # (a refused selection, a Ctrl-C in start-up) is removed, so that it binds nothing.
@@ -822,8 +828,8 @@ def _print_resume(args: RunArgs, c: Any, *, resumed: bool, where: str) -> None:
 def _finish(
     args: RunArgs, result: Any, interrupted: bool, display: Any, not_sent: int, summary: Any
 ) -> int:
-    """The closing table and status (from the journal's live state: no second read of it),
-    and the exit code."""
+    """The closing table and status (from the journal's live state: no second read of it,
+    unless writing it failed), and the exit code."""
     from bulkrerun.report import render_status
 
     table = Table(title="this run", title_justify="left")

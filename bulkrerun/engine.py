@@ -362,7 +362,7 @@ class Engine:
             return "pending", 0.0
         # RETRY: not acted on. A stop leaves it pending; running out of attempts or of the
         # retry budget makes it failed (so --retry-failed sends it again later), unless it
-        # was a resend of held units: see below.
+        # resent held units: see below.
         if outcome.status is None and not self._answered:
             self._unreached += 1
             if self._unreached >= UNREACHABLE_AFTER and self.result.fatal is None:
@@ -382,9 +382,11 @@ class Engine:
         delay = self._pacer.retry_delay(outcome, attempt)
         if delay is None:
             # A unit held before (--resend-held) may have been acted on by the send that left
-            # it held; that this resend was not acted on decides nothing. It stays held:
-            # failed would have --retry-failed, said to be safe, send it a third time.
-            return ("held" if self._journal.was_held(chunk) else "failed"), 0.0
+            # it held; that this resend was not acted on decides nothing. Failed would have
+            # --retry-failed, said to be safe, send it a third time: recorded as not acted
+            # on, each unit of the request is back to what it was (held, failed, or not yet
+            # sent, in a batch formed around it).
+            return ("pending" if self._journal.was_held(chunk) else "failed"), 0.0
         return "retry", delay
 
     def _fatal(self, fatal: Fatal, reason: str) -> None:

@@ -1240,12 +1240,13 @@ class Journal:
             # New file, or one a crash left empty or with a torn header: start it afresh,
             # private as a new one is (an empty file made beforehand keeps its own mode).
             os.ftruncate(fd, 0)
-            try:
-                os.fchmod(fd, 0o600)
-            except OSError as exc:
-                raise BadInput(
-                    f"cannot make the journal {path} private (mode 0600): {exc.strerror}"
-                ) from None
+            if not created:  # a new file has its mode from open()
+                try:
+                    os.fchmod(fd, 0o600)
+                except OSError as exc:
+                    raise BadInput(
+                        f"cannot make the journal {path} private (mode 0600): {exc.strerror}"
+                    ) from None
             header = Header(FORMAT, tool_version, binding.project_id, binding.endpoint, time.time())
             line = _record(
                 {

@@ -173,8 +173,9 @@ class StatusSummary:
     in_flight: int = 0
     # Of ``pending``, the units of manifests other than the last run's (each as a command
     # should name it) that the last one does not plan: a journal run with a manifest of
-    # what failed or is held, say, after the one that planned them all.
-    pending_elsewhere: list[tuple[str, int]] = field(default_factory=list)
+    # what failed or is held, say, after the one that planned them all. Instead of a count,
+    # why a manifest's cannot be counted (its instance file changed since, say).
+    pending_elsewhere: list[tuple[str, int | str]] = field(default_factory=list)
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -198,7 +199,7 @@ def not_sent(state: JournalState) -> tuple[int | None, str | None]:
 
 def not_sent_by_manifest(
     state: JournalState,
-) -> tuple[int | None, str | None, list[tuple[str, int]]]:
+) -> tuple[int | None, str | None, list[tuple[str, int | str]]]:
     """What :func:`not_sent` counts, and of it, per manifest other than the last run's (as
     a command should name it), the units that manifest plans and no later one does.
 
@@ -228,10 +229,18 @@ def not_sent_by_manifest(
             return count_pending(state, plan(manifest, selections=selections)), None, []
         units = state.units
         seen: set[str] = set()
-        elsewhere = []
+        elsewhere: list[tuple[str, int | str]] = []
         for run in latest:
             before = len(seen)
-            manifest, selections = _recorded_plan(state, run, later=_runs_after(state, run))
+            try:
+                manifest, selections = _recorded_plan(state, run, later=_runs_after(state, run))
+            except _CannotCount as exc:
+                if run is latest[0]:
+                    raise
+                # An earlier manifest that cannot be planned again (its instance file changed,
+                # say) leaves the others' count standing: it is named apart, with why.
+                elsewhere.append((_manifest_arg(run), str(exc)))
+                continue
             for chunk in plan(manifest, selections=selections):
                 seen.update(u for u in chunk.units if u not in units)
             if run is not latest[0] and len(seen) > before:
@@ -446,7 +455,7 @@ def _next_steps(
     pending: int | None,
     pending_unknown: str | None,
     holder: Holder | None = None,
-    elsewhere: list[tuple[str, int]] | None = None,
+    elsewhere: list[tuple[str, int | str]] | None = None,
 ) -> list[str]:
     journal = shlex.quote(str(path))
     if holder is not None:
@@ -475,14 +484,17 @@ def _next_steps(
         why = pending_unknown or "send whatever is not yet sent (the same command resumes)"
         steps.append(f"{why}: {run}")
     else:
-        here = pending - sum(n for _, n in elsewhere or ())
+        here = pending - sum(n for _, n in elsewhere or () if isinstance(n, int))
         if here:
             steps.append(f"send the {counted(here, 'unit')} not yet sent: {run}")
         for other, n in elsewhere or ():
+            again = f"bulkrerun run {shlex.quote(other)} --journal {journal}"
+            if isinstance(n, str):  # why it cannot be counted, ending where a command follows
+                steps.append(f"{n} ({other}, an earlier run's manifest): {again}")
+                continue
             steps.append(
                 f"send the {counted(n, 'unit')} not yet sent of {other} (an earlier run's "
-                f"manifest; the last one does not plan them): bulkrerun run "
-                f"{shlex.quote(other)} --journal {journal}"
+                f"manifest; the last one does not plan them): {again}"
             )
     if held:
         steps.append(
@@ -515,7 +527,7 @@ def summarize(
     pending: int | None,
     pending_unknown: str | None = None,
     holder: Holder | None = None,
-    pending_elsewhere: list[tuple[str, int]] | None = None,
+    pending_elsewhere: list[tuple[str, int | str]] | None = None,
 ) -> StatusSummary:
     """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
     with ``pending`` as the caller counted it (``pending_unknown``: why it could not).
@@ -627,7 +639,12 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "held": summary.held,
         "pending": summary.pending,
         "pending_unknown": summary.pending_unknown,
-        "pending_elsewhere": [{"manifest": m, "pending": n} for m, n in summary.pending_elsewhere],
+        "pending_elsewhere": [
+            {"manifest": m, "pending": n}
+            if isinstance(n, int)
+            else {"manifest": m, "pending": None, "pending_unknown": n}
+            for m, n in summary.pending_elsewhere
+        ],
         "in_flight": summary.in_flight,
         "busy": summary.busy,
         "holder_pid": summary.holder_pid,

@@ -219,10 +219,11 @@ async def test_retry_then_done_and_give_up_is_failed() -> None:
     assert len(retries) == 4 and all(e.delay > 0 for e in retries)
 
 
-async def test_a_resend_of_held_units_that_runs_out_of_attempts_stays_held() -> None:
+async def test_a_resend_of_held_units_that_runs_out_of_attempts_is_not_acted_on() -> None:
     """--resend-held: a held unit may have been acted on by the send that left it held. A
-    resend the service did not act on (429s until the attempts ran out) decides nothing: the
-    unit stays held, not failed, which --retry-failed would send a third time."""
+    resend the service did not act on (429s until the attempts ran out) decides nothing: it
+    is recorded as not acted on, which leaves each unit as it was (held), not failed, which
+    --retry-failed would send a third time."""
     journal = MemoryJournal()
     held, *fresh = (c.id for c in chunks(3))
     journal.held_before = frozenset({held})
@@ -231,9 +232,9 @@ async def test_a_resend_of_held_units_that_runs_out_of_attempts_stays_held() -> 
     result = await engine_for(3, transport, journal, [], max_attempts=2).run()
     assert sorted(transport.sent) == sorted((c, a) for c in (held, *fresh) for a in (1, 2))
     states = journal.states()
-    assert states[held] == "held"
+    assert states[held] == "pending"
     assert [states[c] for c in fresh] == ["failed", "failed"]
-    assert (result.held, result.failed) == (1, 2)
+    assert (result.pending, result.failed) == (1, 2)
 
 
 async def test_auth_refusal_aborts_and_leaves_pending() -> None:

@@ -182,6 +182,19 @@ async def test_an_attempt_knows_whether_it_resends_held_units(jpath: Path) -> No
         assert j.state().units[held.id] is UnitState.HELD
         await j.intend(held, 3, 4.0)
         assert j.was_held(held)
+    # A batch formed around a held unit on resume holds units never sent, or failed: a
+    # resend not acted on leaves each as it was.
+    one, two, three = batch([1]), batch([2]), batch([1, 2, 3])
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+        await j.intend(one, 1, 5.0)  # held
+        await j.intend(two, 1, 5.0)
+        j.outcome(two, 1, Outcome(Kind.FAILED, 400, "DLF.1001", reason="400"), 6.0, "failed")
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+        await j.intend(three, 1, 7.0)
+        assert j.was_held(three)
+        j.outcome(three, 1, Outcome(Kind.RETRY, 429, "APIG.0308", reason="429"), 8.0, "pending")
+        units = j.state().units
+        assert [units.get(u) for u in three.units] == [UnitState.HELD, UnitState.FAILED, None]
 
 
 def test_an_empty_file_made_beforehand_becomes_a_private_journal(jpath: Path) -> None:

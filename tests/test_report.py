@@ -850,3 +850,39 @@ def test_a_unit_two_manifests_plan_counts_once_and_each_names_what_only_it_plans
     assert summary.pending_elsewhere == [(str(first), 2)]  # hours 0 and 1
     assert f"send the 4 units not yet sent: bulkrerun run {second}" in summary.next_steps[0]
     assert summary.next_steps[1].startswith(f"send the 2 units not yet sent of {first}")
+
+
+def test_an_earlier_manifest_that_cannot_be_counted_leaves_the_others_count_standing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.csv").write_text(INSTANCES_CSV, encoding="utf-8")
+    first = write_manifest(
+        tmp_path / "first.toml", '[[instances]]\njob_name = "j"\nfile = "a.csv"\n'
+    )
+    second = write_manifest(
+        tmp_path / "second.toml",
+        '[[window]]\njob_name = "j"\nbegin = 1732579200000\nend = 1732586400000\nchunk = "1h"\n',
+    )
+    path = tmp_path / "j"
+
+    async def script(j: Journal) -> None:
+        files = load_manifest(first).files
+        j.begin_run(RunInfo.from_manifest(first, instance_files=files), wall=T0)
+        j.begin_run(RunInfo.from_manifest(second), wall=T0 + 1)
+
+    run_journal(path, script)
+    assert status(path).pending == 2 + 5  # two windows, five instances
+    with (tmp_path / "a.csv").open("a", encoding="utf-8") as f:
+        f.write("917570,1732601580000,1732239754684\n")
+    summary = status(path)
+    assert summary.pending == 2  # second.toml's, still counted
+    ((manifest, why),) = summary.pending_elsewhere
+    assert manifest == str(first) and isinstance(why, str) and "changed since run 1" in why
+    assert summary.next_steps[0].startswith(
+        f"send the 2 units not yet sent: bulkrerun run {second}"
+    )
+    assert summary.next_steps[1].endswith(
+        f"an earlier run's manifest): bulkrerun run {first} --journal {path}"
+    )
+    as_json = status_json(summary)["pending_elsewhere"]
+    assert as_json == [{"manifest": str(first), "pending": None, "pending_unknown": why}]
