@@ -1225,9 +1225,10 @@ class Journal:
         except BlockingIOError:
             pid = _lock_holder(fd)
             who = f" (pid {pid})" if pid is not None else ""
+            other = ", or give this run another --journal path" if for_run else ""
             raise BadInput(
                 f"journal {path} is in use by another bulkrerun{who}; wait for it to end "
-                "or stop it, or give this run another --journal path."
+                f"or stop it{other}."
             ) from None
         if os.fstat(fd).st_nlink == 0:
             # Its holder created it, recorded nothing and removed it (discard_if_unused)

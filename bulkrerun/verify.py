@@ -676,9 +676,13 @@ class _Watcher:
         ``report`` and decides nothing."""
         if not records:
             return
-        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as f:
-            f.write("".join(r.to_json() + "\n" for r in records))
+            # A record cut short (a watch killed mid-write) ends its line first: glued to
+            # it, the next record would be skipped with it.
+            size = os.fstat(fd).st_size
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            f.write(("\n" if torn else "") + "".join(r.to_json() + "\n" for r in records))
 
     def counts(self) -> dict[str, Counter[str]]:
         jobs: dict[str, Counter[str]] = {}

@@ -313,6 +313,10 @@ def test_a_second_opener_is_refused_while_the_first_holds_the_journal(
         Journal.open(jpath, BINDING, tool_version="0.1.0")
     if sys.platform == "linux":  # the holder's pid comes from /proc/locks
         assert f"(pid {os.getpid()})" in str(err.value)
+    assert "give this run another --journal path" in str(err.value)
+    with pytest.raises(BadInput, match="in use by another bulkrerun") as err:
+        Journal.open(jpath, BINDING, tool_version="0.1.0", create=False)  # a verify
+    assert "--journal" not in str(err.value)
     journal.close()
     Journal.open(jpath, BINDING, tool_version="0.1.0").close()
 

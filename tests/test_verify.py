@@ -629,6 +629,25 @@ async def test_a_watch_whose_list_keeps_failing_says_so_past_a_minute_and_when_i
     assert "watch: 92 rerun instances: 92 succeeded" in file.getvalue()
 
 
+async def test_a_watch_after_one_killed_mid_write_loses_none_of_its_records(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path) as w:
+        await send_all(w)
+        watch_path(w.journal_path).write_text('{"t":"instance","unit":"abc","job_na')
+        con, _ = console()
+        with w.open_journal() as journal:
+            summary = await watch(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, console=con, poll=1.0
+            )
+    assert summary.total() == summary.succeeded == SELECTED + WINDOW_INSTANCES
+    seen = read_watch(w.journal_path)
+    assert sum(len(records) for records in seen.values()) == SELECTED + WINDOW_INSTANCES
+    assert (
+        watch_path(w.journal_path).read_text().startswith('{"t":"instance","unit":"abc","job_na\n')
+    )
+
+
 def test_read_watch_keeps_the_latest_and_skips_torn_lines(tmp_path: Path) -> None:
     line = {"t": "instance", "unit": "u", "job_name": "j", "plan_time": 1, "job_id": 2,
             "instance_id": None, "status": "fail", "submit_time": 3, "start_time": 4,
