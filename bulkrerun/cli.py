@@ -914,10 +914,17 @@ async def _selections_for_run(
     )
 
 
+def _notice(line: str) -> None:
+    """A line that says how long-running work goes (the instance list failing, say): on
+    stderr, and in the log (``-v``, ``--log-file``)."""
+    err.print(line, highlight=False, markup=False)
+    _log_run("notice", message=line)
+
+
 async def _verify_held(journal: Any, transport: Any, pacer: Any, clock: Any) -> None:
     from bulkrerun.verify import verify_held
 
-    summary = await verify_held(journal, transport, pacer=pacer, clock=clock)
+    summary = await verify_held(journal, transport, pacer=pacer, clock=clock, on_notice=_notice)
     err.print(str(summary), markup=False)
 
 
@@ -1277,7 +1284,9 @@ async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
         transport = _make_transport(settings, endpoint)
         pacer = _pacer(settings)
         async with transport:
-            summary = await verify_held(journal, transport, pacer=pacer, clock=SystemClock())
+            summary = await verify_held(
+                journal, transport, pacer=pacer, clock=SystemClock(), on_notice=_notice
+            )
     finally:
         journal.close()
     out.print(str(summary), markup=False)

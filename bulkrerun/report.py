@@ -861,7 +861,7 @@ def _row(
     if outcome is not None:
         reason = _opt_str(o.get("reason"))
     else:
-        reason = "sent; no answer yet" if flying else "sent; no outcome recorded"
+        reason = "sent; no answer yet" if flying else "may have been sent; no outcome recorded"
     return ReportRow(
         chunk=info.id,
         entry=str(intent.get("entry", "")),

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -486,11 +486,14 @@ async def verify_held(
     pacer: Pacer,
     clock: Clock,
     settle: float = SETTLE_S,
+    on_notice: Callable[[str], None] | None = None,
 ) -> VerifySummary:
     """Decide every held unit of ``journal`` from the instance list; journal each verdict.
 
     Sends no rerun. Raises :class:`~bulkrerun.errors.AuthRefused` if the service refuses the
     credentials (nothing is recorded then); a list that cannot be read leaves its units held.
+    ``on_notice`` hears, past a minute of failures, that the list keeps failing, and when it
+    answers again (:class:`ListTrouble`): its retries can take minutes.
     """
     summary = VerifySummary()
     state = journal.state()
@@ -503,7 +506,9 @@ async def verify_held(
     wait = newest / 1000 + settle - clock.wall()
     if wait > 0:
         await clock.sleep(wait)
-    listing = await _read(InstanceLister(transport, pacer=pacer, clock=clock), _queries(targets))
+    observe = None if on_notice is None else ListTrouble(None).observer(clock, on_notice)
+    lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
+    listing = await _read(lister, _queries(targets))
     wall = clock.wall()
     for target in targets:
         verdict = _verdict(target, listing)
@@ -700,7 +705,9 @@ class _Watcher:
 
 
 class ListTrouble:
-    """How long the instance list has been failing during a watch, and when to say so.
+    """How long the instance list has been failing during a watch or a verification, and
+    when to say so. ``until_wall``: when the watch times out (epoch s); None for a
+    verification, which asks until its retries run out.
 
     Pure: told each list call's outcome as it comes (retries included), with the clock's
     readings, it returns the line to print, if any. A failure is a ``RETRY`` outcome (a 5xx,
@@ -712,8 +719,8 @@ class ListTrouble:
 
     __slots__ = ("_noticed", "_since", "_since_wall", "_until_wall")
 
-    def __init__(self, until_wall: float) -> None:
-        self._until_wall = until_wall  # when the watch times out (epoch s)
+    def __init__(self, until_wall: float | None) -> None:
+        self._until_wall = until_wall
         self._since: float | None = None  # the first failure since the last answer (monotonic)
         self._since_wall = 0.0  # the same instant, epoch s
         self._noticed: float | None = None  # the last notice given (monotonic)
@@ -730,12 +737,34 @@ class ListTrouble:
         if self._noticed is not None and now - self._noticed < LIST_NOTICE_EVERY_S:
             return None
         self._noticed = now
-        return (
-            f"watch: the instance list has been failing for {duration(failing)} (since "
-            f"{_iso(round(self._since_wall * 1000))}; last: {_what_failed(outcome)}). "
-            f"Following goes on until {_iso(round(self._until_wall * 1000))}, when the watch "
-            "times out; Ctrl-C stops following, and the reruns already sent stand."
+        said = (
+            f"the instance list has been failing for {duration(failing)} (since "
+            f"{_iso(round(self._since_wall * 1000))}; last: {_what_failed(outcome)})."
         )
+        if self._until_wall is None:
+            return (
+                f"verify: {said} Each held unit's list is asked until its retries run out; "
+                "Ctrl-C stops, and the units not decided stay held."
+            )
+        return (
+            f"watch: {said} Following goes on until {_iso(round(self._until_wall * 1000))}, "
+            "when the watch times out; Ctrl-C stops following, and the reruns already sent "
+            "stand."
+        )
+
+    def observer(self, clock: Clock, say: Callable[[str], None]) -> Callable[[Outcome], None]:
+        """An ``on_outcome`` for :class:`InstanceLister`: each list call's outcome, told to
+        this tracker at ``clock``'s readings; what it has to say goes to ``say``."""
+
+        def observe(outcome: Outcome) -> None:
+            if outcome.kind is Kind.RETRY:
+                line = self.failed(outcome, clock.now(), clock.wall())
+            else:
+                line = self.answered(clock.now())
+            if line is not None:
+                say(line)
+
+        return observe
 
     def answered(self, now: float) -> str | None:
         """A list call was answered at ``now``: the line saying so, if a notice was given."""
@@ -743,9 +772,14 @@ class ListTrouble:
         self._since = self._noticed = None
         if since is None or noticed is None:
             return None
+        who, what = (
+            ("verify", "verifying")
+            if self._until_wall is None
+            else ("watch", "following the reruns")
+        )
         return (
-            f"watch: the instance list answers again, after {duration(now - since)} of "
-            "failures; following the reruns goes on."
+            f"{who}: the instance list answers again, after {duration(now - since)} of "
+            f"failures; {what} goes on."
         )
 
 
@@ -792,15 +826,9 @@ async def watch(
     started = clock.now()
     deadline = started + timeout
     trouble = ListTrouble(until_wall=clock.wall() + timeout)
-
-    def observe(outcome: Outcome) -> None:
-        if outcome.kind is Kind.RETRY:
-            line = trouble.failed(outcome, clock.now(), clock.wall())
-        else:
-            line = trouble.answered(clock.now())
-        if line is not None:
-            console.print(line, highlight=False, markup=False)
-
+    observe = trouble.observer(
+        clock, lambda line: console.print(line, highlight=False, markup=False)
+    )
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
     shown = ""
     warned: set[Key] = set()

@@ -933,3 +933,37 @@ async def test_a_signal_while_the_watch_replays_the_journal_stops_it_too(
     assert stopped is True
     assert not cli._interrupt.fired
     assert "watch stopped by SIGTERM: the reruns sent stand" in capsys.readouterr().err
+
+
+async def test_a_verify_whose_list_keeps_failing_says_so_past_a_minute_and_when_it_recovers(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path, server=ListDown) as w:
+        srv = w.srv
+        assert isinstance(srv, ListDown)
+        with w.open_journal() as journal:
+            for chunk in w.chunks:
+                await journal.intend(chunk, 1, w.clock.wall())
+            for chunk in w.chunks:
+                assert (await w.transport.send(chunk)).kind is Kind.DONE
+        srv.down = (w.clock.now(), w.clock.now() + 150.0)
+        notices: list[tuple[float, str]] = []
+        pacer = Pacer(PacingConfig(rate=1000.0, max_attempts=30), rng=random.Random(3))
+        with w.open_journal() as journal:
+            summary = await verify_held(
+                journal,
+                w.transport,
+                pacer=pacer,
+                clock=w.clock,
+                settle=0.0,
+                on_notice=lambda line: notices.append((w.clock.wall(), line)),
+            )
+    assert summary.verified_done == len(units_of(w.chunks))  # decided once it answered
+    first_503 = srv.refused[0]
+    (t1, failing), (t2, back) = notices
+    assert first_503 + LIST_NOTICE_AFTER_S <= t1 <= first_503 + LIST_NOTICE_AFTER_S + 35
+    assert failing.startswith("verify: the instance list has been failing for 1m")
+    assert "last: 503 APIG.0202 Backend unavailable" in failing
+    assert "Ctrl-C stops, and the units not decided stay held" in failing
+    assert t2 >= first_503 + 150.0 - 1
+    assert re.match(r"verify: the instance list answers again, after \dm\d\ds of failures", back)
