@@ -918,7 +918,8 @@ def _notice(line: str) -> None:
     """A line that says how long-running work goes (the instance list failing, say): on
     stderr, and in the log (``-v``, ``--log-file``)."""
     err.print(line, highlight=False, markup=False)
-    _log_run("notice", message=line)
+    if logging.getLogger("bulkrerun").handlers:  # configure_logging set up a log
+        _log_run("notice", message=line)
 
 
 async def _verify_held(journal: Any, transport: Any, pacer: Any, clock: Any) -> None:

@@ -373,3 +373,31 @@ async def test_the_signal_receivers_hand_sigterm_back_the_moment_they_close() ->
     finally:
         signal.signal(signal.SIGINT, saved[0])
         signal.signal(signal.SIGTERM, saved[1])
+
+
+def test_a_notice_goes_to_stderr_and_to_the_log_only_when_there_is_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+    import logging
+
+    from bulkrerun import cli
+
+    root = logging.getLogger("bulkrerun")
+    monkeypatch.setattr(root, "handlers", [])  # no log: no -v, no --log-file
+    cli._notice("verify: the instance list has been failing")
+    out = capsys.readouterr()
+    assert out.out == ""  # stdout is the command's output (verify's summary): no log lines
+    assert out.err == "verify: the instance list has been failing\n"
+    cli.configure_logging(False, tmp_path / "log")
+    try:
+        cli._notice("verify: the instance list answers again")
+    finally:
+        for handler in root.handlers:
+            handler.close()
+    (record,) = map(json.loads, (tmp_path / "log").read_text().splitlines())
+    assert (record["event"], record["message"]) == (
+        "notice",
+        "verify: the instance list answers again",
+    )
+    assert capsys.readouterr().out == ""
