@@ -693,11 +693,14 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             if several_manifests(journal.state()):
                 # What the others left unsent would take planning each again against a
                 # second read of the journal (the state in memory no longer lists the units
-                # this run settled): `status` does that, not every run's end.
-                summary.next_steps.append(
-                    "this journal's runs had other manifests too; what they left unsent is "
-                    f"counted by: bulkrerun status {shlex.quote(str(args.journal))}"
+                # this run settled): `status` does that, not every run's end. Nor can this
+                # say that nothing is left to do.
+                steps = [s for s in summary.next_steps if not s.startswith("nothing left")]
+                steps.append(
+                    "this journal's runs had other manifests too; what they left unsent, if "
+                    f"anything, is counted by: bulkrerun status {shlex.quote(str(args.journal))}"
                 )
+                summary = dataclasses.replace(summary, next_steps=steps)
     finally:
         # Closes it; a journal this run created and stopped before recording anything in
         # (a refused selection, a Ctrl-C in start-up) is removed, so that it binds nothing.

@@ -68,7 +68,7 @@ import shlex
 import sys
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,11 +171,11 @@ class StatusSummary:
     busy: bool = False
     holder_pid: int | None = None
     in_flight: int = 0
-    # Of ``pending``, the units of manifests other than the last run's (each as a command
-    # should name it) that the last one does not plan: a journal run with a manifest of
-    # what failed or is held, say, after the one that planned them all. Instead of a count,
-    # why a manifest's cannot be counted (its instance file changed since, say).
-    pending_elsewhere: list[tuple[str, int | str]] = field(default_factory=list)
+    # When the journal's runs had more than one manifest (a manifest of what failed or is
+    # held, say, after the one that planned them all): of ``pending``, per manifest (each as
+    # a command should name it; the last run's first), the units it plans that none before
+    # it does, or why they cannot be counted (its instance file changed since, say).
+    pending_by_manifest: list[tuple[str, int | str]] = field(default_factory=list)
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -200,8 +200,10 @@ def not_sent(state: JournalState) -> tuple[int | None, str | None]:
 def not_sent_by_manifest(
     state: JournalState,
 ) -> tuple[int | None, str | None, list[tuple[str, int | str]]]:
-    """What :func:`not_sent` counts, and of it, per manifest other than the last run's (as
-    a command should name it), the units that manifest plans and no later one does.
+    """What :func:`not_sent` counts, and, when the journal's runs had more than one
+    manifest, per manifest (as a command should name it; the last run's first) the units it
+    plans that none before it in that order does, or why they cannot be counted. The total
+    is then None if any manifest's cannot, the second item saying why.
 
     Each manifest (by where it was) counts as its latest run recorded it: an edit replaces
     what the file planned before. Usually every run had the same manifest, and only its
@@ -215,56 +217,55 @@ def not_sent_by_manifest(
     files are read from disk (the journal holds their digests, not their lines): where the
     run read them, and only if their digests are still the recorded ones.
     """
+    if not state.runs:
+        return None, None, []
+    latest = _latest_runs(state.runs)
+    if len(latest) == 1:
+        n = _count_not_sent(state, latest[0], count_pending)
+        return (n, None, []) if isinstance(n, int) else (None, n, [])
+    units = state.units
+    seen: set[str] = set()
+
+    def gather(state: JournalState, chunks: Iterable[Chunk]) -> int:
+        before = len(seen)
+        for chunk in chunks:
+            seen.update(u for u in chunk.units if u not in units)
+        return len(seen) - before
+
+    by_manifest: list[tuple[str, int | str]] = []
+    for run in latest:
+        n = _count_not_sent(state, run, gather, later=_runs_after(state, run))
+        by_manifest.append((_manifest_arg(run), n))
+    unknown = next((n for _, n in by_manifest if isinstance(n, str)), None)
+    return (len(seen) if unknown is None else None), unknown, by_manifest
+
+
+def _count_not_sent(
+    state: JournalState,
+    run: RunRecord,
+    count: Callable[[JournalState, Iterable[Chunk]], int],
+    later: list[RunRecord] | None = None,
+) -> int | str:
+    """``count`` over the plan of the manifest ``run`` recorded, or why it cannot be made
+    again faithfully (a next step, ending where the command to run follows)."""
     # Imported here, as in the functions below: only counting what is not yet sent needs
     # the manifest machinery (pydantic), which `report` can do without.
     from bulkrerun.planner import plan
 
-    if not state.runs:
-        return None, None, []
-    latest = _latest_runs(state.runs)
-    run = latest[0]
     try:
-        if len(latest) == 1:
-            manifest, selections = _recorded_plan(state, run)
-            return count_pending(state, plan(manifest, selections=selections)), None, []
-        units = state.units
-        seen: set[str] = set()
-        elsewhere: list[tuple[str, int | str]] = []
-        for run in latest:
-            before = len(seen)
-            try:
-                manifest, selections = _recorded_plan(state, run, later=_runs_after(state, run))
-            except _CannotCount as exc:
-                if run is latest[0]:
-                    raise
-                # An earlier manifest that cannot be planned again (its instance file changed,
-                # say) leaves the others' count standing: it is named apart, with why.
-                elsewhere.append((_manifest_arg(run), str(exc)))
-                continue
-            for chunk in plan(manifest, selections=selections):
-                seen.update(u for u in chunk.units if u not in units)
-            if run is not latest[0] and len(seen) > before:
-                elsewhere.append((_manifest_arg(run), len(seen) - before))
-        return len(seen), None, elsewhere
+        manifest, selections = _recorded_plan(state, run, later=later)
+        return count(state, plan(manifest, selections=selections))
     except _CannotCount as exc:
-        return None, str(exc), []
+        return str(exc)
     except ManifestError:  # an instance file changed between its check and the plan
         return (
-            None,
-            (
-                f"an instance file that run {run.n} read changed while it was read again, so what "
-                "is not yet sent cannot be counted; ask again, or resume with the same command"
-            ),
-            [],
+            f"an instance file that run {run.n} read changed while it was read again, so what "
+            "is not yet sent cannot be counted; ask again, or resume with the same command"
         )
     except OSError as exc:
         return (
-            None,
-            (
-                f"what is not yet sent cannot be counted ({exc}); ask again, or resume with the "
-                "same command"
-            ),
-            [],
+            f"what is not yet sent cannot be counted ({exc}); ask again, or resume with the "
+            "same command"
         )
 
 
@@ -455,7 +456,7 @@ def _next_steps(
     pending: int | None,
     pending_unknown: str | None,
     holder: Holder | None = None,
-    elsewhere: list[tuple[str, int | str]] | None = None,
+    by_manifest: list[tuple[str, int | str]] | None = None,
 ) -> list[str]:
     journal = shlex.quote(str(path))
     if holder is not None:
@@ -480,22 +481,24 @@ def _next_steps(
         )
 
     steps: list[str] = []
-    if pending is None:
+    if by_manifest:
+        for i, (name, n) in enumerate(by_manifest):
+            command = run if i == 0 else f"bulkrerun run {shlex.quote(name)} --journal {journal}"
+            where = "" if i == 0 else f" ({name}, an earlier run's manifest)"
+            if isinstance(n, str):  # why it cannot be counted, ending where a command follows
+                steps.append(f"{n}{where}: {command}")
+            elif n and i == 0:
+                steps.append(f"send the {counted(n, 'unit')} not yet sent: {command}")
+            elif n:
+                steps.append(
+                    f"send the {counted(n, 'unit')} not yet sent of {name} (an earlier run's "
+                    f"manifest; the last one does not plan them): {command}"
+                )
+    elif pending is None:
         why = pending_unknown or "send whatever is not yet sent (the same command resumes)"
         steps.append(f"{why}: {run}")
-    else:
-        here = pending - sum(n for _, n in elsewhere or () if isinstance(n, int))
-        if here:
-            steps.append(f"send the {counted(here, 'unit')} not yet sent: {run}")
-        for other, n in elsewhere or ():
-            again = f"bulkrerun run {shlex.quote(other)} --journal {journal}"
-            if isinstance(n, str):  # why it cannot be counted, ending where a command follows
-                steps.append(f"{n} ({other}, an earlier run's manifest): {again}")
-                continue
-            steps.append(
-                f"send the {counted(n, 'unit')} not yet sent of {other} (an earlier run's "
-                f"manifest; the last one does not plan them): {again}"
-            )
+    elif pending:
+        steps.append(f"send the {counted(pending, 'unit')} not yet sent: {run}")
     if held:
         steps.append(
             f"decide the {counted(held, 'unit')} held from the instances' live state: "
@@ -527,7 +530,7 @@ def summarize(
     pending: int | None,
     pending_unknown: str | None = None,
     holder: Holder | None = None,
-    pending_elsewhere: list[tuple[str, int | str]] | None = None,
+    pending_by_manifest: list[tuple[str, int | str]] | None = None,
 ) -> StatusSummary:
     """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
     with ``pending`` as the caller counted it (``pending_unknown``: why it could not).
@@ -564,13 +567,13 @@ def summarize(
             pending,
             pending_unknown,
             holder,
-            pending_elsewhere or [],
+            pending_by_manifest,
         ),
         pending_unknown=pending_unknown,
         busy=holder is not None,
         holder_pid=holder.pid if holder is not None else None,
         in_flight=in_flight,
-        pending_elsewhere=pending_elsewhere or [],
+        pending_by_manifest=pending_by_manifest or [],
     )
 
 
@@ -612,14 +615,14 @@ def status(path: Path) -> StatusSummary:
     and add up even while a run appends to the journal.
     """
     _, state = read_state(path)
-    pending, unknown, elsewhere = not_sent_by_manifest(state)
+    pending, unknown, by_manifest = not_sent_by_manifest(state)
     return summarize(
         path,
         state,
         pending=pending,
         pending_unknown=unknown,
         holder=_other_holder(path),
-        pending_elsewhere=elsewhere,
+        pending_by_manifest=by_manifest,
     )
 
 
@@ -639,11 +642,11 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "held": summary.held,
         "pending": summary.pending,
         "pending_unknown": summary.pending_unknown,
-        "pending_elsewhere": [
+        "pending_by_manifest": [
             {"manifest": m, "pending": n}
             if isinstance(n, int)
             else {"manifest": m, "pending": None, "pending_unknown": n}
-            for m, n in summary.pending_elsewhere
+            for m, n in summary.pending_by_manifest
         ],
         "in_flight": summary.in_flight,
         "busy": summary.busy,

@@ -844,19 +844,28 @@ def test_a_unit_two_manifests_plan_counts_once_and_each_names_what_only_it_plans
     second = write_manifest(tmp_path / "second.toml", window((2, 6)))  # hours 2-5
     path = tmp_path / "j"
 
+    hour2 = next(iter(plan(load_manifest(second))))
+
     async def script(j: Journal) -> None:
         j.begin_run(RunInfo.from_manifest(first), wall=T0)
         j.begin_run(RunInfo.from_manifest(second), wall=T0 + 1)
+        await j.intend(hour2, 1, T0 + 2)
+        j.outcome(hour2, 1, FAILED, T0 + 3, "failed")
 
     run_journal(path, script)
     summary = status(path)
-    assert summary.pending == 6  # hours 0-5, the two they share once
-    assert summary.pending_elsewhere == [(str(first), 2)]  # hours 0 and 1
-    assert f"send the 4 units not yet sent: bulkrerun run {second}" in summary.next_steps[0]
-    assert summary.next_steps[1].startswith(f"send the 2 units not yet sent of {first}")
+    assert summary.pending == 5  # hours 0-5 but the failed one, the ones they share once
+    assert summary.pending_by_manifest == [(str(second), 3), (str(first), 2)]  # 0 and 1
+    steps = summary.next_steps
+    assert f"send the 3 units not yet sent: bulkrerun run {second}" in steps[0]
+    assert steps[1].startswith(f"send the 2 units not yet sent of {first}")
+    # The failed unit is sent again through a manifest of exactly what failed or is held,
+    # not by either manifest's command.
+    (retry,) = [step for step in steps if step.startswith("once the cause is fixed")]
+    assert retry.endswith(f"then bulkrerun run retry.toml --journal {path} --retry-failed")
 
 
-def test_an_earlier_manifest_that_cannot_be_counted_leaves_the_others_count_standing(
+def test_an_earlier_manifest_that_cannot_be_counted_makes_the_total_unknown_not_the_rest(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "a.csv").write_text(INSTANCES_CSV, encoding="utf-8")
@@ -879,14 +888,21 @@ def test_an_earlier_manifest_that_cannot_be_counted_leaves_the_others_count_stan
     with (tmp_path / "a.csv").open("a", encoding="utf-8") as f:
         f.write("917570,1732601580000,1732239754684\n")
     summary = status(path)
-    assert summary.pending == 2  # second.toml's, still counted
-    ((manifest, why),) = summary.pending_elsewhere
+    # Not 2: first.toml may still hold units not yet sent. Its reason is the total's.
+    assert summary.pending is None
+    ((last, two), (manifest, why)) = summary.pending_by_manifest
+    assert (last, two) == (str(second), 2)  # second.toml's, still counted
     assert manifest == str(first) and isinstance(why, str) and "changed since run 1" in why
+    assert summary.pending_unknown == why
     assert summary.next_steps[0].startswith(
         f"send the 2 units not yet sent: bulkrerun run {second}"
     )
     assert summary.next_steps[1].endswith(
         f"an earlier run's manifest): bulkrerun run {first} --journal {path}"
     )
-    as_json = status_json(summary)["pending_elsewhere"]
-    assert as_json == [{"manifest": str(first), "pending": None, "pending_unknown": why}]
+    as_json = status_json(summary)
+    assert as_json["pending"] is None and as_json["pending_unknown"] == why
+    assert as_json["pending_by_manifest"] == [
+        {"manifest": str(second), "pending": 2},
+        {"manifest": str(first), "pending": None, "pending_unknown": why},
+    ]

@@ -746,6 +746,7 @@ def test_a_failed_unit_of_an_earlier_manifest_is_sent_again_by_the_step_status_n
     steps = json.loads(cli("status", str(j), "--json").stdout)["next_steps"]
     step = next(s for s in steps if s.startswith("once the cause is fixed"))
     assert "second.toml" not in step and "--format manifest > retry.toml" in step
+    assert step.endswith("then bulkrerun run retry.toml --journal " + str(j) + " --retry-failed")
     assert step in out.stderr.replace("\n", "")
     # The step works as it says, from the journal's folder.
     before = len(srv.ledger())
@@ -869,7 +870,10 @@ def test_units_an_earlier_manifest_left_unsent_still_count_after_a_manifest_of_h
     assert again.returncode == 1, again.stderr  # held units are not resent without the flag
     after = json.loads(cli("status", "j", "--json").stdout)
     assert (after["held"], after["pending"]) == (before["held"], before["pending"])
-    assert after["pending_elsewhere"] == [{"manifest": "m.toml", "pending": before["pending"]}]
+    assert after["pending_by_manifest"] == [
+        {"manifest": "held.toml", "pending": 0},
+        {"manifest": "m.toml", "pending": before["pending"]},
+    ]
     step = f"send the {before['pending']} units not yet sent of m.toml"
     assert any(s.startswith(step) for s in after["next_steps"]), after["next_steps"]
     assert any(s.endswith(": bulkrerun run m.toml --journal j") for s in after["next_steps"])
@@ -877,4 +881,5 @@ def test_units_an_earlier_manifest_left_unsent_still_count_after_a_manifest_of_h
     flat = " ".join(again.stderr.split())
     assert "this journal's runs had other manifests too" in flat
     assert "counted by: bulkrerun status j" in flat
+    assert "nothing left to do" not in flat
     assert m.exists()
