@@ -271,6 +271,10 @@ class RateLimiter:
         self._tat = (tat if tat > now - late else now - late) + interval
         return 0.0
 
+    def no_burst(self) -> None:
+        """From now on, one booking per interval: no burst credit, however full the bucket."""
+        self._burst = 1
+
     def rebase(self, at: float) -> None:
         """Forget every booking: the next one is at ``at``, then one interval apart, with no
         burst credit (re-planned sends must not leave in a burst)."""
@@ -1062,6 +1066,12 @@ class Pacer:
             if adaptive is not None and adaptive.on_throttle(
                 now, sent, stated_rate(outcome.error_msg)
             ):
+                # A gateway that throttled us keeps no burst for us either: sent in bursts
+                # of --burst at a rate it admits, most of each burst drew 429s, and each of
+                # those lowered the rate again (burst 20 against a gateway's 1 sank 10 req/s
+                # to 1). From the first decrease, sends go one interval apart.
+                self._gate.no_burst()
+                self._plan.no_burst()
                 self._set_rate(adaptive.rate, now)
             self._health(None, now, sent)  # the gateway said nothing about the service
             return

@@ -1170,3 +1170,17 @@ def test_answers_that_left_the_window_never_count_though_dropped_in_batches() ->
     assert rate is not None and 90 < rate < 115
     answers = meter._answers
     assert answers == sorted(answers)  # kept in send order, out-of-order arrivals included
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_burst_the_gateway_does_not_keep_is_given_up_at_the_first_decrease(seed: int) -> None:
+    """--burst 20 against a gateway that keeps no burst (the fake's default): most of each
+    burst drew 429s, each lowered the rate again, and 10 req/s sank to 1-4 for minutes. From
+    the first decrease, sends go one interval apart."""
+    pacer = Pacer(PacingConfig(rate=10.0, burst=20), rng=random.Random(seed))
+    r = simulate(
+        pacer, quota=10.0, burst=1, latency=0.05, workers=16, seconds=60.0, stated=10.0,
+        seed=seed, jitter=0.003,
+    )  # fmt: skip
+    assert r.accepted / 60.0 >= 8.5
+    assert r.throttled <= 0.06 * r.sent
