@@ -31,16 +31,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 import anyio
 
 from bulkrerun.chunk import Chunk
 from bulkrerun.clock import Clock, SystemClock
-from bulkrerun.errors import AuthRefused, BudgetExhausted, Fatal, Unanswered, Unreachable
+from bulkrerun.errors import (
+    AuthRefused,
+    BudgetExhausted,
+    Fatal,
+    ServiceDown,
+    Unanswered,
+    Unreachable,
+)
 from bulkrerun.events import EventSink, Retrying, Settled, Stopping, ignore
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer, Slot
+from bulkrerun.text import duration
 from bulkrerun.transport import Transport
 
 UNREACHABLE_AFTER = 8
@@ -48,6 +57,13 @@ UNREACHABLE_AFTER = 8
 stops (exit 3) instead of crawling on: with nothing ever reached, the endpoint is wrong or
 down, and the breaker would only pace the hopeless attempts to one every few seconds. Eight
 is the breaker's first five plus three probes, about fifteen seconds."""
+
+OUTAGE_STOP_AFTER = 600.0
+"""Seconds of nothing but failures (5xx that were not acted on, connections that failed)
+after the service had answered, after which the run stops (exit 3) instead of probing on:
+with the breaker open, a probe every few seconds would take hours to use up the attempts
+of thousands of units, and the operator would see a run that never ends. The same
+command resumes once the service is back. A 429 is an answer: throttling is paced."""
 
 HELD_IN_A_ROW_BEYOND_INFLIGHT = 3
 """Held outcomes in a row (nothing done or refused between them), beyond ``max_inflight``,
@@ -141,6 +157,8 @@ class Engine:
         self._answered = False  # has the service (or its gateway) answered anything yet?
         self._unreached = 0  # connection failures while it has not
         self._held_in_a_row = 0  # held outcomes since the last done or failed one
+        self._failing_since: float | None = None  # the first failure since the last answer
+        self._failing_wall = 0.0  # the same instant, epoch s
         self.result = RunResult()
 
     # -- control ----------------------------------------------------------------------------
@@ -262,6 +280,7 @@ class Engine:
                     if outcome.kind is _DONE:  # _decide's first case, inline
                         self._answered = True
                         self._held_in_a_row = 0
+                        self._failing_since = None
                         state, delay = "done", 0.0
                     else:
                         state, delay = self._decide(chunk, outcome, attempt)
@@ -325,6 +344,7 @@ class Engine:
             return "done", 0.0
         if kind is Kind.FAILED:
             self._held_in_a_row = 0
+            self._failing_since = None
             return "failed", 0.0
         if kind is Kind.HELD:
             if outcome is INTERRUPTED:  # cut off by a hard stop: not the service's doing
@@ -377,6 +397,8 @@ class Engine:
                     ),
                     "the service cannot be reached",
                 )
+        elif outcome.status is None or outcome.status >= 500:
+            self._outage(outcome)
         if self._stopping:
             return "pending", 0.0
         delay = self._pacer.retry_delay(outcome, attempt)
@@ -388,6 +410,25 @@ class Engine:
             # sent, in a batch formed around it).
             return ("pending" if self._journal.was_held(chunk) else "failed"), 0.0
         return "retry", delay
+
+    def _outage(self, outcome: Outcome) -> None:
+        """A failure not acted on (a 502/503, a connection that failed) after the service
+        had answered: past ``OUTAGE_STOP_AFTER`` of nothing else, stop the run."""
+        now = self._clock.now()
+        if self._failing_since is None:
+            self._failing_since = now
+            self._failing_wall = self._clock.wall()
+        elif now - self._failing_since >= OUTAGE_STOP_AFTER and self.result.fatal is None:
+            since = datetime.fromtimestamp(self._failing_wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._fatal(
+                ServiceDown(
+                    f"the service has failed every request for "
+                    f"{duration(now - self._failing_since)} (since {since}; last: "
+                    f"{outcome.reason}). None of those was acted on; the run stopped rather "
+                    "than probe on. Run the same command again once the service is back."
+                ),
+                "the service is down",
+            )
 
     def _fatal(self, fatal: Fatal, reason: str) -> None:
         """Stop the run for ``fatal`` (exit 3), the first fatal condition of the run."""

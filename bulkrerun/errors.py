@@ -81,6 +81,10 @@ class Unreachable(Fatal):
     """The run's first requests all failed to connect: the endpoint is wrong or down."""
 
 
+class ServiceDown(Fatal):
+    """After answering, the service failed every request (5xx, no connection) for minutes."""
+
+
 class Unanswered(Fatal):
     """Request after request was sent and got no definite answer (a timeout, a lost
     connection, a 5xx that may have acted): each is held, and more would only be more held."""

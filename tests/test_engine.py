@@ -408,3 +408,28 @@ async def test_intents_made_durable_together_still_leave_one_interval_apart() ->
     assert result.done == 12
     gaps = [b - a for a, b in zip(transport.times, transport.times[1:], strict=False)]
     assert min(gaps) >= 0.1 - LATE_FORGIVEN - 1e-9
+
+
+async def test_a_service_that_fails_everything_for_ten_minutes_after_answering_stops_the_run() -> (
+    None
+):
+    """Not unreachable (it answered first), but down since: 503s and failed connections
+    only. With the breaker open a probe every few seconds would take hours; the run stops
+    (exit 3) after OUTAGE_STOP_AFTER; an answer in between starts the count again."""
+    from bulkrerun.engine import OUTAGE_STOP_AFTER
+    from bulkrerun.errors import ServiceDown
+
+    journal = MemoryJournal()
+    down = Outcome(Kind.RETRY, status=503, error_code="APIG.0202", reason="unavailable")
+    refused = Outcome(Kind.RETRY, reason="could not connect (ClientConnectorError)")
+    script = {i: [down, refused] * 500 for i in range(1, 50)}  # chunk 0: done at once
+    transport = ScriptedTransport(journal, script)
+    engine = engine_for(50, transport, journal, [], max_attempts=1000)
+    clock = engine._clock
+    started = clock.now()
+    result = await engine.run()
+    assert isinstance(result.fatal, ServiceDown)
+    assert "the service has failed every request for 10m" in str(result.fatal)
+    assert "last: " in str(result.fatal)
+    assert OUTAGE_STOP_AFTER <= clock.now() - started <= OUTAGE_STOP_AFTER + 120
+    assert result.done == 1 and result.failed == 0
