@@ -732,6 +732,8 @@ def _event_sinks(display: Any, log_chunks: bool) -> tuple[EventSink, EventSink |
     def sink(event: Event) -> None:
         display(event)
         if isinstance(event, Settled):
+            if not event.attempts:
+                return  # never sent (the run stopped first): one record per request sent
             o = event.outcome
             log.info(
                 "chunk settled",

@@ -883,3 +883,21 @@ def test_units_an_earlier_manifest_left_unsent_still_count_after_a_manifest_of_h
     assert "counted by: bulkrerun status j" in flat
     assert "nothing left to do" not in flat
     assert m.exists()
+
+
+def test_log_file_has_no_settled_line_for_a_request_a_stop_left_unsent(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """A canary that stops the run leaves the requests the workers had taken unsent: the
+    log has one 'chunk settled' record per request sent, as the journal has."""
+    srv = fake_service("--missing-job", "ghost_job")
+    m = write_manifest(tmp_path / "m.toml", one_window("ghost_job", 1, "1m"))  # 60, all refused
+    log = tmp_path / "log.jsonl"
+    j = tmp_path / "j"
+    args = ["--canary", "5", "--max-inflight", "8", "--rate", "100", "--log-file", str(log)]
+    out = cli("run", str(m), "--journal", str(j), *args, url=srv.url)
+    assert out.returncode == 3, out.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    settled = [r for r in records if r["event"] == "chunk settled"]
+    assert settled and all(r["attempts"] >= 1 for r in settled)
+    assert len(settled) == status_of(cli, j)["failed"]
