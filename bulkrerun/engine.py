@@ -158,7 +158,6 @@ class Engine:
         self._unreached = 0  # connection failures while it has not
         self._held_in_a_row = 0  # held outcomes since the last done or failed one
         self._failing_since: float | None = None  # the first failure since the last answer
-        self._failing_wall = 0.0  # the same instant, epoch s
         self.result = RunResult()
 
     # -- control ----------------------------------------------------------------------------
@@ -417,9 +416,9 @@ class Engine:
         now = self._clock.now()
         if self._failing_since is None:
             self._failing_since = now
-            self._failing_wall = self._clock.wall()
         elif now - self._failing_since >= OUTAGE_STOP_AFTER and self.result.fatal is None:
-            since = datetime.fromtimestamp(self._failing_wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            wall = self._clock.wall() - (now - self._failing_since)
+            since = datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             self._fatal(
                 ServiceDown(
                     f"the service has failed every request for "

@@ -45,11 +45,12 @@ an empty file: ``bulkrerun report J --format manifest > again.toml && [ -s again
 bulkrerun plan again.toml``.
 
 A unit that was never sent is not in the journal, so "not yet sent" needs the plan:
-:func:`not_sent` plans again the copy of the manifest the journal's last run recorded (with
-the instance files it read, found where that run read them and checked against their
-digests, and the instances its ``[[select]]`` entries found) and counts the units the same
-replay does not know. :func:`status` does both from one read of the journal, so that its
-numbers are of one moment even while a run appends.
+:func:`not_sent_by_manifest` plans again the copy of the manifest the journal's last run
+recorded (with the instance files it read, found where that run read them and checked
+against their digests, and the instances its ``[[select]]`` entries found), and those of
+the other manifests earlier runs had, and counts the units the same replay does not know.
+:func:`status` does both from one read of the journal, so that its numbers are of one
+moment even while a run appends.
 
 The journal never holds a secret (the transport scrubs error messages before they are
 recorded), so nothing here needs to hide anything; it escapes what it prints, though, as
@@ -104,7 +105,7 @@ __all__ = [
     "ReportRow",
     "StatusSummary",
     "count_pending",
-    "not_sent",
+    "not_sent_by_manifest",
     "render_status",
     "report_rows",
     "status",
@@ -189,21 +190,15 @@ class _CannotCount(Exception):
     do, as a next step that ends where the command to run follows."""
 
 
-def not_sent(state: JournalState) -> tuple[int | None, str | None]:
-    """Units not yet sent of the manifests the journal's runs recorded: ``(count, None)``,
-    or ``(None, why)`` when that cannot be counted faithfully (``why`` is a next step; None
-    when no run is recorded). See :func:`not_sent_by_manifest`."""
-    pending, why, _ = not_sent_by_manifest(state)
-    return pending, why
-
-
 def not_sent_by_manifest(
     state: JournalState,
 ) -> tuple[int | None, str | None, list[tuple[str, int | str]]]:
-    """What :func:`not_sent` counts, and, when the journal's runs had more than one
-    manifest, per manifest (as a command should name it; the last run's first) the units it
-    plans that none before it in that order does, or why they cannot be counted. The total
-    is then None if any manifest's cannot, the second item saying why.
+    """Units not yet sent of the manifests the journal's runs recorded, or None with why
+    (a next step; None when no run is recorded) when that cannot be counted faithfully;
+    and, when the runs had more than one manifest, per manifest (as a command should name
+    it; the last run's first) the units it plans that none before it in that order does, or
+    why they cannot be counted. The total is then None if any manifest's cannot, the second
+    item saying why.
 
     Each manifest (by where it was) counts as its latest run recorded it: an edit replaces
     what the file planned before. Usually every run had the same manifest, and only its
@@ -271,7 +266,7 @@ def _count_not_sent(
 
 def several_manifests(state: JournalState) -> bool:
     """Whether the journal's runs had more than one manifest (by where it was)."""
-    return len({_manifest_key(run) for run in state.runs}) > 1
+    return len(_latest_runs(state.runs)) > 1
 
 
 def _manifest_key(run: RunRecord) -> str:
@@ -313,14 +308,18 @@ def _recorded_plan(
 def _has_select(run: RunRecord) -> bool:
     """Whether the manifest ``run`` recorded has ``[[select]]`` entries (as far as its copy
     reads: one that does not read cannot have recorded a selection)."""
-    text = run.manifest_text.removeprefix("\ufeff")
     try:
-        data = (
-            json.loads(text) if run.manifest_name.lower().endswith(".json") else tomllib.loads(text)
-        )
+        data = _copy_data(run)
     except ValueError:
         return False
     return isinstance(data, dict) and bool(data.get("select"))
+
+
+def _copy_data(run: RunRecord) -> Any:
+    """The journal's copy of the manifest ``run`` recorded, parsed as TOML (or JSON, by its
+    name); raises ValueError (TOMLDecodeError and JSONDecodeError are ValueErrors)."""
+    text = run.manifest_text.removeprefix("\ufeff")
+    return json.loads(text) if run.manifest_name.lower().endswith(".json") else tomllib.loads(text)
 
 
 def _recorded_manifest(run: RunRecord) -> Manifest:
@@ -330,8 +329,7 @@ def _recorded_manifest(run: RunRecord) -> Manifest:
 
     name = run.manifest_name
     try:
-        text = run.manifest_text.removeprefix("\ufeff")
-        data = json.loads(text) if name.lower().endswith(".json") else tomllib.loads(text)
+        data = _copy_data(run)
         tables = data.get("instances") or []
     except (ValueError, AttributeError):  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise _CannotCount(
@@ -611,7 +609,7 @@ def _in_flight(state: JournalState, since: float | None) -> int:
 def status(path: Path) -> StatusSummary:
     """Read the journal at ``path`` once and sum it up, what is not yet sent included.
 
-    One read serves every number (see :func:`not_sent`), so that they are of one moment
+    One read serves every number (see :func:`not_sent_by_manifest`), so that they are of one moment
     and add up even while a run appends to the journal.
     """
     _, state = read_state(path)

@@ -25,7 +25,7 @@ from bulkrerun.planner import SelectedInstance, plan
 from bulkrerun.report import (
     REPORT_COLUMNS,
     count_pending,
-    not_sent,
+    not_sent_by_manifest,
     render_status,
     report_rows,
     status,
@@ -385,12 +385,12 @@ def test_pending_is_counted_from_the_journals_copy_of_the_manifest(
     _, state = read_state(journal_path)
     # Window chunk 4 and instance 4 were never sent.
     assert count_pending(state, chunks) == 2
-    assert not_sent(state) == (2, None)
+    assert not_sent_by_manifest(state) == (2, None, [])
     # What the file says now does not matter: the run's manifest is the journal's copy.
     manifest_path.write_text(MANIFEST.replace("5 * 3_600_000", "6 * 3_600_000") + "\n")
-    assert not_sent(state) == (2, None)
+    assert not_sent_by_manifest(state) == (2, None, [])
     manifest_path.unlink()
-    assert not_sent(state) == (2, None)
+    assert not_sent_by_manifest(state) == (2, None, [])
 
 
 def test_pending_is_counted_without_writing_anything(
@@ -399,12 +399,12 @@ def test_pending_is_counted_without_writing_anything(
     # status reads: a full or read-only temporary folder must not stop it from counting.
     _, state = read_state(journal_path)
     monkeypatch.setattr(tempfile, "tempdir", str(journal_path.parent / "no-such-folder"))
-    assert not_sent(state) == (2, None)
+    assert not_sent_by_manifest(state) == (2, None, [])
 
 
 def test_pending_without_a_run_is_unknown(tmp_path: Path) -> None:
     run_journal(tmp_path / "j", _nothing)
-    assert not_sent(read_state(tmp_path / "j")[1]) == (None, None)
+    assert not_sent_by_manifest(read_state(tmp_path / "j")[1]) == (None, None, [])
     assert status(tmp_path / "j").pending is None
 
 
