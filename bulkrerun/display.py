@@ -18,6 +18,7 @@ instructions a request (callgrind), about 1 % of a fast run, to redraw ten times
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.markup import escape
@@ -35,6 +36,7 @@ from bulkrerun.clock import Clock
 from bulkrerun.engine import RunResult
 from bulkrerun.events import Event, Stopping
 from bulkrerun.pacing import BreakerState, Pacer
+from bulkrerun.text import duration
 
 PLAIN_EVERY = 5.0  # seconds between plain progress lines when not on a terminal
 LIVE_EVERY = 0.1
@@ -59,7 +61,9 @@ class RunDisplay:
         self.total = total_units
         self.counts = RunResult()  # the engine's, once follow() is given them
         self._pacer = pacer
-        self._breaker_opens = 0  # openings already told
+        self._outages = 0  # spells of a failing service already told
+        self._down = False  # the last told: the breaker open (or half-open)
+        self._down_since = 0.0  # wall time the last told spell began
         self._started = time.monotonic()
         self._live = enabled and console.is_terminal
         self._plain = enabled and not console.is_terminal
@@ -79,6 +83,7 @@ class RunDisplay:
             disable=not self._live,
         )
         self._task: TaskID | None = None
+        self._clock: Clock | None = None  # follow()'s
 
     def __enter__(self) -> RunDisplay:
         self._progress.start()
@@ -88,6 +93,8 @@ class RunDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._clock is not None and (self._live or self._plain):
+            self.pacing(self._clock.now(), self._clock.wall())  # tell a spell's end, if untold
         self._refresh()
         self._progress.stop()
 
@@ -101,14 +108,15 @@ class RunDisplay:
         cancelled: on a terminal at once and then every ``LIVE_EVERY`` seconds; elsewhere
         as a plain line every ``PLAIN_EVERY`` seconds; not at all when disabled."""
         self.counts = counts
+        self._clock = clock
         if self._live:
             while True:
-                self._refresh(self.pacing(clock.now()))
+                self._refresh(self.pacing(clock.now(), clock.wall()))
                 await clock.sleep(LIVE_EVERY)
         elif self._plain:
             while True:
                 await clock.sleep(PLAIN_EVERY)
-                pacing = self.pacing(clock.now())
+                pacing = self.pacing(clock.now(), clock.wall())
                 self.console.print(
                     f"progress: {self.settled}/{self.total} units, {counts.done} done, "
                     f"{counts.failed} failed, {counts.held} held, {self.rate():.1f}/s"
@@ -116,20 +124,36 @@ class RunDisplay:
                     highlight=False,
                 )
 
-    def pacing(self, now: float) -> str:
-        """What pacing is doing, in a few words ("" when nothing worth saying); prints a
-        line the first time the breaker opens after the last one was told."""
+    def pacing(self, now: float, wall: float) -> str:
+        """What pacing is doing, in a few words ("" when nothing worth saying), at ``now``
+        (the clock's monotonic time; ``wall`` is the same moment's). Prints a line when the
+        breaker opens on a failing service, with the time, and one when the service
+        answers again: not at each failed probe, which opens it again every few seconds."""
         if self._pacer is None:
             return ""
         stats = self._pacer.stats(now)
-        if stats.breaker_opens > self._breaker_opens:
-            self._breaker_opens = stats.breaker_opens
+        down = stats.breaker is not BreakerState.CLOSED
+        since = now if stats.down_since is None else stats.down_since
+        if stats.outages > self._outages:
+            self._outages = stats.outages
+            self._down_since = wall - (now - since)
+            told = datetime.fromtimestamp(self._down_since, UTC).strftime("%H:%M:%S")
             self.console.print(
-                "[yellow]the service is failing: sending paused; one request probes it "
-                "every few seconds[/]"
+                f"[yellow]the service is failing since {told} UTC: sending paused; one "
+                "request probes it every few seconds[/]"
             )
-        if stats.breaker is not BreakerState.CLOSED:
-            return f"paused: the service is failing (circuit breaker {stats.breaker})"
+            self._down = True  # told, even if it answered again before this look
+        if self._down and not down:
+            self.console.print(
+                f"[green]the service answers again after {duration(wall - self._down_since)}"
+                ": sending resumed[/]"
+            )
+        self._down = down
+        if down:
+            return (
+                f"paused {duration(now - since)}: the service is failing "
+                f"(circuit breaker {stats.breaker})"
+            )
         if stats.throttled:
             # Sporadic: 429s no more frequent than those that come at any rate (another
             # client's), which lowered nothing: why the rate holds while 429s go up.

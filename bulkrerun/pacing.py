@@ -688,7 +688,9 @@ class CircuitBreaker:
         "_opened_at",
         "_probe_out",
         "_threshold",
+        "down_since",
         "opens",
+        "outages",
     )
 
     def __init__(self, threshold: int, cooldown: float) -> None:
@@ -702,7 +704,9 @@ class CircuitBreaker:
         self._opened_at: float | None = None  # None: closed
         self._open_until = -math.inf
         self._probe_out = False
-        self.opens = 0
+        self.opens = 0  # every opening, a failed probe's included
+        self.outages = 0  # openings from closed: one per spell of failing
+        self.down_since: float | None = None  # when the latest spell opened it (kept after)
 
     def state(self, now: float) -> BreakerState:
         """Closed, open (``now`` within the cooldown), or half-open (cooldown over)."""
@@ -734,6 +738,8 @@ class CircuitBreaker:
             elif healthy is False:
                 self._failures += 1
                 if self._failures >= self._threshold:
+                    self.outages += 1
+                    self.down_since = now
                     self._open(now)
             return
         if sent_at < self._opened_at:
@@ -889,13 +895,18 @@ class PacingStats:
     gave_up: int
     retry_tokens: int
     breaker: BreakerState
-    breaker_opens: int
     final_ok: int
     final_failed: int
     stated_limit: float | None = None
     """The limit (req/s) the gateway's latest 429 stated, None until one did."""
     background_throttles: int = 0
     """Fresh 429s the background share explained, which lowered nothing."""
+    outages: int = 0
+    """Times the breaker opened from closed: spells of a failing service, however many
+    probes each one failed."""
+    down_since: float | None = None
+    """When the breaker opened for the latest spell (the clock's time; kept once it closed
+    again), None before the first."""
 
 
 # The outcome kinds on_outcome asks about, bound once: an enum member read through its class
@@ -1140,11 +1151,12 @@ class Pacer:
             gave_up=self._gave_up,
             retry_tokens=self._budget.tokens,
             breaker=self._breaker.state(now),
-            breaker_opens=self._breaker.opens,
             final_ok=self._final_ok,
             final_failed=self._final_failed,
             stated_limit=adaptive.stated if adaptive is not None else None,
             background_throttles=adaptive.background if adaptive is not None else 0,
+            outages=self._breaker.outages,
+            down_since=self._breaker.down_since,
         )
 
     def _set_rate(self, rate: float, now: float) -> None:

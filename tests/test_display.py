@@ -103,22 +103,83 @@ async def test_disabled_it_draws_nothing_but_stop_notices() -> None:
     assert display.settled == 10
 
 
-def test_pacing_at_work_is_shown_and_a_breaker_opening_is_told_once() -> None:
-    from bulkrerun.outcome import Kind, Outcome
+def test_pacing_at_work_is_shown_and_a_spell_of_failing_is_told_once_with_its_times() -> None:
+    from bulkrerun.outcome import DONE, Kind, Outcome
     from bulkrerun.pacing import Pacer, PacingConfig
 
     out = io.StringIO()
-    pacer = Pacer(PacingConfig(rate=50.0))
+    pacer = Pacer(PacingConfig(rate=50.0, breaker_threshold=5, breaker_cooldown=5.0))
     display = RunDisplay(Console(file=out, force_terminal=False, width=200), 10, pacer=pacer)
-    assert display.pacing(0.0) == ""  # nothing to say while pacing is idle
-    pacer.on_outcome(Outcome(Kind.RETRY, status=429, reason="429 throttled"), 0.1, 0.0)
-    assert display.pacing(0.2).startswith("1 throttled (429), sending at ")
-    for i in range(5):  # the breaker's threshold of failures in a row
-        pacer.on_outcome(Outcome(Kind.RETRY, status=503, reason="503"), 1.0 + i, 0.5 + i)
-    note = display.pacing(6.0)
-    assert note.startswith("paused: the service is failing (circuit breaker ")
-    display.pacing(6.1)
-    assert out.getvalue().count("the service is failing: sending paused") == 1
+    wall0 = 1_732_600_000.0 - 1000.0  # 2024-11-26T05:46:40Z at now = 1000.0
+    assert display.pacing(1000.0, wall0 + 1000.0) == ""  # nothing to say while pacing is idle
+    pacer.on_outcome(Outcome(Kind.RETRY, status=429, reason="429 throttled"), 1000.1, 1000.0)
+    assert display.pacing(1000.2, wall0 + 1000.2).startswith("1 throttled (429), sending at ")
+    failing = Outcome(Kind.RETRY, status=503, reason="503")
+    for i in range(5):  # the breaker's threshold of failures in a row opens it at 1005.0
+        pacer.on_outcome(failing, 1001.0 + i, 1000.5 + i)
+    assert display.pacing(1006.0, wall0 + 1006.0) == (
+        "paused 1s: the service is failing (circuit breaker open)"
+    )
+    # Each failed probe opens the breaker again: the spell goes on, and is not told again.
+    for probe in (1010.0, 1015.5, 1021.0, 1026.5):
+        pacer.on_outcome(failing, probe + 0.1, probe)
+        assert display.pacing(probe + 0.2, wall0 + probe + 0.2).startswith("paused ")
+    assert display.pacing(1130.0, wall0 + 1130.0).startswith("paused 2m05s: ")
+    told = out.getvalue().splitlines()
+    assert told == [
+        "the service is failing since 05:46:45 UTC: sending paused; one request probes it "
+        "every few seconds"
+    ]
+    pacer.on_outcome(DONE, 1132.1, 1132.0)  # a probe answered: the spell is over
+    assert display.pacing(1132.2, wall0 + 1132.2).startswith("1 throttled (429)")
+    display.pacing(1133.0, wall0 + 1133.0)
+    assert out.getvalue().splitlines()[1:] == [
+        "the service answers again after 2m07s: sending resumed"
+    ]
+    for i in range(5):  # a second spell is a new one: told again
+        pacer.on_outcome(failing, 1141.0 + i, 1140.5 + i)
+    display.pacing(1146.0, wall0 + 1146.0)
+    assert out.getvalue().splitlines()[2].startswith("the service is failing since 05:49:05 UTC")
+
+
+def test_a_spell_of_failing_over_between_two_looks_is_still_told_both_ways() -> None:
+    from bulkrerun.outcome import DONE, Kind, Outcome
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    out = io.StringIO()
+    pacer = Pacer(PacingConfig(rate=50.0, breaker_threshold=2, breaker_cooldown=1.0))
+    display = RunDisplay(Console(file=out, force_terminal=False, width=200), 10, pacer=pacer)
+    failing = Outcome(Kind.RETRY, status=502, reason="502")
+    pacer.on_outcome(failing, 10.1, 10.0)
+    pacer.on_outcome(failing, 10.2, 10.1)  # opens
+    pacer.on_outcome(DONE, 11.5, 11.4)  # the probe answered: closed again
+    assert display.pacing(12.0, 5012.0) == ""  # the plain line's look, 5 s apart
+    assert out.getvalue().splitlines() == [
+        "the service is failing since 01:23:30 UTC: sending paused; one request probes it "
+        "every few seconds",
+        "the service answers again after 2s: sending resumed",
+    ]
+
+
+async def test_a_spell_of_failing_over_after_the_last_look_is_told_at_the_end() -> None:
+    from bulkrerun.outcome import DONE, Kind, Outcome
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    clock, out = FakeClock(), io.StringIO()
+    pacer = Pacer(PacingConfig(rate=50.0, breaker_threshold=1, breaker_cooldown=1.0))
+    display = RunDisplay(Console(file=out, force_terminal=False, width=200), 1, pacer=pacer)
+    with display:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(display.follow, RunResult(), clock)
+            await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+        t = clock.now()
+        pacer.on_outcome(Outcome(Kind.RETRY, status=503, reason="503"), t + 0.5, t + 0.4)
+        pacer.on_outcome(DONE, t + 2.0, t + 1.9)
+        clock.advance(3.5)  # the run ends before the next plain line
+    told = out.getvalue().splitlines()
+    assert told[0].startswith("the service is failing since ")
+    assert told[1] == "the service answers again after 3s: sending resumed"
 
 
 def test_sporadic_429s_that_kept_the_rate_are_counted_apart() -> None:
@@ -137,7 +198,7 @@ def test_sporadic_429s_that_kept_the_rate_are_counted_apart() -> None:
         t += 1 / pacer.current_rate
     stats = pacer.stats(t)
     assert 0 < stats.background_throttles < stats.throttled
-    line = display.pacing(t)
+    line = display.pacing(t, t)
     assert re.fullmatch(
         rf"{stats.throttled} throttled \(429; {stats.background_throttles} sporadic, rate kept\), "
         r"sending at \d+\.\d requests/s",
@@ -154,10 +215,10 @@ def test_the_limit_the_gateway_stated_is_shown_with_the_rate() -> None:
     display = RunDisplay(Console(file=io.StringIO(), width=200), 10, pacer=pacer)
     stating = Outcome(Kind.RETRY, status=429, error_msg=throttle_message(5))
     pacer.on_outcome(stating, 0.1, 0.0)
-    assert display.pacing(0.2) == (
+    assert display.pacing(0.2, 0.2) == (
         f"1 throttled (429), sending at {BETA * 5:.1f} requests/s (gateway limit 5/s)"
     )
     per_minute = "The throttling threshold has been reached: policy user over ratelimit,"
     per_minute += "limit:100,time:1 minute"
     pacer.on_outcome(Outcome(Kind.RETRY, status=429, error_msg=per_minute), 0.3, 0.2)
-    assert display.pacing(0.4).endswith("(gateway limit 1.7/s)")
+    assert display.pacing(0.4, 0.4).endswith("(gateway limit 1.7/s)")
