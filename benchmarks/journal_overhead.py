@@ -34,6 +34,9 @@ class NoJournal:
     def was_held(self, chunk: object) -> bool:
         return False
 
+    def held_units(self, chunk: object) -> int:
+        return 0
+
 
 def child(manifest: Path, url: str, journal_path: str) -> None:
     import anyio

@@ -855,6 +855,15 @@ def _finish(
             said = example.error_msg or example.reason
             detail = f" (e.g. request id {example.request_id or 'none'}: {said})"
         err.print(f"  failed {code}: {n:,}{detail}", markup=False)
+    for code, n in sorted(result.refused_resends.items(), key=lambda kv: -kv[1]):
+        example = result.failed_example[code]
+        said = example.error_msg or example.reason
+        err.print(
+            f"  resend refused {code}: {counted(n, 'request')} (e.g. request id "
+            f"{example.request_id or 'none'}: {said}); their units stay held, as the send "
+            "that left them held may have been acted on",
+            markup=False,
+        )
     if args.next_steps is not None:
         summary = dataclasses.replace(summary, next_steps=list(args.next_steps))
     render_status(summary, err)
@@ -881,6 +890,7 @@ def _finish(
             held=result.held,
             not_sent=not_sent,
             failed_by_code=dict(result.failed_by_code),
+            refused_resends=dict(result.refused_resends),
             interrupted=interrupted,
             stopped=None if result.fatal is None else str(result.fatal),
             units_per_second=round(display.rate(), 3),

@@ -94,6 +94,8 @@ class JournalSink(Protocol):
 
     def was_held(self, chunk: Chunk) -> bool: ...
 
+    def held_units(self, chunk: Chunk) -> int: ...
+
 
 @dataclass
 class RunResult:
@@ -108,6 +110,9 @@ class RunResult:
     failed_by_code: dict[str, int] = field(default_factory=dict)
     # The first refusal of each code, for the closing summary: what a ticket asks for.
     failed_example: dict[str, Outcome] = field(default_factory=dict)
+    # Resends of held units (--resend-held) the service refused, by code: not acted on, so
+    # the units stay held (the send that left them held may have been).
+    refused_resends: dict[str, int] = field(default_factory=dict)
 
 
 class Engine:
@@ -344,7 +349,16 @@ class Engine:
         if kind is Kind.FAILED:
             self._held_in_a_row = 0
             self._failing_since = None
-            return "failed", 0.0
+            # A refused resend of held units (--resend-held) was not acted on, and says
+            # nothing of the send that left them held: failed would have --retry-failed,
+            # said to be safe, send them a third time. See the RETRY case below.
+            if not self._journal.was_held(chunk):
+                return "failed", 0.0
+            code = _code(outcome)
+            refused = self.result.refused_resends
+            refused[code] = refused.get(code, 0) + 1
+            self.result.failed_example.setdefault(code, outcome)
+            return "pending", 0.0
         if kind is Kind.HELD:
             if outcome is INTERRUPTED:  # cut off by a hard stop: not the service's doing
                 return "held", 0.0
@@ -441,19 +455,25 @@ class Engine:
             r.done += n
         elif state == "failed":
             r.failed += n
-            code = "?"
-            if outcome is not None:
-                code = outcome.error_code or (str(outcome.status) if outcome.status else "")
-                code = code or outcome.reason
+            code = "?" if outcome is None else _code(outcome)
             r.failed_by_code[code] = r.failed_by_code.get(code, 0) + n
             if outcome is not None:
                 r.failed_example.setdefault(code, outcome)
         elif state == "held":
             r.held += n
         else:
-            r.pending += n
+            # Not acted on, or not sent: a resend's units held before (--resend-held) are
+            # held again, not waiting to be sent.
+            held = self._journal.held_units(chunk)
+            r.held += held
+            r.pending += n - held
         if self._on_settled is not None:
             self._on_settled(Settled(chunk, state, outcome, attempts))
         reason = self._pacer.stop_reason()
         if reason is not None and r.fatal is None:
             self._fatal(BudgetExhausted(f"{reason}. The rest was not sent."), reason)
+
+
+def _code(outcome: Outcome) -> str:
+    """What a refusal is counted under: its error code, else its status, else its reason."""
+    return outcome.error_code or (str(outcome.status) if outcome.status else "") or outcome.reason

@@ -1480,6 +1480,12 @@ class Journal:
         priors = self._rep.priors(chunk.id)
         return priors is not None and _UNIT_HELD in priors
 
+    def held_units(self, chunk: Chunk) -> int:
+        """How many units of ``chunk`` are held now: after an attempt of a resend (of held
+        units) not acted on, those it left held as they were."""
+        units = self._rep.state.units
+        return sum(1 for u in chunk.units if units.get(u) is _UNIT_HELD)
+
     def verified(self, unit_id: str, state: UnitState | None, evidence: str, wall: float) -> None:
         """Record what a verification found for a unit (``None``: it was not rerun, so it is
         pending again); durable with the next commit."""

@@ -51,6 +51,9 @@ class MemoryJournal:
     def was_held(self, chunk: Chunk) -> bool:
         return chunk.id in self.held_before
 
+    def held_units(self, chunk: Chunk) -> int:
+        return len(chunk.units) if chunk.id in self.held_before else 0
+
     held_before: frozenset[str] = frozenset()  # chunks resent with units held before
 
     def states(self) -> dict[str, str]:
@@ -234,7 +237,23 @@ async def test_a_resend_of_held_units_that_runs_out_of_attempts_is_not_acted_on(
     states = journal.states()
     assert states[held] == "pending"
     assert [states[c] for c in fresh] == ["failed", "failed"]
-    assert (result.pending, result.failed) == (1, 2)
+    # The run's counts: held again, not waiting to be sent.
+    assert (result.held, result.pending, result.failed) == (1, 0, 2)
+
+
+async def test_a_refused_resend_of_held_units_leaves_them_as_they_were() -> None:
+    """A definite refusal (400) of a resend says it was not acted on, and nothing of the send
+    that left the units held: recorded as not acted on, they stay held (verify decides
+    them), not failed."""
+    journal = MemoryJournal()
+    held, fresh = (c.id for c in chunks(2))
+    journal.held_before = frozenset({held})
+    refused = Outcome(Kind.FAILED, status=400, error_code="DLF.1000", reason="no such job")
+    transport = ScriptedTransport(journal, {0: [refused], 1: [refused]})
+    result = await engine_for(2, transport, journal, []).run()
+    states = journal.states()
+    assert (states[held], states[fresh]) == ("pending", "failed")
+    assert (result.held, result.pending, result.failed) == (1, 0, 1)
 
 
 async def test_auth_refusal_aborts_and_leaves_pending() -> None:

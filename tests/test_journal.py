@@ -195,6 +195,7 @@ async def test_an_attempt_knows_whether_it_resends_held_units(jpath: Path) -> No
         j.outcome(three, 1, Outcome(Kind.RETRY, 429, "APIG.0308", reason="429"), 8.0, "pending")
         units = j.state().units
         assert [units.get(u) for u in three.units] == [UnitState.HELD, UnitState.FAILED, None]
+        assert j.held_units(three) == 1  # the engine counts it held again, not unsent
 
 
 def test_an_empty_file_made_beforehand_becomes_a_private_journal(jpath: Path) -> None:

@@ -225,6 +225,36 @@ def test_dropped_after_accept_is_held_and_never_resent_without_flag(
     assert "may run twice" in resend.stderr
 
 
+def test_a_refused_resend_of_held_units_leaves_them_held_and_says_why(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The first sends were accepted, their answers lost: held. The resends are refused
+    (the job is gone meanwhile). A refusal says the resend was not acted on, not that the
+    first send was not: the units stay held, and --retry-failed is not offered as safe."""
+    first = fake_service("--drop-after-accept", "1.0")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 3, "1h"))
+    j = tmp_path / "j"
+    args = ("run", str(m), "--journal", str(j), "--rate", "100", "--timeout", "5")
+    assert cli(*args, url=first.url).returncode == 1
+    assert len(first.ledger()) == 3 and status_of(cli, j)["held"] == 3
+    first.proc.terminate()
+    first.proc.wait(10)
+    port = first.url.rsplit(":", 1)[1]
+    gone = fake_service("--port", port, "--missing-job", "ods_orders")
+    assert gone.url == first.url  # the journal is bound to the endpoint
+    resend = cli(*args, "--resend-held", url=gone.url)
+    assert resend.returncode == 1, resend.stderr
+    assert gone.ledger() == []  # refused, none accepted
+    assert "resend refused DLF.1000: 3 requests" in resend.stderr
+    assert "their units stay held" in resend.stderr
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"], s["held"], s["pending"]) == (0, 0, 3, 0)
+    assert not any("--retry-failed" in step for step in s["next_steps"])
+    assert any("bulkrerun verify" in step for step in s["next_steps"])
+    closing = resend.stderr[resend.stderr.index("this run") :]
+    assert "not yet sent" not in closing.split("next:")[1]  # nothing counted twice
+
+
 def test_sigint_stops_cleanly_exit_130_and_resume_completes(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
