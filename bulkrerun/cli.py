@@ -113,6 +113,7 @@ MaxAttempts = Annotated[
     typer.Option("--max-attempts", help="Attempts per request for retryable failures [default 8]"),
 ]
 _DEFAULT_GRACE = 5.0  # seconds requests in flight get to answer after Ctrl-C
+_DEFAULT_OUTAGE_STOP = 600.0  # engine.OUTAGE_STOP_AFTER, without importing the engine here
 JournalOpt = Annotated[
     Path,
     typer.Option("--journal", "-j", help="Journal file: created if new, resumed if it exists."),
@@ -451,6 +452,7 @@ class RunArgs:
     max_failure_ratio: float | None
     canary: int
     grace: float
+    outage_stop: float
     progress: bool
     log_chunks: bool
     resume: str  # the command line that resumes this run, shell-quoted
@@ -638,6 +640,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 on_event=on_event,
                 on_settled=on_settled,
                 grace=args.grace,
+                outage_stop=args.outage_stop,
             )
             interrupted = False
             # Everything built so far (settings, the replayed journal, which may hold a
@@ -1014,6 +1017,7 @@ def _run_args(
     max_failure_ratio: float | None,
     canary: int,
     grace: float,
+    outage_stop: float = _DEFAULT_OUTAGE_STOP,
     progress: bool,
     log_chunks: bool,
     resume: str,
@@ -1024,6 +1028,8 @@ def _run_args(
         raise SettingsError(f"--canary {canary}: must be 0 or more")
     if not 0 <= grace < math.inf:
         raise SettingsError(f"--grace {grace:g}: must be a number of seconds, 0 or more")
+    if not 0 < outage_stop < math.inf:
+        raise SettingsError(f"--outage-stop {outage_stop:g}: must be a number of seconds above 0")
     return RunArgs(
         manifest,
         journal,
@@ -1035,6 +1041,7 @@ def _run_args(
         max_failure_ratio,
         canary,
         grace,
+        outage_stop,
         progress,
         log_chunks,
         resume,
@@ -1094,6 +1101,15 @@ def run(
     grace: Annotated[
         float, typer.Option(help="Seconds requests in flight get to answer after Ctrl-C.")
     ] = _DEFAULT_GRACE,
+    outage_stop: Annotated[
+        float,
+        typer.Option(
+            "--outage-stop",
+            metavar="SECONDS",
+            help="Stop (exit 3) once the service, after it had answered, has failed every "
+            "request (5xx, no connection) for this many seconds.",
+        ),
+    ] = _DEFAULT_OUTAGE_STOP,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     endpoint: Endpoint = None,
     region: Region = None,
@@ -1152,6 +1168,7 @@ def run(
                 "--max-failure-ratio": max_failure_ratio,
                 "--canary": canary or None,
                 "--grace": grace if grace != _DEFAULT_GRACE else None,
+                "--outage-stop": outage_stop if outage_stop != _DEFAULT_OUTAGE_STOP else None,
                 "--log-file": log_file,
             },
             [
@@ -1174,6 +1191,7 @@ def run(
             max_failure_ratio=max_failure_ratio,
             canary=canary,
             grace=grace,
+            outage_stop=outage_stop,
             progress=progress,
             log_chunks=log_chunks,
             resume=resume,

@@ -135,6 +135,7 @@ class Engine:
         on_event: EventSink = ignore,
         on_settled: EventSink | None = None,
         grace: float = 5.0,
+        outage_stop: float = OUTAGE_STOP_AFTER,
         lookahead: int | None = None,
     ) -> None:
         self._chunks = chunks
@@ -155,6 +156,7 @@ class Engine:
         # asyncio's Semaphore 5,200 instructions, this 1,500).
         self._permits = anyio.Semaphore(max_inflight)
         self._grace = grace
+        self._outage_stop = outage_stop
         self._stopping = False
         self._stop_event = anyio.Event()
         self._waits: set[anyio.CancelScope] = set()  # cancelled on soft stop: waits end at once
@@ -426,11 +428,11 @@ class Engine:
 
     def _outage(self, outcome: Outcome) -> None:
         """A failure not acted on (a 502/503, a connection that failed) after the service
-        had answered: past ``OUTAGE_STOP_AFTER`` of nothing else, stop the run."""
+        had answered: past ``outage_stop`` seconds of nothing else, stop the run."""
         now = self._clock.now()
         if self._failing_since is None:
             self._failing_since = now
-        elif now - self._failing_since >= OUTAGE_STOP_AFTER and self.result.fatal is None:
+        elif now - self._failing_since >= self._outage_stop and self.result.fatal is None:
             wall = self._clock.wall() - (now - self._failing_since)
             since = datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             self._fatal(
@@ -438,7 +440,8 @@ class Engine:
                     f"the service has failed every request for "
                     f"{duration(now - self._failing_since)} (since {since}; last: "
                     f"{outcome.reason}). None of those was acted on; the run stopped rather "
-                    "than probe on. Run the same command again once the service is back."
+                    "than probe on. Run the same command again once the service is back "
+                    "(--outage-stop SECONDS waits longer before stopping)."
                 ),
                 "the service is down",
             )

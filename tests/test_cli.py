@@ -99,6 +99,18 @@ def test_run_with_bad_manifest_sends_nothing_and_creates_no_journal(
             )
             for grace in ("-1", "nan", "inf")
         ),
+        *(
+            (
+                {
+                    "BULKRERUN_ENDPOINT": "http://127.0.0.1:9",
+                    "BULKRERUN_PROJECT_ID": "p",
+                    "BULKRERUN_TOKEN": "t",
+                },
+                ["--outage-stop", stop],
+                f"--outage-stop {stop}: must be a number of seconds above 0",
+            )
+            for stop in ("0", "-5", "nan", "inf")
+        ),
     ],
 )
 def test_bad_settings_exit_2_with_a_hint(

@@ -452,3 +452,35 @@ async def test_a_service_that_fails_everything_for_ten_minutes_after_answering_s
     assert "last: " in str(result.fatal)
     assert OUTAGE_STOP_AFTER <= clock.now() - started <= OUTAGE_STOP_AFTER + 120
     assert result.done == 1 and result.failed == 0
+
+
+async def test_the_outage_stop_is_the_operators_to_set() -> None:
+    """--outage-stop: how long a service that fails everything is probed before the run
+    stops. (Longer than the default, the retry budget is spent meanwhile: each request then
+    fails, not acted on, after one attempt.)"""
+    from bulkrerun import cli
+    from bulkrerun.engine import OUTAGE_STOP_AFTER
+    from bulkrerun.errors import ServiceDown
+
+    assert cli._DEFAULT_OUTAGE_STOP == OUTAGE_STOP_AFTER  # the flag's default is the engine's
+    down = Outcome(Kind.RETRY, status=503, error_code="APIG.0202", reason="unavailable")
+    refused = Outcome(Kind.RETRY, reason="could not connect (ClientConnectorError)")
+    for limit in (60.0, 300.0):
+        journal = MemoryJournal()
+        script = {i: [down, refused] * 1000 for i in range(1, 20)}  # chunk 0: done at once
+        transport = ScriptedTransport(journal, script)
+        engine = Engine(
+            chunks(20),
+            transport=transport,
+            journal=journal,
+            pacer=Pacer(PacingConfig(rate=1000.0, burst=10, max_attempts=2000)),
+            max_inflight=4,
+            clock=(clock := FakeClock()),
+            grace=0.2,
+            outage_stop=limit,
+        )
+        started = clock.now()
+        result = await engine.run()
+        assert isinstance(result.fatal, ServiceDown)
+        assert "--outage-stop SECONDS waits longer" in str(result.fatal)
+        assert limit <= clock.now() - started <= limit + 120

@@ -931,3 +931,26 @@ def test_log_file_has_no_settled_line_for_a_request_a_stop_left_unsent(
     settled = [r for r in records if r["event"] == "chunk settled"]
     assert settled and all(r["attempts"] >= 1 for r in settled)
     assert len(settled) == status_of(cli, j)["failed"]
+
+
+def test_a_service_gone_after_it_answered_stops_the_run_after_the_outage_stop(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 48, "1h"))
+    j = tmp_path / "j"
+    run = ("run", str(m), "--journal", str(j), "--rate", "5", "--outage-stop", "4")
+    proc = cli.popen(*run, url=srv.url)
+    deadline = time.monotonic() + 30
+    while len(srv.ledger()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    srv.proc.terminate()  # gone: every connection refused from now on
+    srv.proc.wait(10)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert "the service has failed every request for" in stderr
+    assert "--outage-stop SECONDS waits longer" in stderr
+    resume = shlex.split(stderr.split("resume with:\n", 1)[1].splitlines()[0].strip())
+    assert resume[resume.index("--outage-stop") + 1] == "4"  # the resume keeps it
+    s = status_of(cli, j)
+    assert s["done"] == len(srv.ledger()) and s["done"] + s["pending"] + s["held"] == 48
