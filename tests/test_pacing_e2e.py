@@ -37,7 +37,7 @@ async def run(tmp: Path, m: Path, url: str, **settings: object) -> int:
     args = RunArgs(
         manifest=m, journal=tmp / "j", resend_held=False, retry_failed=False,
         verify_held=False, reselect=False, watch=False, max_failure_ratio=None, canary=0,
-        grace=5.0, progress=False, log_chunks=False, resume="",
+        grace=5.0, outage_stop=600.0, progress=False, log_chunks=False, resume="",
     )  # fmt: skip
     values = {"endpoint": url, "project_id": PROJECT, "ak": AK, "sk": SK, **settings}
     return await _run(args, Settings(**values), url)  # type: ignore[arg-type]
