@@ -215,16 +215,18 @@ def _refuse_half_pair(ak: SecretStr | None, sk: SecretStr | None, prefix: str) -
 def normalise_endpoint(url: str) -> str:
     """One spelling per endpoint: lower-case scheme and host, default port and trailing slash
     dropped. Raises :class:`SettingsError` for something that is not an http(s) URL."""
-    parts = urlsplit(url.strip())
+    bad = f"endpoint {url!r} is not a URL like https://host or http://127.0.0.1:8080"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # a port that is not a number, or out of range, raises here
+    except ValueError as exc:  # also an unclosed IPv6 bracket
+        raise SettingsError(f"{bad} ({exc})") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise SettingsError(
-            f"endpoint {url!r} is not a URL like https://host or http://127.0.0.1:8080"
-        )
+        raise SettingsError(bad)
     scheme = parts.scheme.lower()
     host = parts.hostname.lower()
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    port = parts.port
     netloc = (
         host if port is None or port == {"http": 80, "https": 443}[scheme] else f"{host}:{port}"
     )

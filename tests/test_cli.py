@@ -111,6 +111,18 @@ def test_run_with_bad_manifest_sends_nothing_and_creates_no_journal(
             )
             for stop in ("0", "-5", "nan", "inf")
         ),
+        *(
+            (
+                {
+                    "BULKRERUN_ENDPOINT": endpoint,
+                    "BULKRERUN_PROJECT_ID": "p",
+                    "BULKRERUN_TOKEN": "t",
+                },
+                [],
+                f"endpoint '{endpoint}' is not a URL like https://host",
+            )
+            for endpoint in ("http://127.0.0.1:abc", "http://[bad", "http://127.0.0.1:99999")
+        ),
     ],
 )
 def test_bad_settings_exit_2_with_a_hint(
