@@ -7,6 +7,8 @@ of the outcome kinds of :mod:`bulkrerun.outcome`. The table (also in the README)
 what came back                           kind      why
 =======================================  ========  ==============================================
 2xx                                      DONE      the service accepted the rerun
+3xx                                      FAILED    redirected: not followed (the credentials would
+                                                   go with it), not acted on; the endpoint is wrong
 401, 403                                 FATAL     credentials or permissions: every later request
                                                    would fail the same way; abort, units pending
 429                                      RETRY     throttled at the gateway before the service
@@ -15,6 +17,7 @@ what came back                           kind      why
 other 4xx (400 ``DLF.*``, 404, ...)      FAILED    a definite refusal; sending it again unchanged
                                                    gets the same answer
 500, 504, other 5xx                      HELD      the back end may have started the rerun
+1xx, 600 and above                       HELD      not an answer HTTP knows: unknown whether it ran
 connect error, connect timeout           RETRY     the request never left this machine
 read timeout, connection lost after      HELD      the request was written; whether the service
 writing, broken response                           acted is unknown, and a rerun sent twice runs
@@ -47,6 +50,9 @@ RETRY_STATUSES = frozenset({408, 429, 502, 503})
 FATAL_STATUSES = frozenset({401, 403})
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection, at most half the request timeout
 MAX_ERROR_BODY = 64 * 1024  # an error body larger than this is cut: messages, not payloads
+MAX_LIST_BODY = 32 * 1024 * 1024  # an instance-list page larger than this is not read
+MAX_ID = 128  # characters of a request id or error code kept (the service's are 32 or 8)
+MAX_MESSAGE = 4000  # characters of an error message kept (a signature error's is ~1,500)
 _DONE = Kind.DONE  # once per request: a global is cheaper than the class's member
 
 
@@ -91,8 +97,20 @@ def classify_status(
     *,
     elapsed: float = 0.0,
 ) -> Outcome:
-    """Pure: a response's status, body and headers to an outcome (see the module table)."""
+    """Pure: a response's status, body and headers to an outcome (see the module table).
+
+    What the service says (request id, error code and message, a redirect's target) is
+    kept as one printable line, without the run's secrets: it is shown, logged and
+    journaled, and a hostile or broken server could echo a token it was sent, or send
+    escape sequences that rewrite the operator's terminal."""
     request_id = headers.get("X-Request-Id") or headers.get("x-request-id")
+    if request_id is not None and not (request_id.isprintable() and len(request_id) <= MAX_ID):
+        request_id = _service_text(request_id, secrets, MAX_ID)
+    elif request_id is not None and secrets:
+        for secret in secrets:  # once per request: a loop costs less than scrub()
+            if secret in request_id:
+                request_id = _service_text(request_id, secrets, MAX_ID)
+                break
     if 200 <= status < 300:
         # Fields in order (kind, status, error_code, error_msg, request_id, retry_after,
         # reason, elapsed): one is made per request, and by keyword it costs 2,100 more
@@ -107,10 +125,17 @@ def classify_status(
         reason = "throttled" if status == 429 else "service unavailable, not acted on"
     elif status in FATAL_STATUSES:
         kind, reason = Kind.FATAL, "authentication or permission refused"
-    elif status < 500:
+    elif 400 <= status < 500:
         kind, reason = Kind.FAILED, "refused by the service"
-    else:
+    elif 300 <= status < 400:
+        # Not followed: the request and its credentials would go wherever the answer says.
+        where = _service_text(headers.get("Location") or "nowhere", secrets, 200)
+        kind = Kind.FAILED
+        reason = f"redirected to {where}, not followed: is the endpoint right?"
+    elif 500 <= status < 600:
         kind, reason = Kind.HELD, "server error: the rerun may have started"
+    else:
+        kind, reason = Kind.HELD, f"an answer with status {status}: unknown whether it ran"
     return Outcome(
         kind,
         status=status,
@@ -140,26 +165,35 @@ def _error_fields(body: bytes, secrets: list[str]) -> tuple[str | None, str | No
     try:
         parsed = json.loads(body[:MAX_ERROR_BODY])
     except ValueError:
-        text = body[:500].decode("utf-8", "replace")
-        return None, _one_line(signing.scrub(text, secrets))
+        # Scrubbed whole, then cut: a secret across the cut would no longer match.
+        text = body[:MAX_ERROR_BODY].decode("utf-8", "replace")
+        return None, _service_text(text, secrets, 500)
     if not isinstance(parsed, dict):
-        return None, _one_line(signing.scrub(str(parsed)[:500], secrets))
+        return None, _service_text(str(parsed), secrets, 500)
     code = parsed.get("error_code")
     msg = parsed.get("error_msg")
     return (
-        _one_line(str(code)) if code is not None else None,
-        _one_line(signing.scrub(str(msg), secrets)) if msg is not None else None,
+        _service_text(str(code), secrets, MAX_ID) if code is not None else None,
+        _service_text(str(msg), secrets, MAX_MESSAGE) if msg is not None else None,
     )
 
 
-def _one_line(text: str) -> str:
-    """Service text as one line, its line breaks written ``\\n``: a gateway's signature error
-    (``APIG.0301``) echoes the canonical request over a dozen lines, which broke the stop
-    message, the report's rows and csv cells apart. Scrubbed before (scrub masks secret
-    headers line by line), so the text is whole, only its breaks are spelled out."""
-    if "\n" not in text and "\r" not in text:
-        return text
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
+def _service_text(text: str, secrets: list[str], limit: int) -> str:
+    """What the service said, fit to show, log and journal: without the run's secrets (see
+    :func:`signing.scrub`), as one line of printable characters, at most ``limit`` of them.
+
+    One line: a gateway's signature error (``APIG.0301``) echoes the canonical request over
+    a dozen lines, which broke the stop message, the report's rows and csv cells apart; its
+    breaks are written ``\\n``, after scrubbing (scrub masks secret headers line by line).
+    Printable: any other control character is written as an escape (``\\x1b``), so that a
+    server's text cannot clear the screen, retitle the window or overwrite a line."""
+    text = signing.scrub(text, secrets)
+    if not text.isprintable():
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = "".join(
+            c if c.isprintable() else "\\n" if c == "\n" else repr(c)[1:-1] for c in text
+        )
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def ssl_context(verify: bool, ca_bundle: Path | None) -> ssl.SSLContext | bool:
@@ -286,10 +320,18 @@ class HttpTransport:
         started = time.perf_counter()
         parsed: Any = None
         try:
-            async with self._session.request(method, url, data=body, headers=headers) as resp:
+            async with self._session.request(
+                method, url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 status = resp.status
+                limit = MAX_LIST_BODY if want_body else MAX_ERROR_BODY
+                cut = False
                 try:
-                    data = await resp.read()
+                    length = resp.content_length
+                    if length is not None and length <= limit:  # the usual answer: said, small
+                        data = await resp.read()
+                    else:
+                        data, cut = await _read_at_most(resp, limit)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     if 200 <= status < 300 and not want_body:
                         data = b""  # the status line already said accepted
@@ -302,17 +344,35 @@ class HttpTransport:
                 )
                 if want_body and outcome.kind is Kind.DONE:
                     try:
+                        if cut:  # a page cut short cannot be read
+                            raise ValueError(f"over {limit:,} bytes")
                         parsed = json.loads(data)
                     except ValueError:
                         outcome = Outcome(
                             Kind.RETRY,
                             status=status,
-                            reason="unreadable answer from the service",
+                            reason="unreadable answer from the service"
+                            + (f" (over {limit:,} bytes)" if cut else ""),
                             elapsed=elapsed,
                         )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             outcome = _with_elapsed(classify_exception(exc), time.perf_counter() - started)
         return outcome, parsed
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """A body of unknown or large length, read up to ``limit`` bytes, and whether it was
+    cut there: a server's answer must not fill the memory (a 2 GB body took 5.8 GB). The
+    rest of a cut body stays unread, and the connection is closed rather than reused."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in resp.content.iter_any():
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            resp.close()
+            return b"".join(parts)[:limit], True
+    return b"".join(parts), False
 
 
 def _with_elapsed(o: Outcome, elapsed: float) -> Outcome:

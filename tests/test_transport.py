@@ -38,6 +38,12 @@ def body(code: str, msg: str) -> bytes:
         (500, Kind.HELD),
         (504, Kind.HELD),
         (599, Kind.HELD),
+        (301, Kind.FAILED),  # redirects are not followed: not acted on
+        (307, Kind.FAILED),
+        (99, Kind.HELD),  # not an answer HTTP knows: unknown whether it ran
+        (101, Kind.HELD),
+        (600, Kind.HELD),
+        (999, Kind.HELD),
     ],
 )
 def test_status_classes(status: int, kind: Kind) -> None:
@@ -91,6 +97,27 @@ def test_non_json_error_body_is_kept_as_text() -> None:
     out = classify_status(502, b"<html>bad gateway</html>", {}, WALL, [])
     assert out.kind is Kind.RETRY
     assert "bad gateway" in (out.error_msg or "")
+
+
+def test_what_the_service_says_is_kept_without_secrets_as_one_printable_line() -> None:
+    token = "MIIToken0123456789abcdefghijklmnopqrstu"  # 40 characters
+    echoed = body(f"DLF.{token}", f"bad token {token}")
+    out = classify_status(400, echoed, {"X-Request-Id": f"rid-{token}"}, WALL, [token])
+    assert token not in repr(out)
+    assert (out.error_code, out.request_id) == ("DLF.***", "rid-***")
+    done = classify_status(200, b"", {"X-Request-Id": f"rid-{token}"}, WALL, [token])
+    assert done.request_id == "rid-***"
+    # A secret across the cut of a long text body: scrubbed whole, then cut.
+    text = ("x" * 480 + token + " tail").encode()
+    cut = classify_status(502, text, {}, WALL, [token])
+    assert "MIIToken" not in (cut.error_msg or "") and len(cut.error_msg or "") <= 500
+    # Escape sequences would clear the screen, retitle the window, overwrite a line.
+    hostile = body("X\x1b[2J\x1b[31m", "m\x1b]0;TITLE\x07\x1b[31mred\r\x1b[2Kfake line")
+    out = classify_status(400, hostile, {"X-Request-Id": "r\x1b[2J" + "9" * 300}, WALL, [])
+    assert out.error_code == "X\\x1b[2J\\x1b[31m"
+    assert out.error_msg == "m\\x1b]0;TITLE\\x07\\x1b[31mred\\n\\x1b[2Kfake line"
+    assert out.request_id is not None and out.request_id.startswith("r\\x1b[2J999")
+    assert len(out.request_id) == 128 and out.request_id.endswith("…")
 
 
 def test_exception_classes() -> None:
@@ -220,5 +247,68 @@ async def test_signed_request_verifies_on_the_server_side() -> None:
         assert parsed == {"total": 0}
         assert len(verdicts) == 2 and all(v.ok for v in verdicts), verdicts
         assert encodings == ["identity", "identity"]  # added after signing, unsigned
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_a_redirect_is_not_followed_and_the_credentials_stay_here() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response()
+
+    other, other_url = await serve(elsewhere)
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"{other_url}/v2/evil")
+
+    runner, url = await serve(redirect)
+    try:
+        t = HttpTransport(endpoint=url, project_id="p", auth=Auth(token="secret-token"))
+        async with t:
+            out = await t.send(a_chunk())
+            listed, page = await t.get_json("/v2/p/factory/jobs/j/instances", {"limit": 1}, "ws")
+        assert seen == []
+        assert out.kind is Kind.FAILED and out.status == 307
+        assert (
+            out.reason == f"redirected to {other_url}/v2/evil, not followed: is the endpoint right?"
+        )
+        assert listed.kind is Kind.FAILED and page is None
+    finally:
+        await runner.cleanup()
+        await other.cleanup()
+
+
+@pytest.mark.anyio
+async def test_a_huge_answer_is_not_read_whole() -> None:
+    import anyio
+
+    sent: list[int] = []
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        status = 200 if request.method == "GET" else 400
+        resp = web.StreamResponse(status=status)  # chunked: no length said
+        await resp.prepare(request)
+        block = b"x" * 65536
+        try:
+            for _ in range(1024):  # 64 MB
+                await resp.write(block)
+                sent.append(len(block))
+        except (ConnectionError, anyio.BrokenResourceError):
+            pass  # the client went away
+        return resp
+
+    runner, url = await serve(flood)
+    try:
+        t = HttpTransport(endpoint=url, project_id="p", auth=Auth(token="t"), timeout=20)
+        async with t:
+            refused = await t.send(a_chunk())
+            listed, page = await t.get_json("/v2/p/factory/jobs/j/instances", {"limit": 1}, "ws")
+        assert refused.kind is Kind.FAILED and len(refused.error_msg or "") <= 500
+        assert listed.kind is Kind.RETRY and page is None
+        assert listed.reason == "unreadable answer from the service (over 33,554,432 bytes)"
+        assert sum(sent) < 40 * 2**20  # 32 MB of the list page, little of the refusal: not 128
     finally:
         await runner.cleanup()
