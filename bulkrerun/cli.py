@@ -189,6 +189,10 @@ def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[st
     root.addHandler(console)
     if log_file is not None:
         try:
+            # Private, as the journal is: it holds the same service messages, project and
+            # endpoint (logging would make it with the umask's mode). One made before keeps
+            # its own.
+            os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
             handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:  # a missing folder, a directory, no permission
             raise _fail(

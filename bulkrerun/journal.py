@@ -89,6 +89,7 @@ import json
 import math
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -813,6 +814,9 @@ def read_state(path: Path) -> tuple[Header, JournalState]:
     Takes no lock, so it works while a run appends; a torn last line is ignored.
     """
     try:
+        # Asked first: opening a FIFO for reading waits for a writer, /dev/zero never ends.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise BadInput(_not_a_file(path, "")) from None
         f = path.open("rb", buffering=1 << 20)
     except FileNotFoundError:
         raise BadInput(f"no journal at {path}") from None
@@ -906,7 +910,7 @@ def held_by(path: Path) -> Holder | None:
     shared lock is tried and dropped at once (a run starting at that very instant would be
     told the journal is in use), and the pid is not known."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO there: no wait for a writer
     except OSError:
         return None
     try:
@@ -928,9 +932,21 @@ class _Removed(Exception):
     """The journal file was unlinked between its open and its lock."""
 
 
+def _not_a_file(path: Path, hint: str) -> str:
+    return f"{path} is not a regular file (a device, a FIFO, a socket): not a journal{hint}"
+
+
 def _open_file(path: Path, create: bool) -> tuple[int, bool]:
     """A descriptor of the journal file at ``path`` for appending, and whether this call
     created it (mode ``0600``); with ``create=False`` only an existing file is opened."""
+    fd, created = _open_path(path, create)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/null would take every record, and keep none
+        os.close(fd)
+        raise BadInput(_not_a_file(path, "; --journal needs a file path" if create else ""))
+    return fd, created
+
+
+def _open_path(path: Path, create: bool) -> tuple[int, bool]:
     if create:
         try:
             return os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o600), True

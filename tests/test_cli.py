@@ -3,6 +3,7 @@ through typer's runner, so the whole malformed-manifest corpus runs in seconds).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -53,6 +54,29 @@ def test_run_with_bad_manifest_sends_nothing_and_creates_no_journal(
     )
     assert result.exit_code == 2
     assert not (tmp_path / "j").exists()
+
+
+def test_a_new_log_file_is_private_and_one_made_before_keeps_its_mode(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    import logging
+    import stat
+
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"))
+    made = tmp_path / "made.log"
+    made.touch()
+    made.chmod(0o644)
+    log = logging.getLogger("bulkrerun")
+    for target in (tmp_path / "new.log", made):
+        try:
+            result = runner.invoke(app, ["plan", str(m), "--log-file", str(target)])
+            assert result.exit_code == 0, result.output
+        finally:
+            for handler in log.handlers[:]:
+                handler.close()
+                log.removeHandler(handler)
+    assert stat.S_IMODE((tmp_path / "new.log").stat().st_mode) == 0o600
+    assert stat.S_IMODE(made.stat().st_mode) == 0o644
 
 
 @pytest.mark.parametrize(
@@ -425,3 +449,27 @@ def test_a_notice_goes_to_stderr_and_to_the_log_only_when_there_is_one(
         "verify: the instance list answers again",
     )
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.timeout(60)
+def test_a_journal_path_that_is_not_a_file_is_refused_at_once(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # A FIFO would make status wait for a writer; /dev/null would take every record and
+    # keep none; /dev/zero would be read until the memory runs out.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[window]]\njob_name = "j"\nbegin = 1732579200000\nend = 1732582800000\nchunk = "1h"\n',
+    )
+    env = {"BULKRERUN_ENDPOINT": "http://127.0.0.1:9", "BULKRERUN_PROJECT_ID": "p"}
+    env["BULKRERUN_TOKEN"] = "token-token"
+    for path in (str(fifo), "/dev/null", "/dev/zero"):
+        for args in (["run", str(m), "--journal", path], ["status", path], ["report", path]):
+            result = runner.invoke(app, args, env=env)
+            assert result.exit_code == 2, (args, result.output)
+            said = " ".join(result.output.split())
+            assert f"{path} is not a regular file (a device, a FIFO, a socket)" in said
+        result = runner.invoke(app, ["verify", path], env=env)
+        assert result.exit_code == 2 and "is not a regular file" in result.output
