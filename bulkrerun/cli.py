@@ -281,27 +281,35 @@ def plan(
     instance list of a [[select]] entry could not be read (credentials refused, service
     unreachable).
     """
-    configure_logging(verbose, log_file)
     from bulkrerun.manifest import load_manifest
     from bulkrerun.planner import plan as make_plan
     from bulkrerun.planner import write_json_lines
 
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
+        configure_logging(verbose, log_file, settings.secrets())  # [[select]] queries use them
         where = _plan_endpoint(settings)
         m = load_manifest(manifest)
         _print_warnings(m)
         selections = _plan_selections(m, settings)
         with _writing_stdout():
             if json_lines:
-                write_json_lines(
+                requests = write_json_lines(
                     make_plan(m, selections=selections), settings.project_id, sys.stdout.buffer
                 )
                 sys.stdout.buffer.flush()
             else:
-                _print_plan_summary(m, settings, selections, where)
+                requests = _print_plan_summary(m, settings, selections, where)
     except BulkrerunError as exc:
         raise _fail(exc) from None
+    _log_command(
+        "plan shown",
+        manifest=str(manifest),
+        manifest_sha256=m.sha256,
+        requests=requests,
+        json=json_lines,
+        warnings=list(m.warnings),
+    )
 
 
 def _print_warnings(manifest: Any) -> None:
@@ -370,7 +378,8 @@ def _plan_endpoint(settings: Any) -> str:
     return resolve_endpoint(settings)
 
 
-def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> None:
+def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> int:
+    """The plan's table, first and last request, and duration; returns its requests."""
     from bulkrerun.planner import summarize
 
     rows = summarize(m, selections=selections)
@@ -417,6 +426,7 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> N
         f"at {settings.rate:g} requests/s that takes about {duration(seconds)}.",
         markup=False,
     )
+    return requests
 
 
 def _describe(chunk: Any, zone: str | None) -> str:
@@ -936,6 +946,14 @@ async def _selections_for_run(
     )
 
 
+def _log_command(event: str, **fields: Any) -> None:
+    """The one record a command other than ``run`` leaves in the log (``-v``,
+    ``--log-file``), when it has one: what it read or decided, for the trail an incident's
+    review follows."""
+    if logging.getLogger("bulkrerun").handlers:  # configure_logging set up a log
+        _log_run(event, **fields)
+
+
 def _notice(line: str) -> None:
     """A line that says how long-running work goes (the instance list failing, say): on
     stderr, and in the log (``-v``, ``--log-file``)."""
@@ -1242,6 +1260,7 @@ def status(
             out.print(json.dumps(status_json(summary)), markup=False, soft_wrap=True)
         else:
             render_status(summary, out)
+    _log_command("status read", **status_json(summary))
 
 
 @app.command()
@@ -1271,9 +1290,10 @@ def report(
         raise typer.Exit(EXIT_BAD_INPUT)
     try:
         with _writing_stdout():
-            write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
+            rows = write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
     except BulkrerunError as exc:
         raise _fail(exc) from None
+    _log_command("report written", journal=str(journal), format=fmt, rows=rows)
 
 
 @app.command()
@@ -1328,7 +1348,17 @@ async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
     finally:
         journal.close()
     out.print(str(summary), markup=False)
-    return EXIT_OK if not summary.still_held else EXIT_SOME_FAILED
+    code = EXIT_OK if not summary.still_held else EXIT_SOME_FAILED
+    _log_command(
+        "verify ended",
+        journal=str(path),
+        exit_code=code,
+        verified_done=summary.verified_done,
+        made_pending=summary.made_pending,
+        still_held=summary.still_held,
+        held_by_reason=dict(summary.reasons),
+    )
+    return code
 
 
 # -- fake-server and demo ----------------------------------------------------------------------

@@ -473,3 +473,45 @@ def test_a_journal_path_that_is_not_a_file_is_refused_at_once(
             assert f"{path} is not a regular file (a device, a FIFO, a socket)" in said
         result = runner.invoke(app, ["verify", path], env=env)
         assert result.exit_code == 2 and "is not a regular file" in result.output
+
+
+def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_path: Path) -> None:
+    """The trail an incident's review follows: plan, status, report and verify each leave one
+    record of what they read or decided, not only run."""
+    import json
+    import logging
+
+    from bulkrerun.journal import Binding, Journal
+
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"))
+    path = tmp_path / "j"
+    Journal.open(path, Binding("p1", "http://127.0.0.1:9"), tool_version="t").close()
+    env = {"BULKRERUN_ENDPOINT": "http://127.0.0.1:9", "BULKRERUN_PROJECT_ID": "p1"}
+    env["BULKRERUN_TOKEN"] = "token-token"
+    log = tmp_path / "log.jsonl"
+    handlers = logging.getLogger("bulkrerun")
+    commands = (
+        ["plan", str(m)],
+        ["plan", str(m), "--json"],
+        ["status", str(path)],
+        ["report", str(path), "-f", "csv"],
+        ["verify", str(path)],
+    )
+    for args in commands:
+        try:
+            result = runner.invoke(app, [*args, "--log-file", str(log)], env=env)
+            assert result.exit_code == 0, result.output
+        finally:
+            for handler in handlers.handlers[:]:
+                handler.close()
+                handlers.removeHandler(handler)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    events = [r["event"] for r in records]
+    assert events == ["plan shown", "plan shown", "status read", "report written", "verify ended"]
+    plan, lines, status, report, verify = records
+    assert plan["requests"] == lines["requests"] == 1 and lines["json"] is True
+    assert plan["manifest_sha256"] and plan["manifest"] == str(m)
+    assert (status["done"], status["pending"], status["journal"]) == (0, None, str(path))
+    assert (report["format"], report["rows"]) == ("csv", 0)
+    assert (verify["exit_code"], verify["still_held"]) == (0, 0)
+    assert all(r["timestamp"].endswith("Z") for r in records)
