@@ -1416,6 +1416,14 @@ def fake_server(
             help="Share of accepted reruns whose connection is dropped without an answer.",
         ),
     ] = 0.0,
+    timeout_after_accept: Annotated[
+        float,
+        typer.Option(
+            "--timeout-after-accept",
+            help="Share of accepted reruns, not dropped, answered 504 APIG.0201 (a backend "
+            "timeout) instead of 200: started, but the client is not told so.",
+        ),
+    ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for the random faults.")] = None,
     catalog: Annotated[
         bool,
@@ -1438,7 +1446,8 @@ def fake_server(
 
     It validates requests like the service, checks AK/SK signatures or a token when given
     (401 otherwise; without them any auth is accepted), keeps a ledger of accepted reruns
-    and can inject faults: 429, 503, latency, connections dropped after acceptance.
+    and can inject faults: 429, 503, latency, connections dropped after acceptance, 504
+    after acceptance.
     """
     configure_logging(verbose, log_file, [s for s in (sk, token) if s])
     from bulkrerun.fake import Catalog, FakeConfig, serve
@@ -1455,6 +1464,7 @@ def fake_server(
             p5xx=p5xx,
             latency_ms=latency_ms,
             drop_after_accept=drop_after_accept,
+            timeout_after_accept=timeout_after_accept,
             seed=seed,
             retry_after=not no_retry_after,
             missing_jobs=frozenset(missing_job or ()),

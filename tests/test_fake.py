@@ -680,6 +680,23 @@ async def test_drop_after_accept_follows_the_seed() -> None:
     assert [e.dropped for e in ledger] == dropped
 
 
+async def test_timeout_after_accept_starts_the_rerun_and_answers_504() -> None:
+    statuses, ledger = await answers_of(FakeConfig(timeout_after_accept=0.5, seed=5), 12)
+    late = [status == 504 for status in statuses]
+    assert late == expected_faults(5, "timeout_after_accept", 0.5, 12)
+    assert 0 < sum(late) < 12
+    assert len(ledger) == 12  # every one was accepted, and is in the ledger
+    assert [e.status for e in ledger] == statuses
+    assert not any(e.dropped for e in ledger)
+    async with running(FakeConfig(timeout_after_accept=1.0)) as (srv, session):
+        status, body, headers = await call(session, srv.url)
+    assert (status, body) == (504, {"error_code": "APIG.0201", "error_msg": "Backend timeout"})
+    assert headers["X-Request-Id"] == srv.ledger[0].request_id
+    # Rolled only for what was not dropped: a dropped rerun has no status.
+    _, both = await answers_of(FakeConfig(drop_after_accept=1.0, timeout_after_accept=1.0), 2)
+    assert [(e.dropped, e.status) for e in both] == [(True, None), (True, None)]
+
+
 async def test_turning_one_fault_on_does_not_change_what_another_one_rolls() -> None:
     alone, _ = await answers_of(FakeConfig(p5xx=0.3, seed=11), 40)
     both, _ = await answers_of(FakeConfig(p429=0.4, p5xx=0.3, seed=11), 40)

@@ -954,3 +954,22 @@ def test_a_service_gone_after_it_answered_stops_the_run_after_the_outage_stop(
     assert resume[resume.index("--outage-stop") + 1] == "4"  # the resume keeps it
     s = status_of(cli, j)
     assert s["done"] == len(srv.ledger()) and s["done"] + s["pending"] + s["held"] == 48
+
+
+def test_a_backend_timeout_after_acceptance_is_held_not_resent(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """504 from the gateway, after the back end had started the rerun: held (it may have
+    run, and here it did), never sent again without --resend-held."""
+    srv = fake_service("--timeout-after-accept", "0.3", "--seed", "4")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 20, "1h"))
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 1, out.stderr
+    ledger = srv.ledger()
+    late = [e for e in ledger if e["status"] == 504]
+    assert late and len(ledger) == 20
+    s = status_of(cli, j)
+    assert (s["done"], s["held"], s["failed"], s["pending"]) == (20 - len(late), len(late), 0, 0)
+    again = cli("run", str(m), "--journal", str(j), url=srv.url)
+    assert again.returncode == 1 and len(srv.ledger()) == 20  # nothing sent twice

@@ -6,12 +6,12 @@ exact outcomes), and the dice are seeded, so a seeded run refuses the same reque
 order every time.
 
 Each fault has its own die: ``random.Random(f"{seed}/{name}")`` with ``name`` one of ``p429``,
-``p5xx`` and ``drop_after_accept`` (a ``str`` seed is hashed with SHA-512, the same on every
-run and platform; a ``None`` seed gives unseeded dice). A die is rolled only when its fault is
-switched on, so the n-th roll of one die is the same whatever the others are set to: turning
-one fault on does not change the sequence another one sees. Which request gets the n-th roll
-still depends on the faults before it, since each die is rolled only for the requests that
-reach it (see :class:`Dice`).
+``p5xx``, ``drop_after_accept`` and ``timeout_after_accept`` (a ``str`` seed is hashed with
+SHA-512, the same on every run and platform; a ``None`` seed gives unseeded dice). A die is
+rolled only when its fault is switched on, so the n-th roll of one die is the same whatever
+the others are set to: turning one fault on does not change the sequence another one sees.
+Which request gets the n-th roll still depends on the faults before it, since each die is
+rolled only for the requests that reach it (see :class:`Dice`).
 """
 
 from __future__ import annotations
@@ -80,24 +80,43 @@ class Dice:
 
     - ``p429``: of the requests to either API that passed authentication and the rate limit;
     - ``p5xx``: of those that p429 then did not throttle;
-    - ``p_drop``: of the reruns accepted (an instance-list answer is never dropped).
+    - ``p_drop``: of the reruns accepted (an instance-list answer is never dropped);
+    - ``p_timeout``: of the reruns accepted and not dropped (answered 504 instead of 200).
 
     So, without a rate limit, ``p429 = p5xx = 0.1`` answers about 10 % of the authenticated
     requests 429 and 9 % (0.9 x 0.1) 503.
     """
 
-    __slots__ = ("_drop", "_throttle", "_unavailable", "p5xx", "p429", "p_drop")
+    __slots__ = (
+        "_drop",
+        "_late",
+        "_throttle",
+        "_unavailable",
+        "p5xx",
+        "p429",
+        "p_drop",
+        "p_timeout",
+    )
 
-    def __init__(self, seed: int | None, p429: float, p5xx: float, p_drop: float) -> None:
-        for name, p in (("p429", p429), ("p5xx", p5xx), ("drop_after_accept", p_drop)):
+    def __init__(
+        self, seed: int | None, p429: float, p5xx: float, p_drop: float, p_timeout: float = 0.0
+    ) -> None:
+        for name, p in (
+            ("p429", p429),
+            ("p5xx", p5xx),
+            ("drop_after_accept", p_drop),
+            ("timeout_after_accept", p_timeout),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} = {p}: must be a probability, 0..1")
         self._throttle = _die(seed, "p429")
         self._unavailable = _die(seed, "p5xx")
         self._drop = _die(seed, "drop_after_accept")
+        self._late = _die(seed, "timeout_after_accept")
         self.p429 = p429
         self.p5xx = p5xx
         self.p_drop = p_drop
+        self.p_timeout = p_timeout
 
     def throttle(self) -> bool:
         return self.p429 > 0.0 and self._throttle.random() < self.p429
@@ -107,6 +126,9 @@ class Dice:
 
     def drop(self) -> bool:
         return self.p_drop > 0.0 and self._drop.random() < self.p_drop
+
+    def timeout(self) -> bool:
+        return self.p_timeout > 0.0 and self._late.random() < self.p_timeout
 
 
 def _die(seed: int | None, name: str) -> random.Random:

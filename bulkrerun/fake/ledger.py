@@ -30,7 +30,9 @@ Mode = Literal["A", "B"]
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One accepted rerun. ``dropped`` says the connection was closed without an answer.
+    """One accepted rerun. ``dropped`` says the connection was closed without an answer;
+    ``status`` is the answer's (200, or 504 for a backend timeout after acceptance; None
+    when dropped).
 
     ``at`` is the server's wall time of acceptance, in seconds. ``body`` is the parsed JSON
     body (a dict, so an entry compares but does not hash).
@@ -45,6 +47,7 @@ class LedgerEntry:
     mode: Mode
     dropped: bool
     at: float
+    status: int | None = 200
 
     def to_json(self) -> str:
         """The entry as one JSON object (a line of the ledger file)."""
@@ -57,18 +60,19 @@ class LedgerEntry:
             "request_id": self.request_id,
             "mode": self.mode,
             "dropped": self.dropped,
+            "status": self.status,
             "at": self.at,
         }
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 # What the request path records: project, job, workspace, raw body, request id, mode,
-# dropped, wall time.
-_Raw = tuple[str, str, str, bytes, str, Mode, bool, float]
+# dropped, wall time, the answer's status.
+_Raw = tuple[str, str, str, bytes, str, Mode, bool, float, int | None]
 
 
 def _build(raw: _Raw) -> LedgerEntry:
-    project_id, job_name, workspace, body, request_id, mode, dropped, at = raw
+    project_id, job_name, workspace, body, request_id, mode, dropped, at, status = raw
     parsed: dict[str, Any] = json.loads(body)
     return LedgerEntry(
         project_id=project_id,
@@ -80,6 +84,7 @@ def _build(raw: _Raw) -> LedgerEntry:
         mode=mode,
         dropped=dropped,
         at=at,
+        status=status,
     )
 
 
@@ -107,9 +112,10 @@ class Ledger:
         mode: Mode,
         dropped: bool,
         at: float,
+        status: int | None = 200,
     ) -> None:
         """Record one accepted rerun; ``body`` is the raw request body, already validated."""
-        raw: _Raw = (project_id, job_name, workspace, body, request_id, mode, dropped, at)
+        raw: _Raw = (project_id, job_name, workspace, body, request_id, mode, dropped, at, status)
         if self._file is None:
             self._pending.append(raw)
             return

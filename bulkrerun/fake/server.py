@@ -24,7 +24,9 @@ paths). Each request goes through the same steps, in this order::
 - accept: the rerun goes into the ledger (and the catalog's state); ``latency_ms`` is then
   waited on the server clock (refusals are answered at once; list answers wait too);
   ``drop_after_accept`` closes the connection without an answer, the case where the client
-  cannot know that the rerun was started.
+  cannot know that the rerun was started; ``timeout_after_accept`` answers 504
+  ``APIG.0201`` (the gateway timed out on a back end that had started the rerun), which the
+  client holds too.
 
 Every answer carries ``X-Request-Id``. The server is built for speed, since benchmarks push tens
 of thousands of requests through it: aiohttp's low-level server (no router, no middlewares),
@@ -70,6 +72,7 @@ _NOT_ALLOWED = Refusal(
     405, "APIG.0101", "The API does not exist or has not been published in the environment"
 )
 _UNAVAILABLE = Refusal(503, "APIG.0202", "Backend unavailable")
+_BACKEND_TIMEOUT = Refusal(504, "APIG.0201", "Backend timeout")
 _DENIED = Refusal(
     403, "DLF.0003", "The user does not have the permission to perform this operation."
 )
@@ -107,6 +110,7 @@ class FakeConfig:
     p5xx: float = 0.0
     latency_ms: float = 0.0
     drop_after_accept: float = 0.0
+    timeout_after_accept: float = 0.0
     seed: int | None = None
     retry_after: bool = True
     missing_jobs: frozenset[str] = frozenset()
@@ -125,7 +129,7 @@ class FakeConfig:
             raise ValueError(f"rate_burst = {self.rate_burst}: must be 1 or more")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms = {self.latency_ms}: must be 0 or more")
-        for name in ("p429", "p5xx", "drop_after_accept"):
+        for name in ("p429", "p5xx", "drop_after_accept", "timeout_after_accept"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} = {p}: must be a probability, 0..1")
@@ -176,7 +180,13 @@ class FakeServer:
             if config.rate_limit is not None
             else None
         )
-        self._dice = Dice(config.seed, config.p429, config.p5xx, config.drop_after_accept)
+        self._dice = Dice(
+            config.seed,
+            config.p429,
+            config.p5xx,
+            config.drop_after_accept,
+            config.timeout_after_accept,
+        )
         self._throttled = Refusal(
             429, "APIG.0308", throttle_message(config.rate_limit or _DEFAULT_LIMIT)
         )
@@ -329,6 +339,7 @@ class FakeServer:
         # Accepted. Whether the connection will be dropped is decided now, so that the ledger
         # line is written once and says so.
         dropped = self._dice.drop()
+        late = not dropped and self._dice.timeout()
         self._ledger.record(
             project_id,
             checked.job_name,
@@ -338,11 +349,14 @@ class FakeServer:
             checked.mode,
             dropped,
             self._clock.wall(),
+            None if dropped else 504 if late else 200,
         )
         if self._latency:
             await self._clock.sleep(self._latency)
         if dropped:
             return None
+        if late:
+            return self._refuse(rid, _BACKEND_TIMEOUT)
         return web.Response(status=200, headers={"X-Request-Id": rid})
 
     def _authenticate(
