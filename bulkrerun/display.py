@@ -36,10 +36,11 @@ from bulkrerun.clock import Clock
 from bulkrerun.engine import RunResult
 from bulkrerun.events import Event, Stopping
 from bulkrerun.pacing import BreakerState, Pacer
-from bulkrerun.text import duration
+from bulkrerun.text import counted, duration
 
 PLAIN_EVERY = 5.0  # seconds between plain progress lines when not on a terminal
 LIVE_EVERY = 0.1
+LONG_WAIT = 10.0  # seconds: a retry due later than this is shown with its time
 """Seconds between updates of the bar's numbers on a terminal (rich redraws it 10 times a
 second)."""
 
@@ -111,18 +112,32 @@ class RunDisplay:
         self._clock = clock
         if self._live:
             while True:
-                self._refresh(self.pacing(clock.now(), clock.wall()))
+                self._refresh(self.doing(clock.now(), clock.wall()))
                 await clock.sleep(LIVE_EVERY)
         elif self._plain:
             while True:
                 await clock.sleep(PLAIN_EVERY)
-                pacing = self.pacing(clock.now(), clock.wall())
+                pacing = self.doing(clock.now(), clock.wall())
                 self.console.print(
                     f"progress: {self.settled}/{self.total} units, {counts.done} done, "
                     f"{counts.failed} failed, {counts.held} held, {self.rate():.1f}/s"
                     + (f"; {pacing}" if pacing else ""),
                     highlight=False,
                 )
+
+    def doing(self, now: float, wall: float) -> str:
+        """What pacing does (see :meth:`pacing`) and, when requests wait to be sent again,
+        how many and until when: a Retry-After of minutes would otherwise look like a hang
+        behind a line that says the rate."""
+        pacing = self.pacing(now, wall)
+        waiting = self.counts.waiting
+        if not waiting:
+            return pacing
+        last = max(waiting.values()) - now
+        note = f"{counted(len(waiting), 'request')} waiting to retry"
+        if last >= LONG_WAIT:
+            note += f", the last in {duration(last)}"
+        return f"{pacing}; {note}" if pacing else note
 
     def pacing(self, now: float, wall: float) -> str:
         """What pacing is doing, in a few words ("" when nothing worth saying), at ``now``

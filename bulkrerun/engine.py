@@ -113,6 +113,9 @@ class RunResult:
     # Resends of held units (--resend-held) the service refused, by code: not acted on, so
     # the units stay held (the send that left them held may have been).
     refused_resends: dict[str, int] = field(default_factory=dict)
+    # Requests waiting to be sent again (backoff, Retry-After): chunk id -> when, on the
+    # engine's clock. The progress line says so: a long Retry-After is otherwise silence.
+    waiting: dict[str, float] = field(default_factory=dict)
 
 
 class Engine:
@@ -297,8 +300,14 @@ class Engine:
                 permits.release()
             if state != "retry":
                 return
-            self._emit(Retrying(chunk, attempt, outcome, delay))
-            if not await self._wait(delay):
+            waiting = self.result.waiting
+            waiting[chunk.id] = clock.now() + delay
+            try:
+                self._emit(Retrying(chunk, attempt, outcome, delay))
+                waited = await self._wait(delay)
+            finally:
+                del waiting[chunk.id]
+            if not waited:
                 journal.outcome(chunk, attempt, outcome, clock.wall(), "pending")
                 self._settle(chunk, "pending", outcome, attempt)
                 return

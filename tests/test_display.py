@@ -222,3 +222,15 @@ def test_the_limit_the_gateway_stated_is_shown_with_the_rate() -> None:
     per_minute += "limit:100,time:1 minute"
     pacer.on_outcome(Outcome(Kind.RETRY, status=429, error_msg=per_minute), 0.3, 0.2)
     assert display.pacing(0.4, 0.4).endswith("(gateway limit 1.7/s)")
+
+
+def test_requests_waiting_to_retry_are_shown_with_the_last_one_due() -> None:
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    display = RunDisplay(Console(file=io.StringIO(), width=200), 10, pacer=Pacer(PacingConfig()))
+    display.counts.waiting.update({"a": 1002.0, "b": 1001.0})
+    assert display.doing(1000.0, 0.0) == "2 requests waiting to retry"
+    display.counts.waiting["c"] = 1300.0  # a Retry-After of five minutes
+    assert display.doing(1000.0, 0.0) == "3 requests waiting to retry, the last in 5m00s"
+    display.counts.waiting.clear()
+    assert display.doing(1000.0, 0.0) == ""

@@ -484,3 +484,17 @@ async def test_the_outage_stop_is_the_operators_to_set() -> None:
         assert isinstance(result.fatal, ServiceDown)
         assert "--outage-stop SECONDS waits longer" in str(result.fatal)
         assert limit <= clock.now() - started <= limit + 120
+
+
+async def test_requests_waiting_to_retry_are_counted_while_they_wait() -> None:
+    journal = MemoryJournal()
+    told = Outcome(Kind.RETRY, status=429, retry_after=300.0, reason="throttled")
+    transport = ScriptedTransport(journal, {0: [told, DONE]})
+    seen: list[dict[str, float]] = []
+    engine = engine_for(2, transport, journal, [])
+    engine._emit = lambda event: seen.append(dict(engine.result.waiting))  # type: ignore[method-assign]
+    result = await engine.run()
+    assert result.done == 2 and result.waiting == {}
+    [waiting] = seen  # the one retry, as it began: due at the Retry-After at least
+    (due,) = waiting.values()
+    assert due - engine._clock.now() <= 0 and due >= 1000.0 + 300.0
