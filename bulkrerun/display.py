@@ -40,9 +40,9 @@ from bulkrerun.text import counted, duration
 
 PLAIN_EVERY = 5.0  # seconds between plain progress lines when not on a terminal
 LIVE_EVERY = 0.1
-LONG_WAIT = 10.0  # seconds: a retry due later than this is shown with its time
 """Seconds between updates of the bar's numbers on a terminal (rich redraws it 10 times a
 second)."""
+LONG_WAIT = 10.0  # seconds: a retry due later than this is shown with its time
 
 
 class RunDisplay:
