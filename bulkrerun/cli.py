@@ -292,6 +292,7 @@ def plan(
         m = load_manifest(manifest)
         _print_warnings(m)
         selections = _plan_selections(m, settings)
+        requests = None  # not known when the reader went away (`| head`)
         with _writing_stdout():
             if json_lines:
                 requests = write_json_lines(
@@ -1288,6 +1289,7 @@ def report(
     if fmt not in ("table", "csv", "json", "manifest"):
         err.print(f"[red]error:[/] --format {escape(fmt)}: must be table, csv, json or manifest")
         raise typer.Exit(EXIT_BAD_INPUT)
+    rows = None  # not known when the reader went away (`| head`)
     try:
         with _writing_stdout():
             rows = write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
