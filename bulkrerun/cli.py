@@ -707,7 +707,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             with contextlib.suppress(BulkrerunError, OSError):
                 summary = file_status(args.journal)
         if summary is None:
-            summary = summarize(args.journal, journal.state(), pending=not_sent)
+            pending = not_sent - result.held_again  # those are held, as before
+            summary = summarize(args.journal, journal.state(), pending=pending)
             if several_manifests(journal.state()):
                 # What the others left unsent would take planning each again against a
                 # second read of the journal (the state in memory no longer lists the units
@@ -873,6 +874,13 @@ def _finish(
             said = example.error_msg or example.reason
             detail = f" (e.g. request id {example.request_id or 'none'}: {said})"
         err.print(f"  failed {code}: {n:,}{detail}", markup=False)
+    if result.held_again:
+        err.print(
+            f"  of those not sent, {counted(result.held_again, 'unit')} held before "
+            f"{'is' if result.held_again == 1 else 'are'} held again: this run's resend was "
+            "not acted on, or did not go",
+            markup=False,
+        )
     for code, n in sorted(result.refused_resends.items(), key=lambda kv: -kv[1]):
         example = result.failed_example[code]
         said = example.error_msg or example.reason
@@ -907,6 +915,7 @@ def _finish(
             failed=result.failed,
             held=result.held,
             not_sent=not_sent,
+            held_again=result.held_again,
             failed_by_code=dict(result.failed_by_code),
             refused_resends=dict(result.refused_resends),
             interrupted=interrupted,

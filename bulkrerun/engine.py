@@ -113,6 +113,9 @@ class RunResult:
     # Resends of held units (--resend-held) the service refused, by code: not acted on, so
     # the units stay held (the send that left them held may have been).
     refused_resends: dict[str, int] = field(default_factory=dict)
+    # Of the units counted pending, those back to held: a resend of held units that was not
+    # acted on, or not sent (--resend-held). Not waiting to be sent, nor held by this run.
+    held_again: int = 0
     # Requests waiting to be sent again (backoff, Retry-After): chunk id -> when, on the
     # engine's clock. The progress line says so: a long Retry-After is otherwise silence.
     waiting: dict[str, float] = field(default_factory=dict)
@@ -476,9 +479,8 @@ class Engine:
         else:
             # Not acted on, or not sent: a resend's units held before (--resend-held) are
             # held again, not waiting to be sent.
-            held = self._journal.held_units(chunk)
-            r.held += held
-            r.pending += n - held
+            r.pending += n
+            r.held_again += self._journal.held_units(chunk)
         if self._on_settled is not None:
             self._on_settled(Settled(chunk, state, outcome, attempts))
         reason = self._pacer.stop_reason()

@@ -260,7 +260,7 @@ def _ended_before(instance: ListedInstance, since_ms: int) -> bool:
 def judge_instance(target: InstanceTarget, now: ListedInstance | None) -> Verdict:
     """The verdict for an instance unit given the instance as listed now (None: not listed)."""
     what = f"{target.job_name} plan_time {_iso(target.plan_time)}"
-    asked = f"our request of {_iso(target.since_ms)}"
+    asked = f"our request (first sent {_iso(target.since_ms)})"
     if now is None or now.job_id != target.job_id:
         return Verdict(
             UnitState.HELD,
@@ -313,7 +313,7 @@ def judge_window(target: WindowTarget, instances: Sequence[ListedInstance]) -> V
     what = f"window {_iso(target.begin_time)}..{_iso(target.end_time)} of " + ", ".join(
         job for job, _ in target.jobs
     )
-    asked = f"our request of {_iso(target.since_ms)}"
+    asked = f"our request (first sent {_iso(target.since_ms)})"
     if not instances:
         return Verdict(
             UnitState.HELD,

@@ -237,8 +237,8 @@ async def test_a_resend_of_held_units_that_runs_out_of_attempts_is_not_acted_on(
     states = journal.states()
     assert states[held] == "pending"
     assert [states[c] for c in fresh] == ["failed", "failed"]
-    # The run's counts: held again, not waiting to be sent.
-    assert (result.held, result.pending, result.failed) == (1, 0, 2)
+    # The run's counts: not sent by this run, and held again (not waiting to be sent).
+    assert (result.held, result.pending, result.failed, result.held_again) == (0, 1, 2, 1)
 
 
 async def test_a_refused_resend_of_held_units_leaves_them_as_they_were() -> None:
@@ -253,7 +253,7 @@ async def test_a_refused_resend_of_held_units_leaves_them_as_they_were() -> None
     result = await engine_for(2, transport, journal, []).run()
     states = journal.states()
     assert (states[held], states[fresh]) == ("pending", "failed")
-    assert (result.held, result.pending, result.failed) == (1, 0, 1)
+    assert (result.held, result.pending, result.failed, result.held_again) == (0, 1, 1, 1)
 
 
 async def test_auth_refusal_aborts_and_leaves_pending() -> None:

@@ -253,6 +253,7 @@ def test_a_refused_resend_of_held_units_leaves_them_held_and_says_why(
     assert any("bulkrerun verify" in step for step in s["next_steps"])
     closing = resend.stderr[resend.stderr.index("this run") :]
     assert "not yet sent" not in closing.split("next:")[1]  # nothing counted twice
+    assert "of those not sent, 3 units held before are held again" in closing
 
 
 def test_sigint_stops_cleanly_exit_130_and_resume_completes(
