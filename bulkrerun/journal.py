@@ -300,6 +300,10 @@ class JournalState:
     untracked_units: Counter[UnitState] = field(default_factory=Counter)
     untracked_requests: int = 0
     untracked_failed: Counter[str] = field(default_factory=Counter)  # failed units by code
+    # Requests (chunk ids) with sends whose outcome is unknown, and how many: a held outcome,
+    # or an intent a later intent of the same request followed without an outcome between.
+    # Each may have been acted on: the request may have run that many times more.
+    unknown_sends: dict[str, int] = field(default_factory=dict)
     # Listed units that a request of this run failed: the code it failed with.
     failed_codes: dict[str, str] = field(default_factory=dict)
 
@@ -393,6 +397,8 @@ class _Replayer:
         st = self.state
         info = st.chunks.get(chunk_id)
         if info is not None:
+            if info.state is None:  # the send before this one has no outcome
+                st.unknown_sends[chunk_id] = st.unknown_sends.get(chunk_id, 0) + 1
             info.state = None
             info.last_wall = wall
             info.attempts += 1
@@ -451,6 +457,8 @@ class _Replayer:
         new = _ACTED.get(state)
         if new is None and state not in _NOT_ACTED:
             raise _InconsistentError(f"an outcome with the unknown state {state!r}")
+        if new is _UNIT_HELD and info is not None:
+            st.unknown_sends[chunk_id] = st.unknown_sends.get(chunk_id, 0) + 1
         priors = self._open.pop(chunk_id, None)
         if wall > st.last_wall:
             st.last_wall = wall

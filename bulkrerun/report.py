@@ -177,6 +177,9 @@ class StatusSummary:
     # a command should name it; the last run's first), the units it plans that none before
     # it does, or why they cannot be counted (its instance file changed since, say).
     pending_by_manifest: list[tuple[str, int | str]] = field(default_factory=list)
+    # Requests accepted after an earlier send whose outcome is unknown (held): each may have
+    # run more than once. Counted when the whole journal is read (``status``), else None.
+    accepted_after_unknown: int | None = None
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -614,7 +617,7 @@ def status(path: Path) -> StatusSummary:
     """
     _, state = read_state(path)
     pending, unknown, by_manifest = not_sent_by_manifest(state)
-    return summarize(
+    summary = summarize(
         path,
         state,
         pending=pending,
@@ -622,6 +625,9 @@ def status(path: Path) -> StatusSummary:
         holder=_other_holder(path),
         pending_by_manifest=by_manifest,
     )
+    chunks = state.chunks
+    twice = sum(1 for cid in state.unknown_sends if chunks[cid].state == "done")
+    return dataclasses.replace(summary, accepted_after_unknown=twice)
 
 
 def _other_holder(path: Path) -> Holder | None:
@@ -654,6 +660,7 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "attempts": summary.attempts,
         "accepted": summary.accepted,
         "runs": summary.runs,
+        "accepted_after_unknown": summary.accepted_after_unknown,
         "first_time": _iso(summary.first_wall),
         "last_time": _iso(summary.last_wall),
         "active_seconds": round(summary.active_seconds, 3),
@@ -704,6 +711,13 @@ def render_status(summary: StatusSummary, console: Console) -> None:
         if summary.rate is not None:
             line += f"; {summary.rate:,.1f} requests/s over {summary.active_seconds:,.1f} s active"
         console.print(line)
+        if summary.accepted_after_unknown:
+            console.print(
+                f"{counted(summary.accepted_after_unknown, 'request')} accepted after an "
+                "earlier send whose outcome is unknown: each may have run more than once "
+                "(see unknown_sends in the report)",
+                highlight=False,
+            )
     else:
         console.print("no request recorded yet")
     console.print("next:")
@@ -727,7 +741,10 @@ class ReportRow:
     mode A request. ``instance_status`` is what ``run --watch`` saw the rerun instances end
     as (``success 3, fail 1``): "accepted" is not "succeeded". ``verify_state`` and
     ``verify_evidence`` say how a verification decided the units, when one decides them
-    (see the module's docstring).
+    (see the module's docstring). ``unknown_sends`` counts the sends of this request whose
+    outcome is unknown (held, or no outcome recorded), the last one included: each may have
+    been acted on, so a request ``done`` with 2 of them may have run up to three times (a
+    verification may since have found one was not acted on).
     """
 
     chunk: str
@@ -750,6 +767,7 @@ class ReportRow:
     instance_status: str | None = None
     verify_state: str | None = None
     verify_evidence: str | None = None
+    unknown_sends: int = 0
 
 
 REPORT_COLUMNS = (
@@ -773,6 +791,7 @@ REPORT_COLUMNS = (
     "instance_status",
     "verify_state",
     "verify_evidence",
+    "unknown_sends",
 )
 """The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``. Columns
 are only ever added at the end, so that scripts keep working."""
@@ -905,8 +924,14 @@ def _rows(
 ) -> Iterator[ReportRow]:
     verified = state.verified
     since = _flying_since(state, holder)
+    unknown = state.unknown_sends
     for info, intent, outcome in _details(path, state):
-        row = _row(info, intent, outcome, state.units, _flying(info, since))
+        flying = _flying(info, since)
+        row = _row(info, intent, outcome, state.units, flying)
+        # The last send without an outcome is unknown too, unless it is still in flight.
+        sends = unknown.get(info.id, 0) + (info.state is None and not flying)
+        if sends:
+            row = dataclasses.replace(row, unknown_sends=sends)
         if verified and (decided := _verification(info, state.units, verified)) is not None:
             row = dataclasses.replace(row, verify_state=decided[0], verify_evidence=decided[1])
         if watched:
@@ -941,6 +966,7 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "instance_status": row.instance_status,
         "verify_state": row.verify_state,
         "verify_evidence": row.verify_evidence,
+        "unknown_sends": row.unknown_sends,
     }
 
 
@@ -971,7 +997,8 @@ _STATE_STYLE = {
 
 
 # The table's columns, each with the widest it may get. ``None``: always shown in full
-# (chunk id prefix, entry, tries, state, status: what an audit needs of every row). The
+# (chunk id prefix, entry, tries, state, status, request id: what an audit and a support
+# ticket need of every row). The
 # others give way when the console is narrow: rich narrows the widest of them first, so the
 # long free text (times, request id, message, instance statuses) gives way before the job
 # and the units' state now, and all of them before the columns shown in full.
@@ -985,7 +1012,7 @@ _COLUMNS: tuple[tuple[str, int | None], ...] = (
     ("now", 24),
     ("verified", 24),
     ("status", None),
-    ("request id", 40),
+    ("request id", None),
     ("message", 80),
     ("instances now", 32),
 )
@@ -1021,7 +1048,11 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
             _line(row.entry),
             _line(row.job_name),
             _line(_what(row)),
-            _line(str(row.attempts)),
+            _line(
+                f"{row.attempts} ({row.unknown_sends} unknown)"
+                if row.unknown_sends
+                else str(row.attempts)
+            ),
             _line(row.state, _STATE_STYLE.get(row.state, "")),
             _line(row.current if row.current != row.state else ""),
             _line(row.verify_state or ""),

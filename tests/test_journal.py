@@ -1228,3 +1228,25 @@ def test_a_run_without_live_details_sums_up_as_a_replay(session: list[tuple[int,
         anyio.run(_play, path, before)
         live = anyio.run(during, path)
         assert live == _summary(read_state(path)[1])
+
+
+@pytest.mark.anyio
+async def test_sends_whose_outcome_is_unknown_are_counted_per_request(jpath: Path) -> None:
+    killed, held, retried = window(0), window(1), window(2)
+    throttled = Outcome(Kind.RETRY, 429, "APIG.0308", reason="throttled")
+    lost = Outcome(Kind.HELD, reason="connection lost after sending")
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+        await j.intend(killed, 1, 1.0)  # no outcome: a crash
+        await j.intend(held, 1, 1.0)
+        j.outcome(held, 1, lost, 2.0, "held")
+        await j.intend(retried, 1, 1.0)
+        j.outcome(retried, 1, throttled, 2.0, "retry")  # not acted on: known
+        await j.intend(retried, 2, 3.0)
+        j.outcome(retried, 2, DONE, 4.0, "done")
+    with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:  # --resend-held
+        await j.intend(killed, 1, 5.0)
+        j.outcome(killed, 1, DONE, 6.0, "done")
+        await j.intend(held, 1, 5.0)
+        j.outcome(held, 1, lost, 6.0, "held")
+    _, state = read_state(jpath)
+    assert state.unknown_sends == {killed.id: 1, held.id: 2}

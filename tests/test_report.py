@@ -659,7 +659,11 @@ async def test_the_report_shows_how_a_verification_decided_held_units(tmp_path: 
     assert "verified" in text.splitlines()[0]
     window = next(r for r in held if r.mode == "window")
     (line,) = (x for x in text.splitlines() if x.startswith(window.chunk[:12] + " "))
-    assert re.search(r" 1 +held +done +done +window ", line)  # tries, state, now, verified
+    # tries (the one send's outcome unknown), state, now, verified
+    assert re.search(r" 1 \(1 unknown\) +held +done +done +window ", line)
+    assert {(r.state, r.unknown_sends) for r in rows} == {("held", 1), ("done", 0)}
+    assert {by_chunk[r.chunk]["unknown_sends"] for r in held} == {"1"}
+    assert {objects[r.chunk]["unknown_sends"] for r in rows} == {0, 1}
     assert "connection lost" not in line  # the message is the evidence, not the reason
 
 

@@ -223,6 +223,21 @@ def test_dropped_after_accept_is_held_and_never_resent_without_flag(
         e["chunk_id"] for e in extra
     }
     assert "may run twice" in resend.stderr
+    # What a review needs: every send of a request whose outcome is unknown is counted, and
+    # here each was accepted (dropped after acceptance), so the ledger agrees row by row.
+    accepted = Counter(srv.accepted_ids())
+    report = cli("report", str(j), "--format", "json")
+    for row in map(json.loads, report.stdout.splitlines()):
+        if row["state"] == "done":
+            assert accepted[row["chunk"]] == row["unknown_sends"] + 1, row
+        elif row["state"] == "held":
+            assert accepted[row["chunk"]] == row["unknown_sends"], row
+    rows = [json.loads(line) for line in report.stdout.splitlines()]
+    twice = [row for row in rows if row["state"] == "done" and row["unknown_sends"]]
+    assert twice  # accepted twice by the fake: each may have run twice, and the report says so
+    assert status_of(cli, j)["accepted_after_unknown"] == len(twice)
+    said = cli("status", str(j)).stdout
+    assert f"{len(twice)} request{'s' if len(twice) > 1 else ''} accepted after an" in said
 
 
 def test_a_refused_resend_of_held_units_leaves_them_held_and_says_why(
