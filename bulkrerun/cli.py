@@ -603,6 +603,26 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             _print_overlaps(counts.overlaps, log=args.log_chunks)
             where = f"project {settings.project_id} at {endpoint}"
             _print_resume(args, counts, resumed=bool(state.runs), where=where)
+            # Everything the run was told, for a review: what a "failed after 3 attempts" or
+            # a watch that followed the reruns is explained by.
+            options = {
+                "retry_failed": args.retry_failed,
+                "resend_held": args.resend_held,
+                "verify_held": args.verify_held,
+                "reselect": args.reselect,
+                "watch": args.watch,
+                "rate": settings.rate,
+                "burst": settings.burst,
+                "max_inflight": settings.max_inflight,
+                "timeout": settings.timeout,
+                "max_attempts": settings.max_attempts,
+                "max_failure_ratio": args.max_failure_ratio,
+                "canary": args.canary,
+                "grace": args.grace,
+                "outage_stop": args.outage_stop,
+                "tool_version": bulkrerun.__version__,
+                "pid": os.getpid(),
+            }
             if args.log_chunks:
                 _log_run(
                     "run started",
@@ -611,19 +631,13 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     journal=str(args.journal),
                     project_id=settings.project_id,
                     endpoint=endpoint,
-                    tool_version=bulkrerun.__version__,
-                    pid=os.getpid(),
                     resumed=bool(state.runs),
                     done=counts.done,
                     failed=counts.failed,
                     held=counts.held,
                     new=counts.new,
                     to_send=counts.to_send,
-                    retry_failed=args.retry_failed,
-                    resend_held=args.resend_held,
-                    verify_held=args.verify_held,
-                    rate=settings.rate,
-                    max_inflight=settings.max_inflight,
+                    **options,
                 )
             journal.begin_run(
                 RunInfo(
@@ -635,11 +649,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                         label: [(i.job_name, i.job_id, i.plan_time, i.submit_time) for i in found]
                         for label, found in (selections or {}).items()
                     },
-                    options={
-                        "retry_failed": args.retry_failed,
-                        "resend_held": args.resend_held,
-                        "verify_held": args.verify_held,
-                    },
+                    options=options,
                     pending=counts.to_send,
                 )
             )

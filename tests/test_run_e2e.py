@@ -758,10 +758,17 @@ def test_the_log_file_opens_and_closes_with_the_run_as_a_whole(
     srv = fake_service()
     m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 3, "1h"))
     j, log = tmp_path / "j", tmp_path / "run.jsonl"
-    out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), url=srv.url)
+    flags = ["--log-file", str(log), "--max-attempts", "3", "--outage-stop", "90", "--watch"]
+    out = cli("run", str(m), "--journal", str(j), *flags, url=srv.url)
     assert out.returncode == 0, out.stderr
     assert f"new journal {j}: sending 3 units to project {PROJECT} at {srv.url}." in out.stderr
     records = [json.loads(line) for line in log.read_text().splitlines()]
+    # What the run was told, in the log and in the journal: what explains its outcomes.
+    told = {"max_attempts": 3, "outage_stop": 90.0, "watch": True, "rate": 10.0, "burst": 1}
+    assert {k: records[0][k] for k in told} == told
+    (run,) = (json.loads(line) for line in j.read_text().splitlines() if '"t":"run"' in line)
+    assert {k: run["options"][k] for k in told} == told
+    records = [r for r in records if r["event"] in ("run started", "chunk settled", "run ended")]
     first, last = records[0], records[-1]
     assert first["event"] == "run started"
     assert {k: first[k] for k in ("manifest", "journal", "resumed", "to_send", "pid")} == {
