@@ -209,14 +209,18 @@ def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[st
 
 
 def _fail(exc: BulkrerunError) -> typer.Exit:
+    """Say why the command ends (on stderr, and in the log when there is one: a run that
+    stops before it starts, its selection refused say, is part of the trail too)."""
     if isinstance(exc, ManifestError):
         err.print(f"[red]manifest has {len(exc.problems)} problem(s); nothing was sent:[/]")
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False)
+        _log_command("command ended", exit_code=exc.exit_code, problems=list(exc.problems))
     else:
         label = "error" if exc.exit_code == EXIT_BAD_INPUT else "stopped"
         err.print(f"[red]{label}:[/] ", end="")
         err.print(str(exc), markup=False)
+        _log_command("command ended", exit_code=exc.exit_code, why=f"{label}: {exc}")
     return typer.Exit(exc.exit_code)
 
 

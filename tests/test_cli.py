@@ -505,7 +505,17 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
             for handler in handlers.handlers[:]:
                 handler.close()
                 handlers.removeHandler(handler)
+    try:  # a command that ends early is in the trail too
+        result = runner.invoke(app, ["status", str(tmp_path / "nope"), "--log-file", str(log)])
+        assert result.exit_code == 2, result.output
+    finally:
+        for handler in handlers.handlers[:]:
+            handler.close()
+            handlers.removeHandler(handler)
     records = [json.loads(line) for line in log.read_text().splitlines()]
+    ended = records.pop()
+    assert (ended["event"], ended["exit_code"]) == ("command ended", 2)
+    assert ended["why"] == f"error: no journal at {tmp_path / 'nope'}"
     events = [r["event"] for r in records]
     assert events == ["plan shown", "plan shown", "status read", "report written", "verify ended"]
     plan, lines, status, report, verify = records
