@@ -296,7 +296,12 @@ class Engine:
                         state, delay = "done", 0.0
                     else:
                         state, delay = self._decide(chunk, outcome, attempt)
-                    journal.outcome(chunk, attempt, outcome, clock.wall(), state)
+                    if state == "failed" and outcome.kind is Kind.RETRY:
+                        journal.outcome(
+                            chunk, attempt, self._gave_up(outcome, attempt), clock.wall(), state
+                        )
+                    else:
+                        journal.outcome(chunk, attempt, outcome, clock.wall(), state)
                     if state != "retry":
                         self._settle(chunk, state, outcome, attempt)
             finally:
@@ -437,6 +442,15 @@ class Engine:
             # sent, in a batch formed around it).
             return ("pending" if self._journal.was_held(chunk) else "failed"), 0.0
         return "retry", delay
+
+    def _gave_up(self, outcome: Outcome, attempt: int) -> Outcome:
+        """A retryable outcome that ended the retries, as journaled: saying why they ended,
+        where the report would otherwise show a plain 'throttled' as the reason it failed."""
+        if attempt >= self._pacer.config.max_attempts:
+            why = f"gave up after {attempt} attempts (--max-attempts)"
+        else:
+            why = "gave up: the retry budget is spent (the service fails too often)"
+        return outcome._replace(reason=f"{why}; last: {outcome.reason}")
 
     def _outage(self, outcome: Outcome) -> None:
         """A failure not acted on (a 502/503, a connection that failed) after the service

@@ -996,3 +996,19 @@ def test_a_backend_timeout_after_acceptance_is_held_not_resent(
     assert (s["done"], s["held"], s["failed"], s["pending"]) == (20 - len(late), len(late), 0, 0)
     again = cli("run", str(m), "--journal", str(j), url=srv.url)
     assert again.returncode == 1 and len(srv.ledger()) == 20  # nothing sent twice
+
+
+def test_a_request_that_ran_out_of_attempts_says_so_in_the_report(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service("--p5xx", "1.0")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 2, "1h"))
+    j = tmp_path / "j"
+    args = ("run", str(m), "--journal", str(j), "--max-attempts", "2", "--rate", "100")
+    assert cli(*args, url=srv.url).returncode == 1
+    rows = [json.loads(line) for line in cli("report", str(j), "-f", "json").stdout.splitlines()]
+    assert [(r["state"], r["attempts"], r["reason"]) for r in rows] == [
+        ("failed", 2, "gave up after 2 attempts (--max-attempts); last: service unavailable, "
+         "not acted on"),
+    ] * 2  # fmt: skip
+    assert status_of(cli, j)["failed_by_code"] == {"APIG.0202": 2}
