@@ -598,12 +598,16 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             earlier = earlier_windows(journal.path, state, manifest)
             counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
             for unit, label in counts.duplicates[:20]:
-                err.print(
-                    f"[yellow]warning:[/] {escape(label)}: unit {escape(unit)} appears twice; "
-                    "sent once"
+                said = (
+                    f"{label}: unit {unit} appears twice in the manifest; it is sent at most once"
                 )
+                err.print("[yellow]warning:[/] ", end="")
+                err.print(said, markup=False)
+                _log_command("warning", message=said)
             if len(counts.duplicates) > 20:
-                err.print(f"[yellow]warning:[/] {len(counts.duplicates)} duplicate units in all")
+                said = f"{len(counts.duplicates)} duplicate units in all"
+                err.print(f"[yellow]warning:[/] {said}")
+                _log_command("warning", message=said)
             _print_overlaps(counts.overlaps, log=args.log_chunks)
             where = f"project {settings.project_id} at {endpoint}"
             _print_resume(args, counts, resumed=bool(state.runs), where=where)

@@ -1012,3 +1012,21 @@ def test_a_request_that_ran_out_of_attempts_says_so_in_the_report(
          "not acted on"),
     ] * 2  # fmt: skip
     assert status_of(cli, j)["failed_by_code"] == {"APIG.0202": 2}
+
+
+def test_a_unit_listed_twice_is_sent_once_and_the_warning_is_logged(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    item = "{ job_id = 917567, plan_time = 1732601580000, submit_time = 1732239754684 }"
+    body = f'[[instances]]\njob_name = "ods_orders"\nitems = [\n  {item},\n  {item},\n]\n'
+    m = write_manifest(tmp_path / "m.toml", body)
+    j, log = tmp_path / "j", tmp_path / "log.jsonl"
+    out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), url=srv.url)
+    assert out.returncode == 0, out.stderr
+    said = "appears twice in the manifest; it is sent at most once"
+    assert said in " ".join(out.stderr.split())
+    warnings = [json.loads(line) for line in log.read_text().splitlines()]
+    (warning,) = (w["message"] for w in warnings if w["event"] == "warning")
+    assert warning.endswith(said)
+    assert len(srv.ledger()) == 1
