@@ -319,8 +319,14 @@ def plan(
 
 def _print_warnings(manifest: Any) -> None:
     for warning in manifest.warnings:
-        err.print("[yellow]warning:[/] ", end="")
-        err.print(warning, markup=False)
+        _warn(warning)
+
+
+def _warn(text: str) -> None:
+    """A warning: on stderr, and in the log when there is one."""
+    err.print("[yellow]warning:[/] ", end="")
+    err.print(text, markup=False)
+    _log_command("warning", message=text)
 
 
 def _plan_selections(m: Any, settings: Any) -> dict[str, Any] | None:
@@ -598,16 +604,11 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             earlier = earlier_windows(journal.path, state, manifest)
             counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
             for unit, label in counts.duplicates[:20]:
-                said = (
+                _warn(
                     f"{label}: unit {unit} appears twice in the manifest; it is sent at most once"
                 )
-                err.print("[yellow]warning:[/] ", end="")
-                err.print(said, markup=False)
-                _log_command("warning", message=said)
             if len(counts.duplicates) > 20:
-                said = f"{len(counts.duplicates)} duplicate units in all"
-                err.print(f"[yellow]warning:[/] {said}")
-                _log_command("warning", message=said)
+                _warn(f"{len(counts.duplicates)} duplicate units in all")
             _print_overlaps(counts.overlaps, log=args.log_chunks)
             where = f"project {settings.project_id} at {endpoint}"
             _print_resume(args, counts, resumed=bool(state.runs), where=where)
@@ -975,9 +976,9 @@ async def _selections_for_run(
 
 
 def _log_command(event: str, **fields: Any) -> None:
-    """The one record a command other than ``run`` leaves in the log (``-v``,
-    ``--log-file``), when it has one: what it read or decided, for the trail an incident's
-    review follows."""
+    """A record in the log (``-v``, ``--log-file``), when there is one: the one a command
+    other than ``run`` leaves of what it read or decided, a notice or a warning, for the
+    trail an incident's review follows."""
     if logging.getLogger("bulkrerun").handlers:  # configure_logging set up a log
         _log_run(event, **fields)
 
@@ -986,8 +987,7 @@ def _notice(line: str) -> None:
     """A line that says how long-running work goes (the instance list failing, say): on
     stderr, and in the log (``-v``, ``--log-file``)."""
     err.print(line, highlight=False, markup=False)
-    if logging.getLogger("bulkrerun").handlers:  # configure_logging set up a log
-        _log_run("notice", message=line)
+    _log_command("notice", message=line)
 
 
 async def _verify_held(journal: Any, transport: Any, pacer: Any, clock: Any) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from bulkrerun.cli import app
 from tests.conftest import Cli, write_manifest
@@ -56,25 +57,32 @@ def test_run_with_bad_manifest_sends_nothing_and_creates_no_journal(
     assert not (tmp_path / "j").exists()
 
 
+def invoke_with_log(runner: CliRunner, args: list[str], **kwargs: Any) -> Result:
+    """``runner.invoke`` of a command given --log-file, its log handlers closed after: each
+    invocation sets up its own, and one left open is a ResourceWarning (a test failure)."""
+    import logging
+
+    try:
+        return runner.invoke(app, args, **kwargs)
+    finally:
+        log = logging.getLogger("bulkrerun")
+        for handler in log.handlers[:]:
+            handler.close()
+            log.removeHandler(handler)
+
+
 def test_a_new_log_file_is_private_and_one_made_before_keeps_its_mode(
     runner: CliRunner, tmp_path: Path
 ) -> None:
-    import logging
     import stat
 
     m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"))
     made = tmp_path / "made.log"
     made.touch()
     made.chmod(0o644)
-    log = logging.getLogger("bulkrerun")
     for target in (tmp_path / "new.log", made):
-        try:
-            result = runner.invoke(app, ["plan", str(m), "--log-file", str(target)])
-            assert result.exit_code == 0, result.output
-        finally:
-            for handler in log.handlers[:]:
-                handler.close()
-                log.removeHandler(handler)
+        result = invoke_with_log(runner, ["plan", str(m), "--log-file", str(target)])
+        assert result.exit_code == 0, result.output
     assert stat.S_IMODE((tmp_path / "new.log").stat().st_mode) == 0o600
     assert stat.S_IMODE(made.stat().st_mode) == 0o644
 
@@ -479,7 +487,6 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
     """The trail an incident's review follows: plan, status, report and verify each leave one
     record of what they read or decided, not only run."""
     import json
-    import logging
 
     from bulkrerun.journal import Binding, Journal
 
@@ -489,7 +496,6 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
     env = {"BULKRERUN_ENDPOINT": "http://127.0.0.1:9", "BULKRERUN_PROJECT_ID": "p1"}
     env["BULKRERUN_TOKEN"] = "token-token"
     log = tmp_path / "log.jsonl"
-    handlers = logging.getLogger("bulkrerun")
     commands = (
         ["plan", str(m)],
         ["plan", str(m), "--json"],
@@ -498,20 +504,11 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
         ["verify", str(path)],
     )
     for args in commands:
-        try:
-            result = runner.invoke(app, [*args, "--log-file", str(log)], env=env)
-            assert result.exit_code == 0, result.output
-        finally:
-            for handler in handlers.handlers[:]:
-                handler.close()
-                handlers.removeHandler(handler)
-    try:  # a command that ends early is in the trail too
-        result = runner.invoke(app, ["status", str(tmp_path / "nope"), "--log-file", str(log)])
-        assert result.exit_code == 2, result.output
-    finally:
-        for handler in handlers.handlers[:]:
-            handler.close()
-            handlers.removeHandler(handler)
+        result = invoke_with_log(runner, [*args, "--log-file", str(log)], env=env)
+        assert result.exit_code == 0, result.output
+    # A command that ends early is in the trail too.
+    result = invoke_with_log(runner, ["status", str(tmp_path / "nope"), "--log-file", str(log)])
+    assert result.exit_code == 2, result.output
     records = [json.loads(line) for line in log.read_text().splitlines()]
     ended = records.pop()
     assert (ended["event"], ended["exit_code"]) == ("command ended", 2)
