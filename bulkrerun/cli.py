@@ -1301,7 +1301,8 @@ def report(
         typer.Option(
             "--format",
             "-f",
-            help="table, csv, json, or manifest (a new manifest of what failed or is held). "
+            help="table, csv, json (JSON lines: one object per request), or manifest (a new "
+            "manifest of what failed or is held). "
             "In csv, cells starting with = + - @ get a leading ' so that spreadsheets show "
             "them as text; json carries the exact values.",
         ),
