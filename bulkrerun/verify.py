@@ -408,7 +408,17 @@ class _Listing:
         ]
 
 
-async def _read(lister: InstanceLister, queries: Sequence[_Query]) -> _Listing:
+def _latest(instance: ListedInstance) -> int:
+    return max(instance.submit_time, instance.start_time, instance.end_time)
+
+
+async def _read(lister: InstanceLister, queries: Sequence[_Query], now_ms: int) -> _Listing:
+    """The instances of each query by plan time. Of two rows of one plan time, the one with
+    the latest run is kept, whatever their order: the newer run is the rerun, if one is
+    listed. A row with a time in the future (past the clock allowance) makes its query
+    unusable: such times would pass for a rerun after our request."""
+    future = now_ms + CLOCK_SKEW_S * 1000
+
     async def one(q: _Query) -> list[ListedInstance] | ListFailed:
         try:
             return await lister.list(q.key[0], q.key[1], min_plan_time=q.low, max_plan_time=q.high)
@@ -420,10 +430,22 @@ async def _read(lister: InstanceLister, queries: Sequence[_Query]) -> _Listing:
         if isinstance(result, ListFailed):
             listing.failed.setdefault(q.key, result.reason)
             continue
-        by_plan = listing.instances.setdefault(q.key, {})
+        by_plan: dict[int, ListedInstance] = {}
         for item in result:
-            if item.job_name == q.key[0] and q.low <= item.plan_time <= q.high:
+            if item.job_name != q.key[0] or not q.low <= item.plan_time <= q.high:
+                continue
+            if _latest(item) > future:
+                listing.failed.setdefault(
+                    q.key,
+                    f"the instance list shows a run at {_iso(_latest(item))}, in the future: "
+                    "its times cannot be trusted",
+                )
+                break
+            kept = by_plan.get(item.plan_time)
+            if kept is None or _latest(item) > _latest(kept):
                 by_plan[item.plan_time] = item
+        else:
+            listing.instances[q.key] = by_plan
     return listing
 
 
@@ -508,7 +530,7 @@ async def verify_held(
         await clock.sleep(wait)
     observe = None if on_notice is None else ListTrouble(None).observer(clock, on_notice)
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
-    listing = await _read(lister, _queries(targets))
+    listing = await _read(lister, _queries(targets), round(clock.wall() * 1000))
     wall = clock.wall()
     for target in targets:
         verdict = _verdict(target, listing)

@@ -967,3 +967,48 @@ async def test_a_verify_whose_list_keeps_failing_says_so_past_a_minute_and_when_
     assert "Ctrl-C stops, and the units not decided stay held" in failing
     assert t2 >= first_503 + 150.0 - 1
     assert re.match(r"verify: the instance list answers again, after \dm\d\ds of failures", back)
+
+
+class _ListOf:
+    """An instance list that answers every query with the same rows."""
+
+    def __init__(self, rows: list[ListedInstance]) -> None:
+        self.rows = rows
+
+    async def list(self, job: str, ws: str, *, min_plan_time: int, max_plan_time: int) -> Any:
+        return self.rows
+
+
+@pytest.mark.anyio
+async def test_two_rows_of_one_plan_time_are_read_alike_whatever_their_order() -> None:
+    """The rerun (submitted after our request) and the run we asked to rerun, both listed:
+    in either order the unit is done. The last row used to win: listed second, the old run
+    made the unit pending, and the next run sent it a second time."""
+    from bulkrerun import verify
+
+    rerun = listed(submit_time=T_ASK + 5000, status="running", start_time=0, end_time=0)
+    old = listed()  # the run we asked to rerun, over before our request
+    unit = target()
+    query = verify._Query((unit.job_name, unit.workspace), unit.plan_time, unit.plan_time)
+    for rows in ([rerun, old], [old, rerun]):
+        listing = await verify._read(_ListOf(rows), [query], T_ASK + 60_000)  # type: ignore[arg-type]
+        assert verify._verdict(unit, listing).state is UnitState.DONE, rows
+
+
+@pytest.mark.anyio
+async def test_a_run_listed_in_the_future_is_no_evidence() -> None:
+    from bulkrerun import verify
+
+    unit = target()
+    query = verify._Query((unit.job_name, unit.workspace), unit.plan_time, unit.plan_time)
+    now = T_ASK + 60_000
+    ten_years = 315_360_000_000
+    for row in (listed(submit_time=now + ten_years), listed(start_time=99_999_999_999_999)):
+        listing = await verify._read(_ListOf([row]), [query], now)  # type: ignore[arg-type]
+        verdict = verify._verdict(unit, listing)
+        assert verdict.state is UnitState.HELD
+        assert "in the future: its times cannot be trusted" in verdict.evidence
+    # Within the clock allowance a time ahead of ours is a clock's skew, and counts.
+    ahead = listed(submit_time=now + SKEW // 2)
+    listing = await verify._read(_ListOf([ahead]), [query], now)  # type: ignore[arg-type]
+    assert verify._verdict(unit, listing).state is UnitState.DONE
