@@ -48,11 +48,11 @@ import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import anyio
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bulkrerun.clock import Clock
 from bulkrerun.errors import AuthRefused, BadInput, Fatal, ManifestError
@@ -84,6 +84,11 @@ few round trips (a dozen jobs at 200 ms each would otherwise take seconds at any
 
 LIST_READS = 3
 """Reads of a job's whole window before giving up when the list changes while it is read."""
+
+MAX_LISTED = 200_000
+"""The most instances one job's window may hold: a month of a job run every minute is 44,640.
+A list that counts more is refused rather than read page after page (a list that never
+ends would be read until the memory ran out)."""
 
 MONTH_REFUSAL = "DLF.0104"
 """The fake service's code for a ``min_plan_time`` more than one month back. The real
@@ -171,25 +176,46 @@ class ListFailed(Fatal):
 # -- the answer, as it crosses the boundary -----------------------------------------------------
 
 
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # lax ints take true as 1: a job id of 1 would be rerun
+        raise ValueError("a boolean, not a number")
+    return value
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():  # escape sequences would reach the terminal and the journal
+        raise ValueError("holds control characters")
+    return text
+
+
+_LATEST_MS = 4_102_444_800_000  # 2100-01-01: a time past it is no time of a job's run
+_Id = Annotated[int, BeforeValidator(_no_bool), Field(gt=0, le=2**63 - 1)]
+_Ms = Annotated[int, BeforeValidator(_no_bool), Field(gt=0, le=_LATEST_MS)]
+_MsOrZero = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=_LATEST_MS)]
+_Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+
+
 class _ApiInstance(BaseModel):
     # Lax and tolerant: only the fields we use are checked; numbers given as digit strings
-    # are read as numbers. An instance we cannot read makes the page unreadable (below).
+    # are read as numbers. But what is checked is checked as a rerun request would be: ids
+    # and epoch-millisecond times in range, text printable and short. An instance we cannot
+    # read makes the page unreadable (below): better no selection than a wrong one.
     model_config = ConfigDict(extra="ignore")
 
-    job_name: str | None = None
-    job_id: int
-    plan_time: int
-    submit_time: int
-    status: str
-    start_time: int | None = None
-    end_time: int | None = None
-    instance_id: int | None = None
+    job_name: _Text | None = None
+    job_id: _Id
+    plan_time: _Ms
+    submit_time: _Ms
+    status: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_printable)]
+    start_time: _MsOrZero | None = None
+    end_time: _MsOrZero | None = None
+    instance_id: _Id | None = None
 
 
 class _ApiPage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    total: int
+    total: Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_LISTED)]
     instances: list[_ApiInstance] | None = None
 
 
@@ -197,6 +223,11 @@ UNREADABLE = Outcome(Kind.FAILED, status=200, reason="the answer is not an insta
 
 
 def _page(job_name: str, parsed: Any) -> tuple[int, list[ListedInstance]]:
+    items = parsed.get("instances") if isinstance(parsed, dict) else None
+    if isinstance(items, list) and len(items) > LIST_LIMIT:
+        # More than was asked for: not validated item by item (a page of a million empty
+        # objects made pydantic build a million errors, 1.75 GB).
+        raise ListFailed(job_name, UNREADABLE, 1)
     try:
         page = _ApiPage.model_validate(parsed)
     except ValidationError:

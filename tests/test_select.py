@@ -321,6 +321,45 @@ async def test_an_answer_that_is_not_an_instance_list_fails_clearly() -> None:
         await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("job_id", True),  # lax ints take it as 1: a rerun aimed at job 1
+        ("job_id", -7),
+        ("submit_time", -1),
+        ("submit_time", 10**20),  # past a long
+        ("plan_time", 99_999_999_999_999),  # the year 5138
+        ("status", "success\x1b[2J\x1b]0;PWNED\x07"),  # would rewrite the terminal
+        ("status", "running" + "x" * 1_000_000),
+        ("job_name", "j\nFAKE LINE"),
+    ],
+)
+async def test_an_instance_a_rerun_request_could_not_carry_makes_the_page_unreadable(
+    field: str, value: object
+) -> None:
+    bad = {**PAGE, "instances": [{**PAGE["instances"][0], field: value}]}  # type: ignore[index]
+    lister = InstanceLister(ScriptedTransport([], bad), pacer=pacer(), clock=FakeClock())
+    with pytest.raises(ListFailed, match="not an instance list"):
+        await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        {"total": 10**15, "instances": PAGE["instances"]},  # a list that never ends
+        {"total": 1, "instances": [{}] * 1001},  # more than the 1,000 asked for
+    ],
+)
+async def test_a_list_larger_than_any_window_is_refused_before_it_is_read(
+    page: dict[str, object],
+) -> None:
+    transport = ScriptedTransport([], page)
+    lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+    with pytest.raises(ListFailed, match="not an instance list"):
+        await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
+    assert len(transport.asked) == 1  # one page, not page after page
+
+
 async def test_a_service_that_ignores_offset_is_not_asked_forever_nor_believed() -> None:
     transport = ScriptedTransport([], {**PAGE, "total": 5000})
     lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())

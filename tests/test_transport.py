@@ -308,9 +308,9 @@ async def test_a_huge_answer_is_not_read_whole() -> None:
             listed, page = await t.get_json("/v2/p/factory/jobs/j/instances", {"limit": 1}, "ws")
         assert refused.kind is Kind.FAILED and len(refused.error_msg or "") <= 500
         assert listed.kind is Kind.RETRY and page is None
-        assert listed.reason == "unreadable answer from the service (over 33,554,432 bytes)"
+        assert listed.reason == "unreadable answer from the service (over 8,388,608 bytes)"
         # Neither was read to its 64 MB end: what got out is what was read (the refusal's
-        # 64 KiB, the page's 32 MiB) and what the sockets' buffers took.
-        assert sent["POST"] < 24 * 2**20 and sent["GET"] < 56 * 2**20, sent
+        # 64 KiB, the page's 8 MiB) and what the sockets' buffers took.
+        assert sent["POST"] < 24 * 2**20 and sent["GET"] < 32 * 2**20, sent
     finally:
         await runner.cleanup()
