@@ -726,8 +726,21 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             with contextlib.suppress(BulkrerunError, OSError):
                 summary = file_status(args.journal)
         if summary is None:
-            pending = not_sent - result.held_again  # those are held, as before
-            summary = summarize(args.journal, journal.state(), pending=pending)
+            pending: int | None = not_sent - result.held_again  # those are held, as before
+            unknown = None
+            taken = result.done + result.failed + result.held + result.pending
+            if args.resend_held and counts.held and taken < counts.to_send:
+                # Stopped before it took every request: of those it did not take, which are
+                # held (left as they were) and which never sent is not counted here.
+                pending = None
+                unknown = (
+                    "this run stopped before it resent every held unit, so what is not yet "
+                    f"sent is not counted here (bulkrerun status "
+                    f"{shlex.quote(str(args.journal))} counts it); the same command resumes"
+                )
+            summary = summarize(
+                args.journal, journal.state(), pending=pending, pending_unknown=unknown
+            )
             if several_manifests(journal.state()):
                 # What the others left unsent would take planning each again against a
                 # second read of the journal (the state in memory no longer lists the units

@@ -1030,3 +1030,32 @@ def test_a_unit_listed_twice_is_sent_once_and_the_warning_is_logged(
     (warning,) = (w["message"] for w in warnings if w["event"] == "warning")
     assert warning.endswith(said)
     assert len(srv.ledger()) == 1
+
+
+def test_a_resend_of_held_units_stopped_early_does_not_count_them_unsent(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """More held units than the run takes before a refusal of the credentials stops it: the
+    ones it never took are held still, not 'not yet sent'."""
+    other = fake_service("--token", "another-token", auth=False)
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 40, "1h"))
+    j = tmp_path / "j"
+    chunks = list(plan(load_manifest(m)))
+
+    async def killed_after_sending_all() -> None:  # 40 intents, no outcome: all held
+        binding = Binding(PROJECT, normalise_endpoint(other.url))
+        with Journal.open(j, binding, tool_version="test") as journal:
+            journal.begin_run(RunInfo.from_manifest(m))
+            for chunk in chunks:
+                await journal.intend(chunk, 1, time.time())
+
+    anyio.run(killed_after_sending_all)
+    assert status_of(cli, j)["held"] == 40
+    args = ("run", str(m), "--journal", str(j), "--resend-held", "--max-inflight", "1")
+    out = cli(*args, url=other.url)
+    assert out.returncode == 3, out.stderr  # credentials refused: a fatal stop
+    closing = out.stderr.split("next:")[1]
+    assert "not yet sent" not in closing.replace("what is not yet sent is not counted", "")
+    assert "stopped before it resent every held unit" in closing
+    s = status_of(cli, j)
+    assert (s["held"], s["pending"]) == (40, 0)
