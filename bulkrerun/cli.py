@@ -421,9 +421,9 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
     out.print(table)
     for row in rows:
         if row.duplicates:
-            err.print(
-                f"[yellow]warning:[/] {escape(row.label)}: {row.duplicates:,} units already "
-                "planned by an earlier entry or line; each is sent once"
+            _warn(
+                f"{row.label}: {row.duplicates:,} units already planned by an earlier entry "
+                "or line; each is sent once"
             )
     first = next((r for r in rows if r.first is not None), None)
     last = next((r for r in reversed(rows) if r.last is not None), None)
@@ -712,8 +712,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 try:
                     interrupted = await _watch(journal, transport, pacer, clock)
                 except Fatal as exc:  # the reruns stand; only following them failed
-                    err.print("[yellow]warning:[/] could not follow the reruns: ", end="")
-                    err.print(str(exc), markup=False)
+                    _warn(f"could not follow the reruns: {exc}")
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import several_manifests, summarize
 
@@ -875,9 +874,9 @@ def _print_resume(args: RunArgs, c: Any, *, resumed: bool, where: str) -> None:
             f"new journal {args.journal}: sending {c.to_send:,} units to {where}.", markup=False
         )
     if args.resend_held and c.held:
-        err.print(
-            f"[yellow]warning:[/] --resend-held sends {c.held:,} units again whose first "
-            "request may have been acted on; those may run twice."
+        _warn(
+            f"--resend-held sends {c.held:,} units again whose first request may have been "
+            "acted on; those may run twice."
         )
 
 
@@ -1328,8 +1327,7 @@ def report(
     from bulkrerun.report import write_report
 
     if fmt not in ("table", "csv", "json", "manifest"):
-        err.print(f"[red]error:[/] --format {escape(fmt)}: must be table, csv, json or manifest")
-        raise typer.Exit(EXIT_BAD_INPUT)
+        raise _fail(SettingsError(f"--format {fmt}: must be table, csv, json or manifest"))
     rows = None  # not known when the reader went away (`| head`)
     try:
         with _writing_stdout():

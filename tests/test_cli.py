@@ -80,9 +80,13 @@ def test_a_new_log_file_is_private_and_one_made_before_keeps_its_mode(
     made = tmp_path / "made.log"
     made.touch()
     made.chmod(0o644)
-    for target in (tmp_path / "new.log", made):
-        result = invoke_with_log(runner, ["plan", str(m), "--log-file", str(target)])
-        assert result.exit_code == 0, result.output
+    umask = os.umask(0o022)  # the usual one: under 077 a new file is private anyway
+    try:
+        for target in (tmp_path / "new.log", made):
+            result = invoke_with_log(runner, ["plan", str(m), "--log-file", str(target)])
+            assert result.exit_code == 0, result.output
+    finally:
+        os.umask(umask)
     assert stat.S_IMODE((tmp_path / "new.log").stat().st_mode) == 0o600
     assert stat.S_IMODE(made.stat().st_mode) == 0o644
 
@@ -509,7 +513,11 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
     # A command that ends early is in the trail too.
     result = invoke_with_log(runner, ["status", str(tmp_path / "nope"), "--log-file", str(log)])
     assert result.exit_code == 2, result.output
+    bogus = ["report", str(path), "--format", "bogus", "--log-file", str(log)]
+    assert invoke_with_log(runner, bogus).exit_code == 2
     records = [json.loads(line) for line in log.read_text().splitlines()]
+    bad_format = records.pop()
+    assert bad_format["why"] == "error: --format bogus: must be table, csv, json or manifest"
     ended = records.pop()
     assert (ended["event"], ended["exit_code"]) == ("command ended", 2)
     assert ended["why"] == f"error: no journal at {tmp_path / 'nope'}"
