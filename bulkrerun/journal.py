@@ -823,7 +823,10 @@ def read_state(path: Path) -> tuple[Header, JournalState]:
     """
     try:
         # Asked first: opening a FIFO for reading waits for a writer, /dev/zero never ends.
-        if not stat.S_ISREG(path.stat().st_mode):
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):
             raise BadInput(_not_a_file(path, "")) from None
         f = path.open("rb", buffering=1 << 20)
     except FileNotFoundError:

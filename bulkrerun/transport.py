@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,10 +191,17 @@ def _service_text(text: str, secrets: list[str], limit: int) -> str:
     text = signing.scrub(text, secrets)
     if not text.isprintable():
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-        text = "".join(
-            c if c.isprintable() else "\\n" if c == "\n" else repr(c)[1:-1] for c in text
-        )
+        text = "".join(map(_printable, text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _printable(c: str) -> str:
+    """One character of service text as shown: spaces (an ideographic space in a Chinese
+    message, a no-break space) as they are, a tab as a space, a line break as ``\\n``, any
+    other control or format character (ESC, a bidirectional override) as its escape."""
+    if c.isprintable() or unicodedata.category(c) == "Zs":
+        return c
+    return " " if c == "\t" else "\\n" if c == "\n" else repr(c)[1:-1]
 
 
 def ssl_context(verify: bool, ca_bundle: Path | None) -> ssl.SSLContext | bool:

@@ -485,6 +485,10 @@ def test_a_journal_path_that_is_not_a_file_is_refused_at_once(
             assert f"{path} is not a regular file (a device, a FIFO, a socket)" in said
         result = runner.invoke(app, ["verify", path], env=env)
         assert result.exit_code == 2 and "is not a regular file" in result.output
+    for args in (["status", str(tmp_path)], ["report", str(tmp_path)]):  # a folder
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 2, result.output
+        assert f"{tmp_path} is a directory, not a bulkrerun journal" in result.output
 
 
 def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_path: Path) -> None:

@@ -118,6 +118,10 @@ def test_what_the_service_says_is_kept_without_secrets_as_one_printable_line() -
     assert out.error_msg == "m\\x1b]0;TITLE\\x07\\x1b[31mred\\n\\x1b[2Kfake line"
     assert out.request_id is not None and out.request_id.startswith("r\\x1b[2J999")
     assert len(out.request_id) == 128 and out.request_id.endswith("…")
+    # Spaces of other scripts stay, a tab is a space; a bidirectional override is escaped.
+    spaced = body("DLF.1000", "作业不存在\u3000请检查\tjob\u00a0name \u202eevil")
+    out = classify_status(400, spaced, {}, WALL, [])
+    assert out.error_msg == "作业不存在\u3000请检查 job\u00a0name \\u202eevil"
 
 
 def test_exception_classes() -> None:
