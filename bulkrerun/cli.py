@@ -1169,7 +1169,9 @@ def run(
             "--outage-stop",
             metavar="SECONDS",
             help="Stop (exit 3) once the service, after it had answered, has failed every "
-            "request (5xx, no connection) for this many seconds.",
+            "request (5xx, no connection) for this many seconds. Meanwhile requests that run "
+            "out of attempts or of the retry budget fail, not acted on (--retry-failed sends "
+            "them again): a longer wait does not keep them all pending.",
         ),
     ] = _DEFAULT_OUTAGE_STOP,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
