@@ -62,9 +62,9 @@ class RunDisplay:
         self.total = total_units
         self.counts = RunResult()  # the engine's, once follow() is given them
         self._pacer = pacer
-        self._outages = 0  # spells of a failing service already told
-        self._down = False  # the last told: the breaker open (or half-open)
-        self._down_since = 0.0  # wall time the last told spell began
+        # Spells of a failing service (pacing's count) whose start, and whose end, was told.
+        self._told_began = 0
+        self._told_ended = 0
         self._started = time.monotonic()
         self._live = enabled and console.is_terminal
         self._plain = enabled and not console.is_terminal
@@ -147,24 +147,24 @@ class RunDisplay:
         if self._pacer is None:
             return ""
         stats = self._pacer.stats(now)
-        down = stats.breaker is not BreakerState.CLOSED
-        since = now if stats.down_since is None else stats.down_since
-        if stats.outages > self._outages:
-            self._outages = stats.outages
-            self._down_since = wall - (now - since)
-            told = datetime.fromtimestamp(self._down_since, UTC).strftime("%H:%M:%S")
-            self.console.print(
-                f"[yellow]the service is failing since {told} UTC: sending paused; one "
-                "request probes it every few seconds[/]"
-            )
-            self._down = True  # told, even if it answered again before this look
-        if self._down and not down:
-            self.console.print(
-                f"[green]the service answers again after {duration(wall - self._down_since)}"
-                ": sending resumed[/]"
-            )
-        self._down = down
-        if down:
+        spells = stats.spells
+        first = stats.outages - len(spells)  # the count of the oldest spell still kept
+        for n, spell in enumerate(spells, start=first):
+            if n >= self._told_began:
+                self._told_began = n + 1
+                began = datetime.fromtimestamp(wall - (now - spell.began), UTC)
+                self.console.print(
+                    f"[yellow]the service is failing since {began:%H:%M:%S} UTC: sending "
+                    "paused; one request probes it every few seconds[/]"
+                )
+            if spell.ended is not None and n >= self._told_ended:
+                self._told_ended = n + 1
+                self.console.print(
+                    f"[green]the service answers again after "
+                    f"{duration(spell.ended - spell.began)}: sending resumed[/]"
+                )
+        if stats.breaker is not BreakerState.CLOSED:
+            since = spells[-1].began if spells else now
             return (
                 f"paused {duration(now - since)}: the service is failing "
                 f"(circuit breaker {stats.breaker})"

@@ -664,6 +664,19 @@ class RetryBudget:
         self._tokens = tokens if tokens < self._capacity else self._capacity
 
 
+SPELLS_KEPT = 8
+"""Spells of failing the breaker keeps for the display (which looks every few seconds)."""
+
+
+@dataclass(slots=True)
+class Spell:
+    """A spell of a failing service: when the breaker opened from closed, and when it
+    closed again (None: it goes on), on the clock's time."""
+
+    began: float
+    ended: float | None = None
+
+
 class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
@@ -688,9 +701,9 @@ class CircuitBreaker:
         "_opened_at",
         "_probe_out",
         "_threshold",
-        "down_since",
         "opens",
         "outages",
+        "spells",
     )
 
     def __init__(self, threshold: int, cooldown: float) -> None:
@@ -706,7 +719,8 @@ class CircuitBreaker:
         self._probe_out = False
         self.opens = 0  # every opening, a failed probe's included
         self.outages = 0  # openings from closed: one per spell of failing
-        self.down_since: float | None = None  # when the latest spell opened it (kept after)
+        # The latest spells, the newest last: what a display tells.
+        self.spells: deque[Spell] = deque(maxlen=SPELLS_KEPT)
 
     def state(self, now: float) -> BreakerState:
         """Closed, open (``now`` within the cooldown), or half-open (cooldown over)."""
@@ -739,7 +753,7 @@ class CircuitBreaker:
                 self._failures += 1
                 if self._failures >= self._threshold:
                     self.outages += 1
-                    self.down_since = now
+                    self.spells.append(Spell(now))
                     self._open(now)
             return
         if sent_at < self._opened_at:
@@ -748,6 +762,7 @@ class CircuitBreaker:
             self._opened_at = None
             self._failures = 0
             self._probe_out = False
+            self.spells[-1].ended = now
         elif healthy is False:
             self._open(now)
         else:
@@ -904,9 +919,9 @@ class PacingStats:
     outages: int = 0
     """Times the breaker opened from closed: spells of a failing service, however many
     probes each one failed."""
-    down_since: float | None = None
-    """When the breaker opened for the latest spell (the clock's time; kept once it closed
-    again), None before the first."""
+    spells: tuple[Spell, ...] = ()
+    """The latest spells of failing (at most ``SPELLS_KEPT``), the newest last; ``outages``
+    counts them all."""
 
 
 # The outcome kinds on_outcome asks about, bound once: an enum member read through its class
@@ -1156,7 +1171,7 @@ class Pacer:
             stated_limit=adaptive.stated if adaptive is not None else None,
             background_throttles=adaptive.background if adaptive is not None else 0,
             outages=self._breaker.outages,
-            down_since=self._breaker.down_since,
+            spells=tuple(Spell(x.began, x.ended) for x in self._breaker.spells),
         )
 
     def _set_rate(self, rate: float, now: float) -> None:

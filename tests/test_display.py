@@ -157,7 +157,21 @@ def test_a_spell_of_failing_over_between_two_looks_is_still_told_both_ways() -> 
     assert out.getvalue().splitlines() == [
         "the service is failing since 01:23:30 UTC: sending paused; one request probes it "
         "every few seconds",
+        "the service answers again after 1s: sending resumed",  # 10.2 to 11.5
+    ]
+    # A spell over, and another begun, between two looks: each told, in order.
+    pacer.on_outcome(failing, 12.1, 12.0)
+    pacer.on_outcome(failing, 12.2, 12.1)  # opens
+    pacer.on_outcome(DONE, 14.0, 13.9)  # 1.8 s
+    pacer.on_outcome(failing, 15.1, 15.0)
+    pacer.on_outcome(failing, 15.2, 15.1)  # opens again
+    assert display.pacing(17.0, 5017.0).startswith("paused 2s: ")
+    assert out.getvalue().splitlines()[2:] == [
+        "the service is failing since 01:23:32 UTC: sending paused; one request probes it "
+        "every few seconds",
         "the service answers again after 2s: sending resumed",
+        "the service is failing since 01:23:35 UTC: sending paused; one request probes it "
+        "every few seconds",
     ]
 
 
@@ -179,7 +193,7 @@ async def test_a_spell_of_failing_over_after_the_last_look_is_told_at_the_end() 
         clock.advance(3.5)  # the run ends before the next plain line
     told = out.getvalue().splitlines()
     assert told[0].startswith("the service is failing since ")
-    assert told[1] == "the service answers again after 3s: sending resumed"
+    assert told[1] == "the service answers again after 2s: sending resumed"  # 1.5 s, not 3.5
 
 
 def test_sporadic_429s_that_kept_the_rate_are_counted_apart() -> None:
