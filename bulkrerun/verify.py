@@ -58,6 +58,7 @@ from bulkrerun.journal import Journal, JournalState, UnitState, read_records_at
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer
+from bulkrerun.reference import INSTANCE_STATUSES
 from bulkrerun.select import (
     InstanceLister,
     ListedInstance,
@@ -109,6 +110,10 @@ ACTIVE_STATUSES = frozenset({"waiting", "running"})
 and ``freeze`` do not move on by themselves either."""
 
 FAILED_STATUSES = frozenset({"fail", "running-exception"})
+
+ENDED_STATUSES = frozenset(INSTANCE_STATUSES) - ACTIVE_STATUSES
+"""Statuses of a run that is over, as the API defines them. A status it does not define
+("queued", say) is not taken for one: a unit is made pending only on a run known to be over."""
 
 LIST_NOTICE_AFTER_S = 60.0
 """How long the instance list may fail, attempt after attempt, before the watch says so (s).
@@ -254,7 +259,7 @@ def _after(instance: ListedInstance, since_ms: int, original_submit: int | None)
 def _ended_before(instance: ListedInstance, since_ms: int) -> bool:
     """The run shown is over and every time it shows is before our request."""
     latest = max(instance.submit_time, instance.start_time, instance.end_time)
-    return instance.status not in ACTIVE_STATUSES and latest < since_ms
+    return instance.status in ENDED_STATUSES and latest < since_ms
 
 
 def judge_instance(target: InstanceTarget, now: ListedInstance | None) -> Verdict:

@@ -153,6 +153,9 @@ def test_an_instance_showing_a_run_after_our_request_is_done(
             "run not over before our request",
         ),
         (listed(status="fail", end_time=T_ASK + 10), "run not over before our request"),
+        # A status the API does not define is not a run known to be over: sending it again
+        # could rerun it twice.
+        (listed(status="queued"), "run not over before our request"),
         (listed(submit_time=S0 - 1), "older run listed"),
     ],
 )
