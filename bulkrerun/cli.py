@@ -366,16 +366,19 @@ def _pacer(settings: Any, *, max_failure_ratio: float | None = None, canary: int
 async def _query_selections_for_plan(m: Any, settings: Any) -> dict[str, Any]:
     from bulkrerun.clock import SystemClock
     from bulkrerun.select import query_selections
+    from bulkrerun.verify import ListTrouble
 
     transport = _make_transport(settings)
     pacer = _pacer(settings)
+    clock = SystemClock()
     async with transport:
         return await query_selections(
             m,
             transport,
             pacer=pacer,
-            clock=SystemClock(),
+            clock=clock,
             on_note=lambda s: err.print(s, markup=False),
+            on_outcome=ListTrouble(None, selecting=True).observer(clock, _notice),
         )
 
 
@@ -975,6 +978,7 @@ async def _selections_for_run(
     if not any(isinstance(e, SelectEntry) for e in manifest.entries):
         return None
     from bulkrerun.select import selections_for_run
+    from bulkrerun.verify import ListTrouble
 
     return await selections_for_run(
         manifest,
@@ -984,6 +988,9 @@ async def _selections_for_run(
         pacer=pacer,
         clock=clock,
         on_note=lambda s: err.print(s, markup=False),
+        on_outcome=ListTrouble(None, selecting=True).observer(
+            clock, _notice
+        ),  # past a minute, says so
     )
 
 

@@ -389,8 +389,11 @@ class InstanceLister:
                     "user's permissions on DataArts Factory, then run the same command again."
                 )
             if outcome.kind is Kind.HELD:
-                # Unknown for a rerun, harmless for a read: a GET is retried like any RETRY.
-                outcome = outcome._replace(kind=Kind.RETRY)
+                # Unknown for a rerun, harmless for a read: a GET is retried like any RETRY,
+                # and its reason says what happened to a read ("unknown whether it ran" is
+                # a rerun's worry).
+                read = "no answer in time" if outcome.status is None else "server error"
+                outcome = outcome._replace(kind=Kind.RETRY, reason=read)
             pacer.on_outcome(outcome, clock.now(), sent_at=sent_at, final=False)
             if self._on_outcome is not None:
                 self._on_outcome(outcome)
@@ -526,9 +529,11 @@ async def query_selections(
     pacer: Pacer,
     clock: Clock,
     on_note: Note,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> dict[str, list[SelectedInstance]]:
-    """Ask the service for the instances of every ``[[select]]`` entry (label -> found)."""
-    lister = InstanceLister(transport, pacer=pacer, clock=clock)
+    """Ask the service for the instances of every ``[[select]]`` entry (label -> found).
+    ``on_outcome`` hears every GET's outcome (see :class:`InstanceLister`)."""
+    lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=on_outcome)
     return {
         entry.label: await select_entry(
             entry, lister, manifest_name=str(manifest.path), on_note=on_note
@@ -547,6 +552,7 @@ async def selections_for_run(
     pacer: Pacer,
     clock: Clock,
     on_note: Note,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> dict[str, list[SelectedInstance]]:
     """The selection a ``run`` uses: the journal's for entries it recorded and that did not
     change since, the service's for the others (or for all, with ``reselect``).
@@ -557,7 +563,7 @@ async def selections_for_run(
     they were, so a resume finishes exactly the work that was started.
     """
     state = journal.state()
-    lister = InstanceLister(transport, pacer=pacer, clock=clock)
+    lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=on_outcome)
     name = str(manifest.path)
     out: dict[str, list[SelectedInstance]] = {}
     for entry in manifest.entries:

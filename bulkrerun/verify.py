@@ -732,9 +732,10 @@ class _Watcher:
 
 
 class ListTrouble:
-    """How long the instance list has been failing during a watch or a verification, and
-    when to say so. ``until_wall``: when the watch times out (epoch s); None for a
-    verification, which asks until its retries run out.
+    """How long the instance list has been failing during a watch, a verification or a
+    selection, and when to say so. ``until_wall``: when the watch times out (epoch s); None
+    for a verification (or, with ``selecting``, the selection of ``[[select]]`` entries),
+    which asks until its retries run out.
 
     Pure: told each list call's outcome as it comes (retries included), with the clock's
     readings, it returns the line to print, if any. A failure is a ``RETRY`` outcome (a 5xx,
@@ -744,10 +745,11 @@ class ListTrouble:
     service is up (a job whose own list keeps failing is warned of when its query gives up).
     """
 
-    __slots__ = ("_noticed", "_since", "_since_wall", "_until_wall")
+    __slots__ = ("_noticed", "_selecting", "_since", "_since_wall", "_until_wall")
 
-    def __init__(self, until_wall: float | None) -> None:
+    def __init__(self, until_wall: float | None, *, selecting: bool = False) -> None:
         self._until_wall = until_wall
+        self._selecting = selecting
         self._since: float | None = None  # the first failure since the last answer (monotonic)
         self._since_wall = 0.0  # the same instant, epoch s
         self._noticed: float | None = None  # the last notice given (monotonic)
@@ -768,6 +770,11 @@ class ListTrouble:
             f"the instance list has been failing for {duration(failing)} (since "
             f"{_iso(round(self._since_wall * 1000))}; last: {_what_failed(outcome)})."
         )
+        if self._selecting:
+            return (
+                f"select: {said} Each [[select]] entry's list is asked until its retries run "
+                "out; Ctrl-C stops, and no rerun has been sent."
+            )
         if self._until_wall is None:
             return (
                 f"verify: {said} Each held unit's list is asked until its retries run out; "
@@ -800,7 +807,9 @@ class ListTrouble:
         if since is None or noticed is None:
             return None
         who, what = (
-            ("verify", "verifying")
+            ("select", "selecting")
+            if self._selecting
+            else ("verify", "verifying")
             if self._until_wall is None
             else ("watch", "following the reruns")
         )

@@ -302,6 +302,25 @@ async def test_a_held_get_is_retried_because_reading_changes_nothing() -> None:
     assert workspace == WS
 
 
+async def test_a_read_without_an_answer_says_so_as_a_read_and_is_told_past_a_minute() -> None:
+    """A list that answers nothing in time: the reason is a read's ("no answer in time"),
+    not a rerun's ("unknown whether it ran"); and the caller's observer hears each try, so
+    selection says, past a minute, what fails (as verify and the watch do)."""
+    from bulkrerun.verify import ListTrouble
+
+    held = Outcome(Kind.HELD, reason="timeout after sending: unknown whether it ran")
+    transport = ScriptedTransport([held] * 30, PAGE)
+    clock, said = FakeClock(), []
+    observe = ListTrouble(None, selecting=True).observer(clock, said.append)
+    lister = InstanceLister(
+        transport, pacer=pacer(rate=0.2, max_attempts=40), clock=clock, on_outcome=observe
+    )
+    assert len(await lister.list("j", WS, min_plan_time=1, max_plan_time=2)) == 1
+    assert said and said[0].startswith("select: the instance list has been failing for 1m")
+    assert "last: no answer in time" in said[0] and "no rerun has been sent" in said[0]
+    assert said[-1].startswith("select: the instance list answers again")
+
+
 async def test_a_get_gives_up_after_the_attempts_allowed() -> None:
     unavailable = Outcome(Kind.RETRY, status=503, error_code="APIG.0202", reason="unavailable")
     transport = ScriptedTransport([unavailable] * 10, PAGE)
