@@ -516,6 +516,21 @@ def _next_steps(
             "BULKRERUN_ENDPOINT or BULKRERUN_REGION is right, start again with a new "
             "--journal (this one stays bound to that endpoint)"
         )
+    elif (
+        failed
+        and all(code.startswith("HTTP 3") for code in failed_by_code)
+        and not held
+        and not counts[UnitState.DONE]
+    ):
+        # Every request was redirected (redirects are not followed): the endpoint is
+        # wrong, http for https say, as with "no such API" above.
+        steps.append(
+            f"every request was redirected ({', '.join(sorted(failed_by_code))}; redirects "
+            f"are not followed): the endpoint {state.header.endpoint} looks wrong, and "
+            f"`bulkrerun report {journal}` shows where they pointed. Nothing was accepted "
+            "there; once BULKRERUN_ENDPOINT or BULKRERUN_REGION is right, start again with a "
+            "new --journal (this one stays bound to that endpoint)"
+        )
     elif failed:
         steps.append(f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}")
         steps.append(f"once the cause is fixed, send them again: {again} --retry-failed")

@@ -910,3 +910,26 @@ def test_an_earlier_manifest_that_cannot_be_counted_makes_the_total_unknown_not_
         {"manifest": str(second), "pending": 2},
         {"manifest": str(first), "pending": None, "pending_unknown": why},
     ]
+
+
+def test_every_request_redirected_names_the_endpoint_as_wrong(
+    tmp_path: Path, planned: tuple[Path, list[Chunk]]
+) -> None:
+    """Redirects are not followed (the credentials would go with them): when every request
+    met one, the endpoint is wrong (http for https, say), as with "no such API"; not a case
+    for --retry-failed, which the journal, bound to that endpoint, would refuse."""
+    manifest, chunks = planned
+    where = "redirected to https://127.0.0.1:8443/v2/..., not followed: is the endpoint right?"
+    moved = Outcome(Kind.FAILED, status=307, reason=where)
+
+    async def script(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(manifest), wall=T0)
+        for chunk in chunks:
+            await j.intend(chunk, 1, T0 + 1)
+            j.outcome(chunk, 1, moved, T0 + 2, "failed")
+
+    run_journal(tmp_path / "j", script)
+    steps = " ".join(status(tmp_path / "j").next_steps)
+    assert "every request was redirected (HTTP 307; redirects are not followed)" in steps
+    assert f"the endpoint {BINDING.endpoint} looks wrong" in steps
+    assert "start again with a new --journal" in steps and "--retry-failed" not in steps
