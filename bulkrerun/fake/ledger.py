@@ -30,9 +30,8 @@ Mode = Literal["A", "B"]
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One accepted rerun. ``dropped`` says the connection was closed without an answer;
-    ``status`` is the answer's (200, or 504 for a backend timeout after acceptance; None
-    when dropped).
+    """One accepted rerun. ``status`` is its answer's: 200, 504 for a backend timeout after
+    acceptance, or None when the connection was closed without an answer (``dropped``).
 
     ``at`` is the server's wall time of acceptance, in seconds. ``body`` is the parsed JSON
     body (a dict, so an entry compares but does not hash).
@@ -45,9 +44,12 @@ class LedgerEntry:
     chunk_id: str
     request_id: str
     mode: Mode
-    dropped: bool
     at: float
     status: int | None = 200
+
+    @property
+    def dropped(self) -> bool:
+        return self.status is None
 
     def to_json(self) -> str:
         """The entry as one JSON object (a line of the ledger file)."""
@@ -67,12 +69,12 @@ class LedgerEntry:
 
 
 # What the request path records: project, job, workspace, raw body, request id, mode,
-# dropped, wall time, the answer's status.
-_Raw = tuple[str, str, str, bytes, str, Mode, bool, float, int | None]
+# wall time, the answer's status (None: dropped).
+_Raw = tuple[str, str, str, bytes, str, Mode, float, int | None]
 
 
 def _build(raw: _Raw) -> LedgerEntry:
-    project_id, job_name, workspace, body, request_id, mode, dropped, at, status = raw
+    project_id, job_name, workspace, body, request_id, mode, at, status = raw
     parsed: dict[str, Any] = json.loads(body)
     return LedgerEntry(
         project_id=project_id,
@@ -82,7 +84,6 @@ def _build(raw: _Raw) -> LedgerEntry:
         chunk_id=chunk_id(job_name, workspace, canonical_json(parsed)),
         request_id=request_id,
         mode=mode,
-        dropped=dropped,
         at=at,
         status=status,
     )
@@ -110,12 +111,12 @@ class Ledger:
         body: bytes,
         request_id: str,
         mode: Mode,
-        dropped: bool,
         at: float,
-        status: int | None = 200,
+        status: int | None,
     ) -> None:
-        """Record one accepted rerun; ``body`` is the raw request body, already validated."""
-        raw: _Raw = (project_id, job_name, workspace, body, request_id, mode, dropped, at, status)
+        """Record one accepted rerun; ``body`` is the raw request body, already validated,
+        ``status`` its answer's (None: the connection is dropped without one)."""
+        raw: _Raw = (project_id, job_name, workspace, body, request_id, mode, at, status)
         if self._file is None:
             self._pending.append(raw)
             return

@@ -347,7 +347,6 @@ class FakeServer:
             body,
             rid,
             checked.mode,
-            dropped,
             self._clock.wall(),
             None if dropped else 504 if late else 200,
         )
