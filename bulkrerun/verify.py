@@ -258,8 +258,7 @@ def _after(instance: ListedInstance, since_ms: int, original_submit: int | None)
 
 def _ended_before(instance: ListedInstance, since_ms: int) -> bool:
     """The run shown is over and every time it shows is before our request."""
-    latest = max(instance.submit_time, instance.start_time, instance.end_time)
-    return instance.status in ENDED_STATUSES and latest < since_ms
+    return instance.status in ENDED_STATUSES and _latest(instance) < since_ms
 
 
 def judge_instance(target: InstanceTarget, now: ListedInstance | None) -> Verdict:
