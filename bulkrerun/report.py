@@ -506,30 +506,25 @@ def _next_steps(
             f"bulkrerun verify {journal}"
         )
         steps.append(f"or resend them (each may then run twice): {again} --resend-held")
-    if failed and set(failed_by_code) == {NO_SUCH_API} and not held and not counts[UnitState.DONE]:
-        # Every request met "no such API": the endpoint is wrong, not the requests. Once it
-        # is fixed, this journal, bound to the wrong endpoint, refuses the run (exit 2), and
-        # as nothing was accepted there a new journal loses nothing.
+    # Every request refused with "no such API", or redirected (redirects are not followed:
+    # http for https, say): the endpoint is wrong, not the requests. Once it is fixed, this
+    # journal, bound to the wrong endpoint, refuses the run (exit 2), and as nothing was
+    # accepted there a new journal loses nothing.
+    wrong_endpoint = None  # (what every request met, what more to say of it)
+    if failed and not held and not counts[UnitState.DONE]:
+        if set(failed_by_code) == {NO_SUCH_API}:
+            wrong_endpoint = (f"was refused with {NO_SUCH_API} (no such API)", "")
+        elif all(code.startswith("HTTP 3") for code in failed_by_code):
+            wrong_endpoint = (
+                f"was redirected ({', '.join(sorted(failed_by_code))}; redirects are not followed)",
+                f", and `bulkrerun report {journal}` shows where they pointed",
+            )
+    if wrong_endpoint is not None:
+        met, more = wrong_endpoint
         steps.append(
-            f"every request was refused with {NO_SUCH_API} (no such API): the endpoint "
-            f"{state.header.endpoint} looks wrong. Nothing was accepted there; once "
-            "BULKRERUN_ENDPOINT or BULKRERUN_REGION is right, start again with a new "
-            "--journal (this one stays bound to that endpoint)"
-        )
-    elif (
-        failed
-        and all(code.startswith("HTTP 3") for code in failed_by_code)
-        and not held
-        and not counts[UnitState.DONE]
-    ):
-        # Every request was redirected (redirects are not followed): the endpoint is
-        # wrong, http for https say, as with "no such API" above.
-        steps.append(
-            f"every request was redirected ({', '.join(sorted(failed_by_code))}; redirects "
-            f"are not followed): the endpoint {state.header.endpoint} looks wrong, and "
-            f"`bulkrerun report {journal}` shows where they pointed. Nothing was accepted "
-            "there; once BULKRERUN_ENDPOINT or BULKRERUN_REGION is right, start again with a "
-            "new --journal (this one stays bound to that endpoint)"
+            f"every request {met}: the endpoint {state.header.endpoint} looks wrong{more}. "
+            "Nothing was accepted there; once BULKRERUN_ENDPOINT or BULKRERUN_REGION is "
+            "right, start again with a new --journal (this one stays bound to that endpoint)"
         )
     elif failed:
         steps.append(f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}")
