@@ -1045,6 +1045,10 @@ except (OSError, KeyboardInterrupt):
 """
 
 
+class _HelperEnded(OSError):
+    """The sync helper died (killed, or out of memory): no disk to mend."""
+
+
 class _SyncHelper:
     """The helper process that makes the journal durable, and its two pipes.
 
@@ -1345,6 +1349,11 @@ class Journal:
             raise RuntimeError(f"journal {self._path} is closed")
 
     def _fatal(self) -> Fatal:
+        if isinstance(self._error, _HelperEnded):
+            return Fatal(
+                f"cannot make the journal {self._path} durable: {self._error.strerror} (was "
+                "it killed?). Nothing more is sent; run the same command again to resume."
+            )
         reason = self._error.strerror if self._error is not None else "unknown error"
         return Fatal(
             f"cannot write the journal {self._path}: {reason}. Nothing more is sent; fix the "
@@ -1660,6 +1669,11 @@ class Journal:
             else:
                 try:
                     helper.request()
+                except BrokenPipeError:
+                    # The helper died before reading: the same failure its closed answer
+                    # pipe reports, told the same way (not as a disk to mend).
+                    self._helper_ended(helper)
+                    return
                 except OSError as exc:
                     self._error = exc
                     return
@@ -1698,6 +1712,10 @@ class Journal:
             with contextlib.suppress(RuntimeError, ValueError):  # a closed loop
                 self._loop.remove_reader(helper.rep)
 
+    def _helper_ended(self, helper: _SyncHelper) -> None:
+        self._error = _HelperEnded(errno.EIO, "its sync helper process ended unexpectedly")
+        self._stop_listening(helper)  # a pipe at its end stays readable
+
     def _on_answer(self) -> None:
         """Loop callback: the helper answered; wake whoever it made durable."""
         helper = self._helper
@@ -1705,8 +1723,7 @@ class Journal:
             return
         answers = helper.answers()
         if answers is None:
-            self._error = OSError(errno.EIO, "the journal's sync helper ended unexpectedly")
-            self._stop_listening(helper)  # a pipe at its end stays readable
+            self._helper_ended(helper)
         for answer in answers or ():
             if answer.startswith(b"E"):
                 code = int(answer[1:])
