@@ -41,7 +41,7 @@ from bulkrerun.errors import (
     SettingsError,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
-from bulkrerun.text import counted, duration
+from bulkrerun.text import command_line, counted, duration
 
 app = typer.Typer(
     name="bulkrerun",
@@ -484,6 +484,8 @@ class RunArgs:
     progress: bool
     log_chunks: bool
     resume: str  # the command line that resumes this run, shell-quoted
+    # The settings given as flags (flag, value or None), which status repeats in its steps.
+    flags: tuple[tuple[str, str | None], ...] = ()
     # Instead of the journal's next steps, when those cannot work (the demo's fake service
     # is gone when it ends).
     next_steps: tuple[str, ...] | None = None
@@ -538,19 +540,25 @@ def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
 _ONE_SHOT_FLAGS = ("--resend-held", "--retry-failed", "--reselect")
 
 
-def _resume_command(
-    manifest: Path, journal: Path, options: dict[str, Any], switches: Sequence[str]
-) -> str:
-    """The ``run`` command line that resumes: the manifest, the journal and every setting
-    given as a flag (``options``: flag -> value, None when not given), so that it reaches the
-    same endpoint and project at the same pace. ``switches`` are the valueless flags to keep."""
-    argv = ["bulkrerun", "run", str(manifest), "--journal", str(journal)]
+def _given_flags(
+    options: dict[str, Any], switches: Sequence[str]
+) -> tuple[tuple[str, str | None], ...]:
+    """The settings given as flags, as (flag, value) pairs, switches with None: what a
+    command that carries this run on repeats (``options``: flag -> value, None when not
+    given; ``switches``: the valueless flags to keep)."""
+    pairs: list[tuple[str, str | None]] = []
     for flag, value in options.items():
         if value is not None:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)  # --rate 20 comes back as 20, not 20.0 (nor 2e+01)
-            argv += [flag, str(value)]
-    return shlex.join([*argv, *switches])
+            pairs.append((flag, str(value)))
+    return (*pairs, *((switch, None) for switch in switches))
+
+
+def _resume_command(manifest: Path, journal: Path, flags: Sequence[tuple[str, str | None]]) -> str:
+    """The ``run`` command line that resumes: the manifest, the journal and every setting
+    given as a flag, so that it reaches the same endpoint and project at the same pace."""
+    return command_line(["bulkrerun", "run", str(manifest), "--journal", str(journal)], flags)
 
 
 def _print_resume_command(args: RunArgs, lead: str) -> None:
@@ -632,6 +640,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 "canary": args.canary,
                 "grace": args.grace,
                 "outage_stop": args.outage_stop,
+                "flags": [list(pair) for pair in args.flags],
                 "tool_version": bulkrerun.__version__,
                 "pid": os.getpid(),
             }
@@ -1090,6 +1099,7 @@ def _run_args(
     progress: bool,
     log_chunks: bool,
     resume: str,
+    flags: tuple[tuple[str, str | None], ...] = (),
 ) -> RunArgs:
     if max_failure_ratio is not None and not 0 <= max_failure_ratio <= 1:
         raise SettingsError(f"--max-failure-ratio {max_failure_ratio}: must be 0..1")
@@ -1114,6 +1124,7 @@ def _run_args(
         progress,
         log_chunks,
         resume,
+        flags,
     )
 
 
@@ -1224,9 +1235,7 @@ def run(
         resolved = resolve_endpoint(settings)
         _project_id(settings)
         _make_auth(settings)  # credentials are checked before anything else happens
-        resume = _resume_command(
-            manifest,
-            journal,
+        flags = _given_flags(
             {
                 "--endpoint": endpoint,
                 "--region": region,
@@ -1249,6 +1258,7 @@ def run(
                 *(["--verbose"] if verbose else []),
             ],
         )
+        resume = _resume_command(manifest, journal, flags)
         if canary and max_failure_ratio is None:
             max_failure_ratio = 0.5
         args = _run_args(
@@ -1266,6 +1276,7 @@ def run(
             progress=progress,
             log_chunks=log_chunks,
             resume=resume,
+            flags=flags,
         )
         code = _run_sync(args, settings, resolved)
     except BulkrerunError as exc:

@@ -92,7 +92,7 @@ from bulkrerun.journal import (
     read_records_at,
     read_state,
 )
-from bulkrerun.text import counted
+from bulkrerun.text import command_line, counted
 from bulkrerun.watchlog import WatchRecord, read_watch
 
 if TYPE_CHECKING:
@@ -449,6 +449,30 @@ def _manifest_arg(run: RunRecord) -> str:
     return where
 
 
+# The flags of `run` that `verify` takes too: it reaches the same service the same way.
+_VERIFY_FLAGS = frozenset(
+    {"--endpoint", "--region", "--project-id", "--rate", "--verbose", "--log-file"}
+)
+
+
+def _last_flags(state: JournalState) -> list[tuple[str, str | None]]:
+    """The settings the last run was given as flags ((flag, value or None) pairs), for the
+    commands that carry it on: without them a step would run at the default pace, or be
+    refused for another endpoint. Nothing for a journal written before they were recorded,
+    or whose record is not as written."""
+    recorded = state.runs[-1].options.get("flags") if state.runs else None
+    if not isinstance(recorded, list):
+        return []
+    pairs = []
+    for pair in recorded:
+        match pair:
+            case [str(flag), str() | None as value] if flag.startswith("--"):
+                pairs.append((flag, value))
+            case _:
+                return []
+    return pairs
+
+
 def _next_steps(
     path: Path,
     state: JournalState,
@@ -467,8 +491,13 @@ def _next_steps(
             f"wait for it to end, or stop it (Ctrl-C where it runs{kill}: a run finishes the "
             f"requests in flight), then ask again: bulkrerun status {journal}"
         ]
-    manifest = shlex.quote(_manifest_arg(state.runs[-1])) if state.runs else "MANIFEST"
-    run = f"bulkrerun run {manifest} --journal {journal}"
+    manifest = _manifest_arg(state.runs[-1]) if state.runs else "MANIFEST"
+    flags = _last_flags(state)
+
+    def run_command(manifest: str) -> str:
+        return command_line(["bulkrerun", "run", manifest, "--journal", str(path)], flags)
+
+    run = run_command(manifest)
     held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
     # A run sends again only the failed or held units of its own plan. When the journal's
     # runs had different manifests (another file, or an edit), the last one may not hold
@@ -477,14 +506,14 @@ def _next_steps(
     if len({r.manifest_sha256 for r in state.runs}) > 1:
         again = (
             f"bulkrerun report {journal} --format manifest > retry.toml (the runs had "
-            f"different manifests; the last may not hold them all), then bulkrerun run "
-            f"retry.toml --journal {journal}"
+            f"different manifests; the last may not hold them all), then "
+            f"{run_command('retry.toml')}"
         )
 
     steps: list[str] = []
     if by_manifest:
         for i, (name, n) in enumerate(by_manifest):
-            command = run if i == 0 else f"bulkrerun run {shlex.quote(name)} --journal {journal}"
+            command = run if i == 0 else run_command(name)
             where = "" if i == 0 else f" ({name}, an earlier run's manifest)"
             if isinstance(n, str):  # why it cannot be counted, ending where a command follows
                 steps.append(f"{n}{where}: {command}")
@@ -503,7 +532,9 @@ def _next_steps(
     if held:
         steps.append(
             f"decide the {counted(held, 'unit')} held from the instances' live state: "
-            f"bulkrerun verify {journal}"
+            + command_line(
+                ["bulkrerun", "verify", str(path)], (f for f in flags if f[0] in _VERIFY_FLAGS)
+            )
         )
         steps.append(f"or resend them (each may then run twice): {again} --resend-held")
     # Every request refused with "no such API", or redirected (redirects are not followed:

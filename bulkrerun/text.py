@@ -1,6 +1,9 @@
-"""Wording shared by what the operator reads: a count with its noun, a duration."""
+"""Wording shared by what the operator reads: a count with its noun, a duration, a command."""
 
 from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
 
 
 def counted(n: int, noun: str) -> str:
@@ -14,3 +17,12 @@ def duration(seconds: float) -> str:
     h, rest = divmod(whole, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def command_line(words: Iterable[str], flags: Iterable[tuple[str, str | None]] = ()) -> str:
+    """A command to paste into a shell: ``words``, then each flag and its value (None for a
+    switch), quoted where the shell needs it."""
+    argv = list(words)
+    for flag, value in flags:
+        argv += [flag] if value is None else [flag, value]
+    return shlex.join(argv)

@@ -612,9 +612,11 @@ def test_status_from_another_folder_through_the_cli(tmp_path: Path, cli: Cli) ->
     }
     # The commands it gives work from there: the manifest named where it is, not as typed.
     journal = tmp_path / "run.journal"
-    assert obj["next_steps"][0].endswith(f": bulkrerun run {manifest} --journal {journal}")
+    assert obj["next_steps"][0].endswith(
+        f": bulkrerun run {manifest} --journal {journal} --rate 100"
+    )
     here = json.loads(cli("status", "run.journal", "--json").stdout)
-    assert here["next_steps"][0].endswith(": bulkrerun run m.toml --journal run.journal")
+    assert here["next_steps"][0].endswith(": bulkrerun run m.toml --journal run.journal --rate 100")
 
 
 # -- verification: how held units were decided --------------------------------------------

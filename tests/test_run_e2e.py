@@ -271,6 +271,28 @@ def test_a_refused_resend_of_held_units_leaves_them_held_and_says_why(
     assert "of those not sent, 3 units held before are held again" in closing
 
 
+def test_status_steps_carry_the_flags_the_last_run_was_given(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """Pasted as printed, with nothing in the environment naming the endpoint, a step reaches
+    the same service at the same pace as the run did (not the default rate)."""
+    srv = fake_service("--drop-after-accept", "1.0")
+    days_ago = (time.time() - 1_732_579_200) / 3600 - 48  # within the month verify can query
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 3, "1h", start=days_ago))
+    j = tmp_path / "j"
+    flags = ["--endpoint", srv.url, "--rate", "7", "--timeout", "5"]
+    assert cli("run", str(m), "--journal", str(j), *flags, "--no-progress").returncode == 1
+    steps = status_of(cli, j)["next_steps"]
+    commands = [shlex.split(step.split(": ", 1)[1]) for step in steps]
+    assert ["bulkrerun", "verify", str(j), "--endpoint", srv.url, "--rate", "7"] in commands
+    resend = ["bulkrerun", "run", str(m), "--journal", str(j), *flags, "--no-progress"]
+    assert [*resend, "--resend-held"] in commands
+    verify = next(c for c in commands if c[1] == "verify")
+    out = cli(*verify[1:])  # BULKRERUN_ENDPOINT unset: the flag reaches the fake
+    # The fake's catalog has no instances for a window (the fake lists; it decides nothing).
+    assert "3 stay held (no instances in window: 3" in out.stdout, out.stdout + out.stderr
+
+
 def test_sigint_stops_cleanly_exit_130_and_resume_completes(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
@@ -929,7 +951,9 @@ def test_units_an_earlier_manifest_left_unsent_still_count_after_a_manifest_of_h
     ]
     step = f"send the {before['pending']} units not yet sent of m.toml"
     assert any(s.startswith(step) for s in after["next_steps"]), after["next_steps"]
-    assert any(s.endswith(": bulkrerun run m.toml --journal j") for s in after["next_steps"])
+    assert any(
+        s.endswith(": bulkrerun run m.toml --journal j --rate 100") for s in after["next_steps"]
+    )
     # The run's own closing status points there (it does not plan every manifest again).
     flat = " ".join(again.stderr.split())
     assert "this journal's runs had other manifests too" in flat
