@@ -39,6 +39,7 @@ from bulkrerun.errors import (
     Fatal,
     ManifestError,
     SettingsError,
+    WrongEndpoint,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
 from bulkrerun.text import command_line, counted, duration
@@ -897,7 +898,7 @@ def _finish(
 ) -> int:
     """The closing table and status (from the journal's live state: no second read of it,
     unless writing it failed), and the exit code."""
-    from bulkrerun.report import render_status
+    from bulkrerun.report import render_status, wrong_endpoint_met, wrong_endpoint_step
 
     table = Table(title="this run", title_justify="left")
     for col in ("done", "failed", "held", "not sent", "units/s"):
@@ -935,6 +936,11 @@ def _finish(
         )
     if args.next_steps is not None:
         summary = dataclasses.replace(summary, next_steps=list(args.next_steps))
+    elif isinstance(result.fatal, WrongEndpoint) and not (summary.done or summary.held):
+        # As status says it (from the answers it reads back; the live state keeps none).
+        met = wrong_endpoint_met({result.fatal.code})
+        step = wrong_endpoint_step(args.journal, summary.endpoint, met, args.resume)
+        summary = dataclasses.replace(summary, next_steps=[step])
     render_status(summary, err)
     if interrupted:
         err.print("[yellow]interrupted[/]: ", end="")

@@ -45,9 +45,10 @@ from bulkrerun.errors import (
     ServiceDown,
     Unanswered,
     Unreachable,
+    WrongEndpoint,
 )
 from bulkrerun.events import EventSink, Retrying, Settled, Stopping, ignore
-from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.outcome import Kind, Outcome, failure_code, wrong_endpoint
 from bulkrerun.pacing import Pacer, Slot
 from bulkrerun.text import duration
 from bulkrerun.transport import Transport
@@ -368,6 +369,9 @@ class Engine:
         if kind is Kind.FAILED:
             self._held_in_a_row = 0
             self._failing_since = None
+            if wrong_endpoint(outcome.status, outcome.error_code):
+                self._wrong_endpoint(outcome)
+                return "pending", 0.0  # not acted on, and not the unit's doing
             # A refused resend of held units (--resend-held) was not acted on, and says
             # nothing of the send that left them held: failed would have --retry-failed,
             # said to be safe, send them a third time. See the RETRY case below.
@@ -451,6 +455,24 @@ class Engine:
         else:
             why = "gave up: the retry budget is spent (the service fails too often)"
         return outcome._replace(reason=f"{why}; last: {outcome.reason}")
+
+    def _wrong_endpoint(self, outcome: Outcome) -> None:
+        """Stop the run: an answer said the endpoint is wrong (see :func:`wrong_endpoint`),
+        and every other request would meet the same."""
+        if self.result.fatal is not None:
+            return
+        said = " ".join(str(x) for x in (outcome.status, outcome.error_code) if x)
+        detail = outcome.reason if 300 <= (outcome.status or 0) < 400 else outcome.error_msg
+        self._fatal(
+            WrongEndpoint(
+                f"the endpoint looks wrong: the answer was {said}"
+                f"{f' ({detail})' if detail else ''}, not the service's refusal of a request. "
+                "Nothing answered so was acted on; the run stopped rather than send the rest "
+                "into the same answer.",
+                failure_code(outcome.error_code, outcome.status),
+            ),
+            "the endpoint looks wrong",
+        )
 
     def _outage(self, outcome: Outcome) -> None:
         """A failure not acted on (a 502/503, a connection that failed) after the service

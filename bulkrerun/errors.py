@@ -12,6 +12,8 @@
         ├── AuthRefused             401/403: credentials or permissions are wrong
         ├── BudgetExhausted         the failure budget or the canary said stop
         ├── Unreachable             no request ever reached the service (wrong endpoint?)
+        ├── WrongEndpoint           an answer says the endpoint is wrong (redirect, no such API)
+        ├── ServiceDown             the service failed every request for minutes
         ├── Unanswered              request after request sent without a definite answer
         └── select.ListFailed       the instance-list API refused or did not answer
 
@@ -79,6 +81,16 @@ class BudgetExhausted(Fatal):
 
 class Unreachable(Fatal):
     """The run's first requests all failed to connect: the endpoint is wrong or down."""
+
+
+class WrongEndpoint(Fatal):
+    """An answer says the endpoint is wrong, not the request: every other request would
+    meet the same (a redirect, not followed; the gateway knows no such API). ``code``: the
+    answer's error code, or ``HTTP <status>``."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ServiceDown(Fatal):

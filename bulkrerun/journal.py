@@ -104,7 +104,7 @@ from typing import IO, Any, Final
 
 from bulkrerun.chunk import Chunk
 from bulkrerun.errors import BadInput, Fatal, JournalCorrupt, JournalMismatch
-from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.outcome import Kind, Outcome, failure_code
 
 __all__ = [
     "FORMAT",
@@ -119,7 +119,6 @@ __all__ = [
     "RunRecord",
     "Selection",
     "UnitState",
-    "failure_code",
     "held_by",
     "read_records_at",
     "read_state",
@@ -341,11 +340,6 @@ class JournalState:
         if self.span_start is None:
             return self.span_total
         return self.span_total + max(0.0, self.span_end - self.span_start)
-
-
-def failure_code(error_code: str | None, status: int | None) -> str:
-    """How a failed request is counted: its error code, else its HTTP status."""
-    return error_code or (f"HTTP {status}" if status else "unknown")
 
 
 class _InconsistentError(Exception):

@@ -4,7 +4,7 @@
 kind          meaning
 ============  =========================================================================
 ``DONE``      200: the service accepted the rerun.
-``FAILED``    a definite refusal by the service (400 ``DLF.*``, 404, other 4xx): it did
+``FAILED``    a definite refusal by the service (400 ``DLF.*``, other 4xx): it did
               not act and will not act if asked again unchanged. Final for this run.
 ``RETRY``     the request was not acted on (connect error, 429, 502, 503): send again
               after a backoff. Safe because nothing was started.
@@ -14,6 +14,9 @@ kind          meaning
 ``FATAL``     401/403: credentials or permissions are wrong. Not an outcome of the unit:
               the run aborts and the unit stays pending.
 ============  =========================================================================
+
+A ``FAILED`` answer that says the endpoint is wrong (see :func:`wrong_endpoint`) also
+stops a run: it is no more the unit's doing than a 401.
 """
 
 from __future__ import annotations
@@ -57,3 +60,21 @@ class Outcome(NamedTuple):
 
 
 DONE = Outcome(Kind.DONE, status=200, reason="accepted")
+
+
+def failure_code(error_code: str | None, status: int | None) -> str:
+    """How a failed request is counted: its error code, else its HTTP status."""
+    return error_code or (f"HTTP {status}" if status else "unknown")
+
+
+NO_SUCH_API = "APIG.0101"  # the gateway's 404: no API at that path
+
+
+def wrong_endpoint(status: int | None, error_code: str | None) -> bool:
+    """Whether an answer says the endpoint is wrong rather than the request: a redirect
+    (never followed: http for https, say), or a 404 that is not the service's (the service
+    refuses with 400 ``DLF.*``; a 404 comes from the gateway, ``APIG.0101`` no such API, or
+    from whatever else answers at that address). Every request to it would meet the same."""
+    if status is None:
+        return False
+    return 300 <= status < 400 or (status == 404 and not (error_code or "").startswith("DLF."))

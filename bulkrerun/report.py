@@ -92,6 +92,7 @@ from bulkrerun.journal import (
     read_records_at,
     read_state,
 )
+from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
 from bulkrerun.text import command_line, counted
 from bulkrerun.watchlog import WatchRecord, read_watch
 
@@ -435,9 +436,45 @@ def _recorded_selections(
     return selections
 
 
-NO_SUCH_API = "APIG.0101"
-"""The gateway's code for a path it does not know: the endpoint (or a proxy's prefix) is
-wrong, whatever the request."""
+def _wrong_endpoint_met(state: JournalState, counts: Counter[UnitState]) -> str | None:
+    """What every answered request met, when each answer said the endpoint is wrong (see
+    :func:`wrong_endpoint`: since such an answer stops a run, its units are pending; in older
+    journals, failed) and no unit is done or held; else None."""
+    if counts[UnitState.DONE] or counts[UnitState.HELD]:
+        return None
+    codes = set()
+    for info in state.chunks.values():
+        if info.status is None:  # kept for failed and pending outcomes only
+            continue
+        if not wrong_endpoint(info.status, info.error_code):
+            return None
+        codes.add(failure_code(info.error_code, info.status))
+    return wrong_endpoint_met(codes) if codes else None
+
+
+def wrong_endpoint_met(codes: set[str]) -> str:
+    """What requests met, said of the answers with ``codes`` (see :func:`failure_code`), each
+    of which says the endpoint is wrong."""
+    if codes == {NO_SUCH_API}:
+        return f"was refused with {NO_SUCH_API} (no such API)"
+    if all(code.startswith("HTTP 3") for code in codes):
+        return f"was redirected ({', '.join(sorted(codes))}; redirects are not followed)"
+    return f"was answered {', '.join(sorted(codes))}, not by the service"
+
+
+def wrong_endpoint_step(path: Path, endpoint: str, met: str, run: str) -> str:
+    """The one next step once every answered request ``met`` an answer that says the
+    endpoint is wrong; ``run``: the command that resumes. Once the endpoint is fixed, this
+    journal, bound to the wrong one, refuses the run (exit 2), and as nothing was accepted
+    there a new journal loses nothing."""
+    report = f"`bulkrerun report {shlex.quote(str(path))}`"
+    where = f", and {report} shows where they pointed" if "redirected" in met else ""
+    return (
+        f"every request answered {met}: the endpoint {endpoint} looks wrong{where}. Nothing "
+        "was accepted there; once BULKRERUN_ENDPOINT, BULKRERUN_REGION or --endpoint is "
+        "right, start again with a new --journal (this one stays bound to that endpoint). If "
+        f"it was right and the gateway misrouted for a while, the same command resumes: {run}"
+    )
 
 
 def _manifest_arg(run: RunRecord) -> str:
@@ -477,7 +514,6 @@ def _next_steps(
     path: Path,
     state: JournalState,
     counts: Counter[UnitState],
-    failed_by_code: dict[str, int],
     pending: int | None,
     pending_unknown: str | None,
     holder: Holder | None = None,
@@ -510,6 +546,10 @@ def _next_steps(
             f"{run_command('retry.toml')}"
         )
 
+    # Every answer said the endpoint is wrong (redirected, or no such API), not the requests.
+    if (met := _wrong_endpoint_met(state, counts)) is not None:
+        return [wrong_endpoint_step(path, state.header.endpoint, met, run)]
+
     steps: list[str] = []
     if by_manifest:
         for i, (name, n) in enumerate(by_manifest):
@@ -537,27 +577,7 @@ def _next_steps(
             )
         )
         steps.append(f"or resend them (each may then run twice): {again} --resend-held")
-    # Every request refused with "no such API", or redirected (redirects are not followed:
-    # http for https, say): the endpoint is wrong, not the requests. Once it is fixed, this
-    # journal, bound to the wrong endpoint, refuses the run (exit 2), and as nothing was
-    # accepted there a new journal loses nothing.
-    wrong_endpoint = None  # (what every request met, what more to say of it)
-    if failed and not held and not counts[UnitState.DONE]:
-        if set(failed_by_code) == {NO_SUCH_API}:
-            wrong_endpoint = (f"was refused with {NO_SUCH_API} (no such API)", "")
-        elif all(code.startswith("HTTP 3") for code in failed_by_code):
-            wrong_endpoint = (
-                f"was redirected ({', '.join(sorted(failed_by_code))}; redirects are not followed)",
-                f", and `bulkrerun report {journal}` shows where they pointed",
-            )
-    if wrong_endpoint is not None:
-        met, more = wrong_endpoint
-        steps.append(
-            f"every request {met}: the endpoint {state.header.endpoint} looks wrong{more}. "
-            "Nothing was accepted there; once BULKRERUN_ENDPOINT or BULKRERUN_REGION is "
-            "right, start again with a new --journal (this one stays bound to that endpoint)"
-        )
-    elif failed:
+    if failed:
         steps.append(f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}")
         steps.append(f"once the cause is fixed, send them again: {again} --retry-failed")
     if not steps:
@@ -605,7 +625,6 @@ def summarize(
             path,
             state,
             counts,
-            failed_by_code,
             pending,
             pending_unknown,
             holder,

@@ -58,7 +58,7 @@ from bulkrerun.clock import Clock
 from bulkrerun.errors import AuthRefused, BadInput, Fatal, ManifestError
 from bulkrerun.journal import Journal, JournalState, RunRecord
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS, Manifest, SelectEntry
-from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.outcome import Kind, Outcome, wrong_endpoint
 from bulkrerun.pacing import Pacer
 from bulkrerun.planner import SelectedInstance
 
@@ -514,6 +514,11 @@ def _refusal_message(manifest_name: str, label: str, exc: ListFailed) -> str:
         )
     elif o.error_code == "DLF.1000":
         hint = "check the job name and the workspace"
+    elif wrong_endpoint(o.status, o.error_code):
+        hint = (
+            "that is not the service's answer: the endpoint looks wrong (BULKRERUN_ENDPOINT, "
+            "BULKRERUN_REGION or --endpoint)"
+        )
     else:
         hint = "check the entry's jobs, window and statuses"
     return (

@@ -8,14 +8,17 @@ what came back                           kind      why
 =======================================  ========  ==============================================
 2xx                                      DONE      the service accepted the rerun
 3xx                                      FAILED    redirected: not followed (the credentials would
-                                                   go with it), not acted on; the endpoint is wrong
+                                                   go with it), not acted on; the endpoint is wrong,
+                                                   and a run stops (``outcome.wrong_endpoint``)
 401, 403                                 FATAL     credentials or permissions: every later request
                                                    would fail the same way; abort, units pending
 429                                      RETRY     throttled at the gateway before the service
 408, 502, 503                            RETRY     the gateway did not get the request to the back
                                                    end (or asks to send again): nothing started
-other 4xx (400 ``DLF.*``, 404, ...)      FAILED    a definite refusal; sending it again unchanged
+other 4xx (400 ``DLF.*``, 409, ...)      FAILED    a definite refusal; sending it again unchanged
                                                    gets the same answer
+404 without a ``DLF.*`` code             FAILED    not the service's: no such API at the gateway
+                                                   (``APIG.0101``); a run stops, as for a 3xx
 500, 504, other 5xx                      HELD      the back end may have started the rerun
 1xx, 600 and above                       HELD      not an answer HTTP knows: unknown whether it ran
 connect error, connect timeout           RETRY     the request never left this machine

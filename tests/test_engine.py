@@ -13,7 +13,7 @@ import pytest
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id
 from bulkrerun.clock import FakeClock
 from bulkrerun.engine import Engine
-from bulkrerun.errors import AuthRefused, BudgetExhausted, Unreachable
+from bulkrerun.errors import AuthRefused, BudgetExhausted, Unreachable, WrongEndpoint
 from bulkrerun.events import Event, Retrying, Settled, Stopping
 from bulkrerun.outcome import DONE, Kind, Outcome
 from bulkrerun.pacing import LATE_FORGIVEN, Pacer, PacingConfig
@@ -271,6 +271,35 @@ async def test_auth_refusal_aborts_and_leaves_pending() -> None:
     assert result.done == 0 and result.pending == len(intended)
     assert set(journal.states().values()) == {"pending"}
     assert any(isinstance(e, Stopping) for e in events)
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (Outcome(Kind.FAILED, status=404, error_code="APIG.0101", error_msg="no API"), "APIG.0101"),
+        (Outcome(Kind.FAILED, status=307, reason="redirected to X, not followed"), "HTTP 307"),
+        (Outcome(Kind.FAILED, status=404, error_msg="<html>Not Found</html>"), "HTTP 404"),
+    ],
+)
+async def test_an_answer_that_says_the_endpoint_is_wrong_stops_the_run(
+    answer: Outcome, said: str
+) -> None:
+    """Not the unit's doing, so not failed: every other request would meet the same."""
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal, {0: [answer]})
+    engine = engine_for(100, transport, journal, [])
+    result = await engine.run()
+    assert isinstance(result.fatal, WrongEndpoint) and result.fatal.code == said
+    assert len(transport.sent) <= 4  # the first, and what was in flight with it
+    assert result.failed == 0 and journal.states()[transport.sent[0][0]] == "pending"
+
+
+async def test_a_service_refusal_with_404_is_the_requests_failure_not_the_endpoints() -> None:
+    refused = Outcome(Kind.FAILED, status=404, error_code="DLF.0100", error_msg="no such job")
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal, {0: [refused]})
+    result = await engine_for(10, transport, journal, []).run()
+    assert result.fatal is None and (result.failed, result.done) == (1, 9)
 
 
 async def test_soft_stop_finishes_inflight_and_sends_nothing_new() -> None:

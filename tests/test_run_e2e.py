@@ -397,18 +397,24 @@ def test_a_journal_of_other_units_is_resumed_not_new(
     assert "new journal" not in out.stderr
 
 
-def test_a_wrong_endpoint_is_named_as_such_not_retried(
+def test_a_wrong_endpoint_stops_the_run_at_its_first_answer(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
+    """A 404 "no such API" says the endpoint is wrong, not the request: the run stops (exit 3)
+    instead of sending every other request into the same answer, and leaves them pending."""
     srv = fake_service()
-    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 3, "1h"))
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 60, "1h"))
     j = tmp_path / "j"
-    out = cli("run", str(m), "--journal", str(j), url=srv.url + "/wrongprefix")
-    assert out.returncode == 1, out.stderr  # every request refused: 404 APIG.0101
-    steps = " ".join(json.loads(cli("status", str(j), "--json").stdout)["next_steps"])
-    assert "refused with APIG.0101 (no such API): the endpoint" in steps
-    assert "start again with a new --journal" in steps
-    assert "--retry-failed" not in steps  # the same journal would refuse the right endpoint
+    out = cli("run", str(m), "--journal", str(j), "--max-inflight", "2", url=srv.url + "/x")
+    assert out.returncode == 3, out.stderr
+    assert "stopped: the endpoint looks wrong: the answer was 404 APIG.0101" in out.stderr
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"], s["held"], s["pending"]) == (0, 0, 0, 60)
+    assert 1 <= s["requests"] <= 2  # the one answered, and the other in flight with it
+    steps = s["next_steps"]
+    assert len(steps) == 1, steps
+    assert "refused with APIG.0101 (no such API): the endpoint" in steps[0]
+    assert "start again with a new --journal" in steps[0]
 
 
 def test_secrets_never_written_anywhere(

@@ -233,6 +233,17 @@ async def test_an_unknown_job_is_bad_input_naming_entry_and_job() -> None:
             )
 
 
+async def test_a_list_refused_by_a_gateway_that_knows_no_such_api_blames_the_endpoint() -> None:
+    async with (
+        FakeServer(FakeConfig(catalog=Catalog.demo(ANCHOR))) as srv,
+        HttpTransport(endpoint=srv.url + "/x", project_id=PROJECT, auth=Auth()) as transport,
+    ):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        with pytest.raises(BadInput, match=r"APIG\.0101.*the endpoint looks wrong") as raised:
+            await select_entry(select(), lister, manifest_name="m", on_note=print)
+    assert "check the entry" not in str(raised.value)
+
+
 async def test_gets_are_retried_on_429_and_503_and_find_the_same() -> None:
     clean_config = FakeConfig(catalog=Catalog.demo(ANCHOR))
     faulty = dataclasses.replace(clean_config, p429=0.3, p5xx=0.3, seed=11)
