@@ -1174,14 +1174,17 @@ def run(
         float | None,
         typer.Option(
             "--max-failure-ratio",
-            help="Stop (exit 3) when more than this share of requests fail, e.g. 0.2.",
+            help="Stop (exit 3) when more than this share of requests fail, e.g. 0.2: "
+            "judged over the last 100 finished requests (all of them while fewer, from the "
+            "20th on; from the canary's end with --canary).",
         ),
     ] = None,
     canary: Annotated[
         int,
         typer.Option(
             help="Send this many requests first; stop if more than --max-failure-ratio "
-            "(default 0.5 with a canary) of them fail."
+            "(default 0.5 with a canary) of them fail. A plan of fewer requests is sent "
+            "whole, unjudged."
         ),
     ] = 0,
     grace: Annotated[

@@ -192,6 +192,11 @@ FAILURE_WINDOW = 100
 """Final outcomes in the failure budget's sliding window: enough for a ratio to mean
 something, few enough to react within a minute at 10 req/s."""
 
+FAILURE_JUDGED_FROM = 20
+"""Without a canary, the failure budget judges from this many final outcomes on (over all of
+them until the window is full): waiting for the window to fill let a run of fewer requests
+end without ever being judged, and let 100 refusals go out before a stop."""
+
 
 def _positive(name: str, value: float) -> float:
     if not (math.isfinite(value) and value > 0):
@@ -780,13 +785,15 @@ class FailureBudget:
 
     With ``canary`` N > 0, the first check comes after the first N final outcomes: if more
     than ``max_ratio`` of them failed (any failure, when ``max_ratio`` is None), stop. After
-    that, and from the ``window``-th outcome when there is no canary, the share over the last
-    ``window`` outcomes is checked after each one. Once it says stop, it keeps saying it.
+    that, and from the :data:`FAILURE_JUDGED_FROM`-th outcome when there is no canary, the
+    share over the last ``window`` outcomes (all of them, while fewer) is checked after each
+    one. Once it says stop, it keeps saying it.
     """
 
     __slots__ = (
         "_canary",
         "_failed",
+        "_judged_from",
         "_max_ratio",
         "_reason",
         "_recent",
@@ -805,6 +812,7 @@ class FailureBudget:
         self._max_ratio = max_ratio
         self._canary = canary
         self._window = window
+        self._judged_from = canary or min(window, FAILURE_JUDGED_FROM)
         self._recent: deque[bool] = deque(maxlen=window)
         self._recent_failed = 0
         self._total = 0
@@ -834,7 +842,7 @@ class FailureBudget:
                     f"({self._failed / self._total:.0%}, more than the {allowed:.0%} allowed); "
                     "check the manifest and the failures (`bulkrerun report`) before resuming"
                 )
-        elif self._max_ratio is not None and self._total >= (self._canary or self._window):
+        elif self._max_ratio is not None and self._total >= self._judged_from:
             n = len(self._recent)
             if self._recent_failed > self._max_ratio * n:
                 self._reason = (

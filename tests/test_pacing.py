@@ -742,7 +742,20 @@ def test_after_the_canary_a_sliding_window_decides() -> None:
     assert "4 of the last 6" in budget.reason
 
 
-def test_without_a_canary_the_window_must_fill_first() -> None:
+def test_without_a_canary_the_budget_judges_from_twenty_outcomes_on() -> None:
+    # Not from the hundredth: a run of 96 requests, every one refused, ended unjudged.
+    budget = FailureBudget(0.2)
+    for failed in [True] * 4 + [False] * 15:  # 4 of 19: not judged yet
+        budget.record(failed)
+        assert budget.reason is None
+    budget.record(False)  # 4 of 20: 20 %, not more
+    assert budget.reason is None
+    budget.record(True)  # 5 of 21
+    assert budget.reason is not None
+    assert "5 of the last 21" in budget.reason
+
+
+def test_a_window_smaller_than_twenty_is_judged_once_full() -> None:
     budget = FailureBudget(0.5, window=4)
     for _ in range(3):
         budget.record(True)
