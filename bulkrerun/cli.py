@@ -926,7 +926,7 @@ def _finish(
             markup=False,
         )
     for code, n in sorted(result.refused_resends.items(), key=lambda kv: -kv[1]):
-        example = result.failed_example[code]
+        example = result.refused_example[code]
         said = example.error_msg or example.reason
         err.print(
             f"  resend refused {code}: {counted(n, 'request')} (e.g. request id "

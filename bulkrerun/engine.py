@@ -114,6 +114,8 @@ class RunResult:
     # Resends of held units (--resend-held) the service refused, by code: not acted on, so
     # the units stay held (the send that left them held may have been).
     refused_resends: dict[str, int] = field(default_factory=dict)
+    # The first refused resend of each code: not an example of a failed unit.
+    refused_example: dict[str, Outcome] = field(default_factory=dict)
     # Of the units counted pending, those back to held: a resend of held units that was not
     # acted on, or not sent (--resend-held). Not waiting to be sent, nor held by this run.
     held_again: int = 0
@@ -380,7 +382,7 @@ class Engine:
             code = _code(outcome)
             refused = self.result.refused_resends
             refused[code] = refused.get(code, 0) + 1
-            self.result.failed_example.setdefault(code, outcome)
+            self.result.refused_example.setdefault(code, outcome)
             return "pending", 0.0
         if kind is Kind.HELD:
             if outcome is INTERRUPTED:  # cut off by a hard stop: not the service's doing

@@ -249,11 +249,16 @@ async def test_a_refused_resend_of_held_units_leaves_them_as_they_were() -> None
     held, fresh = (c.id for c in chunks(2))
     journal.held_before = frozenset({held})
     refused = Outcome(Kind.FAILED, status=400, error_code="DLF.1000", reason="no such job")
-    transport = ScriptedTransport(journal, {0: [refused], 1: [refused]})
+    transport = ScriptedTransport(
+        journal, {0: [refused._replace(request_id="r0")], 1: [refused._replace(request_id="r1")]}
+    )
     result = await engine_for(2, transport, journal, []).run()
     states = journal.states()
     assert (states[held], states[fresh]) == ("pending", "failed")
     assert (result.held, result.pending, result.failed, result.held_again) == (0, 1, 1, 1)
+    # Each count's example is one of its own: a ticket for the failed unit cites its request.
+    assert result.failed_example["DLF.1000"].request_id == "r1"
+    assert result.refused_example["DLF.1000"].request_id == "r0"
 
 
 async def test_auth_refusal_aborts_and_leaves_pending() -> None:
