@@ -1168,7 +1168,13 @@ def run(
         typer.Option("--reselect", help="Query [[select]] entries again instead of the journal's."),
     ] = False,
     watch: Annotated[
-        bool, typer.Option("--watch", help="Follow the rerun instances to a final status.")
+        bool,
+        typer.Option(
+            "--watch",
+            help="Once sending ends, follow the rerun instances to a final status, for up to "
+            "an hour. How they end is printed and kept in JOURNAL.watch; it does not change "
+            "the exit code.",
+        ),
     ] = False,
     max_failure_ratio: Annotated[
         float | None,
@@ -1383,6 +1389,10 @@ def verify(
     A held instance whose instance shows a run submitted after our intent is marked done
     (with the evidence); one that still shows the run from before is made pending again, so
     the next `run` sends it. What cannot be decided stays held, with the reason.
+
+    Exit codes: 0 every held unit decided (or none held), 1 some stay held, 2 bad input (no
+    such journal, settings), 3 stopped by a fatal condition (e.g. credentials refused), 130
+    interrupted.
     """
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
@@ -1593,7 +1603,7 @@ def demo(
     """Run configs/demo.toml end to end against the built-in fake service: no account needed.
 
     Starts the fake service in-process, runs the manifest with progress, then prints the
-    report and the status.
+    status and the report.
     """
     import secrets
     import tempfile

@@ -61,6 +61,7 @@ from bulkrerun.manifest import MAX_SELECT_SPAN_MS, Manifest, SelectEntry
 from bulkrerun.outcome import Kind, Outcome, wrong_endpoint
 from bulkrerun.pacing import Pacer
 from bulkrerun.planner import SelectedInstance
+from bulkrerun.text import counted
 
 __all__ = [
     "LIST_LIMIT",
@@ -580,8 +581,9 @@ async def selections_for_run(
             if run is not None and same_selection(run, manifest, entry.label):
                 out[entry.label] = [SelectedInstance(*item) for item in recorded]
                 on_note(
-                    f"{entry.label}: {len(recorded):,} instances as selected in run {run.n} "
-                    "(from the journal; --reselect asks the service again)"
+                    f"{entry.label}: {counted(len(recorded), 'instance')}, the selection the "
+                    f"journal recorded in run {run.n} (not asked again; --reselect asks the "
+                    "service again)"
                 )
                 continue
             on_note(

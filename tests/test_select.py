@@ -667,8 +667,8 @@ async def test_a_resume_uses_the_recorded_selection_without_asking(tmp_path: Pat
             assert srv.stats.requests == 0
     assert found == {"select[0]": recorded}
     assert notes == [
-        "select[0]: 1 instances as selected in run 1 (from the journal; --reselect asks the "
-        "service again)"
+        "select[0]: 1 instance, the selection the journal recorded in run 1 (not asked "
+        "again; --reselect asks the service again)"
     ]
 
 

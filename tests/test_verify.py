@@ -758,7 +758,7 @@ async def test_the_demo_outage_is_selected_rerun_once_and_watched_to_success(
             tmp_path, srv.url, "run", manifest, "--journal", "demo.journal"
         )
         assert code == 1, err
-        assert "select[0]: 300 instances as selected in run 1" in err
+        assert "select[0]: 300 instances, the selection the journal recorded in run 1" in err
         assert len(srv.ledger) == len(ids)
 
 
