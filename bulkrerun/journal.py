@@ -272,6 +272,7 @@ class ChunkInfo:
     outcome_offset: int | None = None
     status: int | None = None
     error_code: str | None = None
+    run: int = 0  # the number of the run that made the last attempt (0: before any run)
 
 
 @dataclass(slots=True, eq=False)
@@ -396,13 +397,14 @@ class _Replayer:
             info.state = None
             info.last_wall = wall
             info.attempts += 1
+            info.run = len(st.runs)
             units = info.units
         elif (live := self._live.get(chunk_id)) is not None:
             units = live
         elif units is None or offset is None:
             raise _InconsistentError(f"a later intent of chunk {chunk_id}, never described")
         elif self.details:
-            info = ChunkInfo(chunk_id, units, offset, wall, wall, attempts=1)
+            info = ChunkInfo(chunk_id, units, offset, wall, wall, attempts=1, run=len(st.runs))
             st.chunks[chunk_id] = info
         else:
             self._live[chunk_id] = units

@@ -27,6 +27,9 @@ keys, plus ``begin_ms`` and ``end_ms`` (epoch milliseconds):
 ``verify_evidence``
     what the verification saw, one sentence per unit, each naming its instance or window;
     distinct sentences joined with `` | ``.
+``unknown_sends`` ``run``
+    the sends of the request whose outcome is unknown, and the number of the run that made
+    its last attempt (see :class:`ReportRow`).
 
 The table shows ``verify_state`` as its ``verified`` column and the evidence, when there is
 any, instead of the request's own message: it is what decided the units.
@@ -804,7 +807,9 @@ class ReportRow:
     (see the module's docstring). ``unknown_sends`` counts the sends of this request whose
     outcome is unknown (held, or no outcome recorded), the last one included: each may have
     been acted on, so a request ``done`` with 2 of them may have run up to three times (a
-    verification may since have found one was not acted on).
+    verification may since have found one was not acted on). ``run`` is the number of the
+    run that made its last attempt (as ``status`` counts runs): the journal's record of that
+    run names its manifest, its flags and when it started.
     """
 
     chunk: str
@@ -828,6 +833,7 @@ class ReportRow:
     verify_state: str | None = None
     verify_evidence: str | None = None
     unknown_sends: int = 0
+    run: int = 0
 
 
 REPORT_COLUMNS = (
@@ -852,6 +858,7 @@ REPORT_COLUMNS = (
     "verify_state",
     "verify_evidence",
     "unknown_sends",
+    "run",
 )
 """The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``. Columns
 are only ever added at the end, so that scripts keep working."""
@@ -960,6 +967,7 @@ def _row(
         request_id=_opt_str(o.get("request_id")),
         reason=reason,
         last_wall=info.last_wall,
+        run=info.run,
     )
 
 
@@ -1027,6 +1035,7 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "verify_state": row.verify_state,
         "verify_evidence": row.verify_evidence,
         "unknown_sends": row.unknown_sends,
+        "run": row.run,
     }
 
 

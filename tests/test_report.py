@@ -669,6 +669,42 @@ async def test_the_report_shows_how_a_verification_decided_held_units(tmp_path: 
     assert "connection lost" not in line  # the message is the evidence, not the reason
 
 
+def test_each_row_names_the_run_that_made_its_last_attempt(
+    tmp_path: Path, planned: tuple[Path, list[Chunk]]
+) -> None:
+    """An incident's review reads which run sent what: the run's record in the journal names
+    its manifest, flags and start."""
+    manifest, chunks = planned
+    first, again, later = chunks[:3]
+    refused = Outcome(Kind.FAILED, 400, "DLF.1000", "Failed to find the job.", "req-no")
+
+    async def script(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(manifest), wall=T0)
+        await j.intend(first, 1, T0 + 1)
+        j.outcome(first, 1, ACCEPTED, T0 + 2, "done")
+        await j.intend(again, 1, T0 + 1)
+        j.outcome(again, 1, refused, T0 + 2, "failed")
+        j.begin_run(RunInfo.from_manifest(manifest), wall=T0 + 60)  # --retry-failed
+        await j.intend(again, 2, T0 + 61)
+        j.outcome(again, 2, ACCEPTED, T0 + 62, "done")
+        await j.intend(later, 1, T0 + 61)
+        j.outcome(later, 1, ACCEPTED, T0 + 62, "done")
+
+    run_journal(tmp_path / "j", script)
+    runs = {row.chunk: row.run for row in report_rows(tmp_path / "j")}
+    assert runs == {first.id: 1, again.id: 2, later.id: 2}
+    buffer = io.StringIO()
+    write_report(tmp_path / "j", "csv", buffer, console()[0])
+    assert {r["chunk"]: r["run"] for r in csv.DictReader(io.StringIO(buffer.getvalue()))} == {
+        first.id: "1",
+        again.id: "2",
+        later.id: "2",
+    }
+    buffer = io.StringIO()
+    write_report(tmp_path / "j", "json", buffer, console()[0])
+    assert [json.loads(line)["run"] for line in buffer.getvalue().splitlines()] == [1, 2, 2]
+
+
 def test_the_verification_of_each_unit_of_a_request_is_tallied_with_its_evidence(
     tmp_path: Path,
 ) -> None:
