@@ -72,9 +72,12 @@ NO_SUCH_API = "APIG.0101"  # the gateway's 404: no API at that path
 
 def wrong_endpoint(status: int | None, error_code: str | None) -> bool:
     """Whether an answer says the endpoint is wrong rather than the request: a redirect
-    (never followed: http for https, say), or a 404 that is not the service's (the service
-    refuses with 400 ``DLF.*``; a 404 comes from the gateway, ``APIG.0101`` no such API, or
-    from whatever else answers at that address). Every request to it would meet the same."""
+    (never followed: http for https, say), or a 404 or 405 that is not the service's (the
+    service refuses with 400 ``DLF.*``; a 404 comes from the gateway, ``APIG.0101`` no such
+    API, or from whatever else answers at that address, and a 405 from a server that takes
+    no POST there). Every request to it would meet the same."""
     if status is None:
         return False
-    return 300 <= status < 400 or (status == 404 and not (error_code or "").startswith("DLF."))
+    return 300 <= status < 400 or (
+        status in (404, 405) and not (error_code or "").startswith("DLF.")
+    )

@@ -17,7 +17,7 @@ what came back                           kind      why
                                                    end (or asks to send again): nothing started
 other 4xx (400 ``DLF.*``, 409, ...)      FAILED    a definite refusal; sending it again unchanged
                                                    gets the same answer
-404 without a ``DLF.*`` code             FAILED    not the service's: no such API at the gateway
+404, 405 without a ``DLF.*`` code        FAILED    not the service's: no such API at the gateway
                                                    (``APIG.0101``); a run stops, as for a 3xx
 500, 504, other 5xx                      HELD      the back end may have started the rerun
 1xx, 600 and above                       HELD      not an answer HTTP knows: unknown whether it ran

@@ -285,6 +285,7 @@ async def test_auth_refusal_aborts_and_leaves_pending() -> None:
         (Outcome(Kind.FAILED, status=404, error_code="APIG.0101", error_msg="no API"), "APIG.0101"),
         (Outcome(Kind.FAILED, status=307, reason="redirected to X, not followed"), "HTTP 307"),
         (Outcome(Kind.FAILED, status=404, error_msg="<html>Not Found</html>"), "HTTP 404"),
+        (Outcome(Kind.FAILED, status=405, error_msg="Method Not Allowed"), "HTTP 405"),
     ],
 )
 async def test_an_answer_that_says_the_endpoint_is_wrong_stops_the_run(
