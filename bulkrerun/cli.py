@@ -1787,7 +1787,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         err.print("[yellow]interrupted[/]: nothing is lost. Run the same command again to resume:")
         command = _interrupt.resume or shlex.join(["bulkrerun", *args])
         err.print("  " + command, markup=False, soft_wrap=True)
-        sys.exit(EXIT_INTERRUPTED)
+        # Not sys.exit: a signal that landed in code Python ran from a string (a dataclass
+        # made during an import, typer reading annotations) leaves the interpreter marked
+        # as interrupted, and under `python -m bulkrerun` it would end by killing itself
+        # with SIGINT (-2 to a parent that waits, even after a SIGTERM) instead of 130.
+        # Everything that held the journal has been closed on the way here.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
 
 
 __all__ = ["app", "main"]

@@ -4,6 +4,9 @@ through typer's runner, so the whole malformed-manifest corpus runs in seconds).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from bulkrerun.cli import app
-from tests.conftest import Cli, write_manifest
+from tests.conftest import Cli, clean_env, write_manifest
 
 CORPUS = Path(__file__).parent / "manifests"
 EXPECTED: dict[str, list[str]] = tomllib.loads((CORPUS / "expected.toml").read_text())["expect"]
@@ -373,33 +376,45 @@ def test_verify_without_a_project_says_so_and_leaves_the_journal_alone(
 
 
 def test_an_interrupt_after_a_run_sent_prints_its_resume_command_not_the_raw_one(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
     # A Ctrl-C after the engine, outside the watch's own handling (a second one while the
     # run ends), reaches main(); typer has turned it into a silent exit 130. The raw command
     # line would repeat --resend-held on what this run left held: main() prints the run's
-    # own resume command instead.
-    import signal
+    # own resume command instead. Here the interrupt lands in code run from a string (as in
+    # a dataclass made during an import): under `python -m` the process then used to kill
+    # itself with SIGINT (-2) instead of exiting 130.
+    (tmp_path / "interrupted.py").write_text(
+        textwrap.dedent(
+            """
+            import bulkrerun.cli as cli
 
-    import bulkrerun.cli as cli_module
+            def interrupted_app(args):
+                cli._interrupt.fired = True
+                cli._interrupt.resume = "bulkrerun run m.toml --journal j"
+                try:
+                    exec("raise KeyboardInterrupt")
+                except KeyboardInterrupt:
+                    raise SystemExit(130) from None  # as typer does
 
-    def interrupted_app(args: list[str]) -> None:
-        raise SystemExit(130)
-
-    monkeypatch.setattr(cli_module, "app", interrupted_app)
-    monkeypatch.setattr(cli_module._interrupt, "fired", True)
-    monkeypatch.setattr(cli_module._interrupt, "resume", "bulkrerun run m.toml --journal j")
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            cli_module.main(["run", "m.toml", "--journal", "j", "--resend-held", "--watch"])
-    finally:
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
-    assert stopped.value.code == 130
-    err = capsys.readouterr().err
-    assert "  bulkrerun run m.toml --journal j\n" in err
-    assert "--resend-held" not in err
+            cli.app = interrupted_app
+            cli.main(["run", "m.toml", "--journal", "j", "--resend-held", "--watch"])
+            """
+        ),
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "interrupted"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 130, out.stderr
+    assert "  bulkrerun run m.toml --journal j\n" in out.stderr
+    assert "--resend-held" not in out.stderr
 
 
 def test_the_demo_runs_from_any_folder(cli: Cli) -> None:
