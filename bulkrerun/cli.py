@@ -42,7 +42,7 @@ from bulkrerun.errors import (
     WrongEndpoint,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
-from bulkrerun.text import command_line, counted, duration
+from bulkrerun.text import counted, duration, run_command
 
 app = typer.Typer(
     name="bulkrerun",
@@ -554,12 +554,6 @@ def _given_flags(
                 value = int(value)  # --rate 20 comes back as 20, not 20.0 (nor 2e+01)
             pairs.append((flag, str(value)))
     return (*pairs, *((switch, None) for switch in switches))
-
-
-def _resume_command(manifest: Path, journal: Path, flags: Sequence[tuple[str, str | None]]) -> str:
-    """The ``run`` command line that resumes: the manifest, the journal and every setting
-    given as a flag, so that it reaches the same endpoint and project at the same pace."""
-    return command_line(["bulkrerun", "run", str(manifest), "--journal", str(journal)], flags)
 
 
 def _print_resume_command(args: RunArgs, lead: str) -> None:
@@ -1273,7 +1267,8 @@ def run(
                 *(["--verbose"] if verbose else []),
             ],
         )
-        resume = _resume_command(manifest, journal, flags)
+        # The command that resumes: same endpoint and project, at the same pace.
+        resume = run_command(str(manifest), str(journal), flags)
         if canary and max_failure_ratio is None:
             max_failure_ratio = 0.5
         args = _run_args(
@@ -1733,7 +1728,7 @@ class _Interrupt:
     fired = False
     signame = "SIGINT"  # the name of the last signal taken
     # The command that resumes, once a run has sent something: the raw command line would
-    # repeat one-shot flags such as --resend-held (see _resume_command).
+    # repeat one-shot flags such as --resend-held (see _ONE_SHOT_FLAGS).
     resume: str | None = None
 
     def __call__(self, signum: int, frame: Any) -> None:

@@ -96,7 +96,7 @@ from bulkrerun.journal import (
     read_state,
 )
 from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
-from bulkrerun.text import command_line, counted
+from bulkrerun.text import command_line, counted, run_command
 from bulkrerun.watchlog import WatchRecord, read_watch
 
 if TYPE_CHECKING:
@@ -532,11 +532,7 @@ def _next_steps(
         ]
     manifest = _manifest_arg(state.runs[-1]) if state.runs else "MANIFEST"
     flags = _last_flags(state)
-
-    def run_command(manifest: str) -> str:
-        return command_line(["bulkrerun", "run", manifest, "--journal", str(path)], flags)
-
-    run = run_command(manifest)
+    run = run_command(manifest, str(path), flags)
     held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
     # A run sends again only the failed or held units of its own plan. When the journal's
     # runs had different manifests (another file, or an edit), the last one may not hold
@@ -546,7 +542,7 @@ def _next_steps(
         again = (
             f"bulkrerun report {journal} --format manifest > retry.toml (the runs had "
             f"different manifests; the last may not hold them all), then "
-            f"{run_command('retry.toml')}"
+            f"{run_command('retry.toml', str(path), flags)}"
         )
 
     # Every answer said the endpoint is wrong (redirected, or no such API), not the requests.
@@ -556,7 +552,7 @@ def _next_steps(
     steps: list[str] = []
     if by_manifest:
         for i, (name, n) in enumerate(by_manifest):
-            command = run if i == 0 else run_command(name)
+            command = run if i == 0 else run_command(name, str(path), flags)
             where = "" if i == 0 else f" ({name}, an earlier run's manifest)"
             if isinstance(n, str):  # why it cannot be counted, ending where a command follows
                 steps.append(f"{n}{where}: {command}")

@@ -19,6 +19,12 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def run_command(manifest: str, journal: str, flags: Iterable[tuple[str, str | None]]) -> str:
+    """The ``run`` command of ``manifest`` on ``journal`` with ``flags`` (see
+    :func:`command_line`): what resumes a run, and what the next steps of a status say."""
+    return command_line(["bulkrerun", "run", manifest, "--journal", journal], flags)
+
+
 def command_line(words: Iterable[str], flags: Iterable[tuple[str, str | None]] = ()) -> str:
     """A command to paste into a shell: ``words``, then each flag and its value (None for a
     switch), quoted where the shell needs it."""
