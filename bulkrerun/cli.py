@@ -42,6 +42,7 @@ from bulkrerun.errors import (
     WrongEndpoint,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
+from bulkrerun.interrupt import interrupt as _interrupt
 from bulkrerun.text import counted, duration, run_command
 
 app = typer.Typer(
@@ -655,6 +656,9 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     to_send=counts.to_send,
                     **options,
                 )
+            # A signal Python dropped on the way (raised in a __del__) stops the run here,
+            # before it records or sends anything.
+            _interrupt.check()
             journal.begin_run(
                 RunInfo(
                     manifest_name=str(manifest.path),
@@ -1721,25 +1725,6 @@ def _main(
     """Rerun DataArts Factory job instances in bulk."""
 
 
-class _Interrupt:
-    """The handler of SIGINT and SIGTERM outside a run's engine: raises KeyboardInterrupt and
-    remembers that it did (typer turns a KeyboardInterrupt into a silent exit 130)."""
-
-    fired = False
-    signame = "SIGINT"  # the name of the last signal taken
-    # The command that resumes, once a run has sent something: the raw command line would
-    # repeat one-shot flags such as --resend-held (see _ONE_SHOT_FLAGS).
-    resume: str | None = None
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.fired = True
-        self.signame = signal.Signals(signum).name
-        raise KeyboardInterrupt
-
-
-_interrupt = _Interrupt()
-
-
 def _signals_interrupt() -> None:
     """SIGINT and SIGTERM both raise KeyboardInterrupt, wherever the command is, except while
     a run's engine handles them itself (it finishes the requests in flight first) and while
@@ -1749,8 +1734,7 @@ def _signals_interrupt() -> None:
     Ctrl-C there went to asyncio's own handler, which only cancels the main task: the
     cancellation could be absorbed on its way and the run went on sending.
     """
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    _interrupt.install()
 
 
 @contextlib.contextmanager
@@ -1768,15 +1752,19 @@ def _signal_receiver() -> Iterator[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point. A Ctrl-C or SIGTERM outside a run's own handling (while a
-    manifest is read, a journal replayed or a selection queried; a second one while the run
-    ends) ends with 130 too, and the command to run again: nothing is lost, the journal
-    records only what was durable."""
+    """The CLI's entry point (the console script's is :func:`bulkrerun.__main__.main`). A
+    Ctrl-C or SIGTERM outside a run's own handling (while a manifest is read, a journal
+    replayed or a selection queried; a second one while the run ends) ends with 130 too,
+    and the command to run again: nothing is lost, the journal records only what was
+    durable."""
     args = list(argv) if argv is not None else sys.argv[1:]
     _signals_interrupt()
     try:
+        _interrupt.check()  # one that came during the imports
         app(args=args)
-    except SystemExit:
+    except BaseException:
+        # Whatever ended the command once a signal came is the signal's doing: raised in a
+        # class being made, a KeyboardInterrupt comes out as a RuntimeError.
         if not _interrupt.fired:
             raise
         err.print("[yellow]interrupted[/]: nothing is lost. Run the same command again to resume:")

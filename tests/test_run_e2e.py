@@ -367,6 +367,78 @@ def test_a_signal_during_start_up_exits_130_and_prints_the_command(
     assert srv.ledger() == []
 
 
+# Signals where Python cannot raise one: each script below sends the command a SIGINT from a
+# hook run at a set point of its start-up, then runs it as the console script does.
+_SIGNAL_AT = {
+    # During the CLI's imports (typer's), before any of its own code ran.
+    "import": """
+def hook():
+    os.kill(os.getpid(), signal.SIGINT)
+""",
+    # Inside a __del__: Python prints the KeyboardInterrupt and drops it.
+    "__del__": """
+class Dropped:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):  # the handler runs here
+            pass
+def hook():
+    Dropped()
+""",
+    # Inside a class being made: the KeyboardInterrupt comes out as a RuntimeError.
+    "__set_name__": """
+class Named:
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):
+            pass
+def hook():
+    class Made:
+        field = Named()
+""",
+}
+_SIGNAL_SCRIPT = """
+import os, signal, sys
+{hook}
+class Finder:
+    def find_spec(self, name, path, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            hook()
+        return None
+sys.meta_path.insert(0, Finder())
+sys.argv = ["bulkrerun", *{argv!r}]
+from bulkrerun.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "module"),
+    [("import", "typer"), ("__del__", "bulkrerun.engine"), ("__set_name__", "bulkrerun.engine")],
+)
+def test_a_signal_where_python_cannot_raise_it_still_stops_the_command_with_130(
+    cli: Cli, fake_service: type[Service], tmp_path: Path, where: str, module: str
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "10m"))
+    j = tmp_path / "j"
+    argv = ["run", str(m), "--journal", str(j)]
+    script = _SIGNAL_SCRIPT.format(hook=_SIGNAL_AT[where], module=module, argv=argv)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=cli.env(srv.url),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 130, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"bulkrerun run {m} --journal {j}" in out.stderr
+    assert srv.ledger() == []
+
+
 def _connected_to(port: int) -> bool:
     """Whether a TCP connection to 127.0.0.1:``port`` is established (Linux's table)."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:

@@ -1,0 +1,60 @@
+"""SIGINT and SIGTERM outside a run's engine (which takes them itself, to finish the
+requests in flight first): both end the command with 130 and the command that resumes.
+
+Standard library only: the entry point installs this before it imports the CLI.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+
+class Interrupt:
+    """The handler of SIGINT and SIGTERM: remembers that a signal came and, once the CLI is
+    imported, raises KeyboardInterrupt (typer turns it into a silent exit 130).
+
+    While the CLI's modules are imported the handler only remembers: a KeyboardInterrupt
+    raised inside an import printed a traceback of the import machinery, or, inside a class
+    being made, came out as ``RuntimeError: Error calling __set_name__``. The CLI takes a
+    remembered signal as soon as its imports are done (:meth:`check`).
+    """
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.signame = "SIGINT"  # the name of the last signal taken
+        # The command that resumes, once a run has sent something: the raw command line
+        # would repeat one-shot flags such as --resend-held.
+        self.resume: str | None = None
+        self._raising = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.fired = True
+        self.signame = signal.Signals(signum).name
+        if self._raising:
+            raise KeyboardInterrupt
+
+    def install(self, *, raising: bool = True) -> None:
+        """Take SIGINT and SIGTERM from now on; ``raising=False`` only remembers them."""
+        self._raising = raising
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+        sys.unraisablehook = self._unraisable
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """Python's report of an exception it drops: not for the KeyboardInterrupt of a
+        signal, which :meth:`check` takes (the report was a traceback of a ``__del__``)."""
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            sys.__unraisablehook__(unraisable)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a signal came. Python prints and drops an exception
+        raised in a ``__del__`` or a weakref callback: a signal that landed there would
+        otherwise leave the command running on, so it checks before it acts."""
+        if self.fired:
+            raise KeyboardInterrupt
+
+
+interrupt = Interrupt()
