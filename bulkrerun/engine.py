@@ -218,7 +218,7 @@ class Engine:
     async def _grace_watch(self) -> None:
         """After a soft stop, give requests in flight ``grace`` seconds, then cut them off."""
         await self._stop_event.wait()
-        await anyio.sleep(self._grace)
+        await self._clock.sleep(self._grace)
         self._inflight.cancel()
 
     async def _worker(self) -> None:

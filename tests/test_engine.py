@@ -160,6 +160,8 @@ def engine_for(
     journal: MemoryJournal,
     events: list[Event],
     inflight: int = 4,
+    clock: FakeClock | VirtualClock | None = None,
+    grace: float = 0.2,
     **pacing: object,
 ) -> Engine:
     cfg = PacingConfig(**{"rate": 1000.0, "burst": 10, **pacing})  # type: ignore[arg-type]
@@ -169,10 +171,10 @@ def engine_for(
         journal=journal,
         pacer=Pacer(cfg, rng=random.Random(0)),  # the backoff's jitter, the same every run
         max_inflight=inflight,
-        clock=FakeClock(),
+        clock=clock or FakeClock(),
         on_event=events.append,
         on_settled=events.append,
-        grace=0.2,
+        grace=grace,
     )
 
 
@@ -310,14 +312,18 @@ async def test_a_service_refusal_with_404_is_the_requests_failure_not_the_endpoi
 
 
 async def test_soft_stop_finishes_inflight_and_sends_nothing_new() -> None:
+    # On a clock that moves only when every task waits: the grace period cannot run out
+    # while the requests in flight are answered, however slow the machine.
     journal = MemoryJournal()
     transport = ScriptedTransport(journal)
     transport.blocking = True
     events: list[Event] = []
-    engine = engine_for(50, transport, journal, events)
+    clock = VirtualClock()
+    engine = engine_for(50, transport, journal, events, clock=clock)
     result = None
 
     async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.drive)
 
         async def stopper() -> None:
             while len(transport.sent) < 4:
@@ -327,6 +333,7 @@ async def test_soft_stop_finishes_inflight_and_sends_nothing_new() -> None:
 
         tg.start_soon(stopper)
         result = await engine.run()
+        tg.cancel_scope.cancel()
     assert result is not None
     assert len(transport.sent) == 4
     assert result.done == 4 and result.held == 0
@@ -358,12 +365,15 @@ async def test_hard_stop_records_inflight_as_held() -> None:
 
 
 async def test_grace_runs_out_then_inflight_is_held() -> None:
+    # The grace period is the run's clock's: 30 s of it pass here in no time.
     journal = MemoryJournal()
     transport = ScriptedTransport(journal)
     transport.blocking = True
-    engine = engine_for(10, transport, journal, [])
+    clock = VirtualClock()
+    engine = engine_for(10, transport, journal, [], clock=clock, grace=30.0)
 
     async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.drive)
 
         async def stopper() -> None:
             while len(transport.sent) < 4:
@@ -371,9 +381,12 @@ async def test_grace_runs_out_then_inflight_is_held() -> None:
             engine.stop("ctrl-c")
 
         tg.start_soon(stopper)
+        started = clock.now()
         with anyio.fail_after(5):
             result = await engine.run()
+        tg.cancel_scope.cancel()
     assert result.held == 4
+    assert clock.now() - started == 30.0
 
 
 async def test_failure_budget_stops_the_run() -> None:
