@@ -589,14 +589,16 @@ def test_status_counts_from_one_read_so_its_numbers_add_up_during_a_run(
 def test_status_from_another_folder_through_the_cli(tmp_path: Path, cli: Cli) -> None:
     import socket
 
-    with socket.socket() as s:  # a port nothing listens on: the run stops, nothing sent
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "failed.csv").write_text(INSTANCES_CSV, encoding="utf-8")
     manifest = tmp_path / "m.toml"
     manifest.write_text(FILE_MANIFEST.replace("FILE", "data/failed.csv"), encoding="utf-8")
-    out = cli("run", "m.toml", "--journal", "run.journal", "--rate", "100", url=url)
+    # A port bound and not listening: connections are refused, and no other process can
+    # take it meanwhile. The run stops, nothing sent.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        out = cli("run", "m.toml", "--journal", "run.journal", "--rate", "100", url=url)
     assert out.returncode == 3, out.stderr
     with manifest.open("a", encoding="utf-8") as f:
         f.write("# edited after the run\n")

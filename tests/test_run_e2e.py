@@ -578,12 +578,14 @@ def test_help_teaches(cli: Cli, cmd: str) -> None:
 def test_unreachable_endpoint_stops_with_exit_3_and_nothing_lost(cli: Cli, tmp_path: Path) -> None:
     import socket
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
     m = write_manifest(tmp_path / "m.toml", BOTH_MODES)
     j = tmp_path / "j"
-    out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=url)
+    # A port bound and not listening: connections are refused, and no other process can
+    # take it meanwhile.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        out = cli("run", str(m), "--journal", str(j), "--rate", "100", url=url)
     assert out.returncode == 3, out.stderr
     assert "could not reach the service" in out.stderr
     flat = " ".join(out.stderr.split())
