@@ -527,5 +527,8 @@ class Engine:
 
 
 def _code(outcome: Outcome) -> str:
-    """What a refusal is counted under: its error code, else its status, else its reason."""
-    return outcome.error_code or (str(outcome.status) if outcome.status else "") or outcome.reason
+    """What a refusal is counted under: as ``status`` and ``report`` count it (its error
+    code, else ``HTTP`` and its status), or, without an answer, its reason."""
+    if outcome.error_code or outcome.status:
+        return failure_code(outcome.error_code, outcome.status)
+    return outcome.reason

@@ -399,6 +399,18 @@ async def test_failure_budget_stops_the_run() -> None:
     assert result.failed_by_code == {"DLF.1000": result.failed}
 
 
+async def test_failures_are_counted_under_the_code_status_and_report_give_them() -> None:
+    from bulkrerun.outcome import failure_code
+
+    bare = Outcome(Kind.FAILED, status=400, reason="bad request")  # an answer without a code
+    lost = Outcome(Kind.FAILED, reason="answer unreadable")  # no answer to name it by
+    journal = MemoryJournal()
+    transport = ScriptedTransport(journal, {0: [bare], 1: [bare], 2: [lost]})
+    result = await engine_for(5, transport, journal, []).run()
+    assert result.failed_by_code == {failure_code(None, 400): 2, "answer unreadable": 1}
+    assert failure_code(None, 400) == "HTTP 400"
+
+
 async def test_an_unreachable_service_stops_the_run_with_units_pending() -> None:
     journal = MemoryJournal()
     refused = Outcome(Kind.RETRY, reason="could not connect (ClientConnectorError)")
