@@ -78,7 +78,7 @@ LOOKAHEAD_SHARE = 0.5
 """Workers beyond ``max_inflight``, as a share of it (at least one): see "Intents ahead"."""
 
 INTERRUPTED = Outcome(Kind.HELD, reason="interrupted mid-flight: unknown whether it ran")
-NOT_SENT = Outcome(Kind.RETRY, reason="stopped before sending")
+NOT_SENT = Outcome(Kind.NOT_SENT, reason="stopped before sending")
 _DONE = Kind.DONE  # asked once per request: a global is cheaper than the class's member
 
 

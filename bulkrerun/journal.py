@@ -52,7 +52,8 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
   chunk the journal already holds carry only ``chunk``, ``attempt`` and ``wall``.
 - ``outcome``: ``chunk``, ``attempt``, ``wall``, ``state`` (``done``, ``failed``, ``held``,
   ``retry``, ``pending``: the engine's decision), ``kind`` (the transport's
-  :class:`~bulkrerun.outcome.Kind`), then when known ``status``, ``error_code``,
+  :class:`~bulkrerun.outcome.Kind`; ``not_sent``: the run stopped before the request left,
+  and the intent does not count as an attempt), then when known ``status``, ``error_code``,
   ``error_msg``, ``request_id``, ``reason``, ``retry_after``, and ``ms`` (elapsed).
 - ``verify``: ``unit``, ``state`` (``null``: pending), ``evidence``, ``wall``.
 
@@ -141,7 +142,7 @@ a millisecond, so at thousands of requests per second nearly every intent would 
 commit of its own. Spacing commits lets each one carry every intent that arrived meanwhile;
 the added latency (at most 2 ms) is small next to a request's round trip, and a slow run
 never waits."""
-_NOT_SENT: Final = Outcome(Kind.RETRY, reason="not sent: interrupted before sending")
+_NOT_SENT: Final = Outcome(Kind.NOT_SENT, reason="not sent: interrupted before sending")
 
 # ,"crc":"xxxxxxxx"}\n  -- the fixed-size tail of every line.
 _CRC_TAIL: Final = 19
@@ -436,9 +437,14 @@ class _Replayer:
         offset: int,
         status: int | None,
         error_code: str | None,
+        sent: bool = True,
     ) -> None:
         st = self.state
         info = st.chunks.get(chunk_id)
+        if not sent:  # the intent's request never left (kind not_sent): no attempt
+            st.attempts -= 1
+            if info is not None:
+                info.attempts -= 1
         if info is not None:
             units = info.units
             info.state = state
@@ -664,6 +670,7 @@ def _apply_slow(rep: _Replayer, obj: Any, offset: int) -> None:
                 offset,
                 int(status) if keep and status is not None else None,
                 str(code) if keep and code is not None else None,
+                sent=obj.get("kind") != Kind.NOT_SENT,
             )
         elif kind == "verify":
             raw = obj["state"]
@@ -1502,7 +1509,7 @@ class Journal:
         rep = self._rep
         rep.state.records += 1
         if state == "failed" or state == "pending":  # kept for counting failures by code
-            rep.outcome(cid, state, wall, offset, status, o.error_code)
+            rep.outcome(cid, state, wall, offset, status, o.error_code, kind is not Kind.NOT_SENT)
         else:
             rep.outcome(cid, state, wall, offset, None, None)
 

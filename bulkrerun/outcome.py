@@ -13,6 +13,8 @@ kind          meaning
               sent twice runs twice.
 ``FATAL``     401/403: credentials or permissions are wrong. Not an outcome of the unit:
               the run aborts and the unit stays pending.
+``NOT_SENT``  the attempt's intent was durable, but the run stopped before the request
+              left. Recorded to close the intent; not counted as an attempt.
 ============  =========================================================================
 
 A ``FAILED`` answer that says the endpoint is wrong (see :func:`wrong_endpoint`) also
@@ -31,6 +33,7 @@ class Kind(StrEnum):
     RETRY = "retry"
     HELD = "held"
     FATAL = "fatal"
+    NOT_SENT = "not_sent"
 
 
 class Outcome(NamedTuple):

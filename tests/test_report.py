@@ -877,6 +877,35 @@ def test_a_verification_still_shows_after_an_attempt_that_was_not_sent(tmp_path:
     assert (row.verify_state, row.verify_evidence) == ("pending", "window: not rerun")
 
 
+def test_an_attempt_that_was_not_sent_is_not_counted_as_one(tmp_path: Path) -> None:
+    from bulkrerun.engine import NOT_SENT
+
+    sent, stopped = _window_chunk(0), _window_chunk(1)
+    states: list[tuple[int, int]] = []
+
+    async def script(j: Journal) -> None:
+        await j.intend(sent, 1, T0)
+        j.outcome(sent, 1, HELD, T0 + 1, "held")
+        await j.intend(sent, 1, T0 + 10)  # the next run: sent again, the service refused it
+        j.outcome(sent, 1, THROTTLED, T0 + 11, "retry")
+        await j.intend(sent, 2, T0 + 12)  # then the run stopped before this one left
+        j.outcome(sent, 2, NOT_SENT, T0 + 13, "pending")
+        await j.intend(stopped, 1, T0 + 12)
+        j.outcome(stopped, 1, NOT_SENT, T0 + 13, "pending")
+        live = j.state()
+        states.append((live.attempts, live.chunks[sent.id].attempts))
+
+    path = tmp_path / "j"
+    run_journal(path, script)
+    _, replayed = read_state(path)
+    states.append((replayed.attempts, replayed.chunks[sent.id].attempts))
+    assert states == [(2, 2), (2, 2)]  # as the journal ran, and read again
+    assert status(path).attempts == 2
+    rows = {row.chunk: row for row in report_rows(path)}
+    assert rows[sent.id].attempts == 2
+    assert rows[sent.id].current == "held"  # by the first send, which nothing answered
+
+
 def test_a_unit_two_manifests_plan_counts_once_and_each_names_what_only_it_plans(
     tmp_path: Path,
 ) -> None:
