@@ -523,16 +523,18 @@ def _project_id(settings: Any) -> str:
 
 def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
     from bulkrerun.settings import resolve_endpoint
-    from bulkrerun.transport import HttpTransport
+    from bulkrerun.transport import HttpTransport, proxy_from_environment
 
+    endpoint = endpoint or resolve_endpoint(settings)
     return HttpTransport(
-        endpoint=endpoint or resolve_endpoint(settings),
+        endpoint=endpoint,
         project_id=_project_id(settings),
         auth=_make_auth(settings),
         timeout=settings.timeout,
         max_inflight=settings.max_inflight,
         verify_tls=settings.verify_tls,
         ca_bundle=settings.ca_bundle,
+        proxy=proxy_from_environment(endpoint),
     )
 
 
@@ -618,6 +620,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 _warn(f"{len(counts.duplicates)} duplicate units in all")
             _print_overlaps(counts.overlaps, log=args.log_chunks)
             where = f"project {settings.project_id} at {endpoint}"
+            if transport.proxy is not None:
+                where += f" through {transport.proxy.shown} ({transport.proxy.variable})"
             _print_resume(args, counts, resumed=bool(state.runs), where=where)
             # Everything the run was told, for a review: what a "failed after 3 attempts" or
             # a watch that followed the reruns is explained by.
@@ -636,6 +640,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 "canary": args.canary,
                 "grace": args.grace,
                 "outage_stop": args.outage_stop,
+                "proxy": transport.proxy.shown if transport.proxy is not None else None,
                 "flags": [list(pair) for pair in args.flags],
                 "tool_version": bulkrerun.__version__,
                 "pid": os.getpid(),

@@ -40,12 +40,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 from urllib.parse import urlencode
+from urllib.request import getproxies_environment, proxy_bypass
 
 import aiohttp
 from yarl import URL
 
 from bulkrerun import signing
 from bulkrerun.chunk import Chunk
+from bulkrerun.errors import SettingsError
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import parse_retry_after
 from bulkrerun.planner import request_headers, request_path
@@ -216,6 +218,52 @@ def ssl_context(verify: bool, ca_bundle: Path | None) -> ssl.SSLContext | bool:
     return True
 
 
+_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """The HTTP proxy a run goes through. ``url`` may carry credentials (``user:pass@``):
+    show ``shown`` instead; ``variable`` is where it came from."""
+
+    url: str
+    variable: str
+
+    @property
+    def shown(self) -> str:
+        return str(URL(self.url).with_user(None))
+
+
+def proxy_from_environment(endpoint: str) -> Proxy | None:
+    """The proxy the environment names for ``endpoint``, as curl and the official SDK
+    (through ``requests``) read it: ``HTTPS_PROXY`` for an https endpoint, ``HTTP_PROXY``
+    for http, else ``ALL_PROXY`` (either case), unless ``NO_PROXY`` names the host. A
+    loopback endpoint (the fake service, a tunnel) never goes through one, as in Go's
+    standard library.
+
+    Written here rather than left to aiohttp's ``trust_env``: that looks the variables up
+    again on every request, and also sends ``~/.netrc`` credentials to the service as Basic
+    auth. Raises :class:`SettingsError` for a proxy aiohttp cannot use (``socks5://``).
+    """
+    url = URL(endpoint)
+    host = url.host
+    if host is None or host in _LOOPBACK or host.startswith("127."):
+        return None
+    proxies = getproxies_environment()
+    scheme = url.scheme if url.scheme in proxies else "all"
+    value = proxies.get(scheme)
+    if not value or proxy_bypass(host):  # NO_PROXY
+        return None
+    variable = f"{scheme.upper()}_PROXY"
+    shown = str(URL(value).with_user(None)) if "://" in value else value
+    if URL(value).scheme not in ("http", "https") or not URL(value).host:
+        raise SettingsError(
+            f"{variable}={shown}: not a proxy this tool can use; give an http:// or "
+            "https:// proxy, or add the endpoint's host to NO_PROXY"
+        )
+    return Proxy(value, variable)
+
+
 class HttpTransport:
     """One aiohttp session per run, its pool sized to the in-flight limit."""
 
@@ -229,9 +277,11 @@ class HttpTransport:
         max_inflight: int = 16,
         verify_tls: bool = True,
         ca_bundle: Path | None = None,
+        proxy: Proxy | None = None,
         wall: Any = time.time,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self.proxy = proxy
         self.project_id = project_id
         self.auth = auth
         self._secrets = auth.secrets()
@@ -262,6 +312,7 @@ class HttpTransport:
             # No cookies, no compression (see WIRE_HEADERS): the service answers tiny bodies.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
+            proxy=self.proxy.url if self.proxy is not None else None,
         )
         return self
 
