@@ -48,7 +48,14 @@ from bulkrerun.errors import (
     WrongEndpoint,
 )
 from bulkrerun.events import EventSink, Retrying, Settled, Stopping, ignore
-from bulkrerun.outcome import Kind, Outcome, failure_code, wrong_endpoint
+from bulkrerun.outcome import (
+    PROXY_AUTH_REQUIRED,
+    PROXY_REFUSED_STOP,
+    Kind,
+    Outcome,
+    failure_code,
+    wrong_endpoint,
+)
 from bulkrerun.pacing import Pacer, Slot
 from bulkrerun.text import duration
 from bulkrerun.transport import Transport
@@ -408,15 +415,16 @@ class Engine:
                 detail = " ".join(
                     str(x) for x in (outcome.status, outcome.error_code, outcome.error_msg) if x
                 )
-                self._fatal(
-                    AuthRefused(
+                if outcome.status == PROXY_AUTH_REQUIRED:
+                    message = PROXY_REFUSED_STOP
+                else:
+                    message = (
                         f"the service refused our credentials or permissions ({detail}); "
                         "nothing it refused was acted on. Fix the credentials "
                         "(BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN, and the project ID) "
                         "and run the same command again."
-                    ),
-                    "authentication or permission refused",
-                )
+                    )
+                self._fatal(AuthRefused(message), "authentication or permission refused")
             return "pending", 0.0
         # RETRY: not acted on. A stop leaves it pending; running out of attempts or of the
         # retry budget makes it failed (so --retry-failed sends it again later), unless it
@@ -428,7 +436,8 @@ class Engine:
                     Unreachable(
                         f"could not reach the service: {self._unreached} attempts failed to "
                         f"connect ({outcome.reason}) and none got an answer. Check "
-                        "BULKRERUN_ENDPOINT or BULKRERUN_REGION and the network; nothing was "
+                        "BULKRERUN_ENDPOINT or BULKRERUN_REGION, any proxy (HTTPS_PROXY, "
+                        "HTTP_PROXY, NO_PROXY) and the network; nothing was "
                         "sent, so the same command resumes once it is reachable. If the "
                         "endpoint itself was wrong, the journal is bound to it: run with the "
                         "right one and a new --journal path."

@@ -64,6 +64,16 @@ class Outcome(NamedTuple):
 
 DONE = Outcome(Kind.DONE, status=200, reason="accepted")
 
+# A proxy's 407 (to a request, or to CONNECT for an https endpoint) is FATAL too: nothing
+# reached the service, and every other request would meet the same.
+PROXY_AUTH_REQUIRED = 407
+PROXY_REFUSED = "the proxy refused its credentials (407)"
+PROXY_REFUSED_STOP = (
+    "the proxy refused the request (407): it wants credentials, or others than those in "
+    "HTTPS_PROXY/HTTP_PROXY (as http://user:password@host:port). Nothing reached the "
+    "service; fix the proxy setting and run the same command again."
+)
+
 
 def failure_code(error_code: str | None, status: int | None) -> str:
     """How a failed request is counted: its error code, else its HTTP status."""

@@ -58,7 +58,7 @@ from bulkrerun.clock import Clock
 from bulkrerun.errors import AuthRefused, BadInput, Fatal, ManifestError
 from bulkrerun.journal import Journal, JournalState, RunRecord
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS, Manifest, SelectEntry
-from bulkrerun.outcome import Kind, Outcome, wrong_endpoint
+from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED_STOP, Kind, Outcome, wrong_endpoint
 from bulkrerun.pacing import Pacer
 from bulkrerun.planner import SelectedInstance
 from bulkrerun.text import counted
@@ -382,6 +382,8 @@ class InstanceLister:
             sent_at = clock.now()
             self.gets += 1
             outcome, parsed = await self._transport.get_json(path, query, workspace)
+            if outcome.kind is Kind.FATAL and outcome.status == PROXY_AUTH_REQUIRED:
+                raise AuthRefused(PROXY_REFUSED_STOP)
             if outcome.kind is Kind.FATAL:
                 raise AuthRefused(
                     f"the service refused our credentials or permissions reading the instance "

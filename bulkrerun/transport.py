@@ -30,6 +30,7 @@ writing, broken response                           acted is unknown, and a rerun
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import ssl
 import time
@@ -40,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 from urllib.parse import urlencode
-from urllib.request import getproxies_environment, proxy_bypass
+from urllib.request import getproxies_environment
 
 import aiohttp
 from yarl import URL
@@ -48,7 +49,7 @@ from yarl import URL
 from bulkrerun import signing
 from bulkrerun.chunk import Chunk
 from bulkrerun.errors import SettingsError
-from bulkrerun.outcome import Kind, Outcome
+from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED, Kind, Outcome
 from bulkrerun.pacing import parse_retry_after
 from bulkrerun.planner import request_headers, request_path
 
@@ -131,6 +132,8 @@ def classify_status(
         reason = "throttled" if status == 429 else "service unavailable, not acted on"
     elif status in FATAL_STATUSES:
         kind, reason = Kind.FATAL, "authentication or permission refused"
+    elif status == PROXY_AUTH_REQUIRED:  # a proxy's answer, never the service's
+        kind, reason = Kind.FATAL, PROXY_REFUSED
     elif 400 <= status < 500:
         kind, reason = Kind.FAILED, "refused by the service"
     elif 300 <= status < 400:
@@ -158,6 +161,15 @@ def classify_exception(exc: BaseException) -> Outcome:
     """Pure: an aiohttp or OS error to an outcome. Errors that happen before the request can
     have been written are RETRY; every other one leaves the outcome unknown (HELD)."""
     name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return Outcome(Kind.RETRY, reason=f"could not connect to the proxy ({name})")
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        # The proxy's answer to CONNECT (an https endpoint): nothing reached the service.
+        if exc.status == PROXY_AUTH_REQUIRED:
+            return Outcome(Kind.FATAL, status=exc.status, reason=PROXY_REFUSED)
+        return Outcome(
+            Kind.RETRY, reason=f"the proxy did not connect to the service ({exc.status})"
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
         return Outcome(Kind.RETRY, reason=f"could not connect ({name})")
     if isinstance(exc, aiohttp.SocketTimeoutError | TimeoutError):
@@ -218,50 +230,102 @@ def ssl_context(verify: bool, ca_bundle: Path | None) -> ssl.SSLContext | bool:
     return True
 
 
-_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 @dataclass(frozen=True, slots=True)
 class Proxy:
     """The HTTP proxy a run goes through. ``url`` may carry credentials (``user:pass@``):
-    show ``shown`` instead; ``variable`` is where it came from."""
+    show ``shown``; ``variable`` is where it came from."""
 
-    url: str
+    url: URL = field(repr=False)
     variable: str
 
     @property
     def shown(self) -> str:
-        return str(URL(self.url).with_user(None))
+        return str(self.url.with_user(None))
 
 
 def proxy_from_environment(endpoint: str) -> Proxy | None:
     """The proxy the environment names for ``endpoint``, as curl and the official SDK
     (through ``requests``) read it: ``HTTPS_PROXY`` for an https endpoint, ``HTTP_PROXY``
-    for http, else ``ALL_PROXY`` (either case), unless ``NO_PROXY`` names the host. A
-    loopback endpoint (the fake service, a tunnel) never goes through one, as in Go's
-    standard library.
+    for http, else ``ALL_PROXY`` (either case; ``http://`` when it names no scheme), unless
+    ``NO_PROXY`` matches the endpoint (see :func:`_no_proxy_matches`). A loopback endpoint
+    (the fake service, a tunnel) never goes through one, as in Go's standard library.
 
     Written here rather than left to aiohttp's ``trust_env``: that looks the variables up
-    again on every request, and also sends ``~/.netrc`` credentials to the service as Basic
-    auth. Raises :class:`SettingsError` for a proxy aiohttp cannot use (``socks5://``).
+    again on every request, skips ``ALL_PROXY``, and sends ``~/.netrc`` credentials to the
+    service as Basic auth. Raises :class:`SettingsError` for a proxy aiohttp cannot use
+    (``socks5://``); the value is never shown with its credentials.
     """
     url = URL(endpoint)
     host = url.host
-    if host is None or host in _LOOPBACK or host.startswith("127."):
+    if host is None or _loopback(host):
         return None
-    proxies = getproxies_environment()
-    scheme = url.scheme if url.scheme in proxies else "all"
-    value = proxies.get(scheme)
-    if not value or proxy_bypass(host):  # NO_PROXY
+    proxies = getproxies_environment()  # lower case wins, as in requests and curl
+    scheme = url.scheme if proxies.get(url.scheme) else "all"
+    value = proxies.get(scheme, "").strip()
+    if not value or _no_proxy_matches(proxies.get("no", ""), host, url.port):
         return None
     variable = f"{scheme.upper()}_PROXY"
-    shown = str(URL(value).with_user(None)) if "://" in value else value
-    if URL(value).scheme not in ("http", "https") or not URL(value).host:
+    if "://" not in value:
+        value = "http://" + value
+    try:
+        proxy = URL(value)
+        usable = proxy.scheme in ("http", "https") and bool(proxy.host)
+    except ValueError:
+        proxy, usable = None, False
+    if proxy is None or not usable:
+        scheme_part, _, rest = value.partition("://")
+        shown = f"{scheme_part}://{rest.rpartition('@')[2]}"  # without user:password@
         raise SettingsError(
             f"{variable}={shown}: not a proxy this tool can use; give an http:// or "
-            "https:// proxy, or add the endpoint's host to NO_PROXY"
+            "https:// proxy (with any of : / ? # @ in its user or password percent-encoded), "
+            "or add the endpoint's host to NO_PROXY"
         )
-    return Proxy(value, variable)
+    return Proxy(proxy, variable)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _no_proxy_matches(no_proxy: str, host: str, port: int | None) -> bool:
+    """Whether ``NO_PROXY`` (comma- or space-separated) names ``host`` (and ``port``), in
+    the forms curl and requests take: ``*``; a name, matching it and its subdomains
+    (``example.com``, ``.example.com``, ``*.example.com``); an IP address or a CIDR block
+    (``10.0.0.0/8``, ``[2001:db8::1]``); any of them with ``:port``."""
+    host = host.lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.replace(" ", ",").lower().split(","):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry_port: str | None = None
+        if entry.startswith("["):  # [v6] or [v6]:port
+            entry, _, rest = entry[1:].partition("]")
+            entry_port = rest[1:] if rest.startswith(":") else None
+        elif entry.count(":") == 1:  # name:port or v4:port; a bare v6 has more colons
+            entry, entry_port = entry.split(":")
+        if entry_port and (not entry_port.isdigit() or int(entry_port) != port):
+            continue
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        name = entry.removeprefix("*").lstrip(".").rstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
 
 
 class HttpTransport:
@@ -282,6 +346,9 @@ class HttpTransport:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.proxy = proxy
+        # Given with each request (ClientSession takes a proxy of its own only since
+        # aiohttp 3.10), as a URL: a string would be parsed again every time.
+        self._proxy_url = proxy.url if proxy is not None else None
         self.project_id = project_id
         self.auth = auth
         self._secrets = auth.secrets()
@@ -312,7 +379,6 @@ class HttpTransport:
             # No cookies, no compression (see WIRE_HEADERS): the service answers tiny bodies.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            proxy=self.proxy.url if self.proxy is not None else None,
         )
         return self
 
@@ -383,7 +449,12 @@ class HttpTransport:
         parsed: Any = None
         try:
             async with self._session.request(
-                method, url, data=body, headers=headers, allow_redirects=False
+                method,
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                proxy=self._proxy_url,
             ) as resp:
                 status = resp.status
                 limit = MAX_LIST_BODY if want_body else MAX_ERROR_BODY
