@@ -1756,6 +1756,19 @@ def _signal_receiver() -> Iterator[Any]:
         _signals_interrupt()
 
 
+def _from_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` ended the command because of a signal: the KeyboardInterrupt, the
+    exit it became, or an error it caused."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt | SystemExit):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The CLI's entry point (the console script's is :func:`bulkrerun.__main__.main`). A
     Ctrl-C or SIGTERM outside a run's own handling (while a manifest is read, a journal
@@ -1767,10 +1780,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _interrupt.check()  # one that came during the imports
         app(args=args)
-    except BaseException:
-        # Whatever ended the command once a signal came is the signal's doing: raised in a
-        # class being made, a KeyboardInterrupt comes out as a RuntimeError.
-        if not _interrupt.fired:
+    except BaseException as exc:
+        # Raised in a class being made, a KeyboardInterrupt comes out as a RuntimeError
+        # caused by it. Any other error is the command's own, signal or not.
+        if not _interrupt.fired or not _from_interrupt(exc):
             raise
         err.print("[yellow]interrupted[/]: nothing is lost. Run the same command again to resume:")
         command = _interrupt.resume or shlex.join(["bulkrerun", *args])

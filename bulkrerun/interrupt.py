@@ -6,10 +6,15 @@ Standard library only: the entry point installs this before it imports the CLI.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from types import FrameType
 from typing import Any
+
+REDELIVER_AFTER = 0.01
+"""Seconds before a signal Python dropped in a ``__del__`` is sent again."""
 
 
 class Interrupt:
@@ -29,6 +34,7 @@ class Interrupt:
         # would repeat one-shot flags such as --resend-held.
         self.resume: str | None = None
         self._raising = False
+        self._previous_hook = sys.unraisablehook
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.fired = True
@@ -41,13 +47,24 @@ class Interrupt:
         self._raising = raising
         signal.signal(signal.SIGINT, self)
         signal.signal(signal.SIGTERM, self)
-        sys.unraisablehook = self._unraisable
+        if sys.unraisablehook != self._unraisable:
+            self._previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
 
     def _unraisable(self, unraisable: Any) -> None:
-        """Python's report of an exception it drops: not for the KeyboardInterrupt of a
-        signal, which :meth:`check` takes (the report was a traceback of a ``__del__``)."""
-        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
-            sys.__unraisablehook__(unraisable)
+        """Python's report of an exception it drops. The KeyboardInterrupt of a signal,
+        raised in a ``__del__``, is not reported (a traceback of the ``__del__``) but sent
+        again a moment later, from a thread: the handler then runs, and raises, in the code
+        the ``__del__`` interrupted. (Sent from here, it would raise in this hook, where
+        Python drops it too.)"""
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and self.fired:
+            again = threading.Timer(
+                REDELIVER_AFTER, os.kill, (os.getpid(), signal.Signals[self.signame])
+            )
+            again.daemon = True
+            again.start()
+        else:
+            self._previous_hook(unraisable)
 
     def check(self) -> None:
         """Raise KeyboardInterrupt if a signal came. Python prints and drops an exception

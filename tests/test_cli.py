@@ -549,3 +549,12 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
     assert (report["format"], report["rows"]) == ("csv", 0)
     assert (verify["exit_code"], verify["still_held"]) == (0, 0)
     assert all(r["timestamp"].endswith("Z") for r in records)
+
+
+def test_only_what_a_signal_caused_ends_as_interrupted() -> None:
+    from bulkrerun.cli import _from_interrupt
+
+    made = RuntimeError("Error calling __set_name__")
+    made.__cause__ = KeyboardInterrupt()
+    assert _from_interrupt(made) and _from_interrupt(SystemExit(130))
+    assert not _from_interrupt(ValueError("a defect of the command's own"))

@@ -400,6 +400,14 @@ def hook():
 _SIGNAL_SCRIPT = """
 import os, signal, sys
 {hook}
+{at}
+sys.argv = ["bulkrerun", *{argv!r}]
+from bulkrerun.__main__ import main
+main()
+"""
+# When the hook runs: as a module is first imported, or once the run has recorded itself
+# (past the check before it records anything), the moment before the engine starts.
+_SIGNAL_WHEN = """
 class Finder:
     def find_spec(self, name, path, target=None):
         if name == {module!r}:
@@ -407,24 +415,35 @@ class Finder:
             hook()
         return None
 sys.meta_path.insert(0, Finder())
-sys.argv = ["bulkrerun", *{argv!r}]
-from bulkrerun.__main__ import main
-main()
+"""
+_SIGNAL_AFTER_BEGIN_RUN = """
+from bulkrerun.journal import Journal
+begin_run = Journal.begin_run
+def begun(self, *args, **kwargs):
+    begin_run(self, *args, **kwargs)
+    hook()
+Journal.begin_run = begun
 """
 
 
 @pytest.mark.parametrize(
     ("where", "module"),
-    [("import", "typer"), ("__del__", "bulkrerun.engine"), ("__set_name__", "bulkrerun.engine")],
+    [
+        ("import", "typer"),
+        ("__del__", "bulkrerun.engine"),
+        ("__set_name__", "bulkrerun.engine"),
+        ("__del__", None),  # after the run recorded itself
+    ],
 )
 def test_a_signal_where_python_cannot_raise_it_still_stops_the_command_with_130(
-    cli: Cli, fake_service: type[Service], tmp_path: Path, where: str, module: str
+    cli: Cli, fake_service: type[Service], tmp_path: Path, where: str, module: str | None
 ) -> None:
     srv = fake_service()
     m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "10m"))
     j = tmp_path / "j"
     argv = ["run", str(m), "--journal", str(j)]
-    script = _SIGNAL_SCRIPT.format(hook=_SIGNAL_AT[where], module=module, argv=argv)
+    at = _SIGNAL_WHEN.format(module=module) if module else _SIGNAL_AFTER_BEGIN_RUN
+    script = _SIGNAL_SCRIPT.format(hook=_SIGNAL_AT[where], at=at, argv=argv)
     out = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
