@@ -300,6 +300,7 @@ class JournalState:
     # count (their units and chunks are not in ``units`` and ``chunks``).
     untracked_units: Counter[UnitState] = field(default_factory=Counter)
     untracked_requests: int = 0
+    never_sent: int = 0  # chunks whose every intent was closed not sent (kind not_sent)
     untracked_failed: Counter[str] = field(default_factory=Counter)  # failed units by code
     # Requests (chunk ids) with sends whose outcome is unknown, and how many: a held outcome,
     # or an intent a later intent of the same request followed without an outcome between.
@@ -316,8 +317,9 @@ class JournalState:
 
     @property
     def requests(self) -> int:
-        """Distinct requests (chunks) the journal records."""
-        return len(self.chunks) + self.untracked_requests
+        """Distinct requests (chunks) the journal records as sent at least once (or
+        perhaps sent: an intent without an outcome)."""
+        return len(self.chunks) + self.untracked_requests - self.never_sent
 
     def failed_by_code(self) -> dict[str, int]:
         """Failed units by the error code of the request that failed them last
@@ -397,6 +399,8 @@ class _Replayer:
                 st.unknown_sends[chunk_id] = st.unknown_sends.get(chunk_id, 0) + 1
             info.state = None
             info.last_wall = wall
+            if info.attempts == 0:  # tried before, never sent
+                st.never_sent -= 1
             info.attempts += 1
             info.run = len(st.runs)
             units = info.units
@@ -445,6 +449,8 @@ class _Replayer:
             st.attempts -= 1
             if info is not None:
                 info.attempts -= 1
+                if info.attempts == 0:
+                    st.never_sent += 1
         if info is not None:
             units = info.units
             info.state = state

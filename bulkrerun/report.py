@@ -804,8 +804,9 @@ class ReportRow:
     outcome is unknown (held, or no outcome recorded), the last one included: each may have
     been acted on, so a request ``done`` with 2 of them may have run up to three times (a
     verification may since have found one was not acted on). ``run`` is the number of the
-    run that made its last attempt (as ``status`` counts runs): the journal's record of that
-    run names its manifest, its flags and when it started.
+    run that made its last attempt, or last stopped before sending one (as ``status``
+    counts runs): the journal's record of that run names its manifest, its flags and when
+    it started.
     """
 
     chunk: str

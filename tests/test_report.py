@@ -901,6 +901,7 @@ def test_an_attempt_that_was_not_sent_is_not_counted_as_one(tmp_path: Path) -> N
     states.append((replayed.attempts, replayed.chunks[sent.id].attempts))
     assert states == [(2, 2), (2, 2)]  # as the journal ran, and read again
     assert status(path).attempts == 2
+    assert status(path).requests == 1  # the other one never left
     rows = {row.chunk: row for row in report_rows(path)}
     assert rows[sent.id].attempts == 2
     assert rows[sent.id].current == "held"  # by the first send, which nothing answered
