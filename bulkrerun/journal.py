@@ -442,7 +442,11 @@ class _Replayer:
         status: int | None,
         error_code: str | None,
         sent: bool = True,
+        first: bool = False,
     ) -> None:
+        """``sent``: False for an outcome of kind ``not_sent``; ``first``: the outcome is of
+        its run's first attempt at the chunk (how an untracked chunk, which keeps no
+        count of attempts, is known never to have been sent)."""
         st = self.state
         info = st.chunks.get(chunk_id)
         if not sent:  # the intent's request never left (kind not_sent): no attempt
@@ -451,6 +455,8 @@ class _Replayer:
                 info.attempts -= 1
                 if info.attempts == 0:
                     st.never_sent += 1
+            elif first and chunk_id in self._live:  # new in this run, and never sent
+                st.never_sent += 1
         if info is not None:
             units = info.units
             info.state = state
@@ -1515,7 +1521,8 @@ class Journal:
         rep = self._rep
         rep.state.records += 1
         if state == "failed" or state == "pending":  # kept for counting failures by code
-            rep.outcome(cid, state, wall, offset, status, o.error_code, kind is not Kind.NOT_SENT)
+            sent = kind is not Kind.NOT_SENT
+            rep.outcome(cid, state, wall, offset, status, o.error_code, sent, attempt == 1)
         else:
             rep.outcome(cid, state, wall, offset, None, None)
 

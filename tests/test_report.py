@@ -907,6 +907,30 @@ def test_an_attempt_that_was_not_sent_is_not_counted_as_one(tmp_path: Path) -> N
     assert rows[sent.id].current == "held"  # by the first send, which nothing answered
 
 
+def test_a_run_without_live_details_does_not_count_a_request_that_never_left(
+    tmp_path: Path,
+) -> None:
+    # As a run keeps its journal: the requests it adds are only counted, not described.
+    from bulkrerun.engine import NOT_SENT
+
+    sent, stopped = _window_chunk(0), _window_chunk(1)
+    seen: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        path = tmp_path / "j"
+        with Journal.open(path, BINDING, tool_version="0.1.0", live_details=False) as j:
+            await j.intend(sent, 1, T0)
+            j.outcome(sent, 1, ACCEPTED, T0 + 1, "done")
+            await j.intend(stopped, 1, T0 + 2)
+            j.outcome(stopped, 1, NOT_SENT, T0 + 3, "pending")
+            await j.flush()
+            seen.append((j.state().requests, j.state().attempts))
+
+    anyio.run(main)
+    assert seen == [(1, 1)]
+    assert (status(tmp_path / "j").requests, status(tmp_path / "j").attempts) == (1, 1)
+
+
 def test_a_unit_two_manifests_plan_counts_once_and_each_names_what_only_it_plans(
     tmp_path: Path,
 ) -> None:
