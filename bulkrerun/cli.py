@@ -1757,13 +1757,14 @@ def _signal_receiver() -> Iterator[Any]:
 
 
 def _from_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` ended the command because of a signal: the KeyboardInterrupt, the
-    exit it became, or an error it caused."""
+    """Whether ``exc`` ended the command because of a signal: the KeyboardInterrupt, or
+    what was raised from it (typer's exit 130, a RuntimeError of a class being made). An
+    exit the command chose (bad input, a stop it reported itself) is its own."""
     seen: BaseException | None = exc
-    for _ in range(5):
+    for _ in range(6):
         if seen is None:
             return False
-        if isinstance(seen, KeyboardInterrupt | SystemExit):
+        if isinstance(seen, KeyboardInterrupt):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

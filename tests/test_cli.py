@@ -556,5 +556,8 @@ def test_only_what_a_signal_caused_ends_as_interrupted() -> None:
 
     made = RuntimeError("Error calling __set_name__")
     made.__cause__ = KeyboardInterrupt()
-    assert _from_interrupt(made) and _from_interrupt(SystemExit(130))
+    exit_130 = SystemExit(130)
+    exit_130.__context__ = KeyboardInterrupt()
+    assert _from_interrupt(made) and _from_interrupt(exit_130)
     assert not _from_interrupt(ValueError("a defect of the command's own"))
+    assert not _from_interrupt(SystemExit(2))  # bad input, said by the command itself
