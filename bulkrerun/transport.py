@@ -269,7 +269,15 @@ def proxy_from_environment(endpoint: str) -> Proxy | None:
         value = "http://" + value
     try:
         proxy = URL(value)
-        usable = proxy.scheme in ("http", "https") and bool(proxy.host)
+        # Nothing after host:port: a path, query or fragment here is a password with an
+        # unencoded / ? or #, which would be cut there (and shown).
+        usable = (
+            proxy.scheme in ("http", "https")
+            and bool(proxy.host)
+            and proxy.path in ("", "/")
+            and not proxy.query_string
+            and not proxy.fragment
+        )
     except ValueError:
         proxy, usable = None, False
     if proxy is None or not usable:
@@ -302,7 +310,7 @@ def _no_proxy_matches(no_proxy: str, host: str, port: int | None) -> bool:
         address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    for entry in no_proxy.replace(" ", ",").lower().split(","):
+    for entry in no_proxy.replace(",", " ").lower().split():
         if not entry:
             continue
         if entry == "*":

@@ -79,6 +79,7 @@ def test_no_proxy_and_loopback_go_direct(proxy_env: pytest.MonkeyPatch) -> None:
         ("example.com", "https://dlf.example.com", True),
         ("example.com", "https://badexample.com", False),
         ("other.com dlf.internal", "https://dlf.internal", True),
+        ("other.com,\tdlf.internal", "https://dlf.internal", True),
         ("*", "https://anything.example", True),
     ],
 )
@@ -95,7 +96,14 @@ def test_no_proxy_variable_no_proxy(proxy_env: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["socks5://ops:hunter2@proxy.corp:1080", "http://ops:hun#ter2@proxy.corp:3128"]
+    "value",
+    [
+        "socks5://ops:hunter2@proxy.corp:1080",
+        "http://ops:hun#ter2@proxy.corp:3128",
+        "http://ops:8080#ter2@proxy.corp:3128",  # parses, with the rest as a fragment
+        "http://ops:12/ter2@proxy.corp:3128",  # parses, with the rest as a path
+        "http://ops:12?ter2@proxy.corp:3128",
+    ],
 )
 def test_a_proxy_value_it_cannot_use_is_refused_without_its_password(
     proxy_env: pytest.MonkeyPatch, value: str
