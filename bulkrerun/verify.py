@@ -106,14 +106,15 @@ CLUSTER_GAP_MS = 6 * 3_600_000
 rather than one query each: held units come from one incident, a few hours wide."""
 
 ACTIVE_STATUSES = frozenset({"waiting", "running"})
-"""Statuses of a run that is not over. Every other status is final for watching: ``pause``
-and ``freeze`` do not move on by themselves either."""
+"""Statuses of a run that is not over. Every other status the API defines is final for
+watching: ``pause`` and ``freeze`` do not move on by themselves either."""
 
 FAILED_STATUSES = frozenset({"fail", "running-exception"})
 
 ENDED_STATUSES = frozenset(INSTANCE_STATUSES) - ACTIVE_STATUSES
 """Statuses of a run that is over, as the API defines them. A status it does not define
-("queued", say) is not taken for one: a unit is made pending only on a run known to be over."""
+("queued", say) is not taken for one: a unit is made pending only on a run known to be over,
+and the watch follows such a run on until it shows an ended status or the watch times out."""
 
 LIST_NOTICE_AFTER_S = 60.0
 """How long the instance list may fail, attempt after attempt, before the watch says so (s).
@@ -576,8 +577,9 @@ def _verdict(target: Target, listing: _Listing) -> Verdict:
 @dataclass
 class WatchSummary:
     """Statuses per job of the rerun instances watched. ``jobs[job]`` counts the final
-    statuses seen, plus ``waiting``/``running`` and ``not yet listed`` for those that did not
-    finish before the timeout (``timed_out``)."""
+    statuses seen, plus the last status seen (``waiting``, ``running``, one the API does not
+    define) or ``not yet listed`` for those that did not finish before the timeout
+    (``timed_out``)."""
 
     jobs: dict[str, Counter[str]] = field(default_factory=dict)
     timed_out: bool = False
@@ -599,7 +601,7 @@ class WatchSummary:
 
     @property
     def unfinished(self) -> int:
-        return self.total((*ACTIVE_STATUSES, NOT_LISTED))
+        return sum(_unfinished(c) for c in self.jobs.values())
 
     def __str__(self) -> str:
         n = self.total()
@@ -610,13 +612,31 @@ class WatchSummary:
         if other:
             text += f", {other:,} ended otherwise"
         if self.unfinished:
-            text += f", {self.unfinished:,} not finished"
+            text += f", {self.unfinished:,} " + (
+                _undefined_share(odd) if (odd := _undefined(self)) else "not finished"
+            )
             if self.timed_out:
                 text += " when the watch timed out"
         return text + "."
 
 
 NOT_LISTED = "not yet listed"
+
+
+def _undefined(s: WatchSummary) -> int:
+    """How many instances last showed a status the API does not define."""
+    known = ENDED_STATUSES | ACTIVE_STATUSES | {NOT_LISTED}
+    return sum(n for c in s.jobs.values() for st, n in c.items() if st not in known)
+
+
+def _undefined_share(n: int) -> str:
+    return f"not finished ({n:,} in a status the API does not define)"
+
+
+def _unfinished(statuses: Counter[str]) -> int:
+    """How many of one job's instances have not shown an ended status: ``not yet listed``,
+    ``waiting``, ``running``, or a status the API does not define."""
+    return sum(n for s, n in statuses.items() if s not in ENDED_STATUSES)
 
 
 @dataclass(slots=True)
@@ -684,7 +704,7 @@ class _Watcher:
             if item.final or not _after(i, item.since_ms, item.original_submit):
                 continue  # our rerun does not show yet
             item.status = i.status
-            if i.status not in ACTIVE_STATUSES:
+            if i.status in ENDED_STATUSES:
                 item.final = True
                 newly.append(
                     WatchRecord(
@@ -912,7 +932,12 @@ def _progress(s: WatchSummary) -> str:
     final = n - s.unfinished
     return (
         f"watch: {final:,} of {n:,} rerun instances finished ({s.succeeded:,} succeeded, "
-        f"{s.failed:,} failed), {s.unfinished:,} waiting, running or not yet listed"
+        f"{s.failed:,} failed), {s.unfinished:,} "
+        + (
+            _undefined_share(odd)
+            if (odd := _undefined(s))
+            else "waiting, running or not yet listed"
+        )
     )
 
 
@@ -925,7 +950,7 @@ def _table(s: WatchSummary) -> Table:
         n = sum(c.values())
         ok = c["success"]
         failed = sum(c[x] for x in FAILED_STATUSES)
-        unfinished = sum(c[x] for x in (*ACTIVE_STATUSES, NOT_LISTED))
+        unfinished = _unfinished(c)
         other = n - ok - failed - unfinished
         table.add_row(
             escape(job), f"{n:,}", f"{ok:,}", f"{failed:,}", f"{other:,}", f"{unfinished:,}"

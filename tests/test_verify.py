@@ -515,6 +515,56 @@ async def test_watch_gives_up_at_the_timeout_and_says_what_is_unfinished(tmp_pat
     assert read_watch(w.journal_path) == {}
 
 
+class Renamed:
+    """The transport, with the instance list showing ``running`` as ``queued``: a status
+    the API does not define."""
+
+    def __init__(self, transport: HttpTransport) -> None:
+        self._transport = transport
+        self.project_id = transport.project_id
+
+    async def get_json(
+        self, path: str, query: Mapping[str, str | int], workspace: str
+    ) -> tuple[Outcome, Any]:
+        outcome, parsed = await self._transport.get_json(path, query, workspace)
+        for i in parsed.get("instances") or () if isinstance(parsed, dict) else ():
+            if i.get("status") == "running":
+                i["status"] = "queued"
+        return outcome, parsed
+
+
+async def test_watch_follows_a_status_the_api_does_not_define_until_the_timeout(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path, catalog=catalog(running_s=10_000.0)) as w:
+        await send_all(w)
+        con, out = console()
+        with w.open_journal() as journal:
+            summary = await watch(
+                journal,
+                Renamed(w.transport),
+                pacer=w.pacer,
+                clock=w.clock,
+                console=con,
+                poll=5.0,
+                timeout=30.0,
+            )
+    # Not taken for an ended run: followed to the timeout, counted as not finished, and
+    # nothing recorded as final.
+    assert summary.timed_out
+    assert summary.jobs["ods_users"] == {"queued": 10}
+    assert summary.unfinished == SELECTED + WINDOW_INSTANCES
+    queued = sum(c["queued"] for c in summary.jobs.values())
+    assert queued > 50
+    text = " ".join(out.getvalue().split())  # the console wraps long lines
+    assert "ended otherwise" not in text
+    assert (
+        f"92 not finished ({queued} in a status the API does not define) when the watch "
+        "timed out." in text
+    )
+    assert read_watch(w.journal_path) == {}
+
+
 async def test_watch_without_done_units_says_so(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         con, out = console()
