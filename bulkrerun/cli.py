@@ -128,7 +128,11 @@ class _Redact:
     KEYS = frozenset({"authorization", "x-auth-token", "x-security-token", "sk", "token"})
 
     def __init__(self, secrets: Sequence[str]) -> None:
+        from bulkrerun.signing import mask_fragments, secret_windows  # not at start-up
+
         self.secrets = [s for s in secrets if s]
+        self._windows = secret_windows(self.secrets)
+        self._mask_fragments = mask_fragments
 
     def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
         for key in list(event):
@@ -138,7 +142,7 @@ class _Redact:
                 value = event[key]
                 for secret in self.secrets:
                     value = value.replace(secret, "[redacted]")
-                event[key] = value
+                event[key] = self._mask_fragments(value, self._windows)
         return event
 
 

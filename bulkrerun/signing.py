@@ -461,13 +461,58 @@ def scrub(message: str, secrets: Iterable[str]) -> str:
     A gateway error message may echo the canonical request, whose signed ``x-security-token``
     line carries the temporary credentials' token; ``x-auth-token`` and ``authorization``
     values are masked the same way, also where a message prints headers as a JSON object or
-    a Python dict (``{"X-Auth-Token": "***", ...}``: the rest is kept). Use it on every message
-    from the service before it is logged, journaled or shown.
+    a Python dict (``{"X-Auth-Token": "***", ...}``: the rest is kept). A part of a secret is
+    masked too (see :func:`mask_fragments`): a server that refuses an oversized header echoes
+    what it read of it, cut short. Use it on every message from the service before it is
+    logged, journaled or shown.
     """
     # Longest first, so that a secret containing another is removed whole.
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         message = message.replace(secret, _MASK)
+    message = mask_fragments(message, secret_windows(secrets))
     return _SECRET_LINE_RE.sub(_mask_value, message)
+
+
+FRAGMENT = 8
+"""The shortest run of a secret's characters :func:`mask_fragments` masks."""
+
+
+def secret_windows(secrets: Iterable[str]) -> frozenset[str]:
+    """Every run of :data:`FRAGMENT` characters of the secrets, for :func:`mask_fragments`."""
+    return _windows(tuple(sorted({s for s in secrets if len(s) >= FRAGMENT})))
+
+
+@lru_cache(maxsize=8)
+def _windows(secrets: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(s[k : k + FRAGMENT] for s in secrets for k in range(len(s) - FRAGMENT + 1))
+
+
+def mask_fragments(text: str, windows: frozenset[str]) -> str:
+    """``text`` with every run of :data:`FRAGMENT` or more characters taken from a secret
+    masked: a prefix cut off where a message was truncated, a part between escapes, a tail.
+    ``windows``: :func:`secret_windows` of the secrets.
+
+    Each window of ``FRAGMENT`` characters is looked up among the secrets' windows, then the
+    run is grown while its windows are a secret's too. Eight characters of a key or token
+    are 48 bits of it and do not occur in a message by chance; over-masking text that
+    happens to share them is preferred to leaking a token's first hundred characters.
+    """
+    if not windows or len(text) < FRAGMENT:
+        return text
+    out: list[str] = []
+    start = i = 0
+    last = len(text) - FRAGMENT
+    while i <= last:
+        if text[i : i + FRAGMENT] not in windows:
+            i += 1
+            continue
+        end = i + FRAGMENT
+        while end < len(text) and text[end - FRAGMENT + 1 : end + 1] in windows:
+            end += 1
+        out += (text[start:i], _MASK)
+        start = i = end
+    out.append(text[start:])
+    return "".join(out)
 
 
 def _mask_value(match: re.Match[str]) -> str:

@@ -42,10 +42,12 @@ from bulkrerun.signing import (
     canonical_query,
     canonical_request,
     canonical_uri,
+    mask_fragments,
     prepare,
     request_target,
     scrub,
     sdk_date,
+    secret_windows,
     sign,
     sign_prepared,
     verify,
@@ -671,6 +673,41 @@ def test_scrub_keeps_harmless_text() -> None:
     assert scrub("host:h\nx-sdk-date:1", ["absent"]) == "host:h\nx-sdk-date:1"
     # Longest secret first: a secret containing another is removed whole.
     assert scrub("abcdef", ["abc", "abcdef"]) == "***"
+
+
+LONG_TOKEN = "MIIEXAYJKoZIhvcNAQcCoIIETTCCBEkCAQExDTALBglghkgBZQMEAgEw" * 4
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        # A server that refuses an oversized header echoes what it read of it, cut short.
+        (f"Got more than 8190 bytes when reading: b'{LONG_TOKEN[:100]}...'", "8190 bytes"),
+        # A part from the middle, between escapes, and a tail.
+        (f"header x\x00{LONG_TOKEN[37:60]}\x01 y", "header x"),
+        (f"ends with {SK[-12:]}", "ends with"),
+        (f"{TOKEN[:9]} at the start", "at the start"),
+    ],
+)
+def test_scrub_masks_a_part_of_a_secret(message: str, kept: str) -> None:
+    clean = scrub(message, [SK, LONG_TOKEN, TOKEN])
+    assert kept in clean
+    assert "***" in clean
+    for secret in (SK, LONG_TOKEN, TOKEN):
+        windows = {secret[k : k + 8] for k in range(len(secret) - 7)}
+        assert not any(clean[k : k + 8] in windows for k in range(len(clean) - 7)), clean
+
+
+def test_mask_fragments_keeps_what_is_shorter_than_a_fragment() -> None:
+    # Seven characters of a secret are kept: ordinary text shares that much by chance.
+    sk = secret_windows([SK])
+    assert mask_fragments(f"x {SK[:7]} y", sk) == f"x {SK[:7]} y"
+    assert mask_fragments(f"x {SK[:8]} y", sk) == "x *** y"
+    # Secrets shorter than a fragment are masked only whole (by scrub), not in parts.
+    assert mask_fragments("abcdefgh", secret_windows(["abc"])) == "abcdefgh"
+    # Two parts of secrets with ordinary text between stay two masks.
+    both = secret_windows([SK, TOKEN])
+    assert mask_fragments(f"{SK[:10]} and {TOKEN[5:20]}", both) == "*** and ***"
 
 
 def test_empty_sha256_constant() -> None:
