@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import errno
 import gc
+import io
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from bulkrerun.errors import (
     WrongEndpoint,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
+from bulkrerun.interrupt import STOP_SIGNALS
 from bulkrerun.interrupt import interrupt as _interrupt
 from bulkrerun.text import counted, duration, run_command
 
@@ -72,12 +74,42 @@ class _Console(Console):
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
-def _console(stream: Any, **kw: Any) -> Console:
+class _Diagnostics(_Console):
+    """The stderr console: progress, notes, warnings, stops. When stderr cannot be written
+    (its reader went away, ``run ... 2>&1 | head``; the terminal hung up; a full disk under
+    ``2> run.txt``), the command goes on without them rather than die mid-run with exit 1 and
+    half its work undone: the journal records what a run does, and ``status`` shows it.
+    What was lost is said in the log file, when there is one."""
+
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except OSError as exc:
+            self._lost(exc)
+
+    def on_broken_pipe(self) -> None:
+        self._lost(BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)))
+
+    def _lost(self, exc: OSError) -> None:
+        self.quiet = True
+        del self._buffer[:]
+        # Python's own writes (a log handler's, the last flush at exit) go nowhere too.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        _log_command(
+            "warning",
+            message=f"stderr cannot be written ({exc.strerror or exc}): going on without "
+            "progress and messages",
+        )
+
+
+def _console(stream: Any, *, stderr: bool = False) -> Console:
     """Rich consoles. Piped into a file or a CI log, tables are 160 columns, not rich's 80, so
     that ids and times stay readable, and a message is never broken across lines: one problem
     is one line for grep."""
     tty = stream.isatty()
-    return _Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, **kw)
+    kind = _Diagnostics if stderr else _Console
+    return kind(highlight=False, width=None if tty else 160, soft_wrap=not tty, stderr=stderr)
 
 
 out = _console(sys.stdout)
@@ -156,6 +188,34 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """``--log-file``'s handler. A write that fails (a full disk) said so with a traceback
+    per record, thousands of them over the progress, and the run ended 0 with its log cut
+    short unnoticed: it now says so once, and logs nothing more to that file."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        exc = sys.exc_info()[1]
+        if self.broken or not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self.broken = True
+        with contextlib.suppress(OSError, ValueError):
+            self.close()
+        err.print(
+            f"warning: cannot write the log file {self.baseFilename} "
+            f"({exc.strerror or exc}): nothing more is logged to it. The journal records "
+            "the run as before.",
+            style="yellow",
+            markup=False,
+        )
+
+
 def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[str] = ()) -> bool:
     """Logs go to stderr (warnings, or everything with -v) and, with --log-file, as JSON lines
     to that file. Returns whether per-chunk logging is wanted (it costs time on big runs).
@@ -199,7 +259,7 @@ def configure_logging(verbose: bool, log_file: Path | None, secrets: Sequence[st
             # endpoint (logging would make it with the umask's mode). One made before keeps
             # its own.
             os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-            handler = logging.FileHandler(log_file, encoding="utf-8")
+            handler = _LogFileHandler(log_file, encoding="utf-8")
         except OSError as exc:  # a missing folder, a directory, no permission
             raise _fail(
                 SettingsError(f"--log-file {log_file}: cannot write to it ({exc.strerror})")
@@ -717,7 +777,10 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                                 name = signal.Signals(signum).name
                                 interrupted = True
                                 engine.stop(
-                                    f"{name}: finishing requests in flight (again to stop at once)",
+                                    f"{name} again: abandoning requests in flight"
+                                    if engine.stopping
+                                    else f"{name}: finishing requests in flight (again to stop "
+                                    "at once)",
                                     hard=engine.stopping,
                                 )
 
@@ -1372,6 +1435,9 @@ def report(
     if fmt not in ("table", "csv", "json", "manifest"):
         raise _fail(SettingsError(f"--format {fmt}: must be table, csv, json or manifest"))
     rows = None  # not known when the reader went away (`| head`)
+    if fmt != "table" and isinstance(sys.stdout, io.TextIOWrapper):
+        # For programs, in the journal's own encoding, whatever the locale's (LC_ALL=C).
+        sys.stdout.reconfigure(encoding="utf-8", errors="strict")
     try:
         with _writing_stdout():
             rows = write_report(journal, fmt, sys.stdout, out)  # type: ignore[arg-type]
@@ -1748,13 +1814,13 @@ def _signals_interrupt() -> None:
 
 @contextlib.contextmanager
 def _signal_receiver() -> Iterator[Any]:
-    """anyio's receiver of SIGINT and SIGTERM on the event loop; on the way out, straight
+    """anyio's receiver of the stop signals on the event loop; on the way out, straight
     back to :func:`_signals_interrupt`. Removing the receiver resets the handlers, SIGTERM's
     to the default, which kills: a SIGTERM while the run's display and task group closed
     after it ended the process with 143 and no resume command. What is left is the instant
     between two calls, with no await between them."""
     try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+        with anyio.open_signal_receiver(*STOP_SIGNALS) as sigs:
             yield sigs
     finally:
         _signals_interrupt()

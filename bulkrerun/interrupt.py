@@ -1,5 +1,5 @@
-"""SIGINT and SIGTERM outside a run's engine (which takes them itself, to finish the
-requests in flight first): both end the command with 130 and the command that resumes.
+"""SIGINT, SIGTERM and SIGHUP outside a run's engine (which takes them itself, to finish
+the requests in flight first): each ends the command with 130 and the command that resumes.
 
 Standard library only: the entry point installs this before it imports the CLI.
 """
@@ -13,12 +13,17 @@ import threading
 from types import FrameType
 from typing import Any
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a command gracefully. SIGHUP is the terminal going away (an ssh
+session dropped, a window closed): by default it killed a run mid-request, leaving units
+held that were never sent; it stops the run like SIGTERM now, and the same command resumes."""
+
 REDELIVER_AFTER = 0.01
 """Seconds before a signal Python dropped in a ``__del__`` is sent again."""
 
 
 class Interrupt:
-    """The handler of SIGINT and SIGTERM: remembers that a signal came and, once the CLI is
+    """The handler of the :data:`STOP_SIGNALS`: remembers that a signal came and, once the CLI is
     imported, raises KeyboardInterrupt (typer turns it into a silent exit 130).
 
     While the CLI's modules are imported the handler only remembers: a KeyboardInterrupt
@@ -43,10 +48,10 @@ class Interrupt:
             raise KeyboardInterrupt
 
     def install(self, *, raising: bool = True) -> None:
-        """Take SIGINT and SIGTERM from now on; ``raising=False`` only remembers them."""
+        """Take the :data:`STOP_SIGNALS` from now on; ``raising=False`` only remembers them."""
         self._raising = raising
-        signal.signal(signal.SIGINT, self)
-        signal.signal(signal.SIGTERM, self)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self)
         if sys.unraisablehook != self._unraisable:
             self._previous_hook = sys.unraisablehook
             sys.unraisablehook = self._unraisable

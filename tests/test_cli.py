@@ -439,15 +439,17 @@ async def test_the_signal_receivers_hand_sigterm_back_the_moment_they_close() ->
 
     import bulkrerun.cli as cli_module
 
-    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = [signal.getsignal(s) for s in stops]
     try:
         with cli_module._signal_receiver():
-            assert signal.getsignal(signal.SIGTERM) is not cli_module._interrupt  # anyio's
-        assert signal.getsignal(signal.SIGTERM) is cli_module._interrupt
-        assert signal.getsignal(signal.SIGINT) is cli_module._interrupt
+            for s in stops:
+                assert signal.getsignal(s) is not cli_module._interrupt  # anyio's
+        for s in stops:
+            assert signal.getsignal(s) is cli_module._interrupt
     finally:
-        signal.signal(signal.SIGINT, saved[0])
-        signal.signal(signal.SIGTERM, saved[1])
+        for s, handler in zip(stops, saved, strict=True):
+            signal.signal(s, handler)
 
 
 def test_a_notice_goes_to_stderr_and_to_the_log_only_when_there_is_one(

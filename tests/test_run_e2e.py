@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
 import shlex
 import signal
@@ -295,8 +296,11 @@ def test_status_steps_carry_the_flags_the_last_run_was_given(
     assert "3 stay held (no instances in window: 3" in out.stdout, out.stdout + out.stderr
 
 
-def test_sigint_stops_cleanly_exit_130_and_resume_completes(
-    cli: Cli, fake_service: type[Service], tmp_path: Path
+# SIGHUP: the terminal went away (an ssh session dropped). By default it killed the run
+# (129) mid-request, leaving units held that were never sent.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_a_signal_stops_cleanly_exit_130_and_resume_completes(
+    cli: Cli, fake_service: type[Service], tmp_path: Path, sig: signal.Signals
 ) -> None:
     srv = fake_service("--latency-ms", "50")
     m = write_manifest(
@@ -319,10 +323,11 @@ chunk = "1m"
     deadline = time.monotonic() + 30
     while len(srv.ledger()) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
+    assert f"stopping: {sig.name}: finishing requests in flight" in stderr
     printed = stderr.split("Resume with:\n", 1)[1].splitlines()[0].strip()
     resume = shlex.split(printed)
     assert resume == ["bulkrerun", "run", str(m), "--journal", str(j), *flags, "--rate", "20"]
@@ -339,7 +344,7 @@ chunk = "1m"
     assert max(counts.values()) == 1  # nothing accepted twice
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_start_up_exits_130_and_prints_the_command(
     cli: Cli, fake_service: type[Service], tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -874,6 +879,21 @@ def test_status_during_a_run_counts_what_is_in_flight_and_says_to_wait(
     assert after["done"] + after["held"] + after["pending"] == 60
 
 
+def test_a_second_signal_says_it_abandons_the_requests_in_flight(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    with a_run_in_flight(cli, fake_service, tmp_path) as (proc, j, _):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # two signals, not one the kernel merged
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "stopping: SIGINT: finishing requests in flight (again to stop at once)" in stderr
+    # Not the first stop's words again ("finishing ..."): those requests are cut off.
+    assert "stopping now: SIGINT again: abandoning requests in flight" in stderr
+    assert status_of(cli, j)["held"] >= 1
+
+
 def test_a_report_during_a_run_says_so_and_its_manifest_is_refused(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
@@ -1227,3 +1247,97 @@ def test_a_resend_of_held_units_stopped_early_does_not_count_them_unsent(
     assert "stopped before it resent every held unit" in closing
     s = status_of(cli, j)
     assert (s["held"], s["pending"]) == (40, 0)
+
+
+# -- an environment that cannot take the output ---------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["full disk", "reader gone"])
+def test_a_run_whose_stderr_cannot_be_written_goes_on_to_the_end(
+    cli: Cli, fake_service: type[Service], tmp_path: Path, broken: str
+) -> None:
+    # `run ... 2>&1 | head`, a terminal that hung up, `2> run.txt` on a full disk: the run
+    # died at its next line of progress with exit 1, half its work undone.
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
+    j, log = tmp_path / "j", tmp_path / "log.jsonl"
+    rate, log_to = ["--rate", "1000"], ["--log-file", str(log)]
+    if broken == "full disk":
+        stderr = os.open("/dev/full", os.O_WRONLY)
+    else:
+        read, stderr = os.pipe()
+        os.close(read)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bulkrerun", "run", str(m), "--journal", str(j), *rate, *log_to],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=cli.env(srv.url),
+            cwd=cli.cwd,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(stderr)
+    assert proc.returncode == 0
+    assert status_of(cli, j)["done"] == 60
+    assert len(srv.ledger()) == 60
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any("stderr cannot be written" in r.get("message", "") for r in records)
+    assert records[-1]["event"] == "run ended" and records[-1]["exit_code"] == 0
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))
+    j = tmp_path / "j"
+    out = cli(
+        "run", str(m), "--journal", str(j), "--rate", "1000", "--log-file", "/dev/full", url=srv.url
+    )
+    assert out.returncode == 0, out.stderr
+    # One line, not a traceback per record over the progress.
+    assert out.stderr.count("cannot write the log file /dev/full (No space left on device)") == 1
+    assert "Logging error" not in out.stderr and "Traceback" not in out.stderr
+    assert status_of(cli, j)["done"] == 60
+
+
+def test_closed_stdout_and_stderr_are_taken_for_dev_null(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # Python makes sys.stdout None for a closed descriptor (every command failed at start-up
+    # on it), and the journal, opened next, would have taken its number.
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))
+    j = tmp_path / "j"
+    for args in (["run", str(m), "--journal", str(j)], ["status", str(j)]):
+        proc = subprocess.run(
+            ["sh", "-c", 'exec "$@" >&- 2>&-', "sh", sys.executable, "-m", "bulkrerun", *args],
+            env=cli.env(srv.url, BULKRERUN_RATE="1000"),
+            cwd=cli.cwd,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, args
+    assert status_of(cli, j)["done"] == 60
+    assert len(srv.ledger()) == 60
+
+
+def test_an_output_encoding_without_chinese_shows_escapes_and_reports_stay_utf8(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("订单_ods", 1, "30m"))
+    j = tmp_path / "j"
+    env = cli.env(srv.url, PYTHONIOENCODING="ascii")
+    shown = cli("plan", str(m), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "\\u8ba2\\u5355_ods" in shown.stdout
+    assert cli("run", str(m), "--journal", str(j), env=env).returncode == 0
+    table = cli("report", str(j), env=env)
+    assert table.returncode == 0 and "\\u8ba2\\u5355_ods" in table.stdout, table.stderr
+    for fmt in ("csv", "json"):
+        written = cli("report", str(j), "--format", fmt, env=env)
+        assert written.returncode == 0, written.stderr
+        assert "订单_ods" in written.stdout  # UTF-8, whatever the locale's encoding
