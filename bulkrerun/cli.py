@@ -585,10 +585,40 @@ def _project_id(settings: Any) -> str:
     return str(settings.project_id)
 
 
+FILES_BESIDES_CONNECTIONS = 32
+"""Open files a command needs besides one connection per request in flight: the standard
+streams, the journal, its helper's pipes, the log, the event loop's (17 in a run at 16 in
+flight), with room to spare."""
+
+
+def _open_files_for(max_inflight: int) -> None:
+    """Make sure the process may open a connection for every request in flight. Below the
+    limit (``ulimit -n``), the connections beyond it failed with "too many open files",
+    which read as a service that cannot be reached, and the run stopped advising a new
+    journal. The soft limit is raised as far as needed when the hard one allows, as
+    servers do; otherwise exit 2, before anything is sent, naming both numbers."""
+    import resource
+
+    needed = max_inflight + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return
+    raise SettingsError(
+        f"--max-inflight {max_inflight} needs about {needed} open files (a connection per "
+        f"request in flight), and this process may open only {hard} (ulimit -n): lower "
+        f"--max-inflight (BULKRERUN_MAX_INFLIGHT) to {max(1, hard - FILES_BESIDES_CONNECTIONS)} "
+        "or less, or raise the limit"
+    )
+
+
 def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
     from bulkrerun.settings import resolve_endpoint
     from bulkrerun.transport import HttpTransport, proxy_from_environment
 
+    _open_files_for(settings.max_inflight)
     endpoint = endpoint or resolve_endpoint(settings)
     return HttpTransport(
         endpoint=endpoint,

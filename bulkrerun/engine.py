@@ -437,8 +437,9 @@ class Engine:
                         f"could not reach the service: {self._unreached} attempts failed to "
                         f"connect ({outcome.reason}) and none got an answer. Check "
                         "BULKRERUN_ENDPOINT or BULKRERUN_REGION, any proxy (HTTPS_PROXY, "
-                        "HTTP_PROXY, NO_PROXY) and the network; nothing was "
-                        "sent, so the same command resumes once it is reachable. If the "
+                        "HTTP_PROXY, NO_PROXY) and the network; a request that failed "
+                        "to connect was not sent, so the same command resumes once it is "
+                        "reachable. If the "
                         "endpoint itself was wrong, the journal is bound to it: run with the "
                         "right one and a new --journal path."
                     ),

@@ -30,6 +30,7 @@ writing, broken response                           acted is unknown, and a rerun
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import ssl
@@ -157,6 +158,9 @@ def classify_status(
     )
 
 
+_NO_FILES = (errno.EMFILE, errno.ENFILE)  # this process, or the system, at its limit
+
+
 def classify_exception(exc: BaseException) -> Outcome:
     """Pure: an aiohttp or OS error to an outcome. Errors that happen before the request can
     have been written are RETRY; every other one leaves the outcome unknown (HELD)."""
@@ -170,6 +174,8 @@ def classify_exception(exc: BaseException) -> Outcome:
         return Outcome(
             Kind.RETRY, reason=f"the proxy did not connect to the service ({exc.status})"
         )
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno in _NO_FILES:
+        return Outcome(Kind.RETRY, reason=f"could not connect: {exc.os_error.strerror}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
         return Outcome(Kind.RETRY, reason=f"could not connect ({name})")
     if isinstance(exc, aiohttp.SocketTimeoutError | TimeoutError):

@@ -1341,3 +1341,39 @@ def test_an_output_encoding_without_chinese_shows_escapes_and_reports_stay_utf8(
         written = cli("report", str(j), "--format", fmt, env=env)
         assert written.returncode == 0, written.stderr
         assert "订单_ods" in written.stdout  # UTF-8, whatever the locale's encoding
+
+
+def test_a_file_limit_below_what_max_inflight_needs_is_raised_or_refused(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # A connection per request in flight: beyond `ulimit -n` they failed with EMFILE, which
+    # read as a service that cannot be reached (stop, "start a new journal").
+    import resource
+
+    srv = fake_service("--latency-ms", "200")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
+    args = ["-m", "bulkrerun", "run", str(m), "--rate", "1000", "--max-inflight", "60"]
+
+    def limited(soft: int, hard: int, j: Path) -> subprocess.CompletedProcess[str]:
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+        return subprocess.run(
+            [sys.executable, *args, "--journal", str(j)],
+            capture_output=True,
+            text=True,
+            env=cli.env(srv.url),
+            cwd=cli.cwd,
+            timeout=120,
+            check=False,
+            preexec_fn=limit,  # a test: no threads in the child yet
+        )
+
+    refused = limited(50, 50, tmp_path / "j1")
+    assert refused.returncode == 2, refused.stderr
+    assert "--max-inflight 60 needs about 92 open files" in refused.stderr
+    assert "may open only 50 (ulimit -n): lower --max-inflight" in refused.stderr
+    assert not (tmp_path / "j1").exists() and srv.ledger() == []
+    raised = limited(50, 4096, tmp_path / "j2")  # the soft limit, raised as far as needed
+    assert raised.returncode == 0, raised.stderr
+    assert status_of(cli, tmp_path / "j2")["done"] == 60

@@ -3,6 +3,7 @@ over real sockets against tiny handlers that misbehave in the ways the fake cann
 
 from __future__ import annotations
 
+import errno
 import json
 
 import aiohttp
@@ -10,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id
-from bulkrerun.outcome import Kind
+from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.signing import AkSk
 from bulkrerun.transport import Auth, HttpTransport, classify_exception, classify_status
 
@@ -133,6 +134,11 @@ def test_exception_classes() -> None:
     assert classify_exception(TimeoutError()).kind is Kind.HELD
     assert classify_exception(aiohttp.ServerDisconnectedError()).kind is Kind.HELD
     assert classify_exception(aiohttp.ClientPayloadError("x")).kind is Kind.HELD
+    # Out of file descriptors: said as such, not as a service that refuses connections.
+    no_files = aiohttp.ClientConnectorError(key, OSError(errno.EMFILE, "Too many open files"))
+    assert classify_exception(no_files) == Outcome(
+        Kind.RETRY, reason="could not connect: Too many open files"
+    )
 
 
 def a_chunk(job: str = "job é/1") -> Chunk:
