@@ -207,6 +207,27 @@ def test_endpoint_spellings_normalise_to_one() -> None:
     assert by_region == by_url
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:PW77sEcReT@127.0.0.1:8080",  # sent without it, kept in the journal
+        "http://user:PW77sEcReT@127.0.0.1:abc",  # its error quoted it whole
+        "http://user:PW77/sEcReT@host",  # the port parser quoted a part of it
+        "https://PW77sEcReT@host",
+    ],
+)
+def test_an_endpoint_with_a_password_is_refused_without_showing_it(
+    cli: Cli, tmp_path: Path, url: str
+) -> None:
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="a"))
+    out = cli("run", str(m), "--journal", str(tmp_path / "j"), "--endpoint", url)
+    assert out.returncode == 2, out.stderr
+    assert "***@" in out.stderr
+    for part in ("PW77", "sEcReT"):
+        assert part not in out.stdout + out.stderr
+    assert not (tmp_path / "j").exists()
+
+
 def test_version(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
