@@ -30,6 +30,9 @@ keys, plus ``begin_ms`` and ``end_ms`` (epoch milliseconds):
 ``unknown_sends`` ``run``
     the sends of the request whose outcome is unknown, and the number of the run that made
     its last attempt (see :class:`ReportRow`).
+``unknown_request_ids``
+    the request ids the service gave those sends (a gateway's 504, say), oldest first:
+    space-separated in CSV, a list in JSON. ``request_id`` is the last attempt's.
 
 The table shows ``verify_state`` as its ``verified`` column and the evidence, when there is
 any, instead of the request's own message: it is what decided the units.
@@ -806,7 +809,9 @@ class ReportRow:
     verification may since have found one was not acted on). ``run`` is the number of the
     run that made its last attempt, or last stopped before sending one (as ``status``
     counts runs): the journal's record of that run names its manifest, its flags and when
-    it started.
+    it started. ``unknown_request_ids`` are the request ids of the sends counted in
+    ``unknown_sends`` that got one (a sent request with no answer has none): what a
+    support ticket asking whether it ran twice needs.
     """
 
     chunk: str
@@ -831,6 +836,7 @@ class ReportRow:
     verify_evidence: str | None = None
     unknown_sends: int = 0
     run: int = 0
+    unknown_request_ids: tuple[str, ...] = ()
 
 
 REPORT_COLUMNS = (
@@ -856,6 +862,7 @@ REPORT_COLUMNS = (
     "verify_evidence",
     "unknown_sends",
     "run",
+    "unknown_request_ids",
 )
 """The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``. Columns
 are only ever added at the end, so that scripts keep working."""
@@ -996,7 +1003,8 @@ def _rows(
         # The last send without an outcome is unknown too, unless it is still in flight.
         sends = unknown.get(info.id, 0) + (info.state is None and not flying)
         if sends:
-            row = dataclasses.replace(row, unknown_sends=sends)
+            ids = tuple(state.unknown_ids.get(info.id, ()))
+            row = dataclasses.replace(row, unknown_sends=sends, unknown_request_ids=ids)
         if verified and (decided := _verification(info, state.units, verified)) is not None:
             row = dataclasses.replace(row, verify_state=decided[0], verify_evidence=decided[1])
         if watched:
@@ -1033,6 +1041,7 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "verify_evidence": row.verify_evidence,
         "unknown_sends": row.unknown_sends,
         "run": row.run,
+        "unknown_request_ids": list(row.unknown_request_ids),
     }
 
 
@@ -1159,6 +1168,7 @@ def _write_csv(rows: Iterable[ReportRow], out: TextIO) -> int:
     n = 0
     for row in rows:
         obj = _row_object(row)
+        obj["unknown_request_ids"] = " ".join(row.unknown_request_ids) or None
         writer.writerow([_csv_cell(obj[c]) for c in REPORT_COLUMNS])
         n += 1
     return n
