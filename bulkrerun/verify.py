@@ -395,11 +395,36 @@ def _split(key: Key, low: int, high: int) -> Iterator[_Query]:
 
 @dataclass
 class _Listing:
-    """What the list queries returned: instances per (job, workspace) by plan time, and why
-    a (job, workspace) could not be read."""
+    """What the list queries returned: instances per (job, workspace) by plan time, from
+    every query of that job, and the queries that could not be read, with why.
+
+    A job's held units may need several queries (clusters hours apart, months cut in two):
+    each adds its instances to the job's, and a query that fails makes only the units whose
+    plan times it covers unavailable, not every unit of its job.
+    """
 
     instances: dict[Key, dict[int, ListedInstance]] = field(default_factory=dict)
-    failed: dict[Key, str] = field(default_factory=dict)
+    failed: dict[Key, list[tuple[_Query, str]]] = field(default_factory=dict)
+
+    def add(self, key: Key, by_plan: Mapping[int, ListedInstance]) -> None:
+        """One query's instances. Queries of one job may overlap: of two rows of one plan
+        time the one with the latest run is kept, as within a query (:func:`_read`)."""
+        mine = self.instances.setdefault(key, {})
+        for plan_time, item in by_plan.items():
+            kept = mine.get(plan_time)
+            if kept is None or _latest(item) > _latest(kept):
+                mine[plan_time] = item
+
+    def fail(self, q: _Query, reason: str) -> None:
+        self.failed.setdefault(q.key, []).append((q, reason))
+
+    def unavailable(self, key: Key, low: int, high: int) -> tuple[_Query, str] | None:
+        """The first failed query of ``key`` that covers any plan time in ``low..high``, and
+        why it failed; None when every query covering them answered."""
+        return next(
+            ((q, why) for q, why in self.failed.get(key, ()) if q.low <= high and low <= q.high),
+            None,
+        )
 
     def instance(self, key: Key, plan_time: int) -> ListedInstance | None:
         return self.instances.get(key, {}).get(plan_time)
@@ -433,15 +458,15 @@ async def _read(lister: InstanceLister, queries: Sequence[_Query], now_ms: int) 
     listing = _Listing()
     for q, result in zip(queries, await gather_limited(one, queries), strict=True):
         if isinstance(result, ListFailed):
-            listing.failed.setdefault(q.key, result.reason)
+            listing.fail(q, result.reason)
             continue
         by_plan: dict[int, ListedInstance] = {}
         for item in result:
             if item.job_name != q.key[0] or not q.low <= item.plan_time <= q.high:
                 continue
             if _latest(item) > future:
-                listing.failed.setdefault(
-                    q.key,
+                listing.fail(
+                    q,
                     f"the instance list shows a run at {_iso(_latest(item))}, in the future: "
                     "its times cannot be trusted",
                 )
@@ -450,7 +475,7 @@ async def _read(lister: InstanceLister, queries: Sequence[_Query], now_ms: int) 
             if kept is None or _latest(item) > _latest(kept):
                 by_plan[item.plan_time] = item
         else:
-            listing.instances[q.key] = by_plan
+            listing.add(q.key, by_plan)
     return listing
 
 
@@ -556,14 +581,18 @@ async def verify_held(
 
 
 def _verdict(target: Target, listing: _Listing) -> Verdict:
-    keys = (
-        [(target.job_name, target.workspace)] if isinstance(target, InstanceTarget) else target.jobs
-    )
+    if isinstance(target, InstanceTarget):
+        keys: Sequence[Key] = [(target.job_name, target.workspace)]
+        low = high = target.plan_time
+    else:
+        keys, low, high = target.jobs, target.begin_time, target.end_time
     for key in keys:
-        if key in listing.failed:
+        if (failed := listing.unavailable(key, low, high)) is not None:
+            q, why = failed
             return Verdict(
                 UnitState.HELD,
-                f"instance list of job {key[0]} unavailable: {listing.failed[key]}",
+                f"instance list of job {key[0]} unavailable for plan times "
+                f"{_iso(q.low)}..{_iso(q.high)}: {why}",
                 "instance list unavailable",
             )
     if isinstance(target, InstanceTarget):

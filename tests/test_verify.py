@@ -278,7 +278,7 @@ class World:
 
 @asynccontextmanager
 async def world(
-    tmp_path: Path, server: type[FakeServer] = FakeServer, **config: Any
+    tmp_path: Path, server: type[FakeServer] = FakeServer, manifest: str = MANIFEST, **config: Any
 ) -> AsyncIterator[World]:
     clock = shared_clock()
     config.setdefault("catalog", catalog())
@@ -289,14 +289,14 @@ async def world(
         ) as transport,
     ):
         path = tmp_path / "outage.toml"
-        path.write_text(MANIFEST, encoding="utf-8")
-        manifest = load_manifest(path)
+        path.write_text(manifest, encoding="utf-8")
         pacer = Pacer(PacingConfig(rate=1000.0))
+        loaded = load_manifest(path)
         selections = await query_selections(
-            manifest, transport, pacer=pacer, clock=clock, on_note=lambda _: None
+            loaded, transport, pacer=pacer, clock=clock, on_note=lambda _: None
         )
-        chunks = list(plan(manifest, selections=selections))
-        w = World(srv, transport, clock, pacer, manifest, selections, chunks, tmp_path / "j")
+        chunks = list(plan(loaded, selections=selections))
+        w = World(srv, transport, clock, pacer, loaded, selections, chunks, tmp_path / "j")
         with w.open_journal() as journal:
             journal.begin_run(RunInfo.from_manifest(path, selections=_rows(selections)))
         yield w
@@ -384,6 +384,102 @@ async def test_verify_waits_for_a_fresh_request_to_settle(tmp_path: Path) -> Non
         assert w.clock.sleeps[slept] == pytest.approx(5.0, abs=0.01)
         assert w.clock.now() - start >= 5.0
         assert summary.made_pending == len(w.chunks[0].units)
+
+
+DAY = 24 * HOUR
+
+
+def windows(begin: str | int, end: str | int, chunk: str) -> str:
+    """A manifest of one window of ods_payments with dwd_payments (both every 15 minutes in
+    the catalog); times as TOML values."""
+    head = MANIFEST[: MANIFEST.index("[[select]]")]
+    return head + (
+        f'[[window]]\njob_name = "ods_payments"\nbegin = {begin}\nend = {end}\n'
+        f'chunk = "{chunk}"\njobs = [{{ job_name = "dwd_payments", workspace_id = "{WS}" }}]\n'
+    )
+
+
+async def hold(w: World, held: list[Chunk], sent: list[Chunk]) -> None:
+    """``held`` recorded as intents, of them ``sent`` sent, then the run killed before any
+    outcome: every unit of ``held`` is held."""
+    with w.open_journal() as journal:
+        for chunk in held:
+            await journal.intend(chunk, 1, w.clock.wall())
+        for chunk in sent:
+            assert (await w.transport.send(chunk)).kind is Kind.DONE
+            w.clock.advance(0.05)
+
+
+async def test_held_windows_hours_apart_are_each_judged_from_their_own_instances(
+    tmp_path: Path,
+) -> None:
+    # Held chunks 8 h apart are listed by separate queries of each job. Only the last
+    # query's instances used to be kept: every other held window showed no instance at all
+    # ("no instances in window") and stayed held, though each was sent or not.
+    manifest = windows('"2024-11-24T00:00:00"', '"2024-11-26T00:00:00"', "2h")
+    async with world(tmp_path, manifest=manifest) as w:
+        assert len(w.chunks) == 24
+        held = w.chunks[::4]  # 6 chunks, 6 h apart from one's end to the next's start
+        sent, unsent = held[::2], held[1::2]
+        await hold(w, held, sent)
+        with w.open_journal() as journal:
+            summary = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+            state = journal.state()
+        assert (summary.verified_done, summary.made_pending, summary.still_held) == (3, 3, 0), str(
+            summary
+        )
+        assert {u for u, s in state.units.items() if s is UnitState.DONE} == units_of(sent)
+        assert not units_of(unsent) & set(state.units)  # pending again
+        # The resume sends exactly what the service never got; every chunk is accepted once.
+        resume = list(chunks_to_send(w.manifest, state, ResumeFlags(), w.selections))
+        assert units_of(resume) == units_of(w.chunks) - units_of(sent)
+        for chunk in resume:
+            assert (await w.transport.send(chunk)).kind is Kind.DONE
+        accepted = [e.chunk_id for e in w.srv.ledger]
+        assert sorted(accepted) == sorted(c.id for c in w.chunks)
+
+
+async def test_a_refused_query_leaves_held_only_the_units_it_covers(tmp_path: Path) -> None:
+    # Two held chunks of one window: one more than a month back (the list refuses to look
+    # there, DLF.0104), one of yesterday. The refusal used to stand for the whole job: the
+    # recent chunk, whose instances were listed, was held as "instance list unavailable".
+    old_enough = catalog(start_ms=ANCHOR - 40 * DAY)
+    manifest = windows(ANCHOR - 34 * DAY, ANCHOR - DAY, "1d")
+    async with world(tmp_path, manifest=manifest, catalog=old_enough) as w:
+        first, last = w.chunks[0], w.chunks[-1]
+        await hold(w, [first, last], [first, last])
+        with w.open_journal() as journal:
+            summary = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+            state = journal.state()
+    (old,), (recent,) = first.units, last.units
+    assert (summary.verified_done, summary.made_pending, summary.still_held) == (1, 0, 1)
+    assert summary.reasons == {"instance list unavailable": 1}
+    assert state.units[recent] is UnitState.DONE
+    assert "all 192 instances show runs" in state.verified[recent]
+    assert state.units[old] is UnitState.HELD
+    assert "DLF.0104" in state.verified[old]
+    assert "more than one month back" in state.verified[old]
+    # The evidence names the plan times the refused query covered: those of the old chunk.
+    assert "plan times 2024-10-23T12:00:00Z..2024-10-24T11:59:59Z" in state.verified[old]
+
+
+async def test_a_watch_follows_done_windows_hours_apart_each_through_its_own_query(
+    tmp_path: Path,
+) -> None:
+    # The watch's queries are the verification's: done chunks 8 h apart are listed by
+    # separate queries of each job, and every one of their instances is followed.
+    manifest = windows('"2024-11-24T00:00:00"', '"2024-11-26T00:00:00"', "2h")
+    async with world(tmp_path, manifest=manifest) as w:
+        w.chunks = w.chunks[::4]
+        await send_all(w)
+        con, _ = console()
+        with w.open_journal() as journal:
+            summary = await watch(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, console=con, poll=1.0
+            )
+    assert summary.jobs == {"ods_payments": {"success": 48}, "dwd_payments": {"success": 48}}
+    seen = read_watch(w.journal_path)
+    assert {unit: len(records) for unit, records in seen.items()} == {c.id: 16 for c in w.chunks}
 
 
 class Unavailable:
