@@ -696,7 +696,7 @@ class _Watcher:
                 )
         self.queries = _queries(targets)
         self.seen: set[int] = set()  # indexes of queries answered at least once
-        self._path = path
+        self._path: Path | None = path  # None once it could not be written
         self._clock = clock
 
     def open_queries(self) -> list[int]:
@@ -751,18 +751,32 @@ class _Watcher:
                 )
         return newly
 
-    def record(self, records: Sequence[WatchRecord]) -> None:
+    def record(self, records: Sequence[WatchRecord]) -> str | None:
         """Append to the sidecar (mode 0600, like the journal). Not fsynced: it informs
-        ``report`` and decides nothing."""
-        if not records:
-            return
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
-            # A record cut short (a watch killed mid-write) ends its line first: glued to
-            # it, the next record would be skipped with it.
-            size = os.fstat(fd).st_size
-            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-            f.write(("\n" if torn else "") + "".join(r.to_json() + "\n" for r in records))
+        ``report`` and decides nothing.
+
+        So a sidecar that cannot be written (the journal's folder read-only, a full disk)
+        does not end the watch, nor change the run's exit code: the first failure returns
+        the line that says so, and the sidecar is not tried again (records after a gap
+        would pass for all there is)."""
+        if not records or self._path is None:
+            return None
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                # A record cut short (a watch killed mid-write) ends its line first: glued
+                # to it, the next record would be skipped with it.
+                size = os.fstat(fd).st_size
+                torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+                f.write(("\n" if torn else "") + "".join(r.to_json() + "\n" for r in records))
+        except OSError as exc:
+            path, self._path = self._path, None
+            return (
+                f"watch: cannot keep the final statuses in {path} "
+                f"({exc.strerror or exc}): the watch goes on, but `bulkrerun report` will not "
+                "show the instance statuses it sees from now on."
+            )
+        return None
 
     def counts(self) -> dict[str, Counter[str]]:
         jobs: dict[str, Counter[str]] = {}
@@ -939,7 +953,8 @@ async def watch(
                             item.final = True
                 continue
             watcher.seen.add(k)
-            watcher.record(watcher.update(q, result))
+            if (unkept := watcher.record(watcher.update(q, result))) is not None:
+                console.print(unkept, highlight=False, markup=False)
         summary = WatchSummary(watcher.counts(), seconds=clock.now() - started)
         line = _progress(summary)
         if line != shown:

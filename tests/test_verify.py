@@ -797,6 +797,46 @@ async def test_a_watch_after_one_killed_mid_write_loses_none_of_its_records(
     )
 
 
+def unwritable_sidecar(journal: Path) -> Path:
+    """``JOURNAL.watch`` made impossible to create, whoever runs the test (root too): a
+    symlink into a folder that does not exist, as a read-only folder would refuse it."""
+    sidecar = watch_path(journal)
+    sidecar.symlink_to(journal.parent / "gone" / sidecar.name)
+    return sidecar
+
+
+async def test_a_watch_whose_sidecar_cannot_be_written_goes_on_and_says_so_once(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path) as w:
+        # Sent a second apart on the server's clock, the reruns end over several polls: the
+        # sidecar is written (and fails) more than once.
+        with w.open_journal() as journal:
+            for chunk in w.chunks:
+                await journal.intend(chunk, 1, w.clock.wall())
+                outcome = await w.transport.send(chunk)
+                journal.outcome(chunk, 1, outcome, w.clock.wall(), "done")
+                w.clock.advance(1.0)
+        sidecar = unwritable_sidecar(w.journal_path)
+        file = Stamped(w.clock)
+        con = Console(file=file, width=120, color_system=None)
+        with w.open_journal() as journal:
+            summary = await watch(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, console=con, poll=1.0
+            )
+    assert summary.succeeded == SELECTED + WINDOW_INSTANCES  # followed to the end
+    finished = [t for t, text in file.prints if "rerun instances finished" in text]
+    assert len(set(finished)) > 2  # several polls, each with reruns newly ended
+    said = [text for _, text in file.prints if "cannot keep" in text]
+    assert said == [
+        f"watch: cannot keep the final statuses in {sidecar} (No such file or directory): "
+        "the watch goes on, but `bulkrerun report` will not show the instance statuses it "
+        "sees from now on."
+    ]
+    assert "watch: 92 rerun instances: 92 succeeded" in file.getvalue()
+    assert read_watch(w.journal_path) == {}
+
+
 def test_read_watch_keeps_the_latest_and_skips_torn_lines(tmp_path: Path) -> None:
     line = {"t": "instance", "unit": "u", "job_name": "j", "plan_time": 1, "job_id": 2,
             "instance_id": None, "status": "fail", "submit_time": 3, "start_time": 4,
@@ -955,6 +995,27 @@ async def test_a_watch_that_cannot_list_warns_and_the_reruns_decide_the_exit(
     assert len(srv.ledger) == WINDOW_CHUNKS
     assert "warning: could not follow the reruns: " in err
     assert "this run" in err  # the run's summary is still shown
+
+
+async def test_a_watch_that_cannot_keep_its_sidecar_leaves_the_exit_code_alone(
+    tmp_path: Path,
+) -> None:
+    window_only = MANIFEST[MANIFEST.index("[[window]]") :]
+    manifest = tmp_path / "window.toml"
+    manifest.write_text(MANIFEST[: MANIFEST.index("[[select]]")] + window_only, encoding="utf-8")
+    sidecar = unwritable_sidecar(tmp_path / "j")
+    async with FakeServer(demo_config()) as srv:
+        code, _, err = await bulkrerun(
+            tmp_path, srv.url, "run", str(manifest), "--journal", "j", "--watch"
+        )
+    assert code == 0, err  # every rerun was accepted, and --watch changes no exit code
+    assert "Traceback" not in err
+    err = " ".join(err.split())
+    assert err.count("cannot keep the final statuses") == 1
+    assert f"watch: cannot keep the final statuses in {sidecar.name} (No such file" in err
+    assert f"watch: {WINDOW_INSTANCES} rerun instances: {WINDOW_INSTANCES} succeeded" in err
+    assert "this run" in err  # the run's summary is still shown
+    assert len(srv.ledger) == WINDOW_CHUNKS
 
 
 async def read_until(stream: Any, text: bytes, seen: bytearray) -> None:
