@@ -57,11 +57,13 @@ class WatchRecord:
 def read_watch(journal_path: Path) -> dict[str, list[WatchRecord]]:
     """What :func:`watch` recorded for a journal: unit -> the final status of each of its
     instances (one for an instance unit, those of the window for a window unit). The latest
-    sighting of an instance wins; a torn or foreign line is skipped. Empty without a file."""
+    sighting of an instance wins; a torn, foreign or undecodable line is skipped. Empty
+    without a file, or with one that cannot be read (a directory in its place, no
+    permission): it only informs, and a report or status must not fail for it."""
     latest: dict[tuple[str, str, int], WatchRecord] = {}
     try:
-        f = watch_path(journal_path).open(encoding="utf-8")
-    except FileNotFoundError:
+        f = watch_path(journal_path).open(encoding="utf-8", errors="replace")
+    except OSError:
         return {}
     with f:
         for line in f:

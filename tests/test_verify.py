@@ -1222,3 +1222,16 @@ async def test_a_run_listed_in_the_future_is_no_evidence() -> None:
     ahead = listed(submit_time=now + SKEW // 2)
     listing = await verify._read(_ListOf([ahead]), [query], now)  # type: ignore[arg-type]
     assert verify._verdict(unit, listing).state is UnitState.DONE
+
+
+def test_a_watch_sidecar_that_cannot_be_read_is_taken_as_none(tmp_path: Path) -> None:
+    # It only informs `report` and `status`, which must not fail for it.
+    from bulkrerun.watchlog import WatchRecord
+
+    journal = tmp_path / "j"
+    watch_path(journal).mkdir()  # a directory in its place
+    assert read_watch(journal) == {}
+    watch_path(journal).rmdir()
+    record = WatchRecord("u1", "ods_orders", 1, 2, 3, "success", 4, 5, 6, 7.0)
+    watch_path(journal).write_bytes(b"\xff\xfe not text\n" + record.to_json().encode() + b"\n")
+    assert read_watch(journal) == {"u1": [record]}
