@@ -11,12 +11,14 @@ import contextlib
 import dataclasses
 import errno
 import gc
+import getpass
 import io
 import logging
 import math
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -578,6 +580,21 @@ def _make_auth(settings: Any) -> Any:
     )
 
 
+def _auth_kind(settings: Any) -> str:
+    """How a run authenticates, as :func:`_make_auth` decides it (no secret in it)."""
+    if settings.ak is not None and settings.sk is not None:
+        return "AK/SK with a security token" if settings.security_token else "AK/SK"
+    return "token"
+
+
+def _user() -> str:
+    """The operator's login name, or the uid when the system has none for it."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER/LOGNAME and no passwd entry (a bare container)
+        return f"uid {os.getuid()}"
+
+
 def _project_id(settings: Any) -> str:
     """The project ID every command that talks to the service needs: exit 2 without one."""
     if not settings.project_id:
@@ -738,6 +755,13 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 "flags": [list(pair) for pair in args.flags],
                 "tool_version": bulkrerun.__version__,
                 "pid": os.getpid(),
+                # Who ran it, where, and how it authenticated and trusted the service: a
+                # review asks, and a run with TLS verification off should say so.
+                "user": _user(),
+                "host": socket.gethostname(),
+                "auth": _auth_kind(settings),
+                "verify_tls": settings.verify_tls,
+                "ca_bundle": str(settings.ca_bundle) if settings.ca_bundle else None,
             }
             if args.log_chunks:
                 _log_run(

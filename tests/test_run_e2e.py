@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import getpass
 import io
 import json
 import os
 import random
 import shlex
 import signal
+import socket
 import string
 import subprocess
 import sys
@@ -954,6 +956,15 @@ def test_the_log_file_opens_and_closes_with_the_run_as_a_whole(
     assert {k: records[0][k] for k in told} == told
     (run,) = (json.loads(line) for line in j.read_text().splitlines() if '"t":"run"' in line)
     assert {k: run["options"][k] for k in told} == told
+    # Who ran it, where, how it authenticated, whether it checked the service's certificate.
+    who = {
+        "user": getpass.getuser(),  # the same environment as the run's
+        "host": socket.gethostname(),
+        "auth": "AK/SK",
+        "verify_tls": True,
+        "ca_bundle": None,
+    }
+    assert {k: run["options"][k] for k in who} == {k: records[0][k] for k in who} == who
     records = [r for r in records if r["event"] in ("run started", "chunk settled", "run ended")]
     first, last = records[0], records[-1]
     assert first["event"] == "run started"
