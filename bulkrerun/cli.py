@@ -493,8 +493,8 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
     for row in rows:
         if row.duplicates:
             _warn(
-                f"{row.label}: {row.duplicates:,} units already planned by an earlier entry "
-                "or line; each is sent once"
+                f"{row.label}: {counted(row.duplicates, 'unit')} already planned by an "
+                "earlier entry or line; each is sent once"
             )
     first = next((r for r in rows if r.first is not None), None)
     last = next((r for r in reversed(rows) if r.last is not None), None)
@@ -989,7 +989,7 @@ def _print_resume(args: RunArgs, c: Any, *, resumed: bool, where: str) -> None:
     endpoint, so that a run against the wrong one can be stopped before much is sent)."""
     if resumed or c.done or c.failed or c.held:
         err.print(
-            f"journal {args.journal}: {c.done:,} units done, {c.failed:,} failed, "
+            f"journal {args.journal}: {counted(c.done, 'unit')} done, {c.failed:,} failed, "
             f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,} to {where}.",
             markup=False,
         )
@@ -1575,7 +1575,7 @@ async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
 @app.command("fake-server")
 def fake_server(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8080,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 = any free port).")] = 8080,
     ak: Annotated[
         str | None, typer.Option(help="Accept only requests signed with this AK.")
     ] = None,

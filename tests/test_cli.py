@@ -243,7 +243,7 @@ def test_plan_warns_of_duplicate_units(runner: CliRunner, tmp_path: Path) -> Non
     )
     result = runner.invoke(app, ["plan", str(m)])
     assert result.exit_code == 0, result.output
-    assert "instances[1]: 1 units already planned" in " ".join(result.output.split())
+    assert "instances[1]: 1 unit already planned" in " ".join(result.output.split())
 
 
 WINDOW = (
@@ -584,3 +584,11 @@ def test_only_what_a_signal_caused_ends_as_interrupted() -> None:
     assert _from_interrupt(made) and _from_interrupt(exit_130)
     assert not _from_interrupt(ValueError("a defect of the command's own"))
     assert not _from_interrupt(SystemExit(2))  # bad input, said by the command itself
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1"])
+def test_fake_server_refuses_a_port_out_of_range(cli: Cli, port: str) -> None:
+    # 70000 listened on 4464 (the port modulo 65536), 65536 on any free port.
+    out = cli("fake-server", "--port", port, timeout=30)
+    assert out.returncode == 2
+    assert "--port" in out.stderr

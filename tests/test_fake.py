@@ -782,5 +782,5 @@ def test_serve_prints_its_url_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
-    assert "1 requests, 1 reruns accepted" in err
+    assert "1 request, 1 rerun accepted" in err
     assert len(read_ledger(tmp_path / "l.jsonl")) == 1

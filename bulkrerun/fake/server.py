@@ -62,6 +62,7 @@ from bulkrerun.fake.validate import (
     validate_retry,
 )
 from bulkrerun.signing import verify
+from bulkrerun.text import counted
 
 __all__ = ["FakeConfig", "FakeServer", "Stats", "serve"]
 
@@ -448,8 +449,8 @@ async def _serve(config: FakeConfig, host: str, port: int) -> None:
         print(f"fake service listening on {server.url}", flush=True)
         await stop.wait()
     print(
-        f"fake service stopped: {server.stats.requests} requests, "
-        f"{server.accepted} reruns accepted",
+        f"fake service stopped: {counted(server.stats.requests, 'request')}, "
+        f"{counted(server.accepted, 'rerun')} accepted",
         file=sys.stderr,
         flush=True,
     )
