@@ -1489,6 +1489,10 @@ def report(
     if fmt not in ("table", "csv", "json", "manifest"):
         raise _fail(SettingsError(f"--format {fmt}: must be table, csv, json or manifest"))
     rows = None  # not known when the reader went away (`| head`)
+    if fmt == "table" and not out.is_terminal:
+        # Into a file or `less`: every column in full (160 columns cut the window's times
+        # to "2024-11-23T…", which is what a held row needs to be read by).
+        out.width = 240
     if fmt != "table" and isinstance(sys.stdout, io.TextIOWrapper):
         # For programs, in the journal's own encoding, whatever the locale's (LC_ALL=C).
         sys.stdout.reconfigure(encoding="utf-8", errors="strict")

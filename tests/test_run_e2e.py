@@ -1388,3 +1388,17 @@ def test_a_file_limit_below_what_max_inflight_needs_is_raised_or_refused(
     raised = limited(50, 4096, tmp_path / "j2")  # the soft limit, raised as far as needed
     assert raised.returncode == 0, raised.stderr
     assert status_of(cli, tmp_path / "j2")["done"] == 60
+
+
+def test_a_report_table_into_a_pipe_shows_each_window_in_full(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # At 160 columns the window was cut to "2024-11-26T08:0…": what a held row is read by.
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 48, "1d", start=8))
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), url=srv.url).returncode == 0
+    out = cli("report", str(j))
+    assert out.returncode == 0, out.stderr
+    assert "2024-11-26T08:00:00Z .. 2024-11-27T07:59:59.999Z" in out.stdout
+    assert "…" not in out.stdout
