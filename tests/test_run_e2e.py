@@ -1263,6 +1263,18 @@ def test_a_resend_of_held_units_stopped_early_does_not_count_them_unsent(
 # -- an environment that cannot take the output ---------------------------------------------
 
 
+def run_raw(cli: Cli, args: list[str], env: dict[str, str], **kw: Any) -> Any:
+    """``bulkrerun ARGS`` with the standard streams and limits the test gives."""
+    return subprocess.run(
+        [sys.executable, "-m", "bulkrerun", *args],
+        env=env,
+        cwd=cli.cwd,
+        timeout=120,
+        check=False,
+        **kw,
+    )
+
+
 @pytest.mark.parametrize("broken", ["full disk", "reader gone"])
 def test_a_run_whose_stderr_cannot_be_written_goes_on_to_the_end(
     cli: Cli, fake_service: type[Service], tmp_path: Path, broken: str
@@ -1279,15 +1291,8 @@ def test_a_run_whose_stderr_cannot_be_written_goes_on_to_the_end(
         read, stderr = os.pipe()
         os.close(read)
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bulkrerun", "run", str(m), "--journal", str(j), *rate, *log_to],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=cli.env(srv.url),
-            cwd=cli.cwd,
-            timeout=120,
-            check=False,
-        )
+        args = ["run", str(m), "--journal", str(j), *rate, *log_to]
+        proc = run_raw(cli, args, cli.env(srv.url), stdout=subprocess.DEVNULL, stderr=stderr)
     finally:
         os.close(stderr)
     assert proc.returncode == 0
@@ -1363,20 +1368,18 @@ def test_a_file_limit_below_what_max_inflight_needs_is_raised_or_refused(
 
     srv = fake_service("--latency-ms", "200")
     m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
-    args = ["-m", "bulkrerun", "run", str(m), "--rate", "1000", "--max-inflight", "60"]
+    args = ["run", str(m), "--rate", "1000", "--max-inflight", "60"]
 
     def limited(soft: int, hard: int, j: Path) -> subprocess.CompletedProcess[str]:
         def limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-        return subprocess.run(
-            [sys.executable, *args, "--journal", str(j)],
+        return run_raw(
+            cli,
+            [*args, "--journal", str(j)],
+            cli.env(srv.url),
             capture_output=True,
             text=True,
-            env=cli.env(srv.url),
-            cwd=cli.cwd,
-            timeout=120,
-            check=False,
             preexec_fn=limit,  # a test: no threads in the child yet
         )
 

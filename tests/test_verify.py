@@ -592,23 +592,24 @@ async def test_watch_counts_failed_reruns(tmp_path: Path) -> None:
 
 async def test_watch_gives_up_at_the_timeout_and_says_what_is_unfinished(tmp_path: Path) -> None:
     async with world(tmp_path, catalog=catalog(running_s=10_000.0)) as w:
-        await send_all(w)
-        con, out = console()
-        with w.open_journal() as journal:
-            summary = await watch(
-                journal,
-                w.transport,
-                pacer=w.pacer,
-                clock=w.clock,
-                console=con,
-                poll=5.0,
-                timeout=30.0,
-            )
+        summary, text = await watch_to_the_timeout(w, w.transport)
     assert summary.timed_out
     assert summary.unfinished == SELECTED + WINDOW_INSTANCES
     assert summary.jobs["ods_users"] == {"running": 10}
-    assert "92 not finished when the watch timed out" in out.getvalue()
+    assert "92 not finished when the watch timed out" in text
     assert read_watch(w.journal_path) == {}
+
+
+async def watch_to_the_timeout(w: World, transport: Any) -> tuple[WatchSummary, str]:
+    """Every request sent, then a watch of 30 s (virtual) polling every 5: the summary and
+    what it printed."""
+    await send_all(w)
+    con, out = console()
+    with w.open_journal() as journal:
+        summary = await watch(
+            journal, transport, pacer=w.pacer, clock=w.clock, console=con, poll=5.0, timeout=30.0
+        )
+    return summary, out.getvalue()
 
 
 class Renamed:
@@ -633,18 +634,7 @@ async def test_watch_follows_a_status_the_api_does_not_define_until_the_timeout(
     tmp_path: Path,
 ) -> None:
     async with world(tmp_path, catalog=catalog(running_s=10_000.0)) as w:
-        await send_all(w)
-        con, out = console()
-        with w.open_journal() as journal:
-            summary = await watch(
-                journal,
-                Renamed(w.transport),
-                pacer=w.pacer,
-                clock=w.clock,
-                console=con,
-                poll=5.0,
-                timeout=30.0,
-            )
+        summary, printed = await watch_to_the_timeout(w, Renamed(w.transport))
     # Not taken for an ended run: followed to the timeout, counted as not finished, and
     # nothing recorded as final.
     assert summary.timed_out
@@ -652,7 +642,7 @@ async def test_watch_follows_a_status_the_api_does_not_define_until_the_timeout(
     assert summary.unfinished == SELECTED + WINDOW_INSTANCES
     queued = sum(c["queued"] for c in summary.jobs.values())
     assert queued > 50
-    text = " ".join(out.getvalue().split())  # the console wraps long lines
+    text = " ".join(printed.split())  # the console wraps long lines
     assert "ended otherwise" not in text
     assert (
         f"92 not finished ({queued} in a status the API does not define) when the watch "
@@ -981,12 +971,18 @@ class ListRefused(FakeServer):
         return self._refuse(rid, Refusal(403, "DLF.0003", "list denied"))
 
 
-async def test_a_watch_that_cannot_list_warns_and_the_reruns_decide_the_exit(
-    tmp_path: Path,
-) -> None:
+def window_manifest(tmp_path: Path) -> Path:
+    """The test manifest with its window entries only."""
     window_only = MANIFEST[MANIFEST.index("[[window]]") :]
     manifest = tmp_path / "window.toml"
     manifest.write_text(MANIFEST[: MANIFEST.index("[[select]]")] + window_only, encoding="utf-8")
+    return manifest
+
+
+async def test_a_watch_that_cannot_list_warns_and_the_reruns_decide_the_exit(
+    tmp_path: Path,
+) -> None:
+    manifest = window_manifest(tmp_path)
     async with ListRefused(demo_config()) as srv:
         code, _, err = await bulkrerun(
             tmp_path, srv.url, "run", str(manifest), "--journal", "j", "--watch"
@@ -1000,9 +996,7 @@ async def test_a_watch_that_cannot_list_warns_and_the_reruns_decide_the_exit(
 async def test_a_watch_that_cannot_keep_its_sidecar_leaves_the_exit_code_alone(
     tmp_path: Path,
 ) -> None:
-    window_only = MANIFEST[MANIFEST.index("[[window]]") :]
-    manifest = tmp_path / "window.toml"
-    manifest.write_text(MANIFEST[: MANIFEST.index("[[select]]")] + window_only, encoding="utf-8")
+    manifest = window_manifest(tmp_path)
     sidecar = unwritable_sidecar(tmp_path / "j")
     async with FakeServer(demo_config()) as srv:
         code, _, err = await bulkrerun(
@@ -1034,9 +1028,7 @@ async def test_a_signal_during_the_watch_stops_following_and_ends_with_the_run_t
     # The reruns never finish (running for hours): the watch is still following them when
     # the signal comes, after its first progress line. The reruns were sent and journaled:
     # the run ends as it would without --watch, with its table, status and resume command.
-    window_only = MANIFEST[MANIFEST.index("[[window]]") :]
-    manifest = tmp_path / "window.toml"
-    manifest.write_text(MANIFEST[: MANIFEST.index("[[select]]")] + window_only, encoding="utf-8")
+    manifest = window_manifest(tmp_path)
     config = demo_config(catalog=catalog(waiting_s=0.05, running_s=36_000.0))
     argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j"]
     argv += ["--watch", "--resend-held"]  # a one-shot flag the resume command must leave out
