@@ -133,6 +133,11 @@ class WindowEntry(EntryBase):
     jobs: tuple[tuple[str, str], ...] = ()
     timezone: str | None = None  # the zone its times were read in, to show them in again
 
+    def covers(self) -> tuple[tuple[str, str], ...]:
+        """Every (job name, workspace) whose instances the window reruns: its own job, then
+        the jobs of ``jobs``, each once."""
+        return tuple(dict.fromkeys(((self.job_name, self.workspace), *self.jobs)))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstancesEntry(EntryBase):
@@ -931,7 +936,8 @@ class _Checker:
             return None
         common = self.common(label, raw, broken)
         times = self.span(label, raw, broken, data)
-        if common is None or times is None or broken:
+        jobs_ok = self.window_jobs(label, raw, broken)
+        if common is None or times is None or broken or not jobs_ok:
             return None
         return WindowEntry(
             **common,
@@ -943,6 +949,41 @@ class _Checker:
             jobs=tuple((job.job_name, job.workspace_id) for job in raw.jobs or ()),
             timezone=times[2],
         )
+
+    def window_jobs(self, label: str, raw: _Window, broken: set[str]) -> bool:
+        """Whether ``jobs`` names each job once and not the window's own job.
+
+        The service reruns ``job_name`` and every job of ``jobs``; what it does with one
+        named twice in a request is not documented (twice is what the operator should fear),
+        and such a line is a slip for another job more often than not. Refused, not warned
+        about: the fix is to delete the line, and a warning scrolls by as the run sends.
+        """
+        if "jobs" in broken or not raw.jobs:
+            return True
+        workspace = raw.workspace or self.defaults.workspace
+        seen: dict[tuple[str, str], int] = {}
+        if "job_name" not in broken and "workspace" not in broken and workspace is not None:
+            seen[(raw.job_name, workspace)] = -1
+        ok = True
+        for i, job in enumerate(raw.jobs):
+            key = (job.job_name, job.workspace_id)
+            first = seen.setdefault(key, i)
+            if first == i:
+                continue
+            ok = False
+            where = f"{label}.jobs[{i}].job_name = {_show(job.job_name)}"
+            if first < 0:
+                self.add(
+                    f"{where}: is the window's own job (its job_name, in the same workspace), "
+                    "which the window reruns already; list only its upstream and downstream "
+                    "jobs in jobs"
+                )
+            else:
+                self.add(
+                    f"{where}: repeats jobs[{first}] (the same job_name and workspace_id); "
+                    "list each job once"
+                )
+        return ok
 
     def instances(self, index: int, data: Any) -> InstancesEntry | None:
         label = f"instances[{index}]"
@@ -1084,18 +1125,52 @@ class _Checker:
 
 
 def _overlaps(name: str, windows: Sequence[WindowEntry]) -> list[str]:
-    """Windows of one job and workspace that overlap: allowed, but probably not meant."""
-    warnings = []
-    for i, first in enumerate(windows):
-        for second in windows[i + 1 :]:
-            same_job = (first.job_name, first.workspace) == (second.job_name, second.workspace)
-            if same_job and first.begin_ms < second.end_ms and second.begin_ms < first.end_ms:
-                warnings.append(
-                    f"{name}: {first.label} and {second.label} overlap for job "
-                    f"{first.job_name}: instances in the overlap are rerun twice unless the "
-                    "two entries cut identical chunks"
-                )
-    return warnings
+    """Windows that cover one job (and workspace) at overlapping times: allowed, but probably
+    not meant. A window covers its ``job_name`` and every job of its ``jobs``: a job one
+    window lists in ``jobs`` and another names as its own is rerun by both.
+
+    Per job, its windows sorted by ``begin`` are compared with those that begin before they
+    end, so disjoint windows (a manifest ``report --format manifest`` wrote holds one per
+    failed request) cost a sort, not a comparison of every pair. Warnings come by pair of
+    entries in manifest order, then in the order the first entry covers the jobs.
+    """
+    by_job: dict[tuple[str, str], list[int]] = {}
+    for index, window in enumerate(windows):
+        for job in window.covers():
+            by_job.setdefault(job, []).append(index)
+    found: list[tuple[int, int, int, str]] = []
+    for job, indices in by_job.items():
+        indices.sort(key=lambda k: windows[k].begin_ms)
+        for at, a in enumerate(indices):
+            for b in indices[at + 1 :]:
+                if windows[b].begin_ms >= windows[a].end_ms:
+                    break
+                first, second = windows[min(a, b)], windows[max(a, b)]
+                order = first.covers().index(job)
+                found.append((min(a, b), max(a, b), order, _overlap(name, first, second, job)))
+    return [warning for *_, warning in sorted(found)]
+
+
+def _overlap(name: str, first: WindowEntry, second: WindowEntry, job: tuple[str, str]) -> str:
+    """The warning for ``job``, which both windows cover at overlapping times."""
+    same_job = (first.job_name, first.workspace) == (second.job_name, second.workspace)
+    # Two entries whose chunks are identical (times and body) make identical requests,
+    # which the planner sends once; only entries of one job_name can.
+    unless = " unless the two entries cut identical chunks" if same_job else ""
+    if same_job and job == (first.job_name, first.workspace):
+        return (
+            f"{name}: {first.label} and {second.label} overlap for job {first.job_name}: "
+            f"instances in the overlap are rerun twice{unless}"
+        )
+
+    def role(window: WindowEntry) -> str:
+        own = job == (window.job_name, window.workspace)
+        return f"{'job_name' if own else 'in jobs'} of {window.label}"
+
+    return (
+        f"{name}: {first.label} and {second.label} overlap for job {job[0]} ({role(first)}, "
+        f"{role(second)}): its instances in the overlap are rerun twice{unless}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,23 +128,33 @@ def chunks_to_send(
 
 
 class DoneWindow(NamedTuple):
-    """A done window request of the journal: its job, workspace and plan times
-    ``begin_time..end_time`` (inclusive, as sent)."""
+    """A done window request of the journal: its job, workspace, plan times
+    ``begin_time..end_time`` (inclusive, as sent) and the (job name, workspace) of each job
+    of its ``jobs``, which it reran too."""
 
     job_name: str
     workspace: str
     begin_time: int
     end_time: int
+    jobs: tuple[tuple[str, str], ...] = ()
+
+    def covers(self) -> tuple[tuple[str, str], ...]:
+        """Every (job name, workspace) whose instances it reran, each once."""
+        if not self.jobs:  # most: asked of every done window request of a big journal
+            return ((self.job_name, self.workspace),)
+        return tuple(dict.fromkeys(((self.job_name, self.workspace), *self.jobs)))
 
 
 @dataclass(frozen=True, slots=True)
 class Overlap:
-    """New requests of one window entry that re-cover times done requests already covered,
-    so that the instances there run again.
+    """New requests of one window entry that re-cover times of a job that done requests
+    already covered, so that its instances there run again.
 
-    ``new`` counts the entry's new requests that overlap a done one, ``done`` the done
-    requests they overlap (of the same job and workspace), ``first_ms``..``last_ms`` (both
-    inclusive) the span of plan times covered twice.
+    A window request covers its job and every job of its ``jobs``: ``job_name`` and
+    ``workspace`` name the job covered twice, the entry's own job or one of its ``jobs`` (an
+    entry that re-covers several jobs has one overlap for each). ``new`` counts the entry's
+    new requests that overlap a done one covering that job, ``done`` those done requests,
+    ``first_ms``..``last_ms`` (both inclusive) the span of plan times covered twice.
     """
 
     entry: str
@@ -196,11 +206,17 @@ def read_done_windows(path: Path, state: JournalState) -> Iterator[DoneWindow]:
         body = record.get("body")
         if record.get("kind") != "window" or not isinstance(body, dict):
             continue
+        jobs = body.get("jobs")
         yield DoneWindow(
             str(record.get("job_name", "")),
             str(record.get("workspace", "")),
             int(body["begin_time"]),
             int(body["end_time"]),
+            tuple(
+                (str(job.get("job_name", "")), str(job.get("workspace_id", "")))
+                for job in (jobs if isinstance(jobs, list) else ())
+                if isinstance(job, dict)
+            ),
         )
 
 
@@ -244,6 +260,10 @@ class _Spans:
         self.starts, self.ends = starts, ends
 
 
+# An entry and a job it covers: (entry label, job name, workspace).
+_Key = tuple[str, str, str]
+
+
 class _NewWindows:
     """The plan times of a plan's new window chunks, per entry, merged as they stream by.
 
@@ -265,50 +285,58 @@ class _NewWindows:
         runs.add(*window_times(chunk.body))
 
     def overlaps(self, earlier: Callable[[], Iterable[DoneWindow]]) -> list[Overlap]:
-        """Per entry (in manifest order) that has any: its new chunks over ``earlier`` ones.
+        """Per entry (in manifest order) and job it covers (its own, then those of its
+        ``jobs``) that has any: its new chunks over ``earlier`` ones that covered that job.
 
-        One pass over the done requests: each is looked up (bisection) among the runs of
-        new chunks of the entries of its job and workspace; what it overlaps is kept as
-        spans, merged, and the entry's chunks these spans touch are counted by arithmetic.
+        One pass over the done requests: for each job a done request covered, it is looked
+        up (bisection) among the runs of new chunks of the entries that cover the same job
+        and workspace; what it overlaps is kept as spans, merged, and the entry's chunks these
+        spans touch are counted by arithmetic.
         """
         if not self.runs:
             return []
-        by_job: dict[tuple[str, str], list[str]] = {}
+        by_job: dict[tuple[str, str], list[_Key]] = {}
         for label, runs in self.runs.items():
             runs.merge()
-            entry = self.entries[label]
-            by_job.setdefault((entry.job_name, entry.workspace), []).append(label)
-        covered = {label: _Spans() for label in self.runs}
-        done: Counter[str] = Counter()
-        for job_name, workspace, begin, end in earlier():
-            for label in by_job.get((job_name, workspace), ()):
-                runs = self.runs[label]
-                starts, ends = runs.starts, runs.ends
-                i = bisect_left(ends, begin)  # the first run that does not end before it
-                if i == len(starts) or starts[i] > end:
-                    continue
-                done[label] += 1
-                while i < len(starts) and starts[i] <= end:
-                    covered[label].add(max(begin, starts[i]), min(end, ends[i]))
-                    i += 1
+            for job_name, workspace in self.entries[label].covers():
+                by_job.setdefault((job_name, workspace), []).append((label, job_name, workspace))
+        covered: dict[_Key, _Spans] = {}
+        done: Counter[_Key] = Counter()
+        for window in earlier():
+            begin, end = window.begin_time, window.end_time
+            for job in window.covers():
+                for key in by_job.get(job, []):
+                    runs = self.runs[key[0]]
+                    starts, ends = runs.starts, runs.ends
+                    i = bisect_left(ends, begin)  # the first run that does not end before it
+                    if i == len(starts) or starts[i] > end:
+                        continue
+                    done[key] += 1
+                    spans = covered.setdefault(key, _Spans())
+                    while i < len(starts) and starts[i] <= end:
+                        spans.add(max(begin, starts[i]), min(end, ends[i]))
+                        i += 1
         found = []
         for label in self.runs:
-            if not done[label]:
-                continue
-            entry, spans = self.entries[label], covered[label]
-            spans.merge()
-            found.append(
-                Overlap(
-                    entry=label,
-                    job_name=entry.job_name,
-                    workspace=entry.workspace,
-                    new=_chunks_touched(entry, spans),
-                    done=done[label],
-                    first_ms=spans.starts[0],
-                    last_ms=spans.ends[-1],
-                    timezone=entry.timezone,
+            entry = self.entries[label]
+            for job_name, workspace in entry.covers():
+                key = (label, job_name, workspace)
+                if not done[key]:
+                    continue
+                spans = covered[key]
+                spans.merge()
+                found.append(
+                    Overlap(
+                        entry=label,
+                        job_name=job_name,
+                        workspace=workspace,
+                        new=_chunks_touched(entry, spans),
+                        done=done[key],
+                        first_ms=spans.starts[0],
+                        last_ms=spans.ends[-1],
+                        timezone=entry.timezone,
+                    )
                 )
-            )
         return found
 
 

@@ -336,6 +336,91 @@ chunk = "1h"
     assert "window[0] and window[1] overlap" in warning
 
 
+def six_hours(job: str, *, jobs: str = "", start_h: int = 0, workspace: str = "") -> str:
+    """A [[window]] of ``job``, 6 hours from 2024-11-26T00:00Z (``start_h`` hours later)."""
+    begin = 1732579200000 + start_h * 3_600_000
+    extra = f"jobs = [{jobs}]\n" if jobs else ""
+    extra += f'workspace = "{workspace}"\n' if workspace else ""
+    return (
+        f'\n[[window]]\njob_name = "{job}"\nbegin = {begin}\nend = {begin + 6 * 3_600_000}\n'
+        f'chunk = "1h"\n{extra}'
+    )
+
+
+def job(name: str, workspace: str = WS) -> str:
+    return f'{{ job_name = "{name}", workspace_id = "{workspace}" }}'
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_job_in_jobs_is_covered_for_overlaps_as_a_window_of_its_own_is(
+    tmp_path: Path, suffix: str
+) -> None:
+    """window[0] reruns ods_users and, through its jobs, dwd_users; window[1] reruns dwd_users
+    over the same 6 hours: dwd_users instances run twice, and the warning names dwd_users."""
+    text = HEAD + six_hours("ods_users", jobs=job("dwd_users")) + six_hours("dwd_users")
+    if suffix == ".json":
+        text = json.dumps(tomllib.loads(text))
+    manifest = load_manifest(write(tmp_path, "m" + suffix, text))
+    assert manifest.warnings == (
+        f"{tmp_path / ('m' + suffix)}: window[0] and window[1] overlap for job dwd_users (in "
+        "jobs of window[0], job_name of window[1]): its instances in the overlap are rerun "
+        "twice",
+    )
+
+
+def test_overlaps_are_judged_on_every_job_a_window_covers(tmp_path: Path) -> None:
+    """Each job two windows both cover at overlapping times is named once per pair of
+    entries, in manifest order; a job of another workspace, or times that only touch, are no
+    overlap."""
+    text = (
+        HEAD
+        + six_hours("a", jobs=job("x"), start_h=12)  # 0: after window[1] in time
+        + six_hours("b", jobs=f"{job('x')}, {job('y')}", start_h=6)  # 1: ends as 0 begins
+        + six_hours("c", jobs=f"{job('y')}, {job('x')}", start_h=3)  # 2
+        + six_hours("y", jobs=job("b"), start_h=8)  # 3
+        + six_hours("x", workspace="f" * 32)  # 4: another workspace's x
+        + six_hours("a", jobs=job("x"), start_h=14)  # 5: same job_name as 0
+    )
+    warnings = load_manifest(write(tmp_path, "m.toml", text)).warnings
+    tail = ": its instances in the overlap are rerun twice"
+    said = [w.split(": ", 1)[1].replace(tail, "") for w in warnings]
+    same = " unless the two entries cut identical chunks"
+    assert said == [
+        "window[0] and window[5] overlap for job a: instances in the overlap are rerun twice"
+        + same,
+        "window[0] and window[5] overlap for job x (in jobs of window[0], in jobs of window[5])"
+        + same,
+        "window[1] and window[2] overlap for job x (in jobs of window[1], in jobs of window[2])",
+        "window[1] and window[2] overlap for job y (in jobs of window[1], in jobs of window[2])",
+        "window[1] and window[3] overlap for job b (job_name of window[1], in jobs of window[3])",
+        "window[1] and window[3] overlap for job y (in jobs of window[1], job_name of window[3])",
+        "window[2] and window[3] overlap for job y (in jobs of window[2], job_name of window[3])",
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_window_that_lists_its_own_job_or_one_job_twice_in_jobs_is_refused(
+    tmp_path: Path, suffix: str
+) -> None:
+    text = (
+        HEAD
+        + six_hours("ods_users", jobs=f"{job('dwd_users')}, {job('ods_users')}")
+        + six_hours("ods_orders", jobs=f"{job('dwd_orders')}, {job('dwd_orders')}")
+        # The same job name in another workspace is another job.
+        + six_hours("ods_items", jobs=job("ods_items", "f" * 32))
+    )
+    if suffix == ".json":
+        text = json.dumps(tomllib.loads(text))
+    path = write(tmp_path, "m" + suffix, text)
+    assert problems_of(path) == [
+        f'{path}: window[0].jobs[1].job_name = "ods_users": is the window\'s own job (its '
+        "job_name, in the same workspace), which the window reruns already; list only its "
+        "upstream and downstream jobs in jobs",
+        f'{path}: window[1].jobs[1].job_name = "dwd_orders": repeats jobs[0] (the same '
+        "job_name and workspace_id); list each job once",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Instance files
 # ---------------------------------------------------------------------------------------------

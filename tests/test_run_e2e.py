@@ -17,6 +17,7 @@ import string
 import subprocess
 import sys
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -1405,3 +1406,83 @@ def test_a_report_table_into_a_pipe_shows_each_window_in_full(
     assert out.returncode == 0, out.stderr
     assert "2024-11-26T08:00:00Z .. 2024-11-27T07:59:59.999Z" in out.stdout
     assert "…" not in out.stdout
+
+
+def with_jobs(body: str, *jobs: str) -> str:
+    """A window body (of :func:`one_window`) with ``jobs`` of the test workspace added."""
+    listed = ", ".join(f'{{ job_name = "{j}", workspace_id = "{WORKSPACE}" }}' for j in jobs)
+    return f"{body}jobs = [ {listed} ]\n"
+
+
+def rerun_counts(srv: Service) -> Counter[tuple[str, int]]:
+    """How often the service accepted a rerun of each (job, window begin): the window's own
+    job and every job of its jobs."""
+    counted: Counter[tuple[str, int]] = Counter()
+    for entry in srv.ledger():
+        body = entry["body"]
+        for job in [entry["job_name"], *(j["job_name"] for j in body.get("jobs", []))]:
+            counted[(job, body["begin_time"])] += 1
+    return counted
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_job_two_windows_cover_through_jobs_is_warned_about_before_sending(
+    cli: Cli, fake_service: type[Service], tmp_path: Path, suffix: str
+) -> None:
+    """window[0] reruns ods_users with dwd_users in its jobs, window[1] dwd_users over the
+    same 6 hours: dwd_users runs twice, and the run says so first, naming dwd_users."""
+    srv = fake_service()
+    body = with_jobs(one_window("ods_users", 6, "6h"), "dwd_users") + one_window(
+        "dwd_users", 6, "6h"
+    )
+    m = write_manifest(tmp_path / "m.toml", body)
+    if suffix == ".json":
+        json_path = tmp_path / "m.json"
+        json_path.write_text(json.dumps(tomllib.loads(m.read_text())), encoding="utf-8")
+        m = json_path
+    out = cli("run", str(m), "--journal", str(tmp_path / "j"), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    said = " ".join(out.stderr.split())
+    assert (
+        f"warning: {m}: window[0] and window[1] overlap for job dwd_users (in jobs of "
+        "window[0], job_name of window[1]): its instances in the overlap are rerun twice" in said
+    )
+    assert said.index("overlap for job dwd_users") < said.index("sending 2")
+    assert rerun_counts(srv)[("dwd_users", 1_732_579_200_000)] == 2  # warned, sent as asked
+
+
+def test_a_new_window_over_a_job_done_through_jobs_is_warned_about(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """e1 reran ods_users with dwd_users in its jobs; e2 adds a window of dwd_users alone over
+    the same hours. Its requests re-cover dwd_users, and the warning names it."""
+    srv = fake_service()
+    e1_body = with_jobs(one_window("ods_users", 6, "1h"), "dwd_users")
+    e1 = write_manifest(tmp_path / "e1.toml", e1_body)
+    e2 = write_manifest(tmp_path / "e2.toml", e1_body + one_window("dwd_users", 6, "1h"))
+    j = tmp_path / "j"
+    assert cli("run", str(e1), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+
+    out = cli("run", str(e2), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    (warning,) = overlap_warnings(out.stderr)
+    assert warning.startswith("warning: window[1] (job dwd_users): ")
+    assert "so 6 requests re-cover times that 6 done requests already covered" in warning
+    assert "(2024-11-26 08:00:00.000+08:00 .. 2024-11-26 13:59:59.999+08:00)" in warning
+    assert out.stderr.index("changed since an earlier run") < out.stderr.index("units done")
+    assert len(srv.ledger()) == 6 + 6
+
+
+def test_a_window_that_lists_its_own_job_in_jobs_is_refused_and_nothing_sent(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(
+        tmp_path / "m.toml", with_jobs(one_window("ods_users", 6, "1h"), "dwd_users", "ods_users")
+    )
+    out = cli("run", str(m), "--journal", str(tmp_path / "j"), url=srv.url)
+    assert out.returncode == 2, out.stderr
+    assert 'window[0].jobs[1].job_name = "ods_users": is the window\'s own job' in " ".join(
+        out.stderr.split()
+    )
+    assert srv.ledger() == []

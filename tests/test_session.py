@@ -233,3 +233,49 @@ def test_the_new_chunks_of_a_huge_window_take_flat_memory() -> None:
         Overlap("window[0]", "ods_orders", WS, 20_000, 1, T0, T0 + 20_000 * 1000 - 1)
     ]
     assert peak < 256 * 1024
+
+
+def test_a_job_in_jobs_is_re_covered_as_a_window_of_its_own_is(tmp_path: Path) -> None:
+    """An earlier run reran 6 hours of ods_users with dwd_users in its jobs, and 6 hours of
+    dwd_stock alone. Now a window of dwd_users alone over hours 2..8, and one of ods_items
+    with dwd_stock (and dwd_users of another workspace) in its jobs over hours 4..10: each
+    re-covers the done times of the job the earlier requests covered, and is named for it."""
+    users = window(job_name="ods_users", end_ms=T0 + 6 * HOUR, jobs=(("dwd_users", WS),))
+    stock = window(job_name="dwd_stock", end_ms=T0 + 6 * HOUR)
+    path = tmp_path / "j"
+    done = [*plan(manifest_of(users)), *plan(manifest_of(stock))]
+    state = journal_of(path, "earlier", [(chunk, "done") for chunk in done])
+    manifest = edited(
+        users,  # as it was: all done, nothing new
+        window(
+            label="window[1]", job_name="dwd_users", begin_ms=T0 + 2 * HOUR, end_ms=T0 + 8 * HOUR
+        ),
+        window(
+            label="window[2]",
+            job_name="ods_items",
+            begin_ms=T0 + 4 * HOUR,
+            end_ms=T0 + 10 * HOUR,
+            jobs=(("dwd_users", "f" * 32), ("dwd_stock", WS)),
+        ),
+    )
+
+    earlier = earlier_windows(path, state, manifest)
+    assert earlier is not None
+    assert next(iter(earlier())) == DoneWindow(
+        "ods_users", WS, T0, T0 + HOUR - 1, (("dwd_users", WS),)
+    )
+    counts = count_units(manifest, state.units, ResumeFlags(), None, earlier=earlier)
+
+    assert counts.overlaps == [
+        Overlap("window[1]", "dwd_users", WS, 4, 4, T0 + 2 * HOUR, T0 + 6 * HOUR - 1),
+        Overlap("window[2]", "dwd_stock", WS, 2, 2, T0 + 4 * HOUR, T0 + 6 * HOUR - 1),
+    ]
+    assert (counts.done, counts.new) == (6, 12)
+
+    # The other way round: done requests of dwd_stock alone, a new window lists it in jobs.
+    alone = tmp_path / "alone"
+    state = journal_of(alone, "earlier", [(c, "done") for c in plan(manifest_of(stock))])
+    lists = edited(window(job_name="ods_new", end_ms=T0 + 2 * HOUR, jobs=(("dwd_stock", WS),)))
+    earlier = earlier_windows(alone, state, lists)
+    counts = count_units(lists, state.units, ResumeFlags(), None, earlier=earlier)
+    assert counts.overlaps == [Overlap("window[0]", "dwd_stock", WS, 2, 2, T0, T0 + 2 * HOUR - 1)]
