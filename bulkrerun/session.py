@@ -5,10 +5,13 @@ The resume rules of the contract live here, as one pure function (:func:`should_
 ``--resend-held``; anything the journal has never seen is new and sent.
 
 Window chunks are decided per chunk, and a chunk's id covers its whole body: an edit of a
-window entry (its ``chunk``, its ``begin``, a body field) gives every chunk a new id, and
-the new chunks re-cover times whose instances an earlier run already rerun. The contract
-keeps the per-chunk rule, so such chunks are sent; :func:`count_units` finds them
-(:class:`Overlap`) so that the operator is warned before anything is sent.
+window entry (its ``chunk``, its ``begin``, a body field, its ``jobs``) gives every chunk a
+new id, and the new chunks re-cover times whose instances an earlier run already rerun. So
+do failed or held chunks that ``--retry-failed`` or ``--resend-held`` sends again after
+other requests over their times were done (a ``jobs`` line removed after the refusals it
+caused, say). The contract keeps the per-chunk rule, so such chunks are sent;
+:func:`count_units` finds them (:class:`Overlap`) so that the operator is warned before
+anything is sent.
 """
 
 from __future__ import annotations
@@ -72,9 +75,10 @@ def count_units(
     or, when the journal knows no unit yet (a first run), as :meth:`Plan.count_units` counts
     (windows by arithmetic): every unit is then new and sent.
 
-    With ``earlier`` (see :func:`earlier_windows`), the same pass also finds the new window
-    chunks that re-cover times of done ones: :attr:`UnitCounts.overlaps`. ``earlier`` is
-    called only if the plan has new window chunks."""
+    With ``earlier`` (see :func:`earlier_windows`), the same pass also finds the window
+    chunks this run sends that re-cover times of done ones: :attr:`UnitCounts.overlaps`.
+    Those are the new chunks (unless ``earlier`` says they need no check) and the failed or
+    held ones the flags send again. ``earlier`` is called only if there are any."""
     counts = UnitCounts()
     tally: Counter[UnitState | None] = Counter()
 
@@ -86,14 +90,21 @@ def count_units(
         counts.new = counts.to_send = chunks.count_units()
         return counts
     new_windows = _NewWindows(manifest) if earlier is not None else None
+    check_new = not isinstance(earlier, EarlierWindows) or earlier.new_chunks
     for chunk in chunks:
         for unit in chunk.units:
             state = units.get(unit)
             tally[state] += 1
-            if should_send(state, flags):
+            send = should_send(state, flags)
+            if send:
                 counts.to_send += 1
-        # A window chunk's one unit is the chunk: ``state`` is the chunk's.
-        if new_windows is not None and state is None and chunk.kind == "window":
+        # A window chunk's one unit is the chunk: ``state`` and ``send`` are the chunk's.
+        if (
+            new_windows is not None
+            and send
+            and chunk.kind == "window"
+            and (check_new or state is not None)
+        ):
             new_windows.add(chunk)
     counts.done = tally[UnitState.DONE]
     counts.failed = tally[UnitState.FAILED]
@@ -147,13 +158,15 @@ class DoneWindow(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Overlap:
-    """New requests of one window entry that re-cover times of a job that done requests
-    already covered, so that its instances there run again.
+    """Requests of one window entry that this run sends and that re-cover times of a job that
+    done requests already covered, so that its instances there run again: new requests, and
+    failed or held ones ``--retry-failed`` or ``--resend-held`` sends again.
 
     A window request covers its job and every job of its ``jobs``: ``job_name`` and
     ``workspace`` name the job covered twice, the entry's own job or one of its ``jobs`` (an
     entry that re-covers several jobs has one overlap for each). ``new`` counts the entry's
-    new requests that overlap a done one covering that job, ``done`` those done requests,
+    requests sent (new or again) that overlap a done one covering that job, ``done`` those
+    done requests,
     ``first_ms``..``last_ms`` (both inclusive) the span of plan times covered twice.
     """
 
@@ -167,26 +180,45 @@ class Overlap:
     timezone: str | None = None  # the entry's, to show the times as it was written
 
 
-def earlier_windows(
-    path: Path, state: JournalState, manifest: Manifest
-) -> Callable[[], Iterator[DoneWindow]] | None:
-    """What :func:`count_units` compares the new window chunks with: the journal's done
-    window requests, read (lazily) from their intent records. None when the check can find
-    nothing, so that it costs nothing:
+@dataclass(frozen=True, slots=True)
+class EarlierWindows:
+    """The journal's done window requests, read (lazily, when called) from their intent
+    records: what :func:`count_units` compares the window chunks a run sends with.
+
+    ``new_chunks`` False: the manifest is the one the last run recorded, so its new chunks
+    need no comparison (see :func:`earlier_windows`); failed or held chunks that a flag
+    sends again still do.
+    """
+
+    path: Path
+    state: JournalState
+    new_chunks: bool = True
+
+    def __call__(self) -> Iterator[DoneWindow]:
+        return read_done_windows(self.path, self.state)
+
+
+def earlier_windows(path: Path, state: JournalState, manifest: Manifest) -> EarlierWindows | None:
+    """What :func:`count_units` compares the window chunks a run sends with (see
+    :class:`EarlierWindows`). Made so that the check costs nothing when it can find nothing:
 
     - the manifest is the one the last run recorded (a resume after an interruption): only an
       edit gives chunks new ids over done times (two overlapping entries of one manifest can
-      too, but loading the manifest already warns about those);
-    - the manifest has no window entry, or the journal no done window request.
+      too, but loading the manifest already warns about those), so new chunks are not
+      compared. The failed and held chunks ``--retry-failed`` and ``--resend-held`` send
+      again are: requests of another manifest may have covered their times since they
+      failed. The journal is read only if there are any;
+    - None when the manifest has no window entry, or (another manifest) the journal no done
+      window request.
     """
-    if state.runs and state.runs[-1].manifest_sha256 == manifest.sha256:
-        return None
     if not any(isinstance(entry, WindowEntry) for entry in manifest.entries):
         return None
+    if state.runs and state.runs[-1].manifest_sha256 == manifest.sha256:
+        return EarlierWindows(path, state, new_chunks=False)
     units = state.units
     if not any(_done_window(info, units) for info in state.chunks.values()):
         return None
-    return lambda: read_done_windows(path, state)
+    return EarlierWindows(path, state)
 
 
 def _done_window(info: ChunkInfo, units: Mapping[str, UnitState]) -> bool:
@@ -265,10 +297,11 @@ _Key = tuple[str, str, str]
 
 
 class _NewWindows:
-    """The plan times of a plan's new window chunks, per entry, merged as they stream by.
+    """The plan times of the window chunks a run sends (new ones, and failed or held ones
+    sent again), per entry, merged as they stream by.
 
     The chunks of one entry come in time order and touch one another, so an entry costs
-    one interval per run of new chunks: as many as the journaled chunks between them cut,
+    one interval per run of chunks sent: as many as the chunks left out between them cut,
     however many chunks the plan holds. No chunk id is kept.
     """
 
@@ -286,10 +319,10 @@ class _NewWindows:
 
     def overlaps(self, earlier: Callable[[], Iterable[DoneWindow]]) -> list[Overlap]:
         """Per entry (in manifest order) and job it covers (its own, then those of its
-        ``jobs``) that has any: its new chunks over ``earlier`` ones that covered that job.
+        ``jobs``) that has any: its chunks sent over ``earlier`` ones that covered that job.
 
         One pass over the done requests: for each job a done request covered, it is looked
-        up (bisection) among the runs of new chunks of the entries that cover the same job
+        up (bisection) among the runs of chunks sent of the entries that cover the same job
         and workspace; what it overlaps is kept as spans, merged, and the entry's chunks these
         spans touch are counted by arithmetic.
         """

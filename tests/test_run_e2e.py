@@ -1486,3 +1486,50 @@ def test_a_window_that_lists_its_own_job_in_jobs_is_refused_and_nothing_sent(
         out.stderr.split()
     )
     assert srv.ledger() == []
+
+
+def test_failed_windows_resent_over_times_done_since_are_warned_about(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The drill: 2 days of ods_orders in 6h chunks with dwd_new (unknown to the service) in
+    jobs: 8 refusals. Without the jobs line: 8 requests done. Then what status advises, a
+    manifest of the failed requests sent with --retry-failed once the service knows
+    dwd_new: every one reruns ods_orders over times done already, and the run says so for
+    each before sending (it sends them, as it sends new chunks it warns about)."""
+    srv = fake_service("--missing-job", "dwd_new")
+    body = one_window("ods_orders", 48, "6h")
+    s1 = write_manifest(tmp_path / "s1.toml", with_jobs(body, "dwd_new"))
+    j = tmp_path / "j"
+    run = ("--journal", str(j), "--rate", "100")
+    assert cli("run", str(s1), *run, url=srv.url).returncode == 1
+    write_manifest(s1, body)
+    out = cli("run", str(s1), *run, url=srv.url)
+    assert out.returncode == 1, out.stderr
+    assert overlap_warnings(out.stderr) == []  # nothing done covered these times yet
+    s = status_of(cli, j)
+    assert (s["done"], s["failed"]) == (8, 8)
+    advice = " ".join(cli("status", str(j)).stdout.split())
+    assert "--format manifest > retry.toml" in advice and "--retry-failed" in advice
+    report = cli("report", str(j), "--format", "manifest")
+    assert report.returncode == 0, report.stderr
+    retry = tmp_path / "retry.toml"
+    retry.write_text(report.stdout, encoding="utf-8")
+
+    srv.proc.terminate()  # the service is fixed: restarted, on the same port, without fault
+    srv.proc.wait(10)
+    fixed = fake_service("--port", srv.url.rsplit(":", 1)[1])
+    assert fixed.url == srv.url
+    out = cli("run", str(retry), *run, "--retry-failed", url=fixed.url)
+
+    assert out.returncode == 0, out.stderr
+    warnings = overlap_warnings(out.stderr)
+    assert len(warnings) == 8
+    assert warnings[0].startswith("warning: window[0] (job ods_orders): ")
+    assert "so 1 request re-covers times that 1 done request already covered" in warnings[0]
+    assert "(2024-11-26 00:00:00.000Z .. 2024-11-26 05:59:59.999Z)" in warnings[0]  # UTC
+    assert warnings[7].startswith("warning: window[7] (job ods_orders): ")
+    assert out.stderr.index("changed since an earlier run") < out.stderr.index("units done")
+    assert not any("dwd_new" in warning for warning in warnings)  # never done before
+    twice = rerun_counts(srv) + rerun_counts(fixed)
+    assert sorted(set(twice.values())) == [1, 2]
+    assert all(n == 2 for (job, _), n in twice.items() if job == "ods_orders")

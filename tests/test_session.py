@@ -105,18 +105,20 @@ def test_a_first_run_sends_the_whole_plan_once_and_a_resumed_one_what_the_rule_s
 MINUTE = 60_000
 BINDING = Binding("p", "http://x")
 HELD = Outcome(Kind.HELD, reason="timeout after send")
+REFUSED = Outcome(Kind.FAILED, status=400, error_code="DLF.1000", reason="refused")
 
 
 def journal_of(path: Path, sha256: str, sent: Iterable[tuple[Chunk, str]]) -> JournalState:
     """A journal of one earlier run (of a manifest with digest ``sha256``) that sent each
-    chunk with the outcome ``done`` or ``held``; its replayed state."""
+    chunk with the outcome ``done``, ``held`` or ``failed``; its replayed state."""
 
     async def write() -> None:
         with Journal.open(path, BINDING, tool_version="test") as journal:
             journal.begin_run(RunInfo("m.toml", "", sha256))
             for chunk, state in sent:
                 await journal.intend(chunk, 1, 1.0)
-                journal.outcome(chunk, 1, DONE if state == "done" else HELD, 2.0, state)
+                outcome = {"done": DONE, "held": HELD, "failed": REFUSED}[state]
+                journal.outcome(chunk, 1, outcome, 2.0, state)
             await journal.flush()
 
     anyio.run(write)
@@ -203,7 +205,13 @@ def test_a_resume_with_the_manifest_of_the_last_run_skips_the_check(tmp_path: Pa
     rechunked = window(end_ms=T0 + 2 * HOUR, chunk_ms=30 * MINUTE)
 
     same = dataclasses.replace(edited(rechunked), sha256="same")
-    assert earlier_windows(path, state, same) is None
+    # Its new chunks are not compared, nor is the journal read for them (failed or held
+    # chunks a flag sends again are compared: see the test of them below).
+    same_earlier = earlier_windows(path, state, same)
+    assert same_earlier is not None and not same_earlier.new_chunks
+    unreadable = dataclasses.replace(same_earlier, path=tmp_path / "absent")
+    counts = count_units(same, state.units, ResumeFlags(), None, earlier=unreadable)
+    assert (counts.overlaps, counts.new) == ([], 4)
     assert earlier_windows(path, state, edited(rechunked)) is not None
 
     held_only = journal_of(tmp_path / "held", "earlier", [(chunks[1], "held")])
@@ -279,3 +287,40 @@ def test_a_job_in_jobs_is_re_covered_as_a_window_of_its_own_is(tmp_path: Path) -
     earlier = earlier_windows(alone, state, lists)
     counts = count_units(lists, state.units, ResumeFlags(), None, earlier=earlier)
     assert counts.overlaps == [Overlap("window[0]", "dwd_stock", WS, 2, 2, T0, T0 + 2 * HOUR - 1)]
+
+
+def test_failed_or_held_chunks_a_flag_sends_again_are_compared_with_done_ones(
+    tmp_path: Path,
+) -> None:
+    """The drill: 2 days of ods_orders in 6h chunks with dwd_new in jobs, refused (the first
+    six) or held (the last two); then the same without jobs, all done. The chunks with jobs
+    are not new, but --retry-failed and --resend-held send them again, and with them
+    ods_orders over times done already: found as new chunks over done ones are, also when
+    the manifest is the one the last run recorded. dwd_new was never done: not named."""
+    with_new = window(end_ms=T0 + 48 * HOUR, chunk_ms=6 * HOUR, jobs=(("dwd_new", WS),))
+    without = window(end_ms=T0 + 48 * HOUR, chunk_ms=6 * HOUR)
+    refused = list(plan(manifest_of(with_new)))
+    path = tmp_path / "j"
+    sent = [
+        *((chunk, "failed") for chunk in refused[:6]),
+        *((chunk, "held") for chunk in refused[6:]),
+        *((chunk, "done") for chunk in plan(manifest_of(without))),
+    ]
+    state = journal_of(path, "last", sent)
+    retry = edited(with_new)  # what report --format manifest writes: the same requests
+
+    def overlaps(manifest: Manifest, flags: ResumeFlags) -> list[Overlap]:
+        earlier = earlier_windows(path, state, manifest)
+        return count_units(manifest, state.units, flags, None, earlier=earlier).overlaps
+
+    assert overlaps(retry, ResumeFlags()) == []  # nothing is sent
+    failed = Overlap("window[0]", "ods_orders", WS, 6, 6, T0, T0 + 36 * HOUR - 1)
+    assert overlaps(retry, ResumeFlags(retry_failed=True)) == [failed]
+    held = Overlap("window[0]", "ods_orders", WS, 2, 2, T0 + 36 * HOUR, T0 + 48 * HOUR - 1)
+    assert overlaps(retry, ResumeFlags(resend_held=True)) == [held]
+    both = ResumeFlags(retry_failed=True, resend_held=True)
+    every = Overlap("window[0]", "ods_orders", WS, 8, 8, T0, T0 + 48 * HOUR - 1)
+    assert overlaps(retry, both) == [every]
+    last = dataclasses.replace(retry, sha256="last")  # the manifest of the last run
+    assert overlaps(last, ResumeFlags(retry_failed=True)) == [failed]
+    assert overlaps(last, ResumeFlags()) == []
