@@ -959,13 +959,16 @@ def _print_overlaps(overlaps: Sequence[Any], *, log: bool) -> None:
     for o in overlaps:
         zone = o.timezone
         err.print(
-            f"[yellow]warning:[/] {escape(o.entry)} (job {escape(o.job_name)}): its chunks "
-            "changed since an earlier run (chunk, begin or a body field), so "
-            f"{counted(o.new, 'request')} {'re-covers' if o.new == 1 else 're-cover'} times "
-            f"that {counted(o.done, 'done request')} already covered "
+            f"[yellow]warning:[/] {escape(o.entry)} (job {escape(o.job_name)}): "
+            f"{counted(o.new, 'request')} this run sends "
+            f"{'re-covers' if o.new == 1 else 're-cover'} times that "
+            f"{counted(o.done, 'done request')} already covered "
             f"({_fmt_ms(o.first_ms, zone)} .. {_fmt_ms(o.last_ms, zone)}): their instances "
-            "will run again. To avoid that, restore the earlier chunk, begin and fields, or "
-            "narrow the window to what is not done."
+            "will run again. That happens when the entry's chunk, begin or a body field "
+            "changed since an earlier run, when another entry (or its jobs) covered the job "
+            "there, or when --retry-failed or --resend-held sends again requests whose times "
+            "were done since. To avoid it, send what the earlier run sent, or narrow the "
+            "window to what is not done."
         )
     if log and overlaps:
         import structlog

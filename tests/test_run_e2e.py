@@ -733,7 +733,11 @@ def test_held_units_verify_held_cannot_decide_are_explained_not_sent_to_verify_a
 
 
 def overlap_warnings(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "changed since an earlier run" in line]
+    return [
+        line
+        for line in stderr.splitlines()
+        if "done requests already covered" in line or "done request already covered" in line
+    ]
 
 
 def six_hours_done(cli: Cli, srv: Service, tmp_path: Path) -> tuple[Path, Path]:
@@ -756,15 +760,17 @@ def test_a_rechunked_window_is_sent_after_a_warning_that_names_the_entry_and_cou
 
     assert out.returncode == 0, out.stderr
     assert overlap_warnings(out.stderr) == [
-        "warning: window[0] (job ods_orders): its chunks changed since an earlier run (chunk, "
-        "begin or a body field), so 3 requests re-cover times that 6 done requests already "
-        "covered (2024-11-26 08:00:00.000+08:00 .. 2024-11-26 13:59:59.999+08:00): their "
-        "instances will run again. To avoid that, restore the earlier chunk, begin and "
-        "fields, or narrow the window to what is not done."
+        "warning: window[0] (job ods_orders): 3 requests this run sends re-cover times that "
+        "6 done requests already covered (2024-11-26 08:00:00.000+08:00 .. 2024-11-26 "
+        "13:59:59.999+08:00): their instances will run again. That happens when the entry's "
+        "chunk, begin or a body field changed since an earlier run, when another entry (or "
+        "its jobs) covered the job there, or when --retry-failed or --resend-held sends "
+        "again requests whose times were done since. To avoid it, send what the earlier run "
+        "sent, or narrow the window to what is not done."
     ]
     # Said before anything was sent (the resume line comes next), and sent all the same:
     # resume decides per chunk.
-    assert out.stderr.index("changed since an earlier run") < out.stderr.index("units done")
+    assert out.stderr.index("already covered (") < out.stderr.index("units done")
     assert len(srv.ledger()) == 6 + 3
     logged = [r for r in map(json.loads, log.read_text().splitlines()) if r["level"] == "warning"]
     assert [(r["event"], r["entry"], r["requests"], r["done_requests"]) for r in logged] == [
@@ -808,7 +814,7 @@ def test_an_unedited_resume_after_an_interruption_does_not_warn(
     # The same journal with the chunk edited: 2 of the 2h requests re-cover the 3 done hours.
     out = cli("run", str(edited), "--journal", str(j_edited), "--rate", "100", url=srv.url)
     assert out.returncode == 0, out.stderr
-    assert "so 2 requests re-cover times that 3 done requests" in " ".join(
+    assert "2 requests this run sends re-cover times that 3 done requests" in " ".join(
         overlap_warnings(out.stderr)
     )
 
@@ -831,8 +837,9 @@ def test_a_window_moved_past_what_is_done_does_not_warn(
     into = write_manifest(tmp_path / "into.toml", one_window("ods_orders", 6, "2h", start=5.5))
     out = cli("run", str(into), "--journal", str(j_into), "--rate", "100", url=srv.url)
     assert out.returncode == 0, out.stderr
-    assert "so 1 request re-covers times that 1 done request already covered" in " ".join(
-        overlap_warnings(out.stderr)
+    assert (
+        "1 request this run sends re-covers times that 1 done request already covered"
+        in " ".join(overlap_warnings(out.stderr))
     )
 
 
@@ -1467,9 +1474,11 @@ def test_a_new_window_over_a_job_done_through_jobs_is_warned_about(
     assert out.returncode == 0, out.stderr
     (warning,) = overlap_warnings(out.stderr)
     assert warning.startswith("warning: window[1] (job dwd_users): ")
-    assert "so 6 requests re-cover times that 6 done requests already covered" in warning
+    assert (
+        "6 requests this run sends re-cover times that 6 done requests already covered" in warning
+    )
     assert "(2024-11-26 08:00:00.000+08:00 .. 2024-11-26 13:59:59.999+08:00)" in warning
-    assert out.stderr.index("changed since an earlier run") < out.stderr.index("units done")
+    assert out.stderr.index("already covered (") < out.stderr.index("units done")
     assert len(srv.ledger()) == 6 + 6
 
 
@@ -1525,10 +1534,13 @@ def test_failed_windows_resent_over_times_done_since_are_warned_about(
     warnings = overlap_warnings(out.stderr)
     assert len(warnings) == 8
     assert warnings[0].startswith("warning: window[0] (job ods_orders): ")
-    assert "so 1 request re-covers times that 1 done request already covered" in warnings[0]
+    assert (
+        "1 request this run sends re-covers times that 1 done request already covered"
+        in warnings[0]
+    )
     assert "(2024-11-26 00:00:00.000Z .. 2024-11-26 05:59:59.999Z)" in warnings[0]  # UTC
     assert warnings[7].startswith("warning: window[7] (job ods_orders): ")
-    assert out.stderr.index("changed since an earlier run") < out.stderr.index("units done")
+    assert out.stderr.index("already covered (") < out.stderr.index("units done")
     assert not any("dwd_new" in warning for warning in warnings)  # never done before
     twice = rerun_counts(srv) + rerun_counts(fixed)
     assert sorted(set(twice.values())) == [1, 2]
