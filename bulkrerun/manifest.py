@@ -641,6 +641,27 @@ def _cell(text: str) -> int | str:
     return cell
 
 
+def _csv_problem(exc: csv.Error, line: int) -> str:
+    """What the csv module refused, in words that point at the fix; ``line``: where it
+    stopped reading."""
+    message = str(exc)
+    if message.startswith("field larger than field limit"):
+        # Usually a stray double quote: it opens a quoted cell that runs on, across lines,
+        # until the next quote in the file.
+        limit = csv.field_size_limit()
+        return (
+            f"a cell runs on past {limit} characters (to line {line}); look for a stray "
+            'double quote (") here: it opens a quoted cell that takes in the lines after it. '
+            "Each cell is one number"
+        )
+    if message.startswith("new-line character seen in unquoted field"):
+        return (
+            "holds a carriage return (\\r) inside a cell; lines must end in \\n or \\r\\n "
+            "(save the file with Unix or Windows line ends)"
+        )
+    return f"cannot be read as CSV ({message}); each line must be job_id,plan_time,submit_time"
+
+
 def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
     reader = csv.reader(lines)
     header = next(reader, None)
@@ -657,7 +678,17 @@ def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
     # is one problem, reported once at the header.
     columns = {name: names.index(name) for name in INSTANCE_FIELDS if name in names}
     width = f"must have 3, {expected}" if header_ok else f"the header has {len(names)}"
-    for row in reader:
+    while True:
+        start = reader.line_num + 1  # where the next row begins; a quoted cell may span lines
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            # Where the reader stands after this is a guess, so the rest of the file is not
+            # read as rows: one problem, at the line where the row began.
+            yield start, [_csv_problem(exc, reader.line_num)]
+            return
+        if row is None:
+            return
         line = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue

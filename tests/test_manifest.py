@@ -25,6 +25,8 @@ from bulkrerun.manifest import (
     load_manifest,
     parse_span,
 )
+from bulkrerun.report import status
+from tests.test_report import FILE_MANIFEST, INSTANCES_CSV, run_from_manifest
 
 CORPUS = Path(__file__).parent / "manifests"
 EXPECTED: dict[str, list[str]] = tomllib.loads((CORPUS / "expected.toml").read_text())["expect"]
@@ -551,6 +553,60 @@ def test_a_number_too_long_to_read_is_a_problem_not_a_crash(tmp_path: Path, suff
     (tmp_path / f"huge{suffix}").write_text(content)
     (problem,) = problems_of(instances_manifest(tmp_path, f"huge{suffix}"))
     assert f"huge{suffix}:" in problem
+
+
+def stray_quote_csv(path: Path, rows: int = 10_000) -> None:
+    """An export of ``rows`` instances with a stray double quote at the start of line 4: the
+    quoted cell it opens takes in the lines after it until it passes the csv module's limit
+    of 131072 characters."""
+    lines = [f"{i},1732601580000,1732239754684\n" for i in range(1, rows + 1)]
+    lines[2] = '"' + lines[2]
+    path.write_text("job_id,plan_time,submit_time\n" + "".join(lines))
+
+
+def test_a_stray_quote_in_a_csv_is_one_problem_at_its_line_not_a_crash(tmp_path: Path) -> None:
+    stray_quote_csv(tmp_path / "x.csv")
+    (problem,) = problems_of(instances_manifest(tmp_path, "x.csv"))
+    assert problem.startswith(f"{tmp_path / 'm.toml'}: instances[0].file: x.csv:4: ")
+    assert "131072 characters" in problem and "stray double quote" in problem
+
+
+def test_a_csv_cell_over_the_limit_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text(
+        "job_id,plan_time,submit_time\n1,1732601580000,1732239754684\n"
+        + "1" * 200_000
+        + ",1732601580000,1732239754684\n"
+    )
+    (problem,) = problems_of(instances_manifest(tmp_path, "x.csv"))
+    assert "instances[0].file: x.csv:3: a cell runs on past 131072 characters" in problem
+
+
+def test_a_carriage_return_inside_a_csv_cell_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_bytes(b"job_id,plan_time,submit_time\n1,17326\r01580000,2\n")
+    (problem,) = problems_of(instances_manifest(tmp_path, "x.csv"))
+    assert "instances[0].file: x.csv:2: holds a carriage return" in problem
+
+
+def test_iter_instances_refuses_a_csv_damaged_after_validation(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("job_id,plan_time,submit_time\n1,1732601580000,1732239754684\n")
+    (entry,) = load_manifest(instances_manifest(tmp_path, "x.csv")).entries
+    assert isinstance(entry, InstancesEntry)
+    stray_quote_csv(path)
+    with pytest.raises(ManifestError, match=r"x.csv:4: a cell runs on past 131072"):
+        list(iter_instances(entry))
+
+
+def test_status_says_a_csv_damaged_after_the_run_changed(tmp_path: Path) -> None:
+    # status makes the plan again from the journal's copy of the manifest, reading the file.
+    manifest = write(tmp_path, "m.toml", FILE_MANIFEST.replace("FILE", "x.csv"))
+    (tmp_path / "x.csv").write_text(INSTANCES_CSV)
+    run_from_manifest(tmp_path / "j", manifest, sent=1)
+    stray_quote_csv(tmp_path / "x.csv")
+    summary = status(tmp_path / "j")
+    assert summary.pending is None
+    assert summary.pending_unknown is not None
+    assert f"{tmp_path / 'x.csv'} (instances[0]) changed since run 1" in summary.pending_unknown
 
 
 # ---------------------------------------------------------------------------------------------
