@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -740,9 +743,60 @@ def _jsonl_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
             yield line_no, Instance(obj["job_id"], obj["plan_time"], obj["submit_time"])
 
 
+class _NotAFile(OSError):
+    """An instance file that is a pipe, a device or a socket, not a regular file."""
+
+    def __init__(self, mode: int) -> None:
+        super().__init__(f"is {_kind(mode)}, not a regular file")
+        self.mode = mode
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"  # pragma: no cover - no other kind on the systems we run on
+
+
+def _not_a_file(mode: int) -> str:
+    return (
+        f"is {_kind(mode)}, not a regular file; an instance file is read twice (once to "
+        "validate it, once to plan), which only a regular file allows: save what it holds "
+        "to a .csv or .jsonl file and name that"
+    )
+
+
+def _open_regular(path: Path) -> typing.BinaryIO:
+    """``path`` opened for reading, when it is a regular file.
+
+    A pipe (a FIFO, /dev/stdin) would give its lines once, to validation, and then leave
+    planning waiting for a writer that never comes; a device may never end. Opening without
+    waiting and asking the open file what it is also holds when the file was swapped after
+    a check by name. Raises IsADirectoryError or :class:`_NotAFile` (both OSErrors).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise _NotAFile(mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _rows(path: Path, digest: Any | None = None) -> Iterator[tuple[int, _Row]]:
-    """(line number, instance or problem) for each non-blank data line of an instance file."""
-    with path.open("rb") as raw:
+    """(line number, instance or problem) for each non-blank data line of an instance file.
+
+    Raises OSError when it cannot be read; :class:`_NotAFile` when it is not a regular file.
+    """
+    with _open_regular(path) as raw:
         lines = _decoded_lines(raw, digest)
         if path.suffix.lower() in _CSV_SUFFIXES:
             yield from _csv_rows(lines)
@@ -763,13 +817,21 @@ def iter_instances(entry: InstancesEntry) -> Iterator[Instance]:
         yield from entry.items
         return
     shown = entry.file_name or entry.file.name
-    for line_no, row in _rows(entry.file):
-        if not isinstance(row, Instance):
-            where = f"{entry.label}.file: {shown}:{line_no}"
-            raise ManifestError(
-                [f"{where}: {problem} (changed since it was checked)" for problem in row]
-            )
-        yield row
+    try:
+        for line_no, row in _rows(entry.file):
+            if not isinstance(row, Instance):
+                where = f"{entry.label}.file: {shown}:{line_no}"
+                raise ManifestError(
+                    [f"{where}: {problem} (changed since it was checked)" for problem in row]
+                )
+            yield row
+    except OSError as exc:  # gone, or swapped for a pipe, since it was checked
+        if isinstance(exc, _NotAFile):
+            why = _not_a_file(exc.mode)
+        else:
+            why = f"cannot be read: {exc.strerror or exc}"
+        where = f"{entry.label}.file = {_show(shown)}"
+        raise ManifestError([f"{where}: {why} (changed since it was checked)"]) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1042,8 +1104,9 @@ class _Checker:
                 ok = False
             items = tuple(Instance(i.job_id, i.plan_time, i.submit_time) for i in raw.items)
         elif raw.file is not None:
-            path = (self.folder / raw.file).resolve()
-            ok = self.instance_file(label, raw.file, path)
+            given = self.folder / raw.file
+            path = given.resolve()
+            ok = self.instance_file(label, raw.file, path, given)
         if common is None or not ok or broken:
             return None
         return InstancesEntry(
@@ -1055,12 +1118,23 @@ class _Checker:
             file_name=raw.file,
         )
 
-    def instance_file(self, label: str, shown: str, path: Path) -> bool:
+    def instance_file(self, label: str, shown: str, path: Path, given: Path) -> bool:
         """Read and check a whole instance file (once per file); True when it is usable.
 
-        ``path`` is resolved; ``shown`` is the file as the manifest names it.
+        ``path`` is resolved; ``given`` is the file as named (unresolved: the system follows
+        a link like /dev/stdin where resolving a path cannot); ``shown`` is the file as the
+        manifest names it.
         """
         where = f"{label}.file = {_show(shown)}"
+        try:
+            mode = given.stat().st_mode
+        except OSError:
+            pass  # said below, when it is read
+        else:
+            # Asked first: what a pipe resolves to says nothing true about it.
+            if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                self.add(f"{where}: {_not_a_file(mode)}")
+                return False
         if path.suffix.lower() not in _CSV_SUFFIXES + _JSONL_SUFFIXES:
             self.add(
                 f"{where}: must end in .csv (header {','.join(INSTANCE_FIELDS)}) or .jsonl "
@@ -1084,6 +1158,9 @@ class _Checker:
             return False
         except IsADirectoryError:
             self.add(f"{where}: is a folder; must be a .csv or .jsonl file")
+            return False
+        except _NotAFile as exc:  # swapped for a pipe since it was looked at
+            self.add(f"{where}: {_not_a_file(exc.mode)}")
             return False
         except OSError as exc:
             self.add(f"{where}: cannot be read: {exc.strerror or exc}")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from bulkrerun.manifest import (
     parse_span,
 )
 from bulkrerun.report import status
+from tests.conftest import Cli
 from tests.test_report import FILE_MANIFEST, INSTANCES_CSV, run_from_manifest
 
 CORPUS = Path(__file__).parent / "manifests"
@@ -607,6 +611,67 @@ def test_status_says_a_csv_damaged_after_the_run_changed(tmp_path: Path) -> None
     assert summary.pending is None
     assert summary.pending_unknown is not None
     assert f"{tmp_path / 'x.csv'} (instances[0]) changed since run 1" in summary.pending_unknown
+
+
+GOOD_CSV = "job_id,plan_time,submit_time\n1,1732601580000,1732239754684\n"
+READ_TWICE = (
+    "not a regular file; an instance file is read twice (once to validate it, once to plan)"
+)
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_an_instance_file_that_is_a_fifo_is_refused_not_waited_on(
+    tmp_path: Path, cli: Cli, command: str
+) -> None:
+    # Validation would read what a writer sends, then planning would wait for another.
+    os.mkfifo(tmp_path / "x.csv")
+    instances_manifest(tmp_path, "x.csv")
+    args = ["run", "m.toml", "--journal", "j"] if command == "run" else ["plan", "m.toml"]
+    # Port 9 (discard): nothing listens, and nothing may be sent anyway.
+    out = cli(*args, url="http://127.0.0.1:9", timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert 'm.toml: instances[0].file = "x.csv": is a named pipe, ' + READ_TWICE in out.stderr
+
+
+def test_an_instance_file_linked_to_a_piped_stdin_is_refused(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "x.csv").symlink_to("/dev/stdin")
+    instances_manifest(tmp_path, "x.csv")
+    out = subprocess.run(
+        [sys.executable, "-m", "bulkrerun", "plan", "m.toml"],
+        input=GOOD_CSV,
+        capture_output=True,
+        text=True,
+        env=cli.env(),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    assert 'instances[0].file = "x.csv": is a named pipe, ' + READ_TWICE in out.stderr
+
+
+def test_an_instance_file_linked_to_a_regular_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text(GOOD_CSV)
+    (tmp_path / "x.csv").symlink_to(tmp_path / "data.csv")
+    (entry,) = load_manifest(instances_manifest(tmp_path, "x.csv")).entries
+    assert isinstance(entry, InstancesEntry)
+    assert entry.file == tmp_path / "data.csv"
+    assert [i.job_id for i in iter_instances(entry)] == [1]
+
+
+@pytest.mark.timeout(30)  # before the fix, opening the pipe waited for a writer
+def test_iter_instances_refuses_a_file_swapped_for_a_fifo_after_validation(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(GOOD_CSV)
+    (entry,) = load_manifest(instances_manifest(tmp_path, "x.csv")).entries
+    assert isinstance(entry, InstancesEntry)
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(ManifestError, match=r'x.csv": is a named pipe, not a regular file; '):
+        list(iter_instances(entry))
 
 
 # ---------------------------------------------------------------------------------------------
