@@ -616,6 +616,34 @@ _Row = Instance | list[str]  # an instance, or what is wrong with the line
 
 # Python refuses to read integers of more than 4300 digits (sys.get_int_max_str_digits()).
 _TOO_LONG = "holds a number too long to read (more than 4300 digits); no field takes one"
+# Parsers recurse once per level of nesting: hundreds of brackets exhaust the stack.
+_TOO_DEEP = "is nested too deeply to read (arrays or tables within each other, hundreds deep)"
+# What parses may still be too deep to show in a message or check: nothing valid comes near
+# this (a manifest nests five levels: itself, [[instances]], an entry, items, an item).
+MAX_DEPTH = 32
+
+
+def _too_deep(value: Any) -> list[int | str] | None:
+    """Where ``value`` first holds an array or table nested more than MAX_DEPTH deep (the
+    keys and indexes leading there); None when it does not. Without recursion, of course."""
+    todo: list[tuple[Any, list[int | str]]] = [(value, [])]
+    while todo:
+        item, loc = todo.pop()
+        if isinstance(item, dict):
+            children: list[tuple[int | str, Any]] = list(item.items())
+        elif isinstance(item, list):
+            children = list(enumerate(item))
+        else:
+            continue
+        if len(loc) == MAX_DEPTH:
+            return loc
+        todo.extend((child, [*loc, key]) for key, child in reversed(children))
+    return None
+
+
+def _deep_problem(loc: list[int | str]) -> str:
+    shown = _where("", loc[:3]) + ("..." if len(loc) > 3 else "")
+    return f"{shown}: nested more than {MAX_DEPTH} levels deep (arrays or tables within each other)"
 
 
 def _value_problems(values: dict[str, Any]) -> list[str]:
@@ -722,9 +750,17 @@ def _jsonl_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
         except ValueError:
             yield line_no, [_TOO_LONG]
             continue
+        except RecursionError:
+            yield line_no, [f"{_TOO_DEEP}; each line must be one flat JSON object with {expected}"]
+            continue
         if not isinstance(obj, dict):
             yield line_no, [f"must be a JSON object with keys {expected}"]
             continue
+        if any(isinstance(value, (dict, list)) for value in obj.values()):
+            deep = _too_deep(obj)
+            if deep is not None:
+                yield line_no, [f"{_deep_problem(deep)}; each line must be one flat JSON object"]
+                continue
         # Every problem of the line at once: a stray key does not hide a bad value.
         problems = [
             f"{key}: unknown key; allowed keys: {expected}"
@@ -1301,6 +1337,8 @@ def _parse(name: str, text: str, is_json: bool) -> Any:
             raise ManifestError([f"{name}: invalid JSON: {exc}; keep one of them"]) from None
         except ValueError:
             raise ManifestError([f"{name}: {_TOO_LONG}"]) from None
+        except RecursionError:
+            raise ManifestError([f"{name}: {_TOO_DEEP_MANIFEST}"]) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -1313,7 +1351,16 @@ def _parse(name: str, text: str, is_json: bool) -> Any:
         raise ManifestError([f"{where}: invalid TOML: {message}; fix the syntax"]) from None
     except ValueError:
         raise ManifestError([f"{name}: {_TOO_LONG}"]) from None
+    except RecursionError:
+        raise ManifestError([f"{name}: {_TOO_DEEP_MANIFEST}"]) from None
 
+
+_LEVELS = "itself, [[instances]], an entry, its items, one item"
+# Neither parser says where it was when the stack ran out, so no line is given.
+_TOO_DEEP_MANIFEST = (
+    f"{_TOO_DEEP}; a manifest nests five levels at most ({_LEVELS}): look for brackets or "
+    "braces opened hundreds deep, or never closed"
+)
 
 _HEADER = re.compile(r"^[ \t]*\[\[[ \t]*(window|instances|select)[ \t]*\]\]", re.MULTILINE)
 _KINDS = ("window", "instances", "select")
@@ -1369,6 +1416,11 @@ def load_manifest(path: Path, *, now_ms: int | None = None) -> Manifest:
             ]
         )
     data = _parse(name, text.removeprefix("\ufeff"), path.suffix.lower() == ".json")
+    deep = _too_deep(data)
+    if deep is not None:
+        raise ManifestError(
+            [f"{name}: {_deep_problem(deep)}; a manifest nests five levels at most ({_LEVELS})"]
+        )
     sha256 = hashlib.sha256(raw).hexdigest()
     return _validated(path, text, sha256, data, now_ms=now_ms)
 

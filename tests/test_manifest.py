@@ -838,6 +838,75 @@ def test_a_number_too_long_to_read_in_the_manifest_is_a_problem(tmp_path: Path) 
     assert "too long" in problem
 
 
+DEEP = 100_000  # far past any recursion limit
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("m.toml", "version = 1\nx = " + "[" * DEEP + "]" * DEEP + "\n"),
+        ("m.toml", "version = 1\nx = " + "{a = " * DEEP + "1" + "}" * DEEP + "\n"),
+        ("m.json", '{"version": 1, "x": ' + "[" * DEEP + "]" * DEEP + "}"),
+        ("m.json", '{"version": 1, "x": ' + '{"a": ' * DEEP + "1" + "}" * DEEP + "}"),
+    ],
+)
+def test_a_manifest_nested_too_deeply_to_parse_is_a_problem_not_a_crash(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    (problem,) = problems_of(write(tmp_path, name, text))
+    assert problem.startswith(f"{tmp_path / name}: is nested too deeply to read")
+    assert "a manifest nests five levels at most" in problem
+
+
+def test_no_depth_up_to_the_parsers_limit_is_a_crash(tmp_path: Path) -> None:
+    # Just short of the depth at which the parser runs out of stack, what parsed ran out of
+    # it further on (showing the value in a message). Where that is depends on how deep the
+    # stack already is, so every depth up to the parser's limit is tried.
+    (tmp_path / "x.jsonl").write_text("")
+    jsonl = instances_manifest(tmp_path, "x.jsonl")
+    for depth in range(1, 1001):
+        nested = "[" * depth + "]" * depth
+        (tmp_path / "x.jsonl").write_text(f'{{"job_id": {nested}}}\n')
+        json_manifest = write(tmp_path, "m.json", f'{{"version": 1, "x": 1, "window": {nested}}}')
+        for path in (jsonl, json_manifest):
+            try:
+                problems_of(path)
+            except RecursionError:  # pragma: no cover - what the fix is about
+                pytest.fail(f"{path.name} nested {depth} deep: RecursionError")
+
+
+def test_a_manifest_nested_past_the_limit_is_named_where(tmp_path: Path) -> None:
+    nested = "[" * 40 + "]" * 40
+    (problem,) = problems_of(write(tmp_path, "m.json", f'{{"version": 1, "window": {nested}}}'))
+    assert problem == (
+        f"{tmp_path / 'm.json'}: window[0][0]...: nested more than 32 levels deep (arrays or "
+        "tables within each other); a manifest nests five levels at most (itself, "
+        "[[instances]], an entry, its items, one item)"
+    )
+
+
+def test_dotted_keys_nested_too_deep_are_named_where_they_start(tmp_path: Path) -> None:
+    # TOML reads dotted keys without recursion; the value they build is deep all the same.
+    text = HEAD + "\n[[window]]\njob_name." + ".".join(["a"] * 2000) + " = 1\n"
+    (problem,) = problems_of(write(tmp_path, "m.toml", text))
+    assert problem.startswith(f"{tmp_path / 'm.toml'}: window[0].job_name...: nested more than ")
+
+
+@pytest.mark.parametrize("depth", [40, DEEP])
+def test_a_jsonl_line_nested_too_deeply_is_a_problem_at_its_line(
+    tmp_path: Path, depth: int
+) -> None:
+    good = '{"job_id": 1, "plan_time": 1732601580000, "submit_time": 1732239754684}\n'
+    deep = '{"job_id": ' + "[" * depth + "]" * depth + "}\n"
+    (tmp_path / "x.jsonl").write_text(good + deep)
+    try:
+        (problem,) = problems_of(instances_manifest(tmp_path, "x.jsonl"))
+    except RecursionError:  # pragma: no cover - what the fix is about
+        pytest.fail("RecursionError")
+    assert "instances[0].file: x.jsonl:2: " in problem
+    assert "nested" in problem and "each line must be one flat JSON object" in problem
+
+
 def test_missing_manifest_file(tmp_path: Path) -> None:
     assert problems_of(tmp_path / "nope.toml") == [f"{tmp_path / 'nope.toml'}: no such file"]
 
