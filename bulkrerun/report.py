@@ -487,9 +487,15 @@ def _manifest_arg(run: RunRecord) -> str:
     """The manifest as a command typed here should name it: as it was given, if that still
     leads to it from this folder, else where it was (the journal may be read from anywhere)."""
     given, where = run.manifest_name, run.manifest_path
-    if not where or Path(given).absolute() == Path(where):
+    if not where:
         return given
-    return where
+    try:
+        here = Path(given).absolute()
+    except OSError:
+        # This folder was removed (os.getcwd fails): a name relative to it leads nowhere,
+        # where the manifest was still does, from wherever the user goes next.
+        return where
+    return given if here == Path(where) else where
 
 
 # The flags of `run` that `verify` takes too: it reaches the same service the same way.

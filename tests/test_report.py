@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
 import tempfile
 import tomllib
 from collections.abc import Callable
@@ -484,6 +486,42 @@ def test_pending_is_counted_from_any_folder_whatever_became_of_the_manifest(
         assert {k: obj[k] for k in expected} == expected
         assert obj["pending_unknown"] is None
         manifest.unlink(missing_ok=True)
+
+
+# `bulkrerun status JOURNAL` run from a folder that it removes before it starts.
+IN_A_REMOVED_FOLDER = """
+import os, runpy, sys
+os.rmdir(os.getcwd())
+sys.argv = ["bulkrerun", "status", sys.argv[1]]
+runpy.run_module("bulkrerun", run_name="__main__")
+"""
+
+
+def test_status_in_a_removed_folder_names_the_manifest_where_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
+) -> None:
+    # The run was started in tmp_path as `bulkrerun run backfill.toml`; status is asked in a
+    # folder since removed, where os.getcwd() fails and the relative name leads nowhere.
+    (tmp_path / "failed.csv").write_text(INSTANCES_CSV, encoding="utf-8")
+    manifest = tmp_path / "backfill.toml"
+    manifest.write_text(FILE_MANIFEST.replace("FILE", "failed.csv"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    run_from_manifest(tmp_path / "j", Path("backfill.toml"), sent=1)
+    removed = tmp_path / "removed"
+    removed.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", IN_A_REMOVED_FOLDER, str(tmp_path / "j")],
+        capture_output=True,
+        text=True,
+        env=cli.env(),
+        cwd=removed,
+        timeout=60,
+        check=False,
+    )
+    assert not removed.exists()
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 0, out.stderr
+    assert f"bulkrerun run {manifest} --journal {tmp_path / 'j'}" in out.stdout
 
 
 def test_pending_is_unknown_while_an_instance_file_is_missing_or_changed(tmp_path: Path) -> None:
