@@ -356,8 +356,7 @@ def _recorded_manifest(run: RunRecord) -> Manifest:
     for i, file in spelled.items():
         path = where[file]
         label = labels.setdefault(path, f"instances[{i}]")
-        if not Path(path).is_file():
-            raise _missing(run, path, label)
+        _readable(run, path, label)
         tables[i]["file"] = path
     try:
         manifest = manifest_from_copy(Path(name), run.manifest_text, run.manifest_sha256, data)
@@ -390,6 +389,32 @@ def _instance_files(run: RunRecord, spelled: list[str]) -> dict[str, str]:
         )
     where = dict(zip(named, recorded, strict=True))
     return {file: where[os.path.normpath(file)] for file in spelled}
+
+
+def _readable(run: RunRecord, path: str, label: str) -> None:
+    """Raise :class:`_CannotCount` saying what keeps the instance file at ``path`` from
+    being read again: gone, no longer a regular file (a directory, a pipe: opening one
+    would wait for a writer), or refused (permissions)."""
+    p = Path(path)
+    if not p.exists():
+        raise _missing(run, path, label)
+    what = (
+        "cannot be read (it is no longer a regular file)" if not p.is_file() else _unopenable(path)
+    )
+    if what:
+        raise _CannotCount(
+            f"the instance file {path} ({label}) that run {run.n} read {what}, so what is "
+            "not yet sent cannot be counted; make it readable, then resume with the same "
+            "command"
+        )
+
+
+def _unopenable(path: str) -> str:
+    try:
+        with open(path, "rb"):
+            return ""
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
 
 
 def _missing(run: RunRecord, path: str, label: str | None) -> _CannotCount:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -548,6 +549,19 @@ def test_pending_is_unknown_while_an_instance_file_is_missing_or_changed(tmp_pat
     assert summary.pending is None
     assert f"{instances} (instances[0]) changed since run 1 read it" in summary.next_steps[0]
     assert status_json(summary)["pending_unknown"] == summary.pending_unknown
+
+    # A directory, or a pipe, in its place: said as such (a pipe's open would wait for a
+    # writer), not "missing" or "changed".
+    instances.unlink()
+    for replace in (os.mkdir, os.mkfifo):
+        replace(instances)
+        summary = status(tmp_path / "j")
+        assert summary.pending is None
+        assert (
+            f"the instance file {instances} (instances[0]) that run 1 read cannot be read (it "
+            "is no longer a regular file)" in summary.next_steps[0]
+        )
+        (os.rmdir if instances.is_dir() else os.unlink)(instances)
 
     (tmp_path / "kept.csv").replace(instances)  # back as it was: counted again
     assert status(tmp_path / "j").pending == 3 + 5 - 1
