@@ -695,7 +695,11 @@ def _csv_problem(exc: csv.Error, line: int) -> str:
 
 def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
     reader = csv.reader(lines)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:  # a file of CR line ends, a quote that runs on from the header
+        yield 1, [_csv_problem(exc, reader.line_num)]
+        return
     expected = ",".join(INSTANCE_FIELDS)
     if header is None:
         return

@@ -591,6 +591,26 @@ def test_a_carriage_return_inside_a_csv_cell_is_a_problem_not_a_crash(tmp_path: 
     assert "instances[0].file: x.csv:2: holds a carriage return" in problem
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # CR line ends (a spreadsheet's "CSV (Macintosh)"): the header is the first row read.
+        (
+            b"job_id,plan_time,submit_time\r1,1732601580000,1732239754684\r",
+            "x.csv:1: holds a carriage return",
+        ),
+        # A quote that runs on from the header.
+        (b'"job_id,plan_time,submit_time\n' + b"1,2,3\n" * 30_000, "x.csv:1: a cell runs on"),
+    ],
+)
+def test_a_csv_the_csv_module_refuses_at_its_header_is_a_problem_not_a_crash(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    (tmp_path / "x.csv").write_bytes(data)
+    (problem,) = problems_of(instances_manifest(tmp_path, "x.csv"))
+    assert f"instances[0].file: {expected}" in problem
+
+
 def test_iter_instances_refuses_a_csv_damaged_after_validation(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("job_id,plan_time,submit_time\n1,1732601580000,1732239754684\n")
