@@ -45,7 +45,6 @@ from bulkrerun.errors import (
     WrongEndpoint,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
-from bulkrerun.interrupt import STOP_SIGNALS
 from bulkrerun.interrupt import interrupt as _interrupt
 from bulkrerun.text import counted, duration, run_command
 
@@ -1881,7 +1880,7 @@ def _signal_receiver() -> Iterator[Any]:
     after it ended the process with 143 and no resume command. What is left is the instant
     between two calls, with no await between them."""
     try:
-        with anyio.open_signal_receiver(*STOP_SIGNALS) as sigs:
+        with anyio.open_signal_receiver(*_interrupt.signals) as sigs:
             yield sigs
     finally:
         _signals_interrupt()

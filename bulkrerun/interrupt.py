@@ -16,7 +16,11 @@ from typing import Any
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """The signals that stop a command gracefully. SIGHUP is the terminal going away (an ssh
 session dropped, a window closed): by default it killed a run mid-request, leaving units
-held that were never sent; it stops the run like SIGTERM now, and the same command resumes."""
+held that were never sent; it stops the run like SIGTERM now, and the same command resumes.
+A SIGHUP the command was started with ignored (``nohup bulkrerun run ...``, so that the run
+outlives the terminal) stays ignored: see :attr:`Interrupt.signals`. SIGINT and SIGTERM are
+taken whatever they were: a script's ``bulkrerun run ... &`` starts with SIGINT ignored, and
+``kill -INT`` has always stopped such a run."""
 
 REDELIVER_AFTER = 0.01
 """Seconds before a signal Python dropped in a ``__del__`` is sent again."""
@@ -40,6 +44,9 @@ class Interrupt:
         self.resume: str | None = None
         self._raising = False
         self._previous_hook = sys.unraisablehook
+        # The stop signals this process takes: SIGHUP only if it was not started ignored.
+        # Read once, before the first install replaces the inherited dispositions.
+        self.signals: tuple[signal.Signals, ...] = ()
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.fired = True
@@ -50,7 +57,13 @@ class Interrupt:
     def install(self, *, raising: bool = True) -> None:
         """Take the :data:`STOP_SIGNALS` from now on; ``raising=False`` only remembers them."""
         self._raising = raising
-        for signum in STOP_SIGNALS:
+        if not self.signals:
+            self.signals = tuple(
+                s
+                for s in STOP_SIGNALS
+                if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN
+            )
+        for signum in self.signals:
             signal.signal(signum, self)
         if sys.unraisablehook != self._unraisable:
             self._previous_hook = sys.unraisablehook

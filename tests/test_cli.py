@@ -460,16 +460,19 @@ async def test_the_signal_receivers_hand_sigterm_back_the_moment_they_close() ->
 
     import bulkrerun.cli as cli_module
 
-    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    saved = [signal.getsignal(s) for s in stops]
+    every = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = [signal.getsignal(s) for s in every]
     try:
+        cli_module._signals_interrupt()
+        stops = cli_module._interrupt.signals  # SIGHUP too, unless pytest runs under nohup
+        assert stops[:2] == (signal.SIGINT, signal.SIGTERM)
         with cli_module._signal_receiver():
             for s in stops:
                 assert signal.getsignal(s) is not cli_module._interrupt  # anyio's
         for s in stops:
             assert signal.getsignal(s) is cli_module._interrupt
     finally:
-        for s, handler in zip(stops, saved, strict=True):
+        for s, handler in zip(every, saved, strict=True):
             signal.signal(s, handler)
 
 

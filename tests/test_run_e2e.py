@@ -1545,3 +1545,30 @@ def test_failed_windows_resent_over_times_done_since_are_warned_about(
     twice = rerun_counts(srv) + rerun_counts(fixed)
     assert sorted(set(twice.values())) == [1, 2]
     assert all(n == 2 for (job, _), n in twice.items() if job == "ods_orders")
+
+
+def test_a_run_started_with_sighup_ignored_outlives_the_terminal(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # `nohup bulkrerun run ...`: the operator asked for the run to go on when the terminal
+    # closes. Taking SIGHUP as a stop would undo that.
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
+    j = tmp_path / "j"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkrerun", "run", str(m), "--journal", str(j), "--rate", "20"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli.env(srv.url),
+        cwd=cli.cwd,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
+    )
+    deadline = time.monotonic() + 60
+    while len(srv.ledger()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "SIGHUP" not in stderr
+    assert status_of(cli, j)["done"] == 60
