@@ -634,7 +634,6 @@ def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
     from bulkrerun.settings import resolve_endpoint
     from bulkrerun.transport import HttpTransport, proxy_from_environment
 
-    _open_files_for(settings.max_inflight)
     endpoint = endpoint or resolve_endpoint(settings)
     return HttpTransport(
         endpoint=endpoint,
@@ -702,6 +701,9 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
 
     manifest = load_manifest(args.manifest)
     _print_warnings(manifest)
+    # A run's connections, one per request in flight. (The instance list's queries, of
+    # plan, verify and a run's selection, go a few at a time.)
+    _open_files_for(settings.max_inflight)
     transport = _make_transport(settings, endpoint)
     # Without live details: the run's memory stays flat however many requests it sends
     # (the resume decisions come from the state as opened; --watch reloads the file).

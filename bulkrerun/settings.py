@@ -215,25 +215,26 @@ def _refuse_half_pair(ak: SecretStr | None, sk: SecretStr | None, prefix: str) -
 def normalise_endpoint(url: str) -> str:
     """One spelling per endpoint: lower-case scheme and host, default port and trailing slash
     dropped. Raises :class:`SettingsError` for something that is not an http(s) URL."""
-    # A user and password in it would be shown, journaled and printed in the resume command:
-    # never echoed (what follows the last @ is), and refused.
-    scheme_end = url.find("://")
-    shown = url if "@" not in url else f"{url[: scheme_end + 3]}***@{url.rsplit('@', 1)[1]}"
-    bad = f"endpoint {shown!r} is not a URL like https://host or http://127.0.0.1:8080"
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port  # a port that is not a number, or out of range, raises here
-    except ValueError as exc:  # also an unclosed IPv6 bracket
-        # Its reason would quote what it took for the port: a password's part, with an @.
-        raise SettingsError(bad if "@" in url else f"{bad} ({exc})") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise SettingsError(bad)
-    if "@" in parts.netloc:
+    if "@" in url:
+        # A user and password would be shown, journaled and printed in the resume command:
+        # refused, and never echoed (what follows the last @ is). Any @, not only where
+        # urlsplit finds userinfo: "http://admin:12/pw@host" reads as host admin, port 12
+        # and a path holding the password. An endpoint has no @.
+        scheme = url[: url.find("://") + 3] if "://" in url else ""
+        shown = f"{scheme}***@{url.rsplit('@', 1)[1]}"
         raise SettingsError(
             f"endpoint {shown!r}: a user or password in the URL is never sent (the service "
             "takes BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN), and would be shown and "
             "journaled: give the endpoint without it"
         )
+    bad = f"endpoint {url!r} is not a URL like https://host or http://127.0.0.1:8080"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # a port that is not a number, or out of range, raises here
+    except ValueError as exc:  # also an unclosed IPv6 bracket
+        raise SettingsError(f"{bad} ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise SettingsError(bad)
     scheme = parts.scheme.lower()
     host = parts.hostname.lower()
     if ":" in host:  # IPv6 literal

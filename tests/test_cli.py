@@ -214,6 +214,8 @@ def test_endpoint_spellings_normalise_to_one() -> None:
         "http://user:PW77sEcReT@127.0.0.1:abc",  # its error quoted it whole
         "http://user:PW77/sEcReT@host",  # the port parser quoted a part of it
         "https://PW77sEcReT@host",
+        "http://admin:12/PW77sEcReT@127.0.0.1:8080",  # read as host admin, port 12, a path
+        "user:PW77sEcReT@127.0.0.1",
     ],
 )
 def test_an_endpoint_with_a_password_is_refused_without_showing_it(

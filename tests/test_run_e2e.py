@@ -1399,6 +1399,16 @@ def test_a_file_limit_below_what_max_inflight_needs_is_raised_or_refused(
     raised = limited(50, 4096, tmp_path / "j2")  # the soft limit, raised as far as needed
     assert raised.returncode == 0, raised.stderr
     assert status_of(cli, tmp_path / "j2")["done"] == 60
+    # verify lists instances a few queries at a time: --max-inflight is not its limit.
+    checked = run_raw(
+        cli,
+        ["verify", str(tmp_path / "j2")],
+        cli.env(srv.url, BULKRERUN_MAX_INFLIGHT="60"),
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (50, 50)),
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_a_report_table_into_a_pipe_shows_each_window_in_full(
