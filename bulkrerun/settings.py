@@ -148,6 +148,11 @@ class Settings(_FromEnvironment):
         """Every secret value that is set, for scrubbing messages."""
         return [s.get_secret_value() for s in (self.sk, self.security_token, self.token) if s]
 
+    def sent_secrets(self) -> list[str]:
+        """The secrets a request carries, which a server could echo in part: the token and
+        the security token (the SK only signs)."""
+        return [s.get_secret_value() for s in (self.security_token, self.token) if s]
+
 
 class _CloudSdkKeys(_FromEnvironment):
     """The official SDK's ``CLOUD_SDK_AK`` / ``CLOUD_SDK_SK``, the fallback key pair."""

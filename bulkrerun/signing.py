@@ -487,6 +487,11 @@ def _windows(secrets: tuple[str, ...]) -> frozenset[str]:
     return frozenset(s[k : k + FRAGMENT] for s in secrets for k in range(len(s) - FRAGMENT + 1))
 
 
+def holds_fragment(text: str, windows: frozenset[str]) -> bool:
+    """Whether ``text`` holds a run of :data:`FRAGMENT` characters of a secret."""
+    return any(text[k : k + FRAGMENT] in windows for k in range(len(text) - FRAGMENT + 1))
+
+
 def mask_fragments(text: str, windows: frozenset[str]) -> str:
     """``text`` with every run of :data:`FRAGMENT` or more characters taken from a secret
     masked: a prefix cut off where a message was truncated, a part between escapes, a tail.

@@ -77,6 +77,14 @@ class Auth:
             out += [s for s in (self.aksk.sk, self.aksk.security_token) if s]
         return out
 
+    def sent(self) -> list[str]:
+        """The secrets that travel in a request's headers, which a server could echo in
+        part: the token and the security token (the SK only signs; it is never sent)."""
+        out = [s for s in (self.token,) if s]
+        if self.aksk is not None and self.aksk.security_token:
+            out.append(self.aksk.security_token)
+        return out
+
 
 WIRE_HEADERS: Final = {"User-Agent": "bulkrerun", "Accept": "*/*", "Accept-Encoding": "identity"}
 """Sent with every request, unsigned (the session's default headers, which aiohttp adds to
@@ -104,6 +112,7 @@ def classify_status(
     secrets: list[str],
     *,
     elapsed: float = 0.0,
+    echoable: frozenset[str] = frozenset(),
 ) -> Outcome:
     """Pure: a response's status, body and headers to an outcome (see the module table).
 
@@ -119,6 +128,12 @@ def classify_status(
             if secret in request_id:
                 request_id = _service_text(request_id, secrets, MAX_ID)
                 break
+        else:
+            # A part of a secret the server was sent (``echoable``: the windows of the
+            # token's and the security token's characters, see signing.secret_windows).
+            # Empty for AK/SK alone, whose SK never travels: no cost per request there.
+            if echoable and signing.holds_fragment(request_id, echoable):
+                request_id = _service_text(request_id, secrets, MAX_ID)
     if 200 <= status < 300:
         # Fields in order (kind, status, error_code, error_msg, request_id, retry_after,
         # reason, elapsed): one is made per request, and by keyword it costs 2,100 more
@@ -366,6 +381,7 @@ class HttpTransport:
         self.project_id = project_id
         self.auth = auth
         self._secrets = auth.secrets()
+        self._echoable = signing.secret_windows(auth.sent())
         self._wall = wall
         # ``timeout`` bounds the whole request (one timer per request; a per-read timeout
         # would re-arm a timer on every packet). Connecting has a shorter bound of its own so
@@ -487,7 +503,13 @@ class HttpTransport:
                         return _with_elapsed(classify_exception(exc), elapsed), None
                 elapsed = time.perf_counter() - started
                 outcome = classify_status(
-                    status, data, resp.headers, self._wall(), self._secrets, elapsed=elapsed
+                    status,
+                    data,
+                    resp.headers,
+                    self._wall(),
+                    self._secrets,
+                    elapsed=elapsed,
+                    echoable=self._echoable,
                 )
                 if want_body and outcome.kind is Kind.DONE:
                     try:

@@ -597,3 +597,13 @@ def test_fake_server_refuses_a_port_out_of_range(cli: Cli, port: str) -> None:
     out = cli("fake-server", "--port", port, timeout=30)
     assert out.returncode == 2
     assert "--port" in out.stderr
+
+
+def test_the_log_masks_a_part_of_a_secret_a_request_carries() -> None:
+    from bulkrerun.cli import _Redact
+
+    token = "MIIEXAYJKoZIhvcNAQcCoIIETTCCBEkCAQExDTALBglghkgBZQMEAgEw"
+    redact = _Redact(["SK-secret", token], sent=[token])
+    event = redact(None, "info", {"error_msg": f"read: b'{token[:20]}...'", "sk": "x", "n": 1})
+    assert event == {"error_msg": "read: b'***...'", "sk": "[redacted]", "n": 1}
+    assert redact(None, "info", {"m": f"the {token} whole"}) == {"m": "the [redacted] whole"}

@@ -224,6 +224,32 @@ async def test_headers_path_and_token_on_the_wire() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("header", ["X-Auth-Token", "X-Security-Token"])
+async def test_a_part_of_a_sent_secret_echoed_in_the_request_id_is_masked(header: str) -> None:
+    secret = "MIIEXAYJKoZIhvcNAQcCoIIETTCCBEkCAQExDTALBglghkgBZQMEAgEw"
+
+    async def echo(request: web.Request) -> web.Response:
+        await request.read()
+        part = request.headers[header][:30]  # an id made of what it was sent, cut short
+        return web.Response(status=400, headers={"X-Request-Id": f"rid-{part}"})
+
+    auth = Auth(token=secret) if header == "X-Auth-Token" else Auth(AkSk("AK1", "SK1", secret))
+    runner, url = await serve(echo)
+    try:
+        async with HttpTransport(endpoint=url, project_id="p", auth=auth, timeout=2) as t:
+            out = await t.send(a_chunk())
+        assert out.request_id == "rid-***"
+    finally:
+        await runner.cleanup()
+
+
+def test_an_sk_alone_adds_no_fragment_check_per_request() -> None:
+    # The SK signs and never travels: a server cannot echo it.
+    assert Auth(AkSk("AK1", "SK1-long-enough-to-have-windows")).sent() == []
+    assert Auth(token="tok").sent() == ["tok"]
+
+
+@pytest.mark.anyio
 async def test_signed_request_verifies_on_the_server_side() -> None:
     from bulkrerun.signing import verify
 
