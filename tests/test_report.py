@@ -765,8 +765,9 @@ def test_the_request_ids_of_sends_whose_outcome_is_unknown_are_kept(
     """A ticket asking whether a request ran twice needs the id of the send that was held
     (a gateway's 504), not only the last attempt's."""
     manifest, chunks = planned
-    chunk, other = chunks[:2]
+    chunk, other, odd = chunks[:3]
     timeout = Outcome(Kind.HELD, 504, "APIG.0201", "Backend timeout.", "req-504", reason="5xx")
+    quoted = timeout._replace(request_id='req-"504"\\')  # written escaped
     dropped = Outcome(Kind.HELD, reason="connection lost after sending (ServerDisconnectedError)")
     live: dict[str, list[str]] = {}
 
@@ -776,32 +777,35 @@ def test_the_request_ids_of_sends_whose_outcome_is_unknown_are_kept(
         j.outcome(chunk, 1, timeout, T0 + 2, "held")
         await j.intend(other, 1, T0 + 1)
         j.outcome(other, 1, dropped, T0 + 2, "held")  # no answer, so no id
+        await j.intend(odd, 1, T0 + 1)
+        j.outcome(odd, 1, quoted, T0 + 2, "held")
         j.begin_run(RunInfo.from_manifest(manifest), wall=T0 + 60)  # --resend-held
         await j.intend(chunk, 2, T0 + 61)
         j.outcome(chunk, 2, ACCEPTED, T0 + 62, "done")
         live.update(j.state().unknown_ids)
 
     run_journal(tmp_path / "j", script)
-    assert live == {chunk.id: ["req-504"]}
+    assert live == {chunk.id: ["req-504"], odd.id: ['req-"504"\\']}
     rows = {row.chunk: row for row in report_rows(tmp_path / "j")}  # replayed from the file
     assert (rows[chunk.id].request_id, rows[chunk.id].unknown_request_ids) == (
         "req-ok",
         ("req-504",),
     )
     assert (rows[other.id].unknown_sends, rows[other.id].unknown_request_ids) == (1, ())
+    assert rows[odd.id].unknown_request_ids == ('req-"504"\\',)
     buffer = io.StringIO()
     write_report(tmp_path / "j", "csv", buffer, console()[0])
     cells = {
         r["chunk"]: r["unknown_request_ids"] for r in csv.DictReader(io.StringIO(buffer.getvalue()))
     }
-    assert cells == {chunk.id: "req-504", other.id: ""}
+    assert cells == {chunk.id: "req-504", other.id: "", odd.id: 'req-"504"\\'}
     buffer = io.StringIO()
     write_report(tmp_path / "j", "json", buffer, console()[0])
     lists = {
         o["chunk"]: o["unknown_request_ids"]
         for o in map(json.loads, buffer.getvalue().splitlines())
     }
-    assert lists == {chunk.id: ["req-504"], other.id: []}
+    assert lists == {chunk.id: ["req-504"], other.id: [], odd.id: ['req-"504"\\']}
 
 
 def test_the_verification_of_each_unit_of_a_request_is_tallied_with_its_evidence(
