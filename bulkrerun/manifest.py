@@ -626,19 +626,30 @@ MAX_DEPTH = 32
 def _too_deep(value: Any) -> list[int | str] | None:
     """Where ``value`` first holds an array or table nested more than MAX_DEPTH deep (the
     keys and indexes leading there); None when it does not. Without recursion, of course."""
-    todo: list[tuple[Any, list[int | str]]] = [(value, [])]
+    # Containers only, each with its depth and a link to its parent's entry: the path is
+    # built only for the one found (a manifest of 200,000 inline items has as many tables,
+    # and three times as many scalars, which are never queued).
+    # Each: (container, depth, key, parent entry).
+    todo: list[tuple[Any, int, int | str | None, Any]] = (
+        [(value, 0, None, None)] if isinstance(value, dict | list) else []
+    )
     while todo:
-        item, loc = todo.pop()
-        if isinstance(item, dict):
-            children: list[tuple[int | str, Any]] = list(item.items())
-        elif isinstance(item, list):
-            children = list(enumerate(item))
-        else:
-            continue
-        if len(loc) == MAX_DEPTH:
-            return loc
-        todo.extend((child, [*loc, key]) for key, child in reversed(children))
+        entry = todo.pop()
+        item, depth = entry[0], entry[1]
+        if depth == MAX_DEPTH:
+            loc: list[int | str] = []
+            at: Any = entry
+            while at[3] is not None:
+                loc.append(at[2])
+                at = at[3]
+            return loc[::-1]
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        deeper = depth + 1
+        todo.extend((c, deeper, k, entry) for k, c in children if isinstance(c, _CONTAINERS))
     return None
+
+
+_CONTAINERS = (dict, list)  # a tuple: isinstance with it is faster than with dict | list
 
 
 def _deep_problem(loc: list[int | str]) -> str:
