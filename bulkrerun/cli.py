@@ -364,9 +364,8 @@ def plan(
 
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
-        configure_logging(
-            verbose, log_file, settings.secrets(), settings.sent_secrets()
-        )  # [[select]] queries use them
+        # [[select]] queries use them
+        configure_logging(verbose, log_file, settings.secrets(), settings.sent_secrets())
         where = _plan_endpoint(settings)
         m = load_manifest(manifest)
         _print_warnings(m)
@@ -587,13 +586,6 @@ def _make_auth(settings: Any) -> Any:
     )
 
 
-def _auth_kind(settings: Any) -> str:
-    """How a run authenticates, as :func:`_make_auth` decides it (no secret in it)."""
-    if settings.ak is not None and settings.sk is not None:
-        return "AK/SK with a security token" if settings.security_token else "AK/SK"
-    return "token"
-
-
 def _user() -> str:
     """The operator's login name, or the uid when the system has none for it."""
     try:
@@ -768,7 +760,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 # review asks, and a run with TLS verification off should say so.
                 "user": _user(),
                 "host": socket.gethostname(),
-                "auth": _auth_kind(settings),
+                "auth": transport.auth.kind(),
                 "verify_tls": settings.verify_tls,
                 "ca_bundle": str(settings.ca_bundle) if settings.ca_bundle else None,
             }

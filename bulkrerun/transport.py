@@ -77,6 +77,12 @@ class Auth:
             out += [s for s in (self.aksk.sk, self.aksk.security_token) if s]
         return out
 
+    def kind(self) -> str:
+        """How requests are authenticated, for the run's record (no secret in it)."""
+        if self.aksk is None:
+            return "token" if self.token else "none"
+        return "AK/SK with a security token" if self.aksk.security_token else "AK/SK"
+
     def sent(self) -> list[str]:
         """The secrets that travel in a request's headers, which a server could echo in
         part: the token and the security token (the SK only signs; it is never sent)."""
