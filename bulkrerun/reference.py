@@ -20,3 +20,5 @@ INSTANCE_STATUSES = (
     "skip-by-depend",
     "freeze",
 )
+FAILED_STATUSES = frozenset({"fail", "running-exception"})
+"""The instance statuses of a run that failed."""

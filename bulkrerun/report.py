@@ -99,6 +99,7 @@ from bulkrerun.journal import (
     read_state,
 )
 from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
+from bulkrerun.reference import FAILED_STATUSES
 from bulkrerun.text import command_line, counted, run_command
 from bulkrerun.watchlog import WatchRecord, read_watch
 
@@ -613,9 +614,25 @@ def _next_steps(
     if failed:
         steps.append(f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}")
         steps.append(f"once the cause is fixed, send them again: {again} --retry-failed")
+    if watched := _watch_failed(path):
+        # Accepted is not succeeded: a run sends a done unit never again, whatever its
+        # rerun became, so these take a selection of their own.
+        steps.append(
+            f"see which {counted(watched, 'rerun instance')} the watch saw end failed: "
+            f"bulkrerun report {journal} (instance_status); their requests were accepted, so "
+            "no run of this journal sends them again: to rerun them, select them ([[select]] "
+            "with their status) in a manifest run with a new --journal"
+        )
     if not steps:
         steps.append("nothing left to do: every unit is done")
     return steps
+
+
+def _watch_failed(path: Path) -> int:
+    """How many rerun instances ``run --watch`` saw end in a failed status."""
+    return sum(
+        1 for records in read_watch(path).values() for r in records if r.status in FAILED_STATUSES
+    )
 
 
 def summarize(

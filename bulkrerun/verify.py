@@ -58,7 +58,7 @@ from bulkrerun.journal import Journal, JournalState, UnitState, read_records_at
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer
-from bulkrerun.reference import INSTANCE_STATUSES
+from bulkrerun.reference import FAILED_STATUSES, INSTANCE_STATUSES
 from bulkrerun.select import (
     InstanceLister,
     ListedInstance,
@@ -109,7 +109,6 @@ ACTIVE_STATUSES = frozenset({"waiting", "running"})
 """Statuses of a run that is not over. Every other status the API defines is final for
 watching: ``pause`` and ``freeze`` do not move on by themselves either."""
 
-FAILED_STATUSES = frozenset({"fail", "running-exception"})
 
 ENDED_STATUSES = frozenset(INSTANCE_STATUSES) - ACTIVE_STATUSES
 """Statuses of a run that is over, as the API defines them. A status it does not define

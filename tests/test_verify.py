@@ -588,6 +588,15 @@ async def test_watch_counts_failed_reruns(tmp_path: Path) -> None:
     assert summary.succeeded == 0
     assert "0 succeeded, 92 failed" in out.getvalue()
     assert {r.status for rs in read_watch(w.journal_path).values() for r in rs} == {"fail"}
+    # Accepted is not succeeded: status says so, and that a run of this journal will not
+    # send them again.
+    from bulkrerun.report import status
+
+    steps = status(w.journal_path).next_steps
+    assert steps[-1].startswith(
+        "see which 92 rerun instances the watch saw end failed: bulkrerun report "
+    )
+    assert "no run of this journal sends them again" in steps[-1]
 
 
 async def test_watch_gives_up_at_the_timeout_and_says_what_is_unfinished(tmp_path: Path) -> None:
