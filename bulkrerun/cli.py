@@ -318,6 +318,13 @@ def _writing_stdout() -> Iterator[None]:
         raise typer.Exit(EXIT_FATAL) from None
 
 
+def _report_width() -> None:
+    """A report table into a file or a pipe (`less`, `make demo`'s output) gets 240 columns:
+    at 160 the window's times, what a held row is read by, were cut to "2024-11-23T…"."""
+    if not out.is_terminal:
+        out.width = 240
+
+
 def _settings(**flags: Any) -> Any:
     from bulkrerun.settings import load_settings
 
@@ -1495,10 +1502,8 @@ def report(
     if fmt not in ("table", "csv", "json", "manifest"):
         raise _fail(SettingsError(f"--format {fmt}: must be table, csv, json or manifest"))
     rows = None  # not known when the reader went away (`| head`)
-    if fmt == "table" and not out.is_terminal:
-        # Into a file or `less`: every column in full (160 columns cut the window's times
-        # to "2024-11-23T…", which is what a held row needs to be read by).
-        out.width = 240
+    if fmt == "table":
+        _report_width()
     if fmt != "table" and isinstance(sys.stdout, io.TextIOWrapper):
         # For programs, in the journal's own encoding, whatever the locale's (LC_ALL=C).
         sys.stdout.reconfigure(encoding="utf-8", errors="strict")
@@ -1817,6 +1822,7 @@ def demo(
         code = anyio.run(main, backend="asyncio")
         from bulkrerun.report import write_report
 
+        _report_width()
         write_report(journal_path, "table", sys.stdout, out)
         if code == EXIT_SOME_FAILED:
             # The refusals (a job the service does not know) and, with --hostile, the held
