@@ -405,14 +405,15 @@ class _Listing:
     instances: dict[Key, dict[int, ListedInstance]] = field(default_factory=dict)
     failed: dict[Key, list[tuple[_Query, str]]] = field(default_factory=dict)
 
-    def add(self, key: Key, by_plan: Mapping[int, ListedInstance]) -> None:
-        """One query's instances. Queries of one job may overlap: of two rows of one plan
-        time the one with the latest run is kept, as within a query (:func:`_read`)."""
+    def add(self, key: Key, rows: Iterable[ListedInstance]) -> None:
+        """One query's instances. Of two rows of one plan time, in a query or in two
+        queries of a job that overlap, the one with the latest run is kept, whatever their
+        order: the newer run is the rerun, if one is listed."""
         mine = self.instances.setdefault(key, {})
-        for plan_time, item in by_plan.items():
-            kept = mine.get(plan_time)
+        for item in rows:
+            kept = mine.get(item.plan_time)
             if kept is None or _latest(item) > _latest(kept):
-                mine[plan_time] = item
+                mine[item.plan_time] = item
 
     def fail(self, q: _Query, reason: str) -> None:
         self.failed.setdefault(q.key, []).append((q, reason))
@@ -442,10 +443,9 @@ def _latest(instance: ListedInstance) -> int:
 
 
 async def _read(lister: InstanceLister, queries: Sequence[_Query], now_ms: int) -> _Listing:
-    """The instances of each query by plan time. Of two rows of one plan time, the one with
-    the latest run is kept, whatever their order: the newer run is the rerun, if one is
-    listed. A row with a time in the future (past the clock allowance) makes its query
-    unusable: such times would pass for a rerun after our request."""
+    """The instances of each query by plan time (see :meth:`_Listing.add`). A row with a
+    time in the future (past the clock allowance) makes its query unusable: such times
+    would pass for a rerun after our request."""
     future = now_ms + CLOCK_SKEW_S * 1000
 
     async def one(q: _Query) -> list[ListedInstance] | ListFailed:
@@ -459,22 +459,15 @@ async def _read(lister: InstanceLister, queries: Sequence[_Query], now_ms: int) 
         if isinstance(result, ListFailed):
             listing.fail(q, result.reason)
             continue
-        by_plan: dict[int, ListedInstance] = {}
-        for item in result:
-            if item.job_name != q.key[0] or not q.low <= item.plan_time <= q.high:
-                continue
-            if _latest(item) > future:
-                listing.fail(
-                    q,
-                    f"the instance list shows a run at {_iso(_latest(item))}, in the future: "
-                    "its times cannot be trusted",
-                )
-                break
-            kept = by_plan.get(item.plan_time)
-            if kept is None or _latest(item) > _latest(kept):
-                by_plan[item.plan_time] = item
+        rows = [i for i in result if i.job_name == q.key[0] and q.low <= i.plan_time <= q.high]
+        if (late := next((i for i in rows if _latest(i) > future), None)) is not None:
+            listing.fail(
+                q,
+                f"the instance list shows a run at {_iso(_latest(late))}, in the future: "
+                "its times cannot be trusted",
+            )
         else:
-            listing.add(q.key, by_plan)
+            listing.add(q.key, rows)
     return listing
 
 
