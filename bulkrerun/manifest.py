@@ -137,9 +137,19 @@ class WindowEntry(EntryBase):
     timezone: str | None = None  # the zone its times were read in, to show them in again
 
     def covers(self) -> tuple[tuple[str, str], ...]:
-        """Every (job name, workspace) whose instances the window reruns: its own job, then
-        the jobs of ``jobs``, each once."""
-        return tuple(dict.fromkeys(((self.job_name, self.workspace), *self.jobs)))
+        """Every (job name, workspace) whose instances the window reruns (see
+        :func:`covered_jobs`)."""
+        return covered_jobs(self.job_name, self.workspace, self.jobs)
+
+
+def covered_jobs(
+    job_name: str, workspace: str, jobs: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """The (job name, workspace) pairs a window request reruns: its own job, then those of
+    its ``jobs``, each once."""
+    if not jobs:  # most windows; asked of every done window request of a big journal
+        return ((job_name, workspace),)
+    return tuple(dict.fromkeys(((job_name, workspace), *jobs)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

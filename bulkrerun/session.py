@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from bulkrerun.chunk import Chunk
 from bulkrerun.journal import ChunkInfo, JournalState, UnitState, read_records_at
-from bulkrerun.manifest import Manifest, WindowEntry
+from bulkrerun.manifest import Manifest, WindowEntry, covered_jobs
 from bulkrerun.planner import SelectedInstance, plan, window_times
 
 
@@ -150,10 +150,8 @@ class DoneWindow(NamedTuple):
     jobs: tuple[tuple[str, str], ...] = ()
 
     def covers(self) -> tuple[tuple[str, str], ...]:
-        """Every (job name, workspace) whose instances it reran, each once."""
-        if not self.jobs:  # most: asked of every done window request of a big journal
-            return ((self.job_name, self.workspace),)
-        return tuple(dict.fromkeys(((self.job_name, self.workspace), *self.jobs)))
+        """Every (job name, workspace) whose instances it reran (see :func:`covered_jobs`)."""
+        return covered_jobs(self.job_name, self.workspace, self.jobs)
 
 
 @dataclass(frozen=True, slots=True)
