@@ -813,8 +813,8 @@ def render_status(summary: StatusSummary, console: Console) -> None:
         console.print(f"  failed [red]{escape(code)}[/]: {n:,}")
     if summary.requests:
         line = (
-            f"{summary.accepted:,} of {summary.requests:,} requests accepted, "
-            f"{summary.attempts:,} attempts in {summary.runs:,} run(s)"
+            f"{summary.accepted:,} of {counted(summary.requests, 'request')} accepted, "
+            f"{counted(summary.attempts, 'attempt')} in {counted(summary.runs, 'run')}"
         )
         if summary.first_wall is not None and summary.last_wall is not None:
             line += f", {_iso(summary.first_wall)} to {_iso(summary.last_wall)}"

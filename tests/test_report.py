@@ -1130,3 +1130,22 @@ def test_every_request_redirected_names_the_endpoint_as_wrong(
     assert "every request answered was redirected (HTTP 307; redirects are not followed)" in steps
     assert f"the endpoint {BINDING.endpoint} looks wrong" in steps
     assert "start again with a new --journal" in steps and "--retry-failed" not in steps
+
+
+def test_the_status_line_counts_one_request_attempt_and_run_in_the_singular(
+    tmp_path: Path, planned: tuple[Path, list[Chunk]]
+) -> None:
+    manifest_path, chunks = planned
+    chunk = chunks[0]
+
+    async def script(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(manifest_path, pending=1), wall=T0)
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
+
+    run_journal(tmp_path / "j", script)
+    con, buffer = console()
+    render_status(summarize(tmp_path / "j", read_state(tmp_path / "j")[1], pending=0), con)
+    text = buffer.getvalue()
+    assert "1 of 1 request accepted, 1 attempt in 1 run," in text
+    assert "(s)" not in text
