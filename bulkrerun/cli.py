@@ -285,7 +285,8 @@ def _fail(exc: BulkrerunError) -> typer.Exit:
     """Say why the command ends (on stderr, and in the log when there is one: a run that
     stops before it starts, its selection refused say, is part of the trail too)."""
     if isinstance(exc, ManifestError):
-        err.print(f"[red]manifest has {len(exc.problems)} problem(s); nothing was sent:[/]")
+        problems = counted(len(exc.problems), "problem")
+        err.print(f"[red]manifest has {problems}; nothing was sent:[/]")
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False)
         _log_command("command ended", exit_code=exc.exit_code, problems=list(exc.problems))

@@ -607,3 +607,10 @@ def test_the_log_masks_a_part_of_a_secret_a_request_carries() -> None:
     event = redact(None, "info", {"error_msg": f"read: b'{token[:20]}...'", "sk": "x", "n": 1})
     assert event == {"error_msg": "read: b'***...'", "sk": "[redacted]", "n": 1}
     assert redact(None, "info", {"m": f"the {token} whole"}) == {"m": "the [redacted] whole"}
+
+
+def test_a_manifest_with_one_problem_says_one_problem(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["plan", str(CORPUS / "concurrent_300.toml")])
+    assert result.exit_code == 2, result.output
+    assert "manifest has 1 problem; nothing was sent" in " ".join(result.output.split())
+    assert "(s)" not in result.output
