@@ -518,7 +518,7 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
         out.print(f"last request:  {_describe(last.last, last.timezone)}", markup=False)
     seconds = requests / settings.rate
     out.print(
-        f"{requests:,} requests to {where}, project {settings.project_id or '(not set)'}; "
+        f"{counted(requests, 'request')} to {where}, project {settings.project_id or '(not set)'}; "
         f"at {settings.rate:g} requests/s that takes about {duration(seconds)}.",
         markup=False,
     )
@@ -530,7 +530,7 @@ def _describe(chunk: Any, zone: str | None) -> str:
     if "begin_time" in body:
         what = f"{_fmt_ms(body['begin_time'], zone)} .. {_fmt_ms(body['end_time'], zone)}"
     else:
-        what = f"{len(body.get('task_retrys', []))} instances"
+        what = counted(len(body.get("task_retrys", [])), "instance")
     return f"{chunk.entry} {chunk.job_name} {what} (id {chunk.id})"
 
 

@@ -614,3 +614,18 @@ def test_a_manifest_with_one_problem_says_one_problem(runner: CliRunner) -> None
     assert result.exit_code == 2, result.output
     assert "manifest has 1 problem; nothing was sent" in " ".join(result.output.split())
     assert "(s)" not in result.output
+
+
+def test_plan_of_one_instance_in_one_request_counts_them_in_the_singular(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    item = "{ job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 }"
+    body = f'[[instances]]\njob_name = "a"\nitems = [ {item} ]\n'
+    m = write_manifest(tmp_path / "one.toml", body)
+    result = runner.invoke(app, ["plan", str(m)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "first request: instances[0] a 1 instance (id" in text
+    assert "1 request to" in text
+    assert "1 instances" not in text
+    assert "1 requests" not in text
