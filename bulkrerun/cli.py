@@ -1006,26 +1006,32 @@ def _print_resume(args: RunArgs, c: Any, *, resumed: bool, where: str) -> None:
             markup=False,
         )
         if c.held and not args.resend_held:
+            one = c.held == 1
+            them, they = ("it", "it") if one else ("them", "they")
             check = (
-                "--verify-held could not decide them (see above)"
+                f"--verify-held could not decide {them} (see above)"
                 if args.verify_held
                 else "Check with --verify-held"
             )
             err.print(
-                f"[yellow]{c.held:,} held units are not sent[/]: the service may have acted on "
-                f"them. {check}, or add --resend-held to send them again (they may then run "
-                "twice)."
+                f"[yellow]{counted(c.held, 'held unit')} {'is' if one else 'are'} not sent[/]: "
+                f"the service may have acted on {them}. {check}, or add --resend-held to send "
+                f"{them} again ({they} may then run twice)."
             )
         if c.failed and not args.retry_failed:
-            err.print(f"{c.failed:,} failed units are not sent; add --retry-failed to resend.")
+            are = "is" if c.failed == 1 else "are"
+            err.print(
+                f"{counted(c.failed, 'failed unit')} {are} not sent; add --retry-failed to resend."
+            )
     else:
         err.print(
-            f"new journal {args.journal}: sending {c.to_send:,} units to {where}.", markup=False
+            f"new journal {args.journal}: sending {counted(c.to_send, 'unit')} to {where}.",
+            markup=False,
         )
     if args.resend_held and c.held:
         _warn(
-            f"--resend-held sends {c.held:,} units again whose first request may have been "
-            "acted on; those may run twice."
+            f"--resend-held sends {counted(c.held, 'unit')} again whose first request may have "
+            f"been acted on; {'it' if c.held == 1 else 'those'} may run twice."
         )
 
 

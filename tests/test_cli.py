@@ -629,3 +629,43 @@ def test_plan_of_one_instance_in_one_request_counts_them_in_the_singular(
     assert "1 request to" in text
     assert "1 instances" not in text
     assert "1 requests" not in text
+
+
+def test_what_a_run_sends_counts_one_unit_in_the_singular(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from bulkrerun.cli import RunArgs, _print_resume
+
+    def args(**flags: bool) -> RunArgs:
+        return RunArgs(
+            manifest=tmp_path / "m.toml",
+            journal=tmp_path / "j",
+            resend_held=flags.get("resend_held", False),
+            retry_failed=False,
+            verify_held=False,
+            reselect=False,
+            watch=False,
+            max_failure_ratio=None,
+            canary=0,
+            grace=5.0,
+            outage_stop=600.0,
+            progress=False,
+            log_chunks=False,
+            resume="",
+        )
+
+    one = SimpleNamespace(done=0, failed=0, held=0, new=1, to_send=1)
+    _print_resume(args(), one, resumed=False, where="there")
+    held = SimpleNamespace(done=1, failed=1, held=1, new=0, to_send=0)
+    _print_resume(args(), held, resumed=True, where="there")
+    _print_resume(args(resend_held=True), held, resumed=True, where="there")
+    text = " ".join(capsys.readouterr().err.split())
+    assert "sending 1 unit to there" in text
+    assert "1 unit done, 1 failed, 1 held, 0 new" in text
+    assert "1 held unit is not sent: the service may have acted on it." in text
+    assert "send it again (it may then run twice)" in text
+    assert "1 failed unit is not sent;" in text
+    assert "--resend-held sends 1 unit again whose first request may have been acted on" in text
+    assert "1 units" not in text
