@@ -1192,7 +1192,7 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     if table.row_count:
         console.print(table)
     summary = ", ".join(f"{state} {k:,}" for state, k in sorted(tally.items()))
-    console.print(f"{n:,} requests" + (f": {summary}" if summary else ""))
+    console.print(counted(n, "request") + (f": {summary}" if summary else ""))
     return n
 
 

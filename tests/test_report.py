@@ -1149,3 +1149,16 @@ def test_the_status_line_counts_one_request_attempt_and_run_in_the_singular(
     text = buffer.getvalue()
     assert "1 of 1 request accepted, 1 attempt in 1 run," in text
     assert "(s)" not in text
+
+
+def test_the_report_table_of_one_request_ends_with_1_request(tmp_path: Path) -> None:
+    chunk = _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
+
+    run_journal(tmp_path / "j", script)
+    con, buffer = console()
+    assert write_report(tmp_path / "j", "table", io.StringIO(), con) == 1
+    assert "1 request: done 1" in buffer.getvalue()
