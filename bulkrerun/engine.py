@@ -57,7 +57,7 @@ from bulkrerun.outcome import (
     wrong_endpoint,
 )
 from bulkrerun.pacing import Pacer, Slot
-from bulkrerun.text import duration
+from bulkrerun.text import counted, duration
 from bulkrerun.transport import Transport
 
 UNREACHABLE_AFTER = 8
@@ -463,7 +463,7 @@ class Engine:
         """A retryable outcome that ended the retries, as journaled: saying why they ended,
         where the report would otherwise show a plain 'throttled' as the reason it failed."""
         if attempt >= self._pacer.config.max_attempts:
-            why = f"gave up after {attempt} attempts (--max-attempts)"
+            why = f"gave up after {counted(attempt, 'attempt')} (--max-attempts)"
         else:
             why = "gave up: the retry budget is spent (the service fails too often)"
         return outcome._replace(reason=f"{why}; last: {outcome.reason}")

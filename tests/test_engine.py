@@ -561,3 +561,21 @@ async def test_requests_waiting_to_retry_are_counted_while_they_wait() -> None:
     [waiting] = seen  # the one retry, as it began: due at the Retry-After at least
     (due,) = waiting.values()
     assert due - engine._clock.now() <= 0 and due >= 1000.0 + 300.0
+
+
+async def test_giving_up_after_one_attempt_says_1_attempt() -> None:
+    reasons: list[str] = []
+
+    class Reasons(MemoryJournal):
+        def outcome(
+            self, chunk: Chunk, attempt: int, outcome: Outcome, wall: float, state: str
+        ) -> None:
+            reasons.append(outcome.reason)
+            super().outcome(chunk, attempt, outcome, wall, state)
+
+    journal = Reasons()
+    busy = Outcome(Kind.RETRY, status=503, reason="unavailable")
+    transport = ScriptedTransport(journal, {0: [busy]})
+    result = await engine_for(1, transport, journal, [], max_attempts=1).run()
+    assert result.failed == 1
+    assert reasons == ["gave up after 1 attempt (--max-attempts); last: unavailable"]
