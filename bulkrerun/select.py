@@ -498,7 +498,8 @@ async def select_entry(
         for job in entry.job_names
         for item in sorted(by_job[job].values(), key=lambda i: (i.plan_time, i.job_id))
     ]
-    lines = [f"{label}: found {len(found):,} instances with status {' or '.join(entry.statuses)}"]
+    statuses_shown = " or ".join(entry.statuses)
+    lines = [f"{label}: found {counted(len(found), 'instance')} with status {statuses_shown}"]
     for job in entry.job_names:
         seen = ", ".join(f"{counts[job][s]:,} {s}" for s in entry.statuses if counts[job][s])
         lines.append(f"  {job}: {seen or 'none'}")

@@ -759,3 +759,14 @@ def test_json_manifests_are_compared_too(tmp_path: Path) -> None:
     b.write_text(json.dumps(data, indent=2), encoding="utf-8")
     run = recorded_run(tmp_path, load_manifest(a))
     assert same_selection(run, load_manifest(b), "select[0]")
+
+
+async def test_a_selection_of_one_instance_says_1_instance() -> None:
+    notes: list[str] = []
+    hour = 3_600_000
+    async with service() as (_srv, transport):
+        lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
+        entry = select(("ods_users",), OUTAGE[0], OUTAGE[0] + hour)
+        found = await select_entry(entry, lister, manifest_name="m.toml", on_note=notes.append)
+    assert len(found) == 1
+    assert notes[0].startswith("select[0]: found 1 instance with status fail or ")
