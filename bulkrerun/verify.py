@@ -331,16 +331,19 @@ def judge_window(target: WindowTarget, instances: Sequence[ListedInstance]) -> V
         if not _after(i, target.since_ms, None)
     )
     n = len(instances)
+    every, show, runs = (
+        ("its 1 instance", "shows", "a run") if n == 1 else (f"all {n:,} instances", "show", "runs")
+    )
     if after == n:
         return Verdict(
             UnitState.DONE,
-            f"{what}: all {n} instances show runs submitted or started after {asked}",
+            f"{what}: {every} {show} {runs} submitted or started after {asked}",
             "rerun seen",
         )
     if before == n:
         return Verdict(
             None,
-            f"{what}: all {n} instances still show runs that ended before {asked}: not rerun",
+            f"{what}: {every} still {show} {runs} that ended before {asked}: not rerun",
             "not rerun",
         )
     return Verdict(

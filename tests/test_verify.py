@@ -1236,3 +1236,13 @@ def test_a_watch_sidecar_that_cannot_be_read_is_taken_as_none(tmp_path: Path) ->
     record = WatchRecord("u1", "ods_orders", 1, 2, 3, "success", 4, 5, 6, 7.0)
     watch_path(journal).write_bytes(b"\xff\xfe not text\n" + record.to_json().encode() + b"\n")
     assert read_watch(journal) == {"u1": [record]}
+
+
+def test_the_evidence_for_a_window_of_one_instance_is_in_the_singular() -> None:
+    rerun = [listed(submit_time=T_ASK + 5, status="success", start_time=T_ASK + 5)]
+    assert ": its 1 instance shows a run submitted or started after our request" in (
+        judge_window(window_target(), rerun).evidence
+    )
+    assert ": its 1 instance still shows a run that ended before our request" in (
+        judge_window(window_target(), [listed()]).evidence
+    )
