@@ -66,7 +66,7 @@ from bulkrerun.select import (
     ListTransport,
     gather_limited,
 )
-from bulkrerun.text import duration
+from bulkrerun.text import counted, duration
 from bulkrerun.watchlog import WatchRecord, read_watch, watch_path
 
 __all__ = [
@@ -502,10 +502,15 @@ class VerifySummary:
     def __str__(self) -> str:
         if not self.checked:
             return "verify: no held units; nothing to check."
+
+        def was(n: int) -> str:
+            return f"{n:,} {'was' if n == 1 else 'were'}"
+
+        stay = "stays" if self.still_held == 1 else "stay"
         text = (
-            f"verify: {self.checked:,} held units checked against the instances' live state: "
-            f"{self.verified_done:,} were rerun (now done), {self.made_pending:,} were not "
-            f"(pending again: the next run sends them), {self.still_held:,} stay held"
+            f"verify: {counted(self.checked, 'held unit')} checked against the instances' live "
+            f"state: {was(self.verified_done)} rerun (now done), {was(self.made_pending)} not "
+            f"(pending again: the next run sends them), {self.still_held:,} {stay} held"
         )
         if self.reasons:
             # The phrase counts; the first unit's evidence says why (e.g. which refusal made

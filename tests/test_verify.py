@@ -204,7 +204,7 @@ def test_the_summary_reads_as_a_sentence() -> None:
     text = str(s)
     assert text.startswith("verify: 6 held units checked against the instances' live state: ")
     assert "3 were rerun (now done), 2 were not (pending again" in text
-    assert "1 stay held (instance not listed: 1)" in text
+    assert "1 stays held (instance not listed: 1)" in text
     assert "--resend-held" in text
 
 
@@ -1246,3 +1246,14 @@ def test_the_evidence_for_a_window_of_one_instance_is_in_the_singular() -> None:
     assert ": its 1 instance still shows a run that ended before our request" in (
         judge_window(window_target(), [listed()]).evidence
     )
+
+
+def test_the_summary_of_one_held_unit_reads_in_the_singular() -> None:
+    assert str(VerifySummary(1, 0, 0)).startswith(
+        "verify: 1 held unit checked against the instances' live state: 1 was rerun (now "
+        "done), 0 were not (pending again: the next run sends them), 0 stay held"
+    )
+    s = VerifySummary(0, 1, 0)
+    s.hold("instance not listed", "", 1)
+    assert "1 was not (pending again" in str(s)
+    assert "1 stays held (instance not listed: 1)" in str(s)
