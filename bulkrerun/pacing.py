@@ -837,8 +837,13 @@ class FailureBudget:
         if self._total == self._canary:
             allowed = self._max_ratio if self._max_ratio is not None else 0.0
             if self._failed > allowed * self._total:
+                which = (
+                    "the first request"
+                    if self._total == 1
+                    else f"{self._failed} of the first {self._total:,} requests"
+                )
                 self._reason = (
-                    f"canary: {self._failed} of the first {self._total} requests failed "
+                    f"canary: {which} failed "
                     f"({self._failed / self._total:.0%}, more than the {allowed:.0%} allowed); "
                     "check the manifest and the failures (`bulkrerun report`) before resuming"
                 )

@@ -1197,3 +1197,10 @@ def test_a_burst_the_gateway_does_not_keep_is_given_up_at_the_first_decrease(see
     )  # fmt: skip
     assert r.accepted / 60.0 >= 8.5
     assert r.throttled <= 0.06 * r.sent
+
+
+def test_a_canary_of_one_request_names_it_in_the_singular() -> None:
+    budget = FailureBudget(0.5, canary=1)
+    budget.record(True)
+    assert budget.reason is not None
+    assert budget.reason.startswith("canary: the first request failed (100%, more than")
