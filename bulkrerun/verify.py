@@ -636,7 +636,10 @@ class WatchSummary:
         n = self.total()
         if not n:
             return "watch: no rerun instances to watch."
-        text = f"watch: {n:,} rerun instances: {self.succeeded:,} succeeded, {self.failed:,} failed"
+        text = (
+            f"watch: {counted(n, 'rerun instance')}: {self.succeeded:,} succeeded, "
+            f"{self.failed:,} failed"
+        )
         other = n - self.succeeded - self.failed - self.unfinished
         if other:
             text += f", {other:,} ended otherwise"
@@ -975,7 +978,7 @@ def _progress(s: WatchSummary) -> str:
     n = s.total()
     final = n - s.unfinished
     return (
-        f"watch: {final:,} of {n:,} rerun instances finished ({s.succeeded:,} succeeded, "
+        f"watch: {final:,} of {counted(n, 'rerun instance')} finished ({s.succeeded:,} succeeded, "
         f"{s.failed:,} failed), {s.unfinished:,} "
         + (
             _undefined_share(odd)

@@ -1257,3 +1257,13 @@ def test_the_summary_of_one_held_unit_reads_in_the_singular() -> None:
     s.hold("instance not listed", "", 1)
     assert "1 was not (pending again" in str(s)
     assert "1 stays held (instance not listed: 1)" in str(s)
+
+
+def test_the_watch_of_one_rerun_instance_counts_it_in_the_singular() -> None:
+    from collections import Counter
+
+    from bulkrerun.verify import WatchSummary, _progress
+
+    summary = WatchSummary(jobs={"ods_orders": Counter({"success": 1})})
+    assert str(summary) == "watch: 1 rerun instance: 1 succeeded, 0 failed."
+    assert _progress(summary).startswith("watch: 1 of 1 rerun instance finished (1 succeeded")
