@@ -366,6 +366,8 @@ def plan(
     instance list of a [[select]] entry could not be read (credentials refused, service
     unreachable).
     """
+    from urllib.parse import urlsplit
+
     from bulkrerun.manifest import load_manifest
     from bulkrerun.planner import plan as make_plan
     from bulkrerun.planner import write_json_lines
@@ -381,8 +383,14 @@ def plan(
         requests = None  # not known when the reader went away (`| head`)
         with _writing_stdout():
             if json_lines:
+                # The endpoint's own path (a gateway's prefix) comes before every path sent.
+                known = settings.endpoint or settings.region
+                prefix = urlsplit(where).path if known else ""
                 requests = write_json_lines(
-                    make_plan(m, selections=selections), settings.project_id, sys.stdout.buffer
+                    make_plan(m, selections=selections),
+                    settings.project_id,
+                    sys.stdout.buffer,
+                    prefix,
                 )
                 sys.stdout.buffer.flush()
             else:

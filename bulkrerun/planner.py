@@ -104,9 +104,10 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _line_middle(job_name: str, workspace: str, project_id: str | None) -> bytes:
-    """What a ``plan --json`` line holds between the id and the body."""
-    path = _json(request_path(project_id, job_name))
+def _line_middle(job_name: str, workspace: str, project_id: str | None, prefix: str = "") -> bytes:
+    """What a ``plan --json`` line holds between the id and the body. ``prefix`` is the
+    endpoint's own path (``/gw`` of ``https://host/gw``), which every request's path follows."""
+    path = _json(prefix + request_path(project_id, job_name))
     headers = _json(request_headers(workspace, project_id))
     return b'","method":"POST","path":' + path + b',"headers":' + headers + b',"body":'
 
@@ -460,18 +461,18 @@ class Plan(Iterator[Chunk]):
                 total += sum(len(chunk.units) for chunk in self._entry_chunks(entry))
         return total
 
-    def write_json_lines(self, project_id: str | None, out: BinaryIO) -> int:
+    def write_json_lines(self, project_id: str | None, out: BinaryIO, prefix: str = "") -> int:
         """The ``plan --json`` stream of this (fresh) plan; see :func:`write_json_lines`."""
         if self.started:
             raise RuntimeError("the plan was already iterated; make a new one")
         self._chunks = iter(())
-        writer = _LineWriter(out, project_id)
+        writer = _LineWriter(out, project_id, prefix)
         for entry in self._manifest.entries:
             if isinstance(entry, WindowEntry):
                 writer.flush()
                 template = self._templates[entry.label]
                 writer.count += _write_window_lines(
-                    template, project_id, self._skip, self._seen, out
+                    template, project_id, self._skip, self._seen, out, prefix
                 )
             else:
                 for chunk in self._entry_chunks(entry):
@@ -487,6 +488,7 @@ def _write_window_lines(
     skip: Skip | None,
     seen: _Seen,
     out: BinaryIO,
+    prefix: str = "",
 ) -> int:
     """Window chunks as ``plan --json`` lines, straight from the templates.
 
@@ -495,7 +497,7 @@ def _write_window_lines(
     ``plan --json``. A test checks that both give the same bytes.
     """
     entry = template.entry
-    middle = _line_middle(entry.job_name, entry.workspace, project_id)
+    middle = _line_middle(entry.job_name, entry.workspace, project_id, prefix)
     line_fmt = b'{"id":"%b' + _escape(middle) + template.body_fmt + b"}\n"
     id_fmt, label = template.id_fmt, entry.label
     repeats = seen.windows.get(id_fmt)
@@ -535,9 +537,10 @@ def _write_window_lines(
 class _LineWriter:
     """``plan --json`` lines of any chunks, written in blocks."""
 
-    def __init__(self, out: BinaryIO, project_id: str | None) -> None:
+    def __init__(self, out: BinaryIO, project_id: str | None, prefix: str = "") -> None:
         self.out = out
         self.project_id = project_id
+        self.prefix = prefix
         self.count = 0
         self.lines: list[bytes] = []
         self.middles: dict[tuple[str, str], bytes] = {}
@@ -546,7 +549,7 @@ class _LineWriter:
         key = (chunk.job_name, chunk.workspace)
         middle = self.middles.get(key)
         if middle is None:
-            middle = self.middles[key] = _line_middle(*key, self.project_id)
+            middle = self.middles[key] = _line_middle(*key, self.project_id, self.prefix)
         self.lines.append(b'{"id":"' + chunk.id.encode() + middle + chunk.body + b"}\n")
         if len(self.lines) >= _BLOCK_LINES:
             self.flush()
@@ -575,16 +578,19 @@ def plan(
     return Plan(manifest, skip, selections or {}, on_duplicate)
 
 
-def write_json_lines(chunks: Iterable[Chunk], project_id: str | None, out: BinaryIO) -> int:
+def write_json_lines(
+    chunks: Iterable[Chunk], project_id: str | None, out: BinaryIO, prefix: str = ""
+) -> int:
     """Write the ``plan --json`` stream: one ``{"id","method","path","headers","body"}`` line
     per request, the body spliced in as the canonical bytes. Returns the number of lines.
+    ``prefix``, the endpoint's own path, goes before each path, as it does when it is sent.
 
     Given a fresh :class:`Plan`, window lines are rendered from templates without building
     chunks (several times faster); any other iterable of chunks gives the same bytes.
     """
     if isinstance(chunks, Plan) and not chunks.started:
-        return chunks.write_json_lines(project_id, out)
-    writer = _LineWriter(out, project_id)
+        return chunks.write_json_lines(project_id, out, prefix)
+    writer = _LineWriter(out, project_id, prefix)
     for chunk in chunks:
         writer.add(chunk)
     writer.flush()

@@ -669,3 +669,27 @@ def test_what_a_run_sends_counts_one_unit_in_the_singular(
     assert "1 failed unit is not sent;" in text
     assert "--resend-held sends 1 unit again whose first request may have been acted on" in text
     assert "1 units" not in text
+
+
+def test_plan_json_paths_carry_the_endpoints_path_prefix_as_sent(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # A run sends to the endpoint's URL plus the API path: behind a gateway or proxy that
+    # routes by prefix, /gw/v2/...; plan --json shows the path exactly as it will be sent.
+    item = "{ job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 }"
+    body = f'[[instances]]\njob_name = "a"\nitems = [ {item} ]\n' + WINDOW.format(job="w")
+    m = write_manifest(tmp_path / "m.toml", body)
+    args = ["plan", str(m), "--json", "--project-id", "p1"]
+    plain = runner.invoke(app, args)
+    behind = runner.invoke(app, [*args, "--endpoint", "http://127.0.0.1:9/gw/"])
+    assert plain.exit_code == behind.exit_code == 0, plain.output + behind.output
+    import json
+
+    plain_lines = [json.loads(line) for line in plain.stdout.splitlines()]
+    behind_lines = [json.loads(line) for line in behind.stdout.splitlines()]
+    assert [x["path"] for x in plain_lines] == [
+        "/v2/p1/factory/jobs/a/instances/retry",
+        "/v2/p1/factory/jobs/w/instances/retry",
+    ]
+    assert [x["path"] for x in behind_lines] == ["/gw" + x["path"] for x in plain_lines]
+    assert [x["id"] for x in behind_lines] == [x["id"] for x in plain_lines]
