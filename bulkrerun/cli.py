@@ -711,7 +711,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     from bulkrerun.clock import SystemClock
     from bulkrerun.display import RunDisplay
     from bulkrerun.engine import Engine
-    from bulkrerun.journal import Binding, Journal, RunInfo
+    from bulkrerun.journal import Binding, Journal, RunInfo, UnitState
     from bulkrerun.manifest import load_manifest
     from bulkrerun.session import ResumeFlags, chunks_to_send, count_units, earlier_windows
 
@@ -879,6 +879,17 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             with contextlib.suppress(BulkrerunError, OSError):
                 summary = file_status(args.journal)
         if summary is None:
+            # How the run ended, for status and a review (a broken journal records nothing
+            # more: to a resume, this run reads as one that was killed).
+            now = journal.state().counts()
+            unsettled = now[UnitState.FAILED] or now[UnitState.HELD] or not_sent
+            stopped: str | None = None
+            message: str | None = None
+            if interrupted:
+                stopped, message = "interrupted", result.stop_reason
+            elif result.fatal is not None:
+                stopped, message = result.fatal.stop, str(result.fatal)
+            journal.end_run(_exit_code(result, interrupted, bool(unsettled)), stopped, message)
             pending: int | None = not_sent - result.held_again  # those are held, as before
             unknown = None
             taken = result.done + result.failed + result.held + result.pending
@@ -1084,6 +1095,8 @@ def _finish(
             "that left them held may have been acted on",
             markup=False,
         )
+    # How this run ended is said below (and recorded for status), not as an earlier run's.
+    summary = dataclasses.replace(summary, last_run=None)
     if args.next_steps is not None:
         summary = dataclasses.replace(summary, next_steps=list(args.next_steps))
     elif isinstance(result.fatal, WrongEndpoint) and not (summary.done or summary.held):
@@ -1095,16 +1108,11 @@ def _finish(
     if interrupted:
         err.print("[yellow]interrupted[/]: ", end="")
         _print_resume_command(args, "the journal is consistent. Resume with:")
-        code = EXIT_INTERRUPTED
     elif result.fatal is not None:
         err.print("[red]stopped:[/] ", end="")
         err.print(str(result.fatal), markup=False)
         _print_resume_command(args, "resume with:")
-        code = EXIT_FATAL
-    elif summary.failed or summary.held or not_sent:
-        code = EXIT_SOME_FAILED
-    else:
-        code = EXIT_OK
+    code = _exit_code(result, interrupted, bool(summary.failed or summary.held or not_sent))
     if args.log_chunks:
         _log_run(
             "run ended",
@@ -1125,6 +1133,16 @@ def _finish(
             journal_held=summary.held,
         )
     return code
+
+
+def _exit_code(result: Any, interrupted: bool, unsettled: bool) -> int:
+    """A run's exit code (``unsettled``: units of the journal are failed, held, or not
+    sent)."""
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if result.fatal is not None:
+        return EXIT_FATAL
+    return EXIT_SOME_FAILED if unsettled else EXIT_OK
 
 
 def _log_run(event: str, **fields: Any) -> None:

@@ -66,27 +66,40 @@ class JournalCorrupt(BulkrerunError):
 
 
 class Fatal(BulkrerunError):
-    """The run stopped before its end; the journal is consistent and the same command resumes."""
+    """The run stopped before its end; the journal is consistent and the same command resumes.
+
+    ``stop`` names the condition in the run's ``end`` record (see :mod:`bulkrerun.journal`),
+    for ``status`` and a review: a name, not a class, so that the journal outlives the code.
+    """
 
     exit_code = EXIT_FATAL
+    stop = "fatal"
 
 
 class AuthRefused(Fatal):
     """The service refused our credentials or permissions (401/403)."""
 
+    stop = "auth_refused"
+
 
 class BudgetExhausted(Fatal):
     """Too many requests failed (``--max-failure-ratio`` or ``--canary``)."""
 
+    stop = "failure_budget"
+
 
 class Unreachable(Fatal):
     """The run's first requests all failed to connect: the endpoint is wrong or down."""
+
+    stop = "unreachable"
 
 
 class WrongEndpoint(Fatal):
     """An answer says the endpoint is wrong, not the request: every other request would
     meet the same (a redirect, not followed; the gateway knows no such API). ``code``: the
     answer's error code, or ``HTTP <status>``."""
+
+    stop = "wrong_endpoint"
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
@@ -96,7 +109,11 @@ class WrongEndpoint(Fatal):
 class ServiceDown(Fatal):
     """After answering, the service failed every request (5xx, no connection) for minutes."""
 
+    stop = "service_down"
+
 
 class Unanswered(Fatal):
     """Request after request was sent and got no definite answer (a timeout, a lost
     connection, a 5xx that may have acted): each is held, and more would only be more held."""
+
+    stop = "unanswered"

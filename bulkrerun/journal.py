@@ -57,6 +57,11 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
   and the intent does not count as an attempt), then when known ``status``, ``error_code``,
   ``error_msg``, ``request_id``, ``reason``, ``retry_after``, and ``ms`` (elapsed).
 - ``verify``: ``unit``, ``state`` (``null``: pending), ``evidence``, ``wall``.
+- ``end``: ``run`` (its ``n``), ``wall``, ``exit`` (the command's exit code), ``stopped``
+  (why the run stopped before its end: ``interrupted``, or the fatal condition, e.g.
+  ``failure_budget``, ``auth_refused``, ``service_down``; ``null``: it went to the end),
+  ``message`` (what it said of that, ``null`` without). The last record of a run that ended;
+  a run killed or crashed has none.
 
 Durability. :meth:`Journal.intend` returns only once its record is on stable storage.
 Concurrent callers share one fsync (group commit; see ``Journal._commit``): the event loop
@@ -117,6 +122,7 @@ __all__ = [
     "Holder",
     "Journal",
     "JournalState",
+    "RunEnd",
     "RunInfo",
     "RunRecord",
     "Selection",
@@ -255,6 +261,17 @@ class RunRecord:
     manifest_path: str = ""  # absolute; empty in journals written before it was recorded
 
 
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """An ``end`` record as replayed: how run ``run`` ended (see the module's docstring)."""
+
+    run: int
+    wall: float
+    exit: int
+    stopped: str | None
+    message: str | None
+
+
 @dataclass(slots=True, eq=False)
 class ChunkInfo:
     """What the journal knows of one chunk (one request), for status and report.
@@ -288,6 +305,7 @@ class JournalState:
     units: dict[str, UnitState] = field(default_factory=dict)
     chunks: dict[str, ChunkInfo] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
+    ends: dict[int, RunEnd] = field(default_factory=dict)  # run n -> how it ended
     selections: dict[str, list[Selection]] = field(default_factory=dict)
     verified: dict[str, str] = field(default_factory=dict)  # unit -> evidence of last verify
     records: int = 0
@@ -391,6 +409,11 @@ class _Replayer:
 
     def select(self, label: str, items: list[Selection]) -> None:
         self.state.selections[label] = items
+
+    def end(self, record: RunEnd) -> None:
+        st = self.state
+        st.ends[record.run] = record
+        st.last_wall = max(st.last_wall, record.wall)
 
     def intent(
         self,
@@ -726,6 +749,17 @@ def _apply_slow(rep: _Replayer, obj: Any, offset: int) -> None:
         elif kind == "select":
             items = [(str(j), int(a), int(b), int(c)) for j, a, b, c in obj["items"]]
             rep.select(str(obj["label"]), items)
+        elif kind == "end":
+            stopped, message = obj.get("stopped"), obj.get("message")
+            rep.end(
+                RunEnd(
+                    run=int(obj["run"]),
+                    wall=float(obj["wall"]),
+                    exit=int(obj["exit"]),
+                    stopped=None if stopped is None else str(stopped),
+                    message=None if message is None else str(message),
+                )
+            )
         elif kind == "header":
             raise _InconsistentError("a second header")
         # Unknown record types of the same format are skipped: room for additions that
@@ -1200,6 +1234,7 @@ class Journal:
         "_outcome_heads",
         "_path",
         "_rep",
+        "_run",
         "_scheduled",
         "_size",
         "_str_cache",
@@ -1236,6 +1271,7 @@ class Journal:
         self._str_cache: dict[tuple[str, ...], bytes] = {}
         self._outcome_heads: dict[tuple[str, str], bytes] = {}
         self._created_end: int | None = None  # of a journal this open created: its header's end
+        self._run: int | None = None  # the number of the run begun here, if one was
 
     # -- opening -------------------------------------------------------------------------
 
@@ -1584,6 +1620,32 @@ class Journal:
         self._append(line)
         self._rep.verify(unit_id, state, evidence, wall)
 
+    def end_run(
+        self, exit_code: int, stopped: str | None, message: str | None, *, wall: float | None = None
+    ) -> None:
+        """Record how the run this process began ended (``stopped``: why it stopped before
+        its end, or None); durable with the next commit or :meth:`close`. Nothing when no
+        run was begun here, or the journal can no longer be written (a run that cannot
+        record its end reads as one that was killed: that is what it is to a resume)."""
+        n = self._run
+        if n is None or self._fd is None or self._error is not None:
+            return
+        wall = time.time() if wall is None else wall
+        record = RunEnd(n, wall, exit_code, stopped, message)
+        self._append(
+            _record(
+                {
+                    "t": "end",
+                    "run": n,
+                    "wall": round(wall, 3),
+                    "exit": exit_code,
+                    "stopped": stopped,
+                    "message": message,
+                }
+            )
+        )
+        self._rep.end(record)
+
     def begin_run(self, run_info: RunInfo, *, wall: float | None = None) -> None:
         """Record the start of a run (manifest copy, selections, options); durable on return.
 
@@ -1633,6 +1695,7 @@ class Journal:
             self._append(_record({"t": "select", "run": n, "label": label, "items": rows}))
             self._rep.select(label, rows)
         self._sync_now()
+        self._run = n
 
     # -- committing ----------------------------------------------------------------------
     #

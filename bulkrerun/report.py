@@ -92,6 +92,7 @@ from bulkrerun.journal import (
     ChunkInfo,
     Holder,
     JournalState,
+    RunEnd,
     RunRecord,
     UnitState,
     held_by,
@@ -146,6 +147,16 @@ def _iso_ms(ms: int | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class LastRun:
+    """The journal's last run: its number, when it started, and how it ended (``end``
+    None: it recorded no end, because it was killed or crashed, or it still runs)."""
+
+    n: int
+    started: float
+    end: RunEnd | None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSummary:
     """A journal summed up. Unit counts (``done`` ...) count units of work (an instance, or
     a window chunk); ``requests``, ``attempts`` and ``accepted`` count API requests.
@@ -188,6 +199,7 @@ class StatusSummary:
     # Requests accepted after an earlier send whose outcome is unknown (held): each may have
     # run more than once. Counted when the whole journal is read (``status``), else None.
     accepted_after_unknown: int | None = None
+    last_run: LastRun | None = None
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -585,6 +597,20 @@ def _next_steps(
         return [wrong_endpoint_step(path, state.header.endpoint, met, run)]
 
     steps: list[str] = []
+    failures = []
+    if failed:
+        failures = [
+            f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}",
+            f"once the cause is fixed, send them again: {again} --retry-failed",
+        ]
+    # The last run stopped because too many requests failed (its failure budget or canary):
+    # sending the rest before their cause is fixed would fail them too.
+    end = _last_end(state)
+    budget = end is not None and end.stopped == "failure_budget"
+    if budget and failures:
+        steps += failures
+        failures = []
+    first = len(steps)
     if by_manifest:
         for i, (name, n) in enumerate(by_manifest):
             command = run if i == 0 else run_command(name, str(path), flags)
@@ -611,9 +637,9 @@ def _next_steps(
             )
         )
         steps.append(f"or resend them (each may then run twice): {again} --resend-held")
-    if failed:
-        steps.append(f"see why the {counted(failed, 'unit')} failed: bulkrerun report {journal}")
-        steps.append(f"once the cause is fixed, send them again: {again} --retry-failed")
+    if budget and len(steps) > first:
+        steps[first] = "then, once the cause is fixed, " + steps[first]
+    steps += failures
     if watched := _watch_failed(path):
         # Accepted is not succeeded: a run sends a done unit never again, whatever its
         # rerun became, so these take a selection of their own.
@@ -626,6 +652,11 @@ def _next_steps(
     if not steps:
         steps.append("nothing left to do: every unit is done")
     return steps
+
+
+def _last_end(state: JournalState) -> RunEnd | None:
+    """How the journal's last run ended; None when it recorded no end (or there is none)."""
+    return state.ends.get(state.runs[-1].n) if state.runs else None
 
 
 def _watch_failed(path: Path) -> int:
@@ -685,6 +716,9 @@ def summarize(
         holder_pid=holder.pid if holder is not None else None,
         in_flight=in_flight,
         pending_by_manifest=pending_by_manifest or [],
+        last_run=LastRun(state.runs[-1].n, state.runs[-1].wall, _last_end(state))
+        if state.runs
+        else None,
     )
 
 
@@ -770,6 +804,7 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "attempts": summary.attempts,
         "accepted": summary.accepted,
         "runs": summary.runs,
+        "last_run": _last_run_object(summary.last_run),
         "accepted_after_unknown": summary.accepted_after_unknown,
         "first_time": _iso(summary.first_wall),
         "last_time": _iso(summary.last_wall),
@@ -780,6 +815,39 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "endpoint": summary.endpoint,
         "next_steps": summary.next_steps,
     }
+
+
+def _last_run_object(last: LastRun | None) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    end = last.end
+    return {
+        "n": last.n,
+        "started": _iso(last.started),
+        "ended": None if end is None else _iso(end.wall),
+        "exit_code": None if end is None else end.exit,
+        "stopped": None if end is None else end.stopped,
+        "message": None if end is None else end.message,
+    }
+
+
+def _last_run_line(summary: StatusSummary) -> str | None:
+    """How the last run ended, in words; None while it runs (it holds the journal)."""
+    last = summary.last_run
+    if last is None or (summary.busy and last.end is None):
+        return None
+    end = last.end
+    run = f"run {last.n} (started {_iso(last.started)})"
+    if end is None:
+        return (
+            f"{run} recorded no end: it was killed or crashed (what it sent and had no "
+            "answer for is held; the same command resumes)"
+        )
+    if end.stopped is None:
+        return f"{run} ended {_iso(end.wall)}, exit {end.exit}"
+    if end.stopped == "interrupted":
+        return f"{run} was interrupted {_iso(end.wall)} ({end.message or 'a signal'})"
+    return f"{run} stopped {_iso(end.wall)}: {end.message or end.stopped}"
 
 
 def render_status(summary: StatusSummary, console: Console) -> None:
@@ -830,6 +898,8 @@ def render_status(summary: StatusSummary, console: Console) -> None:
             )
     else:
         console.print("no request recorded yet")
+    if (ended := _last_run_line(summary)) is not None:
+        console.print(ended, markup=False, highlight=False)
     console.print("next:")
     for step in summary.next_steps:
         console.print(f"  - {escape(step)}", soft_wrap=True)

@@ -32,6 +32,7 @@ from bulkrerun.journal import (
     Binding,
     Holder,
     Journal,
+    RunEnd,
     RunInfo,
     UnitState,
     held_by,
@@ -937,6 +938,24 @@ async def test_runs_and_selections_are_kept(jpath: Path, tmp_path: Path) -> None
 
 async def _async(fn: Callable[..., Any], *args: Any) -> None:
     fn(*args)
+
+
+def test_a_run_records_how_it_ended_and_only_a_run_begun_here(jpath: Path) -> None:
+    j = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    j.end_run(0, None, None, wall=WALL)  # no run begun by this open: nothing to end
+    j.begin_run(RunInfo("m.toml", "", "", pending=3), wall=WALL)
+    j.end_run(3, "failure_budget", 'canary: 3 of the first 3 failed; "订单"', wall=WALL + 2)
+    j.close()
+    assert [r["t"] for r in lines(jpath)] == ["header", "run", "end"]
+    j = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    j.end_run(1, None, None)  # this open began no run: run 1's end stays as it was
+    j.begin_run(RunInfo("m.toml", "", "", pending=0), wall=WALL + 5)
+    j.close()  # ended by no record: as a run killed before its end
+    _, state = read_state(jpath)
+    assert [r.n for r in state.runs] == [1, 2]
+    assert state.ends == {
+        1: RunEnd(1, WALL + 2, 3, "failure_budget", 'canary: 3 of the first 3 failed; "订单"')
+    }
 
 
 @pytest.mark.anyio

@@ -339,9 +339,17 @@ chunk = "1m"
     assert 10 <= sent < 360
     s = status_of(cli, j)
     assert s["done"] + s["held"] >= sent - s["held"]
+    # The journal says how the run ended, and status repeats it.
+    last: Any = s["last_run"]
+    assert (last["n"], last["stopped"], last["exit_code"]) == (1, "interrupted", 130)
+    assert last["message"].startswith(f"{sig.name}: finishing requests in flight")
+    said = " ".join(cli("status", str(j)).stdout.split())
+    assert f"run 1 (started {last['started']}) was interrupted {last['ended']} ({sig.name}:" in said
     out = cli(*resume[1:], "--rate", "200", env=env)  # the last --rate wins: a faster finish
     assert out.returncode in (0, 1), out.stderr
     assert f"journal {j}: {s['done']:,} units done" in out.stderr  # resumed, not started anew
+    last = status_of(cli, j)["last_run"]
+    assert (last["n"], last["stopped"], last["exit_code"]) == (2, None, out.returncode)
     counts = Counter(srv.accepted_ids())
     assert len(counts) == 360 - status_of(cli, j)["held"] or len(counts) == 360
     assert max(counts.values()) == 1  # nothing accepted twice
@@ -1143,6 +1151,51 @@ def test_units_an_earlier_manifest_left_unsent_still_count_after_a_manifest_of_h
     assert "counted by: bulkrerun status j" in flat
     assert "nothing left to do" not in flat
     assert m.exists()
+
+
+def test_after_a_canary_stop_status_puts_the_failures_before_the_rest(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The run's end record says it stopped on its canary: status shows that, and its next
+    steps say to see why the requests failed before sending the rest, which would fail
+    the same way."""
+    srv = fake_service("--missing-job", "ghost_job")
+    m = write_manifest(tmp_path / "m.toml", one_window("ghost_job", 1, "1m"))  # 60, all refused
+    j = tmp_path / "j"
+    args = ["--canary", "5", "--max-inflight", "2", "--rate", "100"]
+    out = cli("run", str(m), "--journal", str(j), *args, url=srv.url)
+    assert out.returncode == 3, out.stderr
+    assert "run 1 (started" not in out.stderr  # its own end is said as this run's
+    s: Any = status_of(cli, j)
+    last = s["last_run"]
+    assert (last["n"], last["stopped"], last["exit_code"]) == (1, "failure_budget", 3)
+    assert last["message"].startswith("canary: ")
+    steps = s["next_steps"]
+    assert steps[0] == f"see why the {s['failed']} units failed: bulkrerun report {j}"
+    assert steps[1].startswith("once the cause is fixed, send them again: ")
+    assert steps[2].startswith(f"then, once the cause is fixed, send the {s['pending']} units")
+    said = " ".join(cli("status", str(j)).stdout.split())
+    assert f"run 1 (started {last['started']}) stopped {last['ended']}: canary: " in said
+    end = json.loads(j.read_text().splitlines()[-1])
+    assert (end["t"], end["run"], end["exit"], end["stopped"]) == ("end", 1, 3, "failure_budget")
+
+
+def test_a_run_killed_outright_records_no_end_and_status_says_so(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service("--latency-ms", "50")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1m"))
+    j = tmp_path / "j"
+    proc = cli.popen("run", str(m), "--journal", str(j), "--rate", "20", url=srv.url)
+    deadline = time.monotonic() + 30
+    while len(srv.ledger()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=30)
+    last: Any = status_of(cli, j)["last_run"]
+    assert (last["n"], last["ended"], last["exit_code"], last["stopped"]) == (1, None, None, None)
+    said = " ".join(cli("status", str(j)).stdout.split())
+    assert f"run 1 (started {last['started']}) recorded no end: it was killed or crashed" in said
 
 
 def test_log_file_has_no_settled_line_for_a_request_a_stop_left_unsent(
