@@ -1419,7 +1419,13 @@ def run(
 
         resolved = resolve_endpoint(settings)
         _project_id(settings)
-        _make_auth(settings)  # credentials are checked before anything else happens
+        auth = _make_auth(settings)  # credentials are checked before anything else happens
+        if auth.aksk is None and settings.security_token is not None:
+            _warn(
+                "BULKRERUN_SECURITY_TOKEN is set but not sent: it goes with a temporary "
+                "AK/SK pair (BULKRERUN_AK and BULKRERUN_SK), and this run authenticates with "
+                "BULKRERUN_TOKEN"
+            )
         flags = _given_flags(
             {
                 "--endpoint": endpoint,

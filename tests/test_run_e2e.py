@@ -1180,6 +1180,24 @@ def test_after_a_canary_stop_status_puts_the_failures_before_the_rest(
     assert (end["t"], end["run"], end["exit"], end["stopped"]) == ("end", 1, 3, "failure_budget")
 
 
+def test_a_security_token_beside_an_iam_token_is_said_to_go_unused(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """A security token belongs to a temporary AK/SK pair: under token auth it is not sent,
+    and the run says so rather than leave the user thinking it was (it never shows it)."""
+    srv = fake_service("--token", "iam-token-0123456789")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 2, "1h"))
+    env = {k: v for k, v in cli.env(srv.url).items() if k not in ("BULKRERUN_AK", "BULKRERUN_SK")}
+    env["BULKRERUN_TOKEN"] = "iam-token-0123456789"
+    env["BULKRERUN_SECURITY_TOKEN"] = "sts-secret-9876543210"
+    out = cli("run", str(m), "--journal", str(tmp_path / "j"), env=env)
+    assert out.returncode == 0, out.stderr
+    said = " ".join(out.stderr.split())
+    assert "warning: BULKRERUN_SECURITY_TOKEN is set but not sent" in said
+    assert "sts-secret" not in out.stderr + out.stdout
+    assert len(srv.ledger()) == 2
+
+
 def test_a_run_killed_outright_records_no_end_and_status_says_so(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
