@@ -18,9 +18,10 @@ instructions a request (callgrind), about 1 % of a fast run, to redraw ten times
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -31,6 +32,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from bulkrerun.clock import Clock
 from bulkrerun.engine import RunResult
@@ -43,6 +45,19 @@ LIVE_EVERY = 0.1
 """Seconds between updates of the bar's numbers on a terminal (rich redraws it 10 times a
 second)."""
 LONG_WAIT = 10.0  # seconds: a retry due later than this is shown with its time
+
+
+class _RunProgress(Progress):
+    """The bar, and under it what pacing is doing, when it is at work. On the bar's row,
+    that note (often 100 characters) squeezed out the bar, the count, the held units and
+    the ETA on any terminal under 200 columns: just when the run is in trouble."""
+
+    note = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        if self.note:
+            yield Text(self.note, style="yellow")
 
 
 class RunDisplay:
@@ -68,7 +83,7 @@ class RunDisplay:
         self._started = time.monotonic()
         self._live = enabled and console.is_terminal
         self._plain = enabled and not console.is_terminal
-        self._progress = Progress(
+        self._progress = _RunProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -76,7 +91,6 @@ class RunDisplay:
                 "[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/] "
                 "[yellow]{task.fields[held]} held[/] {task.fields[rate]}/s"
             ),
-            TextColumn("[yellow]{task.fields[pacing]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -89,7 +103,7 @@ class RunDisplay:
     def __enter__(self) -> RunDisplay:
         self._progress.start()
         self._task = self._progress.add_task(
-            "rerun", total=self.total, done=0, failed=0, held=0, rate="0", pacing=""
+            "rerun", total=self.total, done=0, failed=0, held=0, rate="0"
         )
         return self
 
@@ -197,6 +211,7 @@ class RunDisplay:
         if self._task is None:
             return
         c = self.counts
+        self._progress.note = pacing
         self._progress.update(
             self._task,
             completed=self.settled,
@@ -204,7 +219,6 @@ class RunDisplay:
             failed=c.failed,
             held=c.held,
             rate=f"{self.rate():.1f}",
-            pacing=escape(pacing),
         )
 
 

@@ -248,3 +248,34 @@ def test_requests_waiting_to_retry_are_shown_with_the_last_one_due() -> None:
     assert display.doing(1000.0, 0.0) == "3 requests waiting to retry, the last in 5m00s"
     display.counts.waiting.clear()
     assert display.doing(1000.0, 0.0) == ""
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_what_pacing_does_goes_under_the_bar_and_squeezes_nothing_out(
+    monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    """While the service throttles, the bar's count, held units and ETA stay on its row; the
+    pacing note (as wide as the terminal, or wider) is the line below."""
+    from bulkrerun.fake.faults import throttle_message
+    from bulkrerun.outcome import Kind, Outcome
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    clock = FakeClock()
+    monkeypatch.setattr(display_module.time, "monotonic", clock.now)
+    pacer = Pacer(PacingConfig(rate=50.0))
+    pacer.on_outcome(Outcome(Kind.RETRY, status=429, error_msg=throttle_message(10)), 0.1, 0.0)
+    display = RunDisplay(Console(file=io.StringIO(), force_terminal=True), 12_000, pacer=pacer)
+    display.counts.done, display.counts.held = 4_120, 2
+    display.counts.waiting.update({"a": 3.0, "b": 4.0, "c": 5.0})
+    note = display.doing(0.2, 0.2)
+    assert len(note) > 90
+    clock.advance(412.2)
+    out = io.StringIO()
+    with display:
+        display._refresh(note)
+        screen = Console(file=out, color_system=None, width=width)
+        screen.print(*display._progress.get_renderables())
+    rows = out.getvalue().splitlines()
+    assert "4122/12000 4120 done 0 failed 2 held 10.0/s" in rows[0]
+    assert rows[0].endswith(" 0:00:00 -:--:--")  # elapsed and ETA (rich's own clocks)
+    assert " ".join(" ".join(rows[1:]).split()) == note
