@@ -16,6 +16,7 @@ import io
 import logging
 import math
 import os
+import re
 import shlex
 import signal
 import socket
@@ -1733,8 +1734,10 @@ def fake_server(
             catalog=Catalog.demo() if catalog else None,
         )
     except ValueError as exc:  # --ak without --sk, --rate-limit 0, --p429 2, an empty --token
+        # The config names its fields ("latency_ms = -5.0: ..."): said as the option typed.
+        said = re.sub(r"^(\w+) = ", lambda m: f"--{m[1].replace('_', '-')} ", str(exc))
         err.print("[red]error:[/] ", end="")
-        err.print(f"{exc} (see bulkrerun fake-server --help)", markup=False)
+        err.print(f"{said} (see bulkrerun fake-server --help)", markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     try:
         serve(config, host, port)

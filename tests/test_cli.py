@@ -319,11 +319,13 @@ def test_a_log_file_that_cannot_be_written_exits_2(runner: CliRunner, tmp_path: 
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--rate-limit", "0"], "rate_limit = 0.0: must be more than 0"),
-        (["--p429", "2"], "p429 = 2.0: must be a probability"),
+        (["--rate-limit", "0"], "--rate-limit 0.0: must be more than 0"),
+        (["--p429", "2"], "--p429 2.0: must be a probability"),
         (["--ak", "x"], "give both the AK and the SK"),
         (["--token", ""], "the token is empty"),
-        (["--latency-ms", "-5"], "latency_ms = -5.0: must be 0 or more"),
+        (["--latency-ms", "-5"], "--latency-ms -5.0: must be 0 or more"),
+        (["--drop-after-accept", "1.5"], "--drop-after-accept 1.5: must be a probability"),
+        (["--rate-burst", "0"], "--rate-burst 0: must be 1 or more"),
     ],
 )
 def test_fake_server_refuses_bad_options_with_exit_2(
