@@ -360,6 +360,37 @@ def test_manifest_keeps_only_the_units_still_failed_or_held(tmp_path: Path) -> N
     assert entry["retry_location"] == "errorNode"
 
 
+def test_manifest_reads_only_the_requests_that_carry_failed_or_held_units(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A journal of 100,000 done requests took 650 MB to write a manifest of nothing: the
+    # records of every request were read and held, to keep those of a few.
+    done = [_window_chunk(i) for i in range(50)]
+    failed = _window_chunk(50)
+
+    async def script(j: Journal) -> None:
+        for i, chunk in enumerate(done):
+            await j.intend(chunk, 1, T0 + i)
+            j.outcome(chunk, 1, ACCEPTED, T0 + i, "done")
+        await j.intend(failed, 1, T0 + 60)
+        j.outcome(failed, 1, FAILED, T0 + 61, "failed")
+
+    run_journal(tmp_path / "j", script)
+    read: list[int] = []
+    real = report_module.read_records_at
+
+    def counting(path: Path, offsets: Any) -> Any:
+        for record in real(path, offsets):
+            read.append(1)
+            yield record
+
+    monkeypatch.setattr(report_module, "read_records_at", counting)
+    out = io.StringIO()
+    assert write_report(tmp_path / "j", "manifest", out, console()[0]) == 1
+    assert f"chunk {failed.id}: failed" in out.getvalue()
+    assert len(read) == 2  # the failed request's intent and outcome
+
+
 def test_with_nothing_to_rerun_no_manifest_is_written_and_stderr_says_why(
     tmp_path: Path, cli: Cli
 ) -> None:
