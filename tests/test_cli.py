@@ -246,6 +246,7 @@ def test_plan_warns_of_duplicate_units(runner: CliRunner, tmp_path: Path) -> Non
     result = runner.invoke(app, ["plan", str(m)])
     assert result.exit_code == 0, result.output
     assert "instances[1]: 1 unit already planned" in " ".join(result.output.split())
+    assert "first request: instances[0] a 1 instance (id " in result.output  # not "1 instances"
 
 
 WINDOW = (
