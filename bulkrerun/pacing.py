@@ -843,7 +843,8 @@ class FailureBudget:
                     else f"{self._failed} of the first {self._total:,} requests"
                 )
                 self._reason = (
-                    f"canary: {which} failed "
+                    f"canary: {which} failed or "
+                    f"{'was' if self._failed == 1 else 'were'} held "
                     f"({self._failed / self._total:.0%}, more than the {allowed:.0%} allowed); "
                     "check the manifest and the failures (`bulkrerun report`) before resuming"
                 )
@@ -852,6 +853,7 @@ class FailureBudget:
             if self._recent_failed > self._max_ratio * n:
                 self._reason = (
                     f"failure budget: {self._recent_failed} of the last {n} requests failed "
+                    "or were held "
                     f"({self._recent_failed / n:.0%}, more than the {self._max_ratio:.0%} "
                     "allowed); see `bulkrerun report` for the errors before resuming"
                 )

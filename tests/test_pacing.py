@@ -774,7 +774,11 @@ def test_pacer_counts_held_and_given_up_units_as_failures() -> None:
     pacer.on_outcome(UNAVAILABLE, 1.0, sent_at=0.9)  # not final yet: it will be retried
     assert pacer.stop_reason() is None
     assert pacer.retry_delay(UNAVAILABLE, 2) is None  # max attempts: given up, a failure
-    assert pacer.stop_reason() is not None
+    reason = pacer.stop_reason()
+    assert reason is not None
+    # Held counts too, and the reason says so: a run stopped for "21 of the last 100
+    # requests failed" showed 0 failed and 1,190 units held.
+    assert "3 of the first 5 requests failed or were held" in reason
     stats = pacer.stats(1.0)
     assert (stats.final_ok, stats.final_failed) == (2, 3)
 
