@@ -1207,4 +1207,4 @@ def test_a_canary_of_one_request_names_it_in_the_singular() -> None:
     budget = FailureBudget(0.5, canary=1)
     budget.record(True)
     assert budget.reason is not None
-    assert budget.reason.startswith("canary: the first request failed (100%, more than")
+    assert budget.reason.startswith("canary: the first request failed or was held (100%, more than")
