@@ -1233,13 +1233,14 @@ def _cells(row: ReportRow) -> list[str]:
     ]
 
 
-def _widths(block: list[list[str]], room: int) -> list[int]:
-    """Each column's width for ``block`` (header included): its widest cell, at most the
-    column's limit; then, while the line is wider than ``room``, the widest column that
-    may give way loses a cell (cut cells end with an ellipsis), down to three, then all
-    (a column of width 0 is left out, with its gap)."""
+def _widths(block: list[list[str]], room: int, before: list[int]) -> list[int]:
+    """Each column's width for ``block``: its widest cell, at most the column's limit, and
+    no narrower than in the blocks ``before`` it (the header's included), so that the
+    columns stay under their names from block to block; then, while the line is wider than
+    ``room``, the widest column that may give way loses a cell (cut cells end with an
+    ellipsis), down to three, then all (a column of width 0 is left out, with its gap)."""
     widths = [
-        min(max(cell_len(cells[i]) for cells in block), widest or sys.maxsize)
+        max(min(max(cell_len(cells[i]) for cells in block), widest or sys.maxsize), before[i])
         for i, (_, widest) in enumerate(_COLUMNS)
     ]
     flexible = [i for i, (_, widest) in enumerate(_COLUMNS) if widest is not None]
@@ -1262,13 +1263,16 @@ def _fitted(cell: str, width: int) -> str:
     return set_cell_size(cell, width - 1) + "…"
 
 
-def _write_block(block: list[list[str]], header: bool, console: Console) -> None:
-    """Rows as lines of columns two spaces apart, written as one text: rich's Table took a
-    millisecond a row (two minutes for a journal of 100,000 requests), and the rows need
-    none of what it does beyond this: one line each, cut to the console's width."""
+def _write_block(block: list[list[str]], before: list[int] | None, console: Console) -> list[int]:
+    """Rows as lines of columns two spaces apart, written as one text, under the header
+    when no block came ``before`` (else the widths it had); returns the widths used.
+    rich's Table took a millisecond a row (two minutes for a journal of 100,000 requests),
+    and the rows need none of what it does beyond this: one line each, cut to the
+    console's width."""
+    header = before is None
     if header:
         block = [[name for name, _ in _COLUMNS], *block]
-    widths = _widths(block, console.width)
+    widths = _widths(block, console.width, before or [0] * len(_COLUMNS))
     text = Text(no_wrap=True, overflow="crop")
     for n, cells in enumerate(block):
         line = Text(style="bold" if header and n == 0 else "")
@@ -1284,21 +1288,23 @@ def _write_block(block: list[list[str]], header: bool, console: Console) -> None
         text.append_text(line)
         text.append("\n")
     console.print(text, end="")
+    return widths
 
 
 def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     n = 0
     block: list[list[str]] = []
+    widths: list[int] | None = None
     tally: Counter[str] = Counter()
     for row in rows:
         block.append(_cells(row))
         tally[row.state] += 1
         n += 1
         if len(block) == _TABLE_BLOCK:
-            _write_block(block, n == _TABLE_BLOCK, console)
+            widths = _write_block(block, widths, console)
             block = []
     if block:
-        _write_block(block, n <= _TABLE_BLOCK, console)
+        _write_block(block, widths, console)
     summary = ", ".join(f"{state} {k:,}" for state, k in sorted(tally.items()))
     console.print(counted(n, "request") + (f": {summary}" if summary else ""))
     return n

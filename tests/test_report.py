@@ -973,6 +973,29 @@ def test_a_table_of_many_rows_is_not_rendered_cell_by_cell(
     assert lines[-1] == "600 requests: done 600"
 
 
+def test_the_columns_of_a_long_table_stay_under_their_names_from_block_to_block(
+    tmp_path: Path,
+) -> None:
+    """Each block of rows is laid out on its own: a column empty in a later block (held
+    requests have no status nor request id) kept no width there, and the columns after it
+    slid left, away from their names in the header. They keep their widths now."""
+    chunks = [_window_chunk(i) for i in range(600)]  # a block of 500, then one of 100
+
+    async def script(j: Journal) -> None:
+        for i, chunk in enumerate(chunks):  # the first block ends with a held one
+            await j.intend(chunk, 1, T0 + i)
+            held = i >= 499
+            j.outcome(chunk, 1, HELD if held else ACCEPTED, T0 + i, "held" if held else "done")
+
+    run_journal(tmp_path / "j", script)
+    con, buffer = console()
+    assert write_report(tmp_path / "j", "table", io.StringIO(), con) == 600
+    header, *rows, _ = buffer.getvalue().splitlines()
+    state, message = header.index("state"), header.index("message")
+    assert [row[state : state + 4] for row in rows] == ["done"] * 499 + ["held"] * 101
+    assert {row[message:].split()[0] for row in rows} == {"accepted", "timeout"}
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 
