@@ -1296,17 +1296,23 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     block: list[list[str]] = []
     widths: list[int] | None = None
     tally: Counter[str] = Counter()
+    now: Counter[str] = Counter()  # of the requests' units, after verifications since
     for row in rows:
         block.append(_cells(row))
         tally[row.state] += 1
+        now["mixed" if "," in row.current else row.current] += 1
         n += 1
         if len(block) == _TABLE_BLOCK:
             widths = _write_block(block, widths, console)
             block = []
     if block:
         _write_block(block, widths, console)
-    summary = ", ".join(f"{state} {k:,}" for state, k in sorted(tally.items()))
-    console.print(counted(n, "request") + (f": {summary}" if summary else ""))
+    line = counted(n, "request")
+    if tally:
+        line += ": " + ", ".join(f"{state} {k:,}" for state, k in sorted(tally.items()))
+    if now != tally:  # a verify decided units since: what status counts
+        line += "; their units now: " + ", ".join(f"{s} {k:,}" for s, k in sorted(now.items()))
+    console.print(line)
     return n
 
 

@@ -748,6 +748,12 @@ async def test_the_report_shows_how_a_verification_decided_held_units(tmp_path: 
     (line,) = (x for x in text.splitlines() if x.startswith(window.chunk[:12] + " "))
     # tries (the one send's outcome unknown), state, now, verified
     assert re.search(r" 1 \(1 unknown\) +held +done +done +window ", line)
+    # The closing count says both: what the requests' answers were, and what their units
+    # are now, which status counts (a footer of held ones read as work left).
+    done = len(rows) - len(held)
+    assert text.splitlines()[-1] == (
+        f"{len(rows)} requests: done {done}, held {len(held)}; their units now: done {len(rows)}"
+    )
     assert {(r.state, r.unknown_sends) for r in rows} == {("held", 1), ("done", 0)}
     assert {by_chunk[r.chunk]["unknown_sends"] for r in held} == {"1"}
     assert {objects[r.chunk]["unknown_sends"] for r in rows} == {0, 1}
