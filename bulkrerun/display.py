@@ -101,7 +101,10 @@ class RunDisplay:
         self._clock: Clock | None = None  # follow()'s
 
     def __enter__(self) -> RunDisplay:
-        self._progress.start()
+        # Started only when drawn: before rich 14.3, a disabled Progress printed a blank
+        # line when stopped off a terminal.
+        if self._live:
+            self._progress.start()
         self._task = self._progress.add_task(
             "rerun", total=self.total, done=0, failed=0, held=0, rate="0"
         )
@@ -111,7 +114,8 @@ class RunDisplay:
         if self._clock is not None and (self._live or self._plain):
             self.pacing(self._clock.now(), self._clock.wall())  # tell a spell's end, if untold
         self._refresh()
-        self._progress.stop()
+        if self._live:
+            self._progress.stop()
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Stopping):
