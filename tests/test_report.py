@@ -529,6 +529,12 @@ runpy.run_module("bulkrerun", run_name="__main__")
 """
 
 
+@pytest.mark.xfail(
+    (3, 13) <= sys.version_info < (3, 13, 3),
+    reason="CPython gh-130932: on 3.13.0-3.13.2 a missing module attribute in a removed "
+    "folder is a SystemError, and `import socket` meets one",
+    strict=True,
+)
 def test_status_in_a_removed_folder_names_the_manifest_where_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
