@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -130,7 +131,14 @@ class Cli:
             text=True,
             env=env if env is not None else self.env(url),
             cwd=self.cwd,
+            # A run started from a terminal: under `nohup pytest` the child would inherit
+            # SIGHUP ignored, and keep it so (as it should), and the tests that send one fail.
+            preexec_fn=_sighup_default,
         )
+
+
+def _sighup_default() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture
