@@ -637,7 +637,8 @@ def _next_steps(
                 ["bulkrerun", "verify", str(path)], (f for f in flags if f[0] in _VERIFY_FLAGS)
             )
         )
-        steps.append(f"or resend them (each may then run twice): {again} --resend-held")
+        them = "it (it" if held == 1 else "them (each"
+        steps.append(f"or resend {them} may then run twice): {again} --resend-held")
     if budget and len(steps) > first:
         steps[first] = "then, once the cause is fixed, " + steps[first]
     steps += failures

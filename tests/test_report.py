@@ -157,6 +157,19 @@ def test_status_counts_units_and_says_what_to_do(journal_path: Path) -> None:
     assert "2 units not yet sent" in steps
 
 
+def test_the_steps_for_one_held_unit_speak_of_it_in_the_singular(tmp_path: Path) -> None:
+    chunk = _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, HELD, T0 + 1, "held")
+
+    run_journal(tmp_path / "j", script)
+    steps = summarize(tmp_path / "j", read_state(tmp_path / "j")[1], pending=0).next_steps
+    assert steps[0].startswith("decide the 1 unit held from the instances' live state: ")
+    assert steps[1].startswith("or resend it (it may then run twice): ")
+
+
 def test_while_a_run_writes_only_its_own_unanswered_requests_are_in_flight(
     journal_path: Path, planned: tuple[Path, list[Chunk]]
 ) -> None:
