@@ -313,10 +313,13 @@ class JournalState:
     accepted: int = 0  # outcomes ``done``: requests the service accepted
     first_wall: float | None = None  # of the first intent
     last_wall: float = 0.0  # of the latest intent, outcome or verify record
-    # Active time: the sum over runs of (last record - run start), for the achieved rate.
+    # Active time: the sum over runs of (end - run start), for the achieved rate. A run ends
+    # at its end record (a Ctrl-C while pacing waits is time spent sending), or at its last
+    # intent or outcome when it has none or it watched the reruns after sending.
     span_total: float = 0.0
     span_start: float | None = None
     span_end: float = 0.0
+    span_watch: bool = False  # the run whose span is open watched its reruns
     # Of a journal opened with ``live_details=False``: what the records appended since only
     # count (their units and chunks are not in ``units`` and ``chunks``).
     untracked_units: Counter[UnitState] = field(default_factory=Counter)
@@ -365,7 +368,8 @@ class JournalState:
 
     @property
     def active_seconds(self) -> float:
-        """Seconds the runs were active: from each run's start to its last record."""
+        """Seconds the runs were active: from each run's start to its end (see
+        ``span_total``)."""
         if self.span_start is None:
             return self.span_total
         return self.span_total + max(0.0, self.span_end - self.span_start)
@@ -406,6 +410,7 @@ class _Replayer:
         if st.span_start is not None:
             st.span_total += max(0.0, st.span_end - st.span_start)
         st.span_start = st.span_end = record.wall
+        st.span_watch = bool(record.options.get("watch"))
 
     def select(self, label: str, items: list[Selection]) -> None:
         self.state.selections[label] = items
@@ -414,6 +419,8 @@ class _Replayer:
         st = self.state
         st.ends[record.run] = record
         st.last_wall = max(st.last_wall, record.wall)
+        if st.runs and st.runs[-1].n == record.run and not st.span_watch:
+            st.span_end = max(st.span_end, record.wall)
 
     def intent(
         self,

@@ -165,7 +165,7 @@ class StatusSummary:
     ``pending`` is ``None`` when it is not known (the plan could not be made again), and
     ``pending_unknown`` then says why, when there is more to say than that no run is recorded.
     ``rate`` is accepted requests per second over the runs' active time (each run from its
-    start to its last record), ``None`` before there is any.
+    start to its end), ``None`` before there is any.
     """
 
     journal: str

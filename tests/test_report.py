@@ -170,6 +170,31 @@ def test_the_steps_for_one_held_unit_speak_of_it_in_the_singular(tmp_path: Path)
     assert steps[1].startswith("or resend it (it may then run twice): ")
 
 
+@pytest.mark.parametrize(("watch", "active"), [(False, 5.0), (True, 1.05)])
+def test_status_rate_counts_a_run_until_its_end_unless_it_watched(
+    tmp_path: Path, planned: tuple[Path, list[Chunk]], watch: bool, active: float
+) -> None:
+    """A run paced at 0.2/s and stopped by Ctrl-C 5 s in, after its first request, was
+    active 5 s: said as 47.6 requests/s over 0.0 s active, it read as the pacing broken.
+    A run's end closes its active time, unless the time since is the watch's."""
+    manifest_path, chunks = planned
+    path = tmp_path / "journal"
+
+    async def script(j: Journal) -> None:
+        j.begin_run(
+            RunInfo.from_manifest(manifest_path, options={"watch": watch}, pending=len(chunks)),
+            wall=T0,
+        )
+        await j.intend(chunks[0], 1, T0 + 1)
+        j.outcome(chunks[0], 1, ACCEPTED, T0 + 1.05, "done")
+        j.end_run(130, "interrupted", "SIGINT", wall=T0 + 5)
+
+    run_journal(path, script)
+    summary = status(path)
+    assert summary.active_seconds == pytest.approx(active)
+    assert summary.rate == pytest.approx(1 / active)
+
+
 def test_while_a_run_writes_only_its_own_unanswered_requests_are_in_flight(
     journal_path: Path, planned: tuple[Path, list[Chunk]]
 ) -> None:
