@@ -488,6 +488,8 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
     from bulkrerun.planner import summarize
 
     rows = summarize(m, selections=selections)
+    # A window reruns its `jobs` too: the plan names them beside its own job.
+    also = {e.label: [name for name, _ws in e.jobs] for e in m.entries if getattr(e, "jobs", ())}
     table = Table(title=f"plan of {escape(str(m.path))}", title_justify="left")
     for col in ("entry", "job", "mode", "span", "requests", "instances"):
         table.add_column(col, justify="right" if col in ("requests", "instances") else "left")
@@ -502,7 +504,7 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
         resolved = row.kind != "select" or (selections and row.label in selections)
         table.add_row(
             escape(row.label),
-            escape(row.job_name),
+            escape(" + ".join([row.job_name, *also.get(row.label, ())])),
             mode,
             span,
             f"{row.requests:,}" if resolved else "needs a query",
@@ -540,7 +542,8 @@ def _describe(chunk: Any, zone: str | None) -> str:
         what = f"{_fmt_ms(body['begin_time'], zone)} .. {_fmt_ms(body['end_time'], zone)}"
     else:
         what = counted(len(body.get("task_retrys", [])), "instance")
-    return f"{chunk.entry} {chunk.job_name} {what} (id {chunk.id})"
+    jobs = " + ".join([chunk.job_name, *(job["job_name"] for job in body.get("jobs", ()))])
+    return f"{chunk.entry} {jobs} {what} (id {chunk.id})"
 
 
 def _fmt_ms(ms: int | None, zone: str | None = None) -> str:

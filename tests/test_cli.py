@@ -282,6 +282,21 @@ def test_plan_shows_times_in_the_timezone_they_were_written_in(
     assert "first request: window[0] j 2024-11-26 00:00:00.000Z .. " in result.output
 
 
+def test_plan_names_the_jobs_a_window_reruns_with_its_own(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # A window's request reruns its job's instances and those of its `jobs`: a review of the
+    # plan that showed only ods_orders hid that dwd_orders is rerun too.
+    ws = "62fbba734e634c5087656fc3ff7adf34"
+    jobs = f'jobs = [ {{ job_name = "dwd_orders", workspace_id = "{ws}" }} ]\n'
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="ods_orders") + jobs)
+    result = runner.invoke(app, ["plan", str(m)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "│ ods_orders + dwd_orders │" in result.output
+    assert "first request: window[0] ods_orders + dwd_orders 2024-11-26 " in result.output
+    assert "last request:  window[0] ods_orders + dwd_orders 2024-11-26 " in result.output
+
+
 def test_plan_shows_names_with_brackets_as_written(runner: CliRunner, tmp_path: Path) -> None:
     # rich would take "[bold]" for a style tag and drop it: names are printed, never parsed.
     m = write_manifest(tmp_path / "m[prod].toml", WINDOW.format(job="ods[bold]orders"))
