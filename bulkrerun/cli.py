@@ -409,8 +409,25 @@ def plan(
 
 
 def _print_warnings(manifest: Any) -> None:
+    from bulkrerun.clock import SystemClock
+
     for warning in manifest.warnings:
         _warn(warning)
+    for warning in _future_begins(manifest, round(SystemClock.wall() * 1000)):
+        _warn(warning)
+
+
+def _future_begins(manifest: Any, now_ms: int) -> list[str]:
+    """Windows and selections that begin after ``now_ms``. No instance is planned there
+    yet: a window's requests would be accepted (done) and rerun nothing, a selection would
+    find nothing. Most likely a wrong year or timezone, typed under stress."""
+    return [
+        f"{manifest.path}: {entry.label}.begin = {_fmt_ms(entry.begin_ms, entry.timezone)} "
+        "is in the future: no instance is planned there yet, so its requests rerun nothing; "
+        "check the year and the timezone"
+        for entry in manifest.entries
+        if getattr(entry, "begin_ms", None) is not None and entry.begin_ms > now_ms
+    ]
 
 
 def _warn(text: str) -> None:

@@ -297,6 +297,29 @@ def test_plan_names_the_jobs_a_window_reruns_with_its_own(
     assert "last request:  window[0] ods_orders + dwd_orders 2024-11-26 " in result.output
 
 
+def test_plan_warns_of_a_window_or_selection_that_begins_in_the_future(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # 2099 for 2024 under stress: no instance is planned there yet, so the request would be
+    # accepted (done) and rerun nothing. Said before anything is sent; a past window is not.
+    body = (
+        '[[window]]\njob_name = "j"\nbegin = "2099-11-26T08:00:00"\n'
+        'end = "2099-11-26T10:00:00"\nchunk = "1h"\n'
+        '[[window]]\njob_name = "k"\nbegin = "2024-11-26T08:00:00"\n'
+        'end = "2024-11-26T10:00:00"\nchunk = "1h"\n'
+    )
+    m = write_manifest(tmp_path / "m.toml", body)
+    result = runner.invoke(app, ["plan", str(m)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert (
+        f"warning: {m}: window[0].begin = 2099-11-26 08:00:00.000+08:00 is in the future: "
+        "no instance is planned there yet, so its requests rerun nothing; check the year "
+        "and the timezone"
+    ) in said
+    assert "window[1]" not in said.split("plan of")[0]
+
+
 def test_plan_shows_names_with_brackets_as_written(runner: CliRunner, tmp_path: Path) -> None:
     # rich would take "[bold]" for a style tag and drop it: names are printed, never parsed.
     m = write_manifest(tmp_path / "m[prod].toml", WINDOW.format(job="ods[bold]orders"))
