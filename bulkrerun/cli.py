@@ -187,9 +187,16 @@ class _Redact:
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a line is logged: while the progress bar is
     drawn, rich puts a proxy there that prints above the bar; a handler that kept the real
-    stderr would write into the bar's line."""
+    stderr would write into the bar's line.
+
+    Records of what was printed for the operator already (a stop, windows re-covering done
+    times) are warnings in the log, for its readers, but are not written here again."""
+
+    PRINTED = frozenset({"stopping", "new window chunks re-cover done ones"})
 
     def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, dict) and record.msg.get("event") in self.PRINTED:
+            return
         self.stream = sys.stderr
         super().emit(record)
 

@@ -61,6 +61,31 @@ def one_window(job: str, hours: int, chunk: str, *, start: float = 0) -> str:
     return f'[[window]]\njob_name = "{job}"\nbegin = {begin}\nend = {end}\nchunk = "{chunk}"\n'
 
 
+def test_a_stop_is_said_once_on_stderr_and_kept_in_the_log(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # With --log-file (an audited run), the log's record of a stop reached stderr as well,
+    # under the line that says it: the operator read every stop twice.
+    srv = fake_service("--missing-job", "ods_gone")
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[instances]]\njob_name = "ods_gone"\n'
+        "items = [ { job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 } ]\n"
+        + one_window("ods_orders", 2, "1h"),
+    )
+    log = tmp_path / "run.log"
+    out = cli(
+        "run", str(m), "--journal", str(tmp_path / "j"), "--canary", "1",
+        "--log-file", str(log), url=srv.url,
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.count("stopping") == 1, out.stderr
+    assert "stopping: canary: the first request failed" in out.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    (stop,) = [r for r in records if r["event"] == "stopping"]
+    assert stop["reason"].startswith("canary: the first request failed")
+
+
 def plan_ids(cli: Cli, manifest: Path) -> list[str]:
     out = cli("plan", str(manifest), "--json")
     assert out.returncode == 0, out.stderr
