@@ -28,6 +28,7 @@ then merges the defaults, resolves times in their time zone and checks what span
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import errno
@@ -1090,7 +1091,7 @@ class _Checker:
             return None
         common = self.common(label, raw, broken)
         times = self.span(label, raw, broken, data)
-        jobs_ok = self.window_jobs(label, raw, broken)
+        jobs_ok = self.window_jobs(label, raw, broken, data)
         if common is None or times is None or broken or not jobs_ok:
             return None
         return WindowEntry(
@@ -1104,22 +1105,28 @@ class _Checker:
             timezone=times[2],
         )
 
-    def window_jobs(self, label: str, raw: _Window, broken: set[str]) -> bool:
+    def window_jobs(self, label: str, raw: _Window, broken: set[str], data: Any) -> bool:
         """Whether ``jobs`` names each job once and not the window's own job.
 
         The service reruns ``job_name`` and every job of ``jobs``; what it does with one
         named twice in a request is not documented (twice is what the operator should fear),
         and such a line is a slip for another job more often than not. Refused, not warned
         about: the fix is to delete the line, and a warning scrolls by as the run sends.
+        When a line of ``jobs`` is broken, its good lines (``data``, as written) are checked
+        all the same, so that mending the one does not reveal the other a pass later.
         """
-        if "jobs" in broken or not raw.jobs:
+        if "jobs" in broken:
+            refs = _good_job_refs(data.get("jobs") if isinstance(data, dict) else None)
+        else:
+            refs = list(enumerate(raw.jobs or ()))
+        if not refs:
             return True
         workspace = raw.workspace or self.defaults.workspace
         seen: dict[tuple[str, str], int] = {}
         if "job_name" not in broken and "workspace" not in broken and workspace is not None:
             seen[(raw.job_name, workspace)] = -1
         ok = True
-        for i, job in enumerate(raw.jobs):
+        for i, job in refs:
             key = (job.job_name, job.workspace_id)
             first = seen.setdefault(key, i)
             if first == i:
@@ -1291,6 +1298,18 @@ class _Checker:
             batch=raw.batch,
             timezone=times[2],
         )
+
+
+def _good_job_refs(items: Any) -> list[tuple[int, _JobRef]]:
+    """The lines of a ``jobs`` list (as written) that are valid on their own, with their
+    index; their problems are reported already."""
+    if not isinstance(items, list):
+        return []
+    good = []
+    for i, item in enumerate(items):
+        with contextlib.suppress(ValidationError):
+            good.append((i, _JobRef.model_validate(item)))
+    return good
 
 
 def _overlaps(name: str, windows: Sequence[WindowEntry]) -> list[str]:

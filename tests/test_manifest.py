@@ -427,6 +427,25 @@ def test_a_window_that_lists_its_own_job_or_one_job_twice_in_jobs_is_refused(
     ]
 
 
+def test_a_window_listing_its_own_job_is_refused_beside_a_broken_line_of_jobs(
+    tmp_path: Path,
+) -> None:
+    # Validation is total: the line without a workspace_id hid the line naming the window's
+    # own job, which the operator met only after mending the first, one pass later.
+    broken = '{ job_name = "dwd_users" }'
+    jobs = f"{job('ods_users')}, {broken}, {job('x')}, {job('x')}"
+    text = HEAD + six_hours("ods_users", jobs=jobs)
+    path = write(tmp_path, "m.toml", text)
+    assert problems_of(path) == [
+        f"{path}: window[0].jobs[1].workspace_id: missing; required: the workspace ID of that job",
+        f'{path}: window[0].jobs[0].job_name = "ods_users": is the window\'s own job (its '
+        "job_name, in the same workspace), which the window reruns already; list only its "
+        "upstream and downstream jobs in jobs",
+        f'{path}: window[0].jobs[3].job_name = "x": repeats jobs[2] (the same '
+        "job_name and workspace_id); list each job once",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Instance files
 # ---------------------------------------------------------------------------------------------
