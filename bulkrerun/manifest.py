@@ -1021,12 +1021,13 @@ class _Checker:
     # -- times ---------------------------------------------------------------------------------
 
     def time_ms(
-        self, where: str, value: int | datetime, zone_name: str | None, excused: bool
+        self, where: str, value: int | datetime, zone_name: str | None, excused: bool, written: Any
     ) -> int | None:
-        """Epoch ms of a time as validated; naive times are read in ``zone_name``."""
+        """Epoch ms of a time as validated; naive times are read in ``zone_name``. Messages
+        show it as ``written``, so that it can be found in the file."""
         if isinstance(value, int):
             return value
-        shown = _show(value.isoformat())
+        shown = _show(written)
         if zone_name is None:
             if not excused:
                 self.add(
@@ -1068,10 +1069,10 @@ class _Checker:
         excused = "timezone" in broken or "timezone" in self.defaults_broken
         begin_ms = None
         if "begin" not in broken:
-            begin_ms = self.time_ms(f"{label}.begin", raw.begin, zone, excused)
+            begin_ms = self.time_ms(f"{label}.begin", raw.begin, zone, excused, data["begin"])
         end_ms = None
         if "end" not in broken:
-            end_ms = self.time_ms(f"{label}.end", raw.end, zone, excused)
+            end_ms = self.time_ms(f"{label}.end", raw.end, zone, excused, data["end"])
         if begin_ms is None or end_ms is None:
             return None
         if end_ms <= begin_ms:

@@ -446,6 +446,24 @@ def test_a_window_listing_its_own_job_is_refused_beside_a_broken_line_of_jobs(
     ]
 
 
+def test_a_time_without_an_offset_is_shown_as_written(tmp_path: Path) -> None:
+    # Shown as "2024-11-26T03:00:00", the value could not be found in the file that said
+    # "2024-11-26 03:00". A TOML local date-time (unquoted) has no other spelling to show.
+    text = (
+        HEAD + '\n[[window]]\njob_name = "j"\nbegin = "2024-11-26 03:00"\n'
+        'end = 2024-11-26T04:00:00\nchunk = "1h"\n'
+    )
+    path = write(tmp_path, "m.toml", text)
+    hint = (
+        ": has no UTC offset and no timezone is set; write it with an offset "
+        '(2024-11-26T08:00:00+08:00) or set timezone = "Asia/Shanghai" in [defaults]'
+    )
+    assert problems_of(path) == [
+        f'{path}: window[0].begin = "2024-11-26 03:00"{hint}',
+        f"{path}: window[0].end = 2024-11-26T04:00:00{hint}",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Instance files
 # ---------------------------------------------------------------------------------------------
