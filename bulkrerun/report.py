@@ -132,10 +132,11 @@ _TABLE_BLOCK = 500
 
 
 def _iso(wall: float | None) -> str | None:
-    """Seconds since the epoch as ISO 8601 UTC with milliseconds."""
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds, rounded as the journal
+    keeps them: a run's closing summary (of unrounded times) and status agree."""
     if wall is None or not math.isfinite(wall):
         return None
-    moment = datetime.fromtimestamp(wall, UTC)
+    moment = datetime.fromtimestamp(round(wall, 3), UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -195,6 +195,34 @@ def test_status_rate_counts_a_run_until_its_end_unless_it_watched(
     assert summary.rate == pytest.approx(1 / active)
 
 
+def test_a_runs_closing_summary_shows_its_times_as_status_reads_them_back(
+    tmp_path: Path, planned: tuple[Path, list[Chunk]]
+) -> None:
+    # The journal keeps times to the millisecond, rounded; the closing summary of a run
+    # (from its live state) cut them instead: ...08.483Z there, ...08.484Z in status.
+    manifest_path, chunks = planned
+    path = tmp_path / "journal"
+    states = []
+
+    async def script(j: Journal) -> None:
+        j.begin_run(RunInfo.from_manifest(manifest_path, pending=len(chunks)), wall=T0)
+        await j.intend(chunks[0], 1, T0 + 1.4836)
+        j.outcome(chunks[0], 1, ACCEPTED, T0 + 1.9997, "done")
+        states.append(j.state())
+
+    run_journal(path, script)
+    live = status_json(summarize(path, states[0], pending=0))
+    replayed = status_json(status(path))
+    assert (live["first_time"], live["last_time"]) == (
+        "2024-11-26T05:46:41.484Z",
+        "2024-11-26T05:46:42.000Z",
+    )
+    assert (replayed["first_time"], replayed["last_time"]) == (
+        live["first_time"],
+        live["last_time"],
+    )
+
+
 def test_while_a_run_writes_only_its_own_unanswered_requests_are_in_flight(
     journal_path: Path, planned: tuple[Path, list[Chunk]]
 ) -> None:
