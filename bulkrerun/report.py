@@ -610,6 +610,13 @@ def _next_steps(
     end = _last_end(state)
     budget = end is not None and end.stopped == "failure_budget"
     if budget and failures:
+        if again == run and not by_manifest and pending:
+            # One command sends both, the failed units and those not yet sent.
+            failures[1] = (
+                f"once the cause is fixed, send them again with the "
+                f"{counted(pending, 'unit')} not yet sent: {again} --retry-failed"
+            )
+            pending = 0
         steps += failures
         failures = []
     first = len(steps)

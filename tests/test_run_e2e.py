@@ -1197,8 +1197,13 @@ def test_after_a_canary_stop_status_puts_the_failures_before_the_rest(
     assert last["message"].startswith("canary: ")
     steps = s["next_steps"]
     assert steps[0] == f"see why the {s['failed']} units failed: bulkrerun report {j}"
-    assert steps[1].startswith("once the cause is fixed, send them again: ")
-    assert steps[2].startswith(f"then, once the cause is fixed, send the {s['pending']} units")
+    # One command sends both the failed units and the rest: one step, not two.
+    assert steps[1] == (
+        f"once the cause is fixed, send them again with the {s['pending']} units not yet "
+        f"sent: bulkrerun run {m} --journal {j} --rate 100 --max-inflight 2 --canary 5 "
+        "--retry-failed"
+    )
+    assert len(steps) == 2
     said = " ".join(cli("status", str(j)).stdout.split())
     assert f"run 1 (started {last['started']}) stopped {last['ended']}: canary: " in said
     end = json.loads(j.read_text().splitlines()[-1])
