@@ -99,6 +99,17 @@ def run_journal(path: Path, script: Callable[[Journal], Any]) -> None:
     anyio.run(main)
 
 
+def one_request(path: Path, outcome: Outcome, state: str) -> None:
+    """A journal at ``path`` of one window request, sent once, with ``outcome``."""
+    chunk = _window_chunk(0)
+
+    async def script(j: Journal) -> None:
+        await j.intend(chunk, 1, T0)
+        j.outcome(chunk, 1, outcome, T0 + 1, state)
+
+    run_journal(path, script)
+
+
 @pytest.fixture
 def planned(tmp_path: Path) -> tuple[Path, list[Chunk]]:
     manifest = tmp_path / "backfill.toml"
@@ -158,13 +169,7 @@ def test_status_counts_units_and_says_what_to_do(journal_path: Path) -> None:
 
 
 def test_the_steps_for_one_held_unit_speak_of_it_in_the_singular(tmp_path: Path) -> None:
-    chunk = _window_chunk(0)
-
-    async def script(j: Journal) -> None:
-        await j.intend(chunk, 1, T0)
-        j.outcome(chunk, 1, HELD, T0 + 1, "held")
-
-    run_journal(tmp_path / "j", script)
+    one_request(tmp_path / "j", HELD, "held")
     steps = summarize(tmp_path / "j", read_state(tmp_path / "j")[1], pending=0).next_steps
     assert steps[0].startswith("decide the 1 unit held from the instances' live state: ")
     assert steps[1].startswith("or resend it (it may then run twice): ")
@@ -284,13 +289,7 @@ def test_status_json_has_integer_counts(journal_path: Path) -> None:
 
 
 def test_status_when_everything_is_done(tmp_path: Path) -> None:
-    chunk = _window_chunk(0)
-
-    async def script(j: Journal) -> None:
-        await j.intend(chunk, 1, T0)
-        j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
-
-    run_journal(tmp_path / "j", script)
+    one_request(tmp_path / "j", ACCEPTED, "done")
     summary = summarize(tmp_path / "j", read_state(tmp_path / "j")[1], pending=0)
     assert summary.next_steps == ["nothing left to do: every unit is done"]
     assert summary.failed_by_code == {}
@@ -462,13 +461,7 @@ def test_with_nothing_to_rerun_no_manifest_is_written_and_stderr_says_why(
 ) -> None:
     # `plan` refuses a manifest without entries: writing one would end the user's pipeline
     # `report J --format manifest > again.toml && bulkrerun plan again.toml` in its error.
-    chunk = _window_chunk(0)
-
-    async def script(j: Journal) -> None:
-        await j.intend(chunk, 1, T0)
-        j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
-
-    run_journal(tmp_path / "j", script)
+    one_request(tmp_path / "j", ACCEPTED, "done")
     out, err = io.StringIO(), io.StringIO()
     assert write_report(tmp_path / "j", "manifest", out, console()[0], err=err) == 0
     assert out.getvalue() == ""
@@ -1315,13 +1308,7 @@ def test_the_status_line_counts_one_request_attempt_and_run_in_the_singular(
 
 
 def test_the_report_table_of_one_request_ends_with_1_request(tmp_path: Path) -> None:
-    chunk = _window_chunk(0)
-
-    async def script(j: Journal) -> None:
-        await j.intend(chunk, 1, T0)
-        j.outcome(chunk, 1, ACCEPTED, T0 + 1, "done")
-
-    run_journal(tmp_path / "j", script)
+    one_request(tmp_path / "j", ACCEPTED, "done")
     con, buffer = console()
     assert write_report(tmp_path / "j", "table", io.StringIO(), con) == 1
     assert "1 request: done 1" in buffer.getvalue()
