@@ -319,7 +319,6 @@ class JournalState:
     span_total: float = 0.0
     span_start: float | None = None
     span_end: float = 0.0
-    span_watch: bool = False  # the run whose span is open watched its reruns
     # Of a journal opened with ``live_details=False``: what the records appended since only
     # count (their units and chunks are not in ``units`` and ``chunks``).
     untracked_units: Counter[UnitState] = field(default_factory=Counter)
@@ -410,7 +409,6 @@ class _Replayer:
         if st.span_start is not None:
             st.span_total += max(0.0, st.span_end - st.span_start)
         st.span_start = st.span_end = record.wall
-        st.span_watch = bool(record.options.get("watch"))
 
     def select(self, label: str, items: list[Selection]) -> None:
         self.state.selections[label] = items
@@ -419,7 +417,8 @@ class _Replayer:
         st = self.state
         st.ends[record.run] = record
         st.last_wall = max(st.last_wall, record.wall)
-        if st.runs and st.runs[-1].n == record.run and not st.span_watch:
+        last = st.runs[-1] if st.runs else None
+        if last is not None and last.n == record.run and not last.options.get("watch"):
             st.span_end = max(st.span_end, record.wall)
 
     def intent(
