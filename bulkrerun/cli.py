@@ -892,9 +892,13 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
             if args.watch and not interrupted and result.fatal is None:
                 try:
-                    interrupted = await _watch(journal, transport, pacer, clock)
+                    signame = await _watch(journal, transport, pacer, clock)
                 except Fatal as exc:  # the reruns stand; only following them failed
                     _warn(f"could not follow the reruns: {exc}")
+                else:
+                    if signame is not None:
+                        interrupted = True
+                        result.stop_reason = f"{signame}: stopped following the reruns"
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import several_manifests, summarize
 
@@ -911,12 +915,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             # more: to a resume, this run reads as one that was killed).
             now = journal.state().counts()
             unsettled = now[UnitState.FAILED] or now[UnitState.HELD] or not_sent
-            stopped: str | None = None
-            message: str | None = None
-            if interrupted:
-                stopped, message = "interrupted", result.stop_reason
-            elif result.fatal is not None:
-                stopped, message = result.fatal.stop, str(result.fatal)
+            stopped, message = _how_it_stopped(result, interrupted)
             journal.end_run(_exit_code(result, interrupted, bool(unsettled)), stopped, message)
             pending: int | None = not_sent - result.held_again  # those are held, as before
             unknown = None
@@ -1142,6 +1141,8 @@ def _finish(
         _print_resume_command(args, "resume with:")
     code = _exit_code(result, interrupted, bool(summary.failed or summary.held or not_sent))
     if args.log_chunks:
+        # Why it stopped, in the names of the journal's end record: the condition, its message.
+        stopped, message = _how_it_stopped(result, interrupted)
         _log_run(
             "run ended",
             journal=str(args.journal),
@@ -1153,14 +1154,26 @@ def _finish(
             held_again=result.held_again,
             failed_by_code=dict(result.failed_by_code),
             refused_resends=dict(result.refused_resends),
-            interrupted=interrupted,
-            stopped=None if result.fatal is None else str(result.fatal),
+            stopped=stopped,
+            message=message,
             units_per_second=round(display.rate(), 3),
             journal_done=summary.done,
             journal_failed=summary.failed,
             journal_held=summary.held,
         )
     return code
+
+
+def _how_it_stopped(result: Any, interrupted: bool) -> tuple[str | None, str | None]:
+    """Why a run stopped before its end, as its journal's ``end`` record and its log's
+    ``run ended`` record both say it: the condition's name (``interrupted``, or a fatal
+    stop's :attr:`~bulkrerun.errors.Fatal.stop`) and what was said of it; (None, None) for
+    a run that went to its end."""
+    if interrupted:
+        return "interrupted", result.stop_reason
+    if result.fatal is not None:
+        return result.fatal.stop, str(result.fatal)
+    return None, None
 
 
 def _exit_code(result: Any, interrupted: bool, unsettled: bool) -> int:
@@ -1227,9 +1240,9 @@ async def _verify_held(journal: Any, transport: Any, pacer: Any, clock: Any) -> 
     err.print(str(summary), markup=False)
 
 
-async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> bool:
-    """Follow the reruns to a final status (``--watch``); True when SIGINT or SIGTERM
-    stopped the following.
+async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> str | None:
+    """Follow the reruns to a final status (``--watch``); the signal's name when SIGINT or
+    SIGTERM stopped the following, else None.
 
     The reruns were sent and journaled before: a signal here stops only the following, and
     the run still ends with its table, status and resume command (``_finish``), exit 130.
@@ -1246,7 +1259,7 @@ async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> bool:
     except KeyboardInterrupt:  # the previous state stands: reload() replaces it when done
         _interrupt.fired = False  # handled here; main() is not to print the command again
         _watch_stopped(_interrupt.signame, journal.path)
-        return True
+        return _interrupt.signame
     stopped: str | None = None
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
@@ -1269,10 +1282,9 @@ async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> bool:
         tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    if stopped is None:
-        return False
-    _watch_stopped(stopped, journal.path)
-    return True
+    if stopped is not None:
+        _watch_stopped(stopped, journal.path)
+    return stopped
 
 
 def _watch_stopped(signame: str, journal: Path) -> None:

@@ -86,6 +86,49 @@ def test_a_stop_is_said_once_on_stderr_and_kept_in_the_log(
     assert stop["reason"].startswith("canary: the first request failed")
 
 
+def end_records(log: Path, journal: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The log's ``run ended`` record and the journal's ``end`` record of a run."""
+    (logged,) = [
+        r for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "run ended"
+    ]
+    (ended,) = [r for r in map(json.loads, journal.read_text().splitlines()) if r["t"] == "end"]
+    return logged, ended
+
+
+def test_the_log_says_why_a_run_stopped_in_the_journals_words(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # The log's `run ended` said `stopped: null, interrupted: true` after a Ctrl-C, and the
+    # fatal stop's message as `stopped`, where the journal's end record has the condition's
+    # name in `stopped` and the message in `message`. A review reads both: they agree now.
+    srv = fake_service("--latency-ms", "50")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
+    j, log = tmp_path / "j", tmp_path / "run.jsonl"
+    proc = cli.popen(
+        "run", str(m), "--journal", str(j), "--rate", "10", "--log-file", str(log), url=srv.url
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while len(srv.ledger()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    logged, ended = end_records(log, j)
+    assert (logged["stopped"], logged["exit_code"]) == ("interrupted", 130)
+    assert logged["message"].startswith("SIGINT: finishing requests in flight")
+    assert (ended["stopped"], ended["message"]) == (logged["stopped"], logged["message"])
+    assert "interrupted" not in logged  # said once, as the journal says it
+    # A fatal stop: the condition's name, and what was said of it.
+    j2, log2 = tmp_path / "j2", tmp_path / "run2.jsonl"
+    env = cli.env(srv.url, BULKRERUN_SK="wrong-secret-key-wrong-secret")
+    out = cli("run", str(m), "--journal", str(j2), "--log-file", str(log2), env=env)
+    assert out.returncode == 3, out.stderr
+    logged, ended = end_records(log2, j2)
+    assert (logged["stopped"], logged["exit_code"]) == ("auth_refused", 3)
+    assert logged["message"].startswith("the service refused our credentials")
+    assert (ended["stopped"], ended["message"]) == (logged["stopped"], logged["message"])
+
+
 def plan_ids(cli: Cli, manifest: Path) -> list[str]:
     out = cli("plan", str(manifest), "--json")
     assert out.returncode == 0, out.stderr

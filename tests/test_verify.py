@@ -1068,6 +1068,12 @@ async def test_a_signal_during_the_watch_stops_following_and_ends_with_the_run_t
     code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
     status = json.loads(out)
     assert (status["done"], status["held"], status["pending"]) == (WINDOW_CHUNKS, 0, 0)
+    # Why the run stopped, for a review: the signal, and that it stopped only the watch.
+    last = status["last_run"]
+    assert (last["stopped"], last["message"]) == (
+        "interrupted",
+        f"{sig.name}: stopped following the reruns",
+    )
 
 
 @pytest.fixture
@@ -1112,7 +1118,7 @@ async def test_after_a_signal_stops_the_watch_the_next_one_ends_the_command_at_o
                 tg.start_soon(interrupt)
                 stopped = await cli._watch(journal, w.transport, w.pacer, w.clock)
     assert not unheard
-    assert stopped is True
+    assert stopped == "SIGINT"
     assert "watch stopped by SIGINT: the reruns sent stand" in capsys.readouterr().err
     assert not cli._interrupt.fired  # taken by the watch: main() prints nothing more
     # The next signal, SIGTERM too, raises at once wherever the command is.
@@ -1141,7 +1147,7 @@ async def test_a_signal_while_the_watch_replays_the_journal_stops_it_too(
         requests = w.srv.stats.requests
         stopped = await cli._watch(Replaying(), w.transport, w.pacer, w.clock)
         assert w.srv.stats.requests == requests  # nothing listed
-    assert stopped is True
+    assert stopped == "SIGTERM"
     assert not cli._interrupt.fired
     assert "watch stopped by SIGTERM: the reruns sent stand" in capsys.readouterr().err
 
