@@ -890,6 +890,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             _interrupt.resume = args.resume  # what a Ctrl-C from now on says to run again
             if journal.sync_fallback:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
+            watch_stopped = False  # a signal stopped the watch, after every request went
             if args.watch and not interrupted and result.fatal is None:
                 try:
                     signame = await _watch(journal, transport, pacer, clock)
@@ -897,7 +898,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     _warn(f"could not follow the reruns: {exc}")
                 else:
                     if signame is not None:
-                        interrupted = True
+                        interrupted = watch_stopped = True
                         result.stop_reason = f"{signame}: stopped following the reruns"
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import several_manifests, summarize
@@ -947,7 +948,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
         # Closes it; a journal this run created and stopped before recording anything in
         # (a refused selection, a Ctrl-C in start-up) is removed, so that it binds nothing.
         journal.discard_if_unused()
-    return _finish(args, result, interrupted, display, not_sent, summary)
+    return _finish(args, result, interrupted, display, not_sent, summary, watch_stopped)
 
 
 YOUNG_GC_THRESHOLD = 10_000
@@ -1082,10 +1083,17 @@ def _print_resume(args: RunArgs, c: Any, *, resumed: bool, where: str) -> None:
 
 
 def _finish(
-    args: RunArgs, result: Any, interrupted: bool, display: Any, not_sent: int, summary: Any
+    args: RunArgs,
+    result: Any,
+    interrupted: bool,
+    display: Any,
+    not_sent: int,
+    summary: Any,
+    watch_stopped: bool = False,
 ) -> int:
     """The closing table and status (from the journal's live state: no second read of it,
-    unless writing it failed), and the exit code."""
+    unless writing it failed), and the exit code. ``watch_stopped``: a signal stopped
+    ``--watch``, after every request of the run was sent."""
     from bulkrerun.report import render_status, wrong_endpoint_met, wrong_endpoint_step
 
     table = Table(title="this run", title_justify="left")
@@ -1132,7 +1140,15 @@ def _finish(
         step = wrong_endpoint_step(args.journal, summary.endpoint, met, args.resume)
         summary = dataclasses.replace(summary, next_steps=[step])
     render_status(summary, err)
-    if interrupted:
+    if watch_stopped and summary.pending == 0:
+        # The same command would send nothing: it would only follow the reruns again.
+        err.print("[yellow]interrupted[/]: ", end="")
+        _print_resume_command(
+            args,
+            "the journal is consistent, and this run sent every request it had to (there is "
+            "nothing to resume). To follow the reruns again, which sends nothing:",
+        )
+    elif interrupted:
         err.print("[yellow]interrupted[/]: ", end="")
         _print_resume_command(args, "the journal is consistent. Resume with:")
     elif result.fatal is not None:

@@ -1060,7 +1060,12 @@ async def test_a_signal_during_the_watch_stops_following_and_ends_with_the_run_t
     table = err[err.index("this run") :]
     assert re.search(r"│ +4 │ +0 │ +0 │ +0 │", table), table
     assert "nothing left to do: every unit is done" in table
-    printed = err.split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    # Every request was sent: the command printed only follows the reruns again, and says
+    # so (it said "Resume with:", as if something were left to send).
+    assert "Resume with" not in err
+    lead = "this run sent every request it had to (there is nothing to resume). To follow the "
+    assert lead + "reruns again, which sends nothing:\n" in err
+    printed = err.split("which sends nothing:\n", 1)[1].splitlines()[0].strip()
     assert shlex.split(printed) == ["bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
     assert "(without --resend-held: add it again only after" in err
     assert accepted == WINDOW_CHUNKS
