@@ -43,6 +43,7 @@ from bulkrerun.errors import (
     Fatal,
     ManifestError,
     SettingsError,
+    Unanswered,
     WrongEndpoint,
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
@@ -150,6 +151,7 @@ MaxAttempts = Annotated[
 ]
 _DEFAULT_GRACE = 5.0  # seconds requests in flight get to answer after Ctrl-C
 _DEFAULT_OUTAGE_STOP = 600.0  # engine.OUTAGE_STOP_AFTER, without importing the engine here
+_DEFAULT_TIMEOUT = 30.0  # the default of Settings.timeout, without importing settings here
 JournalOpt = Annotated[
     Path,
     typer.Option("--journal", "-j", help="Journal file: created if new, resumed if it exists."),
@@ -734,6 +736,22 @@ def _print_resume_command(args: RunArgs, lead: str) -> None:
         )
 
 
+def _print_timeout_hint(args: RunArgs) -> None:
+    """After a stop on requests the service did not answer in time: the resume command
+    repeats the ``--timeout`` that was given (the user's choice, as every flag is), but said
+    plainly that with it the run may stop the same way."""
+    given = dict(args.flags).get("--timeout")
+    if given is None:
+        return  # BULKRERUN_TIMEOUT or the default: the stop's message names the variable
+    err.print(
+        f"  (it keeps --timeout {given}, within which the service did not answer: if the "
+        f"service is only slow, give it longer ({_DEFAULT_TIMEOUT:g} s when not set), or the "
+        "run stops the same way)",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     """Everything of ``run`` that needs the event loop; returns the exit code."""
     from bulkrerun.clock import SystemClock
@@ -1155,6 +1173,8 @@ def _finish(
         err.print("[red]stopped:[/] ", end="")
         err.print(str(result.fatal), markup=False)
         _print_resume_command(args, "resume with:")
+        if isinstance(result.fatal, Unanswered) and result.fatal.timed_out:
+            _print_timeout_hint(args)
     code = _exit_code(result, interrupted, bool(summary.failed or summary.held or not_sent))
     if args.log_chunks:
         # Why it stopped, in the names of the journal's end record: the condition, its message.

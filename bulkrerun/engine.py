@@ -51,6 +51,7 @@ from bulkrerun.events import EventSink, Retrying, Settled, Stopping, ignore
 from bulkrerun.outcome import (
     PROXY_AUTH_REQUIRED,
     PROXY_REFUSED_STOP,
+    TIMED_OUT,
     Kind,
     Outcome,
     failure_code,
@@ -405,7 +406,8 @@ class Engine:
                         "run stopped rather than hold more. Check the service and "
                         "BULKRERUN_TIMEOUT, then run the same command again: held units are "
                         "not resent; decide them first with --verify-held (or `bulkrerun "
-                        "verify`)."
+                        "verify`).",
+                        timed_out=outcome.reason == TIMED_OUT,
                     ),
                     "the service does not answer",
                 )

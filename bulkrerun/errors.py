@@ -114,6 +114,12 @@ class ServiceDown(Fatal):
 
 class Unanswered(Fatal):
     """Request after request was sent and got no definite answer (a timeout, a lost
-    connection, a 5xx that may have acted): each is held, and more would only be more held."""
+    connection, a 5xx that may have acted): each is held, and more would only be more held.
+    ``timed_out``: the last of them was a timeout of ours (not a lost connection or a 5xx),
+    which a longer timeout might have waited out."""
 
     stop = "unanswered"
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out

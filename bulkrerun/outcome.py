@@ -64,6 +64,10 @@ class Outcome(NamedTuple):
 
 DONE = Outcome(Kind.DONE, status=200, reason="accepted")
 
+# The reason of a request the client gave up waiting for (``--timeout``) once it was sent:
+# a longer timeout may let such answers arrive, as it would not a lost connection.
+TIMED_OUT = "timeout after sending: unknown whether it ran"
+
 # A proxy's 407 (to a request, or to CONNECT for an https endpoint) is FATAL too: nothing
 # reached the service, and every other request would meet the same.
 PROXY_AUTH_REQUIRED = 407

@@ -50,7 +50,7 @@ from yarl import URL
 from bulkrerun import signing
 from bulkrerun.chunk import Chunk
 from bulkrerun.errors import SettingsError
-from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED, Kind, Outcome
+from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED, TIMED_OUT, Kind, Outcome
 from bulkrerun.pacing import parse_retry_after
 from bulkrerun.planner import request_headers, request_path
 
@@ -200,7 +200,7 @@ def classify_exception(exc: BaseException) -> Outcome:
     if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
         return Outcome(Kind.RETRY, reason=f"could not connect ({name})")
     if isinstance(exc, aiohttp.SocketTimeoutError | TimeoutError):
-        return Outcome(Kind.HELD, reason="timeout after sending: unknown whether it ran")
+        return Outcome(Kind.HELD, reason=TIMED_OUT)
     return Outcome(Kind.HELD, reason=f"connection lost after sending ({name})")
 
 

@@ -570,6 +570,18 @@ def test_a_service_that_never_answers_in_time_stops_the_run(
     assert s["done"] == 0 and s["failed"] == 0
     assert 5 <= s["held"] < 60 and s["held"] + s["pending"] == 60
     assert len(srv.ledger()) == s["held"]  # what is held was in fact accepted
+    # The resume command repeats the --timeout given, under which the run stopped: said so,
+    # with what to do, or pasted it loops. (Its own stop message names BULKRERUN_TIMEOUT.)
+    resume = out.stderr.split("resume with:\n", 1)[1].splitlines()
+    assert "--timeout 0.3" in resume[0]
+    assert resume[1].strip() == (
+        "(it keeps --timeout 0.3, within which the service did not answer: if the service "
+        "is only slow, give it longer (30 s when not set), or the run stops the same way)"
+    )
+    env = cli.env(srv.url, BULKRERUN_TIMEOUT="0.3")
+    out = cli(*run[:3], str(tmp_path / "j2"), "--max-inflight", "2", "--rate", "100", env=env)
+    assert out.returncode == 3, out.stderr
+    assert "BULKRERUN_TIMEOUT" in out.stderr and "(it keeps --timeout" not in out.stderr
 
 
 def test_a_journal_of_other_units_is_resumed_not_new(

@@ -316,3 +316,9 @@ def test_run_signs_with_the_dotenv_pair_not_the_sdk_pair_of_the_shell(
     result = cli("run", str(manifest), "--journal", "j", "--no-progress", env=env)
     assert result.returncode == 0, result.stderr
     assert len(service.ledger()) == 1
+
+
+def test_the_cli_says_the_default_timeout_settings_has() -> None:
+    from bulkrerun import cli
+
+    assert Settings.model_fields["timeout"].default == cli._DEFAULT_TIMEOUT
