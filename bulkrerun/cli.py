@@ -1932,7 +1932,7 @@ def demo(
             )
             args = dataclasses.replace(args, next_steps=_demo_next_steps(journal))
             code = await _run(args, settings, srv.url)
-            err.print(f"ledger: the fake service accepted {len(srv.ledger)} reruns")
+            err.print(f"ledger: the fake service accepted {counted(len(srv.ledger), 'rerun')}")
             return code
 
     try:

@@ -163,7 +163,7 @@ class ListFailed(Fatal):
         if o.kind is Kind.FAILED:
             return o.reason
         what = f"{o.status} " if o.status is not None else ""
-        return f"no answer after {self.attempts} attempts (last: {what}{o.reason})"
+        return f"no answer after {counted(self.attempts, 'attempt')} (last: {what}{o.reason})"
 
     @property
     def month_reach(self) -> bool:
@@ -358,8 +358,8 @@ class InstanceLister:
                 break
         if len(found) != first_total:
             return (), (
-                f"the pages held {len(found):,} distinct instances of the {first_total:,} "
-                "the service counted"
+                f"the pages held {counted(len(found), 'distinct instance')} of the "
+                f"{first_total:,} the service counted"
             )
         return tuple(found.values()), ""
 

@@ -346,11 +346,16 @@ def judge_window(target: WindowTarget, instances: Sequence[ListedInstance]) -> V
             f"{what}: {every} still {show} {runs} that ended before {asked}: not rerun",
             "not rerun",
         )
-    return Verdict(
-        UnitState.HELD,
-        f"{what}: {after} of {n} instances show a run after {asked}, {before} do not: inconclusive",
-        "window inconclusive",
-    )
+    if n == 1:
+        said = f"its 1 instance shows no run after {asked}, nor one that ended before it"
+    else:
+        said = (
+            f"{after:,} of {n:,} instances {'shows' if after == 1 else 'show'} a run after "
+            f"{asked}, {before:,} {'a run' if before == 1 else 'runs'} that ended before it"
+        )
+        if (neither := n - after - before) > 0:
+            said += f", {neither:,} neither"
+    return Verdict(UnitState.HELD, f"{what}: {said}: inconclusive", "window inconclusive")
 
 
 # -- reading the instances the targets need -------------------------------------------------------

@@ -344,6 +344,15 @@ async def test_a_get_gives_up_after_the_attempts_allowed() -> None:
     assert "no answer after 3 attempts" in str(info.value)
 
 
+async def test_a_get_allowed_one_attempt_says_1_attempt() -> None:
+    unavailable = Outcome(Kind.RETRY, status=503, error_code="APIG.0202", reason="unavailable")
+    transport = ScriptedTransport([unavailable], PAGE)
+    lister = InstanceLister(transport, pacer=pacer(max_attempts=1), clock=FakeClock())
+    with pytest.raises(ListFailed) as info:
+        await lister.list("j", WS, min_plan_time=1, max_plan_time=2)
+    assert "no answer after 1 attempt (last: 503 unavailable)" in str(info.value)
+
+
 async def test_an_answer_that_is_not_an_instance_list_fails_clearly() -> None:
     transport = ScriptedTransport([], {"instances": "nope"})
     lister = InstanceLister(transport, pacer=pacer(), clock=FakeClock())
@@ -400,7 +409,7 @@ async def test_a_service_that_ignores_offset_is_not_asked_forever_nor_believed()
     assert len(transport.asked) == 2 * LIST_READS
     assert [q["offset"] for _, q, _ in transport.asked] == [0, 1] * LIST_READS
     assert not info.value.refused
-    assert "held 1 distinct instances of the 5,000" in str(info.value)
+    assert "held 1 distinct instance of the 5,000 the service counted" in str(info.value)
 
 
 async def test_refused_credentials_abort_with_auth_refused() -> None:

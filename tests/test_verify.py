@@ -197,6 +197,25 @@ def test_a_window_is_held_when_mixed_empty_or_too_close_to_our_request() -> None
     assert judge_window(window_target(), [close]).state is UnitState.HELD
 
 
+def test_an_inconclusive_window_says_what_each_instance_shows_in_words_that_agree() -> None:
+    # It said "0 of 1 instances show a run after ..., 0 do not", and left out the instances
+    # that show neither a run after our request nor one over well before it.
+    close = listed(submit_time=T_ASK - SKEW - 5000, start_time=T_ASK - SKEW - 4000,
+                   end_time=T_ASK - 1000)  # fmt: skip
+    rerun = listed(submit_time=T_ASK + 5, status="waiting", start_time=0, end_time=0)
+    asked = "our request (first sent 2024-11-26T14:06:40Z)"
+    said = [
+        judge_window(window_target(), instances).evidence.split(": ", 1)[1]
+        for instances in ([close], [listed(), rerun], [listed(), rerun, close])
+    ]
+    assert said == [
+        f"its 1 instance shows no run after {asked}, nor one that ended before it: inconclusive",
+        f"1 of 2 instances shows a run after {asked}, 1 a run that ended before it: inconclusive",
+        f"1 of 3 instances shows a run after {asked}, 1 a run that ended before it, 1 neither: "
+        "inconclusive",
+    ]
+
+
 def test_the_summary_reads_as_a_sentence() -> None:
     assert str(VerifySummary()) == "verify: no held units; nothing to check."
     s = VerifySummary(3, 2, 1)
