@@ -512,8 +512,10 @@ def _plan_endpoint(settings: Any) -> str:
 def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> int:
     """The plan's table, first and last request, and duration; returns its requests."""
     from bulkrerun.planner import summarize
+    from bulkrerun.session import UnitCounts
 
-    rows = summarize(m, selections=selections)
+    duplicates = UnitCounts()  # only its duplicates: the first few, and how many
+    rows = summarize(m, selections=selections, on_duplicate=duplicates.add_duplicate)
     # A window reruns its `jobs` too: the plan names them beside its own job.
     also = {e.label: [name for name, _ws in e.jobs] for e in m.entries if getattr(e, "jobs", ())}
     table = Table(title=f"plan of {escape(str(m.path))}", title_justify="left")
@@ -541,12 +543,7 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
     table.add_section()
     table.add_row("total", "", "", "", f"{requests:,}", f"{units:,}")
     out.print(table)
-    for row in rows:
-        if row.duplicates:
-            _warn(
-                f"{row.label}: {counted(row.duplicates, 'unit')} already planned by an "
-                "earlier entry or line; each is sent once"
-            )
+    _warn_duplicates(m, duplicates.duplicates, duplicates.duplicate_count)
     first = next((r for r in rows if r.first is not None), None)
     last = next((r for r in reversed(rows) if r.last is not None), None)
     if first is not None and first.first is not None:
@@ -560,6 +557,32 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
         markup=False,
     )
     return requests
+
+
+def _warn_duplicates(manifest: Any, shown: Sequence[Any], count: int) -> None:
+    """Warn of units the manifest names again (``shown``: the first of them; ``count``: how
+    many in all), each where the repeat is, as a manifest error would name it."""
+    zones = {e.label: getattr(e, "timezone", None) for e in manifest.entries}
+    for d in shown:
+        zone = zones.get(d.label)
+        if d.begin_time is not None:
+            what = (
+                f"the request for job {d.job_name} {_fmt_ms(d.begin_time, zone)} .. "
+                f"{_fmt_ms(d.end_time, zone)}"
+            )
+        else:
+            what = (
+                f"job {d.job_name} job_id {d.job_id} plan_time {d.plan_time} "
+                f"({_fmt_ms(d.plan_time, zone)}) submit_time {d.submit_time}"
+            )
+            if d.where == d.label:  # a [[select]] entry's: the instance list found it
+                what += ", found by the instance list,"
+        _warn(
+            f"{manifest.path}: {d.where}: {what} is planned earlier in the manifest too; "
+            "it is sent once"
+        )
+    if count > len(shown):
+        _warn(f"{manifest.path}: {count:,} units named again in all; each is sent once")
 
 
 def _describe(chunk: Any, zone: str | None) -> str:
@@ -786,12 +809,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             state = journal.state()
             earlier = earlier_windows(journal.path, state, manifest)
             counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
-            for unit, label in counts.duplicates[:20]:
-                _warn(
-                    f"{label}: unit {unit} appears twice in the manifest; it is sent at most once"
-                )
-            if len(counts.duplicates) > 20:
-                _warn(f"{len(counts.duplicates)} duplicate units in all")
+            _warn_duplicates(manifest, counts.duplicates, counts.duplicate_count)
             _print_overlaps(counts.overlaps, log=args.log_chunks)
             where = f"project {settings.project_id} at {endpoint}"
             if transport.proxy is not None:

@@ -66,6 +66,7 @@ __all__ = [
     "SelectEntry",
     "WindowEntry",
     "iter_instances",
+    "iter_located_instances",
     "load_manifest",
     "parse_span",
 ]
@@ -875,8 +876,15 @@ def iter_instances(entry: InstancesEntry) -> Iterator[Instance]:
     The file was validated by :func:`load_manifest`; if it was changed into something
     invalid since, this raises :class:`ManifestError` rather than guess.
     """
+    for _, instance in iter_located_instances(entry):
+        yield instance
+
+
+def iter_located_instances(entry: InstancesEntry) -> Iterator[tuple[int, Instance]]:
+    """As :func:`iter_instances`, each instance with where it is: its index in ``items``
+    (from 0, as ``items[2]`` in messages), or its line in the file (from 1)."""
     if entry.file is None:
-        yield from entry.items
+        yield from enumerate(entry.items)
         return
     shown = entry.file_name or entry.file.name
     try:
@@ -886,7 +894,7 @@ def iter_instances(entry: InstancesEntry) -> Iterator[Instance]:
                 raise ManifestError(
                     [f"{where}: {problem} (changed since it was checked)" for problem in row]
                 )
-            yield row
+            yield line_no, row
     except OSError as exc:  # gone, or swapped for a pipe, since it was checked
         if isinstance(exc, _NotAFile):
             why = _not_a_file(exc.mode)

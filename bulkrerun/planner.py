@@ -42,11 +42,12 @@ from bulkrerun.manifest import (
     Manifest,
     SelectEntry,
     WindowEntry,
-    iter_instances,
+    iter_located_instances,
 )
 
 __all__ = [
     "CONTENT_TYPE",
+    "Duplicate",
     "EntrySummary",
     "Plan",
     "SelectedInstance",
@@ -64,7 +65,31 @@ CONTENT_TYPE = "application/json;charset=UTF-8"
 _BLOCK_LINES = 2048
 
 Skip = Callable[[str], bool]
-OnDuplicate = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A unit the manifest names again, left out (the first is sent): where the repeat is
+    and what it is, for a warning that lets the user find it.
+
+    ``where`` is the entry and the place in it: ``instances[1].items[2]``,
+    ``instances[1].file: failed.csv:3`` (the file as the manifest names it, and the line),
+    ``window[1]`` or ``select[0]``. An instance has ``job_id``, ``plan_time`` and
+    ``submit_time``; a window chunk ``begin_time`` and ``end_time`` (as sent).
+    """
+
+    unit: str
+    label: str
+    where: str
+    job_name: str
+    job_id: int | None = None
+    plan_time: int | None = None
+    submit_time: int | None = None
+    begin_time: int | None = None
+    end_time: int | None = None
+
+
+OnDuplicate = Callable[[Duplicate], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,9 +303,23 @@ class _Seen:
         seen.windows = {key: set() for key, count in counts.items() if count > 1}
         return seen
 
-    def duplicate(self, unit: str, label: str) -> None:
+    def duplicate(self, duplicate: Duplicate) -> None:
         if self.on_duplicate is not None:
-            self.on_duplicate(unit, label)
+            self.on_duplicate(duplicate)
+
+    def window_duplicate(self, cid: str, entry: WindowEntry, times: tuple[int, int]) -> None:
+        if self.on_duplicate is not None:
+            begin_time, end_time = times
+            self.on_duplicate(
+                Duplicate(
+                    cid,
+                    entry.label,
+                    entry.label,
+                    entry.job_name,
+                    begin_time=begin_time,
+                    end_time=end_time,
+                )
+            )
 
     def countable(self, template: _WindowTemplate | None) -> TypeGuard[_WindowTemplate]:
         """Whether an entry's units can be counted by arithmetic: it is a window (it has a
@@ -319,7 +358,7 @@ def _window_chunks(template: _WindowTemplate, skip: Skip | None, seen: _Seen) ->
         cid = sha256(id_fmt % times).hexdigest()[:ID_HEX]
         if repeats is not None:
             if cid in repeats:
-                seen.duplicate(cid, label)
+                seen.window_duplicate(cid, entry, times)
                 continue
             repeats.add(cid)
         if skip is not None and skip(cid):
@@ -329,22 +368,26 @@ def _window_chunks(template: _WindowTemplate, skip: Skip | None, seen: _Seen) ->
 
 def _batch_chunks(
     template: _BatchTemplate,
-    instances: Iterable[tuple[int, int, int]],
+    instances: Iterable[tuple[int, tuple[int, int, int]]],
     batch: int,
     skip: Skip | None,
     seen: _Seen,
+    place: Callable[[int], str],
 ) -> Iterator[Chunk]:
-    """Batches of ``batch`` instances, leaving out duplicates and skipped units first."""
-    unit_fmt, label, units_seen = template.unit_fmt, template.label, seen.units
+    """Batches of ``batch`` instances, leaving out duplicates and skipped units first.
+    ``instances``: (position, numbers), ``place(position)`` says where a duplicate is."""
+    unit_fmt, units_seen = template.unit_fmt, seen.units
     sha256 = hashlib.sha256
     units: list[str] = []
     items: list[bytes] = []
-    for numbers in instances:
+    for position, numbers in instances:
         unit = sha256(unit_fmt % numbers).hexdigest()[:ID_HEX]
         # Duplicates are found whatever the journal holds, so a resumed run warns about
         # the same ones as the first run did.
         if unit in units_seen:
-            seen.duplicate(unit, label)
+            seen.duplicate(
+                Duplicate(unit, template.label, place(position), template.job_name, *numbers)
+            )
             continue
         units_seen.add(unit)
         if skip is not None and skip(unit):
@@ -360,21 +403,33 @@ def _batch_chunks(
 
 def _instances_chunks(entry: InstancesEntry, skip: Skip | None, seen: _Seen) -> Iterator[Chunk]:
     template = _BatchTemplate.of("instances", entry, entry.job_name)
-    numbers = ((i.job_id, i.plan_time, i.submit_time) for i in iter_instances(entry))
-    return _batch_chunks(template, numbers, entry.batch, skip, seen)
+    located = (
+        (at, (i.job_id, i.plan_time, i.submit_time)) for at, i in iter_located_instances(entry)
+    )
+    if entry.file is None:
+        place = f"{entry.label}.items[{{}}]".format
+    else:
+        shown = entry.file_name or entry.file.name
+        place = f"{entry.label}.file: {shown}:{{}}".format
+    return _batch_chunks(template, located, entry.batch, skip, seen, place)
 
 
 def _select_chunks(
     entry: SelectEntry, found: Sequence[SelectedInstance], skip: Skip | None, seen: _Seen
 ) -> Iterator[Chunk]:
     # One request names one job: group by job, jobs in order of first appearance.
-    by_job: dict[str, list[tuple[int, int, int]]] = {}
+    by_job: dict[str, list[tuple[int, tuple[int, int, int]]]] = {}
     for instance in found:
         numbers = (instance.job_id, instance.plan_time, instance.submit_time)
-        by_job.setdefault(instance.job_name, []).append(numbers)
+        by_job.setdefault(instance.job_name, []).append((0, numbers))
     for job_name, numbers_of_job in by_job.items():
         template = _BatchTemplate.of("select", entry, job_name)
-        yield from _batch_chunks(template, numbers_of_job, entry.batch, skip, seen)
+        place = _constant(entry.label)  # found by the instance list: no line to point at
+        yield from _batch_chunks(template, numbers_of_job, entry.batch, skip, seen, place)
+
+
+def _constant(text: str) -> Callable[[int], str]:
+    return lambda _position: text
 
 
 def _templates(manifest: Manifest) -> dict[str, _WindowTemplate]:
@@ -499,7 +554,7 @@ def _write_window_lines(
     entry = template.entry
     middle = _line_middle(entry.job_name, entry.workspace, project_id, prefix)
     line_fmt = b'{"id":"%b' + _escape(middle) + template.body_fmt + b"}\n"
-    id_fmt, label = template.id_fmt, entry.label
+    id_fmt = template.id_fmt
     repeats = seen.windows.get(id_fmt)
     sha256, half, join = hashlib.sha256, ID_HEX // 2, b"".join
     count = 0
@@ -520,7 +575,7 @@ def _write_window_lines(
         cid = digest.decode()
         if repeats is not None:
             if cid in repeats:
-                seen.duplicate(cid, label)
+                seen.window_duplicate(cid, entry, times)
                 continue
             repeats.add(cid)
         if skip is not None and skip(cid):
@@ -573,7 +628,7 @@ def plan(
     ``skip(unit_id)`` -> True leaves a unit out before batching (resume). ``selections`` maps
     a select entry's label to the instances found for it; a select entry without one is left
     out (the caller decides whether that is an error). A unit that appears again is sent
-    once and reported with ``on_duplicate(unit_id, label_of_the_repeat)``.
+    once and reported with ``on_duplicate(Duplicate(...))``, naming the repeat.
     """
     return Plan(manifest, skip, selections or {}, on_duplicate)
 
@@ -627,9 +682,13 @@ class EntrySummary:
 
 
 def summarize(
-    manifest: Manifest, *, selections: Mapping[str, Sequence[SelectedInstance]] | None = None
+    manifest: Manifest,
+    *,
+    selections: Mapping[str, Sequence[SelectedInstance]] | None = None,
+    on_duplicate: OnDuplicate | None = None,
 ) -> list[EntrySummary]:
-    """Per entry: requests, units, first and last chunk, as :func:`plan` would send them.
+    """Per entry: requests, units, first and last chunk, as :func:`plan` would send them;
+    each unit left out as a duplicate is also told to ``on_duplicate``, as :func:`plan` does.
 
     Windows are counted by arithmetic unless another window could repeat their chunks;
     instance and select entries take one streaming pass (that is where duplicates show).
@@ -637,8 +696,10 @@ def summarize(
     chosen = selections or {}
     duplicates: dict[str, int] = {}
 
-    def count_duplicate(_unit: str, label: str) -> None:
-        duplicates[label] = duplicates.get(label, 0) + 1
+    def count_duplicate(duplicate: Duplicate) -> None:
+        duplicates[duplicate.label] = duplicates.get(duplicate.label, 0) + 1
+        if on_duplicate is not None:
+            on_duplicate(duplicate)
 
     templates = _templates(manifest)
     seen = _Seen.of(templates.values(), count_duplicate)

@@ -26,7 +26,11 @@ from typing import NamedTuple
 from bulkrerun.chunk import Chunk
 from bulkrerun.journal import ChunkInfo, JournalState, UnitState, read_records_at
 from bulkrerun.manifest import Manifest, WindowEntry, covered_jobs
-from bulkrerun.planner import SelectedInstance, plan, window_times
+from bulkrerun.planner import Duplicate, SelectedInstance, plan, window_times
+
+KEPT_DUPLICATES = 20
+"""The duplicate units a count keeps to be shown (all are counted): a file named twice
+repeats every one of its units."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +48,16 @@ class UnitCounts:
     held: int = 0
     new: int = 0
     to_send: int = 0
-    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    # The first units the manifest names again (at most KEPT_DUPLICATES), and how many.
+    duplicates: list[Duplicate] = field(default_factory=list)
+    duplicate_count: int = 0
     overlaps: list[Overlap] = field(default_factory=list)
+
+    def add_duplicate(self, duplicate: Duplicate) -> None:
+        """Count a unit the manifest names again (an ``on_duplicate`` of the planner)."""
+        self.duplicate_count += 1
+        if len(self.duplicates) < KEPT_DUPLICATES:
+            self.duplicates.append(duplicate)
 
     @property
     def total(self) -> int:
@@ -82,10 +94,7 @@ def count_units(
     counts = UnitCounts()
     tally: Counter[UnitState | None] = Counter()
 
-    def dup(unit: str, label: str) -> None:
-        counts.duplicates.append((unit, label))
-
-    chunks = plan(manifest, selections=selections, on_duplicate=dup)
+    chunks = plan(manifest, selections=selections, on_duplicate=counts.add_duplicate)
     if not units:
         counts.new = counts.to_send = chunks.count_units()
         return counts

@@ -26,6 +26,7 @@ from bulkrerun.manifest import (
 )
 from bulkrerun.outcome import DONE, Kind
 from bulkrerun.planner import (
+    Duplicate,
     Plan,
     SelectedInstance,
     plan,
@@ -392,17 +393,28 @@ def test_duplicate_instances_are_sent_once_and_reported() -> None:
     numbers = items_of(3)
     first = instances([*numbers, numbers[0]], batch=2)
     second = instances([numbers[1], (9, T0, T0)], label="instances[1]")
-    reported: list[tuple[str, str]] = []
+    reported: list[Duplicate] = []
 
-    chunks = list(
-        plan(manifest_of(first, second), on_duplicate=lambda u, label: reported.append((u, label)))
-    )
+    chunks = list(plan(manifest_of(first, second), on_duplicate=reported.append))
 
     units = [u for c in chunks for u in c.units]
     assert len(units) == len(set(units)) == 4
+    # Each repeat where it is, as a manifest error names a place, and what it is.
     assert reported == [
-        (instance_unit_id("ods_payments", *numbers[0]), "instances[0]"),
-        (instance_unit_id("ods_payments", *numbers[1]), "instances[1]"),
+        Duplicate(
+            instance_unit_id("ods_payments", *numbers[0]),
+            "instances[0]",
+            "instances[0].items[3]",
+            "ods_payments",
+            *numbers[0],
+        ),
+        Duplicate(
+            instance_unit_id("ods_payments", *numbers[1]),
+            "instances[1]",
+            "instances[1].items[0]",
+            "ods_payments",
+            *numbers[1],
+        ),
     ]
     summaries = summarize(manifest_of(first, second))
     assert [(s.requests, s.units, s.duplicates) for s in summaries] == [(2, 3, 1), (1, 1, 1)]
@@ -412,16 +424,17 @@ def test_identical_windows_are_sent_once() -> None:
     one = window(end_ms=T0 + 4 * HOUR)
     again = window(label="window[1]", begin_ms=T0 + 2 * HOUR, end_ms=T0 + 6 * HOUR)
     other = window(label="window[2]", concurrent=3, end_ms=T0 + 4 * HOUR)  # another body
-    reported: list[str] = []
+    reported: list[Duplicate] = []
 
-    chunks = list(
-        plan(manifest_of(one, again, other), on_duplicate=lambda _u, label: reported.append(label))
-    )
+    chunks = list(plan(manifest_of(one, again, other), on_duplicate=reported.append))
 
     assert [c.entry for c in chunks].count("window[0]") == 4
     assert [c.entry for c in chunks].count("window[1]") == 2  # its first two were window[0]'s
     assert [c.entry for c in chunks].count("window[2]") == 4
-    assert reported == ["window[1]", "window[1]"]
+    assert [(d.where, d.job_name, d.begin_time, d.end_time) for d in reported] == [
+        ("window[1]", "ods_orders", T0 + 2 * HOUR, T0 + 3 * HOUR - 1),
+        ("window[1]", "ods_orders", T0 + 3 * HOUR, T0 + 4 * HOUR - 1),
+    ]
     lines = json_lines(plan(manifest_of(one, again, other)))
     assert lines == json_lines(chunks)
     summaries = summarize(manifest_of(one, again, other))
@@ -431,12 +444,8 @@ def test_identical_windows_are_sent_once() -> None:
 def test_duplicates_are_found_even_when_skipped() -> None:
     numbers = items_of(2)
     entry = instances([*numbers, *numbers])
-    reported: list[str] = []
-    chunks = list(
-        plan(
-            manifest_of(entry), skip=lambda _u: True, on_duplicate=lambda u, _l: reported.append(u)
-        )
-    )
+    reported: list[Duplicate] = []
+    chunks = list(plan(manifest_of(entry), skip=lambda _u: True, on_duplicate=reported.append))
     assert chunks == []
     assert len(reported) == 2
 
@@ -620,16 +629,16 @@ def mixed_manifest() -> tuple[Manifest, dict[str, list[SelectedInstance]]]:
 
 def test_counting_a_plan_gives_what_iterating_it_gives() -> None:
     m, selections = mixed_manifest()
-    counted: list[tuple[str, str]] = []
-    iterated: list[tuple[str, str]] = []
+    counted: list[Duplicate] = []
+    iterated: list[Duplicate] = []
 
-    n = plan(m, selections=selections, on_duplicate=lambda *d: counted.append(d)).count_units()
-    chunks = list(plan(m, selections=selections, on_duplicate=lambda *d: iterated.append(d)))
+    n = plan(m, selections=selections, on_duplicate=counted.append).count_units()
+    chunks = list(plan(m, selections=selections, on_duplicate=iterated.append))
 
     assert n == sum(len(c.units) for c in chunks) == 4 + 2 + 6 + 3 + 1
     assert counted == iterated
-    labels = [label for _, label in counted]
-    assert labels == ["window[1]", "window[1]", "instances[3]", "select[4]"]
+    places = [d.where for d in counted]
+    assert places == ["window[1]", "window[1]", "instances[3].items[3]", "select[4]"]
 
 
 def test_counting_a_huge_window_cuts_no_chunk() -> None:

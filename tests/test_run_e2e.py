@@ -1387,7 +1387,11 @@ def test_a_unit_listed_twice_is_sent_once_and_the_warning_is_logged(
     j, log = tmp_path / "j", tmp_path / "log.jsonl"
     out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), url=srv.url)
     assert out.returncode == 0, out.stderr
-    said = "appears twice in the manifest; it is sent at most once"
+    said = (
+        f"{m}: instances[0].items[1]: job ods_orders job_id 917567 plan_time 1732601580000 "
+        "(2024-11-26 06:13:00.000Z) submit_time 1732239754684 is planned earlier in the "
+        "manifest too; it is sent once"
+    )
     assert said in " ".join(out.stderr.split())
     warnings = [json.loads(line) for line in log.read_text().splitlines()]
     (warning,) = (w["message"] for w in warnings if w["event"] == "warning")
