@@ -1780,6 +1780,16 @@ def fake_server(
             "timeout) instead of 200: started, but the client is not told so.",
         ),
     ] = 0.0,
+    revoke_after: Annotated[
+        int | None,
+        typer.Option(
+            "--revoke-after",
+            min=0,
+            help="Refuse every request after the first N that pass authentication with 401 "
+            "APIG.0301, as when the key is disabled or the token expires in the middle of a "
+            "run (with or without --ak/--sk or --token).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the random faults.")] = None,
     catalog: Annotated[
         bool,
@@ -1792,6 +1802,13 @@ def fake_server(
         list[str] | None,
         typer.Option("--missing-job", help="Answer DLF.1000 'Failed to find the job.' for it."),
     ] = None,
+    deny_job: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--deny-job",
+            help="Answer 403 DLF.0003 (no permission) for it, reruns and instance lists alike.",
+        ),
+    ] = None,
     no_retry_after: Annotated[
         bool, typer.Option("--no-retry-after", help="Send 429 without Retry-After.")
     ] = False,
@@ -1803,7 +1820,7 @@ def fake_server(
     It validates requests like the service, checks AK/SK signatures or a token when given
     (401 otherwise; without them any auth is accepted), keeps a ledger of accepted reruns
     and can inject faults: 429, 503, latency, connections dropped after acceptance, 504
-    after acceptance.
+    after acceptance, credentials refused from the middle of a run on.
     """
     configure_logging(verbose, log_file, [s for s in (sk, token) if s], [token] if token else [])
     from bulkrerun.fake import Catalog, FakeConfig, serve
@@ -1821,9 +1838,11 @@ def fake_server(
             latency_ms=latency_ms,
             drop_after_accept=drop_after_accept,
             timeout_after_accept=timeout_after_accept,
+            revoke_after=revoke_after,
             seed=seed,
             retry_after=not no_retry_after,
             missing_jobs=frozenset(missing_job or ()),
+            deny_jobs=frozenset(deny_job or ()),
             catalog=Catalog.demo() if catalog else None,
         )
     except ValueError as exc:  # --ak without --sk, --rate-limit 0, --p429 2, an empty --token

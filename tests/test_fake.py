@@ -471,6 +471,36 @@ async def test_token_and_aksk_together_accept_either() -> None:
     assert (by_token[0], by_key[0], by_nothing[0]) == (200, 200, 401)
 
 
+@pytest.mark.parametrize("auth", ["aksk", "token", "none"])
+async def test_revoke_after_refuses_every_request_after_the_first_n_that_passed(
+    auth: str,
+) -> None:
+    # A key disabled or a token expired mid-run: the first N pass, every later one is 401,
+    # those that fail on their own merits (a wrong SK) not counted among the N.
+    clock = FakeClock()
+    creds = {"aksk": {"ak": AK, "sk": SK}, "token": {"token": "tok"}, "none": {}}[auth]
+    config = FakeConfig(**creds, revoke_after=2, clock=clock)  # type: ignore[arg-type]
+
+    async def one(session: aiohttp.ClientSession, url: str, *, good: bool = True) -> Any:
+        if auth == "aksk":
+            key = AkSk(AK, SK if good else "another-secret")
+            return await signed_call(session, url, key, clock.wall())
+        token = "tok" if good or auth == "none" else "other"
+        return await call(session, url, headers={"workspace": WS, "X-Auth-Token": token, **JSON})
+
+    async with running(config) as (srv, session):
+        answers = [await one(session, srv.url)]
+        if auth != "none":
+            answers.append(await one(session, srv.url, good=False))
+        answers += [await one(session, srv.url) for _ in range(3)]
+    expected = [200, 200, 401, 401] if auth == "none" else [200, 401, 200, 401, 401]
+    assert [status for status, _, _ in answers] == expected
+    _, refused, _ = answers[-1]
+    assert refused["error_code"] == "APIG.0301"
+    assert "expired" in refused["error_msg"]
+    assert len(srv.ledger) == 2
+
+
 async def test_signed_request_with_another_project_in_x_project_id_is_refused() -> None:
     clock = FakeClock()
     async with running(FakeConfig(ak=AK, sk=SK, clock=clock)) as (srv, session):

@@ -9,7 +9,9 @@ paths). Each request goes through the same steps, in this order::
 
 - auth: with ``ak``/``sk`` the API gateway's signature (``bulkrerun.signing.verify``); with
   ``token`` the ``X-Auth-Token`` header; with both, either is accepted; with neither, any
-  request is (no check). Failures are 401 ``APIG.0301``.
+  request is (no check). Failures are 401 ``APIG.0301``. With ``revoke_after``, the
+  requests after the first that many to pass are refused as well (401 ``APIG.0301``): the
+  key disabled, or the token expired, in the middle of a run.
 - rate limit: a token bucket on the server clock, 429 ``APIG.0308`` beyond it, with
   ``Retry-After`` unless ``retry_after`` is off (the real gateway sends none). Both APIs
   count against it, as they share a user's quota on the real gateway.
@@ -85,6 +87,7 @@ _WRONG_PROJECT = Refusal(
 _IAM = "Incorrect IAM authentication information"
 _TOKEN_REFUSED = Refusal(401, "APIG.0301", f"{_IAM}: verify token failed")
 _NO_AUTH = Refusal(401, "APIG.0301", f"{_IAM}: x-auth-token not found")
+_REVOKED = Refusal(401, "APIG.0301", f"{_IAM}: the token has expired or the AK is disabled")
 _TOO_LARGE = Refusal(413, "APIG.0413", "Request entity too large")
 _DEFAULT_LIMIT = 10.0  # what a random 429 claims the limit is when no rate limit is set
 
@@ -99,6 +102,8 @@ class FakeConfig:
     and each a share of the requests that reach it (see ``faults.Dice``).
     ``missing_jobs`` answer ``DLF.1000``, ``deny_jobs`` 403. With a ``catalog`` the service
     knows real instances: unknown jobs answer ``DLF.1000`` and unknown instances ``DLF.1001``.
+    ``revoke_after``: how many requests pass authentication before every later one is
+    refused 401, as when a key is disabled or a token expires mid-run (``None``: never).
     """
 
     ak: str | None = None
@@ -112,6 +117,7 @@ class FakeConfig:
     latency_ms: float = 0.0
     drop_after_accept: float = 0.0
     timeout_after_accept: float = 0.0
+    revoke_after: int | None = None
     seed: int | None = None
     retry_after: bool = True
     missing_jobs: frozenset[str] = frozenset()
@@ -130,6 +136,8 @@ class FakeConfig:
             raise ValueError(f"rate_burst = {self.rate_burst}: must be 1 or more")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms = {self.latency_ms}: must be 0 or more")
+        if self.revoke_after is not None and self.revoke_after < 0:
+            raise ValueError(f"revoke_after = {self.revoke_after}: must be 0 or more")
         for name in ("p429", "p5xx", "drop_after_accept", "timeout_after_accept"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
@@ -176,6 +184,7 @@ class FakeServer:
         self._clock = config.clock
         self._keys = {config.ak: config.sk} if config.ak and config.sk else None
         self._token = config.token.encode() if config.token is not None else None
+        self._passed = 0  # requests that passed authentication, for revoke_after
         self._bucket = (
             TokenBucket(config.rate_limit, config.rate_burst)
             if config.rate_limit is not None
@@ -360,6 +369,17 @@ class FakeServer:
         return web.Response(status=200, headers={"X-Request-Id": rid})
 
     def _authenticate(
+        self, request: web.BaseRequest, raw_path: str, raw_query: str, body: bytes
+    ) -> Refusal | None:
+        refusal = self._check_credentials(request, raw_path, raw_query, body)
+        revoke_after = self.config.revoke_after
+        if refusal is None and revoke_after is not None:
+            if self._passed >= revoke_after:
+                return _REVOKED
+            self._passed += 1
+        return refusal
+
+    def _check_credentials(
         self, request: web.BaseRequest, raw_path: str, raw_query: str, body: bytes
     ) -> Refusal | None:
         if self._keys is None and self._token is None:
