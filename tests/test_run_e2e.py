@@ -253,6 +253,52 @@ chunk = "1m"
     assert len(srv.ledger()) == 60
 
 
+def test_credentials_revoked_mid_run_lose_and_repeat_nothing_once_fixed(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The key is disabled after 20 accepted requests, while others are in flight: those
+    in flight were accepted and are held (cut off by the grace), the refused ones pending.
+    With the credentials fixed (the same service again), the same command sends the rest:
+    against the ledger, nothing is lost and nothing sent twice."""
+    srv = fake_service("--revoke-after", "20", "--latency-ms", "2000")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
+    j = tmp_path / "j"
+    run = ("run", str(m), "--journal", str(j), "--rate", "1000", "--max-inflight", "16")
+    out = cli(*run, "--grace", "0.5", url=srv.url)
+    assert out.returncode == 3, out.stderr
+    assert "401 APIG.0301" in out.stderr
+    accepted = Counter(srv.accepted_ids())
+    assert sum(accepted.values()) == len(accepted) == 20
+    rows = [json.loads(r) for r in cli("report", str(j), "--format", "json").stdout.splitlines()]
+    by_state: dict[str, set[str]] = {}
+    for row in rows:
+        by_state.setdefault(row["state"], set()).add(row["chunk"])
+    # Accepted is exactly what the journal has done or held: a held one may have run.
+    assert by_state["done"] | by_state.get("held", set()) == set(accepted)
+    assert by_state.get("held"), "the grace should have cut off requests in flight"
+    s = status_of(cli, j)
+    assert (s["done"], s["held"], s["pending"]) == (
+        len(by_state["done"]),
+        len(by_state["held"]),
+        60 - 20,
+    )
+    assert s["last_run"]["stopped"] == "auth_refused"  # type: ignore[index]
+
+    # The credentials fixed: the same service, on the same endpoint and ledger.
+    port = srv.url.rsplit(":", 1)[1]
+    srv.proc.terminate()
+    srv.proc.wait(10)
+    fixed = fake_service("--port", port, "--ledger", str(srv.ledger_path))
+    again = cli(*run, url=fixed.url)
+    assert again.returncode == 1, again.stderr  # the held ones stay held
+    accepted = Counter(srv.accepted_ids())  # the one ledger, both services' lines
+    assert set(accepted) == set(plan_ids(cli, m))
+    assert max(accepted.values()) == 1
+    s = status_of(cli, j)
+    held = len(by_state["held"])
+    assert (s["done"], s["held"], s["pending"]) == (60 - held, held, 0)
+
+
 def test_journal_of_another_project_or_endpoint_is_refused(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
