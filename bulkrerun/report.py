@@ -650,6 +650,10 @@ def _next_steps(
     if budget and len(steps) > first:
         steps[first] = "then, once the cause is fixed, " + steps[first]
     steps += failures
+    # The last run stopped on a refusal of its credentials or permissions (or a proxy's):
+    # every step sends with them, and would be refused the same way until they are fixed.
+    if end is not None and end.stopped == "auth_refused" and steps:
+        steps.insert(0, _refused_first(end.message or ""))
     if watched := _watch_failed(path):
         # Accepted is not succeeded: a run sends a done unit never again, whatever its
         # rerun became, so these take a selection of their own.
@@ -662,6 +666,24 @@ def _next_steps(
     if not steps:
         steps.append("nothing left to do: every unit is done")
     return steps
+
+
+def _refused_first(message: str) -> str:
+    """The step before any other after a stop on refused credentials, by what the stop
+    said (its message, as the end record keeps it)."""
+    if message.startswith("the proxy refused"):
+        what = "the proxy's credentials (HTTPS_PROXY or HTTP_PROXY, http://user:password@host)"
+    elif "(403 " in message:
+        what = "the user's permissions on the job the stop names"
+    else:
+        what = (
+            "the credentials (BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN: an IAM token "
+            "lasts 24 hours, a key may have been disabled or replaced), or this machine's "
+            "clock if it is off (AK/SK signatures more than 15 minutes off are refused)"
+        )
+    return (
+        f"first fix what the service refused, or every step below is refused the same way: {what}"
+    )
 
 
 def _last_end(state: JournalState) -> RunEnd | None:

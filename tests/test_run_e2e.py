@@ -246,8 +246,15 @@ chunk = "1m"
     assert "canonicalRequest: POST\\n/v2/" in stop
     assert stop.endswith("run the same command again.")
     assert srv.ledger() == []
+    # Every step would meet the same refusal: the first says to fix the credentials.
+    closing = out.stderr.split("next:")[1]
+    first = "first fix what the service refused, or every step below is refused the same way"
+    assert closing.split("\n  - ")[1].startswith(first)
+    assert "BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN" in closing
     s = status_of(cli, j)
     assert s["done"] == 0 and s["held"] == 0 and s["pending"] == 60
+    assert s["next_steps"][0].startswith(first)  # type: ignore[index]
+    assert "send the 60 units not yet sent" in s["next_steps"][1]  # type: ignore[index]
     good = cli("run", str(m), "--journal", str(j), "--rate", "1000", url=srv.url)
     assert good.returncode == 0, good.stderr
     assert len(srv.ledger()) == 60
