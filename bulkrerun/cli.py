@@ -1790,6 +1790,15 @@ def fake_server(
             "run (with or without --ak/--sk or --token).",
         ),
     ] = None,
+    clock_skew: Annotated[
+        float,
+        typer.Option(
+            "--clock-skew",
+            help="Seconds the gateway's clock is ahead of this machine's (negative: behind): "
+            "AK/SK signatures more than 15 minutes off are refused with 401, and every "
+            "answer's Date header tells the gateway's time.",
+        ),
+    ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for the random faults.")] = None,
     catalog: Annotated[
         bool,
@@ -1820,7 +1829,8 @@ def fake_server(
     It validates requests like the service, checks AK/SK signatures or a token when given
     (401 otherwise; without them any auth is accepted), keeps a ledger of accepted reruns
     and can inject faults: 429, 503, latency, connections dropped after acceptance, 504
-    after acceptance, credentials refused from the middle of a run on.
+    after acceptance, credentials refused from the middle of a run on, a clock skewed
+    from this machine's.
     """
     configure_logging(verbose, log_file, [s for s in (sk, token) if s], [token] if token else [])
     from bulkrerun.fake import Catalog, FakeConfig, serve
@@ -1839,6 +1849,7 @@ def fake_server(
             drop_after_accept=drop_after_accept,
             timeout_after_accept=timeout_after_accept,
             revoke_after=revoke_after,
+            clock_skew=clock_skew,
             seed=seed,
             retry_after=not no_retry_after,
             missing_jobs=frozenset(missing_job or ()),

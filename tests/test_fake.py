@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -499,6 +500,23 @@ async def test_revoke_after_refuses_every_request_after_the_first_n_that_passed(
     assert refused["error_code"] == "APIG.0301"
     assert "expired" in refused["error_msg"]
     assert len(srv.ledger) == 2
+
+
+@pytest.mark.parametrize(("skew", "status"), [(-1200.0, 401), (-600.0, 200), (1200.0, 401)])
+async def test_clock_skew_checks_signatures_against_the_gateways_time_and_tells_it(
+    skew: float, status: int
+) -> None:
+    # The client signs with this machine's time; the gateway's runs `skew` seconds apart.
+    clock = FakeClock()
+    config = FakeConfig(ak=AK, sk=SK, clock=clock, clock_skew=skew)
+    async with running(config) as (srv, session):
+        answer, refused, headers = await signed_call(session, srv.url, AkSk(AK, SK), clock.wall())
+    assert answer == status
+    if status == 401:
+        assert refused is not None
+        assert "seconds away from the server time" in refused["error_msg"]
+    told = parsedate_to_datetime(headers["Date"]).timestamp()
+    assert told == int(clock.wall() + skew)
 
 
 async def test_signed_request_with_another_project_in_x_project_id_is_refused() -> None:

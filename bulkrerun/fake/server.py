@@ -11,7 +11,9 @@ paths). Each request goes through the same steps, in this order::
   ``token`` the ``X-Auth-Token`` header; with both, either is accepted; with neither, any
   request is (no check). Failures are 401 ``APIG.0301``. With ``revoke_after``, the
   requests after the first that many to pass are refused as well (401 ``APIG.0301``): the
-  key disabled, or the token expired, in the middle of a run.
+  key disabled, or the token expired, in the middle of a run. With ``clock_skew``, the
+  gateway's clock (which a signature's ``X-Sdk-Date`` is checked against, and every
+  answer's ``Date`` tells) is that many seconds ahead of this machine's.
 - rate limit: a token bucket on the server clock, 429 ``APIG.0308`` beyond it, with
   ``Retry-After`` unless ``retry_after`` is off (the real gateway sends none). Both APIs
   count against it, as they share a user's quota on the real gateway.
@@ -41,11 +43,13 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import secrets
 import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +108,8 @@ class FakeConfig:
     knows real instances: unknown jobs answer ``DLF.1000`` and unknown instances ``DLF.1001``.
     ``revoke_after``: how many requests pass authentication before every later one is
     refused 401, as when a key is disabled or a token expires mid-run (``None``: never).
+    ``clock_skew``: seconds the gateway's clock is ahead of ``clock`` (negative: behind),
+    as if the client's clock had drifted the other way.
     """
 
     ak: str | None = None
@@ -118,6 +124,7 @@ class FakeConfig:
     drop_after_accept: float = 0.0
     timeout_after_accept: float = 0.0
     revoke_after: int | None = None
+    clock_skew: float = 0.0
     seed: int | None = None
     retry_after: bool = True
     missing_jobs: frozenset[str] = frozenset()
@@ -136,6 +143,8 @@ class FakeConfig:
             raise ValueError(f"rate_burst = {self.rate_burst}: must be 1 or more")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms = {self.latency_ms}: must be 0 or more")
+        if not math.isfinite(self.clock_skew):
+            raise ValueError(f"clock_skew = {self.clock_skew}: must be a number of seconds")
         if self.revoke_after is not None and self.revoke_after < 0:
             raise ValueError(f"revoke_after = {self.revoke_after}: must be 0 or more")
         for name in ("p429", "p5xx", "drop_after_accept", "timeout_after_accept"):
@@ -272,7 +281,13 @@ class FakeServer:
                 request.transport.close()
             return web.Response(status=200)
         stats.by_status[response.status] += 1
+        if self.config.clock_skew:  # the gateway's own time (aiohttp's Date is this machine's)
+            response.headers["Date"] = formatdate(self._gateway_wall(), usegmt=True)
         return response
+
+    def _gateway_wall(self) -> float:
+        """The gateway's clock: the server clock's wall time plus ``clock_skew``."""
+        return self._clock.wall() + self.config.clock_skew
 
     def _request_id(self) -> str:
         self._rid_next += 1
@@ -400,7 +415,7 @@ class FakeServer:
             headers,
             body,
             keys=self._keys,
-            wall=self._clock.wall(),
+            wall=self._gateway_wall(),
         )
         if verdict.ok:
             return None
