@@ -385,11 +385,20 @@ class InstanceLister:
             if outcome.kind is Kind.FATAL and outcome.status == PROXY_AUTH_REQUIRED:
                 raise AuthRefused(PROXY_REFUSED_STOP)
             if outcome.kind is Kind.FATAL:
+                # Under AK/SK, a reason after a colon says our clock is off (the transport
+                # reads it off the answer's Date): the credentials may be right.
+                _, _, off = outcome.reason.partition(": ")
+                fix = (
+                    f"{off}, and AK/SK signatures dated more than 15 minutes from the "
+                    "gateway's time are refused: set this machine's clock right (NTP)"
+                    if off
+                    else "Check the AK/SK or token and the user's permissions on DataArts Factory"
+                )
                 raise AuthRefused(
                     f"the service refused our credentials or permissions reading the instance "
                     f"list of job {job_name} ({outcome.status} {outcome.error_code or ''}: "
-                    f"{outcome.error_msg or outcome.reason}). Check the AK/SK or token and the "
-                    "user's permissions on DataArts Factory, then run the same command again."
+                    f"{outcome.error_msg or outcome.reason}). {fix[0].upper()}{fix[1:]}, then "
+                    "run the same command again."
                 )
             if outcome.kind is Kind.HELD:
                 # Unknown for a rerun, harmless for a read: a GET is retried like any RETRY,

@@ -12,6 +12,8 @@ what came back                           kind      why
                                                    and a run stops (``outcome.wrong_endpoint``)
 401, 403                                 FATAL     credentials or permissions: every later request
                                                    would fail the same way; abort, units pending
+                                                   (under AK/SK, the reason says when the
+                                                   answer's ``Date`` shows our clock is off)
 429                                      RETRY     throttled at the gateway before the service
 408, 502, 503                            RETRY     the gateway did not get the request to the back
                                                    end (or asks to send again): nothing started
@@ -30,6 +32,7 @@ writing, broken response                           acted is unknown, and a rerun
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import ipaddress
 import json
@@ -53,6 +56,7 @@ from bulkrerun.errors import SettingsError
 from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED, TIMED_OUT, Kind, Outcome
 from bulkrerun.pacing import parse_retry_after
 from bulkrerun.planner import request_headers, request_path
+from bulkrerun.text import counted
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503})
 FATAL_STATUSES = frozenset({401, 403})
@@ -61,6 +65,11 @@ MAX_ERROR_BODY = 64 * 1024  # an error body larger than this is cut: messages, n
 MAX_LIST_BODY = 8 * 1024 * 1024  # an instance-list page (1,000 instances) larger is not read
 MAX_ID = 128  # characters of a request id or error code kept (the service's are 32 or 8)
 MAX_MESSAGE = 4000  # characters of an error message kept (a signature error's is ~1,500)
+CLOCK_OFF_AFTER = 300.0
+"""Seconds between this machine's clock and the ``Date`` of a refusal beyond which the
+refusal says so. The gateway refuses AK/SK signatures dated more than 15 minutes from its
+own time; a ``Date`` is to the second and an answer takes a moment to come, so a clock
+5 minutes off is told, one a few seconds off is not."""
 _DONE = Kind.DONE  # once per request: a global is cheaper than the class's member
 
 
@@ -119,8 +128,11 @@ def classify_status(
     *,
     elapsed: float = 0.0,
     echoable: frozenset[str] = frozenset(),
+    signed: bool = False,
 ) -> Outcome:
     """Pure: a response's status, body and headers to an outcome (see the module table).
+    ``signed``: the request was AK/SK-signed, so a refusal may be our clock's doing (a
+    signature carries its time), which its reason then says (see :func:`clock_off`).
 
     What the service says (request id, error code and message, a redirect's target) is
     kept as one printable line, without the run's secrets: it is shown, logged and
@@ -153,7 +165,10 @@ def classify_status(
             retry_after = parse_retry_after(value, wall)
         reason = "throttled" if status == 429 else "service unavailable, not acted on"
     elif status in FATAL_STATUSES:
-        kind, reason = Kind.FATAL, "authentication or permission refused"
+        kind = Kind.FATAL
+        reason = "authentication refused" if status == 401 else "permission refused"
+        if signed and (off := clock_off(headers.get("Date"), wall)) is not None:
+            reason = f"{reason}: {off}"
     elif status == PROXY_AUTH_REQUIRED:  # a proxy's answer, never the service's
         kind, reason = Kind.FATAL, PROXY_REFUSED
     elif 400 <= status < 500:
@@ -177,6 +192,25 @@ def classify_status(
         reason=reason,
         elapsed=elapsed,
     )
+
+
+def clock_off(date: str | None, wall: float) -> str | None:
+    """How far this machine's clock (``wall``) is from a server's, by the ``Date`` header
+    of its answer, said in a phrase; None within :data:`CLOCK_OFF_AFTER` or without a
+    ``Date`` that can be read. The time is said as read, never the server's text."""
+    if not date:
+        return None
+    try:
+        served = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    off = wall - served
+    if not abs(off) > CLOCK_OFF_AFTER:  # also NaN-proof
+        return None
+    side = "ahead of" if off > 0 else "behind"
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(served))
+    by = counted(round(abs(off) / 60), "minute")
+    return f"this machine's clock is about {by} {side} the service's ({at} by its Date)"
 
 
 _NO_FILES = (errno.EMFILE, errno.ENFILE)  # this process, or the system, at its limit
@@ -388,6 +422,7 @@ class HttpTransport:
         self.auth = auth
         self._secrets = auth.secrets()
         self._echoable = signing.secret_windows(auth.sent())
+        self._signed = auth.aksk is not None
         self._wall = wall
         # ``timeout`` bounds the whole request (one timer per request; a per-read timeout
         # would re-arm a timer on every packet). Connecting has a shorter bound of its own so
@@ -516,6 +551,7 @@ class HttpTransport:
                     self._secrets,
                     elapsed=elapsed,
                     echoable=self._echoable,
+                    signed=self._signed,
                 )
                 if want_body and outcome.kind is Kind.DONE:
                     try:

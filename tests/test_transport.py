@@ -72,6 +72,37 @@ def test_retry_after_seconds_and_date() -> None:
     assert out.retry_after == pytest.approx(10.0, abs=1.0)
 
 
+AHEAD = "this machine's clock is about 20 minutes ahead of the service's"
+BEHIND = "this machine's clock is about 30 minutes behind the service's"
+
+
+@pytest.mark.parametrize(
+    ("status", "date", "signed", "said"),
+    [
+        # WALL is 2024-11-26T05:46:40Z.
+        (401, "Tue, 26 Nov 2024 05:26:40 GMT", True, f"{AHEAD} (2024-11-26T05:26:40Z by its Date)"),
+        (
+            403,
+            "Tue, 26 Nov 2024 06:16:40 GMT",
+            True,
+            f"{BEHIND} (2024-11-26T06:16:40Z by its Date)",
+        ),
+        (401, "Tue, 26 Nov 2024 05:44:40 GMT", True, None),  # 2 minutes: not said
+        (401, "Tue, 26 Nov 2024 05:26:40 GMT", False, None),  # a token carries no time
+        (401, "not a date \x1b[2J", True, None),
+        (401, None, True, None),
+    ],
+)
+def test_a_refusal_of_a_signature_says_when_the_answer_shows_our_clock_off(
+    status: int, date: str | None, signed: bool, said: str | None
+) -> None:
+    headers = {"Date": date} if date is not None else {}
+    out = classify_status(status, body("APIG.0301", "m"), headers, WALL, [], signed=signed)
+    assert out.kind is Kind.FATAL
+    base = "authentication refused" if status == 401 else "permission refused"
+    assert out.reason == (base if said is None else f"{base}: {said}")
+
+
 def test_signature_error_is_scrubbed() -> None:
     secret = "SECRET-TOKEN-VALUE-123"
     msg = (
