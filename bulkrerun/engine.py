@@ -414,18 +414,10 @@ class Engine:
             return "held", 0.0
         if kind is Kind.FATAL:
             if self.result.fatal is None:
-                detail = " ".join(
-                    str(x) for x in (outcome.status, outcome.error_code, outcome.error_msg) if x
-                )
                 if outcome.status == PROXY_AUTH_REQUIRED:
                     message = PROXY_REFUSED_STOP
                 else:
-                    message = (
-                        f"the service refused our credentials or permissions ({detail}); "
-                        "nothing it refused was acted on. Fix the credentials "
-                        "(BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN, and the project ID) "
-                        "and run the same command again."
-                    )
+                    message = _refused(outcome, chunk)
                 self._fatal(AuthRefused(message), "authentication or permission refused")
             return "pending", 0.0
         # RETRY: not acted on. A stop leaves it pending; running out of attempts or of the
@@ -536,6 +528,37 @@ class Engine:
         reason = self._pacer.stop_reason()
         if reason is not None and r.fatal is None:
             self._fatal(BudgetExhausted(f"{reason}. The rest was not sent."), reason)
+
+
+def _refused(outcome: Outcome, chunk: Chunk) -> str:
+    """What a run stopped by a 401 or 403 says: what was refused, and what to fix first.
+
+    A 401 is the credentials (a token lasts 24 hours; a key can be disabled or replaced
+    while a run goes on), or, under AK/SK, this machine's clock, which the transport reads
+    off the answer's ``Date`` and puts in the reason after a colon. A 403 is a permission,
+    which may be one job's: the stop names the job and workspace it was refused for."""
+    detail = " ".join(str(x) for x in (outcome.status, outcome.error_code, outcome.error_msg) if x)
+    _, _, clock = outcome.reason.partition(": ")
+    if clock:
+        return (
+            f"the service refused our signature ({detail}): {clock}, and the API gateway "
+            "refuses AK/SK signatures dated more than 15 minutes from its time. Nothing it "
+            "refused was acted on. Set this machine's clock right (NTP), then run the same "
+            "command again."
+        )
+    if outcome.status == 403:
+        return (
+            f"the service refused permission for job {chunk.job_name} in workspace "
+            f"{chunk.workspace} ({detail}); nothing it refused was acted on. Grant the user "
+            "permission on that job (or take it out of the manifest: what is done stays "
+            "done), then run the same command again."
+        )
+    return (
+        f"the service refused our credentials ({detail}); nothing it refused was acted on. "
+        "Fix the credentials (BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN: an IAM token "
+        "lasts 24 hours, and a key may have been disabled or replaced; and the project ID), "
+        "then run the same command again."
+    )
 
 
 def _code(outcome: Outcome) -> str:

@@ -673,6 +673,8 @@ def _refused_first(message: str) -> str:
     said (its message, as the end record keeps it)."""
     if message.startswith("the proxy refused"):
         what = "the proxy's credentials (HTTPS_PROXY or HTTP_PROXY, http://user:password@host)"
+    elif "this machine's clock is" in message:  # read off the refusal's Date: see engine
+        what = "this machine's clock (the stop says how far off it is; NTP sets it right)"
     elif "(403 " in message:
         what = "the user's permissions on the job the stop names"
     else:

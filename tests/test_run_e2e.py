@@ -306,6 +306,56 @@ def test_credentials_revoked_mid_run_lose_and_repeat_nothing_once_fixed(
     assert (s["done"], s["held"], s["pending"]) == (60 - held, held, 0)
 
 
+def test_a_signature_refused_for_the_clock_says_to_set_the_clock(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The gateway refuses AK/SK signatures dated more than 15 minutes from its time: the
+    stop says the clock is off and by how much (from the answer's Date), not to change keys
+    that are right."""
+    srv = fake_service("--clock-skew", "-1200")  # this machine 20 minutes ahead
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "10m"))
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), url=srv.url)
+    assert out.returncode == 3, out.stderr
+    (stop,) = [line for line in out.stderr.splitlines() if line.startswith("stopped:")]
+    assert "this machine's clock is about 20 minutes ahead of the service's" in stop
+    assert stop.endswith("Set this machine's clock right (NTP), then run the same command again.")
+    assert "Fix the credentials" not in stop
+    assert srv.ledger() == []
+    s = status_of(cli, j)
+    assert s["pending"] == 6
+    assert "fix what the service refused" in s["next_steps"][0]  # type: ignore[index]
+    assert "this machine's clock" in s["next_steps"][0]  # type: ignore[index]
+
+
+def test_a_job_the_user_may_not_rerun_stops_the_run_naming_it(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """A 403 for one job: the run stops (every request of it would be refused) and says
+    which job and workspace, and that it is a permission; the other job's requests stand.
+    Without that job in the manifest, the same command finishes the rest."""
+    srv = fake_service("--deny-job", "secret_job")
+    both = one_window("ods_orders", 2, "10m") + one_window("secret_job", 2, "10m")
+    m = write_manifest(tmp_path / "m.toml", both)
+    j = tmp_path / "j"
+    run = ("run", str(m), "--journal", str(j), "--max-inflight", "4")
+    out = cli(*run, url=srv.url)
+    assert out.returncode == 3, out.stderr
+    (stop,) = [line for line in out.stderr.splitlines() if line.startswith("stopped:")]
+    assert f"refused permission for job secret_job in workspace {WORKSPACE} (403 DLF.0003" in stop
+    assert "Fix the credentials" not in stop
+    jobs = {e["job_name"] for e in srv.ledger()}
+    assert jobs <= {"ods_orders"}
+    s = status_of(cli, j)
+    assert s["done"] == len(srv.ledger()) and s["held"] == 0
+    assert "the user's permissions" in s["next_steps"][0]  # type: ignore[index]
+
+    m.write_text(m.read_text().split('[[window]]\njob_name = "secret_job"')[0])
+    again = cli(*run, url=srv.url)
+    assert again.returncode == 0, again.stderr
+    assert Counter(srv.accepted_ids()) == Counter(plan_ids(cli, m))
+
+
 def test_journal_of_another_project_or_endpoint_is_refused(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
