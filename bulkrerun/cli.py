@@ -39,6 +39,7 @@ from bulkrerun.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    AuthRefused,
     BulkrerunError,
     Fatal,
     ManifestError,
@@ -1190,7 +1191,11 @@ def _finish(
     elif result.fatal is not None:
         err.print("[red]stopped:[/] ", end="")
         err.print(str(result.fatal), markup=False)
-        _print_resume_command(args, "resume with:")
+        # Pasted before the credentials are fixed, the command meets the same refusal.
+        lead = "once that is fixed, resume with:"
+        _print_resume_command(
+            args, lead if isinstance(result.fatal, AuthRefused) else "resume with:"
+        )
         if isinstance(result.fatal, Unanswered) and result.fatal.timed_out:
             _print_timeout_hint(args)
     code = _exit_code(result, interrupted, bool(summary.failed or summary.held or not_sent))

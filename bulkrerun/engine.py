@@ -555,9 +555,10 @@ def _refused(outcome: Outcome, chunk: Chunk) -> str:
         )
     return (
         f"the service refused our credentials ({detail}); nothing it refused was acted on. "
-        "Fix the credentials (BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN: an IAM token "
-        "lasts 24 hours, and a key may have been disabled or replaced; and the project ID), "
-        "then run the same command again."
+        "Fix the credentials (BULKRERUN_AK/BULKRERUN_SK, with BULKRERUN_SECURITY_TOKEN for "
+        "temporary ones, or BULKRERUN_TOKEN: an IAM token lasts 24 hours, temporary keys "
+        "expire too, and a key may have been disabled or replaced; and the project ID), then "
+        "run the same command again."
     )
 
 

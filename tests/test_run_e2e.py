@@ -245,6 +245,7 @@ chunk = "1m"
     (stop,) = [line for line in out.stderr.splitlines() if line.startswith("stopped:")]
     assert "canonicalRequest: POST\\n/v2/" in stop
     assert stop.endswith("run the same command again.")
+    assert "once that is fixed, resume with:\n  bulkrerun run " in out.stderr
     assert srv.ledger() == []
     # Every step would meet the same refusal: the first says to fix the credentials.
     closing = out.stderr.split("next:")[1]
