@@ -547,10 +547,17 @@ def _refused(outcome: Outcome, chunk: Chunk) -> str:
             "command again."
         )
     if outcome.status == 403:
+        # A window's request reruns its `jobs` too, which may be of other workspaces.
+        others = [
+            f"{j.get('job_name')} in workspace {j.get('workspace_id')}"
+            for j in chunk.body_object().get("jobs") or ()
+            if isinstance(j, dict)
+        ]
+        also = f" (or for one it reruns with it: {', '.join(others)})" if others else ""
         return (
             f"the service refused permission for job {chunk.job_name} in workspace "
-            f"{chunk.workspace} ({detail}); nothing it refused was acted on. Grant the user "
-            "permission on that job (or take it out of the manifest: what is done stays "
+            f"{chunk.workspace}{also} ({detail}); nothing it refused was acted on. Grant the "
+            "user permission on that job (or take it out of the manifest: what is done stays "
             "done), then run the same command again."
         )
     return (

@@ -282,6 +282,63 @@ async def test_auth_refusal_aborts_and_leaves_pending() -> None:
 
 
 @pytest.mark.parametrize(
+    ("answer", "said", "unsaid"),
+    [
+        (
+            Outcome(Kind.FATAL, 403, "DLF.0003", "no permission", reason="permission refused"),
+            "refused permission for job ods_orders in workspace ws (or for one it reruns with "
+            "it: dwd_orders in workspace ws2) (403 DLF.0003 no permission)",
+            "Fix the credentials",
+        ),
+        (
+            Outcome(Kind.FATAL, 401, "APIG.0301", "bad", reason="authentication refused"),
+            "refused our credentials (401 APIG.0301 bad); nothing it refused was acted on. Fix "
+            "the credentials (BULKRERUN_AK/BULKRERUN_SK, with BULKRERUN_SECURITY_TOKEN",
+            "clock",
+        ),
+        (
+            Outcome(
+                Kind.FATAL,
+                401,
+                "APIG.0301",
+                "bad",
+                reason="authentication refused: this machine's clock is about 20 minutes ahead",
+            ),
+            "refused our signature (401 APIG.0301 bad): this machine's clock is about 20 "
+            "minutes ahead, and the API gateway refuses AK/SK signatures dated more than 15 "
+            "minutes from its time",
+            "Fix the credentials",
+        ),
+    ],
+)
+async def test_an_auth_stop_says_what_to_fix(answer: Outcome, said: str, unsaid: str) -> None:
+    """A 403 names the job and workspace (and those its request reruns with it); a 401
+    the credentials; a clock the transport saw off, the clock."""
+    journal = MemoryJournal()
+    body = canonical_json(
+        {"begin_time": 1, "jobs": [{"job_name": "dwd_orders", "workspace_id": "ws2"}]}
+    )
+    cid = chunk_id("ods_orders", "ws", body)
+    chunk = Chunk(cid, "window", "window[0]", "ods_orders", "ws", body, (cid,))
+    transport = ScriptedTransport(journal, {0: [answer]})
+    engine = Engine(
+        iter([chunk]),
+        transport=transport,
+        journal=journal,
+        pacer=Pacer(PacingConfig(rate=1000.0), rng=random.Random(0)),
+        max_inflight=1,
+        clock=FakeClock(),
+    )
+    result = await engine.run()
+    assert isinstance(result.fatal, AuthRefused)
+    message = str(result.fatal)
+    assert said in message
+    assert unsaid not in message
+    assert message.endswith("run the same command again.")
+    assert journal.states() == {cid: "pending"}
+
+
+@pytest.mark.parametrize(
     ("answer", "said"),
     [
         (Outcome(Kind.FAILED, status=404, error_code="APIG.0101", error_msg="no API"), "APIG.0101"),
