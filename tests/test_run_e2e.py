@@ -268,7 +268,7 @@ def test_credentials_revoked_mid_run_lose_and_repeat_nothing_once_fixed(
     in flight were accepted and are held (cut off by the grace), the refused ones pending.
     With the credentials fixed (the same service again), the same command sends the rest:
     against the ledger, nothing is lost and nothing sent twice."""
-    srv = fake_service("--revoke-after", "20", "--latency-ms", "2000")
+    srv = fake_service("--revoke-after", "20", "--latency-ms", "3000")
     m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 1, "1m"))  # 60 chunks
     j = tmp_path / "j"
     run = ("run", str(m), "--journal", str(j), "--rate", "1000", "--max-inflight", "16")
