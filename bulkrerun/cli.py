@@ -343,6 +343,20 @@ def _settings(**flags: Any) -> Any:
     return load_settings(**flags)
 
 
+def _logging_for(settings: Any, verbose: bool, log_file: Path | None) -> bool:
+    """:func:`configure_logging` masking the secrets of ``settings``; warns of one too short
+    to be masked (a placeholder: masking it would spell it out, see signing.maskable)."""
+    log_chunks = configure_logging(verbose, log_file, settings.secrets(), settings.sent_secrets())
+    from bulkrerun.signing import FRAGMENT
+
+    for name in settings.too_short_to_mask():
+        _warn(
+            f"{name} is shorter than {FRAGMENT} characters, as no real one is: it is not "
+            "masked in messages, where masking so short a value would spell it out"
+        )
+    return log_chunks
+
+
 # -- plan --------------------------------------------------------------------------------------
 
 
@@ -386,7 +400,7 @@ def plan(
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
         # [[select]] queries use them
-        configure_logging(verbose, log_file, settings.secrets(), settings.sent_secrets())
+        _logging_for(settings, verbose, log_file)
         where = _plan_endpoint(settings)
         m = load_manifest(manifest)
         _print_warnings(m)
@@ -1511,9 +1525,7 @@ def run(
             timeout=timeout,
             max_attempts=max_attempts,
         )
-        log_chunks = configure_logging(
-            verbose, log_file, settings.secrets(), settings.sent_secrets()
-        )
+        log_chunks = _logging_for(settings, verbose, log_file)
         from bulkrerun.settings import resolve_endpoint
 
         resolved = resolve_endpoint(settings)
@@ -1677,7 +1689,7 @@ def verify(
     """
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
-        configure_logging(verbose, log_file, settings.secrets(), settings.sent_secrets())
+        _logging_for(settings, verbose, log_file)
         from bulkrerun.settings import resolve_endpoint
 
         resolved = resolve_endpoint(settings)

@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bulkrerun.errors import SettingsError
+from bulkrerun.signing import maskable
 
 # Region IDs of DataArts Studio, from the official SDK's region table
 # (huaweicloudsdkdataartsstudio/v1/region/dataartsstudio_region.py, version 3.1.219), which
@@ -145,13 +146,25 @@ class Settings(_FromEnvironment):
     ca_bundle: Annotated[Path, AfterValidator(_readable_ca_file)] | None = None
 
     def secrets(self) -> list[str]:
-        """Every secret value that is set, for scrubbing messages."""
-        return [s.get_secret_value() for s in (self.sk, self.security_token, self.token) if s]
+        """Every secret value that is set and can be masked, for scrubbing messages (see
+        :func:`~bulkrerun.signing.maskable`)."""
+        return maskable(
+            s.get_secret_value() for s in (self.sk, self.security_token, self.token) if s
+        )
 
     def sent_secrets(self) -> list[str]:
         """The secrets a request carries, which a server could echo in part: the token and
         the security token (the SK only signs)."""
-        return [s.get_secret_value() for s in (self.security_token, self.token) if s]
+        return maskable(s.get_secret_value() for s in (self.security_token, self.token) if s)
+
+    def too_short_to_mask(self) -> list[str]:
+        """What the secrets too short to be masked are (``the SK``...), never their values."""
+        named = (
+            ("the SK", self.sk),
+            ("the security token", self.security_token),
+            ("the token", self.token),
+        )
+        return [name for name, s in named if s and not maskable([s.get_secret_value()])]
 
 
 class _CloudSdkKeys(_FromEnvironment):

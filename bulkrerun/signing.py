@@ -474,7 +474,19 @@ def scrub(message: str, secrets: Iterable[str]) -> str:
 
 
 FRAGMENT = 8
-"""The shortest run of a secret's characters :func:`mask_fragments` masks."""
+"""The shortest run of a secret's characters :func:`mask_fragments` masks, and the shortest
+secret masked at all (see :func:`maskable`)."""
+
+
+def maskable(secrets: Iterable[str]) -> list[str]:
+    """The secrets long enough to be masked in text: :data:`FRAGMENT` characters or more.
+
+    No real one is shorter (an SK has 40 characters, an IAM token thousands). Masking a
+    placeholder of a character or two would spell it out, not hide it: with the token ``e``,
+    "Incorrect IAM authentication" became "Incorr***ct IAM auth***ntication". Such a value is
+    warned of once instead (see ``cli``), and the values of auth headers stay masked
+    whatever their length."""
+    return [s for s in secrets if len(s) >= FRAGMENT]
 
 
 def secret_windows(secrets: Iterable[str]) -> frozenset[str]:

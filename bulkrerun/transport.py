@@ -81,10 +81,11 @@ class Auth:
     token: str | None = field(default=None, repr=False)
 
     def secrets(self) -> list[str]:
+        """The secret values to keep out of messages (see :func:`signing.maskable`)."""
         out = [s for s in (self.token,) if s]
         if self.aksk is not None:
             out += [s for s in (self.aksk.sk, self.aksk.security_token) if s]
-        return out
+        return signing.maskable(out)
 
     def kind(self) -> str:
         """How requests are authenticated, for the run's record (no secret in it)."""

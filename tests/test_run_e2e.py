@@ -1387,6 +1387,30 @@ def test_a_security_token_beside_an_iam_token_is_said_to_go_unused(
     assert len(srv.ledger()) == 2
 
 
+@pytest.mark.parametrize("token", ["e", "re"])
+def test_a_token_too_short_to_mask_is_warned_of_not_spelt_out(
+    cli: Cli, fake_service: type[Service], tmp_path: Path, token: str
+) -> None:
+    """Masking a placeholder of a character or two in the service's messages spelt it out
+    ("Incorr***ct IAM auth***ntication": the token is ``e``). It is left unmasked, and the
+    run says so once, without showing it."""
+    srv = fake_service("--token", "iam-token-0123456789")
+    m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 2, "1h"))
+    j = tmp_path / "j"
+    log = tmp_path / "log.jsonl"
+    env = {k: v for k, v in cli.env(srv.url).items() if k not in ("BULKRERUN_AK", "BULKRERUN_SK")}
+    env["BULKRERUN_TOKEN"] = token
+    out = cli("run", str(m), "--journal", str(j), "--log-file", str(log), env=env)
+    assert out.returncode == 3, out.stderr
+    said = " ".join(out.stderr.split())
+    for text in (said, j.read_text(), log.read_text(), cli("report", str(j)).stdout):
+        assert "Incorrect IAM authentication information" in " ".join(text.split())
+        assert "***" not in text
+    assert "warning: the token is shorter than 8 characters, as no real one is" in said
+    assert said.count("shorter than 8 characters") == 1
+    assert srv.ledger() == []
+
+
 def test_a_run_killed_outright_records_no_end_and_status_says_so(
     cli: Cli, fake_service: type[Service], tmp_path: Path
 ) -> None:
