@@ -1237,6 +1237,47 @@ async def test_two_rows_of_one_plan_time_are_read_alike_whatever_their_order() -
 
 
 @pytest.mark.anyio
+async def test_many_held_windows_of_one_job_order_its_instances_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each held window sorted all the listed instances of its jobs to find its own: 2,000
+    held windows of a job listed with 20,000 instances took 12 s, 4,000 of 40,000 near a
+    minute. The instances are ordered once per job now; each window's are the same."""
+    from bulkrerun import verify
+
+    sorts = 0
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sorts
+        sorts += 1
+        return sorted(*args, **kwargs)
+
+    jobs = (("ods_orders", WS), ("dwd_orders", WS))
+    rows = [  # two instances an hour per job, listed out of order, rerun after our request
+        listed(job_name=job, plan_time=S0 + k * 30 * MINUTE, submit_time=T_ASK + 5000)
+        for k in reversed(range(48))
+        for job, _ in jobs
+    ]
+    windows = [
+        WindowTarget(f"w{h}", jobs, S0 + h * HOUR, S0 + (h + 1) * HOUR - 1, T_ASK, T_ASK)
+        for h in range(24)
+    ]
+    queries = [verify._Query(key, S0, S0 + 24 * HOUR) for key in jobs]
+    listing = await verify._read(_ListOf(rows), queries, T_ASK + 60_000)  # type: ignore[arg-type]
+    monkeypatch.setattr(verify, "sorted", counting, raising=False)
+    for h, window in enumerate(windows):
+        found = listing.window(window)
+        assert [(i.job_name, i.plan_time) for i in found] == [
+            (job, S0 + h * HOUR + half * 30 * MINUTE) for job, _ in jobs for half in (0, 1)
+        ]
+        assert verify._verdict(window, listing).state is UnitState.DONE
+    assert sorts <= len(jobs)
+    assert (
+        listing.window(dataclasses.replace(windows[0], begin_time=S0 - HOUR, end_time=S0 - 1)) == []
+    )
+
+
+@pytest.mark.anyio
 async def test_a_run_listed_in_the_future_is_no_evidence() -> None:
     from bulkrerun import verify
 
