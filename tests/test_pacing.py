@@ -89,6 +89,16 @@ def test_limiter_delays_are_relative_to_now() -> None:
     assert limiter.reserve(1.1) == pytest.approx(0.4)
 
 
+def test_limiter_delay_says_what_the_next_booking_would_wait_burst_included() -> None:
+    # delay() is what a re-plan starts from: with burst credit left it is 0, as reserve()
+    # would be, not one interval after the last booking.
+    limiter = RateLimiter(10, burst=3)
+    for expected in (0.0, 0.0, 0.0, 0.1, 0.2):
+        assert limiter.delay(0.0) == pytest.approx(expected)
+        assert limiter.reserve(0.0) == pytest.approx(expected)
+    assert limiter.delay(1.0) == 0.0  # refilled while idle
+
+
 def test_limiter_reserve_due_books_only_what_is_due_and_forgives_lateness() -> None:
     limiter = RateLimiter(10, burst=1)
     assert limiter.reserve_due(0.0, 1e-6, 0.0) == 0.0  # due: booked
