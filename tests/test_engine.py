@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 from collections.abc import Iterator
 
 import anyio
@@ -14,7 +15,13 @@ import pytest
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id
 from bulkrerun.clock import FakeClock
 from bulkrerun.engine import Engine
-from bulkrerun.errors import AuthRefused, BudgetExhausted, Unreachable, WrongEndpoint
+from bulkrerun.errors import (
+    AuthRefused,
+    BudgetExhausted,
+    Unanswered,
+    Unreachable,
+    WrongEndpoint,
+)
 from bulkrerun.events import Event, Retrying, Settled, Stopping
 from bulkrerun.outcome import DONE, Kind, Outcome
 from bulkrerun.pacing import LATE_FORGIVEN, Pacer, PacingConfig
@@ -478,6 +485,23 @@ async def test_an_unreachable_service_stops_the_run_with_units_pending() -> None
     assert len(transport.sent) < 20
     assert result.done == result.failed == result.held == 0
     assert set(journal.states().values()) <= {"pending", "retry"}
+
+
+async def test_held_answers_in_a_row_stop_the_run_rather_than_hold_more() -> None:
+    # Every request is sent and times out: each is held, as its rerun may have started.
+    # With 2 in flight the run stops at the 2 + 3rd held answer in a row; the rest of the
+    # plan stays unsent (pending), not held one probe at a time.
+    journal = MemoryJournal()
+    lost = Outcome(Kind.HELD, reason="timeout after sending: unknown whether it ran")
+    transport = ScriptedTransport(journal, {i: [lost] for i in range(100)})
+    result = await engine_for(100, transport, journal, [], inflight=2).run()
+    assert isinstance(result.fatal, Unanswered)
+    assert "the service does not answer: 5 requests in a row" in str(result.fatal)
+    sent = len(transport.sent)
+    assert 5 <= sent <= 5 + 2 and len(set(transport.sent)) == sent  # none sent twice
+    assert (result.done, result.failed, result.held) == (0, 0, sent)
+    states = Counter(journal.states().values())  # of the chunks the workers took
+    assert states["held"] == sent and set(states) <= {"held", "pending"}
 
 
 async def test_connect_errors_after_the_service_answered_are_retried_not_fatal() -> None:

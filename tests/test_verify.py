@@ -136,6 +136,19 @@ def test_an_instance_showing_a_run_after_our_request_is_done(
     assert f"shows a run {why}" in verdict.evidence
 
 
+def test_the_run_we_asked_to_rerun_is_not_taken_for_ours_however_close_to_our_request() -> None:
+    # Submitted a minute before our request (within the clock-skew allowance) and never
+    # started: its submit_time is the one we asked to rerun, so it is that run, not a rerun,
+    # and it ended before we asked. Taken for ours, the unit would be done and never rerun.
+    asked = T_ASK - 60_000
+    verdict = judge_instance(
+        target(submit_time=asked),
+        listed(submit_time=asked, status="fail", start_time=0, end_time=asked + 1000),
+    )
+    assert verdict.state is None
+    assert verdict.reason == "not rerun"
+
+
 @pytest.mark.parametrize(
     ("instance", "reason"),
     [
