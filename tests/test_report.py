@@ -37,7 +37,7 @@ from bulkrerun.report import (
     write_report,
 )
 from bulkrerun.verify import verify_held
-from tests.conftest import Cli, write_manifest
+from tests.conftest import Cli, Service, write_manifest
 from tests.test_verify import world
 
 BINDING = Binding("62099355b894428e8916573ae635f1f9", "http://127.0.0.1:8080")
@@ -734,20 +734,20 @@ def test_status_counts_from_one_read_so_its_numbers_add_up_during_a_run(
     )
 
 
-def test_status_from_another_folder_through_the_cli(tmp_path: Path, cli: Cli) -> None:
-    import socket
-
+def test_status_from_another_folder_through_the_cli(
+    tmp_path: Path, cli: Cli, fake_service: Callable[..., Service]
+) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "failed.csv").write_text(INSTANCES_CSV, encoding="utf-8")
     manifest = tmp_path / "m.toml"
     manifest.write_text(FILE_MANIFEST.replace("FILE", "data/failed.csv"), encoding="utf-8")
-    # A port bound and not listening: connections are refused, and no other process can
-    # take it meanwhile. The run stops, nothing sent.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
-        out = cli("run", "m.toml", "--journal", "run.journal", "--rate", "100", url=url)
+    # The service refuses the key: the run stops at its first answers, nothing sent. (An
+    # unreachable port stops it too, but only after eight connections and their backoff.)
+    srv = fake_service()
+    refused = cli.env(srv.url, BULKRERUN_SK="not-the-secret-key-0123456789abcd")
+    out = cli("run", "m.toml", "--journal", "run.journal", "--rate", "100", env=refused)
     assert out.returncode == 3, out.stderr
+    assert srv.ledger() == []
     with manifest.open("a", encoding="utf-8") as f:
         f.write("# edited after the run\n")
     (tmp_path / "elsewhere").mkdir()
