@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,17 @@ class Service:
 
     def accepted_ids(self) -> list[str]:
         return [e["chunk_id"] for e in self.ledger()]
+
+    def wait_accepted(self, n: int, timeout: float = 60) -> int:
+        """Wait (a run going on meanwhile) until the service has accepted at least ``n``
+        reruns; returns how many. Fails the test if it has not within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while (accepted := len(self.ledger())) < n:
+            assert time.monotonic() < deadline, (
+                f"{accepted} reruns accepted in {timeout} s, not {n}"
+            )
+            time.sleep(0.05)
+        return accepted
 
 
 @pytest.fixture
