@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -368,6 +369,21 @@ def test_sdk_date() -> None:
     assert sdk_date(WALL) == "20241126T061300Z"
     assert sdk_date(0) == "19700101T000000Z"
     assert sdk_date(59.999) == "19700101T000059Z"
+
+
+def test_sdk_date_is_utc_whatever_the_machines_timezone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Operators often run on machines set to China time. A date in local time passes every
+    # other test on a machine in UTC, and there puts every request 8 h off: the gateway
+    # refuses a date more than 15 minutes off. (A POSIX rule: no zone files needed.)
+    with monkeypatch.context() as m:
+        m.setenv("TZ", "CST-8")
+        time.tzset()
+        try:
+            assert time.localtime(0).tm_hour == 8  # the machine's zone is +08:00 now
+            assert sdk_date(WALL + 3607) == "20241126T071307Z"
+        finally:
+            m.undo()
+            time.tzset()
 
 
 def _retry_request() -> tuple[str, dict[str, str], bytes]:
