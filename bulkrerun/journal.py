@@ -1207,7 +1207,9 @@ class _SyncHelper:
             except BlockingIOError:
                 return data.split()
             if not more:
-                return None
+                # It ended. What it answered first (an error, most likely: it ends after one)
+                # is read now; its end is seen at the next read, which finds nothing.
+                return data.split() or None
             data += more
 
     def close(self) -> None:
@@ -1828,7 +1830,8 @@ class Journal:
                 self._loop.remove_reader(helper.rep)
 
     def _helper_ended(self, helper: _SyncHelper) -> None:
-        self._error = _HelperEnded(errno.EIO, "its sync helper process ended unexpectedly")
+        if self._error is None:  # else the disk's error it answered before it ended says why
+            self._error = _HelperEnded(errno.EIO, "its sync helper process ended unexpectedly")
         self._stop_listening(helper)  # a pipe at its end stays readable
 
     def _on_answer(self) -> None:

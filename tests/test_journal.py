@@ -426,12 +426,6 @@ def test_the_sync_helper_fdatasyncs_and_answers_the_error_it_meets() -> None:
         helper.close()
 
 
-@pytest.mark.xfail(
-    reason="known bug: _SyncHelper.answers() drops the answers it read when the helper "
-    "has ended by the next read, which it does after an error answer: the journal then "
-    "says its helper was killed instead of naming the disk's error",
-    strict=True,
-)
 def test_the_error_a_helper_answers_before_it_ends_is_read() -> None:
     helper = journal_module._SyncHelper(Path(os.devnull))
     try:
@@ -456,6 +450,22 @@ async def test_a_sync_the_disk_refuses_stops_the_journal_with_its_error(
         await journal.intend(window(0), 1, WALL)
     assert err.value.exit_code == 3
     with pytest.raises(Fatal, match="Input/output error"):
+        await journal.intend(window(1), 1, WALL)
+
+
+@pytest.mark.anyio
+async def test_a_helper_that_ends_after_its_error_answer_leaves_the_error_said(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real helper on a file the disk cannot sync (/dev/null: EINVAL) answers the error and
+    # ends; its end must not replace the disk's error with "ended unexpectedly".
+    real = journal_module._SyncHelper
+    monkeypatch.setattr(journal_module, "_SyncHelper", lambda _path: real(Path(os.devnull)))
+    with anyio.fail_after(10), pytest.raises(Fatal, match="Invalid argument") as err:
+        await journal.intend(window(0), 1, WALL)
+    assert "ended unexpectedly" not in str(err.value)
+    await anyio.sleep(0.2)  # the helper's end is read by now
+    with pytest.raises(Fatal, match="Invalid argument"):
         await journal.intend(window(1), 1, WALL)
 
 
