@@ -760,13 +760,15 @@ def test_status_from_another_folder_through_the_cli(
         "held": 0,
         "pending": 3 + 5,
     }
-    # The commands it gives work from there: the manifest named where it is, not as typed.
+    # The commands it gives work from there: the manifest named where it is, not as typed
+    # (after the step that says to fix the credentials first).
     journal = tmp_path / "run.journal"
-    assert obj["next_steps"][0].endswith(
+    assert obj["next_steps"][0].startswith("first fix what the service refused")
+    assert obj["next_steps"][1].endswith(
         f": bulkrerun run {manifest} --journal {journal} --rate 100"
     )
     here = json.loads(cli("status", "run.journal", "--json").stdout)
-    assert here["next_steps"][0].endswith(": bulkrerun run m.toml --journal run.journal --rate 100")
+    assert here["next_steps"][1].endswith(": bulkrerun run m.toml --journal run.journal --rate 100")
 
 
 # -- verification: how held units were decided --------------------------------------------
