@@ -33,9 +33,28 @@ keys, plus ``begin_ms`` and ``end_ms`` (epoch milliseconds):
 ``unknown_request_ids``
     the request ids the service gave those sends (a gateway's 504, say), oldest first:
     space-separated in CSV, a list in JSON. ``request_id`` is the last attempt's.
+``jobs``
+    of a window request, the jobs it reruns beside ``job_name``, as sent: in JSON a list of
+    ``{"job_name", "workspace_id"}`` (empty when the window has none), in CSV their names
+    with ``; `` between them. Empty (JSON ``null``) for an instances request.
+``items``
+    of an instances request, the instances it named, as sent: in JSON a list of
+    ``{"job_id", "plan_time", "submit_time"}`` (epoch milliseconds), in CSV each one's
+    ``job_id`` and plan time (ISO 8601 UTC) with ``; `` between them. Empty (JSON ``null``)
+    for a window request, whose instances the service finds in its span.
+``failed_instances``
+    the rerun instances of the request that ``run --watch`` saw end failed (``fail``,
+    ``running-exception``), by plan time: in JSON a list of ``{"job_name", "job_id",
+    "plan_time", "instance_id", "status"}``, in CSV each one's job, plan time and status
+    with ``; `` between them. Empty (JSON ``[]``) when the watch saw none of them fail,
+    empty too (JSON ``null``) when it saw none of them end, as ``instance_status``.
 
 The table shows ``verify_state`` as its ``verified`` column and the evidence, when there is
-any, instead of the request's own message: it is what decided the units.
+any, instead of the request's own message: it is what decided the units. Its ``job``
+column names a window's ``jobs`` after its own (``ods_orders + dwd_orders``, as ``plan``
+does); its ``what`` column gives an instances request's number of instances and the span of
+their plan times. After the closing count, one line per rerun instance the watch saw end
+failed names its request (the chunk id prefix), job, plan time and status.
 
 CSV and spreadsheets. The report is opened in spreadsheets for audits and tickets, and some
 of its text comes from elsewhere (job names, the service's error messages), so a CSV cell
@@ -73,6 +92,7 @@ import math
 import os
 import shlex
 import sys
+import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -142,6 +162,13 @@ def _iso(wall: float | None) -> str | None:
 
 def _iso_ms(ms: int | None) -> str | None:
     return None if ms is None else _iso(ms / 1000)
+
+
+def _plan_iso(ms: int) -> str:
+    """A plan time (epoch milliseconds) as the report writes times: ISO 8601 UTC with
+    milliseconds. Not through ``datetime``: a report of a large journal writes millions."""
+    seconds, milli = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{milli:03d}Z"
 
 
 # ---------------------------------------------------------------------------------------
@@ -659,7 +686,8 @@ def _next_steps(
         # rerun became, so these take a selection of their own.
         steps.append(
             f"see which {counted(watched, 'rerun instance')} the watch saw end failed: "
-            f"bulkrerun report {journal} (instance_status); their requests were accepted, so "
+            f"bulkrerun report {journal} (listed after its table; failed_instances in csv and "
+            "json); their requests were accepted, so "
             "no run of this journal sends them again: to rerun them, select them ([[select]] "
             "with their status) in a manifest run with a new --journal"
         )
@@ -963,7 +991,11 @@ class ReportRow:
     counts runs): the journal's record of that run names its manifest, its flags and when
     it started. ``unknown_request_ids`` are the request ids of the sends counted in
     ``unknown_sends`` that got one (a sent request with no answer has none): what a
-    support ticket asking whether it ran twice needs.
+    support ticket asking whether it ran twice needs. ``jobs`` are a window request's
+    ``(job_name, workspace_id)`` besides its own, ``items`` an instances request's
+    ``(job_id, plan_time, submit_time)``, both as sent (None for the other mode);
+    ``failed_instances`` what the watch saw of its rerun instances that ended failed
+    (None when it saw none of them end).
     """
 
     chunk: str
@@ -989,6 +1021,9 @@ class ReportRow:
     unknown_sends: int = 0
     run: int = 0
     unknown_request_ids: tuple[str, ...] = ()
+    jobs: tuple[tuple[str, str], ...] | None = None
+    items: tuple[tuple[int, int, int], ...] | None = None
+    failed_instances: tuple[WatchRecord, ...] | None = None
 
 
 REPORT_COLUMNS = (
@@ -1015,6 +1050,9 @@ REPORT_COLUMNS = (
     "unknown_sends",
     "run",
     "unknown_request_ids",
+    "jobs",
+    "items",
+    "failed_instances",
 )
 """The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``. Columns
 are only ever added at the end, so that scripts keep working."""
@@ -1103,6 +1141,7 @@ def _row(
     tasks = body.get("task_retrys")
     o = outcome or {}
     begin, end = body.get("begin_time"), body.get("end_time")
+    mode = str(intent.get("kind", ""))
     if outcome is not None:
         reason = _opt_str(o.get("reason"))
     else:
@@ -1112,7 +1151,7 @@ def _row(
         entry=str(intent.get("entry", "")),
         job_name=str(intent.get("job_name", "")),
         workspace=str(intent.get("workspace", "")),
-        mode=str(intent.get("kind", "")),
+        mode=mode,
         begin_ms=int(begin) if begin is not None else None,
         end_ms=int(end) if end is not None else None,
         instances=len(tasks) if isinstance(tasks, list) else None,
@@ -1126,6 +1165,26 @@ def _row(
         reason=reason,
         last_wall=info.last_wall,
         run=info.run,
+        jobs=_jobs(body) if mode == "window" else None,
+        items=_items(tasks) if isinstance(tasks, list) else None,
+    )
+
+
+def _jobs(body: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The jobs a window request reruns beside its own, as sent: (job_name, workspace_id)."""
+    return tuple(
+        (str(job.get("job_name", "")), str(job.get("workspace_id", "")))
+        for job in body.get("jobs") or ()
+        if isinstance(job, dict)
+    )
+
+
+def _items(tasks: list[Any]) -> tuple[tuple[int, int, int], ...]:
+    """The instances an instances request reruns, as sent: (job_id, plan_time, submit_time)."""
+    return tuple(
+        (int(t["job_id"]), int(t["plan_time"]), int(t["submit_time"]))
+        for t in tasks
+        if isinstance(t, dict)
     )
 
 
@@ -1162,10 +1221,15 @@ def _rows(
         if verified and (decided := _verification(info, state.units, verified)) is not None:
             row = dataclasses.replace(row, verify_state=decided[0], verify_evidence=decided[1])
         if watched:
-            seen = Counter(r.status for u in info.units for r in watched.get(u, ()))
-            if seen:
+            records = [r for u in info.units for r in watched.get(u, ())]
+            if records:
+                seen = Counter(r.status for r in records)
                 text = ", ".join(f"{status} {n}" for status, n in seen.most_common())
-                row = dataclasses.replace(row, instance_status=text)
+                failed = sorted(
+                    (r for r in records if r.status in FAILED_STATUSES),
+                    key=lambda r: (r.plan_time, r.job_name),
+                )
+                row = dataclasses.replace(row, instance_status=text, failed_instances=tuple(failed))
         yield row
 
 
@@ -1196,6 +1260,24 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "unknown_sends": row.unknown_sends,
         "run": row.run,
         "unknown_request_ids": list(row.unknown_request_ids),
+        "jobs": None
+        if row.jobs is None
+        else [{"job_name": name, "workspace_id": ws} for name, ws in row.jobs],
+        "items": None
+        if row.items is None
+        else [{"job_id": j, "plan_time": p, "submit_time": s} for j, p, s in row.items],
+        "failed_instances": None
+        if row.failed_instances is None
+        else [
+            {
+                "job_name": r.job_name,
+                "job_id": r.job_id,
+                "plan_time": r.plan_time,
+                "instance_id": r.instance_id,
+                "status": r.status,
+            }
+            for r in row.failed_instances
+        ],
     }
 
 
@@ -1205,15 +1287,34 @@ def _short_iso(ms: int) -> str:
     return moment.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
+def _span(begin_ms: int, end_ms: int) -> str:
+    begin, end = _short_iso(begin_ms), _short_iso(end_ms)
+    if begin == end:
+        return begin
+    if begin[:11] == end[:11]:  # same day: the end's time says enough
+        end = end[11:]
+    return f"{begin} .. {end}"
+
+
 def _what(row: ReportRow) -> str:
+    """A window request's span; how many instances an instances request named, and the span
+    of their plan times (the CSV and JSON list each one)."""
     if row.begin_ms is not None and row.end_ms is not None:
-        begin, end = _short_iso(row.begin_ms), _short_iso(row.end_ms)
-        if begin[:11] == end[:11]:  # same day: the end's time says enough
-            end = end[11:]
-        return f"{begin} .. {end}"
+        return _span(row.begin_ms, row.end_ms)
     if row.instances is not None:
-        return f"{row.instances:,} instance{'s' if row.instances != 1 else ''}"
+        what = f"{row.instances:,} instance{'s' if row.instances != 1 else ''}"
+        if row.items:
+            plans = [plan for _, plan, _ in row.items]
+            what += f": {_span(min(plans), max(plans))}"
+        return what
     return ""
+
+
+def _job(row: ReportRow) -> str:
+    """The row's job, and the jobs a window reruns beside it (as ``plan`` names them)."""
+    if not row.jobs:
+        return row.job_name
+    return " + ".join([row.job_name, *(name for name, _ in row.jobs)])
 
 
 _STATE_STYLE = {
@@ -1233,8 +1334,8 @@ _STATE_STYLE = {
 _COLUMNS: tuple[tuple[str, int | None], ...] = (
     ("chunk", None),
     ("entry", None),
-    ("job", 32),
-    ("what (UTC)", 52),
+    ("job", 48),
+    ("what (UTC)", 62),
     ("tries", None),
     ("state", None),
     ("now", 24),
@@ -1253,7 +1354,7 @@ def _cells(row: ReportRow) -> list[str]:
     return [
         row.chunk[:12],
         row.entry,
-        row.job_name,
+        _job(row),
         _what(row),
         f"{row.attempts} ({row.unknown_sends} unknown)" if row.unknown_sends else str(row.attempts),
         row.state,
@@ -1330,8 +1431,11 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     widths: list[int] | None = None
     tally: Counter[str] = Counter()
     now: Counter[str] = Counter()  # of the requests' units, after verifications since
+    failed: list[tuple[str, WatchRecord]] = []  # (chunk, instance) the watch saw end failed
     for row in rows:
         block.append(_cells(row))
+        if row.failed_instances:
+            failed += ((row.chunk, r) for r in row.failed_instances)
         tally[row.state] += 1
         now["mixed" if "," in row.current else row.current] += 1
         n += 1
@@ -1346,7 +1450,31 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     if now != tally:  # a verify decided units since: what status counts
         line += "; their units now: " + ", ".join(f"{s} {k:,}" for s, k in sorted(now.items()))
     console.print(line)
+    if failed:
+        _write_failed(failed, console)
     return n
+
+
+def _write_failed(failed: list[tuple[str, WatchRecord]], console: Console) -> None:
+    """After the table, one line per rerun instance the watch saw end failed: its request
+    (the chunk id prefix the table shows), job, plan time and status. In a cell of the
+    table they would be cut off on any console; they are what a review of an incident
+    asks for."""
+    lines = [[chunk[:12], r.job_name, _short_iso(r.plan_time), r.status] for chunk, r in failed]
+    widths = [max(cell_len(cells[i]) for cells in lines) for i in range(len(lines[0]))]
+    width = console.width
+    text = Text(no_wrap=True, overflow="crop")
+    text.append(
+        f"{counted(len(failed), 'rerun instance')} the watch saw end failed "
+        "(request, job, plan time, status):\n"
+    )
+    for cells in lines:
+        line = Text("  " + _GAP.join(_fitted(c, w) for c, w in zip(cells, widths, strict=True)))
+        line.rstrip()
+        line.truncate(width)
+        text.append_text(line)
+        text.append("\n")
+    console.print(text, end="")
 
 
 # What a spreadsheet may take for the start of a formula (OWASP, "CSV Injection").
@@ -1363,6 +1491,25 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+def _jobs_text(jobs: tuple[tuple[str, str], ...] | None) -> str | None:
+    """A window's jobs as a CSV cell: their names, ``; `` between them."""
+    return None if jobs is None else "; ".join(name for name, _ in jobs)
+
+
+def _items_text(items: tuple[tuple[int, int, int], ...] | None) -> str | None:
+    """An instances request's instances as a CSV cell: job id and plan time of each."""
+    if items is None:
+        return None
+    return "; ".join(f"{job_id} {_plan_iso(plan)}" for job_id, plan, _ in items)
+
+
+def _failed_text(failed: tuple[WatchRecord, ...] | None) -> str | None:
+    """The rerun instances seen end failed as a CSV cell: job, plan time and status of each."""
+    if failed is None:
+        return None
+    return "; ".join(f"{r.job_name} {_plan_iso(r.plan_time)} {r.status}" for r in failed)
+
+
 def _write_csv(rows: Iterable[ReportRow], out: TextIO) -> int:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(REPORT_COLUMNS)
@@ -1370,6 +1517,9 @@ def _write_csv(rows: Iterable[ReportRow], out: TextIO) -> int:
     for row in rows:
         obj = _row_object(row)
         obj["unknown_request_ids"] = " ".join(row.unknown_request_ids) or None
+        obj["jobs"] = _jobs_text(row.jobs)
+        obj["items"] = _items_text(row.items)
+        obj["failed_instances"] = _failed_text(row.failed_instances)
         writer.writerow([_csv_cell(obj[c]) for c in REPORT_COLUMNS])
         n += 1
     return n
@@ -1505,11 +1655,22 @@ def _write_manifest(path: Path, out: TextIO, err: TextIO) -> int:
         emitted.update(todo)
     entries.reverse()
     journal = str(path)
+    # Accepted, then failed as the watch saw them end: done units, which a run of this
+    # journal never sends again, so not in the manifest; it says where they are.
+    watched = _watch_failed(path)
+    aside = (
+        f"{counted(watched, 'rerun instance')} the watch saw end failed "
+        f"({'its request was' if watched == 1 else 'their requests were'} accepted, so a run "
+        f"of this journal does not send {'it' if watched == 1 else 'them'} again): "
+        f"`bulkrerun report {shlex.quote(journal)}` lists {'it' if watched == 1 else 'them'}"
+    )
     if not entries:
         err.write(
             f"nothing failed or is held in the journal {journal}: nothing to rerun, so no "
             "manifest was written\n"
         )
+        if watched:
+            err.write(f"not in any manifest: {aside}\n")
         return 0
     out.write(
         f"# Requests whose units failed or are held, from the journal {_comment(journal)}\n"
@@ -1522,6 +1683,8 @@ def _write_manifest(path: Path, out: TextIO, err: TextIO) -> int:
         "# With the same journal, failed units need --retry-failed and held ones "
         "--resend-held.\n"
     )
+    if watched:
+        out.write(f"# Not here: {_comment(aside)}.\n")
     out.write("version = 1\n\n")
     for lines in entries:
         out.write("\n".join(lines) + "\n")

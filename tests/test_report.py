@@ -1314,3 +1314,160 @@ def test_the_report_table_of_one_request_ends_with_1_request(tmp_path: Path) -> 
     con, buffer = console()
     assert write_report(tmp_path / "j", "table", io.StringIO(), con) == 1
     assert "1 request: done 1" in buffer.getvalue()
+
+
+# -- which instances each request reran, and which of them failed -------------------------
+
+# An incident in small: instances of two jobs (one of them refused: its job_id is another
+# job's), and a window that reruns a downstream job too. The demo catalog's reruns fail at
+# its seeded 2 %: with these plan times, one ods_orders, one ods_payments and one dwd_users
+# rerun end failed (the test reads which from the fake itself).
+INCIDENT = f"""version = 1
+[defaults]
+workspace = "{WS}"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+timezone = "Asia/Shanghai"
+
+[[instances]]
+job_name = "ods_orders"
+batch = 2
+items = [
+  {{ job_id = 917560, plan_time = 1732576500000, submit_time = 1732576501000 }},
+  {{ job_id = 917560, plan_time = 1732577400000, submit_time = 1732577401000 }},
+  {{ job_id = 917560, plan_time = 1732578300000, submit_time = 1732578301000 }},
+]
+
+[[instances]]
+job_name = "ods_payments"
+batch = 2
+items = [
+  {{ job_id = 917561, plan_time = 1732560300000, submit_time = 1732560301000 }},
+  {{ job_id = 917561, plan_time = 1732561200000, submit_time = 1732561201000 }},
+  {{ job_id = 917566, plan_time = 1732562100000, submit_time = 1732562101000 }},
+]
+
+[[window]]
+job_name = "ods_users"
+begin = "2024-11-26T06:00:00"
+end = "2024-11-26T08:00:00"
+chunk = "1h"
+concurrent = 2
+jobs = [{{ job_name = "dwd_users", workspace_id = "{WS}" }}]
+"""
+
+
+def _iso_z(ms: int, spec: str = "milliseconds") -> str:
+    from datetime import UTC, datetime
+
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+@pytest.mark.anyio
+async def test_each_format_names_the_instances_a_request_reran_and_which_failed(
+    tmp_path: Path,
+) -> None:
+    # An audit after an incident asks, of each request: which instances (job, plan time) it
+    # reran, a window's downstream jobs included, and which of them the watch saw fail. The
+    # report said "2 instances", named a window's own job only, and tallied "fail 1".
+    from bulkrerun.verify import watch
+    from tests.test_verify import catalog
+
+    async with world(
+        tmp_path, manifest=INCIDENT, catalog=catalog(rerun_fail_rate=0.02, seed=1)
+    ) as w:
+        with w.open_journal() as journal:
+            for chunk in w.chunks:
+                await journal.intend(chunk, 1, w.clock.wall())
+                outcome = await w.transport.send(chunk)
+                state = {Kind.DONE: "done", Kind.FAILED: "failed"}[outcome.kind]
+                journal.outcome(chunk, 1, outcome, w.clock.wall(), state)
+            await watch(journal, w.transport, pacer=w.pacer, clock=w.clock, console=console()[0])
+        truth = w.srv.instances
+        assert truth is not None
+
+        def status_of(job: str, plan_time: int) -> str:
+            instance = truth.instance(job, plan_time)
+            assert instance is not None
+            return str(instance["status"])
+
+        con, table = console()
+        outputs = {}
+        for fmt in ("csv", "json", "table", "manifest"):
+            buffer = io.StringIO()
+            write_report(w.journal_path, fmt, buffer, con, err=io.StringIO())
+            outputs[fmt] = buffer.getvalue()
+
+    objects = [json.loads(line) for line in outputs["json"].splitlines()]
+    by_chunk = {r["chunk"]: r for r in csv.DictReader(io.StringIO(outputs["csv"]))}
+    lines = table.getvalue().splitlines()
+    failed_seen: list[tuple[str, str, int]] = []  # (chunk, job, plan time), from the fake
+    for chunk, obj in zip(w.chunks, objects, strict=True):
+        assert obj["chunk"] == chunk.id
+        body = chunk.body_object()
+        cells = by_chunk[chunk.id]
+        (line,) = (x for x in lines if x.startswith(chunk.id[:12] + " "))
+        if chunk.kind == "instances":
+            sent = body["task_retrys"]
+            assert obj["items"] == sent  # exactly as sent
+            assert obj["jobs"] is None
+            assert cells["items"] == "; ".join(
+                f"{i['job_id']} {_iso_z(i['plan_time'])}" for i in sent
+            )
+            plans = sorted(i["plan_time"] for i in sent)
+            first, last = _iso_z(plans[0], "seconds"), _iso_z(plans[-1], "seconds")
+            span = first if len(plans) == 1 else f"{first} .. {last[11:]}"
+            assert f"{len(sent)} instance{'s' if len(sent) > 1 else ''}: {span}" in line
+            reran = [(chunk.job_name, i["plan_time"]) for i in sent]
+        else:
+            assert obj["jobs"] == [{"job_name": "dwd_users", "workspace_id": WS}]
+            assert obj["items"] is None
+            assert (cells["jobs"], cells["items"]) == ("dwd_users", "")
+            assert " ods_users + dwd_users " in line
+            hours = range(body["begin_time"], body["end_time"] + 1, 3_600_000)
+            reran = [(job, p) for p in hours for job in ("ods_users", "dwd_users")]
+        if obj["state"] == "failed":  # refused: nothing rerun, nothing watched
+            assert (obj["error_code"], obj["failed_instances"], cells["failed_instances"]) == (
+                "DLF.1001",
+                None,
+                "",
+            )
+            continue
+        failed = sorted((p, job) for job, p in reran if status_of(job, p) == "fail")
+        assert [(f["plan_time"], f["job_name"]) for f in obj["failed_instances"]] == failed
+        assert {f["status"] for f in obj["failed_instances"]} <= {"fail"}
+        assert cells["failed_instances"] == "; ".join(f"{j} {_iso_z(p)} fail" for p, j in failed)
+        failed_seen += [(chunk.id, job, p) for p, job in failed]
+
+    # Worth its name: some reruns failed, in both kinds of request, and not all of them.
+    assert {c for c, _, _ in failed_seen} and len(failed_seen) < 9
+    assert {job for _, job, _ in failed_seen} >= {"dwd_users", "ods_orders"}
+    # The table closes with them, one a line, under its count.
+    count = next(i for i, x in enumerate(lines) if x.startswith("6 requests: done 5, failed 1"))
+    assert lines[count + 1] == (
+        f"{len(failed_seen)} rerun instances the watch saw end failed "
+        "(request, job, plan time, status):"
+    )
+    listed = [x.split() for x in lines[count + 2 :]]
+    assert sorted(listed) == sorted(
+        [c[:12], job, _iso_z(p, "seconds"), "fail"] for c, job, p in failed_seen
+    )
+    # The manifest of what failed: the refused instance, and where the failed reruns are.
+    manifest = outputs["manifest"]
+    assert "{ job_id = 917566, plan_time = 1732562100000, submit_time = 1732562101000 }" in (
+        manifest
+    )
+    assert f"# Not here: {len(failed_seen)} rerun instances the watch saw end failed" in manifest
+    steps = status(w.journal_path).next_steps
+    assert "(listed after its table; failed_instances in csv and json)" in steps[-1]
+
+
+def test_the_new_columns_come_after_the_ones_scripts_read() -> None:
+    assert REPORT_COLUMNS[:23] == (
+        "chunk", "entry", "job_name", "workspace", "mode", "begin", "end", "instances",
+        "attempts", "state", "current", "status", "error_code", "error_msg", "request_id",
+        "reason", "last_time", "instance_status", "verify_state", "verify_evidence",
+        "unknown_sends", "run", "unknown_request_ids",
+    )  # fmt: skip
+    assert REPORT_COLUMNS[23:] == ("jobs", "items", "failed_instances")
