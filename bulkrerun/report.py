@@ -1406,19 +1406,27 @@ def _write_block(block: list[list[str]], before: list[int] | None, console: Cons
     header = before is None
     if header:
         block = [[name for name, _ in _COLUMNS], *block]
-    widths = _widths(block, console.width, before or [0] * len(_COLUMNS))
+    room = console.width  # a property that asks the terminal: read once, not once a line
+    widths = _widths(block, room, before or [0] * len(_COLUMNS))
+    # Each line is three appends: the cells before the state, the state (styled), the cells
+    # after it. A Text append strips control codes and keeps spans: one per cell and gap,
+    # 24 a line, took a fifth of the table's time.
+    shown = [i for i, width in enumerate(widths) if width]
+    before_state = [i for i in shown if i < _STATE_COLUMN]
+    after_state = [i for i in shown if i > _STATE_COLUMN]
+    state_width = widths[_STATE_COLUMN]
     text = Text(no_wrap=True, overflow="crop")
     for n, cells in enumerate(block):
-        line = Text(style="bold" if header and n == 0 else "")
-        for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
-            if not width:
-                continue
-            if line:
-                line.append(_GAP)
-            style = "" if header and n == 0 else _STATE_STYLE.get(cell, "")
-            line.append(_fitted(cell, width), style if i == _STATE_COLUMN else "")
+        title = header and n == 0
+        line = Text(
+            "".join(_fitted(cells[i], widths[i]) + _GAP for i in before_state),
+            style="bold" if title else "",
+        )
+        state = cells[_STATE_COLUMN]
+        line.append(_fitted(state, state_width), "" if title else _STATE_STYLE.get(state, ""))
+        line.append("".join(_GAP + _fitted(cells[i], widths[i]) for i in after_state))
         line.rstrip()
-        line.truncate(console.width)
+        line.truncate(room)
         text.append_text(line)
         text.append("\n")
     console.print(text, end="")
