@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -161,12 +162,14 @@ def _iso(wall: float | None) -> str | None:
 
 
 def _iso_ms(ms: int | None) -> str | None:
-    return None if ms is None else _iso(ms / 1000)
+    return None if ms is None else _ms_iso(ms)
 
 
-def _plan_iso(ms: int) -> str:
-    """A plan time (epoch milliseconds) as the report writes times: ISO 8601 UTC with
-    milliseconds. Not through ``datetime``: a report of a large journal writes millions."""
+@functools.lru_cache(maxsize=65_536)
+def _ms_iso(ms: int) -> str:
+    """Epoch milliseconds (a plan time, a window's bounds) as :func:`_iso` writes times. A
+    report of a large journal writes millions, of a few thousand plan times (an incident's
+    hours, for every job): cached, and not through ``datetime``, at half the cost."""
     seconds, milli = divmod(ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{milli:03d}Z"
 
@@ -1173,18 +1176,22 @@ def _row(
 def _jobs(body: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """The jobs a window request reruns beside its own, as sent: (job_name, workspace_id)."""
     return tuple(
-        (str(job.get("job_name", "")), str(job.get("workspace_id", "")))
-        for job in body.get("jobs") or ()
-        if isinstance(job, dict)
+        [
+            (str(job.get("job_name", "")), str(job.get("workspace_id", "")))
+            for job in body.get("jobs") or ()
+            if isinstance(job, dict)
+        ]
     )
 
 
 def _items(tasks: list[Any]) -> tuple[tuple[int, int, int], ...]:
     """The instances an instances request reruns, as sent: (job_id, plan_time, submit_time)."""
     return tuple(
-        (int(t["job_id"]), int(t["plan_time"]), int(t["submit_time"]))
-        for t in tasks
-        if isinstance(t, dict)
+        [
+            (int(t["job_id"]), int(t["plan_time"]), int(t["submit_time"]))
+            for t in tasks
+            if isinstance(t, dict)
+        ]
     )
 
 
@@ -1234,6 +1241,8 @@ def _rows(
 
 
 def _row_object(row: ReportRow) -> dict[str, Any]:
+    """The row's values by column, but for ``jobs``, ``items`` and ``failed_instances``,
+    which CSV writes as text and JSON as lists (:func:`_json_object`)."""
     return {
         "chunk": row.chunk,
         "entry": row.entry,
@@ -1260,15 +1269,22 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "unknown_sends": row.unknown_sends,
         "run": row.run,
         "unknown_request_ids": list(row.unknown_request_ids),
-        "jobs": None
-        if row.jobs is None
-        else [{"job_name": name, "workspace_id": ws} for name, ws in row.jobs],
-        "items": None
-        if row.items is None
-        else [{"job_id": j, "plan_time": p, "submit_time": s} for j, p, s in row.items],
-        "failed_instances": None
-        if row.failed_instances is None
-        else [
+    }
+
+
+def _json_object(row: ReportRow) -> dict[str, Any]:
+    """The row as a JSON line: :func:`_row_object` and the lists only JSON carries whole."""
+    obj = _row_object(row)
+    if row.jobs is not None:
+        obj["jobs"] = [{"job_name": name, "workspace_id": ws} for name, ws in row.jobs]
+    else:
+        obj["jobs"] = None
+    if row.items is not None:
+        obj["items"] = [{"job_id": j, "plan_time": p, "submit_time": s} for j, p, s in row.items]
+    else:
+        obj["items"] = None
+    if row.failed_instances is not None:
+        obj["failed_instances"] = [
             {
                 "job_name": r.job_name,
                 "job_id": r.job_id,
@@ -1277,8 +1293,10 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
                 "status": r.status,
             }
             for r in row.failed_instances
-        ],
-    }
+        ]
+    else:
+        obj["failed_instances"] = None
+    return obj
 
 
 def _short_iso(ms: int) -> str:
@@ -1508,14 +1526,14 @@ def _items_text(items: tuple[tuple[int, int, int], ...] | None) -> str | None:
     """An instances request's instances as a CSV cell: job id and plan time of each."""
     if items is None:
         return None
-    return "; ".join(f"{job_id} {_plan_iso(plan)}" for job_id, plan, _ in items)
+    return "; ".join(f"{job_id} {_ms_iso(plan)}" for job_id, plan, _ in items)
 
 
 def _failed_text(failed: tuple[WatchRecord, ...] | None) -> str | None:
     """The rerun instances seen end failed as a CSV cell: job, plan time and status of each."""
     if failed is None:
         return None
-    return "; ".join(f"{r.job_name} {_plan_iso(r.plan_time)} {r.status}" for r in failed)
+    return "; ".join(f"{r.job_name} {_ms_iso(r.plan_time)} {r.status}" for r in failed)
 
 
 def _write_csv(rows: Iterable[ReportRow], out: TextIO) -> int:
@@ -1536,7 +1554,7 @@ def _write_csv(rows: Iterable[ReportRow], out: TextIO) -> int:
 def _write_json_lines(rows: Iterable[ReportRow], out: TextIO) -> int:
     n = 0
     for row in rows:
-        out.write(json.dumps(_row_object(row), ensure_ascii=False) + "\n")
+        out.write(json.dumps(_json_object(row), ensure_ascii=False) + "\n")
         n += 1
     return n
 
