@@ -778,7 +778,7 @@ def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, _Row]]:
             return
         if row is None:
             return
-        line = reader.line_num
+        line = start  # a row whose quoted cell spans lines is named where it begins
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) != len(names):

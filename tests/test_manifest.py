@@ -641,6 +641,20 @@ def test_csv_below_a_bad_header_still_has_its_values_checked(tmp_path: Path) -> 
     assert "typo.csv:2: job_id = 0: must be a positive integer" in problems[1]
 
 
+def test_a_csv_row_whose_quoted_cell_spans_lines_is_named_where_it_begins(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "wrapped.csv").write_text(
+        "job_id,plan_time,submit_time\n"
+        '"9175\n61",1732601580000,1732239754684\n'
+        "917562,17326015800,1732239754684\n"
+    )
+    problems = problems_of(instances_manifest(tmp_path, "wrapped.csv"))
+    assert len(problems) == 2
+    assert 'wrapped.csv:2: job_id = "9175\\n61": must be a positive integer' in problems[0]
+    assert "wrapped.csv:4: plan_time = 17326015800" in problems[1]
+
+
 def test_csv_with_an_extra_column_is_one_problem_not_one_per_row(tmp_path: Path) -> None:
     rows = "".join(f"{i},1732601580000,1732239754684,note\n" for i in range(1, 6))
     (tmp_path / "extra.csv").write_text("job_id,plan_time,submit_time,note\n" + rows + "7,8\n")
