@@ -1,0 +1,169 @@
+"""The README's examples and reference, held to what the code does.
+
+A new user copies commands and manifests from README.md and configs/; each was once right
+and then drifted as messages, flags and keys changed. These tests read the README itself,
+so a change that leaves it behind fails here: its manifests and the example configs load,
+the flags it names exist, and its settings table and configs/example.env name the settings
+there are.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.core import TyperGroup, TyperOption
+
+from bulkrerun.cli import app
+from bulkrerun.errors import ManifestError
+from bulkrerun.manifest import load_manifest
+from bulkrerun.planner import summarize
+from bulkrerun.settings import Settings
+from tests.conftest import ROOT, Cli
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+CONFIGS = ROOT / "configs"
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The README's ``## `` sections by title (the text before the first is under "")."""
+    parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
+    sections = {"": parts[0]}
+    sections.update(zip(parts[1::2], parts[2::2], strict=True))
+    return sections
+
+
+SECTIONS = _sections(README)
+# What a user of the tool reads: not the benchmark figures, nor the development commands
+# (whose flags are pytest's, ruff's and mypy's).
+USER_TEXT = "".join(
+    body for title, body in SECTIONS.items() if title not in {"Benchmarks", "Development"}
+)
+
+
+def _loads_cleanly(path: Path) -> list[str]:
+    """The problems of the manifest at ``path`` and its warnings, as plain sentences."""
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as exc:
+        return exc.problems
+    return list(manifest.warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_config_loads_without_problems_or_warnings(path: Path) -> None:
+    assert _loads_cleanly(path) == []
+
+
+def _readme_manifests() -> list[str]:
+    """Every ```toml block of the README that is a whole manifest (opens with its version)."""
+    blocks = re.findall(r"^```toml\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
+    return [block for block in blocks if block.lstrip().startswith("version")]
+
+
+def test_the_readme_manifest_reference_loads_without_problems(tmp_path: Path) -> None:
+    manifests = _readme_manifests()
+    assert manifests, "the README's manifest reference is not a ```toml block any more"
+    for n, text in enumerate(manifests):
+        path = tmp_path / f"readme-{n}.toml"
+        path.write_text(text, encoding="utf-8")
+        assert _loads_cleanly(path) == [], text
+
+
+def test_the_backfill_example_sends_the_requests_the_readme_counts() -> None:
+    # "one request per 6 hours of plan time ... (56 requests), and a second job ... one
+    # request a day ... (14 requests)"
+    counts = [entry.requests for entry in summarize(load_manifest(CONFIGS / "backfill.toml"))]
+    assert counts == [56, 14]
+    assert "(56 requests)" in SECTIONS["Worked examples"]
+    assert "(14 requests)" in SECTIONS["Worked examples"]
+
+
+# An entry of each kind, and a valid value for each key the README says an entry may set.
+_ENTRIES = {
+    "window": 'job_name = "a"\nbegin = 1732579200000\nend = 1732582800000\nchunk = "1h"\n',
+    "instances": (
+        'job_name = "a"\n'
+        "items = [ { job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 } ]\n"
+    ),
+    "select": 'job_name = "a"\nbegin = 1732579200000\nend = 1732582800000\n',
+}
+_VALUES = {
+    "workspace": '"62fbba734e634c5087656fc3ff7adf34"',
+    "retry_location": '"specifiedNode"',
+    "node_name": '"load"',
+    "retry_task_version": '"current_version"',
+    "ignore_obs_monitor": "false",
+    "timezone": '"UTC"',
+}
+
+
+def _entry_with(tmp_path: Path, kind: str, keys: list[str]) -> list[str]:
+    text = (
+        "version = 1\n[defaults]\n"
+        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
+        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
+        f"[[{kind}]]\n{_ENTRIES[kind]}" + "".join(f"{key} = {_VALUES[key]}\n" for key in keys)
+    )
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(text, encoding="utf-8")
+    return _loads_cleanly(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags and settings
+# ---------------------------------------------------------------------------------------------
+
+
+def _options() -> dict[str, list[TyperOption]]:
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    return {
+        name: [p for p in command.params if isinstance(p, TyperOption)]
+        for name, command in group.commands.items()
+    }
+
+
+def _long(option: TyperOption) -> list[str]:
+    return [o for o in (*option.opts, *option.secondary_opts) if o.startswith("--")]
+
+
+def test_every_flag_the_readme_names_is_an_option_of_a_command() -> None:
+    known = {flag for options in _options().values() for o in options for flag in _long(o)}
+    known.add("--help")  # every command's, made by the framework rather than declared
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", USER_TEXT))
+    assert named - known == set()
+
+
+def _setting_variables() -> set[str]:
+    return {f"BULKRERUN_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_the_readme_settings_table_names_every_setting_and_no_other() -> None:
+    rows = [line for line in SECTIONS["Settings"].splitlines() if line.startswith("| `")]
+    in_table = {v for row in rows for v in re.findall(r"`(BULKRERUN_\w+)`", row.split("|")[1])}
+    assert in_table == _setting_variables()
+
+
+def test_example_env_names_every_setting_and_no_other() -> None:
+    text = (CONFIGS / "example.env").read_text(encoding="utf-8")
+    # Set or commented out (# BULKRERUN_SK=): each is one to fill in.
+    assigned = set(re.findall(r"^(?:# )?(BULKRERUN_\w+)=", text, flags=re.MULTILINE))
+    assert assigned == _setting_variables()
+
+
+def test_example_env_filled_in_plans_as_a_dot_env(cli: Cli) -> None:
+    # "Copy to .env and fill in": as it stands (a region, a project, pacing) it is valid.
+    (cli.cwd / ".env").write_text(
+        (CONFIGS / "example.env").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    done = cli("plan", str(CONFIGS / "backfill.toml"), env=cli.env(url=None))
+    assert done.returncode == 0, done.stderr
+    assert "70 requests to https://dayu.cn-north-4.myhuaweicloud.com" in done.stdout
