@@ -117,6 +117,29 @@ def _entry_with(tmp_path: Path, kind: str, keys: list[str]) -> list[str]:
     return _loads_cleanly(path)
 
 
+def test_the_keys_the_readme_says_every_entry_may_override_are_taken_by_every_entry(
+    tmp_path: Path,
+) -> None:
+    prose = " ".join(SECTIONS["Manifest reference"].split())
+    said = re.search(r"Every entry may override (.+?)[;.]", prose)
+    assert said is not None
+    keys = re.findall(r"`(\w+)`", said[1])
+    assert {"workspace", "retry_location", "retry_task_version"} <= set(keys)
+    for kind in _ENTRIES:
+        assert _entry_with(tmp_path, kind, keys) == [], kind
+
+
+def test_timezone_is_taken_by_windows_and_selects_and_refused_by_instances_as_said(
+    tmp_path: Path,
+) -> None:
+    assert _entry_with(tmp_path, "window", ["timezone"]) == []
+    assert _entry_with(tmp_path, "select", ["timezone"]) == []
+    (problem,) = _entry_with(tmp_path, "instances", ["timezone"])
+    assert "instances[0].timezone: unknown key" in problem
+    prose = " ".join(SECTIONS["Manifest reference"].split())
+    assert "`[[window]]` and `[[select]]` entries also `timezone`" in prose
+
+
 # ---------------------------------------------------------------------------------------------
 # Flags and settings
 # ---------------------------------------------------------------------------------------------
