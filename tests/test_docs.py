@@ -3,13 +3,16 @@
 A new user copies commands and manifests from README.md and configs/; each was once right
 and then drifted as messages, flags and keys changed. These tests read the README itself,
 so a change that leaves it behind fails here: its manifests and the example configs load,
-the flags it names exist, and its settings table and configs/example.env name the settings
-there are.
+the flags it names exist and every option of every command is named, its settings table
+and configs/example.env name the settings there are, and the rehearsal of the outage example
+against ``fake-server --catalog`` prints and exits as the README says.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from bulkrerun.errors import ManifestError
 from bulkrerun.manifest import load_manifest
 from bulkrerun.planner import summarize
 from bulkrerun.settings import Settings
-from tests.conftest import ROOT, Cli
+from tests.conftest import ROOT, Cli, Service
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 CONFIGS = ROOT / "configs"
@@ -165,6 +168,17 @@ def test_every_flag_the_readme_names_is_an_option_of_a_command() -> None:
     assert named - known == set()
 
 
+def test_the_readme_names_every_option_of_every_command() -> None:
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", USER_TEXT))
+    missing = [
+        f"{command} {'/'.join(_long(option))}"
+        for command, options in _options().items()
+        for option in options
+        if not set(_long(option)) & named
+    ]
+    assert missing == []
+
+
 def _setting_variables() -> set[str]:
     return {f"BULKRERUN_{name.upper()}" for name in Settings.model_fields}
 
@@ -190,3 +204,46 @@ def test_example_env_filled_in_plans_as_a_dot_env(cli: Cli) -> None:
     done = cli("plan", str(CONFIGS / "backfill.toml"), env=cli.env(url=None))
     assert done.returncode == 0, done.stderr
     assert "70 requests to https://dayu.cn-north-4.myhuaweicloud.com" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The rehearsal the README gives, over the wire
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_outage_rehearsal_against_the_catalog_goes_as_the_readme_says(
+    fake_service: Callable[..., Service], cli: Cli
+) -> None:
+    service = fake_service("--catalog")
+    manifest = str(CONFIGS / "outage.toml")
+
+    planned = cli("plan", manifest, url=service.url)
+    assert planned.returncode == 0, planned.stderr
+    assert "select[0]: found 32 instances" in planned.stderr
+    assert "4 requests to" in planned.stdout
+    assert "found 32 instances ... (4 requests)" in SECTIONS["The fake service"]
+
+    ran = cli("run", manifest, "--journal", "rehearsal.journal", "--rate", "100", url=service.url)
+    assert ran.returncode == 1, ran.stderr
+    counts = json.loads(cli("status", "rehearsal.journal", "--json").stdout)
+    assert (counts["done"], counts["failed"], counts["held"], counts["pending"]) == (32, 12, 0, 0)
+    assert counts["failed_by_code"] == {"DLF.1001": 10, "DLF.1000": 2}
+    assert service.accepted_ids() and len(service.ledger()) == 2
+
+
+def test_the_backfill_example_is_accepted_whole_by_a_fake_without_catalog(
+    fake_service: Callable[..., Service], cli: Cli
+) -> None:
+    service = fake_service()
+    ran = cli(
+        "run",
+        str(CONFIGS / "backfill.toml"),
+        "--journal",
+        "b.journal",
+        "--rate",
+        "200",
+        url=service.url,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert len(service.ledger()) == 70
+    assert "(70 requests, exit 0)" in SECTIONS["The fake service"]
