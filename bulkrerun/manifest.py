@@ -460,6 +460,9 @@ class _Item(_Model):
 
 
 class _Instances(_Common):
+    # An entry may override any key of [defaults] (the contract), timezone too; this entry's
+    # times are epoch milliseconds, so its zone reads nothing.
+    timezone: TimeZone | None = None
     job_name: JobName
     batch: Batch = DEFAULT_BATCH
     items: list[_Item] | None = None

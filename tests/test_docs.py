@@ -123,24 +123,28 @@ def _entry_with(tmp_path: Path, kind: str, keys: list[str]) -> list[str]:
 def test_the_keys_the_readme_says_every_entry_may_override_are_taken_by_every_entry(
     tmp_path: Path,
 ) -> None:
+    # "[defaults] applies to every entry; an entry may override any of it" (the contract):
+    # an instances entry, whose times are epoch milliseconds, takes timezone too.
     prose = " ".join(SECTIONS["Manifest reference"].split())
-    said = re.search(r"Every entry may override (.+?)[;.]", prose)
+    said = re.search(r"Every entry may override (.+?)[;.(]", prose)
     assert said is not None
     keys = re.findall(r"`(\w+)`", said[1])
-    assert {"workspace", "retry_location", "retry_task_version"} <= set(keys)
+    assert set(keys) == set(_VALUES)
     for kind in _ENTRIES:
         assert _entry_with(tmp_path, kind, keys) == [], kind
 
 
-def test_timezone_is_taken_by_windows_and_selects_and_refused_by_instances_as_said(
-    tmp_path: Path,
-) -> None:
-    assert _entry_with(tmp_path, "window", ["timezone"]) == []
-    assert _entry_with(tmp_path, "select", ["timezone"]) == []
-    (problem,) = _entry_with(tmp_path, "instances", ["timezone"])
-    assert "instances[0].timezone: unknown key" in problem
-    prose = " ".join(SECTIONS["Manifest reference"].split())
-    assert "`[[window]]` and `[[select]]` entries also `timezone`" in prose
+def test_an_instances_entry_checks_the_timezone_it_takes(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        "version = 1\n[defaults]\n"
+        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
+        'retry_location = "errorNode"\nretry_task_version = "original_version"\n'
+        f'[[instances]]\n{_ENTRIES["instances"]}timezone = "Mars/Olympus"\n',
+        encoding="utf-8",
+    )
+    (problem,) = _loads_cleanly(path)
+    assert "instances[0].timezone" in problem
 
 
 # ---------------------------------------------------------------------------------------------
