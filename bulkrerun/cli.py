@@ -678,6 +678,30 @@ def _user() -> str:
         return f"uid {os.getuid()}"
 
 
+def _verify_options(
+    settings: Any, endpoint: str, transport: Any, flags: tuple[tuple[str, str | None], ...]
+) -> dict[str, Any]:
+    """What a ``verify`` records of itself (see journal: verify_start): the service it
+    reaches and how, at which pace, and who ran it where. No secret: the auth is its kind."""
+    return {
+        "endpoint": endpoint,
+        "project_id": settings.project_id,
+        "rate": settings.rate,
+        "burst": settings.burst,
+        "timeout": settings.timeout,
+        "max_attempts": settings.max_attempts,
+        "proxy": transport.proxy.shown if transport.proxy is not None else None,
+        "flags": [list(pair) for pair in flags],
+        "tool_version": bulkrerun.__version__,
+        "pid": os.getpid(),
+        "user": _user(),
+        "host": socket.gethostname(),
+        "auth": transport.auth.kind(),
+        "verify_tls": settings.verify_tls,
+        "ca_bundle": str(settings.ca_bundle) if settings.ca_bundle else None,
+    }
+
+
 def _project_id(settings: Any) -> str:
     """The project ID every command that talks to the service needs: exit 2 without one."""
     if not settings.project_id:
@@ -1694,16 +1718,28 @@ def verify(
 
         resolved = resolve_endpoint(settings)
         _project_id(settings)  # before the journal, which is bound to a project
-        code = anyio.run(_verify_only, journal, settings, resolved, backend="asyncio")
+        flags = _given_flags(
+            {
+                "--endpoint": endpoint,
+                "--region": region,
+                "--project-id": project_id,
+                "--rate": rate,
+                "--log-file": log_file,
+            },
+            ["--verbose"] if verbose else [],
+        )
+        code = anyio.run(_verify_only, journal, settings, resolved, flags, backend="asyncio")
     except BulkrerunError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
 
 
-async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
+async def _verify_only(
+    path: Path, settings: Any, endpoint: str, flags: tuple[tuple[str, str | None], ...]
+) -> int:
     from bulkrerun.clock import SystemClock
-    from bulkrerun.journal import Binding, Journal
-    from bulkrerun.verify import verify_held
+    from bulkrerun.journal import Binding, Journal, UnitState
+    from bulkrerun.verify import VerifySummary, verify_held
 
     journal = Journal.open(
         path,
@@ -1711,17 +1747,41 @@ async def _verify_only(path: Path, settings: Any, endpoint: str) -> int:
         tool_version=bulkrerun.__version__,
         create=False,  # a mistyped path must not become a new, empty journal
     )
+    summary: VerifySummary | None = None
+    ended: tuple[int, str | None, str | None] | None = None  # exit, stopped, message
     try:
         transport = _make_transport(settings, endpoint)
         pacer = _pacer(settings)
+        # Who verified, when, reaching which service how: on record before the first query,
+        # as a run's record is before its first request (see journal: verify_start).
+        held = journal.state().counts()[UnitState.HELD]
+        journal.begin_verify(_verify_options(settings, endpoint, transport, flags), held)
         async with transport:
             summary = await verify_held(
                 journal, transport, pacer=pacer, clock=SystemClock(), on_notice=_notice
             )
+        ended = (EXIT_OK if not summary.still_held else EXIT_SOME_FAILED, None, None)
+    except BulkrerunError as exc:
+        ended = (exc.exit_code, exc.stop if isinstance(exc, Fatal) else "error", str(exc))
+        raise
+    except BaseException:
+        # A signal: raised where the loop waits, it reaches this coroutine as its
+        # cancellation. Anything else is a crash, and is recorded as one: with no end.
+        if _interrupt.fired:
+            ended = (EXIT_INTERRUPTED, "interrupted", _interrupt.signame)
+        raise
     finally:
+        if ended is not None:
+            decided = None
+            if summary is not None:
+                decided = (summary.verified_done, summary.made_pending, summary.still_held)
+            journal.end_verify(*ended, decided)
         journal.close()
+    # Both set, or an exception went on.
+    assert summary is not None
+    assert ended is not None
     out.print(str(summary), markup=False)
-    code = EXIT_OK if not summary.still_held else EXIT_SOME_FAILED
+    code = ended[0]
     _log_command(
         "verify ended",
         journal=str(path),

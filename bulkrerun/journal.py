@@ -25,7 +25,8 @@ and ``tail -f``. SQLite in WAL mode would give the same durability with more mac
 (a transaction per group, a schema, two more files next to the journal) and an opaque file.
 
 Every line is one compact JSON object whose first key ``t`` names the record (``header``,
-``run``, ``select``, ``intent``, ``outcome``, ``verify``) and whose last key ``crc`` is the
+``run``, ``select``, ``intent``, ``outcome``, ``verify``, ``end``, ``verify_start``,
+``verify_end``) and whose last key ``crc`` is the
 CRC-32 (8 hex digits) of the line's bytes before ``,"crc"``. The checksum is what lets a
 replay tell a torn or damaged line from a good one with certainty, and it is what makes the
 fast replay path safe: the hot records (intents, and ``done``/``held``/``retry`` outcomes) are
@@ -62,6 +63,18 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
   ``failure_budget``, ``auth_refused``, ``service_down``; ``null``: it went to the end),
   ``message`` (what it said of that, ``null`` without). The last record of a run that ended;
   a run killed or crashed has none.
+- ``verify_start``: one per ``verify`` command, durable before it asks the service anything:
+  ``n`` (verifications are numbered apart from runs), ``wall``, ``pid``, ``tool_version``,
+  ``held`` (units held at its start), ``options`` (the settings it reached the service with:
+  endpoint, project, rate, the flags given, user, host, auth kind; never a secret). Its
+  ``verify`` records follow it.
+- ``verify_end``: ``n``, ``wall``, ``exit``, ``stopped`` and ``message`` (as in ``end``), and
+  what it decided: ``verified_done``, ``made_pending``, ``still_held`` (``null`` when it
+  stopped before deciding). A verify killed or crashed has none. Why a start and an end
+  rather than one record at the end: the start is on record before the first query, so a
+  verify killed meanwhile still shows (as one that recorded no end), and the verdicts between
+  the two are its own. Readers of format 1 from before these two skip them (unknown records
+  of the same format are skipped), so adding them kept the format at 1.
 
 Durability. :meth:`Journal.intend` returns only once its record is on stable storage.
 Concurrent callers share one fsync (group commit; see ``Journal._commit``): the event loop
@@ -127,6 +140,8 @@ __all__ = [
     "RunRecord",
     "Selection",
     "UnitState",
+    "VerifyEnd",
+    "VerifyRecord",
     "held_by",
     "read_records_at",
     "read_state",
@@ -272,6 +287,34 @@ class RunEnd:
     message: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class VerifyRecord:
+    """A ``verify_start`` record as replayed: one ``verify`` command (see the module's
+    docstring). ``held``: the units held at its start."""
+
+    n: int
+    wall: float
+    pid: int | None
+    tool_version: str
+    options: dict[str, Any]
+    held: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyEnd:
+    """A ``verify_end`` record as replayed: how verification ``n`` ended and what it decided
+    (the counts are None when it stopped before deciding)."""
+
+    n: int
+    wall: float
+    exit: int
+    stopped: str | None
+    message: str | None
+    verified_done: int | None = None
+    made_pending: int | None = None
+    still_held: int | None = None
+
+
 @dataclass(slots=True, eq=False)
 class ChunkInfo:
     """What the journal knows of one chunk (one request), for status and report.
@@ -306,6 +349,8 @@ class JournalState:
     chunks: dict[str, ChunkInfo] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
     ends: dict[int, RunEnd] = field(default_factory=dict)  # run n -> how it ended
+    verifications: list[VerifyRecord] = field(default_factory=list)  # ``verify`` commands
+    verify_ends: dict[int, VerifyEnd] = field(default_factory=dict)  # their n -> how it ended
     selections: dict[str, list[Selection]] = field(default_factory=dict)
     verified: dict[str, str] = field(default_factory=dict)  # unit -> evidence of last verify
     records: int = 0
@@ -420,6 +465,12 @@ class _Replayer:
         last = st.runs[-1] if st.runs else None
         if last is not None and last.n == record.run and not last.options.get("watch"):
             st.span_end = max(st.span_end, record.wall)
+
+    def verify_start(self, record: VerifyRecord) -> None:
+        self.state.verifications.append(record)
+
+    def verify_end(self, record: VerifyEnd) -> None:
+        self.state.verify_ends[record.n] = record
 
     def intent(
         self,
@@ -764,6 +815,34 @@ def _apply_slow(rep: _Replayer, obj: Any, offset: int) -> None:
                     exit=int(obj["exit"]),
                     stopped=None if stopped is None else str(stopped),
                     message=None if message is None else str(message),
+                )
+            )
+        elif kind == "verify_start":
+            held = obj.get("held")
+            rep.verify_start(
+                VerifyRecord(
+                    n=int(obj["n"]),
+                    wall=float(obj["wall"]),
+                    pid=obj.get("pid"),
+                    tool_version=str(obj.get("tool_version", "")),
+                    options=dict(obj.get("options") or {}),
+                    held=None if held is None else int(held),
+                )
+            )
+        elif kind == "verify_end":
+            stopped, message = obj.get("stopped"), obj.get("message")
+            counts = [obj.get(k) for k in ("verified_done", "made_pending", "still_held")]
+            done, pending, held = (None if n is None else int(n) for n in counts)
+            rep.verify_end(
+                VerifyEnd(
+                    n=int(obj["n"]),
+                    wall=float(obj["wall"]),
+                    exit=int(obj["exit"]),
+                    stopped=None if stopped is None else str(stopped),
+                    message=None if message is None else str(message),
+                    verified_done=done,
+                    made_pending=pending,
+                    still_held=held,
                 )
             )
         elif kind == "header":
@@ -1248,6 +1327,7 @@ class Journal:
         "_str_cache",
         "_syncing",
         "_tool_version",
+        "_verify",
         "_waiters",
         "_written",
     )
@@ -1280,6 +1360,7 @@ class Journal:
         self._outcome_heads: dict[tuple[str, str], bytes] = {}
         self._created_end: int | None = None  # of a journal this open created: its header's end
         self._run: int | None = None  # the number of the run begun here, if one was
+        self._verify: int | None = None  # the number of the verification begun here, if one
 
     # -- opening -------------------------------------------------------------------------
 
@@ -1704,6 +1785,70 @@ class Journal:
             self._rep.select(label, rows)
         self._sync_now()
         self._run = n
+
+    def begin_verify(
+        self, options: Mapping[str, Any], held: int, *, wall: float | None = None
+    ) -> None:
+        """Record the start of a ``verify`` command (``options``: the settings it reaches
+        the service with, JSON-serialisable, no secret; ``held``: units held now); durable
+        on return, so that it is on record before the service is asked anything."""
+        self._check_usable()
+        wall = time.time() if wall is None else wall
+        n = len(self._rep.state.verifications) + 1
+        record = VerifyRecord(n, wall, os.getpid(), self._tool_version, dict(options), held)
+        self._append(
+            _record(
+                {
+                    "t": "verify_start",
+                    "n": n,
+                    "wall": round(wall, 3),
+                    "pid": record.pid,
+                    "tool_version": record.tool_version,
+                    "held": held,
+                    "options": record.options,
+                }
+            )
+        )
+        self._rep.verify_start(record)
+        self._sync_now()
+        self._verify = n
+
+    def end_verify(
+        self,
+        exit_code: int,
+        stopped: str | None,
+        message: str | None,
+        decided: tuple[int, int, int] | None,
+        *,
+        wall: float | None = None,
+    ) -> None:
+        """Record how the verification begun here ended (``decided``: units it made done,
+        pending and left held; None when it stopped before deciding); durable with the next
+        commit or :meth:`close`. Nothing when none was begun here or the journal can no
+        longer be written, as for :meth:`end_run`."""
+        n = self._verify
+        if n is None or self._fd is None or self._error is not None:
+            return
+        wall = time.time() if wall is None else wall
+        done, pending, held = (None, None, None) if decided is None else decided
+        record = VerifyEnd(n, wall, exit_code, stopped, message, done, pending, held)
+        self._append(
+            _record(
+                {
+                    "t": "verify_end",
+                    "n": n,
+                    "wall": round(wall, 3),
+                    "exit": exit_code,
+                    "stopped": stopped,
+                    "message": message,
+                    "verified_done": done,
+                    "made_pending": pending,
+                    "still_held": held,
+                }
+            )
+        )
+        self._rep.verify_end(record)
+        self._verify = None
 
     # -- committing ----------------------------------------------------------------------
     #

@@ -36,6 +36,7 @@ from bulkrerun.journal import (
     RunEnd,
     RunInfo,
     UnitState,
+    VerifyEnd,
     held_by,
     read_records_at,
     read_state,
@@ -1039,6 +1040,33 @@ def test_a_run_records_how_it_ended_and_only_a_run_begun_here(jpath: Path) -> No
     assert state.ends == {
         1: RunEnd(1, WALL + 2, 3, "failure_budget", 'canary: 3 of the first 3 failed; "订单"')
     }
+
+
+def test_a_verify_records_its_start_at_once_and_its_end_apart_from_runs(jpath: Path) -> None:
+    j = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    j.begin_run(RunInfo("m.toml", "", "", pending=3), wall=WALL)
+    j.end_run(1, None, None, wall=WALL + 1)
+    j.close()
+    j = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    j.end_verify(0, None, None, None)  # no verify begun by this open: nothing to end
+    options = {"endpoint": BINDING.endpoint, "rate": 3.0, "flags": [["--rate", "3"]]}
+    j.begin_verify(options, held=2, wall=WALL + 10)
+    # On stable storage before the verify asks the service anything, as a run's record is.
+    assert [r["t"] for r in lines(jpath)] == ["header", "run", "end", "verify_start"]
+    j.verified("u1", UnitState.DONE, "rerun seen", WALL + 11)
+    j.end_verify(1, None, None, (1, 0, 1), wall=WALL + 12)
+    j.close()
+    j = Journal.open(jpath, BINDING, tool_version="0.1.0")
+    j.begin_verify({}, held=1, wall=WALL + 20)
+    j.close()  # ended by no record: as a verify killed before its end
+    _, state = read_state(jpath)
+    assert [r.n for r in state.runs] == [1]  # a verify is not a run: runs are numbered alone
+    assert [(v.n, v.wall, v.held, v.options) for v in state.verifications] == [
+        (1, WALL + 10, 2, options),
+        (2, WALL + 20, 1, {}),
+    ]
+    assert state.verifications[0].pid == os.getpid()
+    assert state.verify_ends == {1: VerifyEnd(1, WALL + 12, 1, None, None, 1, 0, 1)}
 
 
 @pytest.mark.anyio
