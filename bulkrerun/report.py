@@ -117,6 +117,8 @@ from bulkrerun.journal import (
     RunEnd,
     RunRecord,
     UnitState,
+    VerifyEnd,
+    VerifyRecord,
     held_by,
     read_records_at,
     read_state,
@@ -189,6 +191,26 @@ class LastRun:
 
 
 @dataclass(frozen=True, slots=True)
+class Invocation:
+    """One ``run`` or ``verify`` command the journal records, for the history a review reads:
+    when it started, how it ended (``end`` None: it recorded none, because it was killed or
+    crashed, or it still goes on), who ran it where, and with which flags and settings."""
+
+    command: Literal["run", "verify"]
+    n: int
+    started: float
+    pid: int | None
+    options: dict[str, Any]
+    end: RunEnd | VerifyEnd | None
+    # A run's manifest as given and its digest, and the units not yet sent at its start;
+    # a verify's held units at its start.
+    manifest: str | None = None
+    manifest_sha256: str | None = None
+    pending: int | None = None
+    held: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSummary:
     """A journal summed up. Unit counts (``done`` ...) count units of work (an instance, or
     a window chunk); ``requests``, ``attempts`` and ``accepted`` count API requests.
@@ -232,6 +254,8 @@ class StatusSummary:
     # run more than once. Counted when the whole journal is read (``status``), else None.
     accepted_after_unknown: int | None = None
     last_run: LastRun | None = None
+    # Every run and verify the journal records, in the order they started.
+    history: list[Invocation] = field(default_factory=list)
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -579,7 +603,13 @@ def _last_flags(state: JournalState) -> list[tuple[str, str | None]]:
     commands that carry it on: without them a step would run at the default pace, or be
     refused for another endpoint. Nothing for a journal written before they were recorded,
     or whose record is not as written."""
-    recorded = state.runs[-1].options.get("flags") if state.runs else None
+    return _recorded_flags(state.runs[-1].options) if state.runs else []
+
+
+def _recorded_flags(options: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The flags a ``run`` or ``verify`` record's ``options`` say it was given; nothing when
+    they are not recorded, or not as written."""
+    recorded = options.get("flags")
     if not isinstance(recorded, list):
         return []
     pairs = []
@@ -784,7 +814,50 @@ def summarize(
         last_run=LastRun(state.runs[-1].n, state.runs[-1].wall, _last_end(state))
         if state.runs
         else None,
+        history=_history(state),
     )
+
+
+# The one-shot flags of `run`: its record keeps them as options, not among the flags that
+# carry on to the next command (see cli._ONE_SHOT_FLAGS), but its history line names them.
+_ONE_SHOT_OPTIONS = (
+    ("resend_held", "--resend-held"),
+    ("retry_failed", "--retry-failed"),
+    ("reselect", "--reselect"),
+)
+
+
+def _history(state: JournalState) -> list[Invocation]:
+    """The journal's runs and verifications, in the order they started (one at a time: each
+    holds the journal's lock)."""
+    runs = [
+        Invocation(
+            "run",
+            r.n,
+            r.wall,
+            r.pid,
+            r.options,
+            state.ends.get(r.n),
+            manifest=r.manifest_name,
+            manifest_sha256=r.manifest_sha256,
+            pending=r.pending,
+        )
+        for r in state.runs
+    ]
+    verifications = [_verify_invocation(v, state.verify_ends.get(v.n)) for v in state.verifications]
+    return sorted([*runs, *verifications], key=lambda i: i.started)
+
+
+def _verify_invocation(v: VerifyRecord, end: VerifyEnd | None) -> Invocation:
+    return Invocation("verify", v.n, v.wall, v.pid, v.options, end, held=v.held)
+
+
+def _flags_given(inv: Invocation) -> list[tuple[str, str | None]]:
+    """The flags ``inv`` was given, as far as its record says, one-shot ones included."""
+    flags = _recorded_flags(inv.options)
+    if inv.command == "run":
+        flags += [(flag, None) for key, flag in _ONE_SHOT_OPTIONS if inv.options.get(key) is True]
+    return flags
 
 
 def _flying_since(state: JournalState, holder: Holder | None) -> float | None:
@@ -870,6 +943,8 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "accepted": summary.accepted,
         "runs": summary.runs,
         "last_run": _last_run_object(summary.last_run),
+        "last_verify": None if (v := _last_verify(summary)) is None else _invocation_object(v),
+        "history": [_invocation_object(inv) for inv in summary.history],
         "accepted_after_unknown": summary.accepted_after_unknown,
         "first_time": _iso(summary.first_wall),
         "last_time": _iso(summary.last_wall),
@@ -880,6 +955,43 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "endpoint": summary.endpoint,
         "next_steps": summary.next_steps,
     }
+
+
+def _invocation_object(inv: Invocation) -> dict[str, Any]:
+    """A run or verify of the history as JSON: the keys of ``last_run`` and more."""
+    end = inv.end
+    obj: dict[str, Any] = {
+        "command": inv.command,
+        "n": inv.n,
+        "started": _iso(inv.started),
+        "ended": None if end is None else _iso(end.wall),
+        "exit_code": None if end is None else end.exit,
+        "stopped": None if end is None else end.stopped,
+        "message": None if end is None else end.message,
+        "pid": inv.pid,
+        "flags": [[flag, value] for flag, value in _flags_given(inv)],
+    }
+    if inv.command == "run":
+        obj |= {
+            "manifest": inv.manifest,
+            "manifest_sha256": inv.manifest_sha256,
+            "pending_at_start": inv.pending,
+        }
+    else:
+        decided = end if isinstance(end, VerifyEnd) else None
+        obj |= {
+            "held_at_start": inv.held,
+            "verified_done": None if decided is None else decided.verified_done,
+            "made_pending": None if decided is None else decided.made_pending,
+            "still_held": None if decided is None else decided.still_held,
+        }
+    obj["options"] = inv.options
+    return obj
+
+
+def _last_verify(summary: StatusSummary) -> Invocation | None:
+    verifications = [inv for inv in summary.history if inv.command == "verify"]
+    return verifications[-1] if verifications else None
 
 
 def _last_run_object(last: LastRun | None) -> dict[str, Any] | None:
@@ -913,6 +1025,57 @@ def _last_run_line(summary: StatusSummary) -> str | None:
     if end.stopped == "interrupted":
         return f"{run} was interrupted {_iso(end.wall)} ({end.message or 'a signal'})"
     return f"{run} stopped {_iso(end.wall)}: {end.message or end.stopped}"
+
+
+def _last_verify_line(summary: StatusSummary) -> str | None:
+    """How the last verification ended and what it decided, in words; None when there was
+    none, or while it goes on (it holds the journal)."""
+    last = _last_verify(summary)
+    if last is None or (summary.busy and last.end is None):
+        return None
+    verify = f"verify {last.n} (started {_iso(last.started)})"
+    end = last.end
+    if not isinstance(end, VerifyEnd):
+        return (
+            f"{verify} recorded no end: it was killed or crashed (what it had decided by "
+            "then is recorded; the held units it had not stay held)"
+        )
+    decided = ""
+    if end.verified_done is not None:
+        decided = (
+            f": {end.verified_done:,} made done, {end.made_pending:,} made pending, "
+            f"{end.still_held or 0:,} still held"
+        )
+    if end.stopped is None:
+        return f"{verify} ended {_iso(end.wall)}, exit {end.exit}{decided}"
+    if end.stopped == "interrupted":
+        return f"{verify} was interrupted {_iso(end.wall)} ({end.message or 'a signal'})"
+    return f"{verify} stopped {_iso(end.wall)}: {end.message or end.stopped}"
+
+
+def _history_lines(history: list[Invocation]) -> list[str]:
+    """One line per run or verify of the history, in columns: what, when it started, how it
+    ended, who ran it where, and the manifest and flags it was given."""
+    rows = []
+    for inv in history:
+        end = inv.end
+        if end is None:
+            how = "no end"
+        elif end.stopped is None:
+            how = f"exit {end.exit}"
+        else:
+            how = f"exit {end.exit} ({end.stopped})"
+        user, host = inv.options.get("user"), inv.options.get("host")
+        who = f"{user}@{host}" if user and host else "?"
+        words = [inv.manifest or ""] if inv.command == "run" else []
+        given = command_line(words, _flags_given(inv))
+        rows.append([f"{inv.command} {inv.n}", _iso(inv.started) or "", how, who, given])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append(("  " + "  ".join([*cells, row[4]])).rstrip())
+    return lines
 
 
 def render_status(summary: StatusSummary, console: Console) -> None:
@@ -965,6 +1128,14 @@ def render_status(summary: StatusSummary, console: Console) -> None:
         console.print("no request recorded yet")
     if (ended := _last_run_line(summary)) is not None:
         console.print(ended, markup=False, highlight=False)
+    if (verified := _last_verify_line(summary)) is not None:
+        console.print(verified, markup=False, highlight=False)
+    history = summary.history
+    if sum(inv.command == "run" for inv in history) > 1 or len(history) - summary.runs > 1:
+        # Only when the lines above do not say it all: status --json has every one.
+        console.print("runs (and verifications), with their flags:")
+        for line in _history_lines(history):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print("next:")
     for step in summary.next_steps:
         console.print(f"  - {escape(step)}", soft_wrap=True)

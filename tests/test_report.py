@@ -1471,3 +1471,89 @@ def test_the_new_columns_come_after_the_ones_scripts_read() -> None:
         "unknown_sends", "run", "unknown_request_ids",
     )  # fmt: skip
     assert REPORT_COLUMNS[23:] == ("jobs", "items", "failed_instances")
+
+
+def _options(user: str, *flags: list[str | None], **one_shots: bool) -> dict[str, Any]:
+    """A run record's options as `run` writes them (the ones the history reads)."""
+    return {"user": user, "host": "ops-1", "flags": [list(f) for f in flags], **one_shots}
+
+
+def test_status_lists_the_runs_and_verifications_with_their_flags(tmp_path: Path) -> None:
+    """Every run and verify, in order, with who ran it and the flags it was given (one-shot
+    ones too): in status --json always, in the plain status once there is more than one."""
+    path = tmp_path / "j"
+
+    async def first(j: Journal) -> None:
+        j.begin_run(RunInfo("m.toml", "", "", options=_options("ana", ["--rate", "5"])), wall=T0)
+        j.end_run(130, "interrupted", "SIGINT: finishing requests in flight", wall=T0 + 1)
+
+    run_journal(path, first)
+    con, buffer = console()
+    render_status(status(path), con)
+    assert "runs (and verifications)" not in buffer.getvalue()  # the last-run line says it
+    history = status_json(status(path))["history"]
+    assert [(h["command"], h["n"], h["exit_code"], h["flags"]) for h in history] == [
+        ("run", 1, 130, [["--rate", "5"]])
+    ]
+
+    async def second(j: Journal) -> None:
+        options = _options("bo", ["--rate", "7"], ["--watch", None], resend_held=True)
+        j.begin_run(RunInfo("again.toml", "", "", pending=2, options=options), wall=T0 + 60)
+        j.end_run(1, None, None, wall=T0 + 70)
+        j.begin_verify({"user": "cy", "host": "ops-2", "flags": []}, held=2, wall=T0 + 80)
+        j.end_verify(1, None, None, (1, 0, 1), wall=T0 + 81)
+
+    run_journal(path, second)
+    summary = status(path)
+    s = status_json(summary)
+    assert s["runs"] == 2  # the count stays what it was; the list is a key of its own
+    assert [(h["command"], h["n"], h["started"], h["exit_code"]) for h in s["history"]] == [
+        ("run", 1, "2024-11-26T05:46:40.000Z", 130),
+        ("run", 2, "2024-11-26T05:47:40.000Z", 1),
+        ("verify", 1, "2024-11-26T05:48:00.000Z", 1),
+    ]
+    run2 = s["history"][1]
+    assert run2["flags"] == [["--rate", "7"], ["--watch", None], ["--resend-held", None]]
+    assert (run2["manifest"], run2["pending_at_start"], run2["options"]["user"]) == (
+        "again.toml",
+        2,
+        "bo",
+    )
+    assert s["last_verify"] == s["history"][2]
+    assert (s["last_verify"]["verified_done"], s["last_verify"]["still_held"]) == (1, 1)
+    con, buffer = console()
+    render_status(summary, con)
+    text = buffer.getvalue()
+    assert (
+        "verify 1 (started 2024-11-26T05:48:00.000Z) ended 2024-11-26T05:48:01.000Z, exit 1: "
+        in text
+    )
+    listed = text.split("runs (and verifications), with their flags:\n", 1)[1].split("next:")[0]
+    assert [line.split() for line in listed.splitlines()] == [
+        [
+            "run",
+            "1",
+            "2024-11-26T05:46:40.000Z",
+            "exit",
+            "130",
+            "(interrupted)",
+            "ana@ops-1",
+            "m.toml",
+            "--rate",
+            "5",
+        ],
+        [
+            "run",
+            "2",
+            "2024-11-26T05:47:40.000Z",
+            "exit",
+            "1",
+            "bo@ops-1",
+            "again.toml",
+            "--rate",
+            "7",
+            "--watch",
+            "--resend-held",
+        ],
+        ["verify", "1", "2024-11-26T05:48:00.000Z", "exit", "1", "cy@ops-2"],
+    ]

@@ -1351,3 +1351,147 @@ def test_the_watch_of_one_rerun_instance_counts_it_in_the_singular() -> None:
     summary = WatchSummary(jobs={"ods_orders": Counter({"success": 1})})
     assert str(summary) == "watch: 1 rerun instance: 1 succeeded, 0 failed."
     assert _progress(summary).startswith("watch: 1 of 1 rerun instance finished (1 succeeded")
+
+
+# -- a verify's own record in the journal ----------------------------------------------------------
+
+
+def journal_records(path: Path, *kinds: str) -> list[dict[str, Any]]:
+    """The records of the journal at ``path`` of the given kinds, in order."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["t"] in kinds]
+
+
+async def test_a_verify_records_who_ran_it_how_and_what_it_decided(tmp_path: Path) -> None:
+    """Its start (the settings it reached the service with, never a secret) before its first
+    verdict, its end (exit code, what it decided) after the last; status says it."""
+    async with world(tmp_path, drop_after_accept=0.5, seed=4) as w:
+        with w.open_journal() as journal:
+            await w.send_each_once(journal)
+            held = journal.state().counts()[UnitState.HELD]
+        assert held > 0
+        code, out, err = await bulkrerun(tmp_path, w.srv.url, "verify", "j", "--rate", "50")
+        assert code == 0, out + err
+    records = journal_records(w.journal_path, "verify_start", "verify", "verify_end")
+    start, *verdicts, end = records
+    assert (start["t"], end["t"]) == ("verify_start", "verify_end")
+    assert [r["t"] for r in verdicts] == ["verify"] * held
+    assert (start["n"], start["held"]) == (1, held)
+    options = start["options"]
+    assert (options["endpoint"], options["project_id"]) == (w.srv.url, PROJECT)
+    assert (options["rate"], options["flags"]) == (50.0, [["--rate", "50"]])
+    assert options["auth"] == "AK/SK"
+    text = w.journal_path.read_text(encoding="utf-8")
+    assert "demo-secret-0123456789" not in text  # the SK of cli_env
+    assert start["wall"] <= end["wall"]
+    assert (end["n"], end["exit"], end["stopped"], end["message"]) == (1, 0, None, None)
+    assert (end["verified_done"], end["made_pending"], end["still_held"]) == (held, 0, 0)
+
+    code, out, _ = await bulkrerun(tmp_path, w.srv.url, "status", "j", "--json")
+    last = json.loads(out)["last_verify"]
+    assert (last["command"], last["n"], last["exit_code"]) == ("verify", 1, 0)
+    assert (last["verified_done"], last["still_held"], last["held_at_start"]) == (held, 0, held)
+    assert last["options"]["endpoint"] == w.srv.url
+    code, out, _ = await bulkrerun(tmp_path, w.srv.url, "status", "j")
+    said = " ".join(out.split())
+    assert (
+        f"verify 1 (started {last['started']}) ended {last['ended']}, exit 0: {held} made done, "
+        "0 made pending, 0 still held"
+    ) in said
+
+
+class _Silent:
+    """A TCP service on loopback that takes connections and never answers: a command asking
+    it waits until it is stopped. ``asked`` is set on the first connection."""
+
+    def __init__(self) -> None:
+        self.asked = anyio.Event()
+        self.url = ""
+
+    async def serve(self, listener: Any) -> None:
+        async def hold(stream: Any) -> None:
+            self.asked.set()
+            async with stream:
+                await anyio.sleep_forever()
+
+        await listener.serve(hold)
+
+
+async def held_journal(tmp_path: Path, url: str) -> Path:
+    """A journal bound to ``url`` whose window requests were sent an hour ago, answers
+    unknown: every unit held, old enough for a verify to ask about at once."""
+    manifest = window_manifest(tmp_path)
+    path = tmp_path / "j"
+    with Journal.open(path, Binding(PROJECT, url), tool_version="t") as journal:
+        journal.begin_run(RunInfo.from_manifest(manifest))
+        sent = datetime.now(UTC).timestamp() - 3600
+        for chunk in plan(load_manifest(manifest)):
+            await journal.intend(chunk, 1, sent)
+    return path
+
+
+async def test_a_verify_interrupted_or_killed_says_so_in_the_journal(tmp_path: Path) -> None:
+    """Interrupted, it records its end (130, the signal, nothing decided); killed, it cannot,
+    and its start shows it began: status tells the two apart, and lists both."""
+    silent = _Silent()
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as tg,
+    ):
+        # anyio's typed attribute, not Django's QuerySet.extra (what S610 is about).
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610
+        url = f"http://127.0.0.1:{port}"
+        tg.start_soon(silent.serve, listener)
+        path = await held_journal(tmp_path, url)
+        argv = [sys.executable, "-m", "bulkrerun", "verify", "j", "--rate", "5"]
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            silent.asked = anyio.Event()
+            async with await anyio.open_process(argv, cwd=tmp_path, env=cli_env(url)) as proc:
+                with anyio.fail_after(30):
+                    await silent.asked.wait()  # it is asking the list: mid-verify
+                proc.send_signal(sig)
+                assert await proc.wait() == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+        tg.cancel_scope.cancel()
+    starts = journal_records(path, "verify_start")
+    ends = journal_records(path, "verify_end")
+    assert [s["n"] for s in starts] == [1, 2]
+    assert [(e["n"], e["exit"], e["stopped"], e["message"]) for e in ends] == [
+        (1, 130, "interrupted", "SIGINT")
+    ]
+    assert ends[0]["verified_done"] is None  # it stopped before deciding
+    assert not journal_records(path, "verify")  # and decided nothing
+
+    _, out, _ = await bulkrerun(tmp_path, url, "status", "j", "--json")
+    s = json.loads(out)
+    assert s["held"] == WINDOW_CHUNKS  # as before either verify
+    history = [(h["command"], h["n"], h["exit_code"], h["stopped"]) for h in s["history"]]
+    assert history == [
+        ("run", 1, None, None),
+        ("verify", 1, 130, "interrupted"),
+        ("verify", 2, None, None),
+    ]
+    assert s["last_verify"]["n"] == 2
+    _, out, _ = await bulkrerun(tmp_path, url, "status", "j")
+    said = " ".join(out.split())
+    second = s["history"][2]["started"]
+    assert f"verify 2 (started {second}) recorded no end: it was killed or crashed" in said
+    assert "runs (and verifications), with their flags:" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  verify ")]
+    assert [line[:2] + line[3:5] for line in lines] == [
+        ["verify", "1", "exit", "130"],
+        ["verify", "2", "no", "end"],
+    ]
+    assert all(line[-2:] == ["--rate", "5"] for line in lines)
+
+
+async def test_a_verify_refused_records_why_it_stopped(tmp_path: Path) -> None:
+    async with FakeServer(FakeConfig(ak="OTHERAK000000000", sk="other-secret-0123456789")) as srv:
+        path = await held_journal(tmp_path, srv.url)
+        code, _, err = await bulkrerun(tmp_path, srv.url, "verify", "j")
+        assert code == 3, err
+        (end,) = journal_records(path, "verify_end")
+        assert (end["exit"], end["stopped"]) == (3, "auth_refused")
+        assert end["message"] in err
+        _, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j")
+    said = " ".join(out.split())
+    assert re.search(r"verify 1 \(started [^)]+\) stopped \S+: ", said), said
