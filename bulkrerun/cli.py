@@ -844,7 +844,11 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
         async with transport:
             selections = await _selections_for_run(manifest, journal, transport, args, pacer, clock)
             if args.verify_held:
-                await _verify_held(journal, transport, pacer, clock)
+                # On record as a verification of its own, with the run's flags: its verdicts
+                # come before the run's record.
+                asked = _verify_options(settings, endpoint, transport, args.flags)
+                verified, _ = await _recorded_verify(journal, transport, pacer, clock, asked)
+                err.print(str(verified), markup=False)
             state = journal.state()
             earlier = earlier_windows(journal.path, state, manifest)
             counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
@@ -1330,13 +1334,6 @@ def _notice(line: str) -> None:
     _log_command("notice", message=line)
 
 
-async def _verify_held(journal: Any, transport: Any, pacer: Any, clock: Any) -> None:
-    from bulkrerun.verify import verify_held
-
-    summary = await verify_held(journal, transport, pacer=pacer, clock=clock, on_notice=_notice)
-    err.print(str(summary), markup=False)
-
-
 async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> str | None:
     """Follow the reruns to a final status (``--watch``); the signal's name when SIGINT or
     SIGTERM stopped the following, else None.
@@ -1738,8 +1735,7 @@ async def _verify_only(
     path: Path, settings: Any, endpoint: str, flags: tuple[tuple[str, str | None], ...]
 ) -> int:
     from bulkrerun.clock import SystemClock
-    from bulkrerun.journal import Binding, Journal, UnitState
-    from bulkrerun.verify import VerifySummary, verify_held
+    from bulkrerun.journal import Binding, Journal
 
     journal = Journal.open(
         path,
@@ -1747,19 +1743,44 @@ async def _verify_only(
         tool_version=bulkrerun.__version__,
         create=False,  # a mistyped path must not become a new, empty journal
     )
-    summary: VerifySummary | None = None
-    ended: tuple[int, str | None, str | None] | None = None  # exit, stopped, message
     try:
         transport = _make_transport(settings, endpoint)
         pacer = _pacer(settings)
-        # Who verified, when, reaching which service how: on record before the first query,
-        # as a run's record is before its first request (see journal: verify_start).
-        held = journal.state().counts()[UnitState.HELD]
-        journal.begin_verify(_verify_options(settings, endpoint, transport, flags), held)
+        options = _verify_options(settings, endpoint, transport, flags)
         async with transport:
-            summary = await verify_held(
-                journal, transport, pacer=pacer, clock=SystemClock(), on_notice=_notice
+            summary, code = await _recorded_verify(
+                journal, transport, pacer, SystemClock(), options
             )
+    finally:
+        journal.close()
+    out.print(str(summary), markup=False)
+    _log_command(
+        "verify ended",
+        journal=str(path),
+        exit_code=code,
+        verified_done=summary.verified_done,
+        made_pending=summary.made_pending,
+        still_held=summary.still_held,
+        held_by_reason=dict(summary.reasons),
+    )
+    return code
+
+
+async def _recorded_verify(
+    journal: Any, transport: Any, pacer: Any, clock: Any, options: dict[str, Any]
+) -> tuple[Any, int]:
+    """Decide the journal's held units (``verify``, ``run --verify-held``) between a record
+    of who verified, when, reaching which service how, durable before the first query (as
+    a run's record is before its first request), and one of how it ended. Returns the
+    verification's summary and exit code (0 every held unit decided, else 1)."""
+    from bulkrerun.journal import UnitState
+    from bulkrerun.verify import verify_held
+
+    summary = None
+    ended: tuple[int, str | None, str | None] | None = None  # exit, stopped, message
+    journal.begin_verify(options, journal.state().counts()[UnitState.HELD])
+    try:
+        summary = await verify_held(journal, transport, pacer=pacer, clock=clock, on_notice=_notice)
         ended = (EXIT_OK if not summary.still_held else EXIT_SOME_FAILED, None, None)
     except BulkrerunError as exc:
         ended = (exc.exit_code, exc.stop if isinstance(exc, Fatal) else "error", str(exc))
@@ -1776,22 +1797,7 @@ async def _verify_only(
             if summary is not None:
                 decided = (summary.verified_done, summary.made_pending, summary.still_held)
             journal.end_verify(*ended, decided)
-        journal.close()
-    # Both set, or an exception went on.
-    assert summary is not None
-    assert ended is not None
-    out.print(str(summary), markup=False)
-    code = ended[0]
-    _log_command(
-        "verify ended",
-        journal=str(path),
-        exit_code=code,
-        verified_done=summary.verified_done,
-        made_pending=summary.made_pending,
-        still_held=summary.still_held,
-        held_by_reason=dict(summary.reasons),
-    )
-    return code
+    return summary, ended[0]
 
 
 # -- fake-server and demo ----------------------------------------------------------------------

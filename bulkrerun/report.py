@@ -1101,10 +1101,17 @@ def render_status(summary: StatusSummary, console: Console) -> None:
             f"{counted(summary.in_flight, 'unit')} in flight (no answer yet)"
         )
     elif summary.busy:
-        console.print(
-            f"{Holder(summary.holder_pid).who} holds this journal (a run, or a verify): these "
-            "numbers are of this moment"
-        )
+        verifying = _last_verify(summary)
+        if (
+            verifying is not None
+            and verifying.end is None
+            and summary.holder_pid is not None
+            and verifying.pid == summary.holder_pid
+        ):
+            what = f"a verify (pid {summary.holder_pid}, verify {verifying.n}) holds this journal"
+        else:
+            what = f"{Holder(summary.holder_pid).who} holds this journal (a run, or a verify)"
+        console.print(f"{what}: these numbers are of this moment")
     for code, n in summary.failed_by_code.items():
         console.print(f"  failed [red]{escape(code)}[/]: {n:,}")
     if summary.requests:

@@ -923,6 +923,17 @@ def test_held_units_verify_held_cannot_decide_are_explained_not_sent_to_verify_a
     assert "could not decide them (see above), or add --resend-held" in err
     assert "Check with --verify-held" not in err
     assert len(srv.ledger()) == 2  # nothing sent again
+    # The verification is on record as one of its own, with the run's flags, before the
+    # run's record: who decided (here: could not decide) the held units, and how it ended.
+    records = [json.loads(line) for line in j.read_text().splitlines()]
+    kinds = [r["t"] for r in records if r["t"] in ("run", "verify_start", "verify_end")]
+    assert kinds == ["run", "verify_start", "verify_end", "run"]
+    start = next(r for r in records if r["t"] == "verify_start")
+    end = next(r for r in records if r["t"] == "verify_end")
+    assert start["held"] == 2
+    assert ["--verify-held", None] in start["options"]["flags"]
+    assert (end["exit"], end["stopped"], end["still_held"]) == (1, None, 2)
+    assert status_of(cli, j)["last_verify"]["n"] == 1
 
 
 def overlap_warnings(stderr: str) -> list[str]:

@@ -1430,6 +1430,11 @@ async def held_journal(tmp_path: Path, url: str) -> Path:
     return path
 
 
+def starts_pid(path: Path) -> int:
+    """The pid the journal's first verify recorded at its start."""
+    return int(journal_records(path, "verify_start")[0]["pid"])
+
+
 async def test_a_verify_interrupted_or_killed_says_so_in_the_journal(tmp_path: Path) -> None:
     """Interrupted, it records its end (130, the signal, nothing decided); killed, it cannot,
     and its start shows it began: status tells the two apart, and lists both."""
@@ -1449,9 +1454,13 @@ async def test_a_verify_interrupted_or_killed_says_so_in_the_journal(tmp_path: P
             async with await anyio.open_process(argv, cwd=tmp_path, env=cli_env(url)) as proc:
                 with anyio.fail_after(30):
                     await silent.asked.wait()  # it is asking the list: mid-verify
+                if sig == signal.SIGINT:  # status, meanwhile, names what holds the journal
+                    _, out, _ = await bulkrerun(tmp_path, url, "status", "j")
+                    holding = " ".join(out.split())
                 proc.send_signal(sig)
                 assert await proc.wait() == (130 if sig == signal.SIGINT else -signal.SIGKILL)
         tg.cancel_scope.cancel()
+    assert f"a verify (pid {starts_pid(path)}, verify 1) holds this journal" in holding
     starts = journal_records(path, "verify_start")
     ends = journal_records(path, "verify_end")
     assert [s["n"] for s in starts] == [1, 2]
