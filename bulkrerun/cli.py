@@ -682,7 +682,7 @@ def _verify_options(
     settings: Any, endpoint: str, transport: Any, flags: tuple[tuple[str, str | None], ...]
 ) -> dict[str, Any]:
     """What a ``verify`` records of itself (see journal: verify_start): the service it
-    reaches and how, at which pace, and who ran it where. No secret: the auth is its kind."""
+    reaches, at which pace, and :func:`_who_and_how`."""
     return {
         "endpoint": endpoint,
         "project_id": settings.project_id,
@@ -690,6 +690,17 @@ def _verify_options(
         "burst": settings.burst,
         "timeout": settings.timeout,
         "max_attempts": settings.max_attempts,
+        **_who_and_how(settings, transport, flags),
+    }
+
+
+def _who_and_how(
+    settings: Any, transport: Any, flags: tuple[tuple[str, str | None], ...]
+) -> dict[str, Any]:
+    """What the record of a run or a verify says of who ran it where, with which flags, and
+    how it authenticated and trusted the service: a review asks, and one with TLS
+    verification off should say so. No secret: the auth is its kind."""
+    return {
         "proxy": transport.proxy.shown if transport.proxy is not None else None,
         "flags": [list(pair) for pair in flags],
         "tool_version": bulkrerun.__version__,
@@ -875,17 +886,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 "canary": args.canary,
                 "grace": args.grace,
                 "outage_stop": args.outage_stop,
-                "proxy": transport.proxy.shown if transport.proxy is not None else None,
-                "flags": [list(pair) for pair in args.flags],
-                "tool_version": bulkrerun.__version__,
-                "pid": os.getpid(),
-                # Who ran it, where, and how it authenticated and trusted the service: a
-                # review asks, and a run with TLS verification off should say so.
-                "user": _user(),
-                "host": socket.gethostname(),
-                "auth": transport.auth.kind(),
-                "verify_tls": settings.verify_tls,
-                "ca_bundle": str(settings.ca_bundle) if settings.ca_bundle else None,
+                **_who_and_how(settings, transport, args.flags),
             }
             if args.log_chunks:
                 _log_run(
