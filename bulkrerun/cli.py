@@ -566,9 +566,10 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
     if last is not None and last.last is not None:
         out.print(f"last request:  {_describe(last.last, last.timezone)}", markup=False)
     seconds = requests / settings.rate
+    took = "under a second" if 0 < seconds < 0.5 else f"about {duration(seconds)}"  # not "0s"
     out.print(
         f"{counted(requests, 'request')} to {where}, project {settings.project_id or '(not set)'}; "
-        f"at {settings.rate:g} requests/s that takes about {duration(seconds)}.",
+        f"at {settings.rate:g} requests/s that takes {took}.",
         markup=False,
     )
     return requests

@@ -683,6 +683,7 @@ def test_plan_of_one_instance_in_one_request_counts_them_in_the_singular(
     assert "1 request to" in text
     assert "1 instances" not in text
     assert "1 requests" not in text
+    assert "at 10 requests/s that takes under a second." in text  # not "about 0s"
 
 
 def test_what_a_run_sends_counts_one_unit_in_the_singular(
