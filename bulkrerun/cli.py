@@ -49,7 +49,7 @@ from bulkrerun.errors import (
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
 from bulkrerun.interrupt import interrupt as _interrupt
-from bulkrerun.text import counted, duration, run_command
+from bulkrerun.text import ONE_SHOT_FLAGS, counted, duration, run_command
 
 app = typer.Typer(
     name="bulkrerun",
@@ -770,9 +770,6 @@ def _make_transport(settings: Any, endpoint: str | None = None) -> Any:
 # One-shot decisions about units recorded before: a resume command that repeated them would
 # apply them to what this run leaves behind, e.g. send again units held by the interruption.
 # (--verify-held only reads the instances' state: repeating it is safe, and it stays.)
-_ONE_SHOT_FLAGS = ("--resend-held", "--retry-failed", "--reselect")
-
-
 def _given_flags(
     options: dict[str, Any], switches: Sequence[str]
 ) -> tuple[tuple[str, str | None], ...]:
@@ -791,15 +788,7 @@ def _given_flags(
 def _print_resume_command(args: RunArgs, lead: str) -> None:
     # No markup: a path like "rerun[prod].journal" is a file name, not a style tag.
     err.print(f"{lead}\n  {args.resume}", markup=False, soft_wrap=True)
-    left_out = [
-        flag
-        for flag, given in zip(
-            _ONE_SHOT_FLAGS,
-            (args.resend_held, args.retry_failed, args.reselect),
-            strict=True,
-        )
-        if given
-    ]
+    left_out = [flag for name, flag in ONE_SHOT_FLAGS if getattr(args, name)]
     if left_out:
         err.print(
             f"  (without {', '.join(left_out)}: add {'it' if len(left_out) == 1 else 'them'} "

@@ -125,7 +125,7 @@ from bulkrerun.journal import (
 )
 from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
 from bulkrerun.reference import FAILED_STATUSES
-from bulkrerun.text import command_line, counted, run_command
+from bulkrerun.text import ONE_SHOT_FLAGS, command_line, counted, run_command
 from bulkrerun.watchlog import WatchRecord, read_watch
 
 if TYPE_CHECKING:
@@ -818,15 +818,6 @@ def summarize(
     )
 
 
-# The one-shot flags of `run`: its record keeps them as options, not among the flags that
-# carry on to the next command (see cli._ONE_SHOT_FLAGS), but its history line names them.
-_ONE_SHOT_OPTIONS = (
-    ("resend_held", "--resend-held"),
-    ("retry_failed", "--retry-failed"),
-    ("reselect", "--reselect"),
-)
-
-
 def _history(state: JournalState) -> list[Invocation]:
     """The journal's runs and verifications, in the order they started (one at a time: each
     holds the journal's lock)."""
@@ -856,7 +847,8 @@ def _flags_given(inv: Invocation) -> list[tuple[str, str | None]]:
     """The flags ``inv`` was given, as far as its record says, one-shot ones included."""
     flags = _recorded_flags(inv.options)
     if inv.command == "run":
-        flags += [(flag, None) for key, flag in _ONE_SHOT_OPTIONS if inv.options.get(key) is True]
+        # Its record keeps them as options, not among the flags that carry on.
+        flags += [(flag, None) for key, flag in ONE_SHOT_FLAGS if inv.options.get(key) is True]
     return flags
 
 
@@ -1013,18 +1005,11 @@ def _last_run_line(summary: StatusSummary) -> str | None:
     last = summary.last_run
     if last is None or (summary.busy and last.end is None):
         return None
-    end = last.end
-    run = f"run {last.n} (started {_iso(last.started)})"
-    if end is None:
-        return (
-            f"{run} recorded no end: it was killed or crashed (what it sent and had no "
-            "answer for is held; the same command resumes)"
-        )
-    if end.stopped is None:
-        return f"{run} ended {_iso(end.wall)}, exit {end.exit}"
-    if end.stopped == "interrupted":
-        return f"{run} was interrupted {_iso(end.wall)} ({end.message or 'a signal'})"
-    return f"{run} stopped {_iso(end.wall)}: {end.message or end.stopped}"
+    return _ended_line(
+        f"run {last.n} (started {_iso(last.started)})",
+        last.end,
+        "what it sent and had no answer for is held; the same command resumes",
+    )
 
 
 def _last_verify_line(summary: StatusSummary) -> str | None:
@@ -1033,24 +1018,33 @@ def _last_verify_line(summary: StatusSummary) -> str | None:
     last = _last_verify(summary)
     if last is None or (summary.busy and last.end is None):
         return None
-    verify = f"verify {last.n} (started {_iso(last.started)})"
-    end = last.end
-    if not isinstance(end, VerifyEnd):
-        return (
-            f"{verify} recorded no end: it was killed or crashed (what it had decided by "
-            "then is recorded; the held units it had not stay held)"
-        )
+    end = last.end if isinstance(last.end, VerifyEnd) else None
     decided = ""
-    if end.verified_done is not None:
+    if end is not None and end.verified_done is not None:
         decided = (
             f": {end.verified_done:,} made done, {end.made_pending:,} made pending, "
             f"{end.still_held or 0:,} still held"
         )
+    return _ended_line(
+        f"verify {last.n} (started {_iso(last.started)})",
+        end,
+        "what it had decided by then is recorded; the held units it had not stay held",
+        decided,
+    )
+
+
+def _ended_line(
+    what: str, end: RunEnd | VerifyEnd | None, if_no_end: str, decided: str = ""
+) -> str:
+    """How a run or a verify (``what``) ended, by its end record (None: it recorded none,
+    and ``if_no_end`` says what that leaves); ``decided`` follows a normal end's exit."""
+    if end is None:
+        return f"{what} recorded no end: it was killed or crashed ({if_no_end})"
     if end.stopped is None:
-        return f"{verify} ended {_iso(end.wall)}, exit {end.exit}{decided}"
+        return f"{what} ended {_iso(end.wall)}, exit {end.exit}{decided}"
     if end.stopped == "interrupted":
-        return f"{verify} was interrupted {_iso(end.wall)} ({end.message or 'a signal'})"
-    return f"{verify} stopped {_iso(end.wall)}: {end.message or end.stopped}"
+        return f"{what} was interrupted {_iso(end.wall)} ({end.message or 'a signal'})"
+    return f"{what} stopped {_iso(end.wall)}: {end.message or end.stopped}"
 
 
 def _history_lines(history: list[Invocation]) -> list[str]:

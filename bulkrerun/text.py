@@ -5,6 +5,14 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
+# The one-shot flags of `run` (the RunArgs field or run record option, and the flag): a
+# command that carries a run on leaves them out, and says so; a run's history names them.
+ONE_SHOT_FLAGS = (
+    ("resend_held", "--resend-held"),
+    ("retry_failed", "--retry-failed"),
+    ("reselect", "--reselect"),
+)
+
 
 def counted(n: int, noun: str) -> str:
     """``1 unit``, ``1,204 units``: the noun's plural is the noun and an ``s``."""
