@@ -481,7 +481,7 @@ class Engine:
         )
 
     def _outage(self, outcome: Outcome) -> None:
-        """A failure not acted on (a 502/503, a connection that failed) after the service
+        """A failure not acted on (a 503, a connection that failed) after the service
         had answered: past ``outage_stop`` seconds of nothing else, stop the run."""
         now = self._clock.now()
         if self._failing_since is None:

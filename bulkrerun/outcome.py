@@ -6,10 +6,10 @@ kind          meaning
 ``DONE``      200: the service accepted the rerun.
 ``FAILED``    a definite refusal by the service (400 ``DLF.*``, other 4xx): it did
               not act and will not act if asked again unchanged. Final for this run.
-``RETRY``     the request was not acted on (connect error, 429, 502, 503): send again
+``RETRY``     the request was not acted on (connect error, 408, 429, 503): send again
               after a backoff. Safe because nothing was started.
 ``HELD``      sent, but whether the service acted is unknown (timeout or connection lost
-              after the request was written, 500, 504). Never retried blindly: a rerun
+              after the request was written, 500, 502, 504). Never retried blindly: a rerun
               sent twice runs twice.
 ``FATAL``     401/403: credentials or permissions are wrong. Not an outcome of the unit:
               the run aborts and the unit stays pending.

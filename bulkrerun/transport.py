@@ -15,13 +15,16 @@ what came back                           kind      why
                                                    (under AK/SK, the reason says when the
                                                    answer's ``Date`` shows our clock is off)
 429                                      RETRY     throttled at the gateway before the service
-408, 502, 503                            RETRY     the gateway did not get the request to the back
+408, 503                                 RETRY     the gateway did not get the request to the back
                                                    end (or asks to send again): nothing started
 other 4xx (400 ``DLF.*``, 409, ...)      FAILED    a definite refusal; sending it again unchanged
                                                    gets the same answer
 404, 405 without a ``DLF.*`` code        FAILED    not the service's: no such API at the gateway
                                                    (``APIG.0101``); a run stops, as for a 3xx
-500, 504, other 5xx                      HELD      the back end may have started the rerun
+500, 502, 504, other 5xx                 HELD      the back end may have started the rerun: a 502
+                                                   is a gateway that passed the request on and got
+                                                   no valid answer (the back end reset or died
+                                                   after taking it), not one that sent nothing
 1xx, 600 and above                       HELD      not an answer HTTP knows: unknown whether it ran
 connect error, connect timeout           RETRY     the request never left this machine
 read timeout, connection lost after      HELD      the request was written; whether the service
@@ -58,7 +61,7 @@ from bulkrerun.pacing import parse_retry_after
 from bulkrerun.planner import request_headers, request_path
 from bulkrerun.text import counted
 
-RETRY_STATUSES = frozenset({408, 429, 502, 503})
+RETRY_STATUSES = frozenset({408, 429, 503})  # not 502: see the module table
 FATAL_STATUSES = frozenset({401, 403})
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection, at most half the request timeout
 MAX_ERROR_BODY = 64 * 1024  # an error body larger than this is cut: messages, not payloads

@@ -34,9 +34,9 @@ def body(code: str, msg: str) -> bytes:
         (403, Kind.FATAL),
         (408, Kind.RETRY),
         (429, Kind.RETRY),
-        (502, Kind.RETRY),
         (503, Kind.RETRY),
         (500, Kind.HELD),
+        (502, Kind.HELD),  # the gateway passed it on and got no valid answer: it may have run
         (504, Kind.HELD),
         (599, Kind.HELD),
         (301, Kind.FAILED),  # redirects are not followed: not acted on
@@ -126,7 +126,7 @@ def test_service_text_is_one_line_with_its_breaks_spelled_out_after_scrubbing() 
 
 
 def test_non_json_error_body_is_kept_as_text() -> None:
-    out = classify_status(502, b"<html>bad gateway</html>", {}, WALL, [])
+    out = classify_status(503, b"<html>bad gateway</html>", {}, WALL, [])
     assert out.kind is Kind.RETRY
     assert "bad gateway" in (out.error_msg or "")
 
