@@ -30,6 +30,8 @@ connect error, connect timeout           RETRY     the request never left this m
 read timeout, connection lost after      HELD      the request was written; whether the service
 writing, broken response                           acted is unknown, and a rerun sent twice runs
                                                    twice
+a status line, then its body cut off     as its     the status is the answer, the body only says
+or late                                  status    why (a 2xx is done, a 400 failed, a 503 retried)
 =======================================  ========  ==============================================
 """
 
@@ -74,6 +76,7 @@ refusal says so. The gateway refuses AK/SK signatures dated more than 15 minutes
 own time; a ``Date`` is to the second and an answer takes a moment to come, so a clock
 5 minutes off is told, one a few seconds off is not."""
 _DONE = Kind.DONE  # once per request: a global is cheaper than the class's member
+_FATAL = Kind.FATAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +537,7 @@ class HttpTransport:
                 status = resp.status
                 limit = MAX_LIST_BODY if want_body else MAX_ERROR_BODY
                 cut = False
+                broken = None  # why the body did not arrive whole, when it did not
                 try:
                     length = resp.content_length
                     if length is not None and length <= limit:  # the usual answer: said, small
@@ -541,11 +545,14 @@ class HttpTransport:
                     else:
                         data, cut = await _read_at_most(resp, limit)
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    if 200 <= status < 300 and not want_body:
-                        data = b""  # the status line already said accepted
-                    else:
+                    if want_body and 200 <= status < 300:  # a page that did not come whole
                         elapsed = time.perf_counter() - started
                         return _with_elapsed(classify_exception(exc), elapsed), None
+                    # The status line is the answer; the body only explains it. A 400 whose
+                    # body was cut is still a refusal, a 503 still not acted on, a 401 still
+                    # the credentials: held without a status, they said "unknown whether it
+                    # ran", and a 401 did not stop the run.
+                    data, broken = b"", type(exc).__name__
                 elapsed = time.perf_counter() - started
                 outcome = classify_status(
                     status,
@@ -557,6 +564,11 @@ class HttpTransport:
                     echoable=self._echoable,
                     signed=self._signed,
                 )
+                if broken is not None and outcome.kind is not _DONE and outcome.kind is not _FATAL:
+                    # Not a FATAL's reason: the engine reads a clock's drift after its colon.
+                    outcome = outcome._replace(
+                        reason=f"{outcome.reason} (its body did not arrive whole: {broken})"
+                    )
                 if want_body and outcome.kind is Kind.DONE:
                     try:
                         if cut:  # a page cut short cannot be read
