@@ -58,7 +58,14 @@ from yarl import URL
 from bulkrerun import signing
 from bulkrerun.chunk import Chunk
 from bulkrerun.errors import SettingsError
-from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED, TIMED_OUT, Kind, Outcome
+from bulkrerun.outcome import (
+    PROXY_AUTH_REQUIRED,
+    PROXY_REFUSED,
+    TIMED_OUT,
+    Kind,
+    Outcome,
+    wrong_endpoint,
+)
 from bulkrerun.pacing import parse_retry_after
 from bulkrerun.planner import request_headers, request_path
 from bulkrerun.text import counted
@@ -75,6 +82,7 @@ CLOCK_OFF_AFTER = 300.0
 refusal says so. The gateway refuses AK/SK signatures dated more than 15 minutes from its
 own time; a ``Date`` is to the second and an answer takes a moment to come, so a clock
 5 minutes off is told, one a few seconds off is not."""
+NOT_THE_SERVICE = "not the service's answer (no such API here): is the endpoint right?"
 _DONE = Kind.DONE  # once per request: a global is cheaper than the class's member
 _FATAL = Kind.FATAL
 
@@ -179,7 +187,10 @@ def classify_status(
     elif status == PROXY_AUTH_REQUIRED:  # a proxy's answer, never the service's
         kind, reason = Kind.FATAL, PROXY_REFUSED
     elif 400 <= status < 500:
-        kind, reason = Kind.FAILED, "refused by the service"
+        kind = Kind.FAILED
+        # A 404 or 405 without a DLF code is not the service's (see wrong_endpoint): its
+        # unit's reason said "refused by the service", against the run's stop.
+        reason = NOT_THE_SERVICE if wrong_endpoint(status, code) else "refused by the service"
     elif 300 <= status < 400:
         # Not followed: the request and its credentials would go wherever the answer says.
         where = _service_text(headers.get("Location") or "nowhere", secrets, 200)

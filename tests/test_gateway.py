@@ -229,6 +229,10 @@ async def test_each_answer_of_a_gateway_is_classified_by_what_it_says_of_the_rer
     if 300 <= status < 400:
         assert "not followed" in out.reason
     assert wrong_endpoint(out.status, out.error_code) is (case in WRONG_ENDPOINT)
+    if case in WRONG_ENDPOINT:  # as the run's stop says it, and the report after it
+        assert out.reason.endswith("is the endpoint right?"), out.reason
+    if status in (404, 405, 413) and case not in WRONG_ENDPOINT:
+        assert out.reason == "refused by the service"
     if case == "429-seconds":
         assert out.retry_after == 7.0
     if case == "429-date":
