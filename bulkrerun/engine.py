@@ -398,18 +398,22 @@ class Engine:
             self._held_in_a_row += 1
             limit = self._max_inflight + HELD_IN_A_ROW_BEYOND_INFLIGHT
             if self._held_in_a_row >= limit and self.result.fatal is None:
+                # A gateway's 502/504 is an answer: the timeout is not what to check then.
+                if outcome.status is None:
+                    what, check = "the service does not answer", "the service and BULKRERUN_TIMEOUT"
+                else:
+                    what, check = "the service keeps failing", "the service's health"
                 self._fatal(
                     Unanswered(
-                        f"the service does not answer: {self._held_in_a_row} requests in a "
-                        f"row were sent and got no definite answer (the last: "
-                        f"{outcome.reason}). Each is held, as its rerun may have started; the "
-                        "run stopped rather than hold more. Check the service and "
-                        "BULKRERUN_TIMEOUT, then run the same command again: held units are "
+                        f"{what}: {self._held_in_a_row} requests in a row were sent and got "
+                        f"no definite answer (the last: {outcome.reason}). Each is held, as "
+                        "its rerun may have started; the run stopped rather than hold more. "
+                        f"Check {check}, then run the same command again: held units are "
                         "not resent; decide them first with --verify-held (or `bulkrerun "
                         "verify`).",
                         timed_out=outcome.reason == TIMED_OUT,
                     ),
-                    "the service does not answer",
+                    what,
                 )
             return "held", 0.0
         if kind is Kind.FATAL:

@@ -504,6 +504,20 @@ async def test_held_answers_in_a_row_stop_the_run_rather_than_hold_more() -> Non
     assert states["held"] == sent and set(states) <= {"held", "pending"}
 
 
+async def test_held_gateway_answers_in_a_row_stop_without_blaming_the_timeout() -> None:
+    # A 502 or 504 from the gateway is an answer, if not a definite one: the stop says the
+    # service keeps failing and points at its health, not at BULKRERUN_TIMEOUT.
+    journal = MemoryJournal()
+    bad = Outcome(Kind.HELD, status=502, reason="502 Bad Gateway: the back end may have run it")
+    transport = ScriptedTransport(journal, {i: [bad] for i in range(100)})
+    result = await engine_for(100, transport, journal, [], inflight=2).run()
+    assert isinstance(result.fatal, Unanswered) and not result.fatal.timed_out
+    message = str(result.fatal)
+    assert message.startswith("the service keeps failing: 5 requests in a row")
+    assert "the service's health" in message and "BULKRERUN_TIMEOUT" not in message
+    assert result.held == len(transport.sent) and len(set(transport.sent)) == result.held
+
+
 async def test_connect_errors_after_the_service_answered_are_retried_not_fatal() -> None:
     journal = MemoryJournal()
     refused = Outcome(Kind.RETRY, reason="could not connect")
