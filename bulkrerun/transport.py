@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import html
 import ipaddress
 import json
+import re
 import ssl
 import time
 import unicodedata
@@ -263,7 +265,7 @@ def _error_fields(body: bytes, secrets: list[str]) -> tuple[str | None, str | No
         parsed = json.loads(body[:MAX_ERROR_BODY])
     except ValueError:
         # Scrubbed whole, then cut: a secret across the cut would no longer match.
-        text = body[:MAX_ERROR_BODY].decode("utf-8", "replace")
+        text = _page_words(body[:MAX_ERROR_BODY].decode("utf-8", "replace"))
         return None, _service_text(text, secrets, 500)
     if not isinstance(parsed, dict):
         return None, _service_text(str(parsed), secrets, 500)
@@ -273,6 +275,29 @@ def _error_fields(body: bytes, secrets: list[str]) -> tuple[str | None, str | No
         _service_text(str(code), secrets, MAX_ID) if code is not None else None,
         _service_text(str(msg), secrets, MAX_MESSAGE) if msg is not None else None,
     )
+
+
+_HTML_START = re.compile(r"\s*(<!doctype html|<html)", re.IGNORECASE)
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_HTML_NOT_SHOWN = re.compile(
+    r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL
+)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def _page_words(text: str) -> str:
+    """A load balancer's or gateway's HTML error page as the words a browser would show:
+    ``HTML page: 502 Bad Gateway`` (its title, else its text), not 500 characters of markup
+    in the stop message, the report and the journal. Any other text is as it came.
+
+    Regular expressions, not an HTML parser: the page is read for a person, the title is
+    all it needs, and an error page malformed enough to fool them still reads as text."""
+    if not _HTML_START.match(text):
+        return text
+    title = _HTML_TITLE.search(text)
+    words = title.group(1) if title else _HTML_TAG.sub(" ", _HTML_NOT_SHOWN.sub(" ", text))
+    words = " ".join(html.unescape(words).split())
+    return f"HTML page: {words}" if words else "HTML page"
 
 
 def _service_text(text: str, secrets: list[str], limit: int) -> str:

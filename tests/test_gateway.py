@@ -23,7 +23,7 @@ from aiohttp import web
 
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id
 from bulkrerun.outcome import Kind, wrong_endpoint
-from bulkrerun.transport import MAX_ERROR_BODY, Auth, HttpTransport
+from bulkrerun.transport import MAX_ERROR_BODY, Auth, HttpTransport, _error_fields
 from tests.conftest import Cli, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -233,6 +233,10 @@ async def test_each_answer_of_a_gateway_is_classified_by_what_it_says_of_the_rer
         assert out.reason.endswith("is the endpoint right?"), out.reason
     if status in (404, 405, 413) and case not in WRONG_ENDPOINT:
         assert out.reason == "refused by the service"
+    if case == "502-html":  # the page's title, not its markup
+        assert out.error_msg == "HTML page: 502 Bad Gateway", out.error_msg
+    if case == "503-html":
+        assert out.error_msg == "HTML page: 503 Unavailable", out.error_msg
     if case == "429-seconds":
         assert out.retry_after == 7.0
     if case == "429-date":
@@ -291,3 +295,20 @@ async def test_a_run_holds_a_502_and_keeps_the_status_of_an_answer_cut_short(
     assert (rows["502-html"]["state"], rows["502-html"]["status"]) == ("held", 502)
     assert (rows["400-reset"]["state"], rows["400-reset"]["status"]) == ("failed", 400)
     assert "its body did not arrive whole" in rows["400-reset"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("page", "shown"),
+    [
+        (NGINX_502.decode(), "HTML page: 502 Bad Gateway"),
+        (
+            "<!DOCTYPE html><html><head><style>p {}</style><script>x()</script></head>"
+            "<body><p>Service &amp; gateway\n   unavailable</p><!-- id 7 --></body></html>",
+            "HTML page: Service & gateway unavailable",
+        ),
+        ("<html><body></body></html>", "HTML page"),
+        ("upstream connect error <not html>", "upstream connect error <not html>"),
+    ],
+)
+def test_an_html_error_page_reads_as_the_words_it_shows(page: str, shown: str) -> None:
+    assert _error_fields(page.encode(), []) == (None, shown)
