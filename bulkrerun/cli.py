@@ -1744,7 +1744,6 @@ async def _verify_only(
             )
     finally:
         journal.close()
-    out.print(str(summary), markup=False)
     _log_command(
         "verify ended",
         journal=str(path),
@@ -1754,6 +1753,10 @@ async def _verify_only(
         still_held=summary.still_held,
         held_by_reason=dict(summary.reasons),
     )
+    # Its verdicts are in the journal by now: a reader gone away (`| head`) leaves the exit
+    # code the verdicts', and a full disk under `> verify.txt` is said in one line.
+    with _writing_stdout():
+        out.print(str(summary), markup=False)
     return code
 
 

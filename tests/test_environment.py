@@ -1,0 +1,63 @@
+"""A machine that is not kind at 3 a.m.: output that cannot be written, too few files, a
+terminal that cannot draw. Each command says what happened, exits with the contract's code
+and leaves the journal sound."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Cli, Service, write_manifest
+
+BULKRERUN = [sys.executable, "-m", "bulkrerun"]
+
+INSTANCES = """
+[[instances]]
+job_name = "ods_payments"
+batch = 1
+items = [
+  { job_id = 917567, plan_time = 1732601580000, submit_time = 1732239754684 },
+  { job_id = 917568, plan_time = 1732601580000, submit_time = 1732239754684 },
+]
+"""
+
+
+def _history(cli: Cli, journal: Path, url: str) -> list[dict[str, object]]:
+    out = cli("status", str(journal), "--json", url=url)
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout)["history"])
+
+
+def test_verify_whose_output_cannot_be_written_keeps_its_verdict_and_says_so(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", INSTANCES)
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), url=srv.url).returncode == 0
+    # A reader that went away (`verify J | head -0`): the exit code is the verdicts' (0:
+    # nothing held), not 1, which says that units stay held.
+    proc = subprocess.Popen(
+        [*BULKRERUN, "verify", str(j)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=cli.env(srv.url), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the command has written anything
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (0, b"")
+    # A full disk under `> verify.txt`: one line and exit 3, not a traceback.
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(
+            [*BULKRERUN, "verify", str(j)], stdout=full, stderr=subprocess.PIPE, text=True,
+            env=cli.env(srv.url), cwd=tmp_path, timeout=60, check=False,
+        )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "stopped: cannot write the output: No space left on device"
+    ]
+    # Both verifications are on record, ended as they did.
+    verifies = [h for h in _history(cli, j, srv.url) if h["command"] == "verify"]
+    assert [v["exit_code"] for v in verifies] == [0, 0]
