@@ -742,11 +742,17 @@ def _open_files_for(max_inflight: int) -> None:
     if hard == resource.RLIM_INFINITY or hard >= needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
         return
+    fits = hard - FILES_BESIDES_CONNECTIONS
+    if fits < 1:  # even one request in flight would not do: only a higher limit helps
+        raise SettingsError(
+            f"a run needs about {needed} open files (--max-inflight {max_inflight}, and "
+            f"{FILES_BESIDES_CONNECTIONS} besides), and this process may open only {hard} "
+            f"(ulimit -n): raise the limit to {needed} or more"
+        )
     raise SettingsError(
         f"--max-inflight {max_inflight} needs about {needed} open files (a connection per "
         f"request in flight), and this process may open only {hard} (ulimit -n): lower "
-        f"--max-inflight (BULKRERUN_MAX_INFLIGHT) to {max(1, hard - FILES_BESIDES_CONNECTIONS)} "
-        "or less, or raise the limit"
+        f"--max-inflight (BULKRERUN_MAX_INFLIGHT) to {fits} or less, or raise the limit"
     )
 
 
@@ -826,9 +832,6 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
 
     manifest = load_manifest(args.manifest)
     _print_warnings(manifest)
-    # A run's connections, one per request in flight. (The instance list's queries, of
-    # plan, verify and a run's selection, go a few at a time.)
-    _open_files_for(settings.max_inflight)
     transport = _make_transport(settings, endpoint)
     # Without live details: the run's memory stays flat however many requests it sends
     # (the resume decisions come from the state as opened; --watch reloads the file).
@@ -1428,6 +1431,10 @@ def _run_args(
 
 
 def _run_sync(args: RunArgs, settings: Any, endpoint: str) -> int:
+    # A run's connections, one per request in flight. (The instance list's queries, of
+    # plan, verify and a run's selection, go a few at a time.) Asked before the event loop
+    # is made: under a limit of a dozen files, making it failed with a traceback.
+    _open_files_for(settings.max_inflight)
     return anyio.run(
         _run, args, settings, endpoint, backend="asyncio", backend_options={"use_uvloop": True}
     )

@@ -5,6 +5,7 @@ and leaves the journal sound."""
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,26 @@ def test_verify_whose_output_cannot_be_written_keeps_its_verdict_and_says_so(
     # Both verifications are on record, ended as they did.
     verifies = [h for h in _history(cli, j, srv.url) if h["command"] == "verify"]
     assert [v["exit_code"] for v in verifies] == [0, 0]
+
+
+def test_a_run_under_a_limit_of_a_dozen_files_exits_2_saying_to_raise_it(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", INSTANCES)
+    j = tmp_path / "j"
+    out = subprocess.run(
+        [*BULKRERUN, "run", str(m), "--journal", str(j), "--max-inflight", "1"],
+        capture_output=True, text=True, env=cli.env(srv.url), cwd=tmp_path, timeout=60,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12)),
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    # Lowering --max-inflight cannot help (it is 1): the limit is what to raise.
+    assert out.stderr.strip() == (
+        "error: a run needs about 33 open files (--max-inflight 1, and 32 besides), and this "
+        "process may open only 12 (ulimit -n): raise the limit to 33 or more"
+    )
+    assert not j.exists()
+    assert srv.ledger() == []
