@@ -1,8 +1,8 @@
 """What an operator sees during a run: a rich progress bar drawn from the engine's counts.
 
 On a terminal: one bar in units (instances or window chunks) with done / failed / held
-counts, the current rate and an ETA. Elsewhere (CI logs, pipes): a plain line every few
-seconds, so a long run still shows life without flooding the log.
+counts, the current rate and an ETA. Elsewhere (CI logs, pipes, a ``TERM=dumb`` terminal): a
+plain line every few seconds, so a long run still shows life without flooding the log.
 
 Pacing shows too, when it is at work: how often the service throttled, the rate it left
 and the limit the gateway stated in its 429s, if it did; or that sending is paused while
@@ -81,8 +81,11 @@ class RunDisplay:
         self._told_began = 0
         self._told_ended = 0
         self._started = time.monotonic()
-        self._live = enabled and console.is_terminal
-        self._plain = enabled and not console.is_terminal
+        # A terminal that cannot move the cursor (TERM=dumb: an Emacs shell, some CI
+        # runners) gets the plain lines: rich draws nothing on it until the bar stops, and a
+        # run of an hour showed no sign of life until its end.
+        self._live = enabled and console.is_terminal and not console.is_dumb_terminal
+        self._plain = enabled and not self._live
         self._progress = _RunProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

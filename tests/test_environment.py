@@ -4,12 +4,22 @@ and leaves the journal sound."""
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
+import pytest
+from rich.console import Console
+
+import bulkrerun.display as display_module
+from bulkrerun.clock import FakeClock
+from bulkrerun.display import PLAIN_EVERY, RunDisplay
+from bulkrerun.engine import RunResult
 from tests.conftest import Cli, Service, write_manifest
 
 BULKRERUN = [sys.executable, "-m", "bulkrerun"]
@@ -85,3 +95,30 @@ def test_a_run_under_a_limit_of_a_dozen_files_exits_2_saying_to_raise_it(
     )
     assert not j.exists()
     assert srv.ledger() == []
+
+
+@pytest.mark.anyio
+async def test_on_a_dumb_terminal_a_run_shows_plain_lines_as_it_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TERM=dumb (an Emacs shell, some CI runners): rich draws its bar there only when it
+    stops, so a run of an hour showed nothing until its end."""
+    monkeypatch.setenv("TERM", "dumb")
+    clock = FakeClock()
+    monkeypatch.setattr(display_module.time, "monotonic", clock.now)
+    out = io.StringIO()
+    display = RunDisplay(Console(file=out, force_terminal=True, width=120), 10)
+    counts = RunResult()
+    with display:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(display.follow, counts, clock)
+            for _ in range(3):  # a unit done per step of the loop; the display's sleeps
+                await anyio.lowlevel.checkpoint()  # on the fake clock take no time
+                counts.done += 1
+            tg.cancel_scope.cancel()
+    lines = out.getvalue().splitlines()
+    assert clock.sleeps[:2] == [PLAIN_EVERY, PLAIN_EVERY]
+    assert lines[:2] == [
+        "progress: 1/10 units, 1 done, 0 failed, 0 held, 0.2/s",
+        "progress: 2/10 units, 2 done, 0 failed, 0 held, 0.2/s",
+    ]
