@@ -1195,7 +1195,11 @@ try:
         if wait > 0:
             time.sleep(wait)
         last = time.monotonic()
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if st.st_nlink == 0:  # removed: what it holds is lost when the run ends
+            os.write(rep, b"U\\n")
+            break
+        size = st.st_size
         try:
             sync(fd)
         except OSError as exc:
@@ -1209,6 +1213,13 @@ except (OSError, KeyboardInterrupt):
 
 class _HelperEnded(OSError):
     """The sync helper died (killed, or out of memory): no disk to mend."""
+
+
+class _Unlinked(OSError):
+    """The journal's file was removed while a run wrote it. ``written_back``: what it
+    held was copied to a new file at its path (else ``strerror`` says why not)."""
+
+    written_back = False
 
 
 class _SyncHelper:
@@ -1517,6 +1528,19 @@ class Journal:
             raise RuntimeError(f"journal {self._path} is closed")
 
     def _fatal(self) -> Fatal:
+        if isinstance(self._error, _Unlinked):
+            if self._error.written_back:
+                return Fatal(
+                    f"the journal {self._path} was removed while this run wrote it. Nothing "
+                    f"more is sent; what it had recorded is written back to {self._path}: "
+                    "run the same command again to resume."
+                )
+            return Fatal(
+                f"the journal {self._path} was removed while this run wrote it, and what it "
+                f"had recorded could not be written back ({self._error.strerror}). Nothing "
+                "more is sent. Do not start again with a new journal: the requests this run "
+                "sent would be sent again."
+            )
         if isinstance(self._error, _HelperEnded):
             return Fatal(
                 f"cannot make the journal {self._path} durable: {self._error.strerror} (was "
@@ -1941,6 +1965,9 @@ class Journal:
                     return
                 self._syncing = True
                 return
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:  # as the helper checks
+            self._unlinked()
+            return
         self._sync_written()
 
     @property
@@ -1988,7 +2015,9 @@ class Journal:
         if answers is None:
             self._helper_ended(helper)
         for answer in answers or ():
-            if answer.startswith(b"E"):
+            if answer == b"U":
+                self._unlinked()
+            elif answer.startswith(b"E"):
                 code = int(answer[1:])
                 self._error = OSError(code, os.strerror(code))
             else:
@@ -2000,6 +2029,33 @@ class Journal:
         if self._waiters and self._error is None:
             # Those still waiting came after the helper read the size: commit again.
             self._schedule_commit(asyncio.get_running_loop())
+
+    def _unlinked(self) -> None:
+        """The file was removed while the run wrote it (an ``rm``, a cleaner of old files):
+        the records live on only in this process's descriptor, and a resume that found no
+        journal would send every request again. The error stops the run (nothing more is
+        sent); what was written is copied to a new file at the path, when it is free."""
+        assert self._fd is not None
+        error = _Unlinked(errno.ENOENT, "removed")
+        try:
+            fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            try:
+                offset = 0
+                while offset < self._written:
+                    data = os.pread(self._fd, min(1 << 20, self._written - offset), offset)
+                    if not data:
+                        break
+                    _write_all(fd, data)
+                    offset += len(data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self._path.parent)
+        except OSError as exc:
+            error.strerror = exc.strerror or str(exc)
+        else:
+            error.written_back = True
+        self._error = error
 
     def _wake(self) -> None:
         """Resolve the waiters whose records are durable (all of them after an error or

@@ -122,3 +122,42 @@ async def test_on_a_dumb_terminal_a_run_shows_plain_lines_as_it_goes(
         "progress: 1/10 units, 1 done, 0 failed, 0 held, 0.2/s",
         "progress: 2/10 units, 2 done, 0 failed, 0 held, 0.2/s",
     ]
+
+
+def test_a_journal_removed_during_a_run_stops_it_and_is_written_back(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """`rm` of the journal (or a cleaner of old files in /tmp) during a run: the run went on
+    to its end into a file no one could open again, said 'nothing left to do', and the same
+    command then sent every request a second time."""
+    srv = fake_service()
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[window]]\njob_name = "ods_orders"\nbegin = "2024-11-20T00:00:00"\n'
+        'end = "2024-11-22T00:00:00"\nchunk = "15m"\n',
+    )  # 192 requests
+    j = tmp_path / "j"
+    run = [str(m), "--journal", str(j), "--rate", "40", "--no-progress"]
+    proc = cli.popen("run", *run, url=srv.url)
+    srv.wait_accepted(20)
+    j.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    assert (
+        f"stopped: the journal {j} was removed while this run wrote it. Nothing more is sent; "
+        f"what it had recorded is written back to {j}: run the same command again to resume."
+    ) in stderr
+    accepted = srv.accepted_ids()
+    assert len(accepted) < 192  # it stopped
+    assert j.stat().st_mode & 0o777 == 0o600
+    # The same command resumes from what was written back: nothing accepted is sent again.
+    again = cli("run", *run[:-3], "--rate", "1000", url=srv.url)
+    assert again.returncode in (0, 1), again.stderr
+    ids = srv.accepted_ids()
+    assert len(ids) == len(set(ids))  # each request accepted once
+    assert set(accepted) <= set(ids)
+    status = json.loads(cli("status", str(j), "--json", url=srv.url).stdout)
+    assert status["pending"] == 0
+    assert status["done"] + status["held"] == 192
+    assert status["done"] <= len(ids) <= status["done"] + status["held"]
