@@ -648,6 +648,9 @@ class RunArgs:
     # Instead of the journal's next steps, when those cannot work (the demo's fake service
     # is gone when it ends).
     next_steps: tuple[str, ...] | None = None
+    # Run by `bulkrerun demo`: its record says so, for status to say how to reach a service
+    # again (see report._demo_steps).
+    demo: bool = False
 
 
 def _make_auth(settings: Any) -> Any:
@@ -880,6 +883,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 "grace": args.grace,
                 "outage_stop": args.outage_stop,
                 **_who_and_how(settings, transport, args.flags),
+                **({"demo": True} if args.demo else {}),
             }
             if args.log_chunks:
                 _log_run(
@@ -2062,7 +2066,7 @@ def demo(
                 # cannot be resumed, the demo starts again.
                 resume="bulkrerun demo",
             )
-            args = dataclasses.replace(args, next_steps=_demo_next_steps(journal))
+            args = dataclasses.replace(args, next_steps=_demo_next_steps(journal), demo=True)
             code = await _run(args, settings, srv.url)
             err.print(f"ledger: the fake service accepted {counted(len(srv.ledger), 'rerun')}")
             return code
@@ -2099,7 +2103,8 @@ def _demo_next_steps(journal: Path | None) -> tuple[str, ...]:
     quoted = shlex.quote(str(journal))
     return (
         f"look at the journal: `bulkrerun status {quoted}` and `bulkrerun report {quoted} "
-        "--format csv` (the demo's fake service has stopped: the journal cannot be resumed)",
+        "--format csv` (the demo's fake service has stopped: status says how to start one "
+        "in its place before you resume or verify)",
     )
 
 

@@ -101,6 +101,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
+from urllib.parse import urlsplit
 
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console
@@ -640,7 +641,7 @@ def _next_steps(
             f"requests in flight), then ask again: bulkrerun status {journal}"
         ]
     manifest = _manifest_arg(state.runs[-1]) if state.runs else "MANIFEST"
-    flags = _last_flags(state)
+    flags = _demo_flags(state) + _last_flags(state)
     run = run_command(manifest, str(path), flags)
     held, failed = counts[UnitState.HELD], counts[UnitState.FAILED]
     # A run sends again only the failed or held units of its own plan. When the journal's
@@ -726,7 +727,31 @@ def _next_steps(
         )
     if not steps:
         steps.append("nothing left to do: every unit is done")
+    elif _demo_flags(state) and any(" --endpoint " in step for step in steps):
+        # The steps that carry the demo's endpoint are those that reach its service.
+        steps.insert(0, _demo_first(state.header.endpoint))
     return steps
+
+
+def _demo_flags(state: JournalState) -> list[tuple[str, str | None]]:
+    """The endpoint and project of the demo's fake service when the last run was
+    ``bulkrerun demo``'s: it gave its run them as settings, not as flags, so without these
+    a step that reaches the service would have no endpoint (exit 2)."""
+    if not state.runs or state.runs[-1].options.get("demo") is not True:
+        return []
+    return [("--endpoint", state.header.endpoint), ("--project-id", state.header.project_id)]
+
+
+def _demo_first(endpoint: str) -> str:
+    """The step before any other of a demo's journal: its fake service (and its keys) ended
+    with the demo, and the journal is bound to that endpoint, so one must listen there again."""
+    port = urlsplit(endpoint).port
+    return (
+        "this journal is the demo's, and its fake service stopped with it: to try the steps "
+        "below, first start one at its endpoint in another terminal, "
+        f"`bulkrerun fake-server --catalog --port {port}` (it takes any credentials: "
+        "`export BULKRERUN_TOKEN=demo-token` if none are set)"
+    )
 
 
 def _refused_first(message: str) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from bulkrerun.cli import app
-from tests.conftest import Cli, clean_env, write_manifest
+from tests.conftest import PROJECT, Cli, Service, clean_env, write_manifest
 
 CORPUS = Path(__file__).parent / "manifests"
 EXPECTED: dict[str, list[str]] = tomllib.loads((CORPUS / "expected.toml").read_text())["expect"]
@@ -748,3 +749,35 @@ def test_plan_json_paths_carry_the_endpoints_path_prefix_as_sent(
     ]
     assert [x["path"] for x in behind_lines] == ["/gw" + x["path"] for x in plain_lines]
     assert [x["id"] for x in behind_lines] == [x["id"] for x in plain_lines]
+
+
+def test_the_steps_status_gives_after_a_demo_work_pasted(
+    cli: Cli, fake_service: Callable[..., Service]
+) -> None:
+    # The demo's fake service, its port and its keys end with it: status's steps named no
+    # endpoint, and a pasted `--retry-failed` (or `verify`) ended "no endpoint" (exit 2).
+    import json
+    import shlex
+    from urllib.parse import urlsplit
+
+    assert cli("demo", "--journal", "d.journal", timeout=180).returncode == 0
+    status = cli("status", "d.journal", "--json", env=clean_env())
+    steps = json.loads(status.stdout)["next_steps"]
+    endpoint = json.loads(status.stdout)["endpoint"]
+    port = urlsplit(endpoint).port
+    assert steps[0].startswith("this journal is the demo's, and its fake service stopped")
+    assert f"`bulkrerun fake-server --catalog --port {port}`" in steps[0]
+    assert "`export BULKRERUN_TOKEN=demo-token`" in steps[0]
+    (again,) = [s for s in steps if s.endswith("--retry-failed")]
+    command = shlex.split(again.rsplit(": ", 1)[1])
+    assert command[0] == "bulkrerun"
+    # As the first step says: a fake service at the journal's endpoint, any credentials.
+    service = fake_service("--catalog", "--port", str(port), auth=False)
+    assert service.url == endpoint
+    pasted = cli(*command[1:], env=clean_env(BULKRERUN_TOKEN="demo-token"))
+    # It reached the service, which refuses the demo's unknown job again (exit 1, not 2).
+    assert pasted.returncode == 1, pasted.stderr
+    text = " ".join(pasted.stderr.split())
+    assert f"sending 4 to project {PROJECT} at {endpoint}" in text
+    assert "failed DLF.1000: 4" in text
+    assert "warning" not in text
