@@ -1541,24 +1541,27 @@ _STATE_STYLE = {
 }
 
 
-# The table's columns, each with the widest it may get. ``None``: always shown in full
-# (chunk id prefix, entry, tries, state, status, request id: what an audit and a support
-# ticket need of every row). The others give way when the console is narrow, the widest of
-# them first, so the long free text (times, message, instance statuses) gives way before
-# the job and the units' state now, and all of them before the columns shown in full.
-_COLUMNS: tuple[tuple[str, int | None], ...] = (
-    ("chunk", None),
-    ("entry", None),
-    ("job", 48),
-    ("what (UTC)", 62),
-    ("tries", None),
-    ("state", None),
-    ("now", 24),
-    ("verified", 24),
-    ("status", None),
-    ("request id", None),
-    ("message", 80),
-    ("instances now", 32),
+# The table's columns, each with the widest it may get and the width it keeps while others
+# give way. ``None``: always shown in full (chunk id prefix, entry, tries, state, status,
+# request id: what an audit and a support ticket need of every row). The others give way
+# when the console is narrow: first each down to the width it keeps, the widest first, so
+# that a window's jobs, the message and the instances' statuses give way before the span of
+# times a row covers (at 240 columns it lost its last character to the jobs of a window);
+# then, if the line is still too wide, all of them, the widest first, and all before the
+# columns shown in full.
+_COLUMNS: tuple[tuple[str, int | None, int], ...] = (
+    ("chunk", None, 0),
+    ("entry", None, 0),
+    ("job", 48, 24),
+    ("what (UTC)", 62, 62),
+    ("tries", None, 0),
+    ("state", None, 0),
+    ("now", 24, 10),
+    ("verified", 24, 10),
+    ("status", None, 0),
+    ("request id", None, 0),
+    ("message", 80, 24),
+    ("instances now", 32, 16),
 )
 _STATE_COLUMN = 5
 _GAP = "  "
@@ -1586,20 +1589,22 @@ def _widths(block: list[list[str]], room: int, before: list[int]) -> list[int]:
     """Each column's width for ``block``: its widest cell, at most the column's limit, and
     no narrower than in the blocks ``before`` it (the header's included), so that the
     columns stay under their names from block to block; then, while the line is wider than
-    ``room``, the widest column that may give way loses a cell (cut cells end with an
-    ellipsis), down to three, then all (a column of width 0 is left out, with its gap)."""
+    ``room``, a column that may give way loses a cell: the widest of those wider than the
+    width they keep, then the widest of all (cut cells end with an ellipsis), down to
+    three, then all (a column of width 0 is left out, with its gap)."""
     widths = [
         max(min(max(cell_len(cells[i]) for cells in block), widest or sys.maxsize), before[i])
-        for i, (_, widest) in enumerate(_COLUMNS)
+        for i, (_, widest, _) in enumerate(_COLUMNS)
     ]
-    flexible = [i for i, (_, widest) in enumerate(_COLUMNS) if widest is not None]
+    flexible = [i for i, (_, widest, _) in enumerate(_COLUMNS) if widest is not None]
 
     def line_width() -> int:
         shown = [w for w in widths if w]
         return sum(shown) + len(_GAP) * (len(shown) - 1)
 
     while line_width() > room:
-        i = max(flexible, key=lambda i: widths[i])
+        above = [i for i in flexible if widths[i] > _COLUMNS[i][2]]
+        i = max(above or flexible, key=lambda i: widths[i])
         if not widths[i]:
             break
         widths[i] = widths[i] - 1 if widths[i] > 3 else 0  # "a…" says nothing: left out
@@ -1620,7 +1625,7 @@ def _write_block(block: list[list[str]], before: list[int] | None, console: Cons
     console's width."""
     header = before is None
     if header:
-        block = [[name for name, _ in _COLUMNS], *block]
+        block = [[name for name, _, _ in _COLUMNS], *block]
     room = console.width  # a property that asks the terminal: read once, not once a line
     widths = _widths(block, room, before or [0] * len(_COLUMNS))
     # Each line is three appends: the cells before the state, the state (styled), the cells

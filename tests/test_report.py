@@ -1015,6 +1015,55 @@ def test_the_table_shows_chunk_entry_tries_state_and_status_in_full_at_any_width
             assert "2024-11-26T08:00:00Z .. 08:59:59.999Z" in text
 
 
+@pytest.mark.parametrize("width", [80, 120, 220, 240])
+def test_the_span_of_a_row_gives_way_after_the_jobs_and_the_message(
+    tmp_path: Path, width: int
+) -> None:
+    # At 240 columns (make demo's output) an instances row's span lost its last character
+    # to a window's list of jobs: "10 instances: 2024-11-25T14:00:00Z .. 16:15…".
+    plans = [1_732_543_200_000 + k * 900_000 for k in range(10)]  # 14:00 .. 16:15 UTC
+    items = ", ".join(
+        f"{{ job_id = {k + 1}, plan_time = {p}, submit_time = {p + 1000} }}"
+        for k, p in enumerate(plans)
+    )
+    jobs = ", ".join(
+        f'{{ job_name = "{name}", workspace_id = "{WS}" }}'
+        for name in ("dwd_payments", "dws_payments_15m", "ads_payments_daily")
+    )
+    manifest_path = write_manifest(
+        tmp_path / "m.toml",
+        f'[[instances]]\njob_name = "ods_orders"\nbatch = 10\nitems = [{items}]\n'
+        f'[[window]]\njob_name = "ods_payments"\nbegin = {BEGIN}\nend = {BEGIN + 900_000}\n'
+        f'chunk = "15m"\njobs = [{jobs}]\n'
+        f'[[instances]]\njob_name = "ods_legacy_feed"\nitems = [{{ job_id = 1, '
+        f"plan_time = {BEGIN}, submit_time = {BEGIN} }}]\n",
+    )
+    batch, window, refused = plan(load_manifest(manifest_path))
+    request_id = "00000000000000eb75259becdb89fb74"  # as long as the service's
+    done = Outcome(Kind.DONE, 200, request_id=request_id, reason="accepted")
+    failed = Outcome(Kind.FAILED, 400, "DLF.1000", "Failed to find the job.", request_id)
+
+    async def script(j: Journal) -> None:
+        for chunk, outcome, state in ((batch, done, "done"), (window, done, "done")):
+            await j.intend(chunk, 1, T0)
+            j.outcome(chunk, 1, outcome, T0 + 1, state)
+        await j.intend(refused, 1, T0)
+        j.outcome(refused, 1, failed, T0 + 1, "failed")
+
+    run_journal(tmp_path / "j", script)
+    buffer = io.StringIO()
+    write_report(tmp_path / "j", "table", io.StringIO(), Console(file=buffer, width=width))
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    (row,) = (line for line in lines if line.startswith(batch.id[:12] + " "))
+    assert {"instances[0]", "done", "200"} <= set(row.split()), row
+    if width >= 220:  # the jobs and the message give way first, and have room to
+        assert "10 instances: 2024-11-25T14:00:00Z .. 16:15:00Z " in row
+        (row,) = (line for line in lines if line.startswith(window.id[:12] + " "))
+        assert "2024-11-26T08:00:00Z .. 08:14:59.999Z " in row
+        assert " ods_payments + dwd_pay" in row
+
+
 def test_a_table_of_many_rows_is_not_rendered_cell_by_cell(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
