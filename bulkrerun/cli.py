@@ -49,7 +49,7 @@ from bulkrerun.errors import (
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
 from bulkrerun.interrupt import interrupt as _interrupt
-from bulkrerun.text import ONE_SHOT_FLAGS, counted, duration, run_command
+from bulkrerun.text import ONE_SHOT_FLAGS, counted, duration, run_command, timeout_kept
 
 app = typer.Typer(
     name="bulkrerun",
@@ -152,7 +152,6 @@ MaxAttempts = Annotated[
 ]
 _DEFAULT_GRACE = 5.0  # seconds requests in flight get to answer after Ctrl-C
 _DEFAULT_OUTAGE_STOP = 600.0  # engine.OUTAGE_STOP_AFTER, without importing the engine here
-_DEFAULT_TIMEOUT = 30.0  # the default of Settings.timeout, without importing settings here
 JournalOpt = Annotated[
     Path,
     typer.Option("--journal", "-j", help="Journal file: created if new, resumed if it exists."),
@@ -815,13 +814,7 @@ def _print_timeout_hint(args: RunArgs) -> None:
     given = dict(args.flags).get("--timeout")
     if given is None:
         return  # BULKRERUN_TIMEOUT or the default: the stop's message names the variable
-    err.print(
-        f"  (it keeps --timeout {given}, within which the service did not answer: if the "
-        f"service is only slow, give it longer ({_DEFAULT_TIMEOUT:g} s when not set), or the "
-        "run stops the same way)",
-        markup=False,
-        soft_wrap=True,
-    )
+    err.print(f"  ({timeout_kept(given)})", markup=False, soft_wrap=True)
 
 
 async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
@@ -994,7 +987,13 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             now = journal.state().counts()
             unsettled = now[UnitState.FAILED] or now[UnitState.HELD] or not_sent
             stopped, message = _how_it_stopped(result, interrupted)
-            journal.end_run(_exit_code(result, interrupted, bool(unsettled)), stopped, message)
+            timed_out = isinstance(result.fatal, Unanswered) and result.fatal.timed_out
+            journal.end_run(
+                _exit_code(result, interrupted, bool(unsettled)),
+                stopped,
+                message,
+                timed_out=timed_out and not interrupted,
+            )
             pending: int | None = not_sent - result.held_again  # those are held, as before
             unknown = None
             taken = result.done + result.failed + result.held + result.pending

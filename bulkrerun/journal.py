@@ -61,8 +61,10 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
 - ``end``: ``run`` (its ``n``), ``wall``, ``exit`` (the command's exit code), ``stopped``
   (why the run stopped before its end: ``interrupted``, or the fatal condition, e.g.
   ``failure_budget``, ``auth_refused``, ``service_down``; ``null``: it went to the end),
-  ``message`` (what it said of that, ``null`` without). The last record of a run that ended;
-  a run killed or crashed has none.
+  ``message`` (what it said of that, ``null`` without), and ``timed_out: true`` when it
+  stopped on requests that got no answer (``unanswered``) and the last of them timed out
+  (a longer ``--timeout`` might have waited it out; absent otherwise). The last record of a
+  run that ended; a run killed or crashed has none.
 - ``verify_start``: one per ``verify`` command, durable before it asks the service anything:
   ``n`` (verifications are numbered apart from runs), ``wall``, ``pid``, ``tool_version``,
   ``held`` (units held at its start), ``options`` (the settings it reached the service with:
@@ -285,6 +287,7 @@ class RunEnd:
     exit: int
     stopped: str | None
     message: str | None
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,6 +818,7 @@ def _apply_slow(rep: _Replayer, obj: Any, offset: int) -> None:
                     exit=int(obj["exit"]),
                     stopped=None if stopped is None else str(stopped),
                     message=None if message is None else str(message),
+                    timed_out=obj.get("timed_out") is True,
                 )
             )
         elif kind == "verify_start":
@@ -1734,17 +1738,24 @@ class Journal:
         self._rep.verify(unit_id, state, evidence, wall)
 
     def end_run(
-        self, exit_code: int, stopped: str | None, message: str | None, *, wall: float | None = None
+        self,
+        exit_code: int,
+        stopped: str | None,
+        message: str | None,
+        *,
+        timed_out: bool = False,
+        wall: float | None = None,
     ) -> None:
         """Record how the run this process began ended (``stopped``: why it stopped before
-        its end, or None); durable with the next commit or :meth:`close`. Nothing when no
+        its end, or None; ``timed_out``: see the module's docstring); durable with the next
+        commit or :meth:`close`. Nothing when no
         run was begun here, or the journal can no longer be written (a run that cannot
         record its end reads as one that was killed: that is what it is to a resume)."""
         n = self._run
         if n is None or self._fd is None or self._error is not None:
             return
         wall = time.time() if wall is None else wall
-        record = RunEnd(n, wall, exit_code, stopped, message)
+        record = RunEnd(n, wall, exit_code, stopped, message, timed_out)
         self._append(
             _record(
                 {
@@ -1754,6 +1765,7 @@ class Journal:
                     "exit": exit_code,
                     "stopped": stopped,
                     "message": message,
+                    **({"timed_out": True} if timed_out else {}),
                 }
             )
         )

@@ -126,7 +126,7 @@ from bulkrerun.journal import (
 )
 from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
 from bulkrerun.reference import FAILED_STATUSES
-from bulkrerun.text import ONE_SHOT_FLAGS, command_line, counted, run_command
+from bulkrerun.text import ONE_SHOT_FLAGS, command_line, counted, run_command, timeout_kept
 from bulkrerun.watchlog import WatchRecord, read_watch
 
 if TYPE_CHECKING:
@@ -715,6 +715,11 @@ def _next_steps(
     # every step sends with them, and would be refused the same way until they are fixed.
     if end is not None and end.stopped == "auth_refused" and steps:
         steps.insert(0, _refused_first(end.message or ""))
+    # The last run stopped on requests it gave up waiting for: its run commands repeat the
+    # --timeout it was given, as its resume command does, and say as it does what that means.
+    timeout = dict(flags).get("--timeout")
+    if end is not None and end.timed_out and timeout is not None and steps:
+        steps.insert(0, timeout_kept(timeout, "each run command below keeps"))
     if watched := _watch_failed(path):
         # Accepted is not succeeded: a run sends a done unit never again, whatever its
         # rerun became, so these take a selection of their own.

@@ -683,10 +683,20 @@ def test_a_service_that_never_answers_in_time_stops_the_run(
         "(it keeps --timeout 0.3, within which the service did not answer: if the service "
         "is only slow, give it longer (30 s when not set), or the run stops the same way)"
     )
+    # status's next steps repeat it too, and say the same of it (they said nothing).
+    assert s["next_steps"][0] == (
+        "each run command below keeps --timeout 0.3, within which the service did not "
+        "answer: if the service is only slow, give it longer (30 s when not set), or the run "
+        "stops the same way"
+    )
+    assert all("--timeout 0.3" in step for step in s["next_steps"] if "bulkrerun run " in step)
     env = cli.env(srv.url, BULKRERUN_TIMEOUT="0.3")
     out = cli(*run[:3], str(tmp_path / "j2"), "--max-inflight", "2", "--rate", "100", env=env)
     assert out.returncode == 3, out.stderr
     assert "BULKRERUN_TIMEOUT" in out.stderr and "(it keeps --timeout" not in out.stderr
+    assert not any(
+        "keeps --timeout" in step for step in status_of(cli, tmp_path / "j2")["next_steps"]
+    )
 
 
 def test_a_journal_of_other_units_is_resumed_not_new(

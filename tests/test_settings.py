@@ -318,7 +318,7 @@ def test_run_signs_with_the_dotenv_pair_not_the_sdk_pair_of_the_shell(
     assert len(service.ledger()) == 1
 
 
-def test_the_cli_says_the_default_timeout_settings_has() -> None:
-    from bulkrerun import cli
+def test_run_and_status_say_the_default_timeout_settings_has() -> None:
+    from bulkrerun import text
 
-    assert Settings.model_fields["timeout"].default == cli._DEFAULT_TIMEOUT
+    assert Settings.model_fields["timeout"].default == text.DEFAULT_TIMEOUT
