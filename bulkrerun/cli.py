@@ -557,7 +557,7 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
     table.add_section()
     table.add_row("total", "", "", "", f"{requests:,}", f"{units:,}")
     out.print(table)
-    _warn_duplicates(m, duplicates.duplicates, duplicates.duplicate_count)
+    _warn_duplicates(m, duplicates.duplicates, duplicates.duplicate_count, selections)
     first = next((r for r in rows if r.first is not None), None)
     last = next((r for r in reversed(rows) if r.last is not None), None)
     if first is not None and first.first is not None:
@@ -574,10 +574,16 @@ def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> i
     return requests
 
 
-def _warn_duplicates(manifest: Any, shown: Sequence[Any], count: int) -> None:
+def _warn_duplicates(
+    manifest: Any, shown: Sequence[Any], count: int, selections: Any = None
+) -> None:
     """Warn of units the manifest names again (``shown``: the first of them; ``count``: how
-    many in all), each where the repeat is, as a manifest error would name it."""
+    many in all), each where the repeat is and where it first occurs, as a manifest error
+    would name them (``selections``: what the ``[[select]]`` entries found)."""
+    from bulkrerun.planner import first_places
+
     zones = {e.label: getattr(e, "timezone", None) for e in manifest.entries}
+    firsts = first_places(manifest, shown, selections) if shown else {}
     for d in shown:
         zone = zones.get(d.label)
         if d.begin_time is not None:
@@ -592,10 +598,9 @@ def _warn_duplicates(manifest: Any, shown: Sequence[Any], count: int) -> None:
             )
             if d.where == d.label:  # a [[select]] entry's: the instance list found it
                 what += ", found by the instance list,"
-        _warn(
-            f"{manifest.path}: {d.where}: {what} is planned earlier in the manifest too; "
-            "it is sent once"
-        )
+        first = firsts.get(d.unit)
+        earlier = f"earlier too, at {first}" if first else "earlier in the manifest too"
+        _warn(f"{manifest.path}: {d.where}: {what} is planned {earlier}; it is sent once")
     if count > len(shown):
         _warn(f"{manifest.path}: {count:,} units named again in all; each is sent once")
 
@@ -852,7 +857,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             state = journal.state()
             earlier = earlier_windows(journal.path, state, manifest)
             counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
-            _warn_duplicates(manifest, counts.duplicates, counts.duplicate_count)
+            _warn_duplicates(manifest, counts.duplicates, counts.duplicate_count, selections)
             _print_overlaps(counts.overlaps, log=args.log_chunks)
             where = f"project {settings.project_id} at {endpoint}"
             if transport.proxy is not None:

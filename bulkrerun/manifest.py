@@ -39,7 +39,7 @@ import re
 import stat
 import tomllib
 import typing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as time_of_day
@@ -919,7 +919,7 @@ def iter_instances(entry: InstancesEntry) -> Iterator[Instance]:
         yield instance
 
 
-def iter_located_instances(entry: InstancesEntry) -> Iterator[tuple[int, Instance]]:
+def iter_located_instances(entry: InstancesEntry) -> Generator[tuple[int, Instance], None, None]:
     """As :func:`iter_instances`, each instance with where it is: its index in ``items``
     (from 0, as ``items[2]`` in messages), or its line in the file (from 1)."""
     if entry.file is None:

@@ -25,6 +25,7 @@ recognises a fresh :class:`Plan` and renders window lines straight from the temp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -51,6 +52,7 @@ __all__ = [
     "EntrySummary",
     "Plan",
     "SelectedInstance",
+    "first_places",
     "plan",
     "request_headers",
     "request_path",
@@ -406,12 +408,16 @@ def _instances_chunks(entry: InstancesEntry, skip: Skip | None, seen: _Seen) -> 
     located = (
         (at, (i.job_id, i.plan_time, i.submit_time)) for at, i in iter_located_instances(entry)
     )
+    return _batch_chunks(template, located, entry.batch, skip, seen, _place(entry))
+
+
+def _place(entry: InstancesEntry) -> Callable[[int], str]:
+    """Where an instance of ``entry`` is, by its position: ``instances[1].items[2]``, or
+    ``instances[1].file: failed.csv:3`` (the file as the manifest names it, and the line)."""
     if entry.file is None:
-        place = f"{entry.label}.items[{{}}]".format
-    else:
-        shown = entry.file_name or entry.file.name
-        place = f"{entry.label}.file: {shown}:{{}}".format
-    return _batch_chunks(template, located, entry.batch, skip, seen, place)
+        return f"{entry.label}.items[{{}}]".format
+    shown = entry.file_name or entry.file.name
+    return f"{entry.label}.file: {shown}:{{}}".format
 
 
 def _select_chunks(
@@ -631,6 +637,75 @@ def plan(
     once and reported with ``on_duplicate(Duplicate(...))``, naming the repeat.
     """
     return Plan(manifest, skip, selections or {}, on_duplicate)
+
+
+def first_places(
+    manifest: Manifest,
+    duplicates: Iterable[Duplicate],
+    selections: Mapping[str, Sequence[SelectedInstance]] | None = None,
+) -> dict[str, str]:
+    """Where the unit of each of ``duplicates`` first occurs in ``manifest`` (unit id ->
+    place, as :attr:`Duplicate.where` names a repeat), for a warning that names both.
+
+    The planner remembers that it saw a unit, not where: a place for every instance of a
+    plan would cost memory for all of them, for the few a warning shows. This finds those
+    few in one more pass over the entries, which ends once it has them all (the first
+    occurrence comes before its repeat, so usually early).
+    """
+    wanted = {d.unit for d in duplicates}
+    times = {
+        d.unit: (d.begin_time, d.end_time)
+        for d in duplicates
+        if d.begin_time is not None and d.end_time is not None
+    }
+    places: dict[str, str] = {}
+    chosen = selections or {}
+    sha256 = hashlib.sha256
+
+    def found(unit_bytes: bytes, place: str) -> bool:
+        """Note ``place`` if the unit whose id hashes ``unit_bytes`` is wanted and not
+        placed yet; True once all are."""
+        unit = sha256(unit_bytes).hexdigest()[:ID_HEX]
+        if unit in wanted and unit not in places:
+            places[unit] = place
+        return len(places) == len(wanted)
+
+    for entry in manifest.entries:
+        if len(places) == len(wanted):
+            break
+        if isinstance(entry, WindowEntry):
+            id_fmt = _WindowTemplate.of(entry).id_fmt
+            for begin, end in times.values():
+                if _cuts_at(entry, begin, end):
+                    found(id_fmt % (begin, end), entry.label)
+        elif isinstance(entry, InstancesEntry):
+            unit_fmt = _BatchTemplate.of("instances", entry, entry.job_name).unit_fmt
+            place = _place(entry)
+            with contextlib.closing(iter_located_instances(entry)) as located:
+                for at, i in located:
+                    if found(unit_fmt % (i.job_id, i.plan_time, i.submit_time), place(at)):
+                        break
+        else:
+            formats: dict[str, bytes] = {}
+            for s in chosen.get(entry.label, ()):
+                fmt = formats.get(s.job_name)
+                if fmt is None:
+                    fmt = formats[s.job_name] = _BatchTemplate.of(
+                        "select", entry, s.job_name
+                    ).unit_fmt
+                numbers = (s.job_id, s.plan_time, s.submit_time)
+                if found(fmt % numbers, f"{entry.label} (found by the instance list)"):
+                    break
+    return places
+
+
+def _cuts_at(entry: WindowEntry, begin: int, end: int) -> bool:
+    """Whether one of the chunks ``entry`` cuts spans ``begin`` .. ``end`` (see _cuts)."""
+    return (
+        entry.begin_ms <= begin < entry.end_ms
+        and (begin - entry.begin_ms) % entry.chunk_ms == 0
+        and end == min(begin + entry.chunk_ms, entry.end_ms) - 1
+    )
 
 
 def write_json_lines(

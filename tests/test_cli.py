@@ -239,27 +239,37 @@ def test_version(runner: CliRunner) -> None:
 
 def test_plan_warns_of_duplicate_units(runner: CliRunner, tmp_path: Path) -> None:
     # Each repeat is named where it is, as a manifest error names a place (it was "1 unit
-    # already planned", per entry, with no item, line or file).
+    # already planned", per entry, with no item, line or file), and where it first occurs
+    # (it said "planned earlier in the manifest too", and left the user to look).
     item = "{ job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 }"
     (tmp_path / "failed.csv").write_text(
         "job_id,plan_time,submit_time\n2,1732601580000,1732239754684\n\n"
-        "1,1732601580000,1732239754684\n",
+        "1,1732601580000,1732239754684\n2,1732601580000,1732239754684\n",
         encoding="utf-8",
     )
     m = write_manifest(
         tmp_path / "dup.toml",
         f'[[instances]]\njob_name = "a"\nitems = [ {item}, {item} ]\n'
-        f'[[instances]]\njob_name = "a"\nfile = "failed.csv"\n',
+        f'[[instances]]\njob_name = "a"\nfile = "failed.csv"\n'
+        + WINDOW.format(job="w")
+        + WINDOW.format(job="w"),
     )
     result = runner.invoke(app, ["plan", str(m)])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     what = (
-        "job a job_id 1 plan_time 1732601580000 (2024-11-26 06:13:00.000Z) submit_time "
-        "1732239754684 is planned earlier in the manifest too; it is sent once"
+        "job a job_id {} plan_time 1732601580000 (2024-11-26 06:13:00.000Z) submit_time "
+        "1732239754684 is planned earlier too, at {}; it is sent once"
     )
-    assert f"warning: {m}: instances[0].items[1]: {what}" in said
-    assert f"warning: {m}: instances[1].file: failed.csv:4: {what}" in said
+    first = what.format(1, "instances[0].items[0]")
+    assert f"warning: {m}: instances[0].items[1]: {first}" in said
+    assert f"warning: {m}: instances[1].file: failed.csv:4: {first}" in said
+    second = what.format(2, "instances[1].file: failed.csv:2")
+    assert f"warning: {m}: instances[1].file: failed.csv:5: {second}" in said
+    assert (
+        f"warning: {m}: window[1]: the request for job w 2024-11-26 08:00:00.000+08:00 .. "
+        "2024-11-26 08:59:59.999+08:00 is planned earlier too, at window[0]; it is sent once"
+    ) in said
     assert "first request: instances[0] a 1 instance (id " in result.output  # not "1 instances"
 
 

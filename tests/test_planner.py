@@ -29,6 +29,7 @@ from bulkrerun.planner import (
     Duplicate,
     Plan,
     SelectedInstance,
+    first_places,
     plan,
     request_headers,
     request_path,
@@ -448,6 +449,37 @@ def test_duplicates_are_found_even_when_skipped() -> None:
     chunks = list(plan(manifest_of(entry), skip=lambda _u: True, on_duplicate=reported.append))
     assert chunks == []
     assert len(reported) == 2
+
+
+def test_the_first_occurrence_of_each_duplicate_is_found_where_it_is() -> None:
+    # A warning named the repeat only ("planned earlier in the manifest too").
+    numbers = items_of(3)
+    found = [SelectedInstance("ods_payments", *numbers[2]), SelectedInstance("a", 7, T0, T0)]
+    entries = (
+        window(end_ms=T0 + 4 * HOUR),
+        select(job_names=("ods_payments", "a")),
+        instances([numbers[0], numbers[1], numbers[0]], label="instances[1]"),
+        window(label="window[1]", begin_ms=T0 + 3 * HOUR, end_ms=T0 + 5 * HOUR),
+        instances([numbers[2], numbers[1]], label="instances[2]"),
+    )
+    manifest = manifest_of(*entries)
+    selections = {"select[0]": found}
+    reported: list[Duplicate] = []
+    list(plan(manifest, selections=selections, on_duplicate=reported.append))
+    assert [d.where for d in reported] == [
+        "instances[1].items[2]",
+        "window[1]",
+        "instances[2].items[0]",
+        "instances[2].items[1]",
+    ]
+    firsts = first_places(manifest, reported, selections)
+    assert [firsts[d.unit] for d in reported] == [
+        "instances[1].items[0]",
+        "window[0]",
+        "select[0] (found by the instance list)",
+        "instances[1].items[1]",
+    ]
+    assert first_places(manifest, []) == {}
 
 
 def test_a_single_window_remembers_nothing() -> None:

@@ -1535,8 +1535,8 @@ def test_a_unit_listed_twice_is_sent_once_and_the_warning_is_logged(
     assert out.returncode == 0, out.stderr
     said = (
         f"{m}: instances[0].items[1]: job ods_orders job_id 917567 plan_time 1732601580000 "
-        "(2024-11-26 06:13:00.000Z) submit_time 1732239754684 is planned earlier in the "
-        "manifest too; it is sent once"
+        "(2024-11-26 06:13:00.000Z) submit_time 1732239754684 is planned earlier too, at "
+        "instances[0].items[0]; it is sent once"
     )
     assert said in " ".join(out.stderr.split())
     warnings = [json.loads(line) for line in log.read_text().splitlines()]
