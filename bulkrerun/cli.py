@@ -395,7 +395,9 @@ def plan(
     from bulkrerun.manifest import load_manifest
     from bulkrerun.planner import plan as make_plan
     from bulkrerun.planner import write_json_lines
+    from bulkrerun.session import UnitCounts
 
+    duplicates = UnitCounts()  # only its duplicates: the first few, and how many
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
         # [[select]] queries use them
@@ -411,14 +413,18 @@ def plan(
                 known = settings.endpoint or settings.region
                 prefix = urlsplit(where).path if known else ""
                 requests = write_json_lines(
-                    make_plan(m, selections=selections),
+                    make_plan(m, selections=selections, on_duplicate=duplicates.add_duplicate),
                     settings.project_id,
                     sys.stdout.buffer,
                     prefix,
                 )
                 sys.stdout.buffer.flush()
             else:
-                requests = _print_plan_summary(m, settings, selections, where)
+                requests = _print_plan_summary(m, settings, selections, where, duplicates)
+        if json_lines:
+            # On stderr, as the plain plan's: stdout stays one request per line. Once the
+            # stream is written, as its duplicates are found while it is.
+            _warn_duplicates(m, duplicates.duplicates, duplicates.duplicate_count, selections)
     except BulkrerunError as exc:
         raise _fail(exc) from None
     _log_command(
@@ -428,6 +434,7 @@ def plan(
         requests=requests,
         json=json_lines,
         warnings=list(m.warnings),
+        duplicates=duplicates.duplicate_count,
     )
 
 
@@ -523,12 +530,11 @@ def _plan_endpoint(settings: Any) -> str:
     return resolve_endpoint(settings)
 
 
-def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str) -> int:
-    """The plan's table, first and last request, and duration; returns its requests."""
+def _print_plan_summary(m: Any, settings: Any, selections: Any, where: str, duplicates: Any) -> int:
+    """The plan's table, first and last request, and duration; returns its requests.
+    ``duplicates`` (a UnitCounts) is told the units the manifest names again."""
     from bulkrerun.planner import summarize
-    from bulkrerun.session import UnitCounts
 
-    duplicates = UnitCounts()  # only its duplicates: the first few, and how many
     rows = summarize(m, selections=selections, on_duplicate=duplicates.add_duplicate)
     # A window reruns its `jobs` too: the plan names them beside its own job.
     also = {e.label: [name for name, _ws in e.jobs] for e in m.entries if getattr(e, "jobs", ())}

@@ -273,6 +273,30 @@ def test_plan_warns_of_duplicate_units(runner: CliRunner, tmp_path: Path) -> Non
     assert "first request: instances[0] a 1 instance (id " in result.output  # not "1 instances"
 
 
+def test_plan_json_warns_of_duplicate_units_on_stderr(cli: Cli, tmp_path: Path) -> None:
+    # A script reading `plan --json` learned nothing of them: the plain plan warns, the
+    # JSON stream said nothing anywhere. stdout stays one request per line.
+    import json
+
+    item = "{ job_id = 1, plan_time = 1732601580000, submit_time = 1732239754684 }"
+    m = write_manifest(
+        tmp_path / "dup.toml", f'[[instances]]\njob_name = "a"\nitems = [ {item}, {item} ]\n'
+    )
+    log = tmp_path / "log.jsonl"
+    out = cli("plan", str(m), "--json", "--log-file", str(log), env=clean_env())
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.splitlines()
+    assert len(json.loads(line)["body"]["task_retrys"]) == 1
+    assert (
+        f"warning: {m}: instances[0].items[1]: job a job_id 1 plan_time 1732601580000 "
+        "(2024-11-26 06:13:00.000Z) submit_time 1732239754684 is planned earlier too, at "
+        "instances[0].items[0]; it is sent once"
+    ) in " ".join(out.stderr.split())
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    (shown,) = (r for r in records if r["event"] == "plan shown")
+    assert shown["duplicates"] == 1
+
+
 WINDOW = (
     '[[window]]\njob_name = "{job}"\nbegin = 1732579200000\nend = 1732582800000\nchunk = "1h"\n'
 )
