@@ -1763,11 +1763,13 @@ async def _verify_only(
             summary, code = await _recorded_verify(
                 journal, transport, pacer, SystemClock(), options
             )
+        n = journal.state().verifications[-1].n  # as its records in the journal number it
     finally:
         journal.close()
     _log_command(
         "verify ended",
         journal=str(path),
+        n=n,
         exit_code=code,
         verified_done=summary.verified_done,
         made_pending=summary.made_pending,

@@ -642,6 +642,7 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
         ["status", str(path)],
         ["report", str(path), "-f", "csv"],
         ["verify", str(path)],
+        ["verify", str(path)],
     )
     for args in commands:
         result = invoke_with_log(runner, [*args, "--log-file", str(log)], env=env)
@@ -658,13 +659,23 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
     assert (ended["event"], ended["exit_code"]) == ("command ended", 2)
     assert ended["why"] == f"error: no journal at {tmp_path / 'nope'}"
     events = [r["event"] for r in records]
-    assert events == ["plan shown", "plan shown", "status read", "report written", "verify ended"]
-    plan, lines, status, report, verify = records
+    assert events == [
+        "plan shown",
+        "plan shown",
+        "status read",
+        "report written",
+        "verify ended",
+        "verify ended",
+    ]
+    plan, lines, status, report, verify, again = records
     assert plan["requests"] == lines["requests"] == 1 and lines["json"] is True
     assert plan["manifest_sha256"] and plan["manifest"] == str(m)
     assert (status["done"], status["pending"], status["journal"]) == (0, None, str(path))
     assert (report["format"], report["rows"]) == ("csv", 0)
     assert (verify["exit_code"], verify["still_held"]) == (0, 0)
+    # Each verify's number, as the journal's records of it say it (it had none).
+    ends = [json.loads(x) for x in path.read_text().splitlines() if '"verify_end"' in x]
+    assert [verify["n"], again["n"]] == [end["n"] for end in ends] == [1, 2]
     assert all(r["timestamp"].endswith("Z") for r in records)
 
 
