@@ -49,7 +49,7 @@ from bulkrerun.errors import (
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
 from bulkrerun.interrupt import interrupt as _interrupt
-from bulkrerun.text import ONE_SHOT_FLAGS, counted, duration, run_command, timeout_kept
+from bulkrerun.text import ONE_SHOT_FLAGS, counted, duration, run_command
 
 app = typer.Typer(
     name="bulkrerun",
@@ -818,16 +818,6 @@ def _print_resume_command(args: RunArgs, lead: str) -> None:
         )
 
 
-def _print_timeout_hint(args: RunArgs) -> None:
-    """After a stop on requests the service did not answer in time: the resume command
-    repeats the ``--timeout`` that was given (the user's choice, as every flag is), but said
-    plainly that with it the run may stop the same way."""
-    given = dict(args.flags).get("--timeout")
-    if given is None:
-        return  # BULKRERUN_TIMEOUT or the default: the stop's message names the variable
-    err.print(f"  ({timeout_kept(given)})", markup=False, soft_wrap=True)
-
-
 async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     """Everything of ``run`` that needs the event loop; returns the exit code."""
     from bulkrerun.clock import SystemClock
@@ -1246,8 +1236,6 @@ def _finish(
         _print_resume_command(
             args, lead if isinstance(result.fatal, AuthRefused) else "resume with:"
         )
-        if isinstance(result.fatal, Unanswered) and result.fatal.timed_out:
-            _print_timeout_hint(args)
     code = _exit_code(result, interrupted, bool(summary.failed or summary.held or not_sent))
     if args.log_chunks:
         # Why it stopped, in the names of the journal's end record: the condition, its message.

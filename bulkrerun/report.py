@@ -719,7 +719,7 @@ def _next_steps(
     # --timeout it was given, as its resume command does, and say as it does what that means.
     timeout = dict(flags).get("--timeout")
     if end is not None and end.timed_out and timeout is not None and steps:
-        steps.insert(0, timeout_kept(timeout, "each run command below keeps"))
+        steps.insert(0, timeout_kept(timeout))
     if watched := _watch_failed(path):
         # Accepted is not succeeded: a run sends a done unit never again, whatever its
         # rerun became, so these take a selection of their own.

@@ -17,14 +17,15 @@ ONE_SHOT_FLAGS = (
 DEFAULT_TIMEOUT = 30.0  # the default of Settings.timeout, without importing settings here
 
 
-def timeout_kept(given: str, subject: str = "it keeps") -> str:
-    """What is said of a command that repeats the ``--timeout`` within which the service did
-    not answer, so that it stopped a run (the user's choice, as every flag is): with it, the
-    run may stop the same way. Under run's resume command and among status's next steps."""
+def timeout_kept(given: str) -> str:
+    """What is said of the run commands that repeat the ``--timeout`` within which the
+    service did not answer, so that it stopped a run (the user's choice, as every flag is):
+    with it, the run may stop the same way. The first of the next steps that ``run`` and
+    ``status`` give after such a stop."""
     return (
-        f"{subject} --timeout {given}, within which the service did not answer: if the "
-        f"service is only slow, give it longer ({DEFAULT_TIMEOUT:g} s when not set), or the "
-        "run stops the same way"
+        f"each run command below keeps --timeout {given}, within which the service did not "
+        f"answer: if the service is only slow, give it longer ({DEFAULT_TIMEOUT:g} s when not "
+        "set), or the run stops the same way"
     )
 
 
