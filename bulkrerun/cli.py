@@ -21,7 +21,7 @@ import shlex
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -962,15 +962,23 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             if journal.sync_fallback:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
             watch_stopped = False  # a signal stopped the watch, after every request went
+            watched: list[Any] = []  # the watch's latest summary, once it has one
+            watch_end: str | None = None  # why the watch ended early, if it did
             if args.watch and not interrupted and result.fatal is None:
                 try:
-                    signame = await _watch(journal, transport, pacer, clock)
+                    signame = await _watch(
+                        journal, transport, pacer, clock, on_progress=_keep_last(watched)
+                    )
                 except Fatal as exc:  # the reruns stand; only following them failed
                     _warn(f"could not follow the reruns: {exc}")
+                    watch_end = "failed"
                 else:
                     if signame is not None:
                         interrupted = watch_stopped = True
                         result.stop_reason = f"{signame}: stopped following the reruns"
+                        watch_end = signame
+                    elif watched and watched[0].timed_out:
+                        watch_end = "timeout"
         not_sent = counts.to_send - result.done - result.failed - result.held
         from bulkrerun.report import several_manifests, summarize
 
@@ -994,6 +1002,9 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 stopped,
                 message,
                 timed_out=timed_out and not interrupted,
+                watch=_watch_seen(watched, watch_end, now[UnitState.DONE])
+                if args.watch and not (result.fatal or (interrupted and not watch_stopped))
+                else None,
             )
             pending: int | None = not_sent - result.held_again  # those are held, as before
             unknown = None
@@ -1330,7 +1341,46 @@ def _notice(line: str) -> None:
     _log_command("notice", message=line)
 
 
-async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> str | None:
+def _keep_last(box: list[Any]) -> Callable[[Any], None]:
+    """An ``on_progress`` that keeps in ``box`` only the latest summary it is given."""
+
+    def keep(summary: Any) -> None:
+        box[:] = [summary]
+
+    return keep
+
+
+def _watch_seen(watched: list[Any], why: str | None, done: int) -> dict[str, Any]:
+    """What ``--watch`` saw, for the run's end record (see :mod:`bulkrerun.journal`):
+    ``watched`` its latest summary, if it had one; ``why`` it ended early (a signal's name,
+    ``timeout``, ``failed``), if it did; ``done`` the journal's done units, every one of
+    them unseen when the watch stopped before its first summary."""
+    if not watched:
+        return {
+            "units": done,
+            "unfinished": done if why else 0,
+            "instances": None,
+            "finished": None,
+            "stopped": why,
+        }
+    s = watched[0]
+    n = s.total()
+    return {
+        "units": s.units,
+        "unfinished": s.unfinished_units,
+        "instances": n if n else None,
+        "finished": n - s.unfinished if n else None,
+        "stopped": why if s.unfinished_units else None,
+    }
+
+
+async def _watch(
+    journal: Any,
+    transport: Any,
+    pacer: Any,
+    clock: Any,
+    on_progress: Callable[[Any], None] | None = None,
+) -> str | None:
     """Follow the reruns to a final status (``--watch``); the signal's name when SIGINT or
     SIGTERM stopped the following, else None.
 
@@ -1366,7 +1416,9 @@ async def _watch(journal: Any, transport: Any, pacer: Any, clock: Any) -> str | 
 
         await tg.start(stop_on_signal)
         try:
-            await watch(journal, transport, pacer=pacer, clock=clock, console=err)
+            await watch(
+                journal, transport, pacer=pacer, clock=clock, console=err, on_progress=on_progress
+            )
         except Exception as exc:  # noqa: BLE001 - raised below, not wrapped in a group
             failure = exc
         tg.cancel_scope.cancel()

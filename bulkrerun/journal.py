@@ -61,10 +61,15 @@ Records (``wall`` is seconds since the epoch with millisecond precision):
 - ``end``: ``run`` (its ``n``), ``wall``, ``exit`` (the command's exit code), ``stopped``
   (why the run stopped before its end: ``interrupted``, or the fatal condition, e.g.
   ``failure_budget``, ``auth_refused``, ``service_down``; ``null``: it went to the end),
-  ``message`` (what it said of that, ``null`` without), and ``timed_out: true`` when it
+  ``message`` (what it said of that, ``null`` without), ``timed_out: true`` when it
   stopped on requests that got no answer (``unanswered``) and the last of them timed out
-  (a longer ``--timeout`` might have waited it out; absent otherwise). The last record of a
-  run that ended; a run killed or crashed has none.
+  (a longer ``--timeout`` might have waited it out; absent otherwise), and for a run with
+  ``--watch`` ``watch``: ``units`` (the done units it followed), ``unfinished`` (of them,
+  those whose reruns it did not see all reach a final status), ``instances`` and
+  ``finished`` (the rerun instances it listed, and of them those seen final; ``null`` when
+  it listed none), ``stopped`` (``SIGINT``, ``SIGTERM``, ``timeout``, ``failed``; ``null``:
+  it saw them all finish). The last record of a run that ended; a run killed or crashed has
+  none.
 - ``verify_start``: one per ``verify`` command, durable before it asks the service anything:
   ``n`` (verifications are numbered apart from runs), ``wall``, ``pid``, ``tool_version``,
   ``held`` (units held at its start), ``options`` (the settings it reached the service with:
@@ -288,6 +293,8 @@ class RunEnd:
     stopped: str | None
     message: str | None
     timed_out: bool = False
+    # Of a run with --watch: what its watch saw (see the module's docstring); None without.
+    watch: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +634,28 @@ def _seal(payload: bytes) -> bytes:
     return b'%s,"crc":"%08x"}\n' % (payload, zlib.crc32(payload))
 
 
+_WATCH_COUNTS = ("units", "unfinished", "instances", "finished")
+
+
+def _watch_seen(value: Any) -> dict[str, Any] | None:
+    """An ``end`` record's ``watch`` as written (see the module's docstring); None without
+    one, or with one not as written: it informs ``status`` and decides nothing."""
+    if not isinstance(value, dict):
+        return None
+    counts = {key: value.get(key) for key in _WATCH_COUNTS}
+    if (
+        not all(
+            n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)
+            for n in counts.values()
+        )
+        or not isinstance(counts["units"], int)
+        or not isinstance(counts["unfinished"], int)
+    ):
+        return None
+    stopped = value.get("stopped")
+    return {**counts, "stopped": stopped if isinstance(stopped, str) else None}
+
+
 def _record(obj: Mapping[str, Any]) -> bytes:
     """A whole record through json.dumps: for rare records (header, run, verify)."""
     text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
@@ -819,6 +848,7 @@ def _apply_slow(rep: _Replayer, obj: Any, offset: int) -> None:
                     stopped=None if stopped is None else str(stopped),
                     message=None if message is None else str(message),
                     timed_out=obj.get("timed_out") is True,
+                    watch=_watch_seen(obj.get("watch")),
                 )
             )
         elif kind == "verify_start":
@@ -1745,30 +1775,32 @@ class Journal:
         *,
         timed_out: bool = False,
         wall: float | None = None,
+        watch: Mapping[str, Any] | None = None,
     ) -> None:
         """Record how the run this process began ended (``stopped``: why it stopped before
-        its end, or None; ``timed_out``: see the module's docstring); durable with the next
-        commit or :meth:`close`. Nothing when no
-        run was begun here, or the journal can no longer be written (a run that cannot
-        record its end reads as one that was killed: that is what it is to a resume)."""
+        its end, or None; ``timed_out``: see the module's docstring; ``watch``: what its
+        ``--watch`` saw); durable with the next commit or :meth:`close`. Nothing when no run
+        was begun here, or the journal can no longer be written (a run that cannot record
+        its end reads as one that was killed: that is what it is to a resume)."""
         n = self._run
         if n is None or self._fd is None or self._error is not None:
             return
         wall = time.time() if wall is None else wall
-        record = RunEnd(n, wall, exit_code, stopped, message, timed_out)
-        self._append(
-            _record(
-                {
-                    "t": "end",
-                    "run": n,
-                    "wall": round(wall, 3),
-                    "exit": exit_code,
-                    "stopped": stopped,
-                    "message": message,
-                    **({"timed_out": True} if timed_out else {}),
-                }
-            )
-        )
+        seen = None if watch is None else dict(watch)
+        record = RunEnd(n, wall, exit_code, stopped, message, timed_out, seen)
+        fields: dict[str, Any] = {
+            "t": "end",
+            "run": n,
+            "wall": round(wall, 3),
+            "exit": exit_code,
+            "stopped": stopped,
+            "message": message,
+        }
+        if timed_out:
+            fields["timed_out"] = True
+        if seen is not None:
+            fields["watch"] = seen
+        self._append(_record(fields))
         self._rep.end(record)
 
     def begin_run(self, run_info: RunInfo, *, wall: float | None = None) -> None:

@@ -257,6 +257,11 @@ class StatusSummary:
     last_run: LastRun | None = None
     # Every run and verify the journal records, in the order they started.
     history: list[Invocation] = field(default_factory=list)
+    # The latest run with --watch that recorded its end: its number and what its watch saw
+    # (the ``watch`` of its end record), and of its done units, those whose reruns it did
+    # not see finish (0 without such a run).
+    last_watch: dict[str, Any] | None = None
+    watch_unfinished: int = 0
 
 
 def count_pending(state: JournalState, chunks: Iterable[Chunk]) -> int:
@@ -730,6 +735,11 @@ def _next_steps(
             "no run of this journal sends them again: to rerun them, select them ([[select]] "
             "with their status) in a manifest run with a new --journal"
         )
+    if (seen := _last_watch(state)) is not None and seen[1]["unfinished"]:
+        quiet = pending == 0 and not any(isinstance(n, str) or n for _, n in by_manifest or ())
+        steps.append(
+            _follow_step(*seen, run_command(manifest, str(path), _with_watch(flags)), quiet)
+        )
     if not steps:
         steps.append("nothing left to do: every unit is done")
     elif _demo_flags(state) and any(" --endpoint " in step for step in steps):
@@ -756,6 +766,47 @@ def _demo_first(endpoint: str) -> str:
         "below, first start one at its endpoint in another terminal, "
         f"`bulkrerun fake-server --catalog --port {port}` (it takes any credentials: "
         "`export BULKRERUN_TOKEN=demo-token` if none are set)"
+    )
+
+
+def _last_watch(state: JournalState) -> tuple[int, dict[str, Any]] | None:
+    """The latest run that followed its reruns (``--watch``) and what its watch saw, as its
+    end record keeps it; None when no run that recorded its end watched."""
+    for run in reversed(state.runs):
+        end = state.ends.get(run.n)
+        if end is not None and end.watch is not None:
+            return run.n, end.watch
+    return None
+
+
+def _with_watch(flags: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    return flags if ("--watch", None) in flags else [*flags, ("--watch", None)]
+
+
+def _follow_step(n: int, seen: dict[str, Any], command: str, quiet: bool) -> str:
+    """The step after a watch that did not see every rerun finish: how many, why, and the
+    command that follows them again (``quiet``: it sends nothing, as nothing is left to)."""
+    unfinished = seen["unfinished"]
+    why = {
+        "timeout": "timed out",
+        "failed": "could not follow them",
+        None: "ended",
+    }.get(seen["stopped"], f"was stopped by {seen['stopped']}")
+    so_far = ""
+    if seen["instances"] is not None:
+        so_far = (
+            f"; it saw {seen['finished']:,} of {counted(seen['instances'], 'rerun instance')} "
+            "finish"
+        )
+    whose = (
+        "the reruns of 1 done unit were"
+        if unfinished == 1
+        else (f"the reruns of {unfinished:,} done units were")
+    )
+    how = "which sends nothing" if quiet else "which also sends what is not yet sent"
+    return (
+        f"{whose} not seen to finish: run {n}'s watch {why} before they did{so_far}. They "
+        f"stand (the service accepted them); to follow them again, {how}: {command}"
     )
 
 
@@ -809,6 +860,7 @@ def summarize(
     in_flight = _in_flight(state, _flying_since(state, holder))
     counts[UnitState.HELD] -= in_flight
     failed_by_code = state.failed_by_code()
+    watched = _last_watch(state)
     active = state.active_seconds
     return StatusSummary(
         journal=str(path),
@@ -845,6 +897,8 @@ def summarize(
         if state.runs
         else None,
         history=_history(state),
+        last_watch=None if watched is None else {"run": watched[0], **watched[1]},
+        watch_unfinished=0 if watched is None else watched[1]["unfinished"],
     )
 
 
@@ -965,6 +1019,8 @@ def status_json(summary: StatusSummary) -> dict[str, Any]:
         "accepted": summary.accepted,
         "runs": summary.runs,
         "last_run": _last_run_object(summary.last_run),
+        "watch_unfinished": summary.watch_unfinished,
+        "last_watch": summary.last_watch,
         "last_verify": None if (v := _last_verify(summary)) is None else _invocation_object(v),
         "history": [_invocation_object(inv) for inv in summary.history],
         "accepted_after_unknown": summary.accepted_after_unknown,

@@ -632,6 +632,11 @@ class WatchSummary:
     jobs: dict[str, Counter[str]] = field(default_factory=dict)
     timed_out: bool = False
     seconds: float = 0.0
+    # Done units followed, and those of them whose reruns were not all seen in a final
+    # status (a window not listed yet counts, though its instances are not yet known): what
+    # the run's end record keeps, so that `status` can say what a watch stopped early left.
+    units: int = 0
+    unfinished_units: int = 0
 
     def total(self, statuses: Iterable[str] | None = None) -> int:
         wanted = None if statuses is None else frozenset(statuses)
@@ -806,6 +811,19 @@ class _Watcher:
             jobs.setdefault(item.key[0], Counter())[item.status or NOT_LISTED] += 1
         return jobs
 
+    def unfinished_units(self) -> int:
+        """Units whose reruns have not all shown a final status: an instance not final, or a
+        window one of whose queries has not answered yet (its instances are not known)."""
+        units = {item.unit for item in self.items.values() if not item.final}
+        for k, q in enumerate(self.queries):
+            if k not in self.seen:
+                units.update(
+                    w.unit
+                    for w in self.windows
+                    if q.key in w.jobs and q.low <= w.end_time and w.begin_time <= q.high
+                )
+        return len(units)
+
     @property
     def done(self) -> bool:
         return (
@@ -922,6 +940,7 @@ async def watch(
     # A deadline on the injected clock, not a cancel scope: the watch ends with a summary of
     # what finished, which cancelling it from outside would lose.
     timeout: float = 3600,  # noqa: ASYNC109
+    on_progress: Callable[[WatchSummary], None] | None = None,
 ) -> WatchSummary:
     """Poll the instances of the journal's done units until our reruns of them reach a
     final status (or ``timeout`` seconds pass); print progress and a table per job on
@@ -933,11 +952,17 @@ async def watch(
 
     A list that keeps failing is asked again until the timeout; past a minute the console
     says what fails, since when and until when (:class:`ListTrouble`).
+
+    ``on_progress`` hears the summary so far before the first poll and after each: a signal
+    cancels the watch from outside (see ``cli._watch``), and the run's end record still
+    says how many units it had not seen finish.
     """
     state = journal.state()
     done = [u for u, s in state.units.items() if s is UnitState.DONE]
     summary = WatchSummary()
     if not done:
+        if on_progress is not None:
+            on_progress(summary)
         console.print(str(summary), highlight=False, markup=False)
         return summary
     await journal.flush()
@@ -952,6 +977,17 @@ async def watch(
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
     shown = ""
     warned: set[Key] = set()
+
+    def so_far() -> WatchSummary:
+        return WatchSummary(
+            watcher.counts(),
+            seconds=clock.now() - started,
+            units=len(targets),
+            unfinished_units=watcher.unfinished_units(),
+        )
+
+    if on_progress is not None:
+        on_progress(so_far())
 
     async def one(q: _Query) -> list[ListedInstance] | ListFailed:
         try:
@@ -977,15 +1013,16 @@ async def watch(
             watcher.seen.add(k)
             if (unkept := watcher.record(watcher.update(q, result))) is not None:
                 console.print(unkept, highlight=False, markup=False)
-        summary = WatchSummary(watcher.counts(), seconds=clock.now() - started)
+        summary = so_far()
+        if clock.now() >= deadline and not watcher.done:
+            summary.timed_out = True
+        if on_progress is not None:
+            on_progress(summary)
         line = _progress(summary)
         if line != shown:
             console.print(line, highlight=False, markup=False)
             shown = line
-        if watcher.done:
-            break
-        if clock.now() >= deadline:
-            summary.timed_out = True
+        if watcher.done or summary.timed_out:
             break
         await clock.sleep(min(poll, max(0.0, deadline - clock.now())))
     console.print(_table(summary))

@@ -18,6 +18,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -639,6 +640,40 @@ async def test_watch_gives_up_at_the_timeout_and_says_what_is_unfinished(tmp_pat
     assert summary.jobs["ods_users"] == {"running": 10}
     assert "92 not finished when the watch timed out" in text
     assert read_watch(w.journal_path) == {}
+    # In units, as the run's end record keeps it for status: every done unit unseen.
+    assert (summary.units, summary.unfinished_units) == (SELECTED + WINDOW_CHUNKS,) * 2
+
+
+async def test_a_watch_tells_its_progress_from_before_its_first_poll_to_its_end(
+    tmp_path: Path,
+) -> None:
+    # A signal cancels the watch from outside, which loses its return value: the run keeps
+    # what it heard last, so that its end record says how much was not seen to finish.
+    heard: list[WatchSummary] = []
+    async with world(tmp_path) as w:
+        await send_all(w)
+        con, _ = console()
+        with w.open_journal() as journal:
+            summary = await watch(
+                journal,
+                w.transport,
+                pacer=w.pacer,
+                clock=w.clock,
+                console=con,
+                poll=1.0,
+                on_progress=heard.append,
+            )
+    first = heard[0]
+    # Before the first answer: the instance units not yet listed, the windows' instances not
+    # yet known, every done unit unseen.
+    assert first.jobs["ods_orders"] == {"not yet listed": 40}
+    assert "dwd_payments" not in first.jobs
+    assert (first.units, first.unfinished_units) == (SELECTED + WINDOW_CHUNKS,) * 2
+    assert heard[-1] == summary
+    assert (summary.units, summary.unfinished_units) == (SELECTED + WINDOW_CHUNKS, 0)
+    assert [s.unfinished_units for s in heard] == sorted(
+        (s.unfinished_units for s in heard), reverse=True
+    )
 
 
 async def watch_to_the_timeout(w: World, transport: Any) -> tuple[WatchSummary, str]:
@@ -1091,7 +1126,16 @@ async def test_a_signal_during_the_watch_stops_following_and_ends_with_the_run_t
     # The closing table of this run, then the journal's status, as without --watch.
     table = err[err.index("this run") :]
     assert re.search(r"│ +4 │ +0 │ +0 │ +0 │", table), table
-    assert "nothing left to do: every unit is done" in table
+    # Every unit is done, but the watch did not see their reruns finish: not "nothing left
+    # to do", which is what it said.
+    assert "nothing left to do" not in table
+    follow = (
+        f"the reruns of {WINDOW_CHUNKS} done units were not seen to finish: run 1's watch was "
+        f"stopped by {sig.name} before they did; it saw 0 of {WINDOW_INSTANCES} rerun "
+        "instances finish. They stand (the service accepted them); to follow them again, "
+        f"which sends nothing: bulkrerun run {manifest} --journal j --watch"
+    )
+    assert follow in " ".join(table.split()), table
     # Every request was sent: the command printed only follows the reruns again, and says
     # so (it said "Resume with:", as if something were left to send).
     assert "Resume with" not in err
@@ -1105,12 +1149,80 @@ async def test_a_signal_during_the_watch_stops_following_and_ends_with_the_run_t
     code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
     status = json.loads(out)
     assert (status["done"], status["held"], status["pending"]) == (WINDOW_CHUNKS, 0, 0)
+    # And status says, as the run's end did, that the watch did not see them finish, and
+    # how to follow them again (it said only "nothing left to do: every unit is done").
+    assert status["watch_unfinished"] == WINDOW_CHUNKS
+    assert status["last_watch"] == {
+        "run": 1,
+        "units": WINDOW_CHUNKS,
+        "unfinished": WINDOW_CHUNKS,
+        "instances": WINDOW_INSTANCES,
+        "finished": 0,
+        "stopped": sig.name,
+    }
+    assert status["next_steps"] == [follow]
+    code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j")
+    assert code == 0, out
+    assert "nothing left to do" not in out
+    assert follow in " ".join(out.split()), out
     # Why the run stopped, for a review: the signal, and that it stopped only the watch.
     last = status["last_run"]
     assert (last["stopped"], last["message"]) == (
         "interrupted",
         f"{sig.name}: stopped following the reruns",
     )
+
+
+class Later:
+    """The system clock, ``shift`` seconds ahead once told so: the service's hours pass at
+    once. (Its signatures' dates would be refused so far off: the service takes any auth.)"""
+
+    shift = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() + self.shift
+
+    def wall(self) -> float:
+        return time.time() + self.shift
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+
+async def test_following_the_reruns_again_to_their_end_sends_nothing_and_clears_the_step(
+    tmp_path: Path,
+) -> None:
+    manifest = window_manifest(tmp_path)
+    later = Later()
+    config = demo_config(
+        catalog=catalog(waiting_s=0.05, running_s=3_600.0), clock=later, ak=None, sk=None
+    )
+    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
+    seen = bytearray()
+    async with FakeServer(config) as srv:
+        async with await anyio.open_process(argv, cwd=tmp_path, env=cli_env(srv.url)) as proc:
+            assert proc.stderr is not None
+            with anyio.fail_after(60):
+                await read_until(proc.stderr, b"rerun instances finished", seen)
+                proc.send_signal(signal.SIGINT)
+                await read_until(proc.stderr, b"\0", seen)
+                assert await proc.wait() == 130, seen.decode()
+        code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
+        step = json.loads(out)["next_steps"][0]
+        command = shlex.split(step.split("which sends nothing: ", 1)[1])
+        assert command == ["bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
+        # The service's day passes, and the reruns end: the command the step gives follows
+        # them to their end, and sends nothing.
+        later.shift = 86_400.0
+        code, _, err = await bulkrerun(tmp_path, srv.url, *command[1:])
+        assert code == 0, err
+        assert f"watch: {WINDOW_INSTANCES} rerun instances: {WINDOW_INSTANCES} succeeded" in err
+        assert len(srv.ledger) == WINDOW_CHUNKS
+        code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
+    status = json.loads(out)
+    assert status["watch_unfinished"] == 0
+    assert status["last_watch"]["run"] == 2
+    assert status["next_steps"] == ["nothing left to do: every unit is done"]
 
 
 @pytest.fixture
