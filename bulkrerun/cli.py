@@ -1947,6 +1947,17 @@ def fake_server(
             help="Model job instances (the demo's jobs and outage) and the instance-list API.",
         ),
     ] = False,
+    list_lag: Annotated[
+        float,
+        typer.Option(
+            "--list-lag",
+            metavar="SECONDS",
+            min=0.0,
+            help="With --catalog: an accepted rerun shows in the instance list only this many "
+            "seconds later (until then the list shows the instance's previous run), as a "
+            "service slow to list would.",
+        ),
+    ] = 0.0,
     missing_job: Annotated[
         list[str] | None,
         typer.Option("--missing-job", help="Answer DLF.1000 'Failed to find the job.' for it."),
@@ -1994,8 +2005,10 @@ def fake_server(
             retry_after=not no_retry_after,
             missing_jobs=frozenset(missing_job or ()),
             deny_jobs=frozenset(deny_job or ()),
-            catalog=Catalog.demo() if catalog else None,
+            catalog=dataclasses.replace(Catalog.demo(), list_lag_s=list_lag) if catalog else None,
         )
+        if list_lag and not catalog:
+            raise ValueError(f"list_lag = {list_lag:g}: needs --catalog, which models the list")
     except ValueError as exc:  # --ak without --sk, --rate-limit 0, --p429 2, an empty --token
         # The config names its fields ("latency_ms = -5.0: ..."): said as the option typed.
         said = re.sub(r"^(\w+) = ", lambda m: f"--{m[1].replace('_', '-')} ", str(exc))

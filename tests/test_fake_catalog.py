@@ -327,6 +327,38 @@ async def test_mode_a_rerun_goes_waiting_running_success_on_the_server_clock() -
     assert srv.instances.rerun_count("ods_a", plan + HOUR) == 0
 
 
+async def test_with_a_list_lag_a_rerun_shows_in_the_list_only_that_late() -> None:
+    # A service slow to list: until an accepted rerun is list_lag_s old, the list shows the
+    # run before it (the original, then the previous rerun), on the server clock.
+    clock = FakeClock()
+    plan = T0 + 2 * HOUR
+    window: dict[str, Any] = {"min_plan_time": plan, "max_plan_time": plan}
+
+    async def seen() -> tuple[str, int]:
+        _, result = await listing(session, srv, "ods_a", **window)
+        instance = result["instances"][0]
+        return instance["status"], instance["submit_time"]
+
+    async with running(small_catalog(list_lag_s=10.0), clock) as (srv, session):
+        original = await seen()
+        assert await rerun(session, srv, "ods_a", task_retrys=tasks(JOB_A, plan)) == (200, None)
+        first = int(clock.wall() * 1000)
+        clock.advance(9.9)
+        assert await seen() == original
+        clock.advance(0.1)
+        assert await seen() == ("success", first)
+        assert await rerun(session, srv, "ods_a", task_retrys=tasks(JOB_A, plan)) == (200, None)
+        clock.advance(5.0)
+        assert await seen() == ("success", first)  # the first rerun, not yet the second
+        clock.advance(5.0)
+        assert (await seen())[1] == first + 10_000
+        assert srv.instances is not None
+        assert srv.instances.rerun_count("ods_a", plan) == 2
+    assert original[0] == "fail"
+    with pytest.raises(ValueError, match="list_lag_s"):
+        small_catalog(list_lag_s=-1.0)
+
+
 async def test_failing_reruns_end_in_fail() -> None:
     clock = FakeClock()
     plan = T0 + 3 * HOUR

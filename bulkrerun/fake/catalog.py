@@ -99,6 +99,9 @@ class Catalog:
     waiting_s: float = 0.2
     running_s: float = 0.5
     seed: int = 0
+    # How long an accepted rerun stays out of the instance list (s): the list shows the
+    # instance's previous run until then, as a service slow to list would.
+    list_lag_s: float = 0.0
 
     def __post_init__(self) -> None:
         names = [job.name for job in self.jobs]
@@ -115,6 +118,8 @@ class Catalog:
             raise ValueError("catalog: rerun_fail_rate must be 0..1")
         if self.waiting_s < 0 or self.running_s < 0:
             raise ValueError("catalog: waiting_s and running_s must be 0 or more")
+        if not 0 <= self.list_lag_s < float("inf"):
+            raise ValueError("catalog: list_lag_s must be 0 or more")
         if self.outage is not None:
             if self.outage.start_ms > self.outage.end_ms:
                 raise ValueError("catalog: the outage must not end before it starts")
@@ -180,6 +185,7 @@ class Catalog:
             waiting_s=model.waiting_s,
             running_s=model.running_s,
             seed=model.seed,
+            list_lag_s=model.list_lag_s,
         )
 
     @classmethod
@@ -188,7 +194,7 @@ class Catalog:
 
         start_ms = 1732377600000
         now_ms = 1732636800000
-        rerun_fail_rate = 0.02          # optional, like waiting_s, running_s, seed
+        rerun_fail_rate = 0.02          # optional, like waiting_s, running_s, seed, list_lag_s
         outage = { start_ms = 1732557600000, end_ms = 1732593600000 }  # jobs = [...]
         [[jobs]]
         name = "ods_orders"
@@ -230,6 +236,7 @@ class _CatalogModel(_Strict):
     waiting_s: float = 0.2
     running_s: float = 0.5
     seed: int = 0
+    list_lag_s: float = 0.0
 
 
 def _describe(exc: ValidationError) -> str:
@@ -253,6 +260,7 @@ class _Rerun:
     accepted_at: float  # server monotonic time at acceptance: what the status is computed from
     wait_s: float  # time spent waiting before running (queued behind ``concurrent`` slots)
     fails: bool
+    previous: _Rerun | None = None  # the rerun before it, listed until it is list_lag_s old
 
 
 class Instances:
@@ -325,7 +333,7 @@ class Instances:
             previous = self._reruns.get(key)
             count = 1 if previous is None else previous.count + 1
             fails = rate > 0.0 and _digest(seed, job.job_id, plan_time, count) < rate * 2**64
-            self._reruns[key] = _Rerun(count, submit_ms, now, float(wait_of(k)), fails)
+            self._reruns[key] = _Rerun(count, submit_ms, now, float(wait_of(k)), fails, previous)
 
     def _window(self, job: JobSpec, low: int, high: int) -> range:
         """The plan times of ``job`` in ``low..high`` (inclusive), as a range."""
@@ -340,8 +348,17 @@ class Instances:
         rerun = self._reruns.get((job_name, plan_time))
         return 0 if rerun is None else rerun.count
 
-    def _status(self, job: JobSpec, plan_time: int, now: float) -> str:
+    def _listed(self, job: JobSpec, plan_time: int, now: float) -> _Rerun | None:
+        """The latest rerun of the instance that the list shows at ``now``: one accepted at
+        least ``list_lag_s`` ago (None: the original run)."""
         rerun = self._reruns.get((job.name, plan_time))
+        lag = self.catalog.list_lag_s
+        while rerun is not None and now - rerun.accepted_at < lag:
+            rerun = rerun.previous
+        return rerun
+
+    def _status(self, job: JobSpec, plan_time: int, now: float) -> str:
+        rerun = self._listed(job, plan_time, now)
         if rerun is None:
             outage = self.catalog.outage
             return (
@@ -364,7 +381,7 @@ class Instances:
 
     def _render(self, job: JobSpec, plan_time: int, status: str, now: float) -> dict[str, Any]:
         index = (plan_time - self.catalog.plan_times(job).start) // job.period_ms
-        rerun = self._reruns.get((job.name, plan_time))
+        rerun = self._listed(job, plan_time, now)
         if rerun is None:
             # The original run, derived from the hash: submitted 1..30 s after its plan time,
             # started 0.5..5 s later, ran 20 s..10 min (a third of that when it failed).
