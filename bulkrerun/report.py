@@ -350,20 +350,28 @@ def _count_not_sent(
 
 
 def several_manifests(state: JournalState) -> bool:
-    """Whether the journal's runs had more than one manifest (by where it was)."""
+    """Whether the journal's runs had more than one manifest (see :func:`_latest_runs`)."""
     return len(_latest_runs(state.runs)) > 1
 
 
-def _manifest_key(run: RunRecord) -> str:
-    return run.manifest_path or run.manifest_name
+def _manifest_keys(run: RunRecord) -> tuple[str, tuple[str, ...]]:
+    """Where ``run``'s manifest was, and what it held: its digest and its instance files'."""
+    held = (run.manifest_sha256, *sorted(run.instance_files.values()))
+    return run.manifest_path or run.manifest_name, held
 
 
 def _latest_runs(runs: list[RunRecord]) -> list[RunRecord]:
-    """The latest run of each manifest (by where it was), the last run's first."""
-    latest: dict[str, RunRecord] = {}
+    """The latest run of each manifest, the last run's first. A manifest is where it was
+    (an edit replaces what the file planned before) or what it held: a journal and its
+    manifest copied to another folder, instance files and all, plan what they planned."""
+    latest: list[RunRecord] = []
+    seen: set[object] = set()
     for run in reversed(runs):
-        latest.setdefault(_manifest_key(run), run)
-    return list(latest.values())
+        keys = _manifest_keys(run)
+        if seen.isdisjoint(keys):
+            latest.append(run)
+        seen.update(keys)
+    return latest
 
 
 def _runs_after(state: JournalState, run: RunRecord) -> list[RunRecord]:

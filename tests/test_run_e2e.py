@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import string
@@ -1884,3 +1885,31 @@ def test_a_run_started_with_sighup_ignored_outlives_the_terminal(
     assert proc.returncode == 0, stderr
     assert "SIGHUP" not in stderr
     assert status_of(cli, j)["done"] == 60
+
+
+def test_a_journal_and_its_manifest_moved_to_another_folder_plan_as_one_manifest(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # The folder of a run (manifest, instance file, journal) copied elsewhere and run there:
+    # the manifest is at another path, but it is the same plan, not "other manifests too".
+    srv = fake_service()
+    first = tmp_path / "incident"
+    first.mkdir()
+    rows = "job_id,plan_time,submit_time\n1,1732500000000,1732500001000\n"
+    (first / "failed.csv").write_text(rows + "2,1732503600000,1732503601000\n")
+    (first / "m.toml").write_text(
+        'version = 1\n[defaults]\nworkspace = "ws"\nretry_location = "errorNode"\n'
+        'retry_task_version = "original_version"\n'
+        '[[instances]]\njob_name = "ods_orders"\nfile = "failed.csv"\nbatch = 1\n'
+    )
+    moved = Cli(first)
+    assert moved("run", "m.toml", "--journal", "j", url=srv.url).returncode == 0
+    shutil.copytree(first, tmp_path / "copy")
+    again = Cli(tmp_path / "copy")("run", "m.toml", "--journal", "j", url=srv.url)
+    assert again.returncode == 0, again.stderr
+    flat = " ".join(again.stderr.split())
+    assert "other manifests" not in flat and "nothing left to do" in flat, flat
+    status = json.loads(Cli(tmp_path / "copy")("status", "j", "--json").stdout)
+    assert (status["done"], status["pending"]) == (2, 0), status
+    assert len(status.get("pending_by_manifest") or []) <= 1, status
+    assert len(srv.ledger()) == 2  # and the second run sent nothing
