@@ -831,12 +831,15 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     _print_warnings(manifest)
     transport = _make_transport(settings, endpoint)
     # Without live details: the run's memory stays flat however many requests it sends
-    # (the resume decisions come from the state as opened; --watch reloads the file).
+    # (the resume decisions come from the state as opened; --watch reloads the file). Slim:
+    # of the requests an earlier run sent once and got done, a run needs no more than their
+    # units' states and where their intents are.
     journal = Journal.open(
         args.journal,
         Binding(settings.project_id, endpoint),
         tool_version=bulkrerun.__version__,
         live_details=False,
+        slim=True,
     )
     flags = ResumeFlags(retry_failed=args.retry_failed, resend_held=args.resend_held)
     clock = SystemClock()

@@ -151,6 +151,7 @@ __all__ = [
     "VerifyRecord",
     "held_by",
     "read_records_at",
+    "read_slim_state",
     "read_state",
 ]
 
@@ -374,6 +375,12 @@ class JournalState:
     span_total: float = 0.0
     span_start: float | None = None
     span_end: float = 0.0
+    # Of a journal read slim (``read_state(path, slim=True)``, ``Journal.open(slim=True)``):
+    # the window requests sent once and accepted (``done``), with no send whose outcome is
+    # unknown -> the byte offset of their intent. They are not in ``chunks``: their one unit
+    # is the request itself, done in ``units``, which is all that ``status`` and a resume
+    # ask of them (a resume reads their windows from their intents; see ``done_windows``).
+    settled: dict[str, int] = field(default_factory=dict)
     # Of a journal opened with ``live_details=False``: what the records appended since only
     # count (their units and chunks are not in ``units`` and ``chunks``).
     untracked_units: Counter[UnitState] = field(default_factory=Counter)
@@ -401,7 +408,24 @@ class JournalState:
     def requests(self) -> int:
         """Distinct requests (chunks) the journal records as sent at least once (or
         perhaps sent: an intent without an outcome)."""
-        return len(self.chunks) + self.untracked_requests - self.never_sent
+        return len(self.chunks) + len(self.settled) + self.untracked_requests - self.never_sent
+
+    def done_windows(self) -> list[int]:
+        """The intent offsets of the window requests whose one unit (the request itself) is
+        done, in file order: those in ``chunks`` and the ``settled`` ones."""
+        units = self.units
+        offsets = [
+            info.intent_offset
+            for info in self.chunks.values()
+            # A window request is its own one unit; an instance batch's are instance ids.
+            if len(info.units) == 1
+            and info.units[0] == info.id
+            and units.get(info.id) is _UNIT_DONE
+        ]
+        if self.settled:
+            offsets += self.settled.values()
+            offsets.sort()
+        return offsets
 
     def failed_by_code(self) -> dict[str, int]:
         """Failed units by the error code of the request that failed them last
@@ -433,11 +457,16 @@ class _InconsistentError(Exception):
     """A record contradicts the ones before it; the replay loop adds where."""
 
 
+class _Unsettled(Exception):
+    """A record of a slim replay touches a request it settled: the replay starts over in
+    full (see :meth:`_Replayer.unsettle`)."""
+
+
 class _Replayer:
     """Applies records to a :class:`JournalState`; used by replay and by the live journal,
     so that the state a writer holds is always what a replay of its file would give."""
 
-    __slots__ = ("_live", "_open", "details", "state")
+    __slots__ = ("_live", "_open", "details", "slim", "state")
 
     def __init__(self, state: JournalState) -> None:
         self.state = state
@@ -448,10 +477,36 @@ class _Replayer:
         # (in _live), and then only counted; see Journal.open(live_details=...).
         self.details = True
         self._live: dict[str, tuple[str, ...]] = {}
+        # True while a slim replay reads a file: a window request sent once and done is
+        # settled (see JournalState.settled), and a record that touches one again (which no
+        # bulkrerun writes: its unit is done, never sent or verified again) starts the
+        # replay over in full, so that what a slim replay keeps is always a full replay's.
+        self.slim = False
 
     def described(self, chunk_id: str) -> bool:
         """Whether a full intent of the chunk is on record (later intents may be short)."""
-        return chunk_id in self.state.chunks or chunk_id in self._live
+        st = self.state
+        return chunk_id in st.chunks or chunk_id in self._live or chunk_id in st.settled
+
+    def unsettle(self, chunk_id: str) -> ChunkInfo:
+        """The details of a settled request that a record touches again: in a slim replay,
+        :class:`_Unsettled` (the file is read again in full); in a journal opened slim and
+        appended to since, what it kept (its walls and run are the latest ones known)."""
+        if self.slim:
+            raise _Unsettled
+        st = self.state
+        info = ChunkInfo(
+            chunk_id,
+            (chunk_id,),
+            st.settled.pop(chunk_id),
+            st.last_wall,
+            st.last_wall,
+            attempts=1,
+            state="done",
+            run=len(st.runs),
+        )
+        st.chunks[chunk_id] = info
+        return info
 
     def priors(self, chunk_id: str) -> tuple[UnitState | None, ...] | None:
         """The states the units of ``chunk_id`` had before its attempt now open (None: no
@@ -491,6 +546,8 @@ class _Replayer:
     ) -> None:
         st = self.state
         info = st.chunks.get(chunk_id)
+        if info is None and st.settled and chunk_id in st.settled:
+            info = self.unsettle(chunk_id)
         if info is not None:
             if info.state is None:  # the send before this one has no outcome
                 st.unknown_sends[chunk_id] = st.unknown_sends.get(chunk_id, 0) + 1
@@ -548,6 +605,8 @@ class _Replayer:
         given for a held outcome."""
         st = self.state
         info = st.chunks.get(chunk_id)
+        if info is None and st.settled and chunk_id in st.settled:
+            info = self.unsettle(chunk_id)
         if not sent:  # the intent's request never left (kind not_sent): no attempt
             st.attempts -= 1
             if info is not None:
@@ -598,6 +657,18 @@ class _Replayer:
         if info is not None:
             for u in units:
                 unit_states[u] = new
+            if (
+                self.slim
+                and new is _UNIT_DONE
+                and info.attempts == 1
+                and len(units) == 1
+                and units[0] == chunk_id
+                and chunk_id not in st.unknown_sends
+            ):
+                # A window request sent once and done: settled, kept as its intent's offset
+                # (under its id as first read, the string its unit shares).
+                del st.chunks[chunk_id]
+                st.settled[info.id] = info.intent_offset
             return
         # A chunk of this session, not kept: from now on its units are only counted, but
         # for those the state listed before (failed or held ones sent again), updated there.
@@ -617,6 +688,8 @@ class _Replayer:
 
     def verify(self, unit: str, state: UnitState | None, evidence: str, wall: float) -> None:
         st = self.state
+        if st.settled and unit in st.settled:  # a window request's unit is the request
+            self.unsettle(unit)
         if state is None:
             st.units.pop(unit, None)
         else:
@@ -887,22 +960,27 @@ def _apply_slow(rep: _Replayer, obj: Any, offset: int) -> None:
         raise _InconsistentError(f"a malformed {obj.get('t')!r} record ({exc!r})") from None
 
 
-def _scan(f: IO[bytes], path: Path) -> _Scan | None:
-    """Replay an open journal file from its start. ``None`` for an empty file or a torn
-    header (nothing was ever recorded in it)."""
+def _scan(f: IO[bytes], path: Path, *, slim: bool = False) -> _Scan | None:
+    """Replay an open journal file from its start (``slim``: see JournalState.settled).
+    ``None`` for an empty file or a torn header (nothing was ever recorded in it)."""
     # The replay allocates a few objects per record and frees none of them, which makes the
     # cyclic garbage collector rescan the growing state again and again (more than half of
     # the replay time). It creates no reference cycles, so the collector is paused meanwhile.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        if slim:
+            try:
+                return _scan_records(f, path, slim=True)
+            except _Unsettled:  # a record touches a settled request again: read it all
+                f.seek(0)
         return _scan_records(f, path)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _scan_records(f: IO[bytes], path: Path) -> _Scan | None:
+def _scan_records(f: IO[bytes], path: Path, *, slim: bool = False) -> _Scan | None:
     first = f.readline()
     if not first:
         return None
@@ -919,6 +997,7 @@ def _scan_records(f: IO[bytes], path: Path) -> _Scan | None:
     header = _parse_header(first, path)
     state = JournalState(header=header)
     rep = _Replayer(state)
+    rep.slim = slim
     offset = len(first)
     lineno = 1
     bad: str | None = None
@@ -1000,22 +1079,26 @@ def _scan_records(f: IO[bytes], path: Path) -> _Scan | None:
             "it from a copy."
         ) from None
     state.records = records
+    rep.slim = False  # records appended from now on settle nothing (see _Replayer.unsettle)
     # A bad last line is what a crash while appending leaves: it is dropped (its record
     # was never durable, so nothing acted on it).
     return _Scan(header, rep, offset, torn=bad is not None)
 
 
-def _scan_fd(fd: int, path: Path) -> _Scan | None:
+def _scan_fd(fd: int, path: Path, *, slim: bool = False) -> _Scan | None:
     """:func:`_scan` of the journal open (for appending) at ``fd``, from its start."""
     with os.fdopen(os.dup(fd), "rb", buffering=1 << 20) as f:
         f.seek(0)
-        return _scan(f, path)
+        return _scan(f, path, slim=slim)
 
 
-def read_state(path: Path) -> tuple[Header, JournalState]:
+def read_state(path: Path, *, slim: bool = False) -> tuple[Header, JournalState]:
     """Replay the journal at ``path`` read-only, for ``status`` and ``report``.
 
     Takes no lock, so it works while a run appends; a torn last line is ignored.
+    ``slim``: keep the window requests sent once and done as the offsets of their intents
+    only (:attr:`JournalState.settled`), which is all that ``status`` needs of them (a
+    ``report`` needs every request's details).
     """
     try:
         # Asked first: opening a FIFO for reading waits for a writer, /dev/zero never ends.
@@ -1030,10 +1113,15 @@ def read_state(path: Path) -> tuple[Header, JournalState]:
     except IsADirectoryError:
         raise BadInput(f"{path} is a directory, not a bulkrerun journal") from None
     with f:
-        scan = _scan(f, path)
+        scan = _scan(f, path, slim=slim)
     if scan is None:
         raise JournalMismatch(f"{path} holds no journal yet (it is empty)")
     return scan.header, scan.replayer.state
+
+
+def read_slim_state(path: Path) -> tuple[Header, JournalState]:
+    """:func:`read_state` with ``slim=True``: what ``status`` reads."""
+    return read_state(path, slim=True)
 
 
 def read_records_at(path: Path, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:
@@ -1417,6 +1505,7 @@ class Journal:
         *,
         tool_version: str,
         live_details: bool = True,
+        slim: bool = False,
         create: bool = True,
     ) -> Journal:
         """Open the journal at ``path`` for appending, creating it if it does not exist
@@ -1428,7 +1517,9 @@ class Journal:
         since only the ones without a final outcome yet; the rest is counted (what
         :meth:`JournalState.counts`, ``requests`` and ``failed_by_code`` need). The resume
         decisions are made before sending, from the state as opened, so they lose nothing;
-        :meth:`reload` replays the file when the details are wanted again.
+        :meth:`reload` replays the file when the details are wanted again. ``slim=True``
+        replays what the file holds as :func:`read_state` does with it: of the window
+        requests sent once and done, their intents' offsets only (what a run reads of them).
 
         A new journal is created with mode ``0600`` and its header is made durable (file
         and directory fsynced). An existing journal must be bound to ``binding`` (else
@@ -1441,7 +1532,7 @@ class Journal:
             fd, created = _open_file(path, create)
             try:
                 journal = cls._open_fd(
-                    path, fd, binding, tool_version, created=created, for_run=create
+                    path, fd, binding, tool_version, created=created, for_run=create, slim=slim
                 )
             except _Removed:  # a run that had just created it removed it again: afresh
                 os.close(fd)
@@ -1463,6 +1554,7 @@ class Journal:
         *,
         created: bool,
         for_run: bool,
+        slim: bool = False,
     ) -> Journal:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1480,7 +1572,7 @@ class Journal:
             raise _Removed
         scan = None
         if not created:
-            scan = _scan_fd(fd, path)
+            scan = _scan_fd(fd, path, slim=slim)
         if scan is None:
             # New file, or one a crash left empty or with a torn header: start it afresh,
             # private as a new one is (an empty file made beforehand keeps its own mode).

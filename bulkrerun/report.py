@@ -1,7 +1,8 @@
 """``status`` and ``report``: what a journal says, for people, scripts and tickets.
 
 Everything here reads a journal with :func:`bulkrerun.journal.read_state` (read-only, no
-lock, so it also works while a run appends) and never sends anything.
+lock, so it also works while a run appends; ``status`` reads it slim, without the details
+of the windows sent once and done) and never sends anything.
 
 - :func:`status` sums a journal up in a :class:`StatusSummary`: units done, failed (by error
   code), held and not yet sent; the rate achieved; the commands to run next.
@@ -122,6 +123,7 @@ from bulkrerun.journal import (
     VerifyRecord,
     held_by,
     read_records_at,
+    read_slim_state,
     read_state,
 )
 from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
@@ -981,7 +983,8 @@ def status(path: Path) -> StatusSummary:
     One read serves every number (see :func:`not_sent_by_manifest`), so that they are of one moment
     and add up even while a run appends to the journal.
     """
-    _, state = read_state(path)
+    # Slim: of the requests sent once and done, a status needs their units' states only.
+    _, state = read_slim_state(path)
     pending, unknown, by_manifest = not_sent_by_manifest(state)
     summary = summarize(
         path,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bulkrerun.chunk import Chunk
-from bulkrerun.journal import ChunkInfo, JournalState, UnitState, read_records_at
+from bulkrerun.journal import JournalState, UnitState, read_records_at
 from bulkrerun.manifest import Manifest, WindowEntry, covered_jobs
 from bulkrerun.planner import Duplicate, SelectedInstance, plan, window_times
 
@@ -222,26 +222,15 @@ def earlier_windows(path: Path, state: JournalState, manifest: Manifest) -> Earl
         return None
     if state.runs and state.runs[-1].manifest_sha256 == manifest.sha256:
         return EarlierWindows(path, state, new_chunks=False)
-    units = state.units
-    if not any(_done_window(info, units) for info in state.chunks.values()):
+    if not state.done_windows():
         return None
     return EarlierWindows(path, state)
-
-
-def _done_window(info: ChunkInfo, units: Mapping[str, UnitState]) -> bool:
-    # A window chunk is its own one unit; an instance batch's units are instance ids.
-    chunk_units = info.units
-    return (
-        len(chunk_units) == 1 and chunk_units[0] == info.id and units.get(info.id) is UnitState.DONE
-    )
 
 
 def read_done_windows(path: Path, state: JournalState) -> Iterator[DoneWindow]:
     """The done window requests of the journal at ``path`` (replayed as ``state``), in the
     order first sent, from their intent records (one read each, in file order)."""
-    units = state.units
-    offsets = (info.intent_offset for info in state.chunks.values() if _done_window(info, units))
-    for record in read_records_at(path, offsets):
+    for record in read_records_at(path, iter(state.done_windows())):
         body = record.get("body")
         if record.get("kind") != "window" or not isinstance(body, dict):
             continue

@@ -3,6 +3,7 @@ through typer's runner, so the whole malformed-manifest corpus runs in seconds).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -826,3 +827,51 @@ def test_the_steps_status_gives_after_a_demo_work_pasted(
     assert f"sending 4 to project {PROJECT} at {endpoint}" in text
     assert "failed DLF.1000: 4" in text
     assert "warning" not in text
+
+
+def test_status_read_slim_says_what_a_full_read_says(
+    runner: CliRunner,
+    cli: Cli,
+    fake_service: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """status reads a journal slim (the windows sent once and done as offsets only); what
+    it prints, as text and as JSON, is what a full read prints: on a journal with done,
+    failed, held and never sent units, and a request done after a send of unknown outcome."""
+    import bulkrerun.report as report_module
+    from bulkrerun.journal import read_state
+
+    srv = fake_service("--missing-job", "ghost_job", "--drop-after-accept", "0.2", "--seed", "5")
+    begin = 1_732_579_200_000
+    good = (
+        f'[[window]]\njob_name = "ods_orders"\nbegin = {begin}\nend = {begin + 3_600_000}\n'
+        'chunk = "2m"\n'
+    )
+    (tmp_path / "failed.csv").write_text(
+        "job_id,plan_time,submit_time\n"
+        + "".join(f"{100 + i},{begin + i * 60_000},{begin - 3_600_000}\n" for i in range(12)),
+        encoding="utf-8",
+    )
+    rows = '[[instances]]\njob_name = "ods_payments"\nbatch = 5\nfile = "failed.csv"\n'
+    j = tmp_path / "j"
+    first = write_manifest(tmp_path / "first.toml", good + rows)
+    out = cli("run", str(first), "--journal", str(j), "--max-attempts", "1", url=srv.url)
+    assert out.returncode == 1, out.stderr  # some held (dropped after acceptance)
+    # A second manifest whose refused window stops the run on its canary: failed units,
+    # and the rest of that window never sent.
+    ghost = good.replace("ods_orders", "ghost_job")
+    second = write_manifest(tmp_path / "second.toml", ghost + good)
+    args = ["--canary", "3", "--max-inflight", "1", "--max-attempts", "1"]
+    out = cli("run", str(second), "--journal", str(j), *args, url=srv.url)
+    assert out.returncode == 3, out.stderr
+
+    slim = [runner.invoke(app, ["status", str(j), *a]) for a in ([], ["--json"])]
+    monkeypatch.setattr(report_module, "read_slim_state", read_state)  # a full read instead
+    full = [runner.invoke(app, ["status", str(j), *a]) for a in ([], ["--json"])]
+    assert [r.output for r in slim] == [r.output for r in full]
+    assert [r.exit_code for r in slim] == [r.exit_code for r in full]
+    s = json.loads(slim[1].output)
+    assert s["done"] and s["failed"] and s["held"] and s["pending"], s
+    _, state = read_state(j, slim=True)
+    assert len(state.settled) > 20  # the good window's requests, most of them

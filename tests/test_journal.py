@@ -1424,3 +1424,152 @@ async def test_sends_whose_outcome_is_unknown_are_counted_per_request(jpath: Pat
         j.outcome(held, 1, lost, 6.0, "held")
     _, state = read_state(jpath)
     assert state.unknown_sends == {killed.id: 1, held.id: 2}
+
+
+# -- a slim read (status, and a run's resume) -------------------------------------------------
+
+
+def _replayed(state: Any) -> tuple[Any, ...]:
+    """Everything a replay yields that status and a resume read, but the requests' details."""
+    return (
+        state.units,
+        dict(state.counts()),
+        state.requests,
+        state.attempts,
+        state.accepted,
+        state.never_sent,
+        state.failed_by_code(),
+        state.unknown_sends,
+        state.unknown_ids,
+        state.verified,
+        state.records,
+        state.first_wall,
+        state.last_wall,
+        state.active_seconds,
+        state.done_windows(),
+    )
+
+
+def _details(state: Any) -> dict[str, tuple[Any, ...]]:
+    fields = ("units", "intent_offset", "first_wall", "last_wall", "attempts", "state")
+    more = ("outcome_offset", "status", "error_code", "run")
+    return {
+        cid: tuple(getattr(info, f) for f in fields + more) for cid, info in state.chunks.items()
+    }
+
+
+async def _every_fate(j: Journal) -> list[Chunk]:
+    """Window requests done at once (0, 6), failed (1), held (2), done after a 429 (3),
+    held then done (4), never sent (5), one left in flight (7, a crash); a batch done, a
+    batch failed; a verification of the held window."""
+    w = [window(i) for i in range(8)]
+    b12, b3 = batch([1, 2]), batch([3])
+    lost = Outcome(Kind.HELD, 504, None, None, "req-504", reason="504")
+    fates: list[tuple[Chunk, list[tuple[Outcome, str]]]] = [
+        (w[0], [(DONE, "done")]),
+        (w[1], [(FAILED, "failed")]),
+        (w[2], [(HELD, "held")]),
+        (w[3], [(THROTTLED, "retry"), (DONE, "done")]),
+        (w[4], [(lost, "held"), (DONE, "done")]),
+        (w[5], [(Outcome(Kind.NOT_SENT, reason="interrupted"), "pending")]),
+        (b12, [(DONE, "done")]),
+        (b3, [(FAILED, "failed")]),
+        (w[6], [(DONE, "done")]),
+    ]
+    wall = WALL
+    for chunk, outcomes in fates:
+        for attempt, (outcome, state) in enumerate(outcomes, 1):
+            wall += 1
+            await j.intend(chunk, attempt, wall)
+            j.outcome(chunk, attempt, outcome, wall + 0.5, state)
+    await j.intend(w[7], 1, wall + 1)
+    j.verified(w[2].id, UnitState.DONE, "rerun seen", wall + 2)
+    await j.flush()
+    return [*w, b12, b3]
+
+
+def test_a_slim_read_keeps_windows_done_at_once_as_offsets_and_sums_up_as_a_full_one(
+    jpath: Path,
+) -> None:
+    async def play() -> list[Chunk]:
+        with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+            return await _every_fate(j)
+
+    w = anyio.run(play)
+    _, full = read_state(jpath)
+    _, slim = read_state(jpath, slim=True)
+    # The windows sent once and done are kept as where their intents are, nothing more;
+    # every other request (done after a 429, or after a send of unknown outcome, a batch)
+    # in full.
+    assert slim.settled == {c.id: full.chunks[c.id].intent_offset for c in (w[0], w[6])}
+    assert _details(slim) == {
+        cid: d for cid, d in _details(full).items() if cid not in (w[0].id, w[6].id)
+    }
+    assert _replayed(slim) == _replayed(full)
+    assert slim.done_windows() == sorted(
+        full.chunks[c.id].intent_offset for c in (w[0], w[2], w[3], w[4], w[6])
+    )
+    # A run's resume opens it so, and what it appends sums up as a full replay does.
+    with Journal.open(jpath, BINDING, tool_version="0.1.0", live_details=False, slim=True) as j:
+        assert _replayed(j.state()) == _replayed(full)
+
+        async def retry() -> None:
+            await j.intend(w[1], 2, WALL + 50)
+            j.outcome(w[1], 2, DONE, WALL + 51, "done")
+            await j.flush()
+
+        anyio.run(retry)
+        live = _replayed(j.state())
+    assert live == _replayed(read_state(jpath)[1]) == _replayed(read_state(jpath, slim=True)[1])
+
+
+@pytest.mark.parametrize("touch", ["sent again", "verified", "outcome again"])
+def test_a_slim_read_of_a_settled_window_touched_again_is_a_full_one(
+    jpath: Path, touch: str
+) -> None:
+    # No bulkrerun sends a done window again, verifies it, or records a second outcome of
+    # it; a journal that does anyway (edited by hand) is read in full, never guessed at.
+    async def play() -> None:
+        with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+            w = await _every_fate(j)
+            if touch == "sent again":
+                await j.intend(w[0], 2, WALL + 60)
+                j.outcome(w[0], 2, FAILED, WALL + 61, "failed")
+            elif touch == "verified":
+                j.verified(w[0].id, None, "never rerun", WALL + 60)
+            else:
+                j.outcome(w[0], 1, HELD, WALL + 60, "held")
+            await j.flush()
+
+    anyio.run(play)
+    _, full = read_state(jpath)
+    _, slim = read_state(jpath, slim=True)
+    assert not slim.settled
+    assert _details(slim) == _details(full)
+    assert _replayed(slim) == _replayed(full)
+
+
+def test_a_journal_opened_slim_details_a_settled_window_touched_again(jpath: Path) -> None:
+    # What a run appends is replayed live: a record touching a settled window (which no run
+    # writes) gets its details back, and the sums stay a full replay's.
+    async def play() -> list[Chunk]:
+        with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+            return await _every_fate(j)
+
+    w = anyio.run(play)
+    with Journal.open(jpath, BINDING, tool_version="0.1.0", slim=True) as j:
+        assert w[0].id in j.state().settled
+
+        async def again() -> None:
+            await j.intend(w[0], 2, WALL + 60)
+            j.outcome(w[0], 2, FAILED, WALL + 61, "failed")
+            j.verified(w[6].id, None, "never rerun", WALL + 62)
+            await j.flush()
+
+        anyio.run(again)
+        state = j.state()
+        assert w[0].id not in state.settled and w[6].id not in state.settled
+        assert state.chunks[w[0].id].attempts == 2
+        assert state.chunks[w[0].id].state == "failed"
+        live = _replayed(state)
+    assert live == _replayed(read_state(jpath)[1])
