@@ -444,7 +444,13 @@ def _recorded_manifest(run: RunRecord) -> Manifest:
         _readable(run, path, label)
         tables[i]["file"] = path
     try:
-        manifest = manifest_from_copy(Path(name), run.manifest_text, run.manifest_sha256, data)
+        manifest = manifest_from_copy(
+            Path(name),
+            run.manifest_text,
+            run.manifest_sha256,
+            data,
+            checked=run.instance_files,  # checked line by line when the run read them
+        )
     except ManifestError as exc:
         _check_digests(run, {path: _sha256(path) for path in run.instance_files}, labels)
         problem = exc.problems[0] if exc.problems else str(exc)

@@ -875,3 +875,54 @@ def test_status_read_slim_says_what_a_full_read_says(
     assert s["done"] and s["failed"] and s["held"] and s["pending"], s
     _, state = read_state(j, slim=True)
     assert len(state.settled) > 20  # the good window's requests, most of them
+
+
+def test_status_checks_an_instance_file_line_by_line_only_when_its_digest_changed(
+    runner: CliRunner,
+    cli: Cli,
+    fake_service: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """To count what is not yet sent, status plans the journal's copy of the manifest again
+    with the instance files the run read. A file whose digest is still the one the run
+    recorded was found good line by line by that run: it is only hashed, then planned. One
+    that changed is checked line by line again, and the count is refused."""
+    import bulkrerun.manifest as manifest_module
+
+    srv = fake_service()
+    rows = tmp_path / "failed.csv"
+    begin = 1_732_579_200_000
+    lines = [f"{100 + i},{begin + i * 60_000},{begin - 3_600_000}\n" for i in range(12)]
+    rows.write_text("job_id,plan_time,submit_time\n" + "".join(lines), encoding="utf-8")
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[instances]]\njob_name = "ods_payments"\nbatch = 5\nfile = "failed.csv"\n',
+    )
+    j = tmp_path / "j"
+    out = cli("run", str(m), "--journal", str(j), url=srv.url)
+    assert out.returncode == 0, out.stderr
+
+    reads: list[str] = []  # each read of the file's lines: "checked" or "planned"
+    rows_of = manifest_module._rows
+
+    def counted_rows(path: Path, digest: Any = None) -> Any:
+        reads.append("checked" if digest is not None else "planned")
+        return rows_of(path, digest)
+
+    monkeypatch.setattr(manifest_module, "_rows", counted_rows)
+    said = runner.invoke(app, ["status", str(j), "--json"])
+    s = json.loads(said.output)
+    assert (s["done"], s["pending"]) == (12, 0)
+    assert reads == ["planned"]
+
+    reads.clear()
+    rows.write_text(rows.read_text(encoding="utf-8") + "999,1732579200000,1732575600000\n")
+    said = runner.invoke(app, ["status", str(j), "--json"])
+    s = json.loads(said.output)
+    assert s["pending"] is None
+    assert (
+        f"the instance file {rows} (instances[0]) changed since run 1 read it"
+        in (s["pending_unknown"])
+    )
+    assert reads == ["checked"]
