@@ -1022,7 +1022,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     f"{shlex.quote(str(args.journal))} counts it); the same command resumes"
                 )
             summary = summarize(
-                args.journal, journal.state(), pending=pending, pending_unknown=unknown
+                args.journal, journal.state(), pending=pending, pending_unknown=unknown, counts=now
             )
             if several_manifests(journal.state()):
                 # What the others left unsent would take planning each again against a

@@ -866,13 +866,16 @@ def summarize(
     pending_unknown: str | None = None,
     holder: Holder | None = None,
     pending_by_manifest: list[tuple[str, int | str]] | None = None,
+    counts: Counter[UnitState] | None = None,
 ) -> StatusSummary:
     """A :class:`StatusSummary` of an already replayed journal (e.g. a run's live state),
     with ``pending`` as the caller counted it (``pending_unknown``: why it could not).
     ``holder``: another bulkrerun holding the journal meanwhile. When that is the last run
     (its pid is the run record's), its requests without an answer yet are in flight, not
-    held; a verify, or a run still starting, sends nothing, and held units stay held."""
-    counts = state.counts()
+    held; a verify, or a run still starting, sends nothing, and held units stay held.
+    ``counts``: ``state.counts()``, when the caller has it already (counting goes through
+    every unit: 0.1 s per million)."""
+    counts = state.counts() if counts is None else Counter(counts)
     in_flight = _in_flight(state, _flying_since(state, holder))
     counts[UnitState.HELD] -= in_flight
     failed_by_code = state.failed_by_code()

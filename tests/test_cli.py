@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from bulkrerun.cli import app
-from tests.conftest import PROJECT, Cli, Service, clean_env, write_manifest
+from tests.conftest import AK, PROJECT, SK, Cli, Service, clean_env, write_manifest
 
 CORPUS = Path(__file__).parent / "manifests"
 EXPECTED: dict[str, list[str]] = tomllib.loads((CORPUS / "expected.toml").read_text())["expect"]
@@ -926,3 +926,37 @@ def test_status_checks_an_instance_file_line_by_line_only_when_its_digest_change
         in (s["pending_unknown"])
     )
     assert reads == ["checked"]
+
+
+def test_a_run_counts_its_journals_units_once_at_its_end(
+    runner: CliRunner,
+    fake_service: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At its end a run counts the units per state (for its exit code) and sums itself up
+    with those counts: one pass over every unit of the journal, not two (0.1 s per million)."""
+    from bulkrerun.journal import JournalState
+
+    srv = fake_service("--drop-after-accept", "0.3", "--seed", "2")
+    begin = 1_732_579_200_000
+    m = write_manifest(
+        tmp_path / "m.toml",
+        f'[[window]]\njob_name = "ods_orders"\nbegin = {begin}\nend = {begin + 3_600_000}\n'
+        'chunk = "5m"\n',
+    )
+    passes: list[int] = []
+    count = JournalState.counts
+
+    def counted(state: JournalState) -> Any:
+        passes.append(len(state.units))
+        return count(state)
+
+    monkeypatch.setattr(JournalState, "counts", counted)
+    env = {"BULKRERUN_AK": AK, "BULKRERUN_SK": SK, "BULKRERUN_PROJECT_ID": "p"}
+    env["BULKRERUN_ENDPOINT"] = srv.url
+    j = str(tmp_path / "j")
+    result = runner.invoke(app, ["run", str(m), "--journal", j, "--no-progress"], env=env)
+    assert result.exit_code == 1, result.output  # some held: the counts decide the exit code
+    assert "held" in result.output
+    assert len(passes) == 1
