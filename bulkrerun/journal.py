@@ -151,7 +151,6 @@ __all__ = [
     "VerifyRecord",
     "held_by",
     "read_records_at",
-    "read_slim_state",
     "read_state",
 ]
 
@@ -1117,11 +1116,6 @@ def read_state(path: Path, *, slim: bool = False) -> tuple[Header, JournalState]
     if scan is None:
         raise JournalMismatch(f"{path} holds no journal yet (it is empty)")
     return scan.header, scan.replayer.state
-
-
-def read_slim_state(path: Path) -> tuple[Header, JournalState]:
-    """:func:`read_state` with ``slim=True``: what ``status`` reads."""
-    return read_state(path, slim=True)
 
 
 def read_records_at(path: Path, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:

@@ -123,7 +123,6 @@ from bulkrerun.journal import (
     VerifyRecord,
     held_by,
     read_records_at,
-    read_slim_state,
     read_state,
 )
 from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
@@ -993,7 +992,7 @@ def status(path: Path) -> StatusSummary:
     and add up even while a run appends to the journal.
     """
     # Slim: of the requests sent once and done, a status needs their units' states only.
-    _, state = read_slim_state(path)
+    _, state = read_state(path, slim=True)
     pending, unknown, by_manifest = not_sent_by_manifest(state)
     summary = summarize(
         path,

@@ -3,6 +3,7 @@ through typer's runner, so the whole malformed-manifest corpus runs in seconds).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -867,7 +868,8 @@ def test_status_read_slim_says_what_a_full_read_says(
     assert out.returncode == 3, out.stderr
 
     slim = [runner.invoke(app, ["status", str(j), *a]) for a in ([], ["--json"])]
-    monkeypatch.setattr(report_module, "read_slim_state", read_state)  # a full read instead
+    full_read = functools.partial(read_state, slim=False)  # whatever status asks for
+    monkeypatch.setattr(report_module, "read_state", lambda path, **_: full_read(path))
     full = [runner.invoke(app, ["status", str(j), *a]) for a in ([], ["--json"])]
     assert [r.output for r in slim] == [r.output for r in full]
     assert [r.exit_code for r in slim] == [r.exit_code for r in full]

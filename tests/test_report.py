@@ -714,8 +714,8 @@ def test_status_counts_from_one_read_so_its_numbers_add_up_during_a_run(
     unsent = [chunks[4], chunks[6]]  # window chunk 4, the batch of instance 4
     read_state_now = report_module.read_state
 
-    def read_while_the_run_goes_on(path: Path) -> Any:
-        read = read_state_now(path)
+    def read_while_the_run_goes_on(path: Path, **kwargs: Any) -> Any:
+        read = read_state_now(path, **kwargs)
         if unsent:  # meanwhile the run sends the next request, and it is accepted
             chunk = unsent.pop(0)
 
