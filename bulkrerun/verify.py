@@ -25,7 +25,15 @@ pending: *pending* needs, for an instance unit, the exact ``submit_time`` we ask
 ended before it, submitted more than the allowance before it. A wrong *done* leaves an
 instance unrerun (visible in ``report``); a wrong *pending* would run it twice, which is the
 one thing bulkrerun must never do. Before deciding, :func:`verify_held` waits until the
-newest held request is :data:`SETTLE_S` old, so that an accepted rerun has had time to show.
+newest request it relies on is ``settle`` seconds old (:data:`SETTLE_S` unless told), so that
+an accepted rerun has had time to show.
+
+A list slower than that shows an accepted rerun's instance as it was before: exactly the
+picture that makes a unit pending. So the requests the journal records as accepted serve as
+canaries (:func:`load_canaries`: the latest few of each job): they are listed with the held
+units, and while the list shows one of them as not rerun, it cannot be believed of a held
+unit either. Such a unit stays held ("instance list lagging") instead of being made pending,
+unless an accepted request sent after it shows rerun already.
 
 :func:`watch` polls the instances of the journal's done units until each shows our rerun in
 a final status, prints a table per job and appends what it saw to a sidecar file next to the
@@ -40,6 +48,7 @@ more when the list answers again.
 
 from __future__ import annotations
 
+import heapq
 import os
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -55,7 +64,7 @@ from rich.table import Table
 
 from bulkrerun.chunk import instance_unit_id
 from bulkrerun.clock import Clock
-from bulkrerun.journal import Journal, JournalState, UnitState, read_records_at
+from bulkrerun.journal import ChunkInfo, Journal, JournalState, UnitState, read_records_at
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer
@@ -77,6 +86,7 @@ __all__ = [
     "LIST_NOTICE_AFTER_S",
     "LIST_NOTICE_EVERY_S",
     "SETTLE_S",
+    "Canary",
     "InstanceTarget",
     "ListTrouble",
     "Verdict",
@@ -85,7 +95,9 @@ __all__ = [
     "WatchSummary",
     "WindowTarget",
     "judge_instance",
+    "judge_lag",
     "judge_window",
+    "load_canaries",
     "load_targets",
     "read_watch",
     "verify_held",
@@ -99,8 +111,18 @@ second; two minutes also covers a badly kept laptop. (The gateway refuses signat
 than 15 minutes off, so AK/SK runs cannot be further apart than that anyway.)"""
 
 SETTLE_S = 5.0
-"""The age a held request must reach before its instance is believed: an accepted rerun
-shows in the list at once on the fake, and within seconds on a scheduler."""
+"""The age the newest request a verify relies on must reach before the list is read (the
+default of ``--settle``): an accepted rerun shows in the list at once on the fake, and within
+seconds on a scheduler. A list slower than that is caught by the canaries."""
+
+CANARIES_PER_JOB = 3
+"""Accepted requests per job whose reruns are looked for in the list, the latest ones: the
+latest rerun the service accepted is the last to show, so if it shows, the list has caught up
+with every request before it; a few, in case one instance was since changed by hand."""
+
+CANARY_READS = 256
+"""At most this many accepted requests are read from the journal to find the canaries,
+newest first: a journal of 200,000 requests is not read whole for a job it holds none of."""
 
 CLUSTER_GAP_MS = 6 * 3_600_000
 """Plan times of one job closer than this are read with one paginated query over their span
@@ -229,6 +251,90 @@ def _targets_of(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A request the service accepted (200), whose rerun the list should show by now: as a
+    target (an instance of it, or its window over its own job only), the job it is of, and
+    when the acceptance was recorded (epoch ms, our clock)."""
+
+    target: Target
+    key: Key
+    accepted_ms: int
+
+
+def load_canaries(path: Path, state: JournalState, keys: Iterable[Key]) -> list[Canary]:
+    """The latest :data:`CANARIES_PER_JOB` accepted requests of each job of ``keys``, and as
+    many of the latest of other jobs (for a job with none of its own: the list is one API),
+    read from the journal newest first, :data:`CANARY_READS` at most.
+
+    One canary per request: an instance request stands for one of its instances (all were
+    accepted at once), a window request for its window of its own job. (A window's other
+    jobs are left out: how the service queues their reruns is not the list's lag.)
+    """
+    wanted = set(keys)
+    accepted = heapq.nlargest(
+        CANARY_READS,
+        (info for info in state.chunks.values() if info.state == "done"),
+        key=lambda info: info.last_wall,
+    )
+    found: dict[Key, list[Canary]] = {}
+    others = 0
+    batch = 32  # read in small batches, newest first: most journals are done in one
+    for k in range(0, len(accepted), batch):
+        infos = sorted(accepted[k : k + batch], key=lambda info: info.intent_offset)
+        records = dict(
+            zip(
+                (info.id for info in infos),
+                read_records_at(path, (info.intent_offset for info in infos)),
+                strict=True,
+            )
+        )
+        for info in accepted[k : k + batch]:
+            canary = _canary_of(records[info.id], info)
+            if canary is None:
+                continue
+            mine = found.setdefault(canary.key, [])
+            if len(mine) >= CANARIES_PER_JOB:
+                continue
+            if canary.key not in wanted:
+                if others >= CANARIES_PER_JOB:
+                    continue
+                others += 1
+            mine.append(canary)
+        if all(len(found.get(key, ())) >= CANARIES_PER_JOB for key in wanted):
+            break
+    return [c for canaries in found.values() for c in canaries]
+
+
+def _canary_of(record: Mapping[str, Any], info: ChunkInfo) -> Canary | None:
+    key = (str(record["job_name"]), str(record["workspace"]))
+    body = record["body"]
+    since, accepted = round(info.first_wall * 1000), round(info.last_wall * 1000)
+    if "task_retrys" in body:
+        if not body["task_retrys"]:
+            return None
+        task = body["task_retrys"][-1]
+        job_id, plan_time, submit_time = (
+            int(task["job_id"]),
+            int(task["plan_time"]),
+            int(task["submit_time"]),
+        )
+        unit = instance_unit_id(key[0], job_id, plan_time, submit_time)
+        target: Target = InstanceTarget(
+            unit, key[0], key[1], job_id, plan_time, submit_time, since, accepted
+        )
+    else:
+        target = WindowTarget(
+            str(record["chunk"]),
+            (key,),
+            int(body["begin_time"]),
+            int(body["end_time"]),
+            since,
+            accepted,
+        )
+    return Canary(target, key, accepted)
+
+
 # -- judging: pure -------------------------------------------------------------------------------
 
 
@@ -262,9 +368,18 @@ def _ended_before(instance: ListedInstance, since_ms: int) -> bool:
     return instance.status in ENDED_STATUSES and _latest(instance) < since_ms
 
 
+def _what(target: Target) -> str:
+    """A unit as its evidence names it."""
+    if isinstance(target, InstanceTarget):
+        return f"{target.job_name} plan_time {_iso(target.plan_time)}"
+    return f"window {_iso(target.begin_time)}..{_iso(target.end_time)} of " + ", ".join(
+        job for job, _ in target.jobs
+    )
+
+
 def judge_instance(target: InstanceTarget, now: ListedInstance | None) -> Verdict:
     """The verdict for an instance unit given the instance as listed now (None: not listed)."""
-    what = f"{target.job_name} plan_time {_iso(target.plan_time)}"
+    what = _what(target)
     asked = f"our request (first sent {_iso(target.since_ms)})"
     if now is None or now.job_id != target.job_id:
         return Verdict(
@@ -315,9 +430,7 @@ def judge_instance(target: InstanceTarget, now: ListedInstance | None) -> Verdic
 
 def judge_window(target: WindowTarget, instances: Sequence[ListedInstance]) -> Verdict:
     """The verdict for a window unit given the listed instances of its jobs in its window."""
-    what = f"window {_iso(target.begin_time)}..{_iso(target.end_time)} of " + ", ".join(
-        job for job, _ in target.jobs
-    )
+    what = _what(target)
     asked = f"our request (first sent {_iso(target.since_ms)})"
     if not instances:
         return Verdict(
@@ -357,6 +470,45 @@ def judge_window(target: WindowTarget, instances: Sequence[ListedInstance]) -> V
         if (neither := n - after - before) > 0:
             said += f", {neither:,} neither"
     return Verdict(UnitState.HELD, f"{what}: {said}: inconclusive", "window inconclusive")
+
+
+def judge_lag(target: Target, canaries: Sequence[tuple[Canary, Verdict]]) -> Verdict | None:
+    """For a unit the list shows as not rerun: HELD when the list does not yet show the
+    reruns of requests the service accepted, None when nothing says it lags.
+
+    ``canaries`` come with the verdict the list gives them as if they were held: *done*, it
+    shows their rerun; *pending*, it shows them as not rerun although the service accepted
+    them, which is the picture a list that lags shows of an accepted rerun. The unit's own
+    jobs' canaries count, or, when its jobs have none, every job's. A canary accepted at or
+    after the unit's latest request that shows rerun says the list has caught up with the
+    unit's request too: the unit is judged as the list shows it. Otherwise a single canary
+    shown as not rerun keeps the unit held: its own rerun may be one the list does not show
+    yet, and a unit made pending would be sent, and run, twice.
+    """
+    keys = (
+        target.jobs if isinstance(target, WindowTarget) else ((target.job_name, target.workspace),)
+    )
+    pool = [(c, v) for c, v in canaries if c.key in keys] or list(canaries)
+    if any(v.state is UnitState.DONE and c.accepted_ms >= target.last_ms for c, v in pool):
+        return None
+    unseen = [c for c, v in pool if v.state is None]
+    if not unseen:
+        return None
+    canary = max(unseen, key=lambda c: c.accepted_ms)
+    if isinstance(canary.target, InstanceTarget):
+        example = f"{canary.key[0]} at {_iso(canary.target.plan_time)}"
+    else:
+        example = (
+            f"{canary.key[0]} window {_iso(canary.target.begin_time)}.."
+            f"{_iso(canary.target.end_time)}"
+        )
+    return Verdict(
+        UnitState.HELD,
+        f"{_what(target)}: the instance list does not yet show reruns the service accepted "
+        f"(e.g. {example}, accepted {_iso(canary.accepted_ms)}): verify again later (or with a "
+        "longer --settle)",
+        "instance list lagging",
+    )
 
 
 # -- reading the instances the targets need -------------------------------------------------------
@@ -573,16 +725,28 @@ async def verify_held(
         return summary
     await journal.flush()  # the intent records are read from the file
     targets = load_targets(journal.path, state, held)
-    newest = max((t.last_ms for t in targets), default=0)
+    keys = {
+        key
+        for t in targets
+        for key in (t.jobs if isinstance(t, WindowTarget) else ((t.job_name, t.workspace),))
+    }
+    canaries = load_canaries(journal.path, state, keys)
+    # The canaries too get the time to show: a canary sent after the newest held request
+    # and read at once would be taken for a list that lags.
+    newest = max((t.last_ms for t in [*targets, *(c.target for c in canaries)]), default=0)
     wait = newest / 1000 + settle - clock.wall()
     if wait > 0:
         await clock.sleep(wait)
     observe = None if on_notice is None else ListTrouble(None).observer(clock, on_notice)
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
-    listing = await _read(lister, _queries(targets), round(clock.wall() * 1000))
+    queries = _queries([*targets, *(c.target for c in canaries)])
+    listing = await _read(lister, queries, round(clock.wall() * 1000))
+    judged = [(c, _verdict(c.target, listing)) for c in canaries]
     wall = clock.wall()
     for target in targets:
         verdict = _verdict(target, listing)
+        if verdict.state is None:
+            verdict = judge_lag(target, judged) or verdict
         journal.verified(target.unit, verdict.state, verdict.evidence, wall)
         if verdict.state is UnitState.DONE:
             summary.verified_done += 1

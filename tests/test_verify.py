@@ -44,12 +44,15 @@ from bulkrerun.verify import (
     CLOCK_SKEW_S,
     LIST_NOTICE_AFTER_S,
     LIST_NOTICE_EVERY_S,
+    Canary,
     InstanceTarget,
     ListTrouble,
+    Verdict,
     VerifySummary,
     WatchSummary,
     WindowTarget,
     judge_instance,
+    judge_lag,
     judge_window,
     read_watch,
     verify_held,
@@ -417,6 +420,127 @@ async def test_verify_waits_for_a_fresh_request_to_settle(tmp_path: Path) -> Non
         assert w.clock.sleeps[slept] == pytest.approx(5.0, abs=0.01)
         assert w.clock.now() - start >= 5.0
         assert summary.made_pending == len(w.chunks[0].units)
+
+
+LAG_S = 3.0  # how late the fake lists an accepted rerun, in the tests of a slow list
+
+
+def test_a_unit_the_list_shows_unrerun_stays_held_while_an_accepted_request_shows_so_too() -> None:
+    # judge_lag, pure: canaries with the verdict the list gives them as if they were held.
+    t = target(since_ms=T_ASK, last_ms=T_ASK + 1000)
+    accepted = target(unit="c1", plan_time=t.plan_time + HOUR, since_ms=T_ASK + 1500)
+    key = ("ods_orders", WS)
+    unseen = Verdict(None, "not rerun", "not rerun")
+    seen = Verdict(UnitState.DONE, "rerun seen", "rerun seen")
+    after = Canary(accepted, key, T_ASK + 1600)
+    before = Canary(dataclasses.replace(accepted, unit="c0"), key, T_ASK - 1000)
+    lagging = judge_lag(t, [(after, unseen)])
+    assert lagging is not None and lagging.state is UnitState.HELD
+    assert lagging.reason == "instance list lagging"
+    assert lagging.evidence == (
+        "ods_orders plan_time 2024-11-26T06:13:00Z: the instance list does not yet show "
+        "reruns the service accepted (e.g. ods_orders at 2024-11-26T07:13:00Z, accepted "
+        "2024-11-26T14:06:41Z): verify again later (or with a longer --settle)"
+    )
+    # A request accepted after ours shows rerun: the list has caught up with ours too.
+    assert judge_lag(t, [(before, unseen), (after, seen)]) is None
+    # One accepted before ours showing rerun says nothing of ours.
+    assert judge_lag(t, [(before, seen), (after, unseen)]) is not None
+    # No canary, or none shown unrerun: judged as the list shows it.
+    assert judge_lag(t, []) is None
+    assert judge_lag(t, [(after, Verdict(UnitState.HELD, "?", "instance not listed"))]) is None
+    # Another job's canaries count only when the unit's own job has none.
+    other = Canary(dataclasses.replace(accepted, job_name="ods_users"), ("ods_users", WS), 0)
+    assert judge_lag(t, [(other, unseen)]) is not None
+    assert judge_lag(t, [(other, unseen), (after, seen)]) is None
+
+
+async def dropped_under_a_slow_list(w: World, journal: Journal) -> set[str]:
+    """Every chunk sent once, some of them dropped after the fake accepted them: the held
+    units, each one's rerun accepted, which the list shows only ``LAG_S`` later."""
+    await w.send_each_once(journal)
+    held = {u for u, s in journal.state().units.items() if s is UnitState.HELD}
+    assert held and w.srv.stats.dropped > 0
+    return held
+
+
+async def test_a_list_slower_than_the_settle_time_leaves_the_held_units_held(
+    tmp_path: Path,
+) -> None:
+    # Verify reads the list a second after the newest request, the fake lists a rerun three
+    # seconds after accepting it: the held units' instances still show the run we asked to
+    # rerun, finished before our request. That picture used to make them pending, and the
+    # next run reran them a second time. The done requests sent around them are shown no
+    # better: the list lags, and the held units stay held until it catches up.
+    async with world(
+        tmp_path, catalog=catalog(list_lag_s=LAG_S), drop_after_accept=0.4, seed=2
+    ) as w:
+        with w.open_journal() as journal:
+            held = await dropped_under_a_slow_list(w, journal)
+            summary = await verify_held(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, settle=1.0
+            )
+            assert (summary.verified_done, summary.made_pending) == (0, 0)
+            assert summary.still_held == len(held)
+            assert summary.reasons == {"instance list lagging": len(held)}
+            text = str(summary)
+            assert "the instance list does not yet show reruns the service accepted (e.g. " in text
+            assert "verify again later" in text, text
+            state = journal.state()
+            assert {u for u, s in state.units.items() if s is UnitState.HELD} == held
+            # The next run sends none of them: each rerun was accepted exactly once.
+            assert list(chunks_to_send(w.manifest, state, ResumeFlags(), w.selections)) == []
+            ids = [e.chunk_id for e in w.srv.ledger]
+            assert len(ids) == len(set(ids)) == len(w.chunks)
+            # Once the list has caught up, the same verify finds them rerun.
+            later = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
+            assert (later.verified_done, later.made_pending, later.still_held) == (len(held), 0, 0)
+        assert w.rerun_counts() == [1] * SELECTED
+
+
+async def test_a_settle_time_above_the_lag_decides_the_held_units_at_once(
+    tmp_path: Path,
+) -> None:
+    async with world(
+        tmp_path, catalog=catalog(list_lag_s=LAG_S), drop_after_accept=0.4, seed=2
+    ) as w:
+        with w.open_journal() as journal:
+            held = await dropped_under_a_slow_list(w, journal)
+            start = w.clock.now()
+            summary = await verify_held(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, settle=LAG_S + 1
+            )
+        assert (summary.verified_done, summary.made_pending, summary.still_held) == (
+            len(held),
+            0,
+            0,
+        )
+        assert w.clock.now() - start < LAG_S + 1.5  # one wait, from the newest request
+
+
+async def test_a_held_unit_whose_request_the_list_shows_unacted_is_still_pending_under_a_lag(
+    tmp_path: Path,
+) -> None:
+    # The lag evidence holds back only what the list may not show yet: a held request that
+    # never reached the service, sent before requests the list already shows rerun, is
+    # still made pending.
+    async with world(tmp_path, catalog=catalog(list_lag_s=LAG_S)) as w:
+        first, *rest = w.chunks
+        with w.open_journal() as journal:
+            await journal.intend(first, 1, w.clock.wall())  # killed before it left
+            w.clock.advance(0.05)
+            for chunk in rest:
+                await journal.intend(chunk, 1, w.clock.wall())
+                journal.outcome(chunk, 1, await w.transport.send(chunk), w.clock.wall(), "done")
+                w.clock.advance(0.05)
+            summary = await verify_held(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, settle=LAG_S + 1
+            )
+        assert (summary.verified_done, summary.made_pending, summary.still_held) == (
+            0,
+            len(first.units),
+            0,
+        )
 
 
 DAY = 24 * HOUR
