@@ -152,10 +152,16 @@ MaxAttempts = Annotated[
 ]
 _DEFAULT_GRACE = 5.0  # seconds requests in flight get to answer after Ctrl-C
 _DEFAULT_OUTAGE_STOP = 600.0  # engine.OUTAGE_STOP_AFTER, without importing the engine here
+_DEFAULT_SETTLE = 5.0  # verify.SETTLE_S, without importing verify here
 JournalOpt = Annotated[
     Path,
     typer.Option("--journal", "-j", help="Journal file: created if new, resumed if it exists."),
 ]
+_SETTLE_HELP = (
+    "seconds the newest request it judges by must be old before the instance list is read: "
+    "more for a service known to list its reruns late. While the list does not yet show "
+    "reruns the service accepted, held units stay held."
+)
 
 
 class _Redact:
@@ -661,6 +667,7 @@ class RunArgs:
     # Run by `bulkrerun demo`: its record says so, for status to say how to reach a service
     # again (see report._demo_steps).
     demo: bool = False
+    settle: float = _DEFAULT_SETTLE  # --settle, for --verify-held
 
 
 def _make_auth(settings: Any) -> Any:
@@ -693,10 +700,15 @@ def _user() -> str:
 
 
 def _verify_options(
-    settings: Any, endpoint: str, transport: Any, flags: tuple[tuple[str, str | None], ...]
+    settings: Any,
+    endpoint: str,
+    transport: Any,
+    flags: tuple[tuple[str, str | None], ...],
+    settle: float,
 ) -> dict[str, Any]:
     """What a ``verify`` records of itself (see journal: verify_start): the service it
-    reaches, at which pace, and :func:`_who_and_how`."""
+    reaches, at which pace, how long it let requests settle (``--settle``), and
+    :func:`_who_and_how`."""
     return {
         "endpoint": endpoint,
         "project_id": settings.project_id,
@@ -704,6 +716,7 @@ def _verify_options(
         "burst": settings.burst,
         "timeout": settings.timeout,
         "max_attempts": settings.max_attempts,
+        "settle": settle,
         **_who_and_how(settings, transport, flags),
     }
 
@@ -850,8 +863,10 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             if args.verify_held:
                 # On record as a verification of its own, with the run's flags: its verdicts
                 # come before the run's record.
-                asked = _verify_options(settings, endpoint, transport, args.flags)
-                verified, _ = await _recorded_verify(journal, transport, pacer, clock, asked)
+                asked = _verify_options(settings, endpoint, transport, args.flags, args.settle)
+                verified, _ = await _recorded_verify(
+                    journal, transport, pacer, clock, asked, args.settle
+                )
                 err.print(str(verified), markup=False)
             state = journal.state()
             earlier = earlier_windows(journal.path, state, manifest)
@@ -1459,9 +1474,16 @@ def _run_args(
     log_chunks: bool,
     resume: str,
     flags: tuple[tuple[str, str | None], ...] = (),
+    settle: float = _DEFAULT_SETTLE,
 ) -> RunArgs:
     if max_failure_ratio is not None and not 0 <= max_failure_ratio <= 1:
         raise SettingsError(f"--max-failure-ratio {max_failure_ratio}: must be 0..1")
+    _check_settle(settle)
+    if settle != _DEFAULT_SETTLE and not verify_held:
+        raise SettingsError(
+            f"--settle {settle:g}: it is the wait of --verify-held; add --verify-held, or "
+            "leave --settle out"
+        )
     if canary < 0:
         raise SettingsError(f"--canary {canary}: must be 0 or more")
     if not 0 <= grace < math.inf:
@@ -1484,7 +1506,13 @@ def _run_args(
         log_chunks,
         resume,
         flags,
+        settle=settle,
     )
+
+
+def _check_settle(settle: float) -> None:
+    if not 0 <= settle < math.inf:
+        raise SettingsError(f"--settle {settle:g}: must be a number of seconds, 0 or more")
 
 
 def _run_sync(args: RunArgs, settings: Any, endpoint: str) -> int:
@@ -1520,6 +1548,10 @@ def run(
             help="First decide held units from the instances' live state (instance-list API).",
         ),
     ] = False,
+    settle: Annotated[
+        float,
+        typer.Option("--settle", metavar="SECONDS", help="With --verify-held, the " + _SETTLE_HELP),
+    ] = _DEFAULT_SETTLE,
     reselect: Annotated[
         bool,
         typer.Option("--reselect", help="Query [[select]] entries again instead of the journal's."),
@@ -1627,6 +1659,7 @@ def run(
                 "--canary": canary or None,
                 "--grace": grace if grace != _DEFAULT_GRACE else None,
                 "--outage-stop": outage_stop if outage_stop != _DEFAULT_OUTAGE_STOP else None,
+                "--settle": settle if settle != _DEFAULT_SETTLE else None,
                 "--log-file": log_file,
             },
             [
@@ -1656,6 +1689,7 @@ def run(
             log_chunks=log_chunks,
             resume=resume,
             flags=flags,
+            settle=settle,
         )
         code = _run_sync(args, settings, resolved)
     except BulkrerunError as exc:
@@ -1750,6 +1784,9 @@ def verify(
     region: Region = None,
     project_id: ProjectId = None,
     rate: Rate = None,
+    settle: Annotated[
+        float, typer.Option("--settle", metavar="SECONDS", help="The " + _SETTLE_HELP)
+    ] = _DEFAULT_SETTLE,
     verbose: Verbose = False,
     log_file: LogFile = None,
 ) -> None:
@@ -1757,7 +1794,9 @@ def verify(
 
     A held instance whose instance shows a run submitted after our intent is marked done
     (with the evidence); one that still shows the run from before is made pending again, so
-    the next `run` sends it. What cannot be decided stays held, with the reason.
+    the next `run` sends it. What cannot be decided stays held, with the reason; so does a
+    unit the list shows as not rerun while it does not yet show reruns the service accepted
+    (a list slower than --settle): verify again later.
 
     Exit codes: 0 every held unit decided (or none held), 1 some stay held, 2 bad input (no
     such journal, settings), 3 stopped by a fatal condition (e.g. credentials refused), 130
@@ -1766,6 +1805,7 @@ def verify(
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
         _logging_for(settings, verbose, log_file)
+        _check_settle(settle)
         from bulkrerun.settings import resolve_endpoint
 
         resolved = resolve_endpoint(settings)
@@ -1776,18 +1816,25 @@ def verify(
                 "--region": region,
                 "--project-id": project_id,
                 "--rate": rate,
+                "--settle": settle if settle != _DEFAULT_SETTLE else None,
                 "--log-file": log_file,
             },
             ["--verbose"] if verbose else [],
         )
-        code = anyio.run(_verify_only, journal, settings, resolved, flags, backend="asyncio")
+        code = anyio.run(
+            _verify_only, journal, settings, resolved, flags, settle, backend="asyncio"
+        )
     except BulkrerunError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
 
 
 async def _verify_only(
-    path: Path, settings: Any, endpoint: str, flags: tuple[tuple[str, str | None], ...]
+    path: Path,
+    settings: Any,
+    endpoint: str,
+    flags: tuple[tuple[str, str | None], ...],
+    settle: float,
 ) -> int:
     from bulkrerun.clock import SystemClock
     from bulkrerun.journal import Binding, Journal
@@ -1801,10 +1848,10 @@ async def _verify_only(
     try:
         transport = _make_transport(settings, endpoint)
         pacer = _pacer(settings)
-        options = _verify_options(settings, endpoint, transport, flags)
+        options = _verify_options(settings, endpoint, transport, flags, settle)
         async with transport:
             summary, code = await _recorded_verify(
-                journal, transport, pacer, SystemClock(), options
+                journal, transport, pacer, SystemClock(), options, settle
             )
         n = journal.state().verifications[-1].n  # as its records in the journal number it
     finally:
@@ -1827,7 +1874,12 @@ async def _verify_only(
 
 
 async def _recorded_verify(
-    journal: Any, transport: Any, pacer: Any, clock: Any, options: dict[str, Any]
+    journal: Any,
+    transport: Any,
+    pacer: Any,
+    clock: Any,
+    options: dict[str, Any],
+    settle: float,
 ) -> tuple[Any, int]:
     """Decide the journal's held units (``verify``, ``run --verify-held``) between a record
     of who verified, when, reaching which service how, durable before the first query (as
@@ -1840,7 +1892,9 @@ async def _recorded_verify(
     ended: tuple[int, str | None, str | None] | None = None  # exit, stopped, message
     journal.begin_verify(options, journal.state().counts()[UnitState.HELD])
     try:
-        summary = await verify_held(journal, transport, pacer=pacer, clock=clock, on_notice=_notice)
+        summary = await verify_held(
+            journal, transport, pacer=pacer, clock=clock, settle=settle, on_notice=_notice
+        )
         ended = (EXIT_OK if not summary.still_held else EXIT_SOME_FAILED, None, None)
     except BulkrerunError as exc:
         ended = (exc.exit_code, exc.stop if isinstance(exc, Fatal) else "error", str(exc))

@@ -615,7 +615,7 @@ def _manifest_arg(run: RunRecord) -> str:
 
 # The flags of `run` that `verify` takes too: it reaches the same service the same way.
 _VERIFY_FLAGS = frozenset(
-    {"--endpoint", "--region", "--project-id", "--rate", "--verbose", "--log-file"}
+    {"--endpoint", "--region", "--project-id", "--rate", "--settle", "--verbose", "--log-file"}
 )
 
 

@@ -1162,6 +1162,73 @@ async def test_verify_on_the_command_line_resolves_held_units(tmp_path: Path) ->
         assert len(srv.ledger) == accepted  # nothing the service had accepted was resent
 
 
+@pytest.mark.slow
+async def test_verify_against_a_slow_list_on_the_command_line_sends_no_rerun_twice(
+    tmp_path: Path,
+) -> None:
+    # The fake lists an accepted rerun 8 s late; verify reads the list at once (--settle 0):
+    # the held units, whose reruns the service accepted, stay held, and no run sends them.
+    # With --settle 9, verify waits out the lag and finds them rerun.
+    manifest = tmp_path / "outage.toml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    slow = catalog(waiting_s=0.05, running_s=0.1, list_lag_s=8.0)
+    async with FakeServer(demo_config(catalog=slow, drop_after_accept=0.4, seed=2)) as srv:
+        code, _, err = await bulkrerun(tmp_path, srv.url, "run", str(manifest), "--journal", "j")
+        assert code == 1, err
+        accepted = len(srv.ledger)
+        assert accepted == len({e.chunk_id for e in srv.ledger})
+        code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
+        held = json.loads(out)["held"]
+        assert held > 0
+        code, out, err = await bulkrerun(tmp_path, srv.url, "verify", "j", "--settle", "0")
+        assert code == 1, out + err
+        said = " ".join(out.split())
+        assert "0 were not (pending again" in said
+        assert f"{held} stay held (instance list lagging: {held}, e.g. " in said
+        assert "the instance list does not yet show reruns the service accepted" in said
+        code, out, err = await bulkrerun(
+            tmp_path, srv.url, "run", str(manifest), "-j", "j", "--verify-held", "--settle", "0"
+        )
+        assert len(srv.ledger) == accepted, err  # nothing the service had accepted was resent
+        code, out, _ = await bulkrerun(tmp_path, srv.url, "status", "j", "--json")
+        status = json.loads(out)
+        assert status["held"] == held
+        assert any("bulkrerun verify j --settle 0" in step for step in status["next_steps"])
+        code, out, err = await bulkrerun(tmp_path, srv.url, "verify", "j", "--settle", "9")
+        assert code == 0, out + err
+        assert f"{held} were rerun (now done), 0 were not" in " ".join(out.split())
+        code, _, err = await bulkrerun(tmp_path, srv.url, "run", str(manifest), "--journal", "j")
+        assert code == 0, err
+        assert len(srv.ledger) == accepted
+    starts = journal_records(tmp_path / "j", "verify_start")
+    assert [(r["options"]["settle"], r["options"]["flags"]) for r in starts] == [
+        (0.0, [["--settle", "0"]]),
+        (0.0, [["--settle", "0"], ["--verify-held", None]]),
+        (9.0, [["--settle", "9"]]),
+    ]
+
+
+async def test_settle_must_be_seconds_and_goes_with_verify_held(tmp_path: Path) -> None:
+    from bulkrerun import cli, verify
+
+    assert verify.SETTLE_S == cli._DEFAULT_SETTLE
+    manifest = tmp_path / "outage.toml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    url = "http://127.0.0.1:9"  # refused before anything is asked
+    for args, said in [
+        (("verify", "j", "--settle", "-1"), "--settle -1: must be a number of seconds, 0 or more"),
+        (("verify", "j", "--settle", "inf"), "--settle inf: must be a number of seconds"),
+        (
+            ("run", str(manifest), "-j", "j", "--verify-held", "--settle", "-0.5"),
+            "--settle -0.5: must be a number of seconds",
+        ),
+        (("run", str(manifest), "-j", "j", "--settle", "30"), "add --verify-held"),
+    ]:
+        code, out, err = await bulkrerun(tmp_path, url, *args)
+        assert (code, said in " ".join(err.split())) == (2, True), out + err
+    assert not (tmp_path / "j").exists()
+
+
 class ListRefused(FakeServer):
     """Accepts reruns, refuses the instance list (a role without the list permission)."""
 
