@@ -715,8 +715,10 @@ async def verify_held(
 
     Sends no rerun. Raises :class:`~bulkrerun.errors.AuthRefused` if the service refuses the
     credentials (nothing is recorded then); a list that cannot be read leaves its units held.
-    ``on_notice`` hears, past a minute of failures, that the list keeps failing, and when it
-    answers again (:class:`ListTrouble`): its retries can take minutes.
+    The list is read once the newest held request, and the newest canary (see
+    :func:`judge_lag`), is ``settle`` seconds old. ``on_notice`` hears, past a minute of
+    failures, that the list keeps failing, and when it answers again (:class:`ListTrouble`):
+    its retries can take minutes.
     """
     summary = VerifySummary()
     state = journal.state()
