@@ -111,6 +111,7 @@ second; two minutes also covers a badly kept laptop. (The gateway refuses signat
 than 15 minutes off, so AK/SK runs cannot be further apart than that anyway.)"""
 
 SETTLE_S = 5.0
+LAGGING = "instance list lagging"  # the reason of a unit held while the list lags
 """The age the newest request a verify relies on must reach before the list is read (the
 default of ``--settle``): an accepted rerun shows in the list at once on the fake, and within
 seconds on a scheduler. A list slower than that is caught by the canaries."""
@@ -507,7 +508,7 @@ def judge_lag(target: Target, canaries: Sequence[tuple[Canary, Verdict]]) -> Ver
         f"{_what(target)}: the instance list does not yet show reruns the service accepted "
         f"(e.g. {example}, accepted {_iso(canary.accepted_ms)}): verify again later (or with a "
         "longer --settle)",
-        "instance list lagging",
+        LAGGING,
     )
 
 
@@ -695,10 +696,18 @@ class VerifySummary:
                 + ")"
             )
         if self.still_held:
-            text += (
-                ". `bulkrerun report` shows the evidence per unit; --resend-held sends the "
-                "held ones again (they may run twice)"
-            )
+            text += ". `bulkrerun report` shows the evidence per unit"
+            # Held only until the list shows what the service accepted: resending them
+            # would run those reruns twice, which waiting avoids.
+            lagging = self.reasons.get(LAGGING, 0)
+            if lagging:
+                text += (
+                    f"; verify again in a minute for the {counted(lagging, 'unit')} the list "
+                    "lags behind (or with a longer --settle)"
+                )
+            if self.still_held > lagging:
+                other = " other" if lagging else ""
+                text += f"; --resend-held sends the{other} held ones again (they may run twice)"
         return text + "."
 
 

@@ -486,6 +486,9 @@ async def test_a_list_slower_than_the_settle_time_leaves_the_held_units_held(
             text = str(summary)
             assert "the instance list does not yet show reruns the service accepted (e.g. " in text
             assert "verify again later" in text, text
+            # Its advice is to wait for the list, not to resend what it lags behind.
+            assert f"verify again in a minute for the {len(held)} units the list" in text, text
+            assert "--resend-held" not in text, text
             state = journal.state()
             assert {u for u, s in state.units.items() if s is UnitState.HELD} == held
             # The next run sends none of them: each rerun was accepted exactly once.
