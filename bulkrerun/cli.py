@@ -1116,8 +1116,10 @@ def _event_sinks(display: Any, log_chunks: bool) -> tuple[EventSink, EventSink |
 def _print_overlaps(overlaps: Sequence[Any], *, log: bool) -> None:
     """Warn, before anything is sent, of window entries whose new chunks re-cover times
     that done requests of an earlier run covered (see :class:`bulkrerun.session.Overlap`),
-    the times in each entry's timezone. They are sent all the same: resume decides per
-    chunk. With logging on, also logged."""
+    the times in each entry's timezone, then once why it happens and how to avoid it (an
+    entry covers several jobs: the same advice after each read as three times as much to
+    take in). They are sent all the same: resume decides per chunk. With logging on, also
+    logged."""
     for o in overlaps:
         zone = o.timezone
         err.print(
@@ -1126,11 +1128,18 @@ def _print_overlaps(overlaps: Sequence[Any], *, log: bool) -> None:
             f"{'re-covers' if o.new == 1 else 're-cover'} times that "
             f"{counted(o.done, 'done request')} already covered "
             f"({_fmt_ms(o.first_ms, zone)} .. {_fmt_ms(o.last_ms, zone)}): their instances "
-            "will run again. That happens when the entry's chunk, begin or a body field "
-            "changed since an earlier run, when another entry (or its jobs) covered the job "
-            "there, or when --retry-failed or --resend-held sends again requests whose times "
-            "were done since. To avoid it, send what the earlier run sent, or narrow the "
-            "window to what is not done."
+            "will run again."
+        )
+    if overlaps:
+        err.print(
+            "  That happens when an entry's chunk, begin (other than by whole chunks), jobs "
+            "or a body field changed since an earlier run, when another entry (or its jobs) "
+            "covered the job there, or when --retry-failed or --resend-held sends again "
+            "requests whose times were done since. To avoid it, send what the earlier run "
+            "sent, or narrow the window to what is not done; to rerun a job added to an "
+            "entry's jobs over times already done, take it out of jobs again and give it a "
+            "[[window]] entry of its own.",
+            markup=False,
         )
     if log and overlaps:
         import structlog

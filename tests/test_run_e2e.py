@@ -953,6 +953,10 @@ def overlap_warnings(stderr: str) -> list[str]:
     ]
 
 
+def overlap_explanations(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "That happens when" in line]
+
+
 def six_hours_done(cli: Cli, srv: Service, tmp_path: Path) -> tuple[Path, Path]:
     """A manifest of 6 hours of ods_orders in 1h chunks, and a journal where all are done."""
     m = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 6, "1h"))
@@ -975,11 +979,15 @@ def test_a_rechunked_window_is_sent_after_a_warning_that_names_the_entry_and_cou
     assert overlap_warnings(out.stderr) == [
         "warning: window[0] (job ods_orders): 3 requests this run sends re-cover times that "
         "6 done requests already covered (2024-11-26 08:00:00.000+08:00 .. 2024-11-26 "
-        "13:59:59.999+08:00): their instances will run again. That happens when the entry's "
-        "chunk, begin or a body field changed since an earlier run, when another entry (or "
-        "its jobs) covered the job there, or when --retry-failed or --resend-held sends "
-        "again requests whose times were done since. To avoid it, send what the earlier run "
-        "sent, or narrow the window to what is not done."
+        "13:59:59.999+08:00): their instances will run again."
+    ]
+    assert overlap_explanations(out.stderr) == [
+        "  That happens when an entry's chunk, begin (other than by whole chunks), jobs or a "
+        "body field changed since an earlier run, when another entry (or its jobs) covered "
+        "the job there, or when --retry-failed or --resend-held sends again requests whose "
+        "times were done since. To avoid it, send what the earlier run sent, or narrow the "
+        "window to what is not done; to rerun a job added to an entry's jobs over times "
+        "already done, take it out of jobs again and give it a [[window]] entry of its own."
     ]
     # Said before anything was sent (the resume line comes next), and sent all the same:
     # resume decides per chunk.
@@ -988,6 +996,69 @@ def test_a_rechunked_window_is_sent_after_a_warning_that_names_the_entry_and_cou
     logged = [r for r in map(json.loads, log.read_text().splitlines()) if r["level"] == "warning"]
     assert [(r["event"], r["entry"], r["requests"], r["done_requests"]) for r in logged] == [
         ("new window chunks re-cover done ones", "window[0]", 3, 6)
+    ]
+
+
+JOBS_LINE = 'jobs = [ { job_name = "dwd_orders", workspace_id = "%s" } ]\n' % WORKSPACE
+ADDED_JOB = '{ job_name = "dws_sales_hourly", workspace_id = "%s" }' % WORKSPACE
+
+
+def test_a_job_added_to_jobs_warns_once_how_to_rerun_it_alone_and_that_way_sends_only_it(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # A backfill of ods_orders and its downstream dwd_orders is done; the next operator
+    # adds another downstream job. In jobs, it gives every request a new body: the done
+    # times of ods_orders and dwd_orders run again, which each job's warning says, and the
+    # advice that follows them, once, says how to rerun the added job alone.
+    srv = fake_service()
+    body = one_window("ods_orders", 6, "1h") + JOBS_LINE
+    m = write_manifest(tmp_path / "m.toml", body)
+    j = tmp_path / "j"
+    assert cli("run", str(m), "--journal", str(j), "--rate", "100", url=srv.url).returncode == 0
+    j_own = tmp_path / "j-own"
+    j_own.write_bytes(j.read_bytes())
+
+    added = body.replace(" ]\n", f", {ADDED_JOB} ]\n")
+    in_jobs = write_manifest(tmp_path / "in-jobs.toml", added)
+    out = cli("run", str(in_jobs), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    warned = overlap_warnings(out.stderr)
+    assert [w.split(": 6 requests")[0] for w in warned] == [
+        "warning: window[0] (job ods_orders)",
+        "warning: window[0] (job dwd_orders)",
+    ]
+    explained = overlap_explanations(out.stderr)
+    assert len(explained) == 1
+    assert "give it a [[window]] entry of its own" in explained[0]
+    assert len(srv.ledger()) == 6 + 6
+
+    # As the advice says: the entry as it was, and the added job in a window of its own.
+    own = body + one_window("dws_sales_hourly", 6, "1h")
+    own_entry = write_manifest(tmp_path / "own-entry.toml", own)
+    out = cli("run", str(own_entry), "--journal", str(j_own), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    assert overlap_warnings(out.stderr) == []
+    assert "6 units done, 0 failed, 0 held, 6 new; sending 6 to project " in out.stderr
+    sent = srv.ledger()[12:]
+    assert {e["job_name"] for e in sent} == {"dws_sales_hourly"} and len(sent) == 6
+
+
+def test_a_window_extended_back_by_whole_chunks_sends_only_the_new_times(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    # The next operator extends a done backfill by its begin: the cuts stay where they were
+    # (begin + k*chunk), so the done requests keep their ids and only the new times are
+    # sent, without a warning.
+    srv = fake_service()
+    m, j = six_hours_done(cli, srv, tmp_path)
+    longer = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 9, "1h", start=-3))
+    out = cli("run", str(longer), "--journal", str(j), "--rate", "100", url=srv.url)
+    assert out.returncode == 0, out.stderr
+    assert overlap_warnings(out.stderr) == []
+    assert "6 units done, 0 failed, 0 held, 3 new; sending 3 to project " in out.stderr
+    hour = 3_600_000
+    assert sorted(e["body"]["begin_time"] for e in srv.ledger()[6:]) == [
+        1_732_579_200_000 - k * hour for k in (3, 2, 1)
     ]
 
 
