@@ -22,7 +22,7 @@ from typer.core import TyperGroup, TyperOption
 from bulkrerun.cli import app
 from bulkrerun.errors import ManifestError
 from bulkrerun.manifest import load_manifest
-from bulkrerun.planner import summarize
+from bulkrerun.planner import plan, summarize, window_times
 from bulkrerun.settings import Settings
 from tests.conftest import ROOT, Cli, Service
 
@@ -87,6 +87,77 @@ def test_the_backfill_example_sends_the_requests_the_readme_counts() -> None:
     assert counts == [56, 14]
     assert "(56 requests)" in SECTIONS["Worked examples"]
     assert "(14 requests)" in SECTIONS["Worked examples"]
+
+
+def _backfill_of(tmp_path: Path, name: str, windows: list[tuple[str, str]]) -> Path:
+    """A manifest of one window of ods_orders per (begin, end), 1h chunks, times naive in
+    Asia/Shanghai, with dwd_orders downstream."""
+    entries = "".join(
+        f'[[window]]\njob_name = "ods_orders"\nbegin = "{begin}"\nend = "{end}"\n'
+        'chunk = "1h"\njobs = [ { job_name = "dwd_orders", '
+        'workspace_id = "62fbba734e634c5087656fc3ff7adf34" } ]\n'
+        for begin, end in windows
+    )
+    path = tmp_path / name
+    path.write_text(
+        "version = 1\n[defaults]\n"
+        'workspace = "62fbba734e634c5087656fc3ff7adf34"\n'
+        'retry_location = "firstNode"\nretry_task_version = "current_version"\n'
+        'timezone = "Asia/Shanghai"\n' + entries,
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_the_order_requests_leave_in_is_the_one_the_readme_gives(tmp_path: Path) -> None:
+    # "Requests leave in the plan's order: the entries in the manifest's order, each window
+    # from its begin on": an operator backfilling upstream before downstream relies on it,
+    # and on being told that it is not the order the reruns run in.
+    path = _backfill_of(
+        tmp_path,
+        "two.toml",
+        [
+            ("2024-11-25T00:00:00", "2024-11-25T03:00:00"),
+            ("2024-11-24T00:00:00", "2024-11-24T02:00:00"),
+        ],
+    )
+    sent = [(chunk.entry, window_times(chunk.body)[0]) for chunk in plan(load_manifest(path))]
+    day, hour = 86_400_000, 3_600_000
+    first = 1_732_464_000_000  # 2024-11-25T00:00:00+08:00
+    assert sent == [
+        *(("window[0]", first + k * hour) for k in range(3)),
+        *(("window[1]", first - day + k * hour) for k in range(2)),
+    ]
+    worked = " ".join(SECTIONS["Worked examples"].split())
+    assert "Requests leave in the plan's order: the entries in the manifest's order" in worked
+    assert "That is not the order the reruns run in" in worked
+    assert "a downstream job left out of `jobs` is not rerun" in worked
+    reference = " ".join(SECTIONS["Manifest reference"].split())
+    assert "Requests are sent in the plan's order" in reference
+
+
+def test_a_backfill_extended_by_whole_chunks_keeps_its_request_ids_as_the_readme_says(
+    tmp_path: Path,
+) -> None:
+    # "moving begin (or end) by a whole number of chunks keeps the cuts where they were, so
+    # the done requests keep their ids and only the new times are sent (a week more of 1h
+    # chunks: 168 new requests ...). Moving begin by part of a chunk ... gives every request
+    # a new id".
+    weeks = [("2024-11-05T00:00:00", "2024-11-26T00:00:00")]
+    done = {c.id for c in plan(load_manifest(_backfill_of(tmp_path, "3w.toml", weeks)))}
+    a_week_more = [("2024-10-29T00:00:00", "2024-11-26T00:00:00")]
+    extended = [c.id for c in plan(load_manifest(_backfill_of(tmp_path, "4w.toml", a_week_more)))]
+    assert done <= set(extended)
+    assert len(extended) - len(done) == 168
+    by_half = [("2024-10-29T00:30:00", "2024-11-26T00:00:00")]
+    shifted = {c.id for c in plan(load_manifest(_backfill_of(tmp_path, "half.toml", by_half)))}
+    assert not done & shifted
+    worked = " ".join(SECTIONS["Worked examples"].split())
+    assert "moving `begin` (or `end`) by a whole number of chunks keeps the cuts" in worked
+    assert "(a week more of `1h` chunks: 168 new requests, no warning)" in worked
+    resume = " ".join(SECTIONS["The journal and resume"].split())
+    assert "a `begin` moved by a whole number of chunks keeps the cuts where they were" in resume
+    assert "give it a `[[window]]` entry of its own instead" in resume
 
 
 # An entry of each kind, and a valid value for each key the README says an entry may set.
