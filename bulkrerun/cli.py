@@ -876,7 +876,13 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             where = f"project {settings.project_id} at {endpoint}"
             if transport.proxy is not None:
                 where += f" through {transport.proxy.shown} ({transport.proxy.variable})"
-            _print_resume(args, counts, resumed=bool(state.runs), where=where)
+            _print_resume(
+                args,
+                counts,
+                resumed=bool(state.runs),
+                where=where,
+                unplanned_done=_done_not_planned(state, counts),
+            )
             # Everything the run was told, for a review: what a "failed after 3 attempts" or
             # a watch that followed the reruns is explained by.
             options = {
@@ -1158,13 +1164,37 @@ def _print_overlaps(overlaps: Sequence[Any], *, log: bool) -> None:
             )
 
 
-def _print_resume(args: RunArgs, c: Any, *, resumed: bool, where: str) -> None:
+def _done_not_planned(state: Any, c: Any) -> int:
+    """Units the journal records as done that the manifest does not plan (an entry taken
+    out, or edited so that its requests are new ones). Counted only when the journal knows
+    more units than the plan found in it: a resume of the same manifest pays nothing."""
+    from bulkrerun.journal import UnitState
+
+    known = len(state.units) + sum(state.untracked_units.values())
+    if known <= c.done + c.failed + c.held:
+        return 0
+    done: int = state.counts()[UnitState.DONE]
+    planned: int = c.done
+    return max(0, done - planned)
+
+
+def _print_resume(
+    args: RunArgs, c: Any, *, resumed: bool, where: str, unplanned_done: int = 0
+) -> None:
     """What the journal says and what this run sends, and where to (``where``: project and
-    endpoint, so that a run against the wrong one can be stopped before much is sent)."""
+    endpoint, so that a run against the wrong one can be stopped before much is sent).
+    ``unplanned_done``: done units of the journal that the manifest does not plan, which
+    the counts of the plan's units leave out ("0 units done" of a journal with 400 done
+    read as a journal that had lost them)."""
     if resumed or c.done or c.failed or c.held:
+        besides = (
+            f" (and {counted(unplanned_done, 'done unit')} this manifest does not plan)"
+            if unplanned_done
+            else ""
+        )
         err.print(
             f"journal {args.journal}: {counted(c.done, 'unit')} done, {c.failed:,} failed, "
-            f"{c.held:,} held, {c.new:,} new; sending {c.to_send:,} to {where}.",
+            f"{c.held:,} held, {c.new:,} new{besides}; sending {c.to_send:,} to {where}.",
             markup=False,
         )
         if c.held and not args.resend_held:

@@ -708,10 +708,11 @@ def test_a_journal_of_other_units_is_resumed_not_new(
     assert cli("run", str(first), "--journal", str(j), url=srv.url).returncode == 0
     out = cli("run", str(other), "--journal", str(j), url=srv.url)
     assert out.returncode == 0, out.stderr
-    # None of b's units is in the journal, but the journal is not new: it says so.
+    # None of b's units is in the journal, but the journal is not new: it says so, and that
+    # what it holds done is a's, not lost.
     assert (
-        f"journal {j}: 0 units done, 0 failed, 0 held, 2 new; sending 2 to project {PROJECT} "
-        f"at {srv.url}." in out.stderr
+        f"journal {j}: 0 units done, 0 failed, 0 held, 2 new (and 2 done units this manifest "
+        f"does not plan); sending 2 to project {PROJECT} at {srv.url}." in out.stderr
     )
     assert "new journal" not in out.stderr
 
@@ -999,8 +1000,8 @@ def test_a_rechunked_window_is_sent_after_a_warning_that_names_the_entry_and_cou
     ]
 
 
-JOBS_LINE = 'jobs = [ { job_name = "dwd_orders", workspace_id = "%s" } ]\n' % WORKSPACE
-ADDED_JOB = '{ job_name = "dws_sales_hourly", workspace_id = "%s" }' % WORKSPACE
+JOBS_LINE = f'jobs = [ {{ job_name = "dwd_orders", workspace_id = "{WORKSPACE}" }} ]\n'
+ADDED_JOB = f'{{ job_name = "dws_sales_hourly", workspace_id = "{WORKSPACE}" }}'
 
 
 def test_a_job_added_to_jobs_warns_once_how_to_rerun_it_alone_and_that_way_sends_only_it(
@@ -1030,6 +1031,11 @@ def test_a_job_added_to_jobs_warns_once_how_to_rerun_it_alone_and_that_way_sends
     explained = overlap_explanations(out.stderr)
     assert len(explained) == 1
     assert "give it a [[window]] entry of its own" in explained[0]
+    # The journal's 6 done requests are not this manifest's: said, not counted as lost.
+    assert (
+        "0 units done, 0 failed, 0 held, 6 new (and 6 done units this manifest does not "
+        "plan); sending 6 to project "
+    ) in out.stderr
     assert len(srv.ledger()) == 6 + 6
 
     # As the advice says: the entry as it was, and the added job in a window of its own.
@@ -1050,7 +1056,7 @@ def test_a_window_extended_back_by_whole_chunks_sends_only_the_new_times(
     # (begin + k*chunk), so the done requests keep their ids and only the new times are
     # sent, without a warning.
     srv = fake_service()
-    m, j = six_hours_done(cli, srv, tmp_path)
+    _, j = six_hours_done(cli, srv, tmp_path)
     longer = write_manifest(tmp_path / "m.toml", one_window("ods_orders", 9, "1h", start=-3))
     out = cli("run", str(longer), "--journal", str(j), "--rate", "100", url=srv.url)
     assert out.returncode == 0, out.stderr
