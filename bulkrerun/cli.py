@@ -740,6 +740,35 @@ def _who_and_how(
     }
 
 
+def _service_for(settings: Any, journal: Path) -> str:
+    """The endpoint to send to, with the project ID checked: exit 2 without either. When
+    neither an endpoint nor a project is set and ``journal`` holds one, the message names
+    what it is bound to: a resume pasted into a fresh shell, where the first run had them
+    from the environment, would otherwise leave the operator to find them."""
+    from bulkrerun.journal import bound_to
+    from bulkrerun.settings import resolve_endpoint
+
+    try:
+        endpoint = resolve_endpoint(settings)
+        _project_id(settings)
+    except SettingsError as exc:
+        header = bound_to(journal)
+        has_endpoint = bool(settings.endpoint or settings.region)
+        if header is None or (has_endpoint and settings.project_id):
+            raise  # an unknown region, a bad URL: not something the journal answers
+        add = []
+        if not has_endpoint:
+            add.append(("--endpoint", header.endpoint))
+        if not settings.project_id:
+            add.append(("--project-id", header.project_id))
+        given = " ".join(f"{flag} {shlex.quote(value)}" for flag, value in add)
+        raise SettingsError(
+            f"{exc}. The journal {journal} is bound to project {header.project_id} at "
+            f"{header.endpoint}: to go on with it, add {given}"
+        ) from None
+    return endpoint
+
+
 def _project_id(settings: Any) -> str:
     """The project ID every command that talks to the service needs: exit 2 without one."""
     if not settings.project_id:
@@ -1673,10 +1702,7 @@ def run(
             max_attempts=max_attempts,
         )
         log_chunks = _logging_for(settings, verbose, log_file)
-        from bulkrerun.settings import resolve_endpoint
-
-        resolved = resolve_endpoint(settings)
-        _project_id(settings)
+        resolved = _service_for(settings, journal)
         auth = _make_auth(settings)  # credentials are checked before anything else happens
         if auth.aksk is None and settings.security_token is not None:
             _warn(
@@ -1845,10 +1871,7 @@ def verify(
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
         _logging_for(settings, verbose, log_file)
         _check_settle(settle)
-        from bulkrerun.settings import resolve_endpoint
-
-        resolved = resolve_endpoint(settings)
-        _project_id(settings)  # before the journal, which is bound to a project
+        resolved = _service_for(settings, journal)  # before the journal, bound to a project
         flags = _given_flags(
             {
                 "--endpoint": endpoint,

@@ -149,6 +149,7 @@ __all__ = [
     "UnitState",
     "VerifyEnd",
     "VerifyRecord",
+    "bound_to",
     "held_by",
     "read_records_at",
     "read_state",
@@ -1116,6 +1117,18 @@ def read_state(path: Path, *, slim: bool = False) -> tuple[Header, JournalState]
     if scan is None:
         raise JournalMismatch(f"{path} holds no journal yet (it is empty)")
     return scan.header, scan.replayer.state
+
+
+def bound_to(path: Path) -> Header | None:
+    """The header of the journal at ``path``, or None when there is none to read (no file,
+    not a regular file, not a journal): for what a message suggests, never for a decision."""
+    try:
+        if not path.is_file():  # a FIFO would wait for a writer
+            return None
+        with path.open("rb") as f:
+            return _parse_header(f.readline(1 << 16), path)
+    except (OSError, JournalMismatch):
+        return None
 
 
 def read_records_at(path: Path, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:

@@ -962,3 +962,29 @@ def test_a_run_counts_its_journals_units_once_at_its_end(
     assert result.exit_code == 1, result.output  # some held: the counts decide the exit code
     assert "held" in result.output
     assert len(passes) == 1
+
+
+def test_a_resume_from_a_fresh_shell_is_told_what_its_journal_is_bound_to(
+    cli: Cli, fake_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    # The first run had its endpoint and project from the environment; the next operator's
+    # shell has neither. Pasted as run printed it, the resume ended "no endpoint" alone.
+    srv = fake_service()
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="ods_orders"))
+    assert cli("run", "m.toml", "--journal", "j", url=srv.url).returncode == 0
+    keys_only = clean_env(BULKRERUN_AK=AK, BULKRERUN_SK=SK)
+    for command in (["run", "m.toml", "--journal", "j"], ["verify", "j"]):
+        out = cli(*command, env=keys_only)
+        assert out.returncode == 2, out.stderr
+        flat = " ".join(out.stderr.split())
+        add = f"add --endpoint {srv.url} --project-id {PROJECT}"
+        assert f"The journal j is bound to project {PROJECT} at {srv.url}: to go on" in flat
+        assert flat.endswith(add), flat
+        again = cli(*command, *add.split()[1:], env=keys_only)
+        assert again.returncode == 0, again.stderr  # as added, it goes on
+    # Only what is missing is named; a new journal has nothing to say.
+    half = cli("run", "m.toml", "--journal", "j", "--endpoint", srv.url, env=keys_only)
+    assert " ".join(half.stderr.split()).endswith(f"add --project-id {PROJECT}"), half.stderr
+    new = cli("run", "m.toml", "--journal", "new", env=keys_only)
+    assert new.returncode == 2 and "bound to" not in new.stderr, new.stderr
+    assert m.exists()
