@@ -185,7 +185,8 @@ def _ms_iso(ms: int) -> str:
 @dataclass(frozen=True, slots=True)
 class LastRun:
     """The journal's last run: its number, when it started, and how it ended (``end``
-    None: it recorded no end, because it was killed or crashed, or it still runs)."""
+    None: it recorded no end, because it was killed or crashed, could not write its
+    journal, or still runs)."""
 
     n: int
     started: float
@@ -1144,7 +1145,12 @@ def _ended_line(
     """How a run or a verify (``what``) ended, by its end record (None: it recorded none,
     and ``if_no_end`` says what that leaves); ``decided`` follows a normal end's exit."""
     if end is None:
-        return f"{what} recorded no end: it was killed or crashed ({if_no_end})"
+        # A run or a verify that could not write its journal (a full disk) could not write
+        # its end there either: nothing in the journal tells that from a kill.
+        return (
+            f"{what} recorded no end: it was killed or crashed, or could not write its "
+            f"journal ({if_no_end})"
+        )
     if end.stopped is None:
         return f"{what} ended {_iso(end.wall)}, exit {end.exit}{decided}"
     if end.stopped == "interrupted":

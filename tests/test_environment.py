@@ -161,3 +161,33 @@ def test_a_journal_removed_during_a_run_stops_it_and_is_written_back(
     assert status["pending"] == 0
     assert status["done"] + status["held"] == 192
     assert status["done"] <= len(ids) <= status["done"] + status["held"]
+
+
+def test_a_run_that_could_not_write_its_journal_is_not_said_to_be_killed(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """A full disk (here a limit on the size of a file, `ulimit -f`) stops a run with 'cannot
+    write the journal', and its end record cannot be written either: `status` then said
+    only that the run 'was killed or crashed'."""
+    srv = fake_service()
+    m = write_manifest(
+        tmp_path / "m.toml",
+        '[[window]]\njob_name = "ods_orders"\nbegin = "2024-11-20T00:00:00"\n'
+        'end = "2024-11-22T00:00:00"\nchunk = "15m"\n',
+    )  # 192 requests: far more than 40 KB of journal holds
+    j = tmp_path / "j"
+    out = subprocess.run(
+        [*BULKRERUN, "run", str(m), "--journal", str(j), "--rate", "1000", "--no-progress"],
+        capture_output=True, text=True, env=cli.env(srv.url), cwd=tmp_path, timeout=60,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000)),
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert f"stopped: cannot write the journal {j}: File too large." in out.stderr
+    status = cli("status", str(j), url=srv.url)
+    said = " ".join(status.stdout.split())
+    assert "run 1 (started " in said
+    assert (
+        "recorded no end: it was killed or crashed, or could not write its journal (what it "
+        "sent and had no answer for is held; the same command resumes)"
+    ) in said
