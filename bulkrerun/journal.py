@@ -1261,6 +1261,9 @@ def _open_path(path: Path, create: bool) -> tuple[int, bool]:
     except FileNotFoundError:
         raise BadInput(f"no journal at {path}") from None
     except IsADirectoryError:
+        # Only a run's argument is --journal (verify's is the journal itself, as status's).
+        if not create:
+            raise BadInput(f"{path} is a directory, not a bulkrerun journal") from None
         raise BadInput(
             f"{path} is a directory; --journal needs a file path (new, or an existing journal)"
         ) from None

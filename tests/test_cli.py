@@ -473,6 +473,28 @@ def test_verify_of_a_mistyped_journal_exits_2_and_creates_nothing(
     assert not (tmp_path / "nope.journal").exists()
 
 
+def test_a_folder_given_as_the_journal_names_each_commands_own_argument(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """verify's argument is the journal itself, as status's: its message named --journal,
+    which only run has."""
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"))
+    folder = tmp_path / "journals"
+    folder.mkdir()
+    env = {"BULKRERUN_ENDPOINT": "http://127.0.0.1:9", "BULKRERUN_PROJECT_ID": "p"}
+    env["BULKRERUN_TOKEN"] = "token-token"
+    said = {}
+    for args in (["verify", str(folder)], ["status", str(folder)], ["report", str(folder)]):
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 2, result.output
+        said[args[0]] = result.output.splitlines()[0]  # then a log line, after a -v test
+    assert set(said.values()) == {f"error: {folder} is a directory, not a bulkrerun journal"}
+    result = runner.invoke(app, ["run", str(m), "--journal", str(folder)], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"error: {folder} is a directory; --journal needs a file path" in result.output
+    assert list(folder.iterdir()) == []
+
+
 def test_verify_without_a_project_says_so_and_leaves_the_journal_alone(
     runner: CliRunner, tmp_path: Path
 ) -> None:
