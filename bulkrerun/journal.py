@@ -116,6 +116,7 @@ import json
 import math
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -1268,7 +1269,29 @@ def _open_path(path: Path, create: bool) -> tuple[int, bool]:
             f"{path} is a directory; --journal needs a file path (new, or an existing journal)"
         ) from None
     except OSError as exc:
-        raise BadInput(f"cannot open the journal {path}: {exc.strerror}") from None
+        said = f"cannot open the journal {path}: {exc.strerror}"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            said = _unwritable(path, exc.strerror or str(exc), create)
+        raise BadInput(said) from None
+
+
+def _unwritable(path: Path, why: str, for_run: bool) -> str:
+    """What to do with a journal this process may read but not write (a read-only disk, an
+    immutable file, another user's file): the commands that write it (a run, a verify) are
+    refused, and the journal is whole. (One it may not read either is refused before, by
+    the arguments' check.)"""
+    quoted = shlex.quote(str(path))
+    then = (
+        "give run that path as --journal (it resumes from there)"
+        if for_run
+        else "verify that copy (and run with it as --journal from then on)"
+    )
+    return (
+        f"cannot write the journal {path} ({why}); nothing was sent. `bulkrerun status "
+        f"{quoted}` and `bulkrerun report {quoted}` can still read it. To go on from it, "
+        f"make it writable (its permissions, or the disk's mount), or copy it to a folder "
+        f"you can write and {then}."
+    )
 
 
 def _mismatch(

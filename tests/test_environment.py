@@ -4,11 +4,14 @@ and leaves the journal sound."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -20,7 +23,7 @@ import bulkrerun.display as display_module
 from bulkrerun.clock import FakeClock
 from bulkrerun.display import PLAIN_EVERY, RunDisplay
 from bulkrerun.engine import RunResult
-from tests.conftest import Cli, Service, write_manifest
+from tests.conftest import PROJECT, Cli, Service, write_manifest
 
 BULKRERUN = [sys.executable, "-m", "bulkrerun"]
 
@@ -191,3 +194,56 @@ def test_a_run_that_could_not_write_its_journal_is_not_said_to_be_killed(
         "recorded no end: it was killed or crashed, or could not write its journal (what it "
         "sent and had no answer for is held; the same command resumes)"
     ) in said
+
+
+@contextlib.contextmanager
+def _unwritable(path: Path) -> Iterator[None]:
+    """``path`` readable but not writable by this user: mode 0400, or for root, whom modes
+    do not stop, the immutable attribute (as a read-only disk refuses, with EPERM)."""
+    if os.geteuid() != 0:
+        path.chmod(0o400)
+        try:
+            yield
+        finally:
+            path.chmod(0o600)
+        return
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"root, and chattr +i does not work here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_journal_that_cannot_be_written_says_what_can_still_be_done(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A journal on a read-only disk, or another user's: run and verify said only 'cannot
+    open the journal J: Permission denied', with nothing of what status and report can
+    still do, nor how to go on."""
+    from bulkrerun.journal import Binding, Journal
+
+    url = "http://127.0.0.1:9"
+    m = write_manifest(tmp_path / "m.toml", INSTANCES)
+    j = tmp_path / "j"
+    Journal.open(j, Binding(PROJECT, url), tool_version="t").close()
+    before = j.read_bytes()
+    with _unwritable(j):
+        ran = cli("run", str(m), "--journal", "j", url=url)
+        verified = cli("verify", "j", url=url)
+        status = cli("status", "j", url=url)
+    assert (ran.returncode, verified.returncode, status.returncode) == (2, 2, 0), ran.stderr
+    why = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+    said = (
+        f"error: cannot write the journal j ({why}); nothing was sent. `bulkrerun status j` "
+        "and `bulkrerun report j` can still read it. To go on from it, make it writable (its "
+        "permissions, or the disk's mount), or copy it to a folder you can write and "
+    )
+    assert ran.stderr.strip().splitlines()[-1] == (
+        said + "give run that path as --journal (it resumes from there)."
+    )
+    assert verified.stderr.strip().splitlines()[-1] == (
+        said + "verify that copy (and run with it as --journal from then on)."
+    )
+    assert j.read_bytes() == before
