@@ -215,6 +215,8 @@ class _LogFileHandler(logging.FileHandler):
     short unnoticed: it now says so once, and logs nothing more to that file."""
 
     broken = False
+    shown = ""  # the path as the user gave it (logging keeps it made absolute)
+    kept_anyway = ""  # what records the command all the same: "the run", "the verification"
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.broken:
@@ -228,20 +230,27 @@ class _LogFileHandler(logging.FileHandler):
         self.broken = True
         with contextlib.suppress(OSError, ValueError):
             self.close()
+        anyway = f" The journal records {self.kept_anyway} as before." if self.kept_anyway else ""
         err.print(
-            f"warning: cannot write the log file {self.baseFilename} "
-            f"({exc.strerror or exc}): nothing more is logged to it. The journal records "
-            "the run as before.",
+            f"warning: cannot write the log file {self.shown or self.baseFilename} "
+            f"({exc.strerror or exc}): nothing more is logged to it.{anyway}",
             style="yellow",
             markup=False,
         )
 
 
 def configure_logging(
-    verbose: bool, log_file: Path | None, secrets: Sequence[str] = (), sent: Sequence[str] = ()
+    verbose: bool,
+    log_file: Path | None,
+    secrets: Sequence[str] = (),
+    sent: Sequence[str] = (),
+    *,
+    journaled: str = "",
 ) -> bool:
     """Logs go to stderr (warnings, or everything with -v) and, with --log-file, as JSON lines
     to that file. Returns whether per-chunk logging is wanted (it costs time on big runs).
+    ``journaled``: what the journal records of the command ("the run"), which a log file
+    that can no longer be written does not lose; empty for a command that writes none.
 
     Without either, structlog is not even imported: ``plan --json`` of a million requests
     should not pay for it at start-up. Messages for the operator are printed; those an
@@ -283,6 +292,7 @@ def configure_logging(
             # its own.
             os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
             handler = _LogFileHandler(log_file, encoding="utf-8")
+            handler.shown, handler.kept_anyway = str(log_file), journaled
         except OSError as exc:  # a missing folder, a directory, no permission
             raise _fail(
                 SettingsError(f"--log-file {log_file}: cannot write to it ({exc.strerror})")
@@ -348,10 +358,14 @@ def _settings(**flags: Any) -> Any:
     return load_settings(**flags)
 
 
-def _logging_for(settings: Any, verbose: bool, log_file: Path | None) -> bool:
+def _logging_for(
+    settings: Any, verbose: bool, log_file: Path | None, *, journaled: str = ""
+) -> bool:
     """:func:`configure_logging` masking the secrets of ``settings``; warns of one too short
     to be masked (a placeholder: masking it would spell it out, see signing.maskable)."""
-    log_chunks = configure_logging(verbose, log_file, settings.secrets(), settings.sent_secrets())
+    log_chunks = configure_logging(
+        verbose, log_file, settings.secrets(), settings.sent_secrets(), journaled=journaled
+    )
     from bulkrerun.signing import FRAGMENT
 
     for name in settings.too_short_to_mask():
@@ -1701,7 +1715,7 @@ def run(
             timeout=timeout,
             max_attempts=max_attempts,
         )
-        log_chunks = _logging_for(settings, verbose, log_file)
+        log_chunks = _logging_for(settings, verbose, log_file, journaled="the run")
         resolved = _service_for(settings, journal)
         auth = _make_auth(settings)  # credentials are checked before anything else happens
         if auth.aksk is None and settings.security_token is not None:
@@ -1869,7 +1883,7 @@ def verify(
     """
     try:
         settings = _settings(endpoint=endpoint, region=region, project_id=project_id, rate=rate)
-        _logging_for(settings, verbose, log_file)
+        _logging_for(settings, verbose, log_file, journaled="the verification")
         _check_settle(settle)
         resolved = _service_for(settings, journal)  # before the journal, bound to a project
         flags = _given_flags(
@@ -2191,7 +2205,7 @@ def demo(
     from bulkrerun.fake import Catalog, FakeConfig, FakeServer
 
     ak, sk = "DEMO" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-    log_chunks = configure_logging(verbose, log_file, [sk])
+    log_chunks = configure_logging(verbose, log_file, [sk], journaled="the run")
     if manifest is None:
         manifest = _demo_manifest()
         if manifest is None:

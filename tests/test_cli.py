@@ -405,6 +405,35 @@ def test_a_log_file_that_cannot_be_written_exits_2(runner: CliRunner, tmp_path: 
         assert "Traceback" not in result.output
 
 
+def test_a_log_file_that_fills_up_is_named_as_given_and_by_what_the_command_keeps(
+    cli: Cli, fake_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    """A log file on a full disk: every command said "The journal records the run as
+    before", plan and status too, which record nothing, and named the file by its absolute
+    path where the user gave a relative one."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    (tmp_path / "full.log").symlink_to("/dev/full")  # opens, and every write: ENOSPC
+    srv = fake_service()
+    write_manifest(tmp_path / "m.toml", WINDOW.format(job="j"))
+    warning = (
+        "warning: cannot write the log file full.log (No space left on device): nothing more "
+        "is logged to it."
+    )
+    commands = {
+        "plan": (["plan", "m.toml"], ""),
+        "run": (["run", "m.toml", "--journal", "j"], " The journal records the run as before."),
+        "status": (["status", "j"], ""),
+        "report": (["report", "j"], ""),
+        "verify": (["verify", "j"], " The journal records the verification as before."),
+    }
+    for args, kept in commands.values():
+        out = cli(*args, "--log-file", "full.log", url=srv.url)
+        assert out.returncode == 0, out.stderr
+        said = [line for line in out.stderr.splitlines() if "log file" in line]
+        assert said == [warning + kept], args
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
