@@ -863,6 +863,11 @@ def _given_flags(
 def _print_resume_command(args: RunArgs, lead: str) -> None:
     # No markup: a path like "rerun[prod].journal" is a file name, not a style tag.
     err.print(f"{lead}\n  {args.resume}", markup=False, soft_wrap=True)
+    _print_left_out(args)
+
+
+def _print_left_out(args: RunArgs) -> None:
+    """Which one-shot flags of this run the command printed for the next one leaves out."""
     left_out = [flag for name, flag in ONE_SHOT_FLAGS if getattr(args, name)]
     if left_out:
         err.print(
@@ -1331,11 +1336,16 @@ def _finish(
     if watch_stopped and summary.pending == 0:
         # The same command would send nothing: it would only follow the reruns again.
         err.print("[yellow]interrupted[/]: ", end="")
-        _print_resume_command(
-            args,
+        lead = (
             "the journal is consistent, and this run sent every request it had to (there is "
-            "nothing to resume). To follow the reruns again, which sends nothing:",
+            "nothing to resume). To follow the reruns again, which sends nothing:"
         )
+        if summary.watch_unfinished and args.next_steps is None:
+            # The status's last step just above says so, with the command: not twice.
+            err.print(f"{lead} the last step above.", markup=False, soft_wrap=True)
+            _print_left_out(args)
+        else:
+            _print_resume_command(args, lead)
     elif interrupted:
         err.print("[yellow]interrupted[/]: ", end="")
         _print_resume_command(args, "the journal is consistent. Resume with:")
