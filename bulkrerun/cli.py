@@ -1939,19 +1939,8 @@ async def _verify_only(
             summary, code = await _recorded_verify(
                 journal, transport, pacer, SystemClock(), options, settle
             )
-        n = journal.state().verifications[-1].n  # as its records in the journal number it
     finally:
         journal.close()
-    _log_command(
-        "verify ended",
-        journal=str(path),
-        n=n,
-        exit_code=code,
-        verified_done=summary.verified_done,
-        made_pending=summary.made_pending,
-        still_held=summary.still_held,
-        held_by_reason=dict(summary.reasons),
-    )
     # Its verdicts are in the journal by now: a reader gone away (`| head`) leaves the exit
     # code the verdicts', and a full disk under `> verify.txt` is said in one line.
     with _writing_stdout():
@@ -1969,14 +1958,16 @@ async def _recorded_verify(
 ) -> tuple[Any, int]:
     """Decide the journal's held units (``verify``, ``run --verify-held``) between a record
     of who verified, when, reaching which service how, durable before the first query (as
-    a run's record is before its first request), and one of how it ended. Returns the
-    verification's summary and exit code (0 every held unit decided, else 1)."""
+    a run's record is before its first request), and one of how it ended, which the log's
+    ``verify ended`` record repeats. Returns the verification's summary and exit code (0
+    every held unit decided, else 1)."""
     from bulkrerun.journal import UnitState
     from bulkrerun.verify import verify_held
 
     summary = None
     ended: tuple[int, str | None, str | None] | None = None  # exit, stopped, message
     journal.begin_verify(options, journal.state().counts()[UnitState.HELD])
+    n = journal.state().verifications[-1].n  # as its records in the journal number it
     try:
         summary = await verify_held(
             journal, transport, pacer=pacer, clock=clock, settle=settle, on_notice=_notice
@@ -1996,7 +1987,23 @@ async def _recorded_verify(
             decided = None
             if summary is not None:
                 decided = (summary.verified_done, summary.made_pending, summary.still_held)
-            journal.end_verify(*ended, decided)
+            try:
+                journal.end_verify(*ended, decided)
+            finally:
+                # In the log as well, however it ended (not only a verify that decided):
+                # its number matches the line to the journal's records of it.
+                _log_command(
+                    "verify ended",
+                    journal=str(journal.path),
+                    n=n,
+                    exit_code=ended[0],
+                    stopped=ended[1],
+                    message=ended[2],
+                    verified_done=None if decided is None else decided[0],
+                    made_pending=None if decided is None else decided[1],
+                    still_held=None if decided is None else decided[2],
+                    held_by_reason=None if summary is None else dict(summary.reasons),
+                )
     return summary, ended[0]
 
 

@@ -732,6 +732,43 @@ def test_every_command_leaves_its_record_in_the_log_file(runner: CliRunner, tmp_
     assert all(r["timestamp"].endswith("Z") for r in records)
 
 
+def test_every_verify_ends_its_log_with_its_record_stopped_or_in_a_run(
+    cli: Cli, fake_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    """A verify stopped by a fatal condition logged only 'command ended', without its number,
+    and the verification of run --verify-held logged no record of its end at all."""
+    srv = fake_service("--drop-after-accept", "1")  # accepted, and no answer: held
+    m = write_manifest(tmp_path / "m.toml", WINDOW.format(job="ods_orders"))
+    assert cli("run", str(m), "--journal", "j", url=srv.url).returncode == 1
+    refused = cli.env(srv.url, BULKRERUN_SK="not-the-secret-key-0123456789ab")
+    out = cli("verify", "j", "--log-file", "verify.log", env=refused)
+    assert out.returncode == 3, out.stderr
+    out = cli(
+        "run", str(m), "--journal", "j", "--verify-held", "--log-file", "run.log", url=srv.url
+    )
+    assert out.returncode in (0, 1), out.stderr
+    journal = [json.loads(line) for line in (tmp_path / "j").read_text().splitlines()]
+    ends = [r for r in journal if r["t"] == "verify_end"]
+    assert [(e["n"], e["exit"], e["stopped"]) for e in ends[:1]] == [(1, 3, "auth_refused")]
+    stopped = [json.loads(line) for line in (tmp_path / "verify.log").read_text().splitlines()]
+    assert [r["event"] for r in stopped] == ["verify ended", "command ended"]
+    assert {k: stopped[0][k] for k in ("journal", "n", "exit_code", "stopped", "still_held")} == {
+        "journal": "j", "n": 1, "exit_code": 3, "stopped": "auth_refused", "still_held": None
+    }  # fmt: skip
+    assert stopped[0]["message"] == ends[0]["message"]
+    in_run = [json.loads(line) for line in (tmp_path / "run.log").read_text().splitlines()]
+    assert [r["event"] for r in in_run] == ["verify ended", "run started", "run ended"]
+    # What it decided (however verify decides it), as the journal's record of it says it.
+    decided = ("verified_done", "made_pending", "still_held")
+    assert (in_run[0]["n"], in_run[0]["exit_code"], in_run[0]["stopped"]) == (
+        2,
+        ends[1]["exit"],
+        None,
+    )
+    assert [in_run[0][k] for k in decided] == [ends[1][k] for k in decided]
+    assert sum(ends[1][k] for k in decided) == 1
+
+
 def test_only_what_a_signal_caused_ends_as_interrupted() -> None:
     from bulkrerun.cli import _from_interrupt
 
