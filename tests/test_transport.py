@@ -121,8 +121,10 @@ def test_service_text_is_one_line_with_its_breaks_spelled_out_after_scrubbing() 
     assert (
         out.error_msg == "canonicalRequest: POST\\n/v2/\\n\\nx-security-token:***\\nhost:h:8080\\n"
     )
+    text = classify_status(502, b"upstream reset\nbefore headers\n", {}, WALL, [])
+    assert text.error_msg == "upstream reset\\nbefore headers\\n"
     page = classify_status(502, b"<html>\n<h1>bad gateway</h1>\n</html>", {}, WALL, [])
-    assert page.error_msg == "<html>\\n<h1>bad gateway</h1>\\n</html>"
+    assert page.error_msg == "HTML page: bad gateway"  # the words it shows, on one line
 
 
 def test_non_json_error_body_is_kept_as_text() -> None:
