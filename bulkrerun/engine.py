@@ -399,16 +399,23 @@ class Engine:
             limit = self._max_inflight + HELD_IN_A_ROW_BEYOND_INFLIGHT
             if self._held_in_a_row >= limit and self.result.fatal is None:
                 # A gateway's 502/504 is an answer: the timeout is not what to check then.
+                # The timeout may have come from --timeout, which a pasted resume repeats:
+                # both are named, and "run again" does not promise that the same command,
+                # with the same timeout, goes on (status's first step says what keeping it
+                # means).
                 if outcome.status is None:
-                    what, check = "the service does not answer", "the service and BULKRERUN_TIMEOUT"
+                    what = "the service does not answer"
+                    check = "the service and the timeout (--timeout or BULKRERUN_TIMEOUT)"
+                    again = "run again"
                 else:
                     what, check = "the service keeps failing", "the service's health"
+                    again = "run the same command again"
                 self._fatal(
                     Unanswered(
                         f"{what}: {self._held_in_a_row} requests in a row were sent and got "
                         f"no definite answer (the last: {outcome.reason}). Each is held, as "
                         "its rerun may have started; the run stopped rather than hold more. "
-                        f"Check {check}, then run the same command again: held units are "
+                        f"Check {check}, then {again}: held units are "
                         "not resent; decide them first with --verify-held (or `bulkrerun "
                         "verify`).",
                         timed_out=outcome.reason == TIMED_OUT,

@@ -504,6 +504,22 @@ async def test_held_answers_in_a_row_stop_the_run_rather_than_hold_more() -> Non
     assert states["held"] == sent and set(states) <= {"held", "pending"}
 
 
+async def test_timeouts_in_a_row_name_the_timeout_flag_and_do_not_promise_the_same_command() -> None:
+    # The timeout may have been given as --timeout, which the resume command and status's
+    # steps repeat ("or the run stops the same way"): the stop names the flag beside the
+    # variable, and says to run again, not to run the same command again.
+    journal = MemoryJournal()
+    lost = Outcome(Kind.HELD, reason="timeout after sending: unknown whether it ran")
+    transport = ScriptedTransport(journal, {i: [lost] for i in range(100)})
+    result = await engine_for(100, transport, journal, [], inflight=2).run()
+    assert isinstance(result.fatal, Unanswered) and result.fatal.timed_out
+    message = str(result.fatal)
+    assert "Check the service and the timeout (--timeout or BULKRERUN_TIMEOUT), then run " in (
+        message
+    )
+    assert "the same command" not in message
+
+
 async def test_held_gateway_answers_in_a_row_stop_without_blaming_the_timeout() -> None:
     # A 502 or 504 from the gateway is an answer, if not a definite one: the stop says the
     # service keeps failing and points at its health, not at BULKRERUN_TIMEOUT.
