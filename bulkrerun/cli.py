@@ -915,7 +915,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 verified, _ = await _recorded_verify(
                     journal, transport, pacer, clock, asked, args.settle
                 )
-                err.print(str(verified), markup=False)
+                err.print(verified.said(str(args.journal)), markup=False)
             state = journal.state()
             earlier = earlier_windows(journal.path, state, manifest)
             counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
@@ -1944,7 +1944,7 @@ async def _verify_only(
     # Its verdicts are in the journal by now: a reader gone away (`| head`) leaves the exit
     # code the verdicts', and a full disk under `> verify.txt` is said in one line.
     with _writing_stdout():
-        out.print(str(summary), markup=False)
+        out.print(summary.said(str(path)), markup=False)
     return code
 
 

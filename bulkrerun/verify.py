@@ -76,7 +76,7 @@ from bulkrerun.select import (
     ListTransport,
     gather_limited,
 )
-from bulkrerun.text import counted, duration
+from bulkrerun.text import command_line, counted, duration
 from bulkrerun.watchlog import WatchRecord, read_watch, watch_path
 
 __all__ = [
@@ -672,6 +672,11 @@ class VerifySummary:
         return self.verified_done + self.made_pending + self.still_held
 
     def __str__(self) -> str:
+        return self.said()
+
+    def said(self, journal: str | None = None) -> str:
+        """The summary as printed; with ``journal`` (the path as the user gave it), the
+        report it points to is a command that can be pasted."""
         if not self.checked:
             return "verify: no held units; nothing to check."
 
@@ -679,10 +684,13 @@ class VerifySummary:
             return f"{n:,} {'was' if n == 1 else 'were'}"
 
         stay = "stays" if self.still_held == 1 else "stay"
+        # What pending means is said only of units made so: "0 were not (... the next run
+        # sends them)" read as if the next run had something to send.
+        pending = " (pending again: the next run sends them)" if self.made_pending else ""
         text = (
             f"verify: {counted(self.checked, 'held unit')} checked against the instances' live "
-            f"state: {was(self.verified_done)} rerun (now done), {was(self.made_pending)} not "
-            f"(pending again: the next run sends them), {self.still_held:,} {stay} held"
+            f"state: {was(self.verified_done)} rerun (now done), {was(self.made_pending)} "
+            f"not{pending}, {self.still_held:,} {stay} held"
         )
         if self.reasons:
             # The phrase counts; the first unit's evidence says why (e.g. which refusal made
@@ -696,7 +704,8 @@ class VerifySummary:
                 + ")"
             )
         if self.still_held:
-            text += ". `bulkrerun report` shows the evidence per unit"
+            report = command_line(["bulkrerun", "report"] + ([journal] if journal else []))
+            text += f". `{report}` shows the evidence per unit"
             # Held only until the list shows what the service accepted: resending them
             # would run those reruns twice, which waiting avoids.
             lagging = self.reasons.get(LAGGING, 0)

@@ -1186,8 +1186,9 @@ async def test_verify_against_a_slow_list_on_the_command_line_sends_no_rerun_twi
         code, out, err = await bulkrerun(tmp_path, srv.url, "verify", "j", "--settle", "0")
         assert code == 1, out + err
         said = " ".join(out.split())
-        assert "0 were not (pending again" in said
+        assert ", 0 were not, " in said and "pending again" not in said
         assert f"{held} stay held (instance list lagging: {held}, e.g. " in said
+        assert "`bulkrerun report j` shows the evidence per unit" in said
         assert "the instance list does not yet show reruns the service accepted" in said
         code, out, err = await bulkrerun(
             tmp_path, srv.url, "run", str(manifest), "-j", "j", "--verify-held", "--settle", "0"
@@ -1640,10 +1641,22 @@ def test_the_evidence_for_a_window_of_one_instance_is_in_the_singular() -> None:
     )
 
 
+def test_the_summary_says_what_pending_means_only_of_units_made_so_and_names_the_report() -> None:
+    # "0 were not (pending again: the next run sends them)" read as if the next run had
+    # something to send; and a bare `bulkrerun report`, pasted, ends "Missing argument".
+    s = VerifySummary(3, 0, 0)
+    s.hold("instance not listed", "", 2)
+    said = s.said("out age.journal")
+    assert "3 were rerun (now done), 0 were not, 2 stay held" in said
+    assert "pending again" not in said
+    assert "`bulkrerun report 'out age.journal'` shows the evidence per unit" in said
+    assert "2 were not (pending again: the next run sends them)" in VerifySummary(0, 2, 0).said()
+
+
 def test_the_summary_of_one_held_unit_reads_in_the_singular() -> None:
     assert str(VerifySummary(1, 0, 0)).startswith(
         "verify: 1 held unit checked against the instances' live state: 1 was rerun (now "
-        "done), 0 were not (pending again: the next run sends them), 0 stay held"
+        "done), 0 were not, 0 stay held"
     )
     s = VerifySummary(0, 1, 0)
     s.hold("instance not listed", "", 1)
