@@ -1991,12 +1991,23 @@ def _write_manifest(path: Path, out: TextIO, err: TextIO) -> int:
         f"# (project {header.project_id} at {_comment(header.endpoint)}), "
         f"written {_iso(datetime.now(UTC).timestamp())}.\n"
     )
-    out.write(
-        "# Held units may have been rerun already: check them first with "
-        f"`bulkrerun verify {shlex.quote(journal)}`.\n"
-        "# With the same journal, failed units need --retry-failed and held ones "
-        "--resend-held.\n"
-    )
+    # Said of what the manifest holds: a manifest of refusals alone was told to verify
+    # held units it had none of.
+    states = {units.get(u) for u in emitted}
+    if UnitState.HELD in states:
+        out.write(
+            "# Held units may have been rerun already: check them first with "
+            f"`bulkrerun verify {shlex.quote(journal)}`.\n"
+        )
+    needs = [
+        f"{word} units need {flag}"
+        for state, word, flag in (
+            (UnitState.FAILED, "failed", "--retry-failed"),
+            (UnitState.HELD, "held", "--resend-held"),
+        )
+        if state in states
+    ]
+    out.write(f"# With the same journal, {' and '.join(needs)}.\n")
     if watched:
         out.write(f"# Not here: {_comment(aside)}.\n")
     out.write("version = 1\n\n")

@@ -407,6 +407,32 @@ def test_manifest_of_what_failed_or_is_held_plans_the_same_requests(
     }
 
 
+def test_a_manifests_header_speaks_only_of_the_states_it_holds(
+    tmp_path: Path, journal_path: Path
+) -> None:
+    # A manifest of refusals alone was told that its held units may have been rerun and to
+    # verify them first: it had none, and the verify it named had nothing to check.
+    one_request(tmp_path / "refused", FAILED, "failed")
+    out = io.StringIO()
+    assert write_report(tmp_path / "refused", "manifest", out, console()[0]) == 1
+    header = [line for line in out.getvalue().splitlines() if line.startswith("# ")]
+    assert not any(w in line for w in ("Held", "verify", "--resend-held") for line in header)
+    assert "# With the same journal, failed units need --retry-failed." in header
+    one_request(tmp_path / "unknown", HELD, "held")
+    out = io.StringIO()
+    assert write_report(tmp_path / "unknown", "manifest", out, console()[0]) == 1
+    header = [line for line in out.getvalue().splitlines() if line.startswith("# ")]
+    verify = f"`bulkrerun verify {tmp_path / 'unknown'}`"
+    assert f"# Held units may have been rerun already: check them first with {verify}." in header
+    assert "# With the same journal, held units need --resend-held." in header
+    out = io.StringIO()
+    write_report(journal_path, "manifest", out, console()[0])  # failed and held units
+    assert (
+        "# With the same journal, failed units need --retry-failed and held units need "
+        "--resend-held." in out.getvalue()
+    )
+
+
 def test_manifest_keeps_only_the_units_still_failed_or_held(tmp_path: Path) -> None:
     chunk = _batch_chunk([1, 2, 3])
 
