@@ -89,6 +89,37 @@ async def test_off_a_terminal_a_plain_line_every_plain_interval(
     )
 
 
+async def test_units_a_stop_left_unsent_are_counted_where_they_are_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After a stop, its units not sent count in the progress (104 of 134 settled): a line
+    # "104/134 units, 0 done, 0 failed, 20 held" did not add up without them.
+    clock = FakeClock()
+    monkeypatch.setattr(display_module.time, "monotonic", clock.now)
+    out = io.StringIO()
+    display = RunDisplay(Console(file=out, force_terminal=False, width=200), 134)
+    counts = RunResult()
+    counts.held, counts.pending = 20, 84
+    with display:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(display.follow, counts, clock)
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()  # a line, one PLAIN_EVERY of the clock on
+            tg.cancel_scope.cancel()
+    assert (
+        out.getvalue()
+        .splitlines()[0]
+        .startswith("progress: 104/134 units, 0 done, 0 failed, 20 held, 84 not sent, ")
+    )
+    live = RunDisplay(Console(file=io.StringIO(), force_terminal=True, width=200), 134)
+    with live:
+        live.counts = counts
+        live._refresh()
+        assert live._progress.tasks[0].fields["unsent"] == ", 84 not sent"
+    counts.pending = 0
+    assert live.unsent() == ""
+
+
 async def test_disabled_it_draws_nothing_but_stop_notices() -> None:
     clock = FakeClock()
     out = io.StringIO()
@@ -140,6 +171,28 @@ def test_pacing_at_work_is_shown_and_a_spell_of_failing_is_told_once_with_its_ti
         pacer.on_outcome(failing, 1141.0 + i, 1140.5 + i)
     display.pacing(1146.0, wall0 + 1146.0)
     assert out.getvalue().splitlines()[2].startswith("the service is failing since 05:49:05 UTC")
+
+
+def test_a_spell_of_failing_told_after_a_stop_does_not_say_that_probes_go_on() -> None:
+    # A run stopped on held answers told its spell of failing only at its end, as "sending
+    # paused; one request probes it every few seconds", under "stopping: ...": nothing was
+    # sent after the stop, nor probed.
+    from bulkrerun.outcome import Kind, Outcome
+    from bulkrerun.pacing import Pacer, PacingConfig
+
+    out = io.StringIO()
+    pacer = Pacer(PacingConfig(rate=50.0, breaker_threshold=5, breaker_cooldown=5.0))
+    display = RunDisplay(Console(file=out, force_terminal=False, width=200), 10, pacer=pacer)
+    wall0 = 1_732_600_000.0 - 1000.0  # 2024-11-26T05:46:40Z at now = 1000.0
+    failing = Outcome(Kind.RETRY, status=503, reason="503")
+    for i in range(5):
+        pacer.on_outcome(failing, 1001.0 + i, 1000.5 + i)
+    display(Stopping("the service does not answer"))
+    display.pacing(1006.0, wall0 + 1006.0)
+    assert out.getvalue().splitlines() == [
+        "stopping: the service does not answer",
+        "the service is failing since 05:46:45 UTC",
+    ]
 
 
 def test_a_spell_of_failing_over_between_two_looks_is_still_told_both_ways() -> None:

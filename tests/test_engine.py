@@ -504,7 +504,7 @@ async def test_held_answers_in_a_row_stop_the_run_rather_than_hold_more() -> Non
     assert states["held"] == sent and set(states) <= {"held", "pending"}
 
 
-async def test_timeouts_in_a_row_name_the_timeout_flag_and_do_not_promise_the_same_command() -> None:
+async def test_timeouts_in_a_row_name_the_flag_and_do_not_promise_the_same_command() -> None:
     # The timeout may have been given as --timeout, which the resume command and status's
     # steps repeat ("or the run stops the same way"): the stop names the flag beside the
     # variable, and says to run again, not to run the same command again.
