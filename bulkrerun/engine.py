@@ -182,6 +182,14 @@ class Engine:
         self._unreached = 0  # connection failures while it has not
         self._held_in_a_row = 0  # held outcomes since the last done or failed one
         self._failing_since: float | None = None  # the first failure since the last answer
+        # The canary (--canary N): the first N requests go out alone, and the rest wait for
+        # all of them to settle, which the failure budget judges first. Without the gate
+        # the rest went out at the rate meanwhile, and a canary that failed stopped a run
+        # that had already sent more. None: no canary, or its requests have settled.
+        self._canary = pacer.config.canary
+        self._canary_gate: anyio.Event | None = anyio.Event() if self._canary > 0 else None
+        self._canary_taken = 0
+        self._canary_settled = 0
         self.result = RunResult()
 
     # -- control ----------------------------------------------------------------------------
@@ -194,6 +202,7 @@ class Engine:
             self._stopping = True
             self.result.stop_reason = reason
             self._stop_event.set()
+            self._open_canary_gate()  # its waiters take nothing more: they see the stop
         for scope in self._waits:
             scope.cancel()
         if hard:
@@ -231,8 +240,18 @@ class Engine:
 
     async def _worker(self) -> None:
         while not self._stopping:
+            gate = self._canary_gate
+            if gate is not None:
+                if self._canary_taken >= self._canary:
+                    await gate.wait()  # the canary's requests are out: wait for their word
+                    continue
+                self._canary_taken += 1
             chunk = next(self._chunks, None)
             if chunk is None:
+                if gate is not None:  # fewer requests than the canary: all of them are out
+                    self._canary_taken -= 1
+                    self._canary = self._canary_taken
+                    self._open_canary_gate()
                 return
             try:
                 await self._one(chunk)
@@ -539,6 +558,16 @@ class Engine:
         reason = self._pacer.stop_reason()
         if reason is not None and r.fatal is None:
             self._fatal(BudgetExhausted(f"{reason}. The rest was not sent."), reason)
+        if self._canary_gate is not None:
+            self._canary_settled += 1
+            if self._canary_settled >= self._canary:
+                self._open_canary_gate()  # after the budget's word: a stop comes first
+
+    def _open_canary_gate(self) -> None:
+        """Let the workers that wait behind the canary take the rest (or see the stop)."""
+        if self._canary_gate is not None:
+            self._canary_gate.set()
+            self._canary_gate = None
 
 
 def _refused(outcome: Outcome, chunk: Chunk) -> str:

@@ -459,8 +459,35 @@ async def test_failure_budget_stops_the_run() -> None:
     transport = ScriptedTransport(journal, {i: [refused] for i in range(1000)})
     result = await engine_for(200, transport, journal, [], max_failure_ratio=0.5, canary=10).run()
     assert isinstance(result.fatal, BudgetExhausted)
-    assert len(transport.sent) < 20
+    assert len(transport.sent) == 10  # the canary's, and nothing after them
     assert result.failed_by_code == {"DLF.1000": result.failed}
+
+
+async def test_the_canarys_requests_go_out_alone_and_the_rest_waits_for_their_word() -> None:
+    # 64 in flight, a canary of 3 whose answers are slow to come: nothing else leaves
+    # until all three have settled. Held answers stop the run: only the canary was sent.
+    journal = MemoryJournal()
+    lost = Outcome(Kind.HELD, reason="timeout after sending: unknown whether it ran")
+    transport = ScriptedTransport(journal, {i: [lost] for i in range(3)})
+    transport.blocking = True
+    engine = engine_for(100, transport, journal, [], inflight=64, canary=3)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(engine.run)
+        with anyio.fail_after(5):
+            while len(transport.sent) < 3:
+                await anyio.lowlevel.checkpoint()
+            for _ in range(50):  # every worker has had its turn: none sent a fourth
+                await anyio.lowlevel.checkpoint()
+        assert len(transport.sent) == 3, transport.sent
+        transport.block.set()
+    assert isinstance(engine.result.fatal, BudgetExhausted)
+    assert (engine.result.held, len(transport.sent)) == (3, 3)
+    # A canary that passes lets the rest go; one larger than the plan sends it whole.
+    for n, canary in ((40, 3), (2, 5)):
+        journal = MemoryJournal()
+        transport = ScriptedTransport(journal)
+        result = await engine_for(n, transport, journal, [], inflight=8, canary=canary).run()
+        assert (result.done, result.fatal, len(transport.sent)) == (n, None, n)
 
 
 async def test_failures_are_counted_under_the_code_status_and_report_give_them() -> None:
