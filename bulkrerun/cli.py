@@ -999,6 +999,8 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 outage_stop=args.outage_stop,
             )
             interrupted = False
+            signals: list[str] = []  # the stop signals that came, by name, in order
+            stopping_before: str | None = None  # the stop under way when the first came
             # Everything built so far (settings, the replayed journal, which may hold a
             # million records) lives until the end: keep the cyclic GC from re-scanning it
             # on every full collection of the run. And collect the young generation less
@@ -1013,11 +1015,16 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 async with anyio.create_task_group() as tg:
 
                     async def watch_signals() -> None:
-                        nonlocal interrupted
+                        nonlocal interrupted, stopping_before
                         with _signal_receiver() as sigs:
                             async for signum in sigs:
                                 name = signal.Signals(signum).name
                                 interrupted = True
+                                if not signals and engine.stopping:
+                                    stopping_before = engine.result.stop_reason
+                                signals.append(name)
+                                # Said live, to the person at the keyboard; the record says
+                                # what happened (see _interrupted_message).
                                 engine.stop(
                                     f"{name} again: abandoning requests in flight"
                                     if engine.stopping
@@ -1030,6 +1037,10 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     tg.start_soon(display.follow, engine.result, clock)
                     result = await engine.run()
                     tg.cancel_scope.cancel()
+            if signals:
+                result.stop_reason = _interrupted_message(
+                    signals, stopping_before, engine.cut_off, args.grace
+                )
             _interrupt.resume = args.resume  # what a Ctrl-C from now on says to run again
             if journal.sync_fallback:
                 err.print(f"note: {journal.sync_fallback}.", style="yellow", markup=False)
@@ -1380,6 +1391,34 @@ def _finish(
             journal_held=summary.held,
         )
     return code
+
+
+def _interrupted_message(
+    signals: list[str], stopping_before: str | None, cut_off: bool, grace: float
+) -> str:
+    """What a run stopped by ``signals`` (names, in order) records of it, for its journal's
+    end record and its log's ``run ended``, as a fact of the past: not the words said live
+    (``finishing requests in flight (again to stop at once)`` was advice to the person at
+    the keyboard then, and not what happened once a second signal or the grace cut the
+    requests off). ``stopping_before``: the stop under way when the first signal came (a
+    fatal condition's), which made that signal a hard stop; ``cut_off``: the requests
+    still in flight were cut off rather than let finish."""
+    first = signals[0]
+    if stopping_before is not None:
+        said = f"{stopping_before}; then {first}"
+    elif len(signals) > 1:
+        said = f"{first}, then {signals[1]} again"
+    else:
+        said = first
+    if not cut_off:
+        what = "the requests in flight were finished"
+    elif stopping_before is None and len(signals) == 1:
+        what = f"the requests still in flight after --grace {grace:g} s were cut off"
+    else:
+        what = "the requests still in flight were cut off"
+    if cut_off:
+        what += ", their outcome unknown (held)"
+    return f"{said}: it stopped sending; {what}"
 
 
 def _how_it_stopped(result: Any, interrupted: bool) -> tuple[str | None, str | None]:

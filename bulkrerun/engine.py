@@ -212,6 +212,13 @@ class Engine:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def cut_off(self) -> bool:
+        """Whether the requests still in flight were cut off (a hard stop, or the grace
+        running out after a soft one) rather than let finish: their outcome is unknown, so
+        they are held. What a run's record of its stop says happened."""
+        return self._inflight.cancel_called
+
     # -- the run ----------------------------------------------------------------------------
 
     async def run(self) -> RunResult:

@@ -1154,8 +1154,26 @@ def _ended_line(
     if end.stopped is None:
         return f"{what} ended {_iso(end.wall)}, exit {end.exit}{decided}"
     if end.stopped == "interrupted":
-        return f"{what} was interrupted {_iso(end.wall)} ({end.message or 'a signal'})"
+        return f"{what} was interrupted {_iso(end.wall)} ({_past(end.message) or 'a signal'})"
     return f"{what} stopped {_iso(end.wall)}: {end.message or end.stopped}"
+
+
+# What a run recorded of a Ctrl-C before it recorded what happened: the words said live,
+# advice to the person at the keyboard then ("again to stop at once"), which the record
+# kept even when a second signal or the grace cut the requests off.
+_SAID_LIVE = ": finishing requests in flight (again to stop at once)"
+
+
+def _past(message: str | None) -> str | None:
+    """An interrupted run's recorded ``message`` as what happened: one recorded by an
+    earlier version (the words said live) says only what is known of it, that the run
+    stopped sending."""
+    if message is None or not message.endswith(_SAID_LIVE):
+        return message
+    return (
+        f"{message.removesuffix(_SAID_LIVE)}: it stopped sending; its record does not say "
+        "whether the requests in flight finished"
+    )
 
 
 def _history_lines(history: list[Invocation]) -> list[str]:

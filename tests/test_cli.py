@@ -1076,3 +1076,71 @@ def test_a_resume_from_a_fresh_shell_is_told_what_its_journal_is_bound_to(
     new = cli("run", "m.toml", "--journal", "new", env=keys_only)
     assert new.returncode == 2 and "bound to" not in new.stderr, new.stderr
     assert m.exists()
+
+
+WINDOW_60 = """
+[[window]]
+job_name = "ods_orders"
+begin = 1732579200000
+end = 1732582800000
+chunk = "1m"
+"""  # 60 requests
+
+
+@pytest.mark.parametrize(
+    ("grace", "signals", "happened"),
+    [
+        ("5", 1, "SIGINT: it stopped sending; the requests in flight were finished"),
+        (
+            "0",
+            1,
+            "SIGINT: it stopped sending; the requests still in flight after --grace 0 s were "
+            "cut off, their outcome unknown (held)",
+        ),
+        (
+            "5",
+            2,
+            "SIGINT, then SIGINT again: it stopped sending; the requests still in flight were "
+            "cut off, their outcome unknown (held)",
+        ),
+    ],
+)
+def test_an_interrupted_run_records_what_happened_not_what_was_said_live(
+    cli: Cli, fake_service: Callable[..., Service], tmp_path: Path, grace: str, signals: int,
+    happened: str,
+) -> None:  # fmt: skip
+    # The journal's end record, the log's `run ended` and status kept the words said live
+    # at the first Ctrl-C, "SIGINT: finishing requests in flight (again to stop at once)":
+    # advice to the person at the keyboard then, and untrue once a second Ctrl-C or the
+    # grace cut the requests off. They say what happened now.
+    import signal
+    import time
+
+    srv = fake_service("--latency-ms", "2000")  # each request in flight for 2 s
+    m = write_manifest(tmp_path / "m.toml", WINDOW_60)
+    j, log = tmp_path / "j", tmp_path / "run.jsonl"
+    proc = cli.popen(
+        "run", str(m), "--journal", str(j), "--rate", "100", "--max-inflight", "4",
+        "--grace", grace, "--log-file", str(log), url=srv.url,
+    )  # fmt: skip
+    srv.wait_accepted(1)  # accepted, its answer 2 s away: in flight
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # two signals, not one the kernel merged
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "stopping: SIGINT: finishing requests in flight (again to stop at once)" in stderr
+    (ended,) = [r for r in map(json.loads, j.read_text().splitlines()) if r["t"] == "end"]
+    logged = [r for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "run ended"]
+    assert ended["message"] == logged[0]["message"] == happened
+    shown = " ".join(cli("status", str(j)).stdout.split())
+    assert f"was interrupted {ended_at(cli, j)} ({happened})" in shown
+    assert "again to stop at once" not in shown
+    held = json.loads(cli("status", str(j), "--json").stdout)["held"]
+    assert (held == 0) == happened.endswith("finished")
+
+
+def ended_at(cli: Cli, journal: Path) -> str:
+    out = cli("status", str(journal), "--json")
+    ended: str = json.loads(out.stdout)["last_run"]["ended"]
+    return ended

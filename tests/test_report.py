@@ -1632,3 +1632,28 @@ def test_status_lists_the_runs_and_verifications_with_their_flags(tmp_path: Path
         ],
         ["verify", "1", "2024-11-26T05:48:00.000Z", "exit", "1", "cy@ops-2"],
     ]
+
+
+def test_status_words_a_run_interrupted_before_it_recorded_what_happened_as_past(
+    tmp_path: Path,
+) -> None:
+    # A run's end record kept the words said live at a Ctrl-C; status replayed them as if
+    # to the person reading it now ("(again to stop at once)"). A journal of an earlier
+    # version still holds them: status says what they tell of the past, no more.
+    path = tmp_path / "j"
+
+    async def interrupted(j: Journal) -> None:
+        j.begin_run(RunInfo("m.toml", "", "", options=_options("ana")), wall=T0)
+        live = "SIGINT: finishing requests in flight (again to stop at once)"
+        j.end_run(130, "interrupted", live, wall=T0 + 1)
+
+    run_journal(path, interrupted)
+    con, buffer = console()
+    render_status(status(path), con)
+    said = " ".join(buffer.getvalue().split())
+    assert (
+        "run 1 (started 2024-11-26T05:46:40.000Z) was interrupted 2024-11-26T05:46:41.000Z "
+        "(SIGINT: it stopped sending; its record does not say whether the requests in flight "
+        "finished)" in said
+    )
+    assert "again to stop at once" not in said

@@ -116,7 +116,7 @@ def test_the_log_says_why_a_run_stopped_in_the_journals_words(
     assert proc.returncode == 130, stderr
     logged, ended = end_records(log, j)
     assert (logged["stopped"], logged["exit_code"]) == ("interrupted", 130)
-    assert logged["message"].startswith("SIGINT: finishing requests in flight")
+    assert logged["message"].startswith("SIGINT: it stopped sending; the requests ")
     assert (ended["stopped"], ended["message"]) == (logged["stopped"], logged["message"])
     assert "interrupted" not in logged  # said once, as the journal says it
     # A fatal stop: the condition's name, and what was said of it.
@@ -514,7 +514,7 @@ chunk = "1m"
     # The journal says how the run ended, and status repeats it.
     last: Any = s["last_run"]
     assert (last["n"], last["stopped"], last["exit_code"]) == (1, "interrupted", 130)
-    assert last["message"].startswith(f"{sig.name}: finishing requests in flight")
+    assert last["message"].startswith(f"{sig.name}: it stopped sending; the requests ")
     said = " ".join(cli("status", str(j)).stdout.split())
     assert f"run 1 (started {last['started']}) was interrupted {last['ended']} ({sig.name}:" in said
     out = cli(*resume[1:], "--rate", "200", env=env)  # the last --rate wins: a faster finish
