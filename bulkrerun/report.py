@@ -1176,11 +1176,34 @@ def _past(message: str | None) -> str | None:
     )
 
 
+def _manifest_change(inv: Invocation, before: Invocation | None) -> str | None:
+    """How the manifest of run ``inv`` differs from that of the run ``before`` it, in words
+    for the history (None: the same, or not known): the next operator reads there that it
+    was edited between the two, which the path alone does not show (the digest is only in
+    ``status --json``)."""
+    if before is None or not (inv.manifest_sha256 and before.manifest_sha256):
+        return None
+    same_text = inv.manifest_sha256 == before.manifest_sha256
+    if inv.manifest == before.manifest:
+        return None if same_text else f"manifest changed since run {before.n}"
+    if same_text:
+        return f"the same manifest as run {before.n}'s, by another path"
+    return f"another manifest than run {before.n}'s"
+
+
 def _history_lines(history: list[Invocation]) -> list[str]:
     """One line per run or verify of the history, in columns: what, when it started, how it
-    ended, who ran it where, and the manifest and flags it was given."""
+    ended, who ran it where, and the manifest and flags it was given, then how the manifest
+    differs from the run before's, when it does."""
     rows = []
+    notes: list[str | None] = []
+    before: Invocation | None = None  # the run before, to compare manifests with
     for inv in history:
+        if inv.command == "run":
+            notes.append(_manifest_change(inv, before))
+            before = inv
+        else:
+            notes.append(None)
         end = inv.end
         if end is None:
             how = "no end"
@@ -1195,9 +1218,10 @@ def _history_lines(history: list[Invocation]) -> list[str]:
         rows.append([f"{inv.command} {inv.n}", _iso(inv.started) or "", how, who, given])
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
-    for row in rows:
+    for row, note in zip(rows, notes, strict=True):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        lines.append(("  " + "  ".join([*cells, row[4]])).rstrip())
+        line = "  " + "  ".join([*cells, row[4]])
+        lines.append((f"{line}  ({note})" if note else line).rstrip())
     return lines
 
 

@@ -1657,3 +1657,49 @@ def test_status_words_a_run_interrupted_before_it_recorded_what_happened_as_past
         "finished)" in said
     )
     assert "again to stop at once" not in said
+
+
+def _shanghai_window(begin: str, end: str, chunk: str = "6h") -> str:
+    """A manifest body: a window of ods_orders (and dwd_orders downstream) from ``begin`` to
+    ``end``, written without an offset: in the default timezone, Asia/Shanghai."""
+    return (
+        f'[[window]]\njob_name = "ods_orders"\nbegin = "{begin}"\nend = "{end}"\n'
+        f'chunk = "{chunk}"\njobs = [ {{ job_name = "dwd_orders", workspace_id = '
+        '"62fbba734e634c5087656fc3ff7adf34" } ]\n'
+    )
+
+
+def test_status_marks_a_run_whose_manifest_differs_from_the_run_before(
+    tmp_path: Path, cli: Cli, fake_service: Callable[..., Service]
+) -> None:
+    # A backfill resumed by another operator after an edit: the plain list of runs named
+    # the same bf.toml for both, and the edit showed only as a digest in status --json.
+    srv = fake_service()
+    bf = write_manifest(
+        tmp_path / "bf.toml", _shanghai_window("2024-11-05T00:00:00", "2024-11-06T00:00:00")
+    )
+    other = write_manifest(
+        tmp_path / "other.toml", _shanghai_window("2024-11-01T00:00:00", "2024-11-02T00:00:00")
+    )
+
+    def run(manifest: str) -> None:
+        out = cli("run", manifest, "--journal", "j", "--rate", "100", "--no-progress", url=srv.url)
+        assert out.returncode == 0, out.stderr
+
+    run("bf.toml")
+    bf.write_text(bf.read_text().replace("2024-11-06T", "2024-11-07T"), encoding="utf-8")
+    run("bf.toml")  # edited: a day more
+    (tmp_path / "copy.toml").write_bytes(bf.read_bytes())
+    run("copy.toml")  # the same text by another name
+    run(other.name)
+    run(other.name)  # unchanged since the run before
+    shown = cli("status", "j").stdout
+    listed = shown.split("runs (and verifications), with their flags:\n", 1)[1]
+    lines = listed.split("next:")[0].splitlines()
+    assert [line.split("--no-progress")[1].strip() for line in lines] == [
+        "",
+        "(manifest changed since run 1)",
+        "(the same manifest as run 2's, by another path)",
+        "(another manifest than run 3's)",
+        "",
+    ]
