@@ -49,13 +49,24 @@ keys, plus ``begin_ms`` and ``end_ms`` (epoch milliseconds):
     "plan_time", "instance_id", "status"}``, in CSV each one's job, plan time and status
     with ``; `` between them. Empty (JSON ``[]``) when the watch saw none of them fail,
     empty too (JSON ``null``) when it saw none of them end, as ``instance_status``.
+``timezone`` ``begin_local`` ``end_local``
+    the timezone the manifest wrote the request's entry in (its own ``timezone``, or
+    ``[defaults]``'s; empty for an entry that names none, and for an ``[[instances]]``
+    entry, whose times are epoch milliseconds), and ``begin`` and ``end`` in it with its
+    offset (``2024-11-05T00:00:00.000+08:00``), as ``plan`` shows them: the day an audit
+    "per job and day" counts, where ``begin`` (UTC) is the day before for the first hours
+    of a day east of Greenwich. In UTC (``...Z``) when the entry names no timezone. The
+    entry is the one of the run that first sent the request (the journal's copy of that
+    run's manifest).
 
 The table shows ``verify_state`` as its ``verified`` column and the evidence, when there is
 any, instead of the request's own message: it is what decided the units. Its ``job``
 column names a window's ``jobs`` after its own (``ods_orders + dwd_orders``, as ``plan``
 does); its ``what`` column gives an instances request's number of instances and the span of
-their plan times. After the closing count, one line per rerun instance the watch saw end
-failed names its request (the chunk id prefix), job, plan time and status.
+their plan times, both in the entry's timezone as ``begin_local`` (in UTC when it names
+none), each time with its offset. After the closing count, one line per rerun instance the
+watch saw end failed names its request (the chunk id prefix), job, plan time (in the same
+timezone) and status.
 
 CSV and spreadsheets. The report is opened in spreadsheets for audits and tickets, and some
 of its text comes from elsewhere (job names, the service's error messages), so a CSV cell
@@ -85,6 +96,7 @@ error messages come from the service.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import functools
@@ -103,6 +115,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console
@@ -1323,7 +1336,8 @@ class ReportRow:
     ``(job_name, workspace_id)`` besides its own, ``items`` an instances request's
     ``(job_id, plan_time, submit_time)``, both as sent (None for the other mode);
     ``failed_instances`` what the watch saw of its rerun instances that ended failed
-    (None when it saw none of them end).
+    (None when it saw none of them end). ``timezone`` is the one its entry's times were
+    written in, to show them in again (None: UTC).
     """
 
     chunk: str
@@ -1352,6 +1366,7 @@ class ReportRow:
     jobs: tuple[tuple[str, str], ...] | None = None
     items: tuple[tuple[int, int, int], ...] | None = None
     failed_instances: tuple[WatchRecord, ...] | None = None
+    timezone: str | None = None
 
 
 REPORT_COLUMNS = (
@@ -1381,6 +1396,9 @@ REPORT_COLUMNS = (
     "jobs",
     "items",
     "failed_instances",
+    "timezone",
+    "begin_local",
+    "end_local",
 )
 """The CSV header; JSON lines carry the same keys plus ``begin_ms`` and ``end_ms``. Columns
 are only ever added at the end, so that scripts keep working."""
@@ -1462,9 +1480,10 @@ def _row(
     outcome: dict[str, Any] | None,
     units: dict[str, UnitState],
     flying: bool = False,
+    zone: str | None = None,
 ) -> ReportRow:
     """The report's row of one request; ``flying``: it is in flight (see
-    :func:`_flying_since`)."""
+    :func:`_flying_since`); ``zone``: its entry's timezone (see :class:`_EntryZones`)."""
     body = intent.get("body") or {}
     tasks = body.get("task_retrys")
     o = outcome or {}
@@ -1495,6 +1514,7 @@ def _row(
         run=info.run,
         jobs=_jobs(body) if mode == "window" else None,
         items=_items(tasks) if isinstance(tasks, list) else None,
+        timezone=zone,
     )
 
 
@@ -1520,6 +1540,63 @@ def _items(tasks: list[Any]) -> tuple[tuple[int, int, int], ...]:
     )
 
 
+def _known_zone(zone: object) -> str | None:
+    """``zone`` when it names a timezone this machine knows, else None."""
+    if not isinstance(zone, str) or not zone:
+        return None
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return zone
+
+
+def _entry_zones(run: RunRecord) -> dict[str, str]:
+    """Each entry of the manifest ``run`` recorded whose times ``plan`` shows in a timezone
+    (a window's, a selection's) -> that timezone: the entry's own, or ``[defaults]``'. Read
+    from the journal's copy alone, without validating it again (that would need its
+    instance files, which a time does not); an entry or a zone that does not read has none."""
+    try:
+        data = _copy_data(run)
+    except ValueError:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    defaults = data.get("defaults")
+    default = defaults.get("timezone") if isinstance(defaults, dict) else None
+    zones = {}
+    for kind in ("window", "select"):
+        entries = data.get(kind)
+        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+            zone = _known_zone(entry.get("timezone", default) if isinstance(entry, dict) else None)
+            if zone is not None:
+                zones[f"{kind}[{i}]"] = zone
+    return zones
+
+
+class _EntryZones:
+    """The timezone of each request's entry (see :func:`_entry_zones`) as the run that first
+    sent the request had it: the last run to start before its first intent (runs hold the
+    journal one at a time), whose manifest names the entry in the intent. Each run's copy is
+    read once, when a request of it first asks."""
+
+    __slots__ = ("_runs", "_starts", "_zones")
+
+    def __init__(self, runs: list[RunRecord]) -> None:
+        self._runs = runs
+        self._starts = [run.wall for run in runs]
+        self._zones: dict[int, dict[str, str]] = {}
+
+    def of(self, first_wall: float, entry: str) -> str | None:
+        i = bisect.bisect_right(self._starts, first_wall) - 1
+        if i < 0:
+            return None
+        zones = self._zones.get(i)
+        if zones is None:
+            zones = self._zones[i] = _entry_zones(self._runs[i])
+        return zones.get(entry)
+
+
 def report_rows(path: Path, holder: Holder | None = None) -> Iterator[ReportRow]:
     """One row per request recorded in the journal at ``path``, in the order first sent,
     with how a verification decided its units, if one did, and the final instance statuses
@@ -1542,9 +1619,11 @@ def _rows(
     verified = state.verified
     since = _flying_since(state, holder)
     unknown = state.unknown_sends
+    zones = _EntryZones(state.runs)
     for info, intent, outcome in _details(path, state):
         flying = _flying(info, since)
-        row = _row(info, intent, outcome, state.units, flying)
+        zone = zones.of(info.first_wall, str(intent.get("entry", "")))
+        row = _row(info, intent, outcome, state.units, flying, zone)
         # The last send without an outcome is unknown too, unless it is still in flight.
         sends = unknown.get(info.id, 0) + (info.state is None and not flying)
         if sends:
@@ -1567,7 +1646,8 @@ def _rows(
 
 def _row_object(row: ReportRow) -> dict[str, Any]:
     """The row's values by column, but for ``jobs``, ``items`` and ``failed_instances``,
-    which CSV writes as text and JSON as lists (:func:`_json_object`)."""
+    which CSV writes as text and JSON as lists (:func:`_json_object`), and which come
+    before ``timezone``, ``begin_local`` and ``end_local`` (:data:`REPORT_COLUMNS`)."""
     return {
         "chunk": row.chunk,
         "entry": row.entry,
@@ -1594,6 +1674,9 @@ def _row_object(row: ReportRow) -> dict[str, Any]:
         "unknown_sends": row.unknown_sends,
         "run": row.run,
         "unknown_request_ids": list(row.unknown_request_ids),
+        "timezone": row.timezone,
+        "begin_local": _local_iso(row.begin_ms, row.timezone),
+        "end_local": _local_iso(row.end_ms, row.timezone),
     }
 
 
@@ -1621,17 +1704,43 @@ def _json_object(row: ReportRow) -> dict[str, Any]:
         ]
     else:
         obj["failed_instances"] = None
+    for key in REPORT_COLUMNS[REPORT_COLUMNS.index("failed_instances") + 1 :]:
+        obj[key] = obj.pop(key)  # in the order of the columns: those added last, last
     return obj
 
 
-def _short_iso(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
+def _moment(ms: int, zone: str | None) -> datetime:
+    """Epoch milliseconds as a moment in ``zone`` (None: UTC), to the millisecond (not
+    through a float of seconds, which may land a microsecond short)."""
+    seconds, milli = divmod(ms, 1000)
+    at = datetime.fromtimestamp(seconds, ZoneInfo(zone) if zone else UTC)
+    return at.replace(microsecond=milli * 1000)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _zoned_iso(ms: int, zone: str) -> str:
+    """Epoch milliseconds in ``zone`` with its offset and milliseconds, as ``begin_local``
+    writes them (cached as :func:`_ms_iso` is: a report repeats a few thousand times)."""
+    return _moment(ms, zone).isoformat(timespec="milliseconds")
+
+
+def _local_iso(ms: int | None, zone: str | None) -> str | None:
+    """``begin_local``/``end_local``: in the entry's timezone, or as ``begin`` (UTC)."""
+    if ms is None:
+        return None
+    return _zoned_iso(ms, zone) if zone else _ms_iso(ms)
+
+
+def _short_iso(ms: int, zone: str | None = None) -> str:
+    """A time for the table: in ``zone`` with its offset (as ``plan`` shows it), or UTC
+    (``Z``); its milliseconds only when it has some."""
     spec = "seconds" if ms % 1000 == 0 else "milliseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+    shown = _moment(ms, zone).isoformat(timespec=spec)
+    return shown if zone else shown.replace("+00:00", "Z")
 
 
-def _span(begin_ms: int, end_ms: int) -> str:
-    begin, end = _short_iso(begin_ms), _short_iso(end_ms)
+def _span(begin_ms: int, end_ms: int, zone: str | None = None) -> str:
+    begin, end = _short_iso(begin_ms, zone), _short_iso(end_ms, zone)
     if begin == end:
         return begin
     if begin[:11] == end[:11]:  # same day: the end's time says enough
@@ -1641,14 +1750,14 @@ def _span(begin_ms: int, end_ms: int) -> str:
 
 def _what(row: ReportRow) -> str:
     """A window request's span; how many instances an instances request named, and the span
-    of their plan times (the CSV and JSON list each one)."""
+    of their plan times (the CSV and JSON list each one); in the entry's timezone."""
     if row.begin_ms is not None and row.end_ms is not None:
-        return _span(row.begin_ms, row.end_ms)
+        return _span(row.begin_ms, row.end_ms, row.timezone)
     if row.instances is not None:
         what = f"{row.instances:,} instance{'s' if row.instances != 1 else ''}"
         if row.items:
             plans = [plan for _, plan, _ in row.items]
-            what += f": {_span(min(plans), max(plans))}"
+            what += f": {_span(min(plans), max(plans), row.timezone)}"
         return what
     return ""
 
@@ -1681,7 +1790,7 @@ _COLUMNS: tuple[tuple[str, int | None, int], ...] = (
     ("chunk", None, 0),
     ("entry", None, 0),
     ("job", 48, 24),
-    ("what (UTC)", 62, 62),
+    ("what", 64, 64),  # a span over two days, milliseconds and offsets on both ends
     ("tries", None, 0),
     ("state", None, 0),
     ("now", 24, 10),
@@ -1787,11 +1896,12 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     widths: list[int] | None = None
     tally: Counter[str] = Counter()
     now: Counter[str] = Counter()  # of the requests' units, after verifications since
-    failed: list[tuple[str, WatchRecord]] = []  # (chunk, instance) the watch saw end failed
+    # (chunk, its entry's timezone, instance) of each rerun instance the watch saw end failed
+    failed: list[tuple[str, str | None, WatchRecord]] = []
     for row in rows:
         block.append(_cells(row))
         if row.failed_instances:
-            failed += ((row.chunk, r) for r in row.failed_instances)
+            failed += ((row.chunk, row.timezone, r) for r in row.failed_instances)
         tally[row.state] += 1
         now["mixed" if "," in row.current else row.current] += 1
         n += 1
@@ -1811,12 +1921,15 @@ def _write_table(rows: Iterable[ReportRow], console: Console) -> int:
     return n
 
 
-def _write_failed(failed: list[tuple[str, WatchRecord]], console: Console) -> None:
+def _write_failed(failed: list[tuple[str, str | None, WatchRecord]], console: Console) -> None:
     """After the table, one line per rerun instance the watch saw end failed: its request
     (the chunk id prefix the table shows), job, plan time and status. In a cell of the
     table they would be cut off on any console; they are what a review of an incident
     asks for."""
-    lines = [[chunk[:12], r.job_name, _short_iso(r.plan_time), r.status] for chunk, r in failed]
+    lines = [
+        [chunk[:12], r.job_name, _short_iso(r.plan_time, zone), r.status]
+        for chunk, zone, r in failed
+    ]
     widths = [max(cell_len(cells[i]) for cells in lines) for i in range(len(lines[0]))]
     width = console.width
     text = Text(no_wrap=True, overflow="crop")

@@ -1545,7 +1545,8 @@ def test_the_new_columns_come_after_the_ones_scripts_read() -> None:
         "reason", "last_time", "instance_status", "verify_state", "verify_evidence",
         "unknown_sends", "run", "unknown_request_ids",
     )  # fmt: skip
-    assert REPORT_COLUMNS[23:] == ("jobs", "items", "failed_instances")
+    assert REPORT_COLUMNS[23:26] == ("jobs", "items", "failed_instances")
+    assert REPORT_COLUMNS[26:] == ("timezone", "begin_local", "end_local")
 
 
 def _options(user: str, *flags: list[str | None], **one_shots: bool) -> dict[str, Any]:
@@ -1702,4 +1703,77 @@ def test_status_marks_a_run_whose_manifest_differs_from_the_run_before(
         "(the same manifest as run 2's, by another path)",
         "(another manifest than run 3's)",
         "",
+    ]
+
+
+def test_the_report_shows_times_in_the_timezone_the_manifest_wrote_them_in(
+    tmp_path: Path, cli: Cli, fake_service: Callable[..., Service]
+) -> None:
+    # A backfill of days in Asia/Shanghai: plan showed 2024-11-05T00:00:00.000+08:00, the
+    # report's table and csv 2024-11-04T16:00:00.000Z, and an audit "per job and day" put
+    # the first hours of each day on the day before. The table now shows each entry's times
+    # in its timezone, as plan does; csv and json keep begin and end (UTC) and add the local
+    # form at the end.
+    srv = fake_service()
+    payments = (
+        '[[instances]]\njob_name = "ods_payments"\n'
+        "items = [ { job_id = 917567, plan_time = 1730736000000, submit_time = 1730736001000 } ]\n"
+    )
+    write_manifest(
+        tmp_path / "bf.toml",
+        _shanghai_window("2024-11-05T00:00:00", "2024-11-07T00:00:00", "1d") + payments,
+    )
+    # Another manifest, another run: its window's own timezone, not the first run's.
+    ny = _shanghai_window("2024-11-10T00:00:00", "2024-11-11T00:00:00", "1d")
+    write_manifest(
+        tmp_path / "ny.toml",
+        ny.replace("[[window]]\n", '[[window]]\ntimezone = "America/New_York"\n'),
+    )
+    for manifest in ("bf.toml", "ny.toml"):
+        out = cli("run", manifest, "--journal", "j", "--rate", "100", "--no-progress", url=srv.url)
+        assert out.returncode == 0, out.stderr
+
+    table = cli("report", "j").stdout.splitlines()
+    assert table[0].split()[:4] == ["chunk", "entry", "job", "what"]  # no "(UTC)": see the offsets
+    rows = [" ".join(line.split()) for line in table[1:5]]
+    assert "2024-11-05T00:00:00+08:00 .. 23:59:59.999+08:00" in rows[0]
+    assert "2024-11-06T00:00:00+08:00 .. 23:59:59.999+08:00" in rows[1]
+    assert "1 instance: 2024-11-04T16:00:00Z" in rows[2]  # epoch ms, as plan shows them: UTC
+    assert "2024-11-10T00:00:00-05:00 .. 23:59:59.999-05:00" in rows[3]
+
+    lines = list(csv.reader(io.StringIO(cli("report", "j", "--format", "csv").stdout)))
+    header, body = lines[0], lines[1:]
+    assert header[:26] == list(REPORT_COLUMNS[:26])  # the columns scripts read, unmoved
+    assert header[26:] == ["timezone", "begin_local", "end_local"]
+    got = [(r[5], r[6], r[26], r[27], r[28]) for r in body]
+    assert got == [
+        (
+            "2024-11-04T16:00:00.000Z",
+            "2024-11-05T15:59:59.999Z",
+            "Asia/Shanghai",
+            "2024-11-05T00:00:00.000+08:00",
+            "2024-11-05T23:59:59.999+08:00",
+        ),
+        (
+            "2024-11-05T16:00:00.000Z",
+            "2024-11-06T15:59:59.999Z",
+            "Asia/Shanghai",
+            "2024-11-06T00:00:00.000+08:00",
+            "2024-11-06T23:59:59.999+08:00",
+        ),
+        ("", "", "", "", ""),
+        (
+            "2024-11-10T05:00:00.000Z",
+            "2024-11-11T04:59:59.999Z",
+            "America/New_York",
+            "2024-11-10T00:00:00.000-05:00",
+            "2024-11-10T23:59:59.999-05:00",
+        ),
+    ]
+    objects = [
+        json.loads(line) for line in cli("report", "j", "--format", "json").stdout.splitlines()
+    ]
+    assert [list(o)[-3:] for o in objects] == [["timezone", "begin_local", "end_local"]] * 4
+    assert [(o["begin"], o["timezone"], o["begin_local"]) for o in objects] == [
+        (r[0] or None, r[2] or None, r[3] or None) for r in got
     ]
