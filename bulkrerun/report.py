@@ -1743,6 +1743,8 @@ def _span(begin_ms: int, end_ms: int, zone: str | None = None) -> str:
     begin, end = _short_iso(begin_ms, zone), _short_iso(end_ms, zone)
     if begin == end:
         return begin
+    if zone and begin[-6:] == end[-6:]:  # one offset (+08:00), said once, at the start
+        end = end[:-6]
     if begin[:11] == end[:11]:  # same day: the end's time says enough
         end = end[11:]
     return f"{begin} .. {end}"
@@ -1790,7 +1792,7 @@ _COLUMNS: tuple[tuple[str, int | None, int], ...] = (
     ("chunk", None, 0),
     ("entry", None, 0),
     ("job", 48, 24),
-    ("what", 64, 64),  # a span over two days, milliseconds and offsets on both ends
+    ("what", 66, 66),  # "1,000 instances: " and a span over two days, its offset once
     ("tries", None, 0),
     ("state", None, 0),
     ("now", 24, 10),

@@ -1736,10 +1736,11 @@ def test_the_report_shows_times_in_the_timezone_the_manifest_wrote_them_in(
     table = cli("report", "j").stdout.splitlines()
     assert table[0].split()[:4] == ["chunk", "entry", "job", "what"]  # no "(UTC)": see the offsets
     rows = [" ".join(line.split()) for line in table[1:5]]
-    assert "2024-11-05T00:00:00+08:00 .. 23:59:59.999+08:00" in rows[0]
-    assert "2024-11-06T00:00:00+08:00 .. 23:59:59.999+08:00" in rows[1]
+    assert "2024-11-05T00:00:00+08:00 .. 23:59:59.999" in rows[0]
+    assert "2024-11-06T00:00:00+08:00 .. 23:59:59.999" in rows[1]
     assert "1 instance: 2024-11-04T16:00:00Z" in rows[2]  # epoch ms, as plan shows them: UTC
-    assert "2024-11-10T00:00:00-05:00 .. 23:59:59.999-05:00" in rows[3]
+    assert "2024-11-10T00:00:00-05:00 .. 23:59:59.999" in rows[3]
+    assert not any("999+08:00" in row or "999-05:00" in row for row in rows)  # offset once
 
     lines = list(csv.reader(io.StringIO(cli("report", "j", "--format", "csv").stdout)))
     header, body = lines[0], lines[1:]
@@ -1777,3 +1778,30 @@ def test_the_report_shows_times_in_the_timezone_the_manifest_wrote_them_in(
     assert [(o["begin"], o["timezone"], o["begin_local"]) for o in objects] == [
         (r[0] or None, r[2] or None, r[3] or None) for r in got
     ]
+
+
+@pytest.mark.parametrize(
+    ("begin", "end", "zone", "shown"),
+    [
+        # One offset is said once, at the start; a day's end needs only its time.
+        ("2024-11-25T14:00:00Z", "2024-11-25T16:00:00Z", "Asia/Shanghai",
+         "2024-11-25T22:00:00+08:00 .. 2024-11-26T00:00:00"),
+        ("2024-11-25T14:00:00Z", "2024-11-25T15:59:59.999Z", "Asia/Shanghai",
+         "2024-11-25T22:00:00+08:00 .. 23:59:59.999"),
+        # Across a change of offset (New York's end of summer time) both are said.
+        ("2024-11-03T04:00:00Z", "2024-11-03T07:00:00Z", "America/New_York",
+         "2024-11-03T00:00:00-04:00 .. 02:00:00-05:00"),
+        # UTC keeps its Z at both ends, as before.
+        ("2024-11-25T14:00:00Z", "2024-11-25T16:15:00Z", None,
+         "2024-11-25T14:00:00Z .. 16:15:00Z"),
+    ],
+)  # fmt: skip
+def test_a_span_in_the_table_says_its_offset_once_unless_it_changes(
+    begin: str, end: str, zone: str | None, shown: str
+) -> None:
+    from datetime import datetime
+
+    from bulkrerun.report import _span
+
+    ms = [int(datetime.fromisoformat(t).timestamp() * 1000) for t in (begin, end)]
+    assert _span(ms[0], ms[1], zone) == shown
