@@ -112,6 +112,7 @@ import errno
 import fcntl
 import gc
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -136,6 +137,7 @@ from bulkrerun.outcome import Kind, Outcome, failure_code
 
 __all__ = [
     "FORMAT",
+    "LATEST_SETTLED",
     "OUTCOME_STATES",
     "Binding",
     "ChunkInfo",
@@ -163,6 +165,11 @@ OUTCOME_STATES: Final = frozenset({"done", "failed", "held", "retry", "pending"}
 """What :meth:`Journal.outcome` accepts as ``state``."""
 
 _NOT_ACTED: Final = frozenset({"retry", "pending"})
+
+LATEST_SETTLED: Final = 256
+"""Of a journal read slim, how many of the settled requests are kept in full anyway: the
+latest accepted, among which ``verify`` looks for its canaries (see
+:meth:`JournalState.latest_accepted`)."""
 
 COMMIT_INTERVAL: Final = 0.002
 """Seconds between the starts of two fsyncs at the least (kept by the sync helper).
@@ -382,6 +389,9 @@ class JournalState:
     # is the request itself, done in ``units``, which is all that ``status`` and a resume
     # ask of them (a resume reads their windows from their intents; see ``done_windows``).
     settled: dict[str, int] = field(default_factory=dict)
+    # Of those, the LATEST_SETTLED last accepted, kept in full: a heap of their
+    # ``_accepted_order`` and their ChunkInfo (see ``latest_accepted``).
+    settled_latest: list[tuple[float, int, ChunkInfo]] = field(default_factory=list)
     # Of a journal opened with ``live_details=False``: what the records appended since only
     # count (their units and chunks are not in ``units`` and ``chunks``).
     untracked_units: Counter[UnitState] = field(default_factory=Counter)
@@ -428,6 +438,19 @@ class JournalState:
             offsets.sort()
         return offsets
 
+    def latest_accepted(self, n: int) -> list[ChunkInfo]:
+        """The ``n`` requests last accepted (whose last outcome is ``done``), the latest first
+        by the wall of that outcome (of equal walls, the one first sent first).
+
+        Of a journal read slim, the settled requests count too, but only the
+        :data:`LATEST_SETTLED` latest of them are known in full: ``n`` may not exceed it.
+        """
+        if n > LATEST_SETTLED and self.settled:
+            raise ValueError(f"of a journal read slim, {LATEST_SETTLED} at most")
+        done = [info for info in self.chunks.values() if info.state == "done"]
+        done += [info for _, _, info in self.settled_latest]
+        return heapq.nlargest(n, done, key=_accepted_order)
+
     def failed_by_code(self) -> dict[str, int]:
         """Failed units by the error code of the request that failed them last
         (``verified``: failed by a verification)."""
@@ -452,6 +475,12 @@ class JournalState:
         if self.span_start is None:
             return self.span_total
         return self.span_total + max(0.0, self.span_end - self.span_start)
+
+
+def _accepted_order(info: ChunkInfo) -> tuple[float, int]:
+    """How :meth:`JournalState.latest_accepted` orders requests: by their last wall, and of
+    equal walls the one whose (first) intent comes first in the file first."""
+    return (info.last_wall, -info.intent_offset)
 
 
 class _InconsistentError(Exception):
@@ -496,16 +525,23 @@ class _Replayer:
         if self.slim:
             raise _Unsettled
         st = self.state
-        info = ChunkInfo(
-            chunk_id,
-            (chunk_id,),
-            st.settled.pop(chunk_id),
-            st.last_wall,
-            st.last_wall,
-            attempts=1,
-            state="done",
-            run=len(st.runs),
-        )
+        offset = st.settled.pop(chunk_id)
+        kept = st.settled_latest
+        k = next((k for k, (_, _, info) in enumerate(kept) if info.id == chunk_id), None)
+        if k is not None:  # one of the latest: known in full
+            info = kept.pop(k)[2]
+            heapq.heapify(kept)
+        else:
+            info = ChunkInfo(
+                chunk_id,
+                (chunk_id,),
+                offset,
+                st.last_wall,
+                st.last_wall,
+                attempts=1,
+                state="done",
+                run=len(st.runs),
+            )
         st.chunks[chunk_id] = info
         return info
 
@@ -670,6 +706,13 @@ class _Replayer:
                 # (under its id as first read, the string its unit shares).
                 del st.chunks[chunk_id]
                 st.settled[info.id] = info.intent_offset
+                # The latest few kept in full all the same (see JournalState.latest_accepted).
+                kept = st.settled_latest
+                entry = (wall, -info.intent_offset, info)
+                if len(kept) < LATEST_SETTLED:
+                    heapq.heappush(kept, entry)
+                elif entry > kept[0]:  # offsets differ: the infos are never compared
+                    heapq.heapreplace(kept, entry)
             return
         # A chunk of this session, not kept: from now on its units are only counted, but
         # for those the state listed before (failed or held ones sent again), updated there.

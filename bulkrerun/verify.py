@@ -48,7 +48,6 @@ more when the list answers again.
 
 from __future__ import annotations
 
-import heapq
 import os
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -64,7 +63,14 @@ from rich.table import Table
 
 from bulkrerun.chunk import instance_unit_id
 from bulkrerun.clock import Clock
-from bulkrerun.journal import ChunkInfo, Journal, JournalState, UnitState, read_records_at
+from bulkrerun.journal import (
+    LATEST_SETTLED,
+    ChunkInfo,
+    Journal,
+    JournalState,
+    UnitState,
+    read_records_at,
+)
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer
@@ -121,9 +127,11 @@ CANARIES_PER_JOB = 3
 latest rerun the service accepted is the last to show, so if it shows, the list has caught up
 with every request before it; a few, in case one instance was since changed by hand."""
 
-CANARY_READS = 256
+CANARY_READS = LATEST_SETTLED
 """At most this many accepted requests are read from the journal to find the canaries,
-newest first: a journal of 200,000 requests is not read whole for a job it holds none of."""
+newest first: a journal of 200,000 requests is not read whole for a job it holds none of.
+As many as a journal read slim keeps in full of the requests it settles, so that a slim
+read offers the same ones (see :meth:`JournalState.latest_accepted`)."""
 
 CLUSTER_GAP_MS = 6 * 3_600_000
 """Plan times of one job closer than this are read with one paginated query over their span
@@ -273,11 +281,8 @@ def load_canaries(path: Path, state: JournalState, keys: Iterable[Key]) -> list[
     jobs are left out: how the service queues their reruns is not the list's lag.)
     """
     wanted = set(keys)
-    accepted = heapq.nlargest(
-        CANARY_READS,
-        (info for info in state.chunks.values() if info.state == "done"),
-        key=lambda info: info.last_wall,
-    )
+    # Settled requests too, of a journal read slim: they are the most of the accepted ones.
+    accepted = state.latest_accepted(CANARY_READS)
     found: dict[Key, list[Canary]] = {}
     others = 0
     batch = 32  # read in small batches, newest first: most journals are done in one

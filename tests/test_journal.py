@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import heapq
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import bulkrerun.journal as journal_module
 from bulkrerun.chunk import Chunk, canonical_json, chunk_id, instance_unit_id
 from bulkrerun.errors import BadInput, Fatal, JournalCorrupt, JournalMismatch
 from bulkrerun.journal import (
+    LATEST_SETTLED,
     Binding,
     Holder,
     Journal,
@@ -1573,3 +1575,50 @@ def test_a_journal_opened_slim_details_a_settled_window_touched_again(jpath: Pat
         assert state.chunks[w[0].id].state == "failed"
         live = _replayed(state)
     assert live == _replayed(read_state(jpath)[1])
+
+
+def test_a_slim_read_offers_the_latest_accepted_requests_of_a_full_one(jpath: Path) -> None:
+    # verify's canaries are the latest accepted requests, most of them windows sent once and
+    # done, which a slim read settles: it keeps the latest LATEST_SETTLED of those in full,
+    # so that the latest accepted are a full read's, whatever order their walls come in.
+    n = LATEST_SETTLED + 100
+    walls = [WALL + 1000 + (k * 37) % 300 for k in range(n)]  # out of order, many equal
+
+    async def play() -> None:
+        with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
+            async with anyio.create_task_group() as tg:  # intents share commits
+                for k in range(n):
+                    tg.start_soon(j.intend, window(k), 1, WALL + k)
+            for k in range(n):
+                j.outcome(window(k), 1, DONE, walls[k], "done")
+                if k % 40 == 0:  # batches done too, and a failed one the latest of all
+                    b = batch([k])
+                    await j.intend(b, 1, WALL + k)
+                    j.outcome(b, 1, DONE, walls[k], "done")
+            await j.intend(window(n), 1, WALL + n)
+            j.outcome(window(n), 1, FAILED, WALL + 2000, "failed")
+            await j.flush()
+
+    anyio.run(play)
+    _, full = read_state(jpath)
+    _, slim = read_state(jpath, slim=True)
+    assert len(slim.settled) == n > LATEST_SETTLED
+
+    def latest(state: Any) -> list[tuple[Any, ...]]:
+        return [
+            (i.id, i.intent_offset, i.first_wall, i.last_wall, i.run)
+            for i in state.latest_accepted(LATEST_SETTLED)
+        ]
+
+    assert latest(slim) == latest(full)
+    # A full read's, as verify chose them before: by the last wall, the first sent first.
+    done = [i for i in full.chunks.values() if i.state == "done"]
+    assert latest(full) == [
+        (i.id, i.intent_offset, i.first_wall, i.last_wall, i.run)
+        for i in heapq.nlargest(LATEST_SETTLED, done, key=lambda i: i.last_wall)
+    ]
+    with pytest.raises(ValueError, match="at most"):
+        slim.latest_accepted(LATEST_SETTLED + 1)
+    # A journal opened slim offers them too.
+    with Journal.open(jpath, BINDING, tool_version="0.1.0", slim=True) as j:
+        assert latest(j.state()) == latest(full)
