@@ -1964,11 +1964,14 @@ async def _verify_only(
     from bulkrerun.clock import SystemClock
     from bulkrerun.journal import Binding, Journal
 
+    # Slim: a verify reads the held units' requests and the latest accepted ones (its
+    # canaries), not the details of every request sent once and done.
     journal = Journal.open(
         path,
         Binding(settings.project_id, endpoint),
         tool_version=bulkrerun.__version__,
         create=False,  # a mistyped path must not become a new, empty journal
+        slim=True,
     )
     try:
         transport = _make_transport(settings, endpoint)

@@ -54,6 +54,8 @@ from bulkrerun.verify import (
     judge_instance,
     judge_lag,
     judge_window,
+    load_canaries,
+    load_targets,
     read_watch,
     verify_held,
     watch,
@@ -585,6 +587,121 @@ async def test_the_canaries_are_found_among_windows_a_slim_read_settled(tmp_path
             later = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
             assert (later.verified_done, later.made_pending, later.still_held) == (len(held), 0, 0)
         assert w.rerun_counts() == [1] * SELECTED
+
+
+async def every_fate(w: World, journal: Journal) -> None:
+    """Of the world's requests: a batch killed before it left (held, not acted on), a batch
+    and a window refused (failed), a window throttled then done, the rest sent once, some of
+    them dropped after the fake accepted them (held) and the others done."""
+    first, refused, *batches = [c for c in w.chunks if c.kind != "window"]
+    throttled, rejected, *windows = [c for c in w.chunks if c.kind == "window"]
+    await journal.intend(first, 1, w.clock.wall())
+    w.clock.advance(0.05)
+    no = Outcome(Kind.FAILED, 400, "DLF.1000", "Failed to find the job.", "req-1", reason="400")
+    for chunk in (refused, rejected):
+        await journal.intend(chunk, 1, w.clock.wall())
+        journal.outcome(chunk, 1, no, w.clock.wall(), "failed")
+        w.clock.advance(0.05)
+    await journal.intend(throttled, 1, w.clock.wall())
+    journal.outcome(throttled, 1, Outcome(Kind.RETRY, 429, reason="429"), w.clock.wall(), "retry")
+    await journal.intend(throttled, 2, w.clock.wall())
+    journal.outcome(throttled, 2, await w.transport.send(throttled), w.clock.wall(), "done")
+    w.clock.advance(0.05)
+    await w.send_each_once(journal, [*batches, *windows])
+
+
+@pytest.mark.parametrize("settle", [1.0, LAG_S + 1], ids=["list lagging", "list caught up"])
+async def test_a_verify_of_a_slim_read_decides_as_one_of_a_full_read(
+    tmp_path: Path, settle: float
+) -> None:
+    # Two copies of one journal of every fate, verified one after the other (the second at
+    # once: the first waited for the settle time), one read in full and one slim.
+    async with world(
+        tmp_path, catalog=catalog(list_lag_s=LAG_S), drop_after_accept=0.4, seed=2
+    ) as w:
+        with w.open_journal() as journal:
+            await every_fate(w, journal)
+        copies = {"full": tmp_path / "full", "slim": tmp_path / "slim"}
+        seen: dict[str, tuple[Any, ...]] = {}
+        for how, path in copies.items():
+            path.write_bytes(w.journal_path.read_bytes())
+            with w.open_journal(path, slim=how == "slim") as journal:
+                state = journal.state()
+                if how == "slim":
+                    assert state.settled  # windows done at once
+                held = sorted(u for u, s in state.units.items() if s is UnitState.HELD)
+                targets = load_targets(path, state, held)
+                keys = {(t.job_name, t.workspace) for t in targets if isinstance(t, InstanceTarget)}
+                keys |= {k for t in targets if isinstance(t, WindowTarget) for k in t.jobs}
+                canaries = load_canaries(path, state, keys)
+                summary = await verify_held(
+                    journal, w.transport, pacer=w.pacer, clock=w.clock, settle=settle
+                )
+                units = dict(journal.state().units)
+            verdicts = [
+                (r["unit"], r["state"], r["evidence"]) for r in journal_records(path, "verify")
+            ]
+            seen[how] = (
+                held,
+                sorted(targets, key=lambda t: t.unit),
+                canaries,
+                summary,
+                verdicts,
+                units,
+            )
+        assert seen["slim"] == seen["full"]
+        held, _, canaries, summary, verdicts, units = seen["full"]
+        # What was compared: held units of both kinds, decided (or held for the lag) with
+        # window canaries among the others; the failed units left alone.
+        assert {c.key[0] for c in canaries} >= {"ods_payments", "ods_orders"}
+        assert len(verdicts) == len(held) > 0
+        assert UnitState.FAILED in units.values()
+        if settle == 1.0:
+            assert summary.reasons["instance list lagging"] == len(held), str(summary)
+        else:
+            assert summary.verified_done > 0 and summary.made_pending > 0, str(summary)
+
+
+def test_the_verify_command_reads_its_journal_slim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Of the requests sent once and done, a verify needs no more than a status does (the
+    # test above shows that it decides the same): its journal is opened slim.
+    from typer.testing import CliRunner
+
+    from bulkrerun.cli import app
+
+    url = "http://127.0.0.1:9"  # asked nothing: no unit is held
+    manifest = tmp_path / "w.toml"
+    manifest.write_text(windows("2024-11-25T18:00:00", "2024-11-25T22:00:00", "1h"))
+    chunks = list(plan(load_manifest(manifest)))
+    path = tmp_path / "j"
+
+    async def done() -> None:
+        with Journal.open(path, Binding(PROJECT, url), tool_version="t") as journal:
+            for k, chunk in enumerate(chunks):
+                await journal.intend(chunk, 1, ANCHOR / 1000 + k)
+                journal.outcome(chunk, 1, Outcome(Kind.DONE, 200), ANCHOR / 1000 + k, "done")
+
+    anyio.run(done)
+    opened: list[bool] = []
+    real = Journal.open.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[Journal], *args: Any, **kwargs: Any) -> Journal:
+        opened.append(kwargs.get("slim", False))
+        return real(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Journal, "open", classmethod(spy))
+    for key in list(os.environ):
+        if key.startswith(("BULKRERUN_", "CLOUD_SDK_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("BULKRERUN_PROJECT_ID", PROJECT)
+    monkeypatch.setenv("BULKRERUN_TOKEN", "t")
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    result = CliRunner().invoke(app, ["verify", str(path), "--endpoint", url])
+    assert result.exit_code == 0, result.output
+    assert "verify: no held units; nothing to check." in result.output
+    assert opened == [True]
 
 
 DAY = 24 * HOUR
