@@ -391,8 +391,9 @@ class JournalState:
     # Of a journal read slim (``read_state(path, slim=True)``, ``Journal.open(slim=True)``):
     # the window requests sent once and accepted (``done``), with no send whose outcome is
     # unknown -> the byte offset of their intent. They are not in ``chunks``: their one unit
-    # is the request itself, done in ``units``, which is all that ``status`` and a resume
-    # ask of them (a resume reads their windows from their intents; see ``done_windows``).
+    # is the request itself, done in ``units``, which is all that ``status``, a resume and
+    # a verify ask of them (a resume reads their windows from their intents; see
+    # ``done_windows``; a verify's canaries are among the latest: ``settled_latest``).
     settled: dict[str, int] = field(default_factory=dict)
     # Of those, the LATEST_SETTLED last accepted, kept in full: a heap of their
     # ``_accepted_order`` and their ChunkInfo (see ``latest_accepted``).
@@ -1602,7 +1603,8 @@ class Journal:
         decisions are made before sending, from the state as opened, so they lose nothing;
         :meth:`reload` replays the file when the details are wanted again. ``slim=True``
         replays what the file holds as :func:`read_state` does with it: of the window
-        requests sent once and done, their intents' offsets only (what a run reads of them).
+        requests sent once and done, their intents' offsets only (what a run and a verify
+        read of them).
 
         A new journal is created with mode ``0600`` and its header is made durable (file
         and directory fsynced). An existing journal must be bound to ``binding`` (else
