@@ -1581,8 +1581,8 @@ def test_a_slim_read_offers_the_latest_accepted_requests_of_a_full_one(jpath: Pa
     # verify's canaries are the latest accepted requests, most of them windows sent once and
     # done, which a slim read settles: it keeps the latest LATEST_SETTLED of those in full,
     # so that the latest accepted are a full read's, whatever order their walls come in.
-    n = LATEST_SETTLED + 100
-    walls = [WALL + 1000 + (k * 37) % 300 for k in range(n)]  # out of order, many equal
+    n = journal_module._SETTLED_KEPT + 100  # more than the replay keeps before it trims
+    walls = [WALL + 1000 + (k * 37) % 5 for k in range(n)]  # out of order, many equal
 
     async def play() -> None:
         with Journal.open(jpath, BINDING, tool_version="0.1.0") as j:
