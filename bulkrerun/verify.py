@@ -117,10 +117,13 @@ second; two minutes also covers a badly kept laptop. (The gateway refuses signat
 than 15 minutes off, so AK/SK runs cannot be further apart than that anyway.)"""
 
 SETTLE_S = 5.0
-LAGGING = "instance list lagging"  # the reason of a unit held while the list lags
 """The age the newest request a verify relies on must reach before the list is read (the
 default of ``--settle``): an accepted rerun shows in the list at once on the fake, and within
 seconds on a scheduler. A list slower than that is caught by the canaries."""
+
+LAGGING = "instance list lagging"
+"""The reason of a unit held because the list does not yet show reruns the service
+accepted (see :func:`judge_lag`)."""
 
 CANARIES_PER_JOB = 3
 """Accepted requests per job whose reruns are looked for in the list, the latest ones: the
