@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import anyio.abc
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -1014,26 +1015,35 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
             with display, _restoring_gc(thresholds):
                 async with anyio.create_task_group() as tg:
 
-                    async def watch_signals() -> None:
+                    def take_signal(name: str) -> None:
                         nonlocal interrupted, stopping_before
-                        with _signal_receiver() as sigs:
-                            async for signum in sigs:
-                                name = signal.Signals(signum).name
-                                interrupted = True
-                                if not signals and engine.stopping:
-                                    stopping_before = engine.result.stop_reason
-                                signals.append(name)
-                                # Said live, to the person at the keyboard; the record says
-                                # what happened (see _interrupted_message).
-                                engine.stop(
-                                    f"{name} again: abandoning requests in flight"
-                                    if engine.stopping
-                                    else f"{name}: finishing requests in flight (again to stop "
-                                    "at once)",
-                                    hard=engine.stopping,
-                                )
+                        interrupted = True
+                        if not signals and engine.stopping:
+                            stopping_before = engine.result.stop_reason
+                        signals.append(name)
+                        # Said live, to the person at the keyboard; the record says what
+                        # happened (see _interrupted_message).
+                        engine.stop(
+                            f"{name} again: abandoning requests in flight"
+                            if engine.stopping
+                            else f"{name}: finishing requests in flight (again to stop at once)",
+                            hard=engine.stopping,
+                        )
 
-                    tg.start_soon(watch_signals)
+                    async def watch_signals(
+                        *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                    ) -> None:
+                        with _signal_receiver() as sigs:
+                            # One that came since the check before begin_run and was dropped
+                            # (raised in a __del__) is taken now, before the engine starts:
+                            # redelivered, it would come after the first requests left.
+                            if (dropped := _interrupt.take()) is not None:
+                                take_signal(dropped)
+                            task_status.started()
+                            async for signum in sigs:
+                                take_signal(signal.Signals(signum).name)
+
+                    await tg.start(watch_signals)
                     tg.start_soon(display.follow, engine.result, clock)
                     result = await engine.run()
                     tg.cancel_scope.cancel()

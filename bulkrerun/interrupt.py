@@ -43,6 +43,7 @@ class Interrupt:
         # would repeat one-shot flags such as --resend-held.
         self.resume: str | None = None
         self._raising = False
+        self._again: threading.Timer | None = None  # a dropped signal's redelivery
         self._previous_hook = sys.unraisablehook
         # The stop signals this process takes: SIGHUP only if it was not started ignored.
         # Read once, before the first install replaces the inherited dispositions.
@@ -76,7 +77,7 @@ class Interrupt:
         the ``__del__`` interrupted. (Sent from here, it would raise in this hook, where
         Python drops it too.)"""
         if issubclass(unraisable.exc_type, KeyboardInterrupt) and self.fired:
-            again = threading.Timer(
+            again = self._again = threading.Timer(
                 REDELIVER_AFTER, os.kill, (os.getpid(), signal.Signals[self.signame])
             )
             again.daemon = True
@@ -90,6 +91,18 @@ class Interrupt:
         otherwise leave the command running on, so it checks before it acts."""
         if self.fired:
             raise KeyboardInterrupt
+
+    def take(self) -> str | None:
+        """The name of a signal that came and was not acted on, its redelivery called off;
+        None if none came. For a run's engine, which takes the signals itself once it has
+        started: one Python dropped in a ``__del__`` just before would otherwise reach it
+        only when redelivered, after it had begun to send."""
+        if not self.fired:
+            return None
+        if self._again is not None:
+            self._again.cancel()
+        self.fired = False
+        return self.signame
 
 
 interrupt = Interrupt()
