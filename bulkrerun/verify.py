@@ -266,8 +266,10 @@ def _targets_of(
 @dataclass(frozen=True, slots=True)
 class Canary:
     """A request the service accepted (200), whose rerun the list should show by now: as a
-    target (an instance of it, or its window over its own job only), the job it is of, and
-    when the acceptance was recorded (epoch ms, our clock)."""
+    target (an instance of it, or its window over its jobs, its own first), the job it is
+    of, and when the acceptance was recorded (epoch ms, our clock). A window is judged by
+    its own job's instances, its other jobs' only when its own has none in it (see
+    :func:`_judge_canary`)."""
 
     target: Target
     key: Key
@@ -280,8 +282,8 @@ def load_canaries(path: Path, state: JournalState, keys: Iterable[Key]) -> list[
     read from the journal newest first, :data:`CANARY_READS` at most.
 
     One canary per request: an instance request stands for one of its instances (all were
-    accepted at once), a window request for its window of its own job. (A window's other
-    jobs are left out: how the service queues their reruns is not the list's lag.)
+    accepted at once), a window request for its window (judged as :func:`_judge_canary`
+    says).
     """
     wanted = set(keys)
     # Settled requests too, of a journal read slim: they are the most of the accepted ones.
@@ -333,9 +335,10 @@ def _canary_of(record: Mapping[str, Any], info: ChunkInfo) -> Canary | None:
             unit, key[0], key[1], job_id, plan_time, submit_time, since, accepted
         )
     else:
+        jobs = [key, *((str(j["job_name"]), str(j["workspace_id"])) for j in body.get("jobs", ()))]
         target = WindowTarget(
             str(record["chunk"]),
-            (key,),
+            tuple(dict.fromkeys(jobs)),
             int(body["begin_time"]),
             int(body["end_time"]),
             since,
@@ -769,7 +772,7 @@ async def verify_held(
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
     queries = _queries([*targets, *(c.target for c in canaries)])
     listing = await _read(lister, queries, round(clock.wall() * 1000))
-    judged = [(c, _verdict(c.target, listing)) for c in canaries]
+    judged = [(c, _judge_canary(c, listing)) for c in canaries]
     wall = clock.wall()
     for target in targets:
         verdict = _verdict(target, listing)
@@ -789,6 +792,26 @@ async def verify_held(
         summary.hold("request not found in the journal", "", missing)
     await journal.flush()
     return summary
+
+
+def _judge_canary(canary: Canary, listing: _Listing) -> Verdict:
+    """What the list shows of a canary's rerun, as if it were held.
+
+    A window request is judged by its own job's instances in its window: the service
+    submits those reruns as it accepts the request, while how it queues its other jobs'
+    is not the list's lag. Only when its own job has no instance there (an hourly job cut
+    in 15-minute chunks) is it judged by its other jobs' instead: without them it would
+    show nothing, and the held units of its jobs would be judged as if the list had caught
+    up, and made pending under a list that lags.
+    """
+    t = canary.target
+    if isinstance(t, InstanceTarget) or len(t.jobs) == 1:
+        return _verdict(t, listing)
+    own = WindowTarget(t.unit, t.jobs[:1], t.begin_time, t.end_time, t.since_ms, t.last_ms)
+    if listing.unavailable(t.jobs[0], t.begin_time, t.end_time) is None and not listing.window(own):
+        others = WindowTarget(t.unit, t.jobs[1:], t.begin_time, t.end_time, t.since_ms, t.last_ms)
+        return _verdict(others, listing)
+    return _verdict(own, listing)
 
 
 def _verdict(target: Target, listing: _Listing) -> Verdict:
