@@ -33,7 +33,9 @@ picture that makes a unit pending. So the requests the journal records as accept
 canaries (:func:`load_canaries`: the latest few of each job): they are listed with the held
 units, and while the list shows one of them as not rerun, it cannot be believed of a held
 unit either. Such a unit stays held ("instance list lagging") instead of being made pending,
-unless an accepted request sent after it shows rerun already.
+unless an accepted request sent after it shows rerun already. A canary still not shown an
+hour on, while a later one of its job shows, is no longer taken for lag
+(:data:`CANARY_STALE_S`).
 
 :func:`watch` polls the instances of the journal's done units until each shows our rerun in
 a final status, prints a table per job and appends what it saw to a sidecar file next to the
@@ -87,6 +89,7 @@ from bulkrerun.watchlog import WatchRecord, read_watch, watch_path
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "CANARY_STALE_S",
     "CLOCK_SKEW_S",
     "FAILED_STATUSES",
     "LIST_NOTICE_AFTER_S",
@@ -120,6 +123,17 @@ SETTLE_S = 5.0
 """The age the newest request a verify relies on must reach before the list is read (the
 default of ``--settle``): an accepted rerun shows in the list at once on the fake, and within
 seconds on a scheduler. A list slower than that is caught by the canaries."""
+
+CANARY_STALE_S = 3600.0
+"""How long an accepted request's rerun may stay out of the list while a later one of its
+job shows, before it no longer says that the list lags (s); ten times the settle when that
+is longer (see :func:`judge_lag`). A list that lags seconds, or minutes in an incident, shows
+the later reruns last; an hour is past any lag it may show out of order, and short enough
+that a request the service never lists does not keep its job's held units held for good."""
+
+STALE_SETTLES = 10
+"""The settle times an accepted request must be old, at the least, before a later one's
+rerun shown makes it stale: a user who gives ``--settle`` knows the list lags that much."""
 
 LAGGING = "instance list lagging"
 """The reason of a unit held because the list does not yet show reruns the service
@@ -484,7 +498,12 @@ def judge_window(target: WindowTarget, instances: Sequence[ListedInstance]) -> V
     return Verdict(UnitState.HELD, f"{what}: {said}: inconclusive", "window inconclusive")
 
 
-def judge_lag(target: Target, canaries: Sequence[tuple[Canary, Verdict]]) -> Verdict | None:
+def judge_lag(
+    target: Target,
+    canaries: Sequence[tuple[Canary, Verdict]],
+    *,
+    stale_before_ms: int | None = None,
+) -> Verdict | None:
     """For a unit the list shows as not rerun: HELD when the list does not yet show the
     reruns of requests the service accepted, None when nothing says it lags.
 
@@ -496,14 +515,29 @@ def judge_lag(target: Target, canaries: Sequence[tuple[Canary, Verdict]]) -> Ver
     unit's request too: the unit is judged as the list shows it. Otherwise a single canary
     shown as not rerun keeps the unit held: its own rerun may be one the list does not show
     yet, and a unit made pending would be sent, and run, twice.
+
+    Except a canary accepted before ``stale_before_ms`` (epoch ms; see
+    :data:`CANARY_STALE_S`) while one of its job accepted after it shows rerun: a list that
+    lags shows the later reruns last, so that one is not lag but a rerun the service never
+    lists (it skipped the instance, say). Counted, it would keep its job's held units held
+    for as long as it stays among its job's latest, whatever the list shows.
     """
     keys = (
         target.jobs if isinstance(target, WindowTarget) else ((target.job_name, target.workspace),)
     )
     pool = [(c, v) for c, v in canaries if c.key in keys] or list(canaries)
-    if any(v.state is UnitState.DONE and c.accepted_ms >= target.last_ms for c, v in pool):
+    shown = [c for c, v in pool if v.state is UnitState.DONE]
+    if any(c.accepted_ms >= target.last_ms for c in shown):
         return None
-    unseen = [c for c, v in pool if v.state is None]
+
+    def stale(c: Canary) -> bool:
+        return (
+            stale_before_ms is not None
+            and c.accepted_ms < stale_before_ms
+            and any(s.key == c.key and s.accepted_ms > c.accepted_ms for s in shown)
+        )
+
+    unseen = [c for c, v in pool if v.state is None and not stale(c)]
     if not unseen:
         return None
     canary = max(unseen, key=lambda c: c.accepted_ms)
@@ -771,13 +805,15 @@ async def verify_held(
     observe = None if on_notice is None else ListTrouble(None).observer(clock, on_notice)
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=observe)
     queries = _queries([*targets, *(c.target for c in canaries)])
-    listing = await _read(lister, queries, round(clock.wall() * 1000))
+    read_ms = round(clock.wall() * 1000)
+    listing = await _read(lister, queries, read_ms)
     judged = [(c, _judge_canary(c, listing)) for c in canaries]
+    stale_before = read_ms - round(max(CANARY_STALE_S, STALE_SETTLES * settle) * 1000)
     wall = clock.wall()
     for target in targets:
         verdict = _verdict(target, listing)
         if verdict.state is None:
-            verdict = judge_lag(target, judged) or verdict
+            verdict = judge_lag(target, judged, stale_before_ms=stale_before) or verdict
         journal.verified(target.unit, verdict.state, verdict.evidence, wall)
         if verdict.state is UnitState.DONE:
             summary.verified_done += 1

@@ -9,16 +9,27 @@ would send, and how often the service accepted each request.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from bulkrerun.chunk import Chunk
-from bulkrerun.journal import Journal
+from bulkrerun.journal import Journal, UnitState
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.session import ResumeFlags, chunks_to_send
-from bulkrerun.verify import verify_held
-from tests.test_verify import LAG_S, MANIFEST, WS, World, catalog, world
+from bulkrerun.verify import CANARY_STALE_S, Canary, Verdict, judge_lag, verify_held
+from tests.test_verify import (
+    HOUR,
+    LAG_S,
+    MANIFEST,
+    T_ASK,
+    WS,
+    World,
+    catalog,
+    target,
+    world,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -80,3 +91,71 @@ async def test_a_window_canary_without_an_instance_of_its_own_job_is_judged_by_i
             assert (later.verified_done, later.made_pending, later.still_held) == (1, 0, 0)
             assert resent(w, journal) == []
         assert accepted_once(w) and len(w.srv.ledger) == len(w.chunks)
+
+
+# -- an accepted request the list never shows ----------------------------------------------------
+
+
+def test_a_canary_unlisted_long_while_a_later_one_of_its_job_shows_is_not_taken_for_lag() -> None:
+    # judge_lag, pure. Three canaries of the unit's job, all accepted before its request
+    # (the unit was its run's last): the oldest not shown, the two after it shown.
+    t = target(since_ms=T_ASK, last_ms=T_ASK + 1000)
+    unseen = Verdict(None, "not rerun", "not rerun")
+    seen = Verdict(UnitState.DONE, "rerun seen", "rerun seen")
+
+    def canary(unit: str, accepted: int, job: str = "ods_orders") -> Canary:
+        c = dataclasses.replace(t, unit=unit, job_name=job, since_ms=accepted, last_ms=accepted)
+        return Canary(c, (job, WS), accepted)
+
+    old, mid, new = (canary(f"c{k}", T_ASK - 300 + 100 * k) for k in range(3))
+    pool = [(old, unseen), (mid, seen), (new, seen)]
+    # Read within the hour, it may be lag shown out of order: the unit stays held.
+    assert judge_lag(t, pool) is not None
+    assert judge_lag(t, pool, stale_before_ms=old.accepted_ms) is not None
+    # Read later, it is a rerun the list never shows: the unit is judged as the list shows it.
+    assert judge_lag(t, pool, stale_before_ms=old.accepted_ms + 1) is None
+    # Not if none accepted after it shows rerun ...
+    later = old.accepted_ms + 1
+    assert judge_lag(t, [(old, unseen)], stale_before_ms=later) is not None
+    assert judge_lag(t, [(mid, unseen), (old, seen)], stale_before_ms=T_ASK + HOUR) is not None
+    # ... nor if the one shown is another job's: lists may lag by job.
+    other = canary("o", new.accepted_ms, job="ods_users")
+    everyone = [(dataclasses.replace(old, key=("ods_payments", WS)), unseen), (other, seen)]
+    assert judge_lag(t, everyone, stale_before_ms=later) is not None
+
+
+async def test_a_request_the_list_never_shows_holds_its_job_back_for_an_hour_not_for_good(
+    tmp_path: Path,
+) -> None:
+    # The first of three batches of ods_orders was accepted, the journal says, but the list
+    # never shows its rerun (the service skipped it); the two after it show theirs. The
+    # fourth was recorded and never left (a kill): the list rightly shows it not rerun. It
+    # stayed held, "instance list lagging", for as long as that batch was the job's oldest
+    # canary: a day later still, and verify said to verify again later.
+    async with world(tmp_path, catalog=catalog(list_lag_s=LAG_S)) as w:
+        skipped, first, second, unsent = [c for c in w.chunks if c.job_name == "ods_orders"]
+        with w.open_journal() as journal:
+            await journal.intend(skipped, 1, w.clock.wall())
+            journal.outcome(skipped, 1, Outcome(Kind.DONE, 200), w.clock.wall(), "done")
+            w.clock.advance(0.05)
+            await w.send_each_once(journal, [first, second])
+            await journal.intend(unsent, 1, w.clock.wall())  # killed before it left
+
+            async def verify(**kw: float) -> tuple[int, int, int]:
+                s = await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock, **kw)
+                return s.verified_done, s.made_pending, s.still_held
+
+            held = len(unsent.units)
+            # Within the lag of the two shown, and within the hour: the list may lag.
+            assert await verify(settle=1.0) == (0, 0, held)
+            w.clock.advance(CANARY_STALE_S - 60)
+            assert await verify() == (0, 0, held)
+            # A user who says the list lags 10 minutes has it wait ten times that.
+            w.clock.advance(120)
+            assert await verify(settle=600) == (0, 0, held)
+            assert unsent not in resent(w, journal)
+            # An hour on, while later ones show: the unit is judged as the list shows it.
+            w.clock.advance(2 * 3600)
+            assert await verify() == (0, held, 0)
+            assert unsent in resent(w, journal)
+        assert accepted_once(w)
