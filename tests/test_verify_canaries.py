@@ -54,6 +54,35 @@ def accepted_once(w: World) -> bool:
     return len(ids) == len(set(ids))
 
 
+# -- a unit whose own rerun shows ------------------------------------------------------------------
+
+
+async def test_a_held_unit_whose_own_rerun_shows_is_done_while_a_later_canary_is_not_shown(
+    tmp_path: Path,
+) -> None:
+    # The held batch was accepted 2.5 s before the done one that is its canary; read a second
+    # after the canary, the list (3 s late) shows the held batch's reruns but not the
+    # canary's. The list lags, but not behind this unit: its own reruns decide it.
+    async with world(tmp_path, catalog=catalog(list_lag_s=LAG_S)) as w:
+        held, canary = [c for c in w.chunks if c.job_name == "ods_orders"][:2]
+        with w.open_journal() as journal:
+            await accepted_but_unanswered(w, journal, held)
+            w.clock.advance(2.45)
+            await w.send_each_once(journal, [canary])
+            summary = await verify_held(
+                journal, w.transport, pacer=w.pacer, clock=w.clock, settle=1.0
+            )
+            assert (summary.verified_done, summary.made_pending, summary.still_held) == (
+                len(held.units),
+                0,
+                0,
+            ), str(summary)
+            state = journal.state()
+            assert all("after our request" in state.verified[u] for u in held.units)
+            assert held not in resent(w, journal)
+        assert accepted_once(w)
+
+
 # -- a window whose own job has no instance in it ------------------------------------------------
 
 # ods_users runs hourly, dwd_payments every 15 minutes: of four 15-minute chunks from 10:15,
