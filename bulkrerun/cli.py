@@ -32,6 +32,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 import bulkrerun
 from bulkrerun.errors import (
@@ -52,7 +53,46 @@ from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
 from bulkrerun.interrupt import interrupt as _interrupt
 from bulkrerun.text import ONE_SHOT_FLAGS, counted, duration, run_command
 
+
+def _flags_take_no_value(params: list[Any]) -> list[Any]:
+    """The parameters, with every flag's metavar set to none at all. typer 0.29 writes the
+    type of every option in ``--help``, a flag's too (``--resend-held  <bool>``, ``--help
+    <bool>``): read as a value the flag wants, which it does not take. An explicit metavar
+    is what typer shows in its place; the empty one shows nothing, in every typer 0.16 on."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """``bulkrerun`` itself: its ``--version`` and ``--help`` shown as the flags they are."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    """A command whose ``--help`` reads as the command line is typed: flags without a type
+    (see :func:`_flags_take_no_value`), and an argument in the usage line by its metavar as
+    written (``run [OPTIONS] MANIFEST``), as click has it. typer 0.27 on wraps a required
+    one in braces (``{MANIFEST}``), which reads as something else to type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_take_no_value(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument) and param.metavar is not None:
+                pieces.append(param.metavar)
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
 app = typer.Typer(
+    cls=_Group,
     name="bulkrerun",
     help=(
         "Rerun Huawei Cloud DataArts Factory job instances in bulk: a manifest of jobs and "
@@ -380,7 +420,7 @@ def _logging_for(
 # -- plan --------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def plan(
     manifest: Annotated[
         Path, typer.Argument(metavar="MANIFEST", help="Manifest file (TOML, or JSON).")
@@ -1666,7 +1706,7 @@ def _run_sync(args: RunArgs, settings: Any, endpoint: str) -> int:
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     manifest: Annotated[
         Path, typer.Argument(metavar="MANIFEST", help="Manifest file (TOML, or JSON).")
@@ -1838,7 +1878,7 @@ def run(
 # -- status, report, verify --------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     journal: Annotated[
         Path, typer.Argument(metavar="JOURNAL", help="Journal file (the --journal PATH of a run).")
@@ -1874,7 +1914,7 @@ def status(
     _log_command("status read", **status_json(summary))
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     journal: Annotated[
         Path, typer.Argument(metavar="JOURNAL", help="Journal file (the --journal PATH of a run).")
@@ -1913,7 +1953,7 @@ def report(
     _log_command("report written", journal=str(journal), format=fmt, rows=rows)
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     journal: Annotated[
         Path, typer.Argument(metavar="JOURNAL", help="Journal file (the --journal PATH of a run).")
@@ -2062,7 +2102,7 @@ async def _recorded_verify(
 # -- fake-server and demo ----------------------------------------------------------------------
 
 
-@app.command("fake-server")
+@app.command("fake-server", cls=_Command)
 def fake_server(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 = any free port).")] = 8080,
@@ -2241,7 +2281,7 @@ def _demo_manifest() -> Path | None:
     return checkout if checkout.is_file() else None
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     manifest: Annotated[
         Path | None,
