@@ -2101,6 +2101,11 @@ async def _recorded_verify(
 
 # -- fake-server and demo ----------------------------------------------------------------------
 
+# The fake's fault options, in a panel of their own: in one with the others, the widest of
+# its names, types and defaults left too little room at 80 columns, and rich cut the names
+# (``--drop-after-acce…``).
+_FAULTS = "Faults"
+
 
 @app.command("fake-server", cls=_Command)
 def fake_server(
@@ -2117,15 +2122,22 @@ def fake_server(
         Path | None, typer.Option(help="Append one JSON line per accepted rerun to this file.")
     ] = None,
     rate_limit: Annotated[
-        float | None, typer.Option("--rate-limit", help="Answer 429 beyond this many requests/s.")
+        float | None,
+        typer.Option(
+            "--rate-limit", rich_help_panel=_FAULTS, help="Answer 429 beyond this many requests/s."
+        ),
     ] = None,
     rate_burst: Annotated[
-        int, typer.Option("--rate-burst", help="Burst allowed by --rate-limit.")
+        int,
+        typer.Option(
+            "--rate-burst", rich_help_panel=_FAULTS, help="Burst allowed by --rate-limit."
+        ),
     ] = 1,
     p429: Annotated[
         float,
         typer.Option(
             "--p429",
+            rich_help_panel=_FAULTS,
             help="Share of authenticated requests, not already throttled by --rate-limit, "
             "answered 429 (seeded by --seed). Like every 429 of the fake, they state the "
             "--rate-limit as the gateway's limit, or 10/s without one, and bulkrerun paces "
@@ -2136,6 +2148,7 @@ def fake_server(
         float,
         typer.Option(
             "--p5xx",
+            rich_help_panel=_FAULTS,
             help="Share of the requests not throttled (by --rate-limit or --p429) answered 503, "
             "not acted on (seeded by --seed).",
         ),
@@ -2144,6 +2157,7 @@ def fake_server(
         float,
         typer.Option(
             "--latency-ms",
+            rich_help_panel=_FAULTS,
             help="Milliseconds added before answering an accepted rerun or a list query.",
         ),
     ] = 0.0,
@@ -2151,6 +2165,7 @@ def fake_server(
         float,
         typer.Option(
             "--drop-after-accept",
+            rich_help_panel=_FAULTS,
             help="Share of accepted reruns whose connection is dropped without an answer.",
         ),
     ] = 0.0,
@@ -2158,6 +2173,7 @@ def fake_server(
         float,
         typer.Option(
             "--timeout-after-accept",
+            rich_help_panel=_FAULTS,
             help="Share of accepted reruns, not dropped, answered 504 APIG.0201 (a backend "
             "timeout) instead of 200: started, but the client is not told so.",
         ),
@@ -2166,6 +2182,7 @@ def fake_server(
         int | None,
         typer.Option(
             "--revoke-after",
+            rich_help_panel=_FAULTS,
             min=0,
             help="Refuse every request after the first N that pass authentication with 401 "
             "APIG.0301, as when the key is disabled or the token expires in the middle of a "
@@ -2176,12 +2193,15 @@ def fake_server(
         float,
         typer.Option(
             "--clock-skew",
+            rich_help_panel=_FAULTS,
             help="Seconds the gateway's clock is ahead of this machine's (negative: behind): "
             "AK/SK signatures more than 15 minutes off are refused with 401, and every "
             "answer's Date header tells the gateway's time.",
         ),
     ] = 0.0,
-    seed: Annotated[int | None, typer.Option(help="Seed for the random faults.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(rich_help_panel=_FAULTS, help="Seed for the random faults.")
+    ] = None,
     catalog: Annotated[
         bool,
         typer.Option(
@@ -2193,6 +2213,7 @@ def fake_server(
         float,
         typer.Option(
             "--list-lag",
+            rich_help_panel=_FAULTS,
             metavar="SECONDS",
             min=0.0,
             help="With --catalog: an accepted rerun shows in the instance list only this many "
@@ -2202,17 +2223,27 @@ def fake_server(
     ] = 0.0,
     missing_job: Annotated[
         list[str] | None,
-        typer.Option("--missing-job", help="Answer DLF.1000 'Failed to find the job.' for it."),
+        typer.Option(
+            "--missing-job",
+            metavar="JOB",
+            rich_help_panel=_FAULTS,
+            help="Answer DLF.1000 'Failed to find the job.' for it.",
+        ),
     ] = None,
     deny_job: Annotated[
         list[str] | None,
         typer.Option(
             "--deny-job",
+            metavar="JOB",
+            rich_help_panel=_FAULTS,
             help="Answer 403 DLF.0003 (no permission) for it, reruns and instance lists alike.",
         ),
     ] = None,
     no_retry_after: Annotated[
-        bool, typer.Option("--no-retry-after", help="Send 429 without Retry-After.")
+        bool,
+        typer.Option(
+            "--no-retry-after", rich_help_panel=_FAULTS, help="Send 429 without Retry-After."
+        ),
     ] = False,
     verbose: Verbose = False,
     log_file: LogFile = None,

@@ -3,6 +3,7 @@ process, piped (no terminal), at 80 and 120 columns."""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ COMMANDS = ["", "plan", "run", "status", "report", "verify", "fake-server", "dem
 WIDTHS = [80, 120]
 
 
+@functools.cache
 def _help(command: str, width: int) -> str:
     argv = [sys.executable, "-m", "bulkrerun", *([command] if command else []), "--help"]
     proc = subprocess.run(
@@ -94,3 +96,26 @@ def test_missing_argument_names_it_as_typed() -> None:
     assert "Usage: python -m bulkrerun run [OPTIONS] MANIFEST\n" in proc.stderr
     assert "Missing argument 'MANIFEST'" in proc.stderr
     assert not re.search(r"[{}]", proc.stderr)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_is_listed_whole(command: str, width: int) -> None:
+    """Each option's names whole, nothing cut: at 80 columns ``fake-server --help`` showed
+    ``--drop-after-acce…`` and ``--timeout-after-a…``."""
+    text = _help(command, width)
+    assert "…" not in text
+    words = set(re.findall(r"(?<![\w-])-[\w-]+", text))
+    for param in _declared(command):
+        for name in (*param.opts, *param.secondary_opts):
+            assert name in words, f"{name} is not listed whole"
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_fake_server_job_options_name_a_job(width: int) -> None:
+    """``--missing-job`` and ``--deny-job`` take a job name, once per job: typer 0.29 wrote
+    ``<list[str]>``, a Python type, after them."""
+    text = _help("fake-server", width)
+    assert "list[" not in text
+    for name in ("--missing-job", "--deny-job"):
+        assert re.search(rf"│ {name} +JOB +\w", text), name
