@@ -2031,8 +2031,17 @@ async def _verify_only(
             summary, code = await _recorded_verify(
                 journal, transport, pacer, SystemClock(), options, settle
             )
-    finally:
-        journal.close()
+    except BaseException:
+        # How it stopped (a refusal, a signal) stays the news; a journal removed meanwhile,
+        # which the close writes back, is said besides.
+        try:
+            journal.close()
+        except Fatal as exc:
+            err.print("[red]stopped:[/] ", end="")
+            err.print(str(exc), markup=False)
+            _log_command("journal removed", message=str(exc))
+        raise
+    journal.close()  # a journal removed since its last commit: written back, and said (exit 3)
     # Its verdicts are in the journal by now: a reader gone away (`| head`) leaves the exit
     # code the verdicts', and a full disk under `> verify.txt` is said in one line.
     with _writing_stdout():

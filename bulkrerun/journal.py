@@ -1535,6 +1535,7 @@ class Journal:
         "_error",
         "_fallback",
         "_fd",
+        "_for_run",
         "_header",
         "_helper",
         "_loop",
@@ -1581,6 +1582,7 @@ class Journal:
         self._created_end: int | None = None  # of a journal this open created: its header's end
         self._run: int | None = None  # the number of the run begun here, if one was
         self._verify: int | None = None  # the number of the verification begun here, if one
+        self._for_run = True  # opened by a run (else by a verify: its messages say so)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -1629,6 +1631,7 @@ class Journal:
                 os.close(fd)
                 raise
             journal._rep.details = live_details
+            journal._for_run = create
             return journal
         raise BadInput(f"journal {path} was removed again and again while it was opened")
 
@@ -1743,6 +1746,19 @@ class Journal:
 
     def _fatal(self) -> Fatal:
         if isinstance(self._error, _Unlinked):
+            if not self._for_run:  # a verify: it sends no rerun, and decides units
+                if self._error.written_back:
+                    return Fatal(
+                        f"the journal {self._path} was removed while this verify wrote it. "
+                        f"What it had recorded, the verdicts with it, is written back to "
+                        f"{self._path}: run the same command again to decide what it had not."
+                    )
+                return Fatal(
+                    f"the journal {self._path} was removed while this verify wrote it, and "
+                    f"what it had recorded could not be written back "
+                    f"({self._error.strerror}). Do not run with a new journal in its place: "
+                    "the requests its runs sent would be sent again."
+                )
             if self._error.written_back:
                 return Fatal(
                     f"the journal {self._path} was removed while this run wrote it. Nothing "
@@ -2293,11 +2309,18 @@ class Journal:
             if not fut.done():  # a cancelled caller's future is done already
                 fut.set_result(None)
 
-    def _sync_now(self) -> None:
-        """Write and fsync everything buffered, on this thread (begin_run, close)."""
+    def _sync_now(self, *, removed_here: bool = False) -> None:
+        """Write and fsync everything buffered, on this thread (begin_run, begin_verify,
+        close). A file removed meanwhile is written back, as the helper's answer has it
+        (``removed_here``: discard_if_unused removed it, and means it)."""
         if self._fd is None:
             return
         self._write_out()
+        if self._error is None and not removed_here and os.fstat(self._fd).st_nlink == 0:
+            # A verify that asked the list for minutes, or a run that followed its reruns
+            # with --watch, commits nothing through the helper meanwhile: its end and close
+            # are the first to find the file gone.
+            self._unlinked()
         if self._error is None:
             self._sync_written()
         if self._error is not None:
@@ -2323,13 +2346,18 @@ class Journal:
         """Write and fsync what is buffered, then release the file and its lock. Idempotent.
 
         Safe to call while the helper is syncing (it is stopped: close() syncs itself).
+        Raises :class:`Fatal` if that fails, or if the file was removed (what it held is
+        written back to its path first, when it can be).
         """
+        self._close()
+
+    def _close(self, *, removed_here: bool = False) -> None:
         fd = self._fd
         if fd is None:
             return
         try:
             if self._error is None:
-                self._sync_now()
+                self._sync_now(removed_here=removed_here)
         finally:
             self._fd = None
             os.close(fd)  # closing the descriptor releases the flock
@@ -2352,7 +2380,7 @@ class Journal:
             return False
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()  # while this process still holds the lock
-        self.close()
+        self._close(removed_here=True)
         _fsync_dir(self._path.parent)
         return True
 

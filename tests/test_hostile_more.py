@@ -1,0 +1,87 @@
+"""More of a machine that is not kind at 3 a.m. (see test_environment.py): a journal removed
+while a verify writes it, a journal that cannot be written next to its --watch sidecar, and
+a terminal that cannot print what is not ASCII."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from tests.conftest import Cli, Service, write_manifest
+
+WINDOWS = """
+[[window]]
+job_name = "ods_orders"
+begin = "2024-11-26T00:00:00"
+end = "2024-11-26T06:00:00"
+chunk = "1h"
+"""  # 6 requests, of a job the fake's catalog lists
+
+
+def _held_journal(cli: Cli, srv: Service, tmp_path: Path) -> Path:
+    """A journal whose 6 requests the service accepted and whose answers were lost: held."""
+    m = write_manifest(tmp_path / "m.toml", WINDOWS)
+    j = tmp_path / "j"
+    ran = cli("run", str(m), "--journal", str(j), "--no-progress", url=srv.url)
+    assert ran.returncode == 1, ran.stderr
+    assert json.loads(cli("status", str(j), "--json", url=srv.url).stdout)["held"] == 6
+    return j
+
+
+def _wait_for_record(path: Path, kind: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while f'"t":"{kind}"' not in path.read_text(encoding="utf-8"):
+        assert time.monotonic() < deadline, f"no {kind} record in {timeout} s"
+        time.sleep(0.02)
+
+
+def test_a_journal_removed_while_a_verify_waits_is_written_back_when_it_is_interrupted(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """`rm` of the journal while a verify waited for the list to settle, then Ctrl-C: the
+    verify closed the removed file, exit 130, and the journal, its runs with it, was gone."""
+    srv = fake_service("--catalog", "--drop-after-accept", "1")
+    j = _held_journal(cli, srv, tmp_path)
+    proc = cli.popen("verify", str(j), "--settle", "600", url=srv.url)
+    _wait_for_record(j, "verify_start")
+    j.unlink()
+    time.sleep(0.2)  # the verify waits on: nothing it does meanwhile finds the file gone
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert (
+        f"stopped: the journal {j} was removed while this verify wrote it. What it had "
+        f"recorded, the verdicts with it, is written back to {j}: run the same command again "
+        "to decide what it had not."
+    ) in " ".join(stderr.split())
+    assert j.stat().st_mode & 0o777 == 0o600
+    status = json.loads(cli("status", str(j), "--json", url=srv.url).stdout)
+    assert (status["held"], status["runs"]) == (6, 1)
+    verifies = [h for h in status["history"] if h["command"] == "verify"]
+    assert [(v["exit_code"], v["stopped"]) for v in verifies] == [(130, "interrupted")]
+    # The same command decides them from the journal written back.
+    again = cli("verify", str(j), "--settle", "0", url=srv.url)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(cli("status", str(j), "--json", url=srv.url).stdout)["done"] == 6
+
+
+def test_a_journal_removed_while_a_verify_decides_keeps_its_verdicts_and_says_verify(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The removal found where the verify commits its verdicts: they were written back, but
+    the message spoke of a run ('Nothing more is sent ... to resume')."""
+    srv = fake_service("--catalog", "--drop-after-accept", "1")
+    j = _held_journal(cli, srv, tmp_path)
+    proc = cli.popen("verify", str(j), "--settle", "6", url=srv.url)  # seconds of wait
+    _wait_for_record(j, "verify_start")
+    j.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    said = " ".join(stderr.split())
+    assert f"the journal {j} was removed while this verify wrote it. What it had" in said
+    assert "Nothing more is sent" not in said
+    status = json.loads(cli("status", str(j), "--json", url=srv.url).stdout)
+    assert (status["done"], status["held"]) == (6, 0)  # its verdicts, written back
