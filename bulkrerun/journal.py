@@ -134,6 +134,7 @@ from typing import IO, Any, Final
 from bulkrerun.chunk import Chunk
 from bulkrerun.errors import BadInput, Fatal, JournalCorrupt, JournalMismatch
 from bulkrerun.outcome import Kind, Outcome, failure_code
+from bulkrerun.watchlog import watch_path
 
 __all__ = [
     "FORMAT",
@@ -1340,11 +1341,15 @@ def _unwritable(path: Path, why: str, for_run: bool) -> str:
         if for_run
         else "verify that copy (and run with it as --journal from then on)"
     )
+    # What --watch saw is a file of its own beside it, found by the journal's name: a copy
+    # without it shows no final instance status, and a watch of the copy starts over.
+    sidecar = watch_path(path)
+    with_it = f" with {sidecar} (what --watch saw)" if sidecar.exists() else ""
     return (
         f"cannot write the journal {path} ({why}); nothing was sent. `bulkrerun status "
         f"{quoted}` and `bulkrerun report {quoted}` can still read it. To go on from it, "
-        f"make it writable (its permissions, or the disk's mount), or copy it to a folder "
-        f"you can write and {then}."
+        f"make it writable (its permissions, or the disk's mount), or copy it{with_it} to a "
+        f"folder you can write and {then}."
     )
 
 

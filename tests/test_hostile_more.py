@@ -5,11 +5,13 @@ a terminal that cannot print what is not ASCII."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
 
-from tests.conftest import Cli, Service, write_manifest
+from tests.conftest import PROJECT, Cli, Service, write_manifest
+from tests.test_environment import INSTANCES, _unwritable
 
 WINDOWS = """
 [[window]]
@@ -85,3 +87,34 @@ def test_a_journal_removed_while_a_verify_decides_keeps_its_verdicts_and_says_ve
     assert "Nothing more is sent" not in said
     status = json.loads(cli("status", str(j), "--json", url=srv.url).stdout)
     assert (status["done"], status["held"]) == (6, 0)  # its verdicts, written back
+
+
+def test_a_journal_that_cannot_be_written_is_copied_with_its_watch_sidecar(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The advice to copy an unwritable journal elsewhere left out J.watch, what --watch
+    saw: a copy without it shows no final instance status, and its watch starts over."""
+    from bulkrerun.journal import Binding, Journal
+
+    url = "http://127.0.0.1:9"
+    m = write_manifest(tmp_path / "m.toml", INSTANCES)
+    j = tmp_path / "j"
+    Journal.open(j, Binding(PROJECT, url), tool_version="t").close()
+    (tmp_path / "j.watch").write_text("", encoding="utf-8")
+    with _unwritable(j):
+        ran = cli("run", str(m), "--journal", "j", url=url)
+        verified = cli("verify", "j", url=url)
+    assert (ran.returncode, verified.returncode) == (2, 2), ran.stderr
+    why = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+    said = (
+        f"error: cannot write the journal j ({why}); nothing was sent. `bulkrerun status j` "
+        "and `bulkrerun report j` can still read it. To go on from it, make it writable (its "
+        "permissions, or the disk's mount), or copy it with j.watch (what --watch saw) to a "
+        "folder you can write and "
+    )
+    assert ran.stderr.strip().splitlines()[-1] == (
+        said + "give run that path as --journal (it resumes from there)."
+    )
+    assert verified.stderr.strip().splitlines()[-1] == (
+        said + "verify that copy (and run with it as --journal from then on)."
+    )
