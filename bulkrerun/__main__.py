@@ -1,9 +1,11 @@
 """The ``bulkrerun`` command; ``python -m bulkrerun`` works the same."""
 
+import codecs
 import os
 import sys
 
 from bulkrerun.interrupt import interrupt
+from bulkrerun.text import ASCII_ERRORS, ascii_substitute
 
 
 def main() -> None:
@@ -26,7 +28,10 @@ def standard_streams() -> None:
       would land.
     - An encoding other than UTF-8 (``LC_ALL=C``, ``PYTHONIOENCODING=ascii``) writes what it
       cannot encode as an escape (``\u4e2d``) rather than die on a job's Chinese name with
-      a traceback. Output meant for programs (``report --format csv``) is UTF-8 anyway.
+      a traceback, and the ellipsis of a cut cell, the lines and the bar as ASCII
+      characters of their width (:func:`~bulkrerun.text.ascii_substitute`): as escapes
+      they widened their cells, and the columns after them went astray. Output meant for
+      programs (``report --format csv``) is UTF-8 anyway.
     """
     for fd in (0, 1, 2):
         try:
@@ -37,9 +42,11 @@ def standard_streams() -> None:
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
     if sys.stderr is None:
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    encoding = (sys.stdout.encoding or "").lower().replace("-", "")
-    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    codecs.register_error(ASCII_ERRORS, ascii_substitute)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (stream.encoding or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=ASCII_ERRORS)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,21 @@ a terminal that cannot print what is not ASCII."""
 
 from __future__ import annotations
 
+import codecs
+import fcntl
 import json
 import os
+import pty
+import re
 import signal
+import struct
+import subprocess
+import sys
+import termios
 import time
 from pathlib import Path
 
+from bulkrerun.text import ascii_substitute
 from tests.conftest import PROJECT, Cli, Service, write_manifest
 from tests.test_environment import INSTANCES, _unwritable
 
@@ -118,3 +127,65 @@ def test_a_journal_that_cannot_be_written_is_copied_with_its_watch_sidecar(
     assert verified.stderr.strip().splitlines()[-1] == (
         said + "verify that copy (and run with it as --journal from then on)."
     )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+
+
+def _on_terminal(cli: Cli, args: list[str], env: dict[str, str], cols: int = 80) -> str:
+    """What ``bulkrerun ARGS`` shows on a terminal ``cols`` wide (stdout and stderr both),
+    without its colours."""
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, cols, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkrerun", *args], stdin=child, stdout=child, stderr=child,
+        env={**env, "COLUMNS": str(cols), "TERM": "xterm"}, cwd=cli.cwd,
+    )  # fmt: skip
+    os.close(child)
+    shown = bytearray()
+    while True:
+        try:
+            data = os.read(main, 1 << 16)
+        except OSError:  # EIO: the command ended, and its end of the terminal with it
+            break
+        if not data:
+            break
+        shown += data
+    os.close(main)
+    assert proc.wait(60) in (0, 1), shown.decode("utf-8", "replace")
+    return _ANSI.sub("", shown.decode("utf-8"))
+
+
+def test_the_characters_tables_draw_have_ascii_substitutes_as_wide() -> None:
+    codecs.register_error("test-ascii", ascii_substitute)
+    # An ellipsis, a bar, a rule, a spinner's frame, a dash; a job's Chinese name is data:
+    # escaped, as before.
+    text = "co\u2026 \u2501\u2501\u2578 \u2502 \u280b \u2014 \u8ba2"
+    assert text.encode("ascii", "test-ascii") == b"co+ --- | . - \\u8ba2"
+
+
+def test_tables_on_a_terminal_that_cannot_encode_utf8_cut_cells_in_ascii(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """PYTHONIOENCODING=ascii (or LC_ALL=C): a cell cut to its column ended in an escape,
+    ``\\u2026``, six columns for the one of the ellipsis: the lines ran past the terminal
+    and the columns after it went astray."""
+    srv = fake_service("--catalog", "--drop-after-accept", "1")
+    j = _held_journal(cli, srv, tmp_path)
+    m = str(tmp_path / "m.toml")
+    for args in (["plan", m], ["report", str(j)], ["status", str(j)], ["--help"]):
+        shown = _on_terminal(cli, args, cli.env(srv.url, PYTHONIOENCODING="ascii"))
+        assert shown.isascii(), args
+        assert "\\u" not in shown, args
+    # (status prints its commands whole, to paste, whatever the width.)
+    plan = _on_terminal(cli, ["plan", m], cli.env(srv.url, PYTHONIOENCODING="ascii"))
+    report = _on_terminal(cli, ["report", str(j)], cli.env(srv.url, PYTHONIOENCODING="ascii"))
+    for shown in (plan, report):
+        assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    assert "+08:+ |" in plan  # the span, cut
+    assert report.splitlines()[1].endswith("  co+")  # the message, cut
+    # UTF-8 is as it was.
+    plan = _on_terminal(cli, ["plan", m], cli.env(srv.url, PYTHONIOENCODING="utf-8"))
+    report = _on_terminal(cli, ["report", str(j)], cli.env(srv.url, PYTHONIOENCODING="utf-8"))
+    assert "+08:\u2026 \u2502" in plan
+    assert report.splitlines()[1].endswith("  co\u2026")
