@@ -141,7 +141,7 @@ from bulkrerun.journal import (
 from bulkrerun.outcome import NO_SUCH_API, failure_code, wrong_endpoint
 from bulkrerun.reference import FAILED_STATUSES
 from bulkrerun.text import ONE_SHOT_FLAGS, command_line, counted, run_command, timeout_kept
-from bulkrerun.watchlog import WatchRecord, read_watch
+from bulkrerun.watchlog import WatchRecord, read_watch, units_seen_finished
 
 if TYPE_CHECKING:
     from bulkrerun.manifest import Manifest
@@ -273,8 +273,9 @@ class StatusSummary:
     # Every run and verify the journal records, in the order they started.
     history: list[Invocation] = field(default_factory=list)
     # The latest run with --watch that recorded its end: its number and what its watch saw
-    # (the ``watch`` of its end record), and of its done units, those whose reruns it did
-    # not see finish (0 without such a run).
+    # (the ``watch`` of its end record), and of its done units, those whose reruns neither
+    # it nor a watch before it saw finish (0 without such a run). Each watch follows every
+    # done unit again, so one stopped early may not see again what an earlier one saw.
     last_watch: dict[str, Any] | None = None
     watch_unfinished: int = 0
 
@@ -665,7 +666,9 @@ def _next_steps(
     pending_unknown: str | None,
     holder: Holder | None = None,
     by_manifest: list[tuple[str, int | str]] | None = None,
+    unseen: tuple[int, dict[str, Any], int] | None = None,
 ) -> list[str]:
+    """What to do next. ``unseen``: :func:`_watch_unseen`'s answer."""
     journal = shlex.quote(str(path))
     if holder is not None:
         # Any command on the journal would be refused while another bulkrerun holds it.
@@ -764,10 +767,10 @@ def _next_steps(
             "no run of this journal sends them again: to rerun them, select them ([[select]] "
             "with their status) in a manifest run with a new --journal"
         )
-    if (seen := _last_watch(state)) is not None and seen[1]["unfinished"]:
+    if unseen is not None and unseen[2]:
         quiet = pending == 0 and not any(isinstance(n, str) or n for _, n in by_manifest or ())
         steps.append(
-            _follow_step(*seen, run_command(manifest, str(path), _with_watch(flags)), quiet)
+            _follow_step(*unseen, run_command(manifest, str(path), _with_watch(flags)), quiet)
         )
     if not steps:
         steps.append("nothing left to do: every unit is done")
@@ -808,14 +811,33 @@ def _last_watch(state: JournalState) -> tuple[int, dict[str, Any]] | None:
     return None
 
 
+def _watch_unseen(path: Path, state: JournalState) -> tuple[int, dict[str, Any], int] | None:
+    """The latest run that watched and what its watch saw (:func:`_last_watch`), and of the
+    done units it followed, those whose reruns no watch saw finish, neither it nor one
+    before it (the sidecar says which units each saw finish). None without such a run.
+
+    Its end record counts what it saw alone, and a watch follows every done unit again: one
+    stopped before its first answer "did not see" what an earlier one saw end long before.
+    Sidecars from before the sidecar said so leave that count as it is."""
+    watched = _last_watch(state)
+    if watched is None:
+        return None
+    n, seen = watched
+    unfinished = seen["unfinished"]
+    if unfinished:
+        # What those watches saw finish was done for this one too: among the units it followed.
+        unfinished = max(0, min(unfinished, seen["units"] - units_seen_finished(path, n)))
+    return n, seen, unfinished
+
+
 def _with_watch(flags: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
     return flags if ("--watch", None) in flags else [*flags, ("--watch", None)]
 
 
-def _follow_step(n: int, seen: dict[str, Any], command: str, quiet: bool) -> str:
-    """The step after a watch that did not see every rerun finish: how many, why, and the
-    command that follows them again (``quiet``: it sends nothing, as nothing is left to)."""
-    unfinished = seen["unfinished"]
+def _follow_step(n: int, seen: dict[str, Any], unfinished: int, command: str, quiet: bool) -> str:
+    """The step after the watches did not see every rerun finish: how many (``unfinished``,
+    of the units run ``n``'s watch followed), why, and the command that follows them again
+    (``quiet``: it sends nothing, as nothing is left to)."""
     why = {
         "timeout": "timed out",
         "failed": "could not follow them",
@@ -827,6 +849,8 @@ def _follow_step(n: int, seen: dict[str, Any], command: str, quiet: bool) -> str
             f"; it saw {seen['finished']:,} of {counted(seen['instances'], 'rerun instance')} "
             "finish"
         )
+    if earlier := seen["unfinished"] - unfinished:
+        so_far += f"; earlier watches saw the reruns of {counted(earlier, 'other unit')} finish"
     whose = (
         "the reruns of 1 done unit were"
         if unfinished == 1
@@ -892,7 +916,7 @@ def summarize(
     in_flight = _in_flight(state, _flying_since(state, holder))
     counts[UnitState.HELD] -= in_flight
     failed_by_code = state.failed_by_code()
-    watched = _last_watch(state)
+    watched = _watch_unseen(path, state)
     active = state.active_seconds
     return StatusSummary(
         journal=str(path),
@@ -919,6 +943,7 @@ def summarize(
             pending_unknown,
             holder,
             pending_by_manifest,
+            watched,
         ),
         pending_unknown=pending_unknown,
         busy=holder is not None,
@@ -930,7 +955,7 @@ def summarize(
         else None,
         history=_history(state),
         last_watch=None if watched is None else {"run": watched[0], **watched[1]},
-        watch_unfinished=0 if watched is None else watched[1]["unfinished"],
+        watch_unfinished=0 if watched is None else watched[2],
     )
 
 

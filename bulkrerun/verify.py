@@ -85,7 +85,7 @@ from bulkrerun.select import (
     gather_limited,
 )
 from bulkrerun.text import command_line, counted, duration
-from bulkrerun.watchlog import WatchRecord, read_watch, watch_path
+from bulkrerun.watchlog import WatchRecord, finished_line, read_watch, watch_path
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -974,6 +974,8 @@ class _Watcher:
                 )
         self.queries = _queries(targets)
         self.seen: set[int] = set()  # indexes of queries answered at least once
+        self.units = list(dict.fromkeys(t.unit for t in targets))
+        self.finished: set[str] = set()  # units recorded as seen finished by this watch
         self._path: Path | None = path  # None once it could not be written
         self._clock = clock
 
@@ -1029,15 +1031,15 @@ class _Watcher:
                 )
         return newly
 
-    def record(self, records: Sequence[WatchRecord]) -> str | None:
-        """Append to the sidecar (mode 0600, like the journal). Not fsynced: it informs
-        ``report`` and decides nothing.
+    def record(self, lines: Sequence[str]) -> str | None:
+        """Append ``lines`` to the sidecar (mode 0600, like the journal). Not fsynced: it
+        informs ``report`` and ``status`` and decides nothing.
 
         So a sidecar that cannot be written (the journal's folder read-only, a full disk)
         does not end the watch, nor change the run's exit code: the first failure returns
         the line that says so, and the sidecar is not tried again (records after a gap
         would pass for all there is)."""
-        if not records or self._path is None:
+        if not lines or self._path is None:
             return None
         try:
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -1046,7 +1048,7 @@ class _Watcher:
                 # to it, the next record would be skipped with it.
                 size = os.fstat(fd).st_size
                 torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-                f.write(("\n" if torn else "") + "".join(r.to_json() + "\n" for r in records))
+                f.write(("\n" if torn else "") + "".join(line + "\n" for line in lines))
         except OSError as exc:
             path, self._path = self._path, None
             return (
@@ -1062,7 +1064,7 @@ class _Watcher:
             jobs.setdefault(item.key[0], Counter())[item.status or NOT_LISTED] += 1
         return jobs
 
-    def unfinished_units(self) -> int:
+    def unfinished_units(self) -> set[str]:
         """Units whose reruns have not all shown a final status: an instance not final, or a
         window one of whose queries has not answered yet (its instances are not known)."""
         units = {item.unit for item in self.items.values() if not item.final}
@@ -1073,7 +1075,16 @@ class _Watcher:
                     for w in self.windows
                     if q.key in w.jobs and q.low <= w.end_time and w.begin_time <= q.high
                 )
-        return len(units)
+        return units
+
+    def finished_lines(self, unfinished: set[str], run: int) -> list[str]:
+        """The sidecar's lines for the units seen finish since the last call (all but
+        ``unfinished``), as run ``run``'s watch: so that ``status`` counts them as seen to
+        finish after a later watch stopped before it saw them again."""
+        new = [u for u in self.units if u not in unfinished and u not in self.finished]
+        self.finished.update(new)
+        wall = self._clock.wall()
+        return [finished_line(u, run, wall) for u in new]
 
     @property
     def done(self) -> bool:
@@ -1229,16 +1240,18 @@ async def watch(
     shown = ""
     warned: set[Key] = set()
 
-    def so_far() -> WatchSummary:
+    run = state.runs[-1].n if state.runs else 0  # the run this watch is part of
+
+    def so_far(unfinished: set[str]) -> WatchSummary:
         return WatchSummary(
             watcher.counts(),
             seconds=clock.now() - started,
             units=len(targets),
-            unfinished_units=watcher.unfinished_units(),
+            unfinished_units=len(unfinished),
         )
 
     if on_progress is not None:
-        on_progress(so_far())
+        on_progress(so_far(watcher.unfinished_units()))
 
     async def one(q: _Query) -> list[ListedInstance] | ListFailed:
         try:
@@ -1262,9 +1275,14 @@ async def watch(
                             item.final = True
                 continue
             watcher.seen.add(k)
-            if (unkept := watcher.record(watcher.update(q, result))) is not None:
+            newly = [r.to_json() for r in watcher.update(q, result)]
+            if (unkept := watcher.record(newly)) is not None:
                 console.print(unkept, highlight=False, markup=False)
-        summary = so_far()
+        unfinished = watcher.unfinished_units()
+        # Said after the round's instances, as the summary the run's end record keeps is.
+        if (unkept := watcher.record(watcher.finished_lines(unfinished, run))) is not None:
+            console.print(unkept, highlight=False, markup=False)
+        summary = so_far(unfinished)
         if clock.now() >= deadline and not watcher.done:
             summary.timed_out = True
         if on_progress is not None:

@@ -4,15 +4,26 @@ Kept apart from :mod:`bulkrerun.verify` (which talks to the service) so that ``r
 show the final instance status next to the API outcome without importing any HTTP code.
 One JSON line per instance seen in a final status, mode 0600 like the journal. It informs;
 it decides nothing, so it is not fsynced.
+
+Its lines: ``"t": "instance"`` (:class:`WatchRecord`), and ``"t": "finished"``: ``unit``,
+``run`` (the number of the run whose watch it was) and ``wall``, once that watch has seen
+every rerun of the unit in a final status (:func:`finished_line`). Every watch follows the
+journal's done units all over again, so a watch stopped early does not know what an earlier
+one saw: ``status`` counts a unit's reruns as seen to finish when any watch saw them so
+(:func:`units_seen_finished`). Sidecars written before these lines have none: the last
+watch's own count stands for them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["WatchRecord", "read_watch", "watch_path"]
+from bulkrerun.chunk import ID_HEX
+
+__all__ = ["WatchRecord", "finished_line", "read_watch", "units_seen_finished", "watch_path"]
 
 
 def watch_path(journal_path: Path) -> Path:
@@ -90,3 +101,62 @@ def read_watch(journal_path: Path) -> dict[str, list[WatchRecord]]:
     for record in latest.values():
         out.setdefault(record.unit, []).append(record)
     return out
+
+
+def finished_line(unit: str, run: int, wall: float) -> str:
+    """The line saying that run ``run``'s watch saw every rerun of ``unit`` reach a final
+    status (no newline)."""
+    return json.dumps(
+        {"t": "finished", "unit": unit, "run": run, "wall": round(wall, 3)},
+        separators=(",", ":"),
+    )
+
+
+def units_seen_finished(journal_path: Path, up_to_run: int) -> int:
+    """How many units the watches of the runs numbered ``up_to_run`` or less saw finish
+    (every rerun of them in a final status), each counted once however many watches saw it.
+
+    Those runs' done units were done for every later watch too (a done unit is never sent
+    again), so each of them is among the units a later watch followed. Read line by line,
+    keeping a set of the units alone, as 128-bit numbers where they are the planner's ids
+    (44 bytes apiece, where the text takes 81): 20 MB for 200,000 units. 0 without a file
+    or with one that cannot be read, as :func:`read_watch`."""
+    seen: set[int | str] = set()
+    try:
+        f = watch_path(journal_path).open("rb")
+    except OSError:
+        return 0
+    with f:
+        for line in f:
+            if (m := _FINISHED.match(line)) is not None:  # as finished_line writes it
+                if int(m[2]) <= up_to_run:
+                    seen.add(int(m[1], 16))
+                continue
+            if b'"finished"' not in line:  # an instance's line
+                continue
+            try:
+                obj = json.loads(line)
+                unit, run = obj["unit"], obj["run"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            kept = obj.get("t") == "finished" and isinstance(unit, str) and type(run) is int
+            if kept and run <= up_to_run:
+                seen.add(_compact(unit))
+    return len(seen)
+
+
+# A finished line as :func:`finished_line` writes it, of one of the planner's unit ids.
+_FINISHED = re.compile(rb'\{"t":"finished","unit":"([0-9a-f]{%d})","run":([0-9]{1,18}),' % ID_HEX)
+
+
+def _compact(unit: str) -> int | str:
+    """A unit id as a number when it is one of the planner's (lowercase hex, the text back
+    exactly from the number), else as it is: no two ids are taken for one."""
+    if len(unit) == ID_HEX:
+        try:
+            n = int(unit, 16)
+        except ValueError:
+            return unit
+        if f"{n:0{ID_HEX}x}" == unit:
+            return n
+    return unit

@@ -1,0 +1,194 @@
+"""What ``status`` says of the reruns the watches of several runs followed (``run --watch``).
+
+Each watch follows every done unit of the journal again; its run's end record counts what
+that watch saw alone. ``status`` counts a unit's reruns as seen to finish when any watch up
+to the last one saw them finish (the ``finished`` lines of ``PATH.watch``). The end-to-end
+test drives the real command line in a subprocess against the in-process fake service on
+loopback, on the system clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from bulkrerun.fake import Catalog, FakeConfig, FakeServer
+from bulkrerun.watchlog import finished_line, units_seen_finished, watch_path
+
+pytestmark = pytest.mark.anyio
+
+WS = "62fbba734e634c5087656fc3ff7adf34"
+PROJECT = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+ANCHOR = 1_732_622_400_000  # 2024-11-26T20:00:00+08:00, the demo catalog's "now"
+AK, SK = "DEMOAK0000000000", "demo-secret-0123456789"
+
+HEAD = f"""version = 1
+[defaults]
+workspace = "{WS}"
+retry_location = "errorNode"
+retry_task_version = "original_version"
+timezone = "Asia/Shanghai"
+"""
+
+
+def window(begin: str, end: str) -> str:
+    """A window of ods_payments and dwd_payments, one request per hour."""
+    return f"""
+[[window]]
+job_name = "ods_payments"
+begin = "{begin}"
+end = "{end}"
+chunk = "1h"
+concurrent = 4
+jobs = [{{ job_name = "dwd_payments", workspace_id = "{WS}" }}]
+"""
+
+
+EVENING = window("2024-11-25T18:00:00", "2024-11-25T22:00:00")  # 4 requests
+AFTERNOON = window("2024-11-25T14:00:00", "2024-11-25T18:00:00")  # 4 more
+
+
+def config(*, running_s: float) -> FakeConfig:
+    fields: dict[str, Any] = {"rerun_fail_rate": 0.0, "waiting_s": 0.05, "running_s": running_s}
+    return FakeConfig(ak=AK, sk=SK, catalog=dataclasses.replace(Catalog.demo(ANCHOR), **fields))
+
+
+def env(url: str) -> dict[str, str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BULKRERUN_", "CLOUD_SDK_")) and k != "COLUMNS"
+    }
+    base.update(
+        COLUMNS="200",
+        BULKRERUN_ENDPOINT=url,
+        BULKRERUN_PROJECT_ID=PROJECT,
+        BULKRERUN_AK=AK,
+        BULKRERUN_SK=SK,
+        BULKRERUN_RATE="200",
+    )
+    return base
+
+
+async def bulkrerun(cwd: Path, url: str, *args: str) -> tuple[int, str, str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "bulkrerun", *args], cwd=cwd, env=env(url), check=False
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def read_until(stream: Any, text: bytes, seen: bytearray) -> None:
+    """Read ``stream`` into ``seen`` until ``text`` appears in it (or the stream ends)."""
+    while text not in seen:
+        try:
+            seen += await stream.receive()
+        except anyio.EndOfStream:
+            return
+
+
+async def status(cwd: Path, url: str) -> tuple[dict[str, Any], str]:
+    code, out, err = await bulkrerun(cwd, url, "status", "j", "--json")
+    assert code == 0, err
+    code, text, err = await bulkrerun(cwd, url, "status", "j")
+    assert code == 0, err
+    return json.loads(out), " ".join(text.split())
+
+
+async def test_a_watch_stopped_early_leaves_unseen_only_what_no_watch_saw_finish(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "bf.toml"
+    manifest.write_text(HEAD + EVENING, encoding="utf-8")
+    # Run 1 sends the evening's 4 requests and its watch sees all their reruns succeed.
+    async with FakeServer(config(running_s=0.1)) as first:
+        port = first.port
+        code, _, err = await bulkrerun(
+            tmp_path, first.url, "run", str(manifest), "--journal", "j", "--watch"
+        )
+        assert code == 0, err
+        assert "watch: 32 rerun instances: 32 succeeded" in err
+    # The manifest grows by the afternoon. Run 2, at the same endpoint, sends its 4 requests;
+    # their reruns run for hours, and this service does not list the evening's reruns (it
+    # shows their previous runs), as a list slow to show them would: run 2's watch has seen
+    # none of the 8 units finish when Ctrl-C stops it.
+    manifest.write_text(HEAD + AFTERNOON + EVENING, encoding="utf-8")
+    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
+    seen = bytearray()
+    async with FakeServer(config(running_s=36_000.0), port=port) as second:
+        async with await anyio.open_process(argv, cwd=tmp_path, env=env(second.url)) as proc:
+            assert proc.stderr is not None
+            with anyio.fail_after(60):
+                await read_until(proc.stderr, b"rerun instances finished", seen)
+                assert b"rerun instances finished" in seen, seen.decode()
+                proc.send_signal(signal.SIGINT)
+                await read_until(proc.stderr, b"\0", seen)
+                code = await proc.wait()
+        assert code == 130, seen.decode()
+        assert len(second.ledger) == 4
+        url = second.url
+        got, text = await status(tmp_path, url)
+        run_end = " ".join(seen.decode().split())
+    # Run 2's end record keeps what its own watch saw: none of the 8 units finish.
+    last = got["last_watch"]
+    assert (last["run"], last["units"], last["unfinished"], last["stopped"]) == (2, 8, 8, "SIGINT")
+    # But run 1's watch saw the evening's 4 finish: only the afternoon's are unseen (it said 8).
+    assert got["watch_unfinished"] == 4
+    step = (
+        "the reruns of 4 done units were not seen to finish: run 2's watch was stopped by "
+        f"SIGINT before they did; it saw 0 of {last['instances']} rerun instances finish; "
+        "earlier watches saw the reruns of 4 other units finish. They stand (the service "
+        "accepted them); to follow them again, which sends nothing: bulkrerun run "
+        f"{manifest} --journal j --watch"
+    )
+    assert got["next_steps"] == [step]
+    assert step in text
+    assert step in run_end  # the run's own closing status says the same
+    # Run 1's watch said which 4 units it saw finish; run 2's saw none.
+    sidecar = watch_path(tmp_path / "j")
+    lines = sidecar.read_text(encoding="utf-8").splitlines(keepends=True)
+    said = [json.loads(x) for x in lines if '"t":"finished"' in x]
+    assert sorted(x["run"] for x in said) == [1, 1, 1, 1]
+
+    # A sidecar from before the watches said which units they saw finish: the last watch's
+    # own count stands, as it did.
+    sidecar.write_text("".join(x for x in lines if '"t":"finished"' not in x), encoding="utf-8")
+    async with FakeServer(config(running_s=0.1), port=port):
+        got, _ = await status(tmp_path, url)
+    assert got["watch_unfinished"] == 8
+    assert "earlier watches" not in got["next_steps"][0]
+
+
+def test_units_seen_finished_counts_each_unit_once_up_to_the_run_asked(tmp_path: Path) -> None:
+    journal = tmp_path / "j"
+    a, b, c = (f"{n:032x}" for n in (0xA1, 0xB2, 0xC3))
+    odd = "not-a-planner-id"
+    watch_path(journal).write_text(
+        "".join(
+            line + "\n"
+            for line in [
+                finished_line(a, 1, 10.0),
+                '{"t":"instance","unit":"' + b + '"}',  # an instance's line: not a unit's
+                finished_line(a, 2, 20.0),  # seen again by a later watch: still one unit
+                '{"run":2,"unit":"' + a + '","t":"finished"}',  # written otherwise: the same
+                finished_line(b, 2, 20.0),
+                finished_line(odd, 2, 20.0),
+                finished_line(a.upper(), 2, 20.0),  # not the planner's spelling: another id
+                finished_line(c, 3, 30.0),  # a watch after the one asked about
+                '{"t":"finished","unit":"' + c + '","run":"2"}',  # not as written: skipped
+                '{"t":"finished","unit":"' + c,  # torn
+            ]
+        ),
+        encoding="utf-8",
+    )
+    assert units_seen_finished(journal, 1) == 1
+    assert units_seen_finished(journal, 2) == 4
+    assert units_seen_finished(journal, 3) == 5
+    assert units_seen_finished(tmp_path / "other", 3) == 0
