@@ -75,7 +75,9 @@ that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a l
 running it. Only the CSV is escaped; JSON lines carry every value exactly, and are what
 scripts should read.
 
-The manifest format. When nothing is failed or held there is nothing to rerun, and a
+The manifest format. A window's bounds are epoch milliseconds, commented in its entry's
+timezone as ``begin_local`` writes them, and the entry keeps that timezone. When nothing
+is failed or held there is nothing to rerun, and a
 manifest needs at least one entry (``bulkrerun plan`` refuses one without): nothing is
 written on ``out``, a note on stderr says so, and the exit code stays 0. Scripts test for
 an empty file: ``bulkrerun report J --format manifest > again.toml && [ -s again.toml ] &&
@@ -2059,8 +2061,14 @@ _COMMON_KEYS = ("retry_location", "retry_task_version", "ignore_obs_monitor", "n
 
 
 def _manifest_entry(
-    row: ReportRow, body: dict[str, Any], items: list[dict[str, Any]] | None
+    row: ReportRow, body: dict[str, Any], items: list[dict[str, Any]] | None, zone: str | None
 ) -> list[str]:
+    """A request as an entry of a manifest. ``zone``: its entry's timezone in the manifest
+    that sent it, as ``report`` shows its times (:class:`_EntryZones`): a window's bounds are
+    written in epoch milliseconds, commented in that timezone as ``begin_local`` writes them
+    (UTC without one), and the entry keeps it, so that ``plan`` and ``report`` of a run of
+    the new manifest show them in it again. A timezone changes no request (ids come from the
+    body): the window is sent as it was."""
     why = row.error_code or row.reason or ""
     if row.error_msg:
         why = f"{why} {row.error_msg}".strip()
@@ -2078,13 +2086,15 @@ def _manifest_entry(
             "[[window]]",
             f"job_name = {_toml_str(row.job_name)}",
             f"workspace = {_toml_str(row.workspace)}",
-            f"begin = {begin}  # {_iso_ms(begin)}",
-            f"end = {end}  # {_iso_ms(end)}",
+            f"begin = {begin}  # {_local_iso(begin, zone)}",
+            f"end = {end}  # {_local_iso(end, zone)}",
             f'chunk = "{span_s}s"',
             f"concurrent = {int(body.get('concurrent', 1))}",
         ]
         if body.get("jobs"):
             lines.append(f"jobs = {_toml_value(list(body['jobs']))}")
+        if zone:
+            lines.append(f"timezone = {_toml_str(zone)}")
     else:
         lines += [
             "[[instances]]",
@@ -2125,6 +2135,7 @@ def _write_manifest(path: Path, out: TextIO, err: TextIO) -> int:
         info for info in state.chunks.values() if any(units.get(u) in wanted for u in info.units)
     ]
     details = list(_details(path, state, carrying))
+    zones = _EntryZones(state.runs)
     for info, intent, outcome in reversed(details):
         todo = [u for u in info.units if units.get(u) in wanted and u not in emitted]
         if not todo:
@@ -2145,9 +2156,10 @@ def _write_manifest(path: Path, out: TextIO, err: TextIO) -> int:
             items = [t for u, t in zip(unit_ids, tasks, strict=True) if u in keep]
             if not items:
                 continue
-            entries.append(_manifest_entry(row, body, items))
+            entries.append(_manifest_entry(row, body, items, None))
         else:
-            entries.append(_manifest_entry(row, body, None))
+            zone = zones.of(info.first_wall, str(intent.get("entry", "")))
+            entries.append(_manifest_entry(row, body, None, zone))
         emitted.update(todo)
     entries.reverse()
     journal = str(path)

@@ -9,11 +9,14 @@ loopback, on the system clock.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import pytest
 
 from bulkrerun.fake import Catalog, FakeConfig, FakeServer
 from bulkrerun.watchlog import finished_line, units_seen_finished, watch_path
+from tests.conftest import Cli, Service, write_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -192,3 +196,44 @@ def test_units_seen_finished_counts_each_unit_once_up_to_the_run_asked(tmp_path:
     assert units_seen_finished(journal, 2) == 4
     assert units_seen_finished(journal, 3) == 5
     assert units_seen_finished(tmp_path / "other", 3) == 0
+
+
+def test_a_manifest_of_what_failed_comments_its_times_in_the_entrys_timezone(
+    tmp_path: Path, cli: Cli, fake_service: Callable[..., Service]
+) -> None:
+    # The first hours of 26 November in Shanghai, of a job the service does not know: both
+    # requests fail. The manifest of what failed commented them as the 25th in UTC
+    # ("2024-11-25T16:00:00.000Z"), where every other form of the report shows the 26th.
+    m = write_manifest(
+        tmp_path / "bf.toml",
+        '[[window]]\njob_name = "gone_job"\nbegin = "2024-11-26T00:00:00"\n'
+        'end = "2024-11-26T02:00:00"\nchunk = "1h"\n',
+    )
+    svc = fake_service("--missing-job", "gone_job")
+    done = cli("run", str(m), "--journal", "j", url=svc.url)
+    assert done.returncode == 1, done.stderr
+    report = cli("report", "j", "--format", "csv", url=svc.url)
+    rows = list(csv.DictReader(io.StringIO(report.stdout)))
+    assert [r["begin_local"] for r in rows] == [
+        "2024-11-26T00:00:00.000+08:00",
+        "2024-11-26T01:00:00.000+08:00",
+    ]
+    written = cli("report", "j", "--format", "manifest", url=svc.url)
+    assert written.returncode == 0, written.stderr
+    text = written.stdout
+    assert "begin = 1732550400000  # 2024-11-26T00:00:00.000+08:00" in text
+    assert "end = 1732554000000  # 2024-11-26T01:00:00.000+08:00" in text
+    assert "begin = 1732554000000  # 2024-11-26T01:00:00.000+08:00" in text
+    assert "Z\n" not in text
+    # The entries keep the timezone, so that plan (and the report of a run of it) shows the
+    # same times again; and they are the very requests that failed.
+    assert text.count('timezone = "Asia/Shanghai"') == 2
+    again = tmp_path / "again.toml"
+    again.write_text(text, encoding="utf-8")
+    first = cli("plan", str(m), "--json", url=svc.url)
+    second = cli("plan", str(again), "--json", url=svc.url)
+    assert second.returncode == 0, second.stderr
+    ids = [json.loads(line)["id"] for line in first.stdout.splitlines()]
+    assert [json.loads(line)["id"] for line in second.stdout.splitlines()] == ids
+    shown = cli("plan", str(again), url=svc.url)
+    assert "2024-11-26 00:00:00.000+08:00" in shown.stdout, shown.stdout
