@@ -51,7 +51,7 @@ from bulkrerun.errors import (
 )
 from bulkrerun.events import Event, EventSink, Retrying, Settled, Stopping
 from bulkrerun.interrupt import interrupt as _interrupt
-from bulkrerun.text import ONE_SHOT_FLAGS, counted, duration, run_command
+from bulkrerun.text import ONE_SHOT_FLAGS, command_line, counted, duration, run_command
 
 
 def _flags_take_no_value(params: list[Any]) -> list[Any]:
@@ -546,11 +546,23 @@ def _plan_selections(m: Any, settings: Any) -> dict[str, Any] | None:
         return None
 
 
-def _pacer(settings: Any, *, max_failure_ratio: float | None = None, canary: int = 0) -> Any:
+def _pacer(
+    settings: Any,
+    *,
+    max_failure_ratio: float | None = None,
+    canary: int = 0,
+    journal: Path | None = None,
+) -> Any:
     """The one pacer of a command, from the settings: every request it sends (reruns and
-    instance-list reads alike) goes through it."""
+    instance-list reads alike) goes through it. ``journal``: a run's, which its stop on the
+    failure budget or the canary names in the command that shows the failures."""
     from bulkrerun.pacing import Pacer, PacingConfig
 
+    report = (
+        "bulkrerun report"
+        if journal is None
+        else command_line(["bulkrerun", "report", str(journal)])
+    )
     return Pacer(
         PacingConfig(
             rate=settings.rate,
@@ -558,6 +570,7 @@ def _pacer(settings: Any, *, max_failure_ratio: float | None = None, canary: int
             max_attempts=settings.max_attempts,
             max_failure_ratio=max_failure_ratio,
             canary=canary,
+            report=report,
         )
     )
 
@@ -945,7 +958,12 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
     )
     flags = ResumeFlags(retry_failed=args.retry_failed, resend_held=args.resend_held)
     clock = SystemClock()
-    pacer = _pacer(settings, max_failure_ratio=args.max_failure_ratio, canary=args.canary)
+    pacer = _pacer(
+        settings,
+        max_failure_ratio=args.max_failure_ratio,
+        canary=args.canary,
+        journal=args.journal,
+    )
     try:
         async with transport:
             selections = await _selections_for_run(manifest, journal, transport, args, pacer, clock)

@@ -798,12 +798,18 @@ class FailureBudget:
         "_reason",
         "_recent",
         "_recent_failed",
+        "_report",
         "_total",
         "_window",
     )
 
     def __init__(
-        self, max_ratio: float | None, *, canary: int = 0, window: int = FAILURE_WINDOW
+        self,
+        max_ratio: float | None,
+        *,
+        canary: int = 0,
+        window: int = FAILURE_WINDOW,
+        report: str = "bulkrerun report",
     ) -> None:
         if max_ratio is not None and not 0.0 <= max_ratio <= 1.0:
             raise ValueError(f"max_ratio must be in 0..1, got {max_ratio!r}")
@@ -818,6 +824,7 @@ class FailureBudget:
         self._total = 0
         self._failed = 0
         self._reason: str | None = None
+        self._report = report
 
     @property
     def reason(self) -> str | None:
@@ -846,7 +853,7 @@ class FailureBudget:
                     f"canary: {which} failed or "
                     f"{'was' if self._failed == 1 else 'were'} held "
                     f"({self._failed / self._total:.0%}, more than the {allowed:.0%} allowed); "
-                    "check the manifest and the failures (`bulkrerun report`) before resuming"
+                    f"check the manifest and the failures (`{self._report}`) before resuming"
                 )
         elif self._max_ratio is not None and self._total >= self._judged_from:
             n = len(self._recent)
@@ -855,7 +862,7 @@ class FailureBudget:
                     f"failure budget: {self._recent_failed} of the last {n} requests failed "
                     "or were held "
                     f"({self._recent_failed / n:.0%}, more than the {self._max_ratio:.0%} "
-                    "allowed); see `bulkrerun report` for the errors before resuming"
+                    f"allowed); see `{self._report}` for the errors before resuming"
                 )
 
 
@@ -876,6 +883,10 @@ class PacingConfig:
     max_failure_ratio: float | None = None
     canary: int = 0
     failure_window: int = FAILURE_WINDOW
+    report: str = "bulkrerun report"
+    """The command that shows the failures, which a stop of the failure budget or the
+    canary names: pacing knows no journal, so the command line names it here (a bare
+    ``bulkrerun report``, pasted, ends "Missing argument 'JOURNAL'")."""
     breaker_threshold: int = 5
     breaker_cooldown: float = 5.0
 
@@ -1011,7 +1022,10 @@ class Pacer:
         self._budget = RetryBudget()
         self._breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown)
         self._failures = FailureBudget(
-            config.max_failure_ratio, canary=config.canary, window=config.failure_window
+            config.max_failure_ratio,
+            canary=config.canary,
+            window=config.failure_window,
+            report=config.report,
         )
         self._pending: deque[Slot] = deque()  # booked, not yet sent, in booking order
         self._reservations = self._sends = self._holds = self._replans = 0

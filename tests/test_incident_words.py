@@ -1,0 +1,48 @@
+"""What an operator reads in one incident (a canary stop, a Ctrl-C, a resend, the next
+steps): every command it prints works as pasted, and nothing is said twice."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Cli, Service, write_manifest
+
+BEGIN = 1_732_579_200_000  # 2024-11-26T00:00:00Z
+
+
+def window(job: str, hours: int, chunk: str = "1h", start: int = 0) -> str:
+    begin = BEGIN + start * 3_600_000
+    return (
+        f'[[window]]\njob_name = "{job}"\nbegin = {begin}\n'
+        f'end = {begin + hours * 3_600_000}\nchunk = "{chunk}"\n'
+    )
+
+
+def status_of(cli: Cli, journal: Path) -> dict[str, Any]:
+    out = cli("status", str(journal), "--json")
+    assert out.returncode == 0, out.stderr
+    parsed: dict[str, Any] = json.loads(out.stdout)
+    return parsed
+
+
+def test_a_canary_stop_names_the_journal_in_the_report_it_points_to(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The canary's stop said to check the failures with a bare `bulkrerun report`, which,
+    pasted, ends "Missing argument 'JOURNAL'". It names the run's journal, quoted for the
+    shell, live and in the journal's end record that status shows."""
+    srv = fake_service("--missing-job", "ghost_job")
+    m = write_manifest(tmp_path / "m.toml", window("ghost_job", 12))
+    j = "outage [prod].journal"  # a space and brackets: quoted, and not taken for markup
+    out = cli("run", str(m), "--journal", j, "--canary", "2", "--max-inflight", "1", url=srv.url)
+    assert out.returncode == 3, out.stderr
+    said = re.findall(r"failures \(`([^`]*)`\)", out.stderr)
+    assert said == [f"bulkrerun report '{j}'"] * 2, out.stderr  # stopping:, then stopped:
+    shown = cli(*shlex.split(said[0])[1:], url=srv.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "ghost_job" in shown.stdout and "DLF.1000" in shown.stdout
+    assert f"(`bulkrerun report '{j}'`)" in status_of(cli, tmp_path / j)["last_run"]["message"]
