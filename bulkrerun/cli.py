@@ -1366,7 +1366,12 @@ def _finish(
     """The closing table and status (from the journal's live state: no second read of it,
     unless writing it failed), and the exit code. ``watch_stopped``: a signal stopped
     ``--watch``, after every request of the run was sent."""
-    from bulkrerun.report import render_status, wrong_endpoint_met, wrong_endpoint_step
+    from bulkrerun.report import (
+        not_yet_sent_step,
+        render_status,
+        wrong_endpoint_met,
+        wrong_endpoint_step,
+    )
 
     table = Table(title="this run", title_justify="left")
     for col in ("done", "failed", "held", "not sent", "units/s"):
@@ -1411,6 +1416,12 @@ def _finish(
         met = wrong_endpoint_met({result.fatal.code})
         step = wrong_endpoint_step(args.journal, summary.endpoint, met, args.resume)
         summary = dataclasses.replace(summary, next_steps=[step])
+    if interrupted and summary.pending:
+        # The resume command is printed below, under "Resume with:" (the line the contract
+        # promises): the step that sends the units not yet sent with it would say it twice.
+        same = not_yet_sent_step(summary.pending, args.resume)
+        steps = [step for step in summary.next_steps if step != same]
+        summary = dataclasses.replace(summary, next_steps=steps)
     render_status(summary, err)
     if watch_stopped and summary.pending == 0:
         # The same command would send nothing: it would only follow the reruns again.

@@ -727,7 +727,7 @@ def _next_steps(
             if isinstance(n, str):  # why it cannot be counted, ending where a command follows
                 steps.append(f"{n}{where}: {command}")
             elif n and i == 0:
-                steps.append(f"send the {counted(n, 'unit')} not yet sent: {command}")
+                steps.append(not_yet_sent_step(n, command))
             elif n:
                 steps.append(
                     f"send the {counted(n, 'unit')} not yet sent of {name} (an earlier run's "
@@ -737,7 +737,7 @@ def _next_steps(
         why = pending_unknown or "send whatever is not yet sent (the same command resumes)"
         steps.append(f"{why}: {run}")
     elif pending:
-        steps.append(f"send the {counted(pending, 'unit')} not yet sent: {run}")
+        steps.append(not_yet_sent_step(pending, run))
     if held:
         steps.append(
             f"decide the {counted(held, 'unit')} held from the instances' live state: "
@@ -780,6 +780,12 @@ def _next_steps(
         # The steps that carry the demo's endpoint are those that reach its service.
         steps.insert(0, _demo_first(state.header.endpoint))
     return steps
+
+
+def not_yet_sent_step(n: int, run: str) -> str:
+    """The next step that sends the ``n`` units not yet sent with the command ``run``: a
+    run that stopped prints that command under "Resume with:" too, and leaves this out."""
+    return f"send the {counted(n, 'unit')} not yet sent: {run}"
 
 
 def _demo_flags(state: JournalState) -> list[tuple[str, str | None]]:
@@ -1330,7 +1336,8 @@ def render_status(summary: StatusSummary, console: Console) -> None:
         console.print("runs (and verifications), with their flags:")
         for line in _history_lines(history):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print("next:")
+    if summary.next_steps:  # none left when a run's only one is its resume command
+        console.print("next:")
     for step in summary.next_steps:
         console.print(f"  - {escape(step)}", soft_wrap=True)
 

@@ -46,3 +46,31 @@ def test_a_canary_stop_names_the_journal_in_the_report_it_points_to(
     assert shown.returncode == 0, shown.stderr
     assert "ghost_job" in shown.stdout and "DLF.1000" in shown.stdout
     assert f"(`bulkrerun report '{j}'`)" in status_of(cli, tmp_path / j)["last_run"]["message"]
+
+
+def test_a_ctrl_c_prints_the_resume_command_once(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """After a Ctrl-C the resume command was printed twice in a row: as the step that sends
+    the units not yet sent, then under "Resume with:". It is printed once, under "Resume
+    with:" (the line the contract promises); the steps for the held units stay."""
+    import signal
+
+    srv = fake_service("--latency-ms", "50", "--drop-after-accept", "0.3", "--seed", "7")
+    m = write_manifest(tmp_path / "m.toml", window("ods_orders", 6, "1m"))  # 360 at 20/s
+    j = tmp_path / "j"
+    args = ["--rate", "20", "--max-attempts", "1"]
+    proc = cli.popen("run", str(m), "--journal", str(j), *args, url=srv.url)
+    srv.wait_accepted(10)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    resume = f"bulkrerun run {m} --journal {j} --rate 20 --max-attempts 1"
+    assert f"interrupted: the journal is consistent. Resume with:\n  {resume}\n" in stderr
+    lines = [line.strip() for line in stderr.splitlines()]
+    assert [line for line in lines if line.endswith(resume)] == [resume], stderr
+    s = status_of(cli, j)
+    assert s["pending"] and s["held"], s
+    # status, which prints no resume command, still gives the step that sends them.
+    assert f"send the {s['pending']} units not yet sent: {resume}" in s["next_steps"]
+    assert f"- or resend them (each may then run twice): {resume} --resend-held" in stderr
