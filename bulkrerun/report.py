@@ -748,7 +748,10 @@ def _next_steps(
         them = "it (it" if held == 1 else "them (each"
         steps.append(f"or resend {them} may then run twice): {again} --resend-held")
     if budget and len(steps) > first:
-        steps[first] = "then, once the cause is fixed, " + steps[first]
+        # After the failures' own "once the cause is fixed, send them again", a "then" says
+        # it; said first (the stop's requests were held, not refused), there is no "then".
+        lead = "then " if first else "once the cause is fixed, "
+        steps[first] = lead + steps[first]
     steps += failures
     # The last run stopped on a refusal of its credentials or permissions (or a proxy's):
     # every step sends with them, and would be refused the same way until they are fixed.

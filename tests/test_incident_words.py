@@ -74,3 +74,41 @@ def test_a_ctrl_c_prints_the_resume_command_once(
     # status, which prints no resume command, still gives the step that sends them.
     assert f"send the {s['pending']} units not yet sent: {resume}" in s["next_steps"]
     assert f"- or resend them (each may then run twice): {resume} --resend-held" in stderr
+
+
+def test_after_a_stop_on_failures_the_cause_is_to_be_fixed_said_once(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """A canary stop in a journal whose runs had other manifests gave two steps in a row that
+    said "once the cause is fixed": the failed units' (sent again from a manifest of them),
+    then "then, once the cause is fixed, send the N units not yet sent". The second says
+    "then send" now. A canary stop on held requests alone, with no failed ones before it,
+    began its steps with "then"."""
+    srv = fake_service("--missing-job", "ghost_job")
+    j = tmp_path / "j"
+    first = write_manifest(tmp_path / "first.toml", window("ods_orders", 2))
+    assert cli("run", str(first), "--journal", str(j), url=srv.url).returncode == 0
+    second = write_manifest(
+        tmp_path / "second.toml", window("ghost_job", 4) + window("ods_orders", 4, start=4)
+    )
+    args = ["--canary", "2", "--max-inflight", "1"]
+    out = cli("run", str(second), "--journal", str(j), *args, url=srv.url)
+    assert out.returncode == 3, out.stderr
+    steps = status_of(cli, j)["next_steps"]
+    assert steps[1].startswith("once the cause is fixed, send them again: bulkrerun report ")
+    assert steps[2] == (
+        f"then send the 6 units not yet sent: bulkrerun run {second} --journal {j} "
+        "--max-inflight 1 --canary 2"
+    )
+    assert sum("once the cause is fixed" in step for step in steps) == 1, steps
+
+    held = fake_service("--drop-after-accept", "1")
+    m = write_manifest(tmp_path / "m.toml", window("ods_orders", 6))
+    h = tmp_path / "h"
+    out = cli("run", str(m), "--journal", str(h), *args, "--max-attempts", "1", url=held.url)
+    assert out.returncode == 3, out.stderr
+    steps = status_of(cli, h)["next_steps"]
+    assert steps[0] == (
+        f"once the cause is fixed, send the 4 units not yet sent: bulkrerun run {m} "
+        f"--journal {h} --max-inflight 1 --max-attempts 1 --canary 2"
+    )
