@@ -269,7 +269,7 @@ class StatusSummary:
     # it does, or why they cannot be counted (its instance file changed since, say).
     pending_by_manifest: list[tuple[str, int | str]] = field(default_factory=list)
     # Requests accepted after an earlier send whose outcome is unknown (held): each may have
-    # run more than once. Counted when the whole journal is read (``status``), else None.
+    # run more than once. None of a summary made otherwise than by :func:`summarize`.
     accepted_after_unknown: int | None = None
     last_run: LastRun | None = None
     # Every run and verify the journal records, in the order they started.
@@ -967,7 +967,16 @@ def summarize(
         history=_history(state),
         last_watch=None if watched is None else {"run": watched[0], **watched[1]},
         watch_unfinished=0 if watched is None else watched[2],
+        accepted_after_unknown=_accepted_after_unknown(state),
     )
+
+
+def _accepted_after_unknown(state: JournalState) -> int:
+    """Requests done after an earlier send whose outcome is unknown: each may have run more
+    than once. Of the requests with such sends only, which the state keeps in full, also a
+    run's live state (a request new in a run is sent again only after an answer)."""
+    chunks = state.chunks
+    return sum(1 for cid in state.unknown_sends if chunks[cid].state == "done")
 
 
 def _history(state: JournalState) -> list[Invocation]:
@@ -1044,7 +1053,7 @@ def status(path: Path) -> StatusSummary:
     # Slim: of the requests sent once and done, a status needs their units' states only.
     _, state = read_state(path, slim=True)
     pending, unknown, by_manifest = not_sent_by_manifest(state)
-    summary = summarize(
+    return summarize(
         path,
         state,
         pending=pending,
@@ -1052,9 +1061,6 @@ def status(path: Path) -> StatusSummary:
         holder=_other_holder(path),
         pending_by_manifest=by_manifest,
     )
-    chunks = state.chunks
-    twice = sum(1 for cid in state.unknown_sends if chunks[cid].state == "done")
-    return dataclasses.replace(summary, accepted_after_unknown=twice)
 
 
 def _other_holder(path: Path) -> Holder | None:

@@ -112,3 +112,27 @@ def test_after_a_stop_on_failures_the_cause_is_to_be_fixed_said_once(
         f"once the cause is fixed, send the 4 units not yet sent: bulkrerun run {m} "
         f"--journal {h} --max-inflight 1 --max-attempts 1 --canary 2"
     )
+
+
+def test_a_resends_closing_summary_counts_what_may_have_run_twice_as_status_does(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """`status` says how many requests were accepted after an earlier send whose outcome is
+    unknown (each may have run twice); the closing summary of the run that resent them,
+    which is what the operator reads then, did not."""
+    srv = fake_service("--drop-after-accept", "0.3", "--seed", "3")
+    m = write_manifest(tmp_path / "m.toml", window("ods_orders", 12))
+    j = tmp_path / "j"
+    first = cli("run", str(m), "--journal", str(j), "--max-attempts", "1", url=srv.url)
+    assert first.returncode == 1, first.stderr  # some held
+    assert "earlier send whose outcome is unknown" not in first.stderr
+    again = cli(
+        "run", str(m), "--journal", str(j), "--resend-held", "--max-attempts", "1", url=srv.url
+    )
+    twice = status_of(cli, j)["accepted_after_unknown"]
+    assert twice > 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert (
+        f"{twice} request{'s' if twice > 1 else ''} accepted after an earlier send whose "
+        "outcome is unknown: each may have run more than once"
+    ) in said
