@@ -1931,7 +1931,8 @@ def test_failed_windows_resent_over_times_done_since_are_warned_about(
         "1 request this run sends re-covers times that 1 done request already covered"
         in warnings[0]
     )
-    assert "(2024-11-26 00:00:00.000Z .. 2024-11-26 05:59:59.999Z)" in warnings[0]  # UTC
+    # In the window's timezone, which the report's manifest keeps in each entry.
+    assert "(2024-11-26 08:00:00.000+08:00 .. 2024-11-26 13:59:59.999+08:00)" in warnings[0]
     assert warnings[7].startswith("warning: window[7] (job ods_orders): ")
     assert out.stderr.index("already covered (") < out.stderr.index("units done")
     assert not any("dwd_new" in warning for warning in warnings)  # never done before
