@@ -44,6 +44,7 @@ second case itself: the service's notion of now is what counts (the demo's world
 from __future__ import annotations
 
 import json
+import sys
 import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -233,13 +234,15 @@ def _page(job_name: str, parsed: Any) -> tuple[int, list[ListedInstance]]:
         page = _ApiPage.model_validate(parsed)
     except ValidationError:
         raise ListFailed(job_name, UNREADABLE, 1) from None
+    # The job's name and the statuses are a few strings, each parsed afresh per instance:
+    # shared instead (a selection of 400,000 instances kept 100 bytes apiece of them).
     return page.total, [
         ListedInstance(
-            job_name=i.job_name or job_name,
+            job_name=job_name if i.job_name in (None, job_name) else i.job_name,
             job_id=i.job_id,
             plan_time=i.plan_time,
             submit_time=i.submit_time,
-            status=i.status,
+            status=sys.intern(i.status),
             start_time=i.start_time or 0,
             end_time=i.end_time or 0,
             instance_id=i.instance_id,
@@ -476,7 +479,9 @@ async def select_entry(
         )
     statuses = frozenset(entry.statuses)
 
-    async def one(job: str) -> list[ListedInstance]:
+    counts: dict[str, Counter[str]] = {job: Counter() for job in entry.job_names}
+
+    async def one(job: str) -> list[SelectedInstance]:
         try:
             # The API's bounds are inclusive; the entry's end is exclusive. No status filter:
             # the statuses are picked here, from one complete read (see InstanceLister.list).
@@ -487,26 +492,28 @@ async def select_entry(
             if not exc.refused:
                 raise
             raise BadInput(_refusal_message(manifest_name, label, exc)) from None
-        return [
-            i
-            for i in listed
-            if i.status in statuses
-            and entry.begin_ms <= i.plan_time < entry.end_ms
-            and i.job_name == job
-        ]
+        # Picked as soon as the job's list is read, so that only the jobs being read keep
+        # their whole list (every status, every field): 40 jobs of 10,000 instances kept
+        # them all until the last job was read. The list is sorted by (plan_time, job_id),
+        # so two rows of one instance (two instance ids) are next to each other: the first
+        # is taken.
+        picked: list[SelectedInstance] = []
+        last: tuple[int, int] | None = None
+        for i in listed:
+            key = (i.plan_time, i.job_id)
+            if (
+                key != last
+                and i.status in statuses
+                and entry.begin_ms <= i.plan_time < entry.end_ms
+                and i.job_name == job
+            ):
+                last = key
+                counts[job][i.status] += 1
+                picked.append(i.selected())
+        return picked
 
     results = await gather_limited(one, entry.job_names)
-    counts: dict[str, Counter[str]] = {job: Counter() for job in entry.job_names}
-    by_job: dict[str, dict[tuple[int, int], ListedInstance]] = {j: {} for j in entry.job_names}
-    for job, listed in zip(entry.job_names, results, strict=True):
-        for item in listed:
-            if by_job[job].setdefault((item.job_id, item.plan_time), item) is item:
-                counts[job][item.status] += 1
-    found = [
-        item.selected()
-        for job in entry.job_names
-        for item in sorted(by_job[job].values(), key=lambda i: (i.plan_time, i.job_id))
-    ]
+    found = [item for picked in results for item in picked]
     statuses_shown = " or ".join(entry.statuses)
     lines = [f"{label}: found {counted(len(found), 'instance')} with status {statuses_shown}"]
     for job in entry.job_names:

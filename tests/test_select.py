@@ -779,3 +779,30 @@ async def test_a_selection_of_one_instance_says_1_instance() -> None:
         found = await select_entry(entry, lister, manifest_name="m.toml", on_note=notes.append)
     assert len(found) == 1
     assert notes[0].startswith("select[0]: found 1 instance with status fail or ")
+
+
+# -- at scale ---------------------------------------------------------------------------------
+
+
+async def test_two_rows_of_one_instance_are_selected_and_counted_once() -> None:
+    # Two rows of one plan time (two instance ids: a manual run beside the scheduled one, say)
+    # are two rows of the list but one instance to rerun, whichever job is read when.
+    row = PAGE["instances"][0]  # type: ignore[index]
+    later = {**row, "plan_time": row["plan_time"] + MINUTE}
+    body = {
+        "total": 3,
+        "instances": [
+            {**row, "instance_id": 1},
+            {**row, "instance_id": 2, "submit_time": row["submit_time"] + 9},
+            {**later, "instance_id": 3},
+        ],
+    }
+    notes: list[str] = []
+    lister = InstanceLister(ScriptedTransport([], body), pacer=pacer(), clock=FakeClock())
+    entry = select(("j",), row["plan_time"], row["plan_time"] + HOUR, ("fail",))
+    found = await select_entry(entry, lister, manifest_name="m", on_note=notes.append)
+    assert found == [
+        SelectedInstance("j", 7, row["plan_time"], row["submit_time"]),
+        SelectedInstance("j", 7, later["plan_time"], later["submit_time"]),
+    ]
+    assert notes == ["select[0]: found 2 instances with status fail\n  j: 2 fail"]
