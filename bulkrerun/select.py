@@ -62,7 +62,7 @@ from bulkrerun.manifest import MAX_SELECT_SPAN_MS, Manifest, SelectEntry
 from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED_STOP, Kind, Outcome, wrong_endpoint
 from bulkrerun.pacing import Pacer
 from bulkrerun.planner import SelectedInstance
-from bulkrerun.text import counted
+from bulkrerun.text import counted, duration
 
 __all__ = [
     "LIST_LIMIT",
@@ -86,6 +86,11 @@ few round trips (a dozen jobs at 200 ms each would otherwise take seconds at any
 
 LIST_READS = 3
 """Reads of a job's whole window before giving up when the list changes while it is read."""
+
+SELECT_PROGRESS_EVERY_S = 15.0
+"""While a ``[[select]]`` entry's lists are read, how often to say how far the reading is
+(and not before this long): a month of forty one-minute jobs is 1,800 pages, three minutes
+at the default rate, before the entry's one line of what it found."""
 
 MAX_LISTED = 200_000
 """The most instances one job's window may hold: a month of a job run every minute is 44,640.
@@ -281,8 +286,18 @@ class InstanceLister:
         self._on_outcome = on_outcome
         self.gets = 0  # requests sent, retries included
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     async def list(
-        self, job_name: str, workspace: str, *, min_plan_time: int, max_plan_time: int
+        self,
+        job_name: str,
+        workspace: str,
+        *,
+        min_plan_time: int,
+        max_plan_time: int,
+        on_page: Callable[[int], None] | None = None,
     ) -> list[ListedInstance]:
         """Every instance of ``job_name`` with a plan time in ``min..max`` (both inclusive, as
         sent; callers filter their own bounds), whatever its status, sorted by plan time.
@@ -309,12 +324,14 @@ class InstanceLister:
         of hourly or 15-minute jobs is one page per job (fewer requests than one query per
         status); the dearest case, a one-minute job over the whole month the API reaches,
         is 45 pages, under 5 s at the default 10 requests per second.
+
+        ``on_page``, when given, is told the number of instances of each page as it is read.
         """
         path = list_path(self._transport.project_id, job_name)
         problem = ""
         for _ in range(LIST_READS):
             found, problem = await self._read_window(
-                job_name, path, workspace, min_plan_time, max_plan_time
+                job_name, path, workspace, min_plan_time, max_plan_time, on_page
             )
             if not problem:
                 return sorted(found, key=lambda i: (i.plan_time, i.job_id))
@@ -327,7 +344,13 @@ class InstanceLister:
         raise ListFailed(job_name, Outcome(Kind.FAILED, status=200, reason=reason), LIST_READS)
 
     async def _read_window(
-        self, job_name: str, path: str, workspace: str, low: int, high: int
+        self,
+        job_name: str,
+        path: str,
+        workspace: str,
+        low: int,
+        high: int,
+        on_page: Callable[[int], None] | None,
     ) -> tuple[Sequence[ListedInstance], str]:
         """One read of the window, page by page: ``(instances, "")`` when it is complete,
         ``(_, what went wrong)`` when it is not (see :meth:`list`)."""
@@ -345,6 +368,8 @@ class InstanceLister:
                 "offset": offset,
             }
             total, items = _page(job_name, await self._get(job_name, path, query, workspace))
+            if on_page is not None:
+                on_page(len(items))
             if first_total is None:
                 first_total = total
             elif total != first_total:
@@ -478,15 +503,20 @@ async def select_entry(
             ]
         )
     statuses = frozenset(entry.statuses)
-
+    statuses_shown = " or ".join(entry.statuses)
     counts: dict[str, Counter[str]] = {job: Counter() for job in entry.job_names}
+    progress = _Progress(label, len(entry.job_names), statuses_shown, lister.clock, on_note)
 
     async def one(job: str) -> list[SelectedInstance]:
         try:
             # The API's bounds are inclusive; the entry's end is exclusive. No status filter:
             # the statuses are picked here, from one complete read (see InstanceLister.list).
             listed = await lister.list(
-                job, entry.workspace, min_plan_time=entry.begin_ms, max_plan_time=entry.end_ms - 1
+                job,
+                entry.workspace,
+                min_plan_time=entry.begin_ms,
+                max_plan_time=entry.end_ms - 1,
+                on_page=progress.page,
             )
         except ListFailed as exc:
             if not exc.refused:
@@ -510,17 +540,63 @@ async def select_entry(
                 last = key
                 counts[job][i.status] += 1
                 picked.append(i.selected())
+        progress.job_read(len(picked))
         return picked
 
     results = await gather_limited(one, entry.job_names)
     found = [item for picked in results for item in picked]
-    statuses_shown = " or ".join(entry.statuses)
     lines = [f"{label}: found {counted(len(found), 'instance')} with status {statuses_shown}"]
     for job in entry.job_names:
         seen = ", ".join(f"{counts[job][s]:,} {s}" for s in entry.statuses if counts[job][s])
         lines.append(f"  {job}: {seen or 'none'}")
     on_note("\n".join(lines))
     return found
+
+
+class _Progress:
+    """How far the reading of one entry's lists is, said every
+    :data:`SELECT_PROGRESS_EVERY_S` on the lister's clock once it has lasted that long: a
+    large selection is minutes of pages, and its line of what it found comes at the end.
+    Told each page as it is read (see :meth:`InstanceLister.list`), and each job once its
+    list is complete and picked."""
+
+    __slots__ = (
+        "_clock",
+        "_label",
+        "_last",
+        "_note",
+        "_start",
+        "_statuses",
+        "jobs",
+        "jobs_read",
+        "pages",
+        "read",
+        "selected",
+    )
+
+    def __init__(self, label: str, jobs: int, statuses: str, clock: Clock, note: Note) -> None:
+        self._label, self._statuses, self._clock, self._note = label, statuses, clock, note
+        self._start = self._last = clock.now()
+        self.jobs, self.jobs_read, self.pages, self.read, self.selected = jobs, 0, 0, 0, 0
+
+    def page(self, instances: int) -> None:
+        self.pages += 1
+        self.read += instances
+        now = self._clock.now()
+        if now - self._last < SELECT_PROGRESS_EVERY_S:
+            return
+        self._last = now
+        self._note(
+            f"{self._label}: reading the instance lists, {duration(now - self._start)} so far: "
+            f"{self.jobs_read:,} of {counted(self.jobs, 'job')} read "
+            f"({counted(self.selected, 'instance')} with status {self._statuses}), "
+            f"{counted(self.pages, 'page')} of {counted(self.read, 'instance')} in all. "
+            "Nothing is rerun before the lists are read."
+        )
+
+    def job_read(self, selected: int) -> None:
+        self.jobs_read += 1
+        self.selected += selected
 
 
 def _refusal_message(manifest_name: str, label: str, exc: ListFailed) -> str:

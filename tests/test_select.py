@@ -5,6 +5,7 @@ the cases the fake cannot produce."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -806,3 +807,31 @@ async def test_two_rows_of_one_instance_are_selected_and_counted_once() -> None:
         SelectedInstance("j", 7, later["plan_time"], later["submit_time"]),
     ]
     assert notes == ["select[0]: found 2 instances with status fail\n  j: 2 fail"]
+
+
+async def test_a_long_listing_says_how_far_it_is_while_it_reads() -> None:
+    # Three one-minute jobs over three days: 15 pages, which at a page every 4 s are a minute
+    # of pages before the line of what was found. The operator hears how far the reading is
+    # every 15 s (on the injected clock), not silence until the end.
+    jobs = tuple(JobSpec(f"ods_clicks_{k}", 4242 + k, period_min=1) for k in range(3))
+    catalog = clicks_catalog(jobs=jobs, outage=Outage(FAILED_AT, FAILED_AT + 2_520 * MINUTE))
+    clock = FakeClock()
+    notes: list[tuple[float, str]] = []
+    async with service(FakeConfig(catalog=catalog)) as (srv, transport):
+        lister = InstanceLister(transport, pacer=pacer(rate=0.25), clock=clock)
+        entry = select(tuple(j.name for j in jobs), ANCHOR - 3 * DAY, ANCHOR, ("fail",))
+        found = await select_entry(
+            entry, lister, manifest_name="m", on_note=lambda s: notes.append((clock.now(), s))
+        )
+        assert srv.stats.requests == 15
+    assert len(found) == 3 * 2_520
+    *progress, (_, last) = notes
+    assert last.startswith("select[0]: found 7,560 instances with status fail\n")
+    assert len(progress) >= 2
+    times = [at - 1000.0 for at, _ in progress]  # FakeClock starts at 1000
+    assert times[0] >= 15.0
+    assert all(b - a >= 15.0 for a, b in itertools.pairwise(times))
+    for _, note in progress:
+        assert note.startswith("select[0]: reading the instance lists, ")
+        assert " of 3 jobs read (" in note
+        assert note.endswith("Nothing is rerun before the lists are read.")
