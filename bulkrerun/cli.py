@@ -1367,8 +1367,8 @@ def _finish(
     unless writing it failed), and the exit code. ``watch_stopped``: a signal stopped
     ``--watch``, after every request of the run was sent."""
     from bulkrerun.report import (
-        not_yet_sent_step,
         render_status,
+        without_resume_step,
         wrong_endpoint_met,
         wrong_endpoint_step,
     )
@@ -1416,11 +1416,11 @@ def _finish(
         met = wrong_endpoint_met({result.fatal.code})
         step = wrong_endpoint_step(args.journal, summary.endpoint, met, args.resume)
         summary = dataclasses.replace(summary, next_steps=[step])
-    if interrupted and summary.pending:
+    if (interrupted or result.fatal is not None) and summary.pending:
         # The resume command is printed below, under "Resume with:" (the line the contract
-        # promises): the step that sends the units not yet sent with it would say it twice.
-        same = not_yet_sent_step(summary.pending, args.resume)
-        steps = [step for step in summary.next_steps if step != same]
+        # promises) or "resume with:": the step that sends the units not yet sent with it
+        # would say it twice.
+        steps = without_resume_step(summary.next_steps, summary.pending, args.resume)
         summary = dataclasses.replace(summary, next_steps=steps)
     render_status(summary, err)
     if watch_stopped and summary.pending == 0:

@@ -787,8 +787,28 @@ def _next_steps(
 
 def not_yet_sent_step(n: int, run: str) -> str:
     """The next step that sends the ``n`` units not yet sent with the command ``run``: a
-    run that stopped prints that command under "Resume with:" too, and leaves this out."""
+    run that stopped prints that command under "Resume with:" too, and leaves this out
+    (see :func:`without_resume_step`)."""
     return f"send the {counted(n, 'unit')} not yet sent: {run}"
+
+
+_REFUSED_FIRST = "first fix what the service refused"
+
+# The steps that only lead the others: what to fix before any of them, the demo's service
+# to start again, the --timeout each of them keeps.
+_LEADS = (_REFUSED_FIRST, "this journal is the demo's", "each run command below keeps")
+
+
+def without_resume_step(steps: list[str], pending: int, resume: str) -> list[str]:
+    """The next steps of a run that stopped (a signal, or a fatal condition) and prints its
+    resume command ``resume`` below them: without the step that sends the ``pending`` units
+    with that same command, which would say it twice in a row, and without the steps that
+    only lead the others when none is left to lead (the stop itself says what to fix)."""
+    same = not_yet_sent_step(pending, resume)
+    kept = [step for step in steps if step != same]
+    if kept != steps and all(step.startswith(_LEADS) for step in kept):
+        return []
+    return kept
 
 
 def _demo_flags(state: JournalState) -> list[tuple[str, str | None]]:
@@ -889,9 +909,7 @@ def _refused_first(message: str) -> str:
             "lasts 24 hours, a key may have been disabled or replaced), or this machine's "
             "clock if it is off (AK/SK signatures more than 15 minutes off are refused)"
         )
-    return (
-        f"first fix what the service refused, or every step below is refused the same way: {what}"
-    )
+    return f"{_REFUSED_FIRST}, or every step below is refused the same way: {what}"
 
 
 def _last_end(state: JournalState) -> RunEnd | None:

@@ -136,3 +136,41 @@ def test_a_resends_closing_summary_counts_what_may_have_run_twice_as_status_does
         f"{twice} request{'s' if twice > 1 else ''} accepted after an earlier send whose "
         "outcome is unknown: each may have run more than once"
     ) in said
+
+
+def test_a_fatal_stop_prints_the_resume_command_once(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """After a fatal stop (exit 3) the step "send the N units not yet sent: CMD" was printed
+    right above "resume with:" and the same command. It is printed once, under "resume
+    with:"; the held units' steps stay, and a step that only leads the others ("first fix
+    what the service refused, or every step below is refused the same way") goes with it
+    when no step is left below it. `status`, which prints no resume command, keeps them."""
+    m = write_manifest(tmp_path / "m.toml", window("ods_orders", 12))
+    args = ["--max-inflight", "1", "--max-attempts", "1"]
+
+    refused = fake_service("--revoke-after", "5")  # credentials refused mid-run
+    j = tmp_path / "refused"
+    out = cli("run", str(m), "--journal", str(j), *args, url=refused.url)
+    assert out.returncode == 3, out.stderr
+    resume = f"bulkrerun run {m} --journal {j} --max-inflight 1 --max-attempts 1"
+    assert f"once that is fixed, resume with:\n  {resume}\n" in out.stderr
+    lines = [line.strip() for line in out.stderr.splitlines()]
+    assert [line for line in lines if line.endswith(resume)] == [resume], out.stderr
+    assert "every step below" not in out.stderr and "next:" not in lines, out.stderr
+    s = status_of(cli, j)
+    assert s["pending"] == 7 and s["next_steps"][0].startswith("first fix what the service")
+    assert s["next_steps"][1] == f"send the 7 units not yet sent: {resume}"
+
+    silent = fake_service("--drop-after-accept", "1")  # the service answers nothing
+    h = tmp_path / "held"
+    out = cli("run", str(m), "--journal", str(h), *args, url=silent.url)
+    assert out.returncode == 3, out.stderr
+    resume = f"bulkrerun run {m} --journal {h} --max-inflight 1 --max-attempts 1"
+    assert f"\nresume with:\n  {resume}\n" in out.stderr
+    lines = [line.strip() for line in out.stderr.splitlines()]
+    assert [line for line in lines if line.endswith(resume)] == [resume], out.stderr
+    s = status_of(cli, h)
+    assert s["pending"] and s["held"], s
+    assert f"- or resend them (each may then run twice): {resume} --resend-held" in lines
+    assert f"send the {s['pending']} units not yet sent: {resume}" in s["next_steps"]

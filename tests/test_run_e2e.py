@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -248,12 +249,15 @@ chunk = "1m"
     assert stop.endswith("run the same command again.")
     assert "once that is fixed, resume with:\n  bulkrerun run " in out.stderr
     assert srv.ledger() == []
-    # Every step would meet the same refusal: the first says to fix the credentials.
-    closing = out.stderr.split("next:")[1]
+    # The run's only step would send what is not yet sent with its resume command: printed
+    # once, below the stop, which says what to fix first ("every step below" leads none).
+    assert "next:" not in out.stderr.splitlines()
+    assert "Fix the credentials (BULKRERUN_AK/BULKRERUN_SK" in stop
+    # status prints no resume command: every step would meet the same refusal, and the
+    # first says to fix the credentials.
     first = "first fix what the service refused, or every step below is refused the same way"
-    assert closing.split("\n  - ")[1].startswith(first)
-    assert "BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN" in closing
     s = status_of(cli, j)
+    assert "BULKRERUN_AK/BULKRERUN_SK or BULKRERUN_TOKEN" in s["next_steps"][0]  # type: ignore[index]
     assert s["done"] == 0 and s["held"] == 0 and s["pending"] == 60
     assert s["next_steps"][0].startswith(first)  # type: ignore[index]
     assert "send the 60 units not yet sent" in s["next_steps"][1]  # type: ignore[index]
@@ -1385,9 +1389,20 @@ def test_a_journal_that_cannot_grow_mid_run_stops_it_with_exit_3_and_nothing_los
     assert s["done"] + s["held"] + s["pending"] == 3000 and s["failed"] == 0
     assert 0 < s["done"] < 3000
     # The closing status is the file's, as the resume finds it (not the state in memory,
-    # which held intents that never became durable).
-    assert f"send the {s['pending']:,} units not yet sent" in flat
+    # which held intents that never became durable): its table row, every count of it.
+    row = re.search(
+        r"^journal .*\n.*not yet sent *\n.*\n *([\d,]+) │ *([\d,]+) │ *([\d,]+) │ *([\d,]+) *$",
+        out.stderr,
+        re.MULTILINE,
+    )
+    assert row is not None, out.stderr
+    shown = [int(n.replace(",", "")) for n in row.groups()]
+    assert shown == [s["done"], s["failed"], s["held"], s["pending"]], out.stderr
     assert f"decide the {s['held']:,} units held" in flat
+    # The units not yet sent are sent by the resume command printed below the steps: no
+    # step says it again ("send the N units not yet sent: CMD" right above it).
+    assert "units not yet sent:" not in flat
+    assert f"send the {s['pending']:,} units not yet sent: " in " ".join(s["next_steps"])
     accepted = Counter(srv.accepted_ids())
     again = cli(*args, "--resend-held", url=srv.url)
     assert again.returncode == 0, again.stderr
