@@ -1408,6 +1408,7 @@ def _finish(
             markup=False,
         )
     # How this run ended is said below (and recorded for status), not as an earlier run's.
+    this_run = summary.last_run.n if summary.last_run is not None else None
     summary = dataclasses.replace(summary, last_run=None)
     if args.next_steps is not None:
         summary = dataclasses.replace(summary, next_steps=list(args.next_steps))
@@ -1430,10 +1431,22 @@ def _finish(
             "the journal is consistent, and this run sent every request it had to (there is "
             "nothing to resume). To follow the reruns again, which sends nothing:"
         )
+        watched = summary.last_watch
         if summary.watch_unfinished and args.next_steps is None:
             # The status's last step just above says so, with the command: not twice.
             err.print(f"{lead} the last step above.", markup=False, soft_wrap=True)
             _print_left_out(args)
+        elif watched is not None and watched["run"] == this_run and args.next_steps is None:
+            # This run's watch, or one before it, saw every rerun it followed finish: the
+            # command would follow nothing (its end record counts what it saw alone).
+            done = counted(watched["units"], "done unit")
+            err.print(
+                "the journal is consistent, and this run sent every request it had to (there "
+                f"is nothing to resume); the reruns of the journal's {done} were all seen to "
+                "finish, by this watch or an earlier one: nothing is left to follow either.",
+                markup=False,
+                soft_wrap=True,
+            )
         else:
             _print_resume_command(args, lead)
     elif interrupted:

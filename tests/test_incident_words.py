@@ -6,10 +6,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
+import pytest
+
+from bulkrerun.fake import FakeServer
 from tests.conftest import Cli, Service, write_manifest
+from tests.test_status_watches import EVENING, HEAD, bulkrerun, config, env, read_until, status
 
 BEGIN = 1_732_579_200_000  # 2024-11-26T00:00:00Z
 
@@ -54,7 +61,6 @@ def test_a_ctrl_c_prints_the_resume_command_once(
     """After a Ctrl-C the resume command was printed twice in a row: as the step that sends
     the units not yet sent, then under "Resume with:". It is printed once, under "Resume
     with:" (the line the contract promises); the steps for the held units stay."""
-    import signal
 
     srv = fake_service("--latency-ms", "50", "--drop-after-accept", "0.3", "--seed", "7")
     m = write_manifest(tmp_path / "m.toml", window("ods_orders", 6, "1m"))  # 360 at 20/s
@@ -174,3 +180,46 @@ def test_a_fatal_stop_prints_the_resume_command_once(
     assert s["pending"] and s["held"], s
     assert f"- or resend them (each may then run twice): {resume} --resend-held" in lines
     assert f"send the {s['pending']} units not yet sent: {resume}" in s["next_steps"]
+
+
+@pytest.mark.anyio
+async def test_a_watch_stopped_early_offers_no_command_when_every_rerun_was_seen_finish(
+    tmp_path: Path,
+) -> None:
+    """A watch stopped early whose units an earlier watch had all seen finish still offered
+    "To follow the reruns again, which sends nothing:" and the command: nothing was left to
+    see. It says so, with no command; status has nothing left to do either."""
+    manifest = tmp_path / "bf.toml"
+    manifest.write_text(HEAD + EVENING, encoding="utf-8")
+    async with FakeServer(config(running_s=0.1)) as first:  # run 1 sees all 4 finish
+        port = first.port
+        code, _, err = await bulkrerun(
+            tmp_path, first.url, "run", str(manifest), "--journal", "j", "--watch"
+        )
+        assert code == 0, err
+        assert "watch: 32 rerun instances: 32 succeeded" in err
+    # Run 2, the same command, sends nothing; its watch follows the 4 done units again, on a
+    # service that lists their previous runs (as one slow to list would), until Ctrl-C.
+    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
+    seen = bytearray()
+    async with FakeServer(config(running_s=36_000.0), port=port) as second:
+        async with await anyio.open_process(argv, cwd=tmp_path, env=env(second.url)) as proc:
+            assert proc.stderr is not None
+            with anyio.fail_after(60):
+                await read_until(proc.stderr, b"rerun instances finished", seen)
+                assert b"rerun instances finished" in seen, seen.decode()
+                proc.send_signal(signal.SIGINT)
+                await read_until(proc.stderr, b"\0", seen)
+                code = await proc.wait()
+        assert code == 130, seen.decode()
+        assert second.ledger == []
+        got, _ = await status(tmp_path, second.url)
+    said = " ".join(seen.decode().split())
+    assert (got["last_watch"]["unfinished"], got["watch_unfinished"]) == (4, 0)
+    assert got["next_steps"] == ["nothing left to do: every unit is done"]
+    assert (
+        "interrupted: the journal is consistent, and this run sent every request it had to "
+        "(there is nothing to resume); the reruns of the journal's 4 done units were all seen "
+        "to finish, by this watch or an earlier one: nothing is left to follow either."
+    ) in said
+    assert "To follow the reruns again" not in said and "--watch" not in said.split("this run")[-1]
