@@ -1460,6 +1460,17 @@ def _finish(
         _print_resume_command(
             args, lead if isinstance(result.fatal, AuthRefused) else "resume with:"
         )
+        if result.fatal.stop == "failure_budget" and summary.failed and not args.retry_failed:
+            # The same command, as every resume command is, sends the rest and not the units
+            # the stop was on: they are sent again only once their cause is fixed, and with
+            # the same canary they would stop it again if it is not.
+            them = "it" if summary.failed == 1 else "them"
+            err.print(
+                f"  (it leaves the {counted(summary.failed, 'failed unit')} failed: the step "
+                f"above sends {them} with the rest, once the cause is fixed)",
+                markup=False,
+                soft_wrap=True,
+            )
     code = _exit_code(result, interrupted, bool(summary.failed or summary.held or not_sent))
     if args.log_chunks:
         # Why it stopped, in the names of the journal's end record: the condition, its message.

@@ -223,3 +223,34 @@ async def test_a_watch_stopped_early_offers_no_command_when_every_rerun_was_seen
         "to finish, by this watch or an earlier one: nothing is left to follow either."
     ) in said
     assert "To follow the reruns again" not in said and "--watch" not in said.split("this run")[-1]
+
+
+def test_a_canary_stops_resume_command_says_it_leaves_the_failed_units_failed(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """A canary stop's "resume with:" gives the same command, without --retry-failed: it
+    sends the rest, not the units the canary stopped on, and did not say so; the step
+    above it sends them too once the cause is fixed. With the cause not fixed, that step's
+    command would meet the same canary on the same units: the resume line stays as it is,
+    and says what it leaves."""
+    srv = fake_service("--missing-job", "ghost_job")
+    m = write_manifest(tmp_path / "m.toml", window("ghost_job", 12))
+    j = tmp_path / "j"
+    args = ["--canary", "2", "--max-inflight", "1"]
+    out = cli("run", str(m), "--journal", str(j), *args, url=srv.url)
+    assert out.returncode == 3, out.stderr
+    resume = f"bulkrerun run {m} --journal {j} --max-inflight 1 --canary 2"
+    assert (
+        f"\nresume with:\n  {resume}\n  (it leaves the 2 failed units failed: the step above "
+        "sends them with the rest, once the cause is fixed)\n"
+    ) in out.stderr
+    steps = status_of(cli, j)["next_steps"]
+    assert steps[1] == (
+        f"once the cause is fixed, send them again with the 10 units not yet sent: {resume} "
+        "--retry-failed"
+    )
+    # Pasted before the cause is fixed, that step stops on the same two units again.
+    again = cli(*shlex.split(steps[1].split(": ", 1)[1])[1:], url=srv.url)
+    assert again.returncode == 3, again.stderr
+    assert "canary: 2 of the first 2 requests failed" in again.stderr
+    assert status_of(cli, j)["pending"] == 10 and len(srv.accepted_ids()) == 0
