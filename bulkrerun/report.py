@@ -845,7 +845,8 @@ def _last_watch(state: JournalState) -> tuple[int, dict[str, Any]] | None:
 def _watch_unseen(path: Path, state: JournalState) -> tuple[int, dict[str, Any], int] | None:
     """The latest run that watched and what its watch saw (:func:`_last_watch`), and of the
     done units it followed, those whose reruns no watch saw finish, neither it nor one
-    before it (the sidecar says which units each saw finish). None without such a run.
+    before it (the sidecar says which units each saw finish, of this journal: not of one
+    removed before it was begun at the same path). None without such a run.
 
     Its end record counts what it saw alone, and a watch follows every done unit again: one
     stopped before its first answer "did not see" what an earlier one saw end long before.
@@ -857,7 +858,8 @@ def _watch_unseen(path: Path, state: JournalState) -> tuple[int, dict[str, Any],
     unfinished = seen["unfinished"]
     if unfinished:
         # What those watches saw finish was done for this one too: among the units it followed.
-        unfinished = max(0, min(unfinished, seen["units"] - units_seen_finished(path, n)))
+        finished = units_seen_finished(path, n, state.header.created)
+        unfinished = max(0, min(unfinished, seen["units"] - finished))
     return n, seen, unfinished
 
 

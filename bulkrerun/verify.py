@@ -1077,14 +1077,15 @@ class _Watcher:
                 )
         return units
 
-    def finished_lines(self, unfinished: set[str], run: int) -> list[str]:
+    def finished_lines(self, unfinished: set[str], run: int, journal: float) -> list[str]:
         """The sidecar's lines for the units seen finish since the last call (all but
-        ``unfinished``), as run ``run``'s watch: so that ``status`` counts them as seen to
-        finish after a later watch stopped before it saw them again."""
+        ``unfinished``), as run ``run``'s watch of the journal created at ``journal``: so
+        that ``status`` counts them as seen to finish after a later watch stopped before it
+        saw them again."""
         new = [u for u in self.units if u not in unfinished and u not in self.finished]
         self.finished.update(new)
         wall = self._clock.wall()
-        return [finished_line(u, run, wall) for u in new]
+        return [finished_line(u, run, journal, wall) for u in new]
 
     @property
     def done(self) -> bool:
@@ -1280,7 +1281,8 @@ async def watch(
                 console.print(unkept, highlight=False, markup=False)
         unfinished = watcher.unfinished_units()
         # Said after the round's instances, as the summary the run's end record keeps is.
-        if (unkept := watcher.record(watcher.finished_lines(unfinished, run))) is not None:
+        lines = watcher.finished_lines(unfinished, run, state.header.created)
+        if (unkept := watcher.record(lines)) is not None:
             console.print(unkept, highlight=False, markup=False)
         summary = so_far(unfinished)
         if clock.now() >= deadline and not watcher.done:

@@ -6,8 +6,9 @@ One JSON line per instance seen in a final status, mode 0600 like the journal. I
 it decides nothing, so it is not fsynced.
 
 Its lines: ``"t": "instance"`` (:class:`WatchRecord`), and ``"t": "finished"``: ``unit``,
-``run`` (the number of the run whose watch it was) and ``wall``, once that watch has seen
-every rerun of the unit in a final status (:func:`finished_line`). Every watch follows the
+``run`` (the number of the run whose watch it was), ``journal`` (the ``created`` of the
+journal's header) and ``wall``, once that watch has seen every rerun of the unit in a final
+status (:func:`finished_line`). Every watch follows the
 journal's done units all over again, so a watch stopped early does not know what an earlier
 one saw: ``status`` counts a unit's reruns as seen to finish when any watch saw them so
 (:func:`units_seen_finished`). Sidecars written before these lines have none: the last
@@ -103,18 +104,31 @@ def read_watch(journal_path: Path) -> dict[str, list[WatchRecord]]:
     return out
 
 
-def finished_line(unit: str, run: int, wall: float) -> str:
+def finished_line(unit: str, run: int, journal: float, wall: float) -> str:
     """The line saying that run ``run``'s watch saw every rerun of ``unit`` reach a final
-    status (no newline)."""
+    status (no newline). ``journal``: the ``created`` of the journal's header, which tells
+    its lines from those of an earlier journal at the same path (see
+    :func:`units_seen_finished`)."""
     return json.dumps(
-        {"t": "finished", "unit": unit, "run": run, "wall": round(wall, 3)},
+        {
+            "t": "finished",
+            "unit": unit,
+            "run": run,
+            "journal": round(journal, 3),
+            "wall": round(wall, 3),
+        },
         separators=(",", ":"),
     )
 
 
-def units_seen_finished(journal_path: Path, up_to_run: int) -> int:
+def units_seen_finished(journal_path: Path, up_to_run: int, journal: float) -> int:
     """How many units the watches of the runs numbered ``up_to_run`` or less saw finish
     (every rerun of them in a final status), each counted once however many watches saw it.
+
+    Of the journal created at ``journal`` (its header's ``created``) only: a journal removed
+    and begun again at the same path, the same manifest with it, has the same unit ids and
+    run numbers, and its sidecar goes on from the old one's lines. Counted, they said that
+    the new watches had seen reruns finish that they had not seen at all.
 
     Those runs' done units were done for every later watch too (a done unit is never sent
     again), so each of them is among the units a later watch followed. Read line by line,
@@ -122,6 +136,7 @@ def units_seen_finished(journal_path: Path, up_to_run: int) -> int:
     (44 bytes apiece, where the text takes 81): 20 MB for 200,000 units. 0 without a file
     or with one that cannot be read, as :func:`read_watch`."""
     seen: set[int | str] = set()
+    ours = round(journal, 3)
     try:
         f = watch_path(journal_path).open("rb")
     except OSError:
@@ -129,24 +144,27 @@ def units_seen_finished(journal_path: Path, up_to_run: int) -> int:
     with f:
         for line in f:
             if (m := _FINISHED.match(line)) is not None:  # as finished_line writes it
-                if int(m[2]) <= up_to_run:
+                if int(m[2]) <= up_to_run and float(m[3]) == ours:
                     seen.add(int(m[1], 16))
                 continue
             if b'"finished"' not in line:  # an instance's line
                 continue
             try:
                 obj = json.loads(line)
-                unit, run = obj["unit"], obj["run"]
+                unit, run, of = obj["unit"], obj["run"], obj["journal"]
             except (ValueError, KeyError, TypeError):
                 continue
             kept = obj.get("t") == "finished" and isinstance(unit, str) and type(run) is int
-            if kept and run <= up_to_run:
+            if kept and run <= up_to_run and isinstance(of, int | float) and of == ours:
                 seen.add(_compact(unit))
     return len(seen)
 
 
 # A finished line as :func:`finished_line` writes it, of one of the planner's unit ids.
-_FINISHED = re.compile(rb'\{"t":"finished","unit":"([0-9a-f]{%d})","run":([0-9]{1,18}),' % ID_HEX)
+_FINISHED = re.compile(
+    rb'\{"t":"finished","unit":"([0-9a-f]{%d})","run":([0-9]{1,18}),"journal":([0-9]{1,16}(?:\.[0-9]{1,17})?),'
+    % ID_HEX
+)
 
 
 def _compact(unit: str) -> int | str:

@@ -172,30 +172,80 @@ async def test_a_watch_stopped_early_leaves_unseen_only_what_no_watch_saw_finish
 
 def test_units_seen_finished_counts_each_unit_once_up_to_the_run_asked(tmp_path: Path) -> None:
     journal = tmp_path / "j"
-    a, b, c = (f"{n:032x}" for n in (0xA1, 0xB2, 0xC3))
+    a, b, c, d = (f"{n:032x}" for n in (0xA1, 0xB2, 0xC3, 0xD4))
     odd = "not-a-planner-id"
+    ours, old = 1_796_500_000.123, 1_796_400_000.5  # the created of this journal, of one before
     watch_path(journal).write_text(
         "".join(
             line + "\n"
             for line in [
-                finished_line(a, 1, 10.0),
+                finished_line(d, 1, old, 5.0),  # of a journal removed before this one began
+                finished_line(a, 1, ours, 10.0),
                 '{"t":"instance","unit":"' + b + '"}',  # an instance's line: not a unit's
-                finished_line(a, 2, 20.0),  # seen again by a later watch: still one unit
-                '{"run":2,"unit":"' + a + '","t":"finished"}',  # written otherwise: the same
-                finished_line(b, 2, 20.0),
-                finished_line(odd, 2, 20.0),
-                finished_line(a.upper(), 2, 20.0),  # not the planner's spelling: another id
-                finished_line(c, 3, 30.0),  # a watch after the one asked about
+                finished_line(a, 2, ours, 20.0),  # seen again by a later watch: still one unit
+                # Written otherwise: the same.
+                '{"run":2,"unit":"' + a + '","t":"finished","journal":1796500000.123}',
+                '{"run":2,"unit":"' + d + '","t":"finished","journal":1796400000.5}',
+                '{"run":2,"unit":"' + d + '","t":"finished"}',  # of no journal it names
+                finished_line(b, 2, ours, 20.0),
+                finished_line(odd, 2, ours, 20.0),
+                finished_line(odd, 2, old, 20.0),
+                finished_line(a.upper(), 2, ours, 20.0),  # not the planner's spelling: another id
+                finished_line(c, 3, ours, 30.0),  # a watch after the one asked about
                 '{"t":"finished","unit":"' + c + '","run":"2"}',  # not as written: skipped
                 '{"t":"finished","unit":"' + c,  # torn
             ]
         ),
         encoding="utf-8",
     )
-    assert units_seen_finished(journal, 1) == 1
-    assert units_seen_finished(journal, 2) == 4
-    assert units_seen_finished(journal, 3) == 5
-    assert units_seen_finished(tmp_path / "other", 3) == 0
+    assert units_seen_finished(journal, 1, ours) == 1
+    assert units_seen_finished(journal, 2, ours) == 4
+    assert units_seen_finished(journal, 3, ours) == 5
+    assert units_seen_finished(journal, 3, 1_796_500_000.1234) == 5  # as the live header has it
+    assert units_seen_finished(journal, 3, old) == 2
+    assert units_seen_finished(tmp_path / "other", 3, ours) == 0
+
+
+async def test_a_watch_of_a_journal_begun_again_at_the_same_path_is_not_credited_the_old_ones(
+    tmp_path: Path,
+) -> None:
+    """A journal removed and begun again at its path, with the same manifest: the new
+    journal's units have the ids of the old one's, and its runs the same numbers, and the
+    sidecar goes on from the old journal's lines. Its watch, stopped before it saw any rerun
+    finish, has not seen them finish: the old journal's watch saw other reruns."""
+    manifest = tmp_path / "bf.toml"
+    manifest.write_text(HEAD + EVENING, encoding="utf-8")
+    async with FakeServer(config(running_s=0.1)) as first:
+        port = first.port
+        code, _, err = await bulkrerun(
+            tmp_path, first.url, "run", str(manifest), "--journal", "j", "--watch"
+        )
+        assert code == 0, err
+        assert "watch: 32 rerun instances: 32 succeeded" in err
+    (tmp_path / "j").unlink()  # the sidecar stays: nothing removes it with its journal
+    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
+    seen = bytearray()
+    async with FakeServer(config(running_s=36_000.0), port=port) as second:
+        async with await anyio.open_process(argv, cwd=tmp_path, env=env(second.url)) as proc:
+            assert proc.stderr is not None
+            with anyio.fail_after(60):
+                await read_until(proc.stderr, b"rerun instances finished", seen)
+                assert b"rerun instances finished" in seen, seen.decode()
+                proc.send_signal(signal.SIGINT)
+                await read_until(proc.stderr, b"\0", seen)
+                code = await proc.wait()
+        assert code == 130, seen.decode()
+        assert len(second.ledger) == 4
+        got, text = await status(tmp_path, second.url)
+    last = got["last_watch"]
+    assert (last["run"], last["units"], last["unfinished"], last["stopped"]) == (1, 4, 4, "SIGINT")
+    assert got["watch_unfinished"] == 4  # was 0: the old journal's run 1 saw them finish
+    follow = (
+        "the reruns of 4 done units were not seen to finish: run 1's watch was stopped by "
+        "SIGINT before they did"
+    )
+    assert follow in text
+    assert "earlier watches" not in text
 
 
 def test_a_manifest_of_what_failed_comments_its_times_in_the_entrys_timezone(
