@@ -2093,6 +2093,8 @@ async def _verify_only(
             err.print("[red]stopped:[/] ", end="")
             err.print(str(exc), markup=False)
             _log_command("journal removed", message=str(exc))
+            if journal.lost:  # a signal's "nothing is lost ... run the same command" is not so
+                _journal_lost.append(str(path))
         raise
     journal.close()  # a journal removed since its last commit: written back, and said (exit 3)
     # Its verdicts are in the journal by now: a reader gone away (`| head`) leaves the exit
@@ -2550,6 +2552,12 @@ def _signal_receiver() -> Iterator[Any]:
         _signals_interrupt()
 
 
+_journal_lost: list[str] = []
+"""Journals a command found removed and could not write back, said already (with what not
+to do): after a signal, :func:`main` then does not say "nothing is lost" nor give the command
+again, which would find no journal, and ends with 3 (fatal), not 130."""
+
+
 def _from_interrupt(exc: BaseException) -> bool:
     """Whether ``exc`` ended the command because of a signal: the KeyboardInterrupt, or
     what was raised from it (typer's exit 130, a RuntimeError of a class being made). An
@@ -2580,9 +2588,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         # caused by it. Any other error is the command's own, signal or not.
         if not _interrupt.fired or not _from_interrupt(exc):
             raise
-        err.print("[yellow]interrupted[/]: nothing is lost. Run the same command again to resume:")
-        command = _interrupt.resume or shlex.join(["bulkrerun", *args])
-        err.print("  " + command, markup=False, soft_wrap=True)
+        code = EXIT_INTERRUPTED
+        if _journal_lost:
+            err.print("[yellow]interrupted[/]: ", end="")
+            err.print(
+                f"the journal {_journal_lost[0]} is lost (see above): there is nothing to run "
+                "again from it.",
+                markup=False,
+                soft_wrap=True,
+            )
+            code = EXIT_FATAL
+        else:
+            err.print(
+                "[yellow]interrupted[/]: nothing is lost. Run the same command again to resume:"
+            )
+            command = _interrupt.resume or shlex.join(["bulkrerun", *args])
+            err.print("  " + command, markup=False, soft_wrap=True)
         # Not sys.exit: a signal that landed in code Python ran from a string (a dataclass
         # made during an import, typer reading annotations) leaves the interpreter marked
         # as interrupted, and under `python -m bulkrerun` it would end by killing itself
@@ -2591,7 +2612,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        os._exit(code)
 
 
 __all__ = ["app", "main"]

@@ -2227,6 +2227,12 @@ class Journal:
         return self._error is not None
 
     @property
+    def lost(self) -> bool:
+        """Whether the file was removed and what it held could not be written back: no
+        command goes on from it (see :meth:`_fatal`)."""
+        return isinstance(self._error, _Unlinked) and not self._error.written_back
+
+    @property
     def sync_fallback(self) -> str | None:
         """Why the journal synced on the event loop (its helper could not start), or None."""
         return self._fallback
