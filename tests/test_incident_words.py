@@ -7,16 +7,21 @@ import json
 import re
 import shlex
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from bulkrerun.fake import FakeServer
 from tests.conftest import Cli, Service, write_manifest
-from tests.test_status_watches import EVENING, HEAD, bulkrerun, config, env, read_until, status
+from tests.test_status_watches import (
+    EVENING,
+    HEAD,
+    bulkrerun,
+    config,
+    status,
+    watch_stopped_by_ctrl_c,
+)
 
 BEGIN = 1_732_579_200_000  # 2024-11-26T00:00:00Z
 
@@ -200,21 +205,12 @@ async def test_a_watch_stopped_early_offers_no_command_when_every_rerun_was_seen
         assert "watch: 32 rerun instances: 32 succeeded" in err
     # Run 2, the same command, sends nothing; its watch follows the 4 done units again, on a
     # service that lists their previous runs (as one slow to list would), until Ctrl-C.
-    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
-    seen = bytearray()
     async with FakeServer(config(running_s=36_000.0), port=port) as second:
-        async with await anyio.open_process(argv, cwd=tmp_path, env=env(second.url)) as proc:
-            assert proc.stderr is not None
-            with anyio.fail_after(60):
-                await read_until(proc.stderr, b"rerun instances finished", seen)
-                assert b"rerun instances finished" in seen, seen.decode()
-                proc.send_signal(signal.SIGINT)
-                await read_until(proc.stderr, b"\0", seen)
-                code = await proc.wait()
-        assert code == 130, seen.decode()
+        code, stderr = await watch_stopped_by_ctrl_c(tmp_path, manifest, second.url)
+        assert code == 130, stderr
         assert second.ledger == []
         got, _ = await status(tmp_path, second.url)
-    said = " ".join(seen.decode().split())
+    said = " ".join(stderr.split())
     assert (got["last_watch"]["unfinished"], got["watch_unfinished"]) == (4, 0)
     assert got["next_steps"] == ["nothing left to do: every unit is done"]
     assert (

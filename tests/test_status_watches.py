@@ -98,6 +98,22 @@ async def read_until(stream: Any, text: bytes, seen: bytearray) -> None:
             return
 
 
+async def watch_stopped_by_ctrl_c(cwd: Path, manifest: Path, url: str) -> tuple[int, str]:
+    """``run MANIFEST --journal j --watch`` against ``url``, stopped by Ctrl-C once its watch
+    has said how far it is: the exit code and everything it said on stderr."""
+    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
+    seen = bytearray()
+    async with await anyio.open_process(argv, cwd=cwd, env=env(url)) as proc:
+        assert proc.stderr is not None
+        with anyio.fail_after(60):
+            await read_until(proc.stderr, b"rerun instances finished", seen)
+            assert b"rerun instances finished" in seen, seen.decode()
+            proc.send_signal(signal.SIGINT)
+            await read_until(proc.stderr, b"\0", seen)
+            code = await proc.wait()
+    return code, seen.decode()
+
+
 async def status(cwd: Path, url: str) -> tuple[dict[str, Any], str]:
     code, out, err = await bulkrerun(cwd, url, "status", "j", "--json")
     assert code == 0, err
@@ -124,22 +140,13 @@ async def test_a_watch_stopped_early_leaves_unseen_only_what_no_watch_saw_finish
     # shows their previous runs), as a list slow to show them would: run 2's watch has seen
     # none of the 8 units finish when Ctrl-C stops it.
     manifest.write_text(HEAD + AFTERNOON + EVENING, encoding="utf-8")
-    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
-    seen = bytearray()
     async with FakeServer(config(running_s=36_000.0), port=port) as second:
-        async with await anyio.open_process(argv, cwd=tmp_path, env=env(second.url)) as proc:
-            assert proc.stderr is not None
-            with anyio.fail_after(60):
-                await read_until(proc.stderr, b"rerun instances finished", seen)
-                assert b"rerun instances finished" in seen, seen.decode()
-                proc.send_signal(signal.SIGINT)
-                await read_until(proc.stderr, b"\0", seen)
-                code = await proc.wait()
-        assert code == 130, seen.decode()
+        code, stderr = await watch_stopped_by_ctrl_c(tmp_path, manifest, second.url)
+        assert code == 130, stderr
         assert len(second.ledger) == 4
         url = second.url
         got, text = await status(tmp_path, url)
-        run_end = " ".join(seen.decode().split())
+        run_end = " ".join(stderr.split())
     # Run 2's end record keeps what its own watch saw: none of the 8 units finish.
     last = got["last_watch"]
     assert (last["run"], last["units"], last["unfinished"], last["stopped"]) == (2, 8, 8, "SIGINT")
@@ -223,18 +230,9 @@ async def test_a_watch_of_a_journal_begun_again_at_the_same_path_is_not_credited
         assert code == 0, err
         assert "watch: 32 rerun instances: 32 succeeded" in err
     (tmp_path / "j").unlink()  # the sidecar stays: nothing removes it with its journal
-    argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
-    seen = bytearray()
     async with FakeServer(config(running_s=36_000.0), port=port) as second:
-        async with await anyio.open_process(argv, cwd=tmp_path, env=env(second.url)) as proc:
-            assert proc.stderr is not None
-            with anyio.fail_after(60):
-                await read_until(proc.stderr, b"rerun instances finished", seen)
-                assert b"rerun instances finished" in seen, seen.decode()
-                proc.send_signal(signal.SIGINT)
-                await read_until(proc.stderr, b"\0", seen)
-                code = await proc.wait()
-        assert code == 130, seen.decode()
+        code, stderr = await watch_stopped_by_ctrl_c(tmp_path, manifest, second.url)
+        assert code == 130, stderr
         assert len(second.ledger) == 4
         got, text = await status(tmp_path, second.url)
     last = got["last_watch"]
