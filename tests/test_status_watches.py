@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import pytest
 from bulkrerun.fake import Catalog, FakeConfig, FakeServer
 from bulkrerun.watchlog import finished_line, units_seen_finished, watch_path
 from tests.conftest import Cli, Service, write_manifest
+from tests.test_verify import bulkrerun, cli_env, read_until
 
 pytestmark = pytest.mark.anyio
 
@@ -65,45 +65,12 @@ def config(*, running_s: float) -> FakeConfig:
     return FakeConfig(ak=AK, sk=SK, catalog=dataclasses.replace(Catalog.demo(ANCHOR), **fields))
 
 
-def env(url: str) -> dict[str, str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BULKRERUN_", "CLOUD_SDK_")) and k != "COLUMNS"
-    }
-    base.update(
-        COLUMNS="200",
-        BULKRERUN_ENDPOINT=url,
-        BULKRERUN_PROJECT_ID=PROJECT,
-        BULKRERUN_AK=AK,
-        BULKRERUN_SK=SK,
-        BULKRERUN_RATE="200",
-    )
-    return base
-
-
-async def bulkrerun(cwd: Path, url: str, *args: str) -> tuple[int, str, str]:
-    done = await anyio.run_process(
-        [sys.executable, "-m", "bulkrerun", *args], cwd=cwd, env=env(url), check=False
-    )
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
-
-
-async def read_until(stream: Any, text: bytes, seen: bytearray) -> None:
-    """Read ``stream`` into ``seen`` until ``text`` appears in it (or the stream ends)."""
-    while text not in seen:
-        try:
-            seen += await stream.receive()
-        except anyio.EndOfStream:
-            return
-
-
 async def watch_stopped_by_ctrl_c(cwd: Path, manifest: Path, url: str) -> tuple[int, str]:
     """``run MANIFEST --journal j --watch`` against ``url``, stopped by Ctrl-C once its watch
     has said how far it is: the exit code and everything it said on stderr."""
     argv = [sys.executable, "-m", "bulkrerun", "run", str(manifest), "--journal", "j", "--watch"]
     seen = bytearray()
-    async with await anyio.open_process(argv, cwd=cwd, env=env(url)) as proc:
+    async with await anyio.open_process(argv, cwd=cwd, env=cli_env(url)) as proc:
         assert proc.stderr is not None
         with anyio.fail_after(60):
             await read_until(proc.stderr, b"rerun instances finished", seen)
