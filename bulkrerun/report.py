@@ -762,7 +762,7 @@ def _next_steps(
     timeout = dict(flags).get("--timeout")
     if end is not None and end.timed_out and timeout is not None and steps:
         steps.insert(0, timeout_kept(timeout))
-    if watched := _watch_failed(path):
+    if watched := _watch_failed(path, state.header.created):
         # Accepted is not succeeded: a run sends a done unit never again, whatever its
         # rerun became, so these take a selection of their own.
         steps.append(
@@ -919,11 +919,11 @@ def _last_end(state: JournalState) -> RunEnd | None:
     return state.ends.get(state.runs[-1].n) if state.runs else None
 
 
-def _watch_failed(path: Path) -> int:
-    """How many rerun instances ``run --watch`` saw end in a failed status."""
-    return sum(
-        1 for records in read_watch(path).values() for r in records if r.status in FAILED_STATUSES
-    )
+def _watch_failed(path: Path, created: float) -> int:
+    """How many rerun instances ``run --watch`` saw end in a failed status, for the journal
+    whose header's ``created`` is ``created``."""
+    watched = read_watch(path, created).values()
+    return sum(1 for records in watched for r in records if r.status in FAILED_STATUSES)
 
 
 def summarize(
@@ -1673,7 +1673,7 @@ def report_rows(path: Path, holder: Holder | None = None) -> Iterator[ReportRow]
     a writer has put anything out (a csv header, say).
     """
     _, state = read_state(path)
-    return _rows(path, state, read_watch(path), holder)
+    return _rows(path, state, read_watch(path, state.header.created), holder)
 
 
 def _rows(
@@ -2201,7 +2201,7 @@ def _write_manifest(path: Path, out: TextIO, err: TextIO) -> int:
     journal = str(path)
     # Accepted, then failed as the watch saw them end: done units, which a run of this
     # journal never sends again, so not in the manifest; it says where they are.
-    watched = _watch_failed(path)
+    watched = _watch_failed(path, header.created)
     aside = (
         f"{counted(watched, 'rerun instance')} the watch saw end failed "
         f"({'its request was' if watched == 1 else 'their requests were'} accepted, so a run "

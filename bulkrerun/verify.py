@@ -1286,7 +1286,7 @@ async def watch(
                             item.final = True
                 continue
             watcher.seen.add(k)
-            newly = [r.to_json() for r in watcher.update(q, result)]
+            newly = [r.to_json(state.header.created) for r in watcher.update(q, result)]
             if (unkept := watcher.record(newly)) is not None:
                 console.print(unkept, highlight=False, markup=False)
         unfinished = watcher.unfinished_units()

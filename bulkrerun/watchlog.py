@@ -6,13 +6,17 @@ One JSON line per instance seen in a final status, mode 0600 like the journal. I
 it decides nothing, so it is not fsynced.
 
 Its lines: ``"t": "instance"`` (:class:`WatchRecord`), and ``"t": "finished"``: ``unit``,
-``run`` (the number of the run whose watch it was), ``journal`` (the ``created`` of the
-journal's header) and ``wall``, once that watch has seen every rerun of the unit in a final
-status (:func:`finished_line`). Every watch follows the
-journal's done units all over again, so a watch stopped early does not know what an earlier
-one saw: ``status`` counts a unit's reruns as seen to finish when any watch saw them so
-(:func:`units_seen_finished`). Sidecars written before these lines have none: the last
-watch's own count stands for them.
+``run`` (the number of the run whose watch it was), ``journal`` and ``wall``, once that
+watch has seen every rerun of the unit in a final status (:func:`finished_line`). Both
+kinds name their journal (``journal``: the ``created`` of its header), and readers skip the
+lines of another: a journal removed and begun again at the same path, the same manifest
+with it, has the old one's unit ids, and its sidecar goes on from the old one's lines.
+Instance lines written before they named it are read whatever the journal, as they were.
+
+Every watch follows the journal's done units all over again, so a watch stopped early does
+not know what an earlier one saw: ``status`` counts a unit's reruns as seen to finish when
+any watch saw them so (:func:`units_seen_finished`). Sidecars written before these lines
+have none: the last watch's own count stands for them.
 """
 
 from __future__ import annotations
@@ -47,11 +51,14 @@ class WatchRecord:
     end_time: int
     wall: float
 
-    def to_json(self) -> str:
+    def to_json(self, journal: float) -> str:
+        """The sidecar's line (no newline), of the journal created at ``journal`` (its
+        header's ``created``; not kept in the record: a reader skips the lines of another)."""
         return json.dumps(
             {
                 "t": "instance",
                 "unit": self.unit,
+                "journal": round(journal, 3),
                 "job_name": self.job_name,
                 "plan_time": self.plan_time,
                 "job_id": self.job_id,
@@ -66,12 +73,17 @@ class WatchRecord:
         )
 
 
-def read_watch(journal_path: Path) -> dict[str, list[WatchRecord]]:
+def read_watch(journal_path: Path, journal: float | None = None) -> dict[str, list[WatchRecord]]:
     """What :func:`watch` recorded for a journal: unit -> the final status of each of its
     instances (one for an instance unit, those of the window for a window unit). The latest
     sighting of an instance wins; a torn, foreign or undecodable line is skipped. Empty
     without a file, or with one that cannot be read (a directory in its place, no
-    permission): it only informs, and a report or status must not fail for it."""
+    permission): it only informs, and a report or status must not fail for it.
+
+    ``journal``: the ``created`` of the journal's header; the lines that name another
+    journal are skipped (those that name none, written before lines named it, are read).
+    None reads them all."""
+    ours = None if journal is None else round(journal, 3)
     latest: dict[tuple[str, str, int], WatchRecord] = {}
     try:
         f = watch_path(journal_path).open(encoding="utf-8", errors="replace")
@@ -83,6 +95,8 @@ def read_watch(journal_path: Path) -> dict[str, list[WatchRecord]]:
                 obj = json.loads(line)
                 if obj.get("t") != "instance":
                     continue
+                if ours is not None and (of := obj.get("journal")) is not None and of != ours:
+                    continue  # of a journal removed before this one began at its path
                 record = WatchRecord(
                     unit=str(obj["unit"]),
                     job_name=str(obj["job_name"]),

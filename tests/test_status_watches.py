@@ -252,3 +252,57 @@ def test_a_manifest_of_what_failed_comments_its_times_in_the_entrys_timezone(
     assert [json.loads(line)["id"] for line in second.stdout.splitlines()] == ids
     shown = cli("plan", str(again), url=svc.url)
     assert "2024-11-26 00:00:00.000+08:00" in shown.stdout, shown.stdout
+
+
+async def test_a_journal_begun_again_at_the_same_path_is_not_shown_the_old_watchs_statuses(
+    tmp_path: Path,
+) -> None:
+    """A journal removed and begun again at its path, with the same manifest: the old
+    journal's watch saw every rerun fail, the new journal's run has no watch. The sidecar's
+    instance lines of the old watch are not the new journal's: ``report`` and ``status``
+    show no final status for its units."""
+    manifest = tmp_path / "bf.toml"
+    manifest.write_text(HEAD + EVENING, encoding="utf-8")
+    failing = FakeConfig(
+        ak=AK,
+        sk=SK,
+        catalog=dataclasses.replace(
+            Catalog.demo(ANCHOR), rerun_fail_rate=1.0, waiting_s=0.05, running_s=0.1
+        ),
+    )
+    async with FakeServer(failing) as server:
+        code, _, err = await bulkrerun(
+            tmp_path, server.url, "run", str(manifest), "--journal", "j", "--watch"
+        )
+        assert code == 0, err
+        assert "watch: 32 rerun instances: 0 succeeded, 32 failed" in err
+        (tmp_path / "j").unlink()  # the sidecar stays: nothing removes it with its journal
+        code, _, err = await bulkrerun(tmp_path, server.url, "run", str(manifest), "--journal", "j")
+        assert code == 0, err
+        assert "the watch saw end failed" not in err  # the run's closing status
+        got, text = await status(tmp_path, server.url)
+        code, out, err = await bulkrerun(tmp_path, server.url, "report", "j", "--format", "json")
+        assert code == 0, err
+        code, table, err = await bulkrerun(tmp_path, server.url, "report", "j")
+        assert code == 0, err
+    assert len(server.ledger) == 8
+    assert got["last_watch"] is None
+    assert "the watch saw end failed" not in text  # was: "see which 32 rerun instances ..."
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 4
+    assert [(r["instance_status"], r["failed_instances"]) for r in rows] == [(None, None)] * 4
+    assert "the watch saw end failed" not in table
+
+    # Written before instance lines named their journal: read as they were, whatever the
+    # journal.
+    sidecar = watch_path(tmp_path / "j")
+    lines = sidecar.read_text(encoding="utf-8").splitlines(keepends=True)
+    old = [json.loads(x) for x in lines if '"t":"instance"' in x]
+    assert len(old) == 32 and len({x["journal"] for x in old}) == 1
+    sidecar.write_text(
+        "".join(json.dumps({k: v for k, v in x.items() if k != "journal"}) + "\n" for x in old),
+        encoding="utf-8",
+    )
+    async with FakeServer(failing) as server:
+        _, text = await status(tmp_path, server.url)
+    assert "see which 32 rerun instances the watch saw end failed" in text

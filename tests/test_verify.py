@@ -1811,7 +1811,7 @@ def test_a_watch_sidecar_that_cannot_be_read_is_taken_as_none(tmp_path: Path) ->
     assert read_watch(journal) == {}
     watch_path(journal).rmdir()
     record = WatchRecord("u1", "ods_orders", 1, 2, 3, "success", 4, 5, 6, 7.0)
-    watch_path(journal).write_bytes(b"\xff\xfe not text\n" + record.to_json().encode() + b"\n")
+    watch_path(journal).write_bytes(b"\xff\xfe not text\n" + record.to_json(0.0).encode() + b"\n")
     assert read_watch(journal) == {"u1": [record]}
 
 
