@@ -1373,14 +1373,16 @@ def _finish(
         wrong_endpoint_step,
     )
 
+    # Held units a resend left held (refused, or not gone) count as held, as status counts
+    # them just below: not as not yet sent, which the resume would send.
     table = Table(title="this run", title_justify="left")
-    for col in ("done", "failed", "held", "not sent", "units/s"):
+    for col in ("done", "failed", "held", "not yet sent", "units/s"):
         table.add_column(col, justify="right")
     table.add_row(
         f"{result.done:,}",
         f"{result.failed:,}",
-        f"{result.held:,}",
-        f"{not_sent:,}",
+        f"{result.held + result.held_again:,}",
+        f"{not_sent - result.held_again:,}",
         f"{display.rate():.1f}",
     )
     err.print(table)
@@ -1393,7 +1395,7 @@ def _finish(
         err.print(f"  failed {code}: {n:,}{detail}", markup=False)
     if result.held_again:
         err.print(
-            f"  of those not sent, {counted(result.held_again, 'unit')} held before "
+            f"  of those held, {counted(result.held_again, 'unit')} held before "
             f"{'is' if result.held_again == 1 else 'are'} held again: this run's resend was "
             "not acted on, or did not go",
             markup=False,

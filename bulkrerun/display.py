@@ -143,7 +143,7 @@ class RunDisplay:
                 pacing = self.doing(clock.now(), clock.wall())
                 self.console.print(
                     f"progress: {self.settled}/{self.total} units, {counts.done} done, "
-                    f"{counts.failed} failed, {counts.held} held{self.unsent()}, "
+                    f"{counts.failed} failed, {self.held()} held{self.unsent()}, "
                     f"{self.rate():.1f}/s" + (f"; {pacing}" if pacing else ""),
                     highlight=False,
                 )
@@ -216,11 +216,18 @@ class RunDisplay:
         c = self.counts
         return c.done + c.failed + c.held + c.pending
 
+    def held(self) -> int:
+        """The units held: those whose send this run left unknown, and those held before
+        whose resend (``--resend-held``) was refused or did not go, which stay held, as
+        ``status`` and the run's closing table count them."""
+        return self.counts.held + self.counts.held_again
+
     def unsent(self) -> str:
-        """The units a stop left unsent, counted in :attr:`settled` (", 84 not sent"; "" with
-        none): without them, "104/134 units, 0 done, 0 failed, 20 held" did not add up."""
-        pending = self.counts.pending
-        return f", {pending:,} not sent" if pending else ""
+        """The units a stop left not yet sent (as ``status`` says), counted in
+        :attr:`settled` (", 84 not yet sent"; "" with none): without them, "104/134 units,
+        0 done, 0 failed, 20 held" did not add up. Held ones held again are in :meth:`held`."""
+        pending = self.counts.pending - self.counts.held_again
+        return f", {pending:,} not yet sent" if pending else ""
 
     def rate(self) -> float:
         """Units sent and settled per second so far: not those left pending by a stop."""
@@ -238,7 +245,7 @@ class RunDisplay:
             completed=self.settled,
             done=c.done,
             failed=c.failed,
-            held=c.held,
+            held=self.held(),
             unsent=self.unsent(),
             rate=f"{self.rate():.1f}",
         )

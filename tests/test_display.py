@@ -92,8 +92,8 @@ async def test_off_a_terminal_a_plain_line_every_plain_interval(
 async def test_units_a_stop_left_unsent_are_counted_where_they_are_shown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # After a stop, its units not sent count in the progress (104 of 134 settled): a line
-    # "104/134 units, 0 done, 0 failed, 20 held" did not add up without them.
+    # After a stop, its units not yet sent count in the progress (104 of 134 settled): a
+    # line "104/134 units, 0 done, 0 failed, 20 held" did not add up without them.
     clock = FakeClock()
     monkeypatch.setattr(display_module.time, "monotonic", clock.now)
     out = io.StringIO()
@@ -109,14 +109,20 @@ async def test_units_a_stop_left_unsent_are_counted_where_they_are_shown(
     assert (
         out.getvalue()
         .splitlines()[0]
-        .startswith("progress: 104/134 units, 0 done, 0 failed, 20 held, 84 not sent, ")
+        .startswith("progress: 104/134 units, 0 done, 0 failed, 20 held, 84 not yet sent, ")
     )
     live = RunDisplay(Console(file=io.StringIO(), force_terminal=True, width=200), 134)
     with live:
         live.counts = counts
         live._refresh()
-        assert live._progress.tasks[0].fields["unsent"] == ", 84 not sent"
-    counts.pending = 0
+        assert live._progress.tasks[0].fields["unsent"] == ", 84 not yet sent"
+        # Of those, 4 held units whose resend was refused (--resend-held) stay held: status
+        # counts them so, and the resume does not send them.
+        counts.held_again = 4
+        live._refresh()
+        fields = live._progress.tasks[0].fields
+        assert (fields["held"], fields["unsent"]) == (24, ", 80 not yet sent")
+    counts.pending = counts.held_again = 0
     assert live.unsent() == ""
 
 

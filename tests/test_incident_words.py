@@ -250,3 +250,58 @@ def test_a_canary_stops_resume_command_says_it_leaves_the_failed_units_failed(
     assert again.returncode == 3, again.stderr
     assert "canary: 2 of the first 2 requests failed" in again.stderr
     assert status_of(cli, j)["pending"] == 10 and len(srv.accepted_ids()) == 0
+
+
+def closing_table(stderr: str) -> dict[str, int]:
+    """The run's closing table ("this run"), column -> count (the rate left out)."""
+    lines = stderr[stderr.index("this run\n") :].splitlines()
+    head, row = (re.split(r"\s*[┃│]\s*", line.strip(" ┃│")) for line in (lines[2], lines[4]))
+    return {
+        name: int(n.replace(",", "")) for name, n in zip(head, row, strict=True) if "/" not in name
+    }
+
+
+def test_a_stopped_runs_closing_table_says_not_yet_sent_as_status_does(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """The run's closing table called "not sent" what the status printed under it, and every
+    next step, call "not yet sent": the same units, under two names."""
+    srv = fake_service("--missing-job", "ghost_job")
+    m = write_manifest(tmp_path / "m.toml", window("ghost_job", 12))
+    j = tmp_path / "j"
+    out = cli(
+        "run", str(m), "--journal", str(j), "--canary", "2", "--max-inflight", "1", url=srv.url
+    )
+    assert out.returncode == 3, out.stderr
+    got = status_of(cli, j)
+    assert closing_table(out.stderr) == {"done": 0, "failed": 2, "held": 0, "not yet sent": 10}
+    assert (got["done"], got["failed"], got["held"], got["pending"]) == (0, 2, 0, 10)
+
+
+def test_held_units_a_refused_resend_left_held_are_not_counted_as_not_yet_sent(
+    cli: Cli, fake_service: type[Service], tmp_path: Path
+) -> None:
+    """A resend of 3 held units the service refused: they stay held, and the status under
+    the run's closing table counts them held, with none not yet sent. The closing table
+    counted them "not sent", and a line "of those not sent" said they were held again:
+    named "not yet sent" as status names them, the two tables would contradict each other.
+    They count as held, as status counts them, and the line says which those are."""
+    first = fake_service("--drop-after-accept", "1.0")
+    m = write_manifest(tmp_path / "m.toml", window("ods_orders", 3))
+    j = tmp_path / "j"
+    args = ("run", str(m), "--journal", str(j), "--rate", "100", "--timeout", "5")
+    assert cli(*args, url=first.url).returncode == 1
+    first.proc.terminate()
+    first.proc.wait(10)
+    port = first.url.rsplit(":", 1)[1]
+    gone = fake_service("--port", port, "--missing-job", "ods_orders")
+    resend = cli(*args, "--resend-held", url=gone.url)
+    assert resend.returncode == 1, resend.stderr
+    got = status_of(cli, j)
+    assert (got["done"], got["failed"], got["held"], got["pending"]) == (0, 0, 3, 0)
+    assert closing_table(resend.stderr) == {"done": 0, "failed": 0, "held": 3, "not yet sent": 0}
+    closing = " ".join(resend.stderr[resend.stderr.index("this run") :].split())
+    assert (
+        "of those held, 3 units held before are held again: this run's resend was not acted "
+        "on, or did not go"
+    ) in closing

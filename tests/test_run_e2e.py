@@ -451,7 +451,7 @@ def test_a_refused_resend_of_held_units_leaves_them_held_and_says_why(
     assert any("bulkrerun verify" in step for step in s["next_steps"])
     closing = resend.stderr[resend.stderr.index("this run") :]
     assert "not yet sent" not in closing.split("next:")[1]  # nothing counted twice
-    assert "of those not sent, 3 units held before are held again" in closing
+    assert "of those held, 3 units held before are held again" in closing
 
 
 def test_status_steps_carry_the_flags_the_last_run_was_given(
