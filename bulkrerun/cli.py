@@ -1035,10 +1035,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                     manifest_text=manifest.text,
                     manifest_sha256=manifest.sha256,
                     instance_files=manifest.files,
-                    selections={
-                        label: [(i.job_name, i.job_id, i.plan_time, i.submit_time) for i in found]
-                        for label, found in (selections or {}).items()
-                    },
+                    selections=selections or {},  # written from their columns
                     options=options,
                     pending=counts.to_send,
                 )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import re
 from binascii import hexlify
@@ -45,6 +46,7 @@ from bulkrerun.manifest import (
     WindowEntry,
     iter_located_instances,
 )
+from bulkrerun.selection import FoundInstances, SelectedInstance
 
 __all__ = [
     "CONTENT_TYPE",
@@ -92,16 +94,6 @@ class Duplicate:
 
 
 OnDuplicate = Callable[[Duplicate], None]
-
-
-@dataclass(frozen=True, slots=True)
-class SelectedInstance:
-    """An instance found for a ``[[select]]`` entry (by the instance-list API or the journal)."""
-
-    job_name: str
-    job_id: int
-    plan_time: int
-    submit_time: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,15 +415,14 @@ def _place(entry: InstancesEntry) -> Callable[[int], str]:
 def _select_chunks(
     entry: SelectEntry, found: Sequence[SelectedInstance], skip: Skip | None, seen: _Seen
 ) -> Iterator[Chunk]:
-    # One request names one job: group by job, jobs in order of first appearance.
-    by_job: dict[str, list[tuple[int, tuple[int, int, int]]]] = {}
-    for instance in found:
-        numbers = (instance.job_id, instance.plan_time, instance.submit_time)
-        by_job.setdefault(instance.job_name, []).append((0, numbers))
-    for job_name, numbers_of_job in by_job.items():
+    # One request names one job: by job, jobs in order of first appearance, read from the
+    # selection's columns (a list of them per job was 200 bytes an instance).
+    columns = found if isinstance(found, FoundInstances) else FoundInstances(found)
+    place = _constant(entry.label)  # found by the instance list: no line to point at
+    for job_name, numbers in columns.numbers_by_job():
         template = _BatchTemplate.of("select", entry, job_name)
-        place = _constant(entry.label)  # found by the instance list: no line to point at
-        yield from _batch_chunks(template, numbers_of_job, entry.batch, skip, seen, place)
+        at = zip(itertools.repeat(0), numbers)
+        yield from _batch_chunks(template, at, entry.batch, skip, seen, place)
 
 
 def _constant(text: str) -> Callable[[int], str]:
@@ -632,9 +623,10 @@ def plan(
     """One chunk per API request, in manifest order, windows oldest first.
 
     ``skip(unit_id)`` -> True leaves a unit out before batching (resume). ``selections`` maps
-    a select entry's label to the instances found for it; a select entry without one is left
-    out (the caller decides whether that is an error). A unit that appears again is sent
-    once and reported with ``on_duplicate(Duplicate(...))``, naming the repeat.
+    a select entry's label to the instances found for it (a :class:`FoundInstances` is read
+    from its columns; another sequence is put in columns first); a select entry without one
+    is left out (the caller decides whether that is an error). A unit that appears again is
+    sent once and reported with ``on_duplicate(Duplicate(...))``, naming the repeat.
     """
     return Plan(manifest, skip, selections or {}, on_duplicate)
 

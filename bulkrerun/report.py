@@ -147,7 +147,7 @@ from bulkrerun.watchlog import WatchRecord, read_watch, units_seen_finished
 
 if TYPE_CHECKING:
     from bulkrerun.manifest import Manifest
-    from bulkrerun.planner import SelectedInstance
+    from bulkrerun.selection import FoundInstances
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -398,7 +398,7 @@ def _runs_after(state: JournalState, run: RunRecord) -> list[RunRecord]:
 
 def _recorded_plan(
     state: JournalState, run: RunRecord, later: list[RunRecord] | None = None
-) -> tuple[Manifest, dict[str, list[SelectedInstance]]]:
+) -> tuple[Manifest, dict[str, FoundInstances]]:
     """The manifest ``run`` recorded and the instances its ``[[select]]`` entries found.
     ``later``: the runs since, when it is not the last run. The journal keeps one selection
     per entry label, the latest: if a later run had ``[[select]]`` entries too, the ones
@@ -555,11 +555,10 @@ def _sha256(path: str) -> str | None:
 
 def _recorded_selections(
     state: JournalState, run: RunRecord, manifest: Manifest
-) -> dict[str, list[SelectedInstance]]:
+) -> dict[str, FoundInstances]:
     """The instances each ``[[select]]`` entry of ``manifest`` found, as the journal recorded
     them (``run`` records them all when it starts)."""
     from bulkrerun.manifest import SelectEntry
-    from bulkrerun.planner import SelectedInstance
 
     selections = {}
     for entry in manifest.entries:
@@ -570,7 +569,7 @@ def _recorded_selections(
                     f"the instances {entry.label} selected in run {run.n} are not recorded, "
                     "so what is not yet sent cannot be counted; the same command resumes"
                 )
-            selections[entry.label] = [SelectedInstance(*item) for item in found]
+            selections[entry.label] = found  # as replayed: the planner reads its columns
     return selections
 
 

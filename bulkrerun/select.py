@@ -61,7 +61,7 @@ from bulkrerun.journal import Journal, JournalState, RunRecord
 from bulkrerun.manifest import MAX_SELECT_SPAN_MS, Manifest, SelectEntry
 from bulkrerun.outcome import PROXY_AUTH_REQUIRED, PROXY_REFUSED_STOP, Kind, Outcome, wrong_endpoint
 from bulkrerun.pacing import Pacer
-from bulkrerun.planner import SelectedInstance
+from bulkrerun.selection import FoundInstances
 from bulkrerun.text import counted, duration
 
 __all__ = [
@@ -135,9 +135,6 @@ class ListedInstance:
     start_time: int = 0
     end_time: int = 0
     instance_id: int | None = None
-
-    def selected(self) -> SelectedInstance:
-        return SelectedInstance(self.job_name, self.job_id, self.plan_time, self.submit_time)
 
 
 class ListFailed(Fatal):
@@ -482,7 +479,7 @@ async def gather_limited(
 
 async def select_entry(
     entry: SelectEntry, lister: InstanceLister, *, manifest_name: str, on_note: Note
-) -> list[SelectedInstance]:
+) -> FoundInstances:
     """The instances of one ``[[select]]`` entry: its jobs' instances with a plan time in
     ``[begin, end)`` and one of its statuses, job by job in the entry's order, each job's by
     plan time. Notes what was found per job and status.
@@ -507,7 +504,7 @@ async def select_entry(
     counts: dict[str, Counter[str]] = {job: Counter() for job in entry.job_names}
     progress = _Progress(label, len(entry.job_names), statuses_shown, lister.clock, on_note)
 
-    async def one(job: str) -> list[SelectedInstance]:
+    async def one(job: str) -> FoundInstances:
         try:
             # The API's bounds are inclusive; the entry's end is exclusive. No status filter:
             # the statuses are picked here, from one complete read (see InstanceLister.list).
@@ -526,8 +523,8 @@ async def select_entry(
         # their whole list (every status, every field): 40 jobs of 10,000 instances kept
         # them all until the last job was read. The list is sorted by (plan_time, job_id),
         # so two rows of one instance (two instance ids) are next to each other: the first
-        # is taken.
-        picked: list[SelectedInstance] = []
+        # is taken. Into the selection's columns (see bulkrerun.selection).
+        picked = FoundInstances()
         last: tuple[int, int] | None = None
         for i in listed:
             key = (i.plan_time, i.job_id)
@@ -539,12 +536,12 @@ async def select_entry(
             ):
                 last = key
                 counts[job][i.status] += 1
-                picked.append(i.selected())
+                picked.add(job, i.job_id, i.plan_time, i.submit_time)
         progress.job_read(len(picked))
         return picked
 
     results = await gather_limited(one, entry.job_names)
-    found = [item for picked in results for item in picked]
+    found = FoundInstances.joined(results)
     lines = [f"{label}: found {counted(len(found), 'instance')} with status {statuses_shown}"]
     for job in entry.job_names:
         seen = ", ".join(f"{counts[job][s]:,} {s}" for s in entry.statuses if counts[job][s])
@@ -631,7 +628,7 @@ async def query_selections(
     clock: Clock,
     on_note: Note,
     on_outcome: Callable[[Outcome], None] | None = None,
-) -> dict[str, list[SelectedInstance]]:
+) -> dict[str, FoundInstances]:
     """Ask the service for the instances of every ``[[select]]`` entry (label -> found).
     ``on_outcome`` hears every GET's outcome (see :class:`InstanceLister`)."""
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=on_outcome)
@@ -654,7 +651,7 @@ async def selections_for_run(
     clock: Clock,
     on_note: Note,
     on_outcome: Callable[[Outcome], None] | None = None,
-) -> dict[str, list[SelectedInstance]]:
+) -> dict[str, FoundInstances]:
     """The selection a ``run`` uses: the journal's for entries it recorded and that did not
     change since, the service's for the others (or for all, with ``reselect``).
 
@@ -666,7 +663,7 @@ async def selections_for_run(
     state = journal.state()
     lister = InstanceLister(transport, pacer=pacer, clock=clock, on_outcome=on_outcome)
     name = str(manifest.path)
-    out: dict[str, list[SelectedInstance]] = {}
+    out: dict[str, FoundInstances] = {}
     for entry in manifest.entries:
         if not isinstance(entry, SelectEntry):
             continue
@@ -674,7 +671,7 @@ async def selections_for_run(
         if recorded is not None and not reselect:
             run = recorded_with(state, entry.label)
             if run is not None and same_selection(run, manifest, entry.label):
-                out[entry.label] = [SelectedInstance(*item) for item in recorded]
+                out[entry.label] = recorded  # as replayed, not copied
                 on_note(
                     f"{entry.label}: {counted(len(recorded), 'instance')}, the selection the "
                     f"journal recorded in run {run.n} (not asked again; --reselect asks the "

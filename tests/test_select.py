@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,11 +20,12 @@ from bulkrerun.errors import AuthRefused, BadInput, Fatal, ManifestError
 from bulkrerun.fake import Catalog, FakeConfig, FakeServer, JobSpec, Outage
 from bulkrerun.fake.catalog import Instances
 from bulkrerun.fake.validate import ListQuery
-from bulkrerun.journal import Binding, Journal, RunInfo
+from bulkrerun.journal import Binding, Journal, RunInfo, read_state
 from bulkrerun.manifest import Manifest, SelectEntry, load_manifest
 from bulkrerun.outcome import Kind, Outcome
 from bulkrerun.pacing import Pacer, PacingConfig
-from bulkrerun.planner import SelectedInstance
+from bulkrerun.planner import SelectedInstance, plan
+from bulkrerun.report import not_sent_by_manifest
 from bulkrerun.select import (
     LIST_LIMIT,
     LIST_READS,
@@ -35,6 +37,7 @@ from bulkrerun.select import (
     select_entry,
     selections_for_run,
 )
+from bulkrerun.selection import FoundInstances
 from bulkrerun.signing import AkSk
 from bulkrerun.transport import Auth, HttpTransport
 
@@ -835,3 +838,102 @@ async def test_a_long_listing_says_how_far_it_is_while_it_reads() -> None:
         assert note.startswith("select[0]: reading the instance lists, ")
         assert " of 3 jobs read (" in note
         assert note.endswith("Nothing is rerun before the lists are read.")
+
+
+async def test_a_recorded_selection_replayed_plans_the_same_requests(tmp_path: Path) -> None:
+    # The selection is held as columns per job (bulkrerun.selection): the requests planned
+    # from it as the service found it, as the journal recorded it and as a list of one
+    # object an instance (the shape before) are the same, in the same order, and the
+    # journal's record of it is still what json.dumps writes of the rows.
+    manifest = manifest_at(tmp_path, OUTAGE_SELECT + "batch = 7\n")
+    async with service() as (_, transport):
+        found = await query_selections(
+            manifest, transport, pacer=pacer(), clock=FakeClock(), on_note=lambda _: None
+        )
+    assert len(found["select[0]"]) == 50  # 40 of ods_orders, 10 of ods_users
+    fresh = list(plan(manifest, selections=found))
+    one_by_one = list(plan(manifest, selections={k: list(v) for k, v in found.items()}))
+    with open_journal(tmp_path / "j") as journal:
+        journal.begin_run(RunInfo.from_manifest(manifest.path, selections=found))
+    with open_journal(tmp_path / "j") as journal:
+        async with service() as (srv, transport):
+            replayed = await selections_for_run(
+                manifest,
+                journal,
+                transport,
+                reselect=False,
+                pacer=pacer(),
+                clock=FakeClock(),
+                on_note=lambda _: None,
+            )
+            assert srv.stats.requests == 0
+    again = list(plan(manifest, selections=replayed))
+    assert [c.id for c in again] == [c.id for c in fresh] == [c.id for c in one_by_one]
+    assert again == fresh == one_by_one
+    assert len(fresh) == 6 + 2  # batches of 7: 40 = 5 * 7 + 5, 10 = 7 + 3
+    assert replayed == found
+
+    (line,) = [
+        line
+        for line in (tmp_path / "j").read_bytes().splitlines()
+        if line.startswith(b'{"t":"select"')
+    ]
+    rows = [[i.job_name, i.job_id, i.plan_time, i.submit_time] for i in found["select[0]"]]
+    record = {"t": "select", "run": 1, "label": "select[0]", "items": rows}
+    written = json.dumps(record, separators=(",", ":")).encode()
+    assert line.startswith(written[:-1] + b',"crc":"')
+
+
+def test_a_replayed_selection_and_its_planning_take_little_memory(tmp_path: Path) -> None:
+    # 30,000 instances of three jobs, recorded, then replayed and counted as status counts
+    # what is not yet sent (a resume plans the same). Kept as one tuple an instance they
+    # held 168 bytes apiece, and the replay peaked at 410 (json.loads of the record's
+    # line); counting them peaked at 435 more (a copy as objects, then grouped by job).
+    # As columns: 24, 137 and 233 (most of it the planner's set of the unit ids it saw).
+    n = 30_000
+    rows = [
+        (f"ods_job_{k // 10_000:03d}", 700_000 + k // 10_000, ANCHOR - k * MINUTE, ANCHOR + k)
+        for k in range(n)
+    ]
+    manifest = manifest_at(
+        tmp_path,
+        'job_names = ["ods_job_000", "ods_job_001", "ods_job_002"]\n'
+        'begin = "2024-11-01T00:00:00"\nend = "2024-11-27T00:00:00"\nbatch = 1000\n',
+    )
+    with open_journal(tmp_path / "j") as journal:
+        journal.begin_run(RunInfo.from_manifest(manifest.path, selections={"select[0]": rows}))
+    del rows
+    tracemalloc.start()
+    try:
+        _, state = read_state(tmp_path / "j")
+        kept, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        not_sent, why, _ = not_sent_by_manifest(state)
+        _, counting = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (not_sent, why) == (n, None)
+    assert kept < 40 * n
+    assert peak < 200 * n
+    assert counting - kept < 300 * n
+
+
+def test_found_instances_are_a_sequence_of_the_instances_added() -> None:
+    a1, b1, a2 = ("a", 1, 10, 11), ("b", 2, 20, 21), ("a", 3, 30, 31)
+    found = FoundInstances([a1, b1, a2])
+    assert len(found) == 3
+    assert found == [a1, b1, a2] == list(found)  # in the order added, each job's runs apart
+    assert (found[0], found[-1], found[1:]) == (a1, a2, [b1, a2])
+    assert found[2].job_name == "a"
+    with pytest.raises(IndexError):
+        found[3]
+    # The planner's view: per job in order of first appearance, each job's in order.
+    assert [(job, list(numbers)) for job, numbers in found.numbers_by_job()] == [
+        ("a", [(1, 10, 11), (3, 30, 31)]),
+        ("b", [(2, 20, 21)]),
+    ]
+    # Parts joined; a number past 64 bits (which nothing selects) is kept all the same.
+    big = FoundInstances([("b", 2**64, 1, 2)])
+    joined = FoundInstances.joined([found, big])
+    assert joined == [a1, b1, a2, ("b", 2**64, 1, 2)]
+    assert json.loads(joined.json_items()) == [list(row) for row in joined]
