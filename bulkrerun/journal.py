@@ -1256,24 +1256,21 @@ def read_records_at(path: Path, offsets: Iterator[int]) -> Iterator[dict[str, An
     Offsets come from :class:`ChunkInfo`; reading them in increasing order is sequential.
     """
     with path.open("rb") as f:
-        yield from _records_at(f, path, offsets)
-
-
-def _records_at(f: IO[bytes], path: Path, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:
-    """:func:`read_records_at` of the journal open at ``f``."""
-    for offset in offsets:
-        f.seek(offset)
-        line = f.readline()
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise JournalCorrupt(
-                f"journal {path}: the record at byte {offset} is unreadable; the file "
-                "changed since it was read"
-            ) from None
-        if not isinstance(obj, dict):
-            raise JournalCorrupt(f"journal {path}: the record at byte {offset} is not an object")
-        yield obj
+        for offset in offsets:
+            f.seek(offset)
+            line = f.readline()
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise JournalCorrupt(
+                    f"journal {path}: the record at byte {offset} is unreadable; the file "
+                    "changed since it was read"
+                ) from None
+            if not isinstance(obj, dict):
+                raise JournalCorrupt(
+                    f"journal {path}: the record at byte {offset} is not an object"
+                )
+            yield obj
 
 
 # ---------------------------------------------------------------------------------------
@@ -1806,15 +1803,6 @@ class Journal:
         self._rep = scan.replayer
         self._described = scan.replayer.described
         return self._rep.state
-
-    def records_at(self, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:
-        """:func:`read_records_at` of the file this journal writes, through its own
-        descriptor, as :meth:`reload` reads: a verify reads its held requests and canaries
-        just after its start record, and the journal removed from its folder at that moment
-        (found, and written back, at the next commit) ended it in a FileNotFoundError."""
-        assert self._fd is not None
-        with os.fdopen(os.dup(self._fd), "rb", buffering=1 << 20) as f:
-            yield from _records_at(f, self._path, offsets)
 
     # -- appending -----------------------------------------------------------------------
 

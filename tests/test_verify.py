@@ -31,7 +31,6 @@ from rich.console import Console
 
 from bulkrerun.chunk import Chunk, instance_unit_id
 from bulkrerun.clock import FakeClock
-from bulkrerun.errors import Fatal
 from bulkrerun.fake import Catalog, FakeConfig, FakeServer
 from bulkrerun.journal import Binding, Journal, RunInfo, UnitState
 from bulkrerun.manifest import Manifest, load_manifest
@@ -416,31 +415,6 @@ async def test_after_dropped_connections_every_held_unit_is_found_done(tmp_path:
         assert set(state.units.values()) == {UnitState.DONE}
         assert list(chunks_to_send(w.manifest, state, ResumeFlags(), w.selections)) == []
         assert w.rerun_counts() == [1] * SELECTED
-
-
-async def test_a_journal_removed_before_a_verify_reads_its_requests_is_read_through_its_file(
-    tmp_path: Path,
-) -> None:
-    # Removed from its folder after the verify opened it: the held requests and the canaries
-    # are read through the open file (by its path, a FileNotFoundError traceback), and the
-    # verdicts' commit finds the removal and writes the journal back, verdicts and all.
-    async with world(tmp_path, drop_after_accept=0.5, seed=4) as w:
-        with w.open_journal() as journal:
-            await w.send_each_once(journal)
-        held: set[str] = set()
-
-        async def removed_then_verified() -> None:
-            with w.open_journal() as journal:
-                held.update(u for u, s in journal.state().units.items() if s is UnitState.HELD)
-                w.journal_path.unlink()
-                await verify_held(journal, w.transport, pacer=w.pacer, clock=w.clock)
-
-        with pytest.raises(Fatal, match="was removed while this"):  # a run's journal, here
-            await removed_then_verified()
-        assert held
-        verdicts = journal_records(w.journal_path, "verify")
-        assert {r["unit"] for r in verdicts} == held
-        assert {r["state"] for r in verdicts} == {"done"}
 
 
 async def test_verify_waits_for_a_fresh_request_to_settle(tmp_path: Path) -> None:
