@@ -976,7 +976,7 @@ async def _run(args: RunArgs, settings: Any, endpoint: str) -> int:
                 )
                 err.print(verified.said(str(args.journal)), markup=False)
             state = journal.state()
-            earlier = earlier_windows(journal.path, state, manifest)
+            earlier = earlier_windows(journal, state, manifest)
             counts = count_units(manifest, state.units, flags, selections, earlier=earlier)
             _warn_duplicates(manifest, counts.duplicates, counts.duplicate_count, selections)
             _print_overlaps(counts.overlaps, log=args.log_chunks)

@@ -1250,27 +1250,34 @@ def bound_to(path: Path) -> Header | None:
         return None
 
 
-def read_records_at(path: Path, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:
+def read_records_at(source: Path | Journal, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:
     """The records at the given byte offsets of a journal, parsed (for reports).
 
     Offsets come from :class:`ChunkInfo`; reading them in increasing order is sequential.
+    A :class:`Journal` this process holds open is read through its own descriptor (see
+    :meth:`Journal.records_at`), a path by opening the file there.
     """
-    with path.open("rb") as f:
-        for offset in offsets:
-            f.seek(offset)
-            line = f.readline()
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise JournalCorrupt(
-                    f"journal {path}: the record at byte {offset} is unreadable; the file "
-                    "changed since it was read"
-                ) from None
-            if not isinstance(obj, dict):
-                raise JournalCorrupt(
-                    f"journal {path}: the record at byte {offset} is not an object"
-                )
-            yield obj
+    if isinstance(source, Journal):
+        yield from source.records_at(offsets)
+        return
+    with source.open("rb") as f:
+        yield from _records_in(f, source, offsets)
+
+
+def _records_in(f: IO[bytes], path: Path, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:
+    for offset in offsets:
+        f.seek(offset)
+        line = f.readline()
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise JournalCorrupt(
+                f"journal {path}: the record at byte {offset} is unreadable; the file "
+                "changed since it was read"
+            ) from None
+        if not isinstance(obj, dict):
+            raise JournalCorrupt(f"journal {path}: the record at byte {offset} is not an object")
+        yield obj
 
 
 # ---------------------------------------------------------------------------------------
@@ -1803,6 +1810,20 @@ class Journal:
         self._rep = scan.replayer
         self._described = scan.replayer.described
         return self._rep.state
+
+    def records_at(self, offsets: Iterator[int]) -> Iterator[dict[str, Any]]:
+        """The records at the given byte offsets (see :func:`read_records_at`), read through
+        this journal's own descriptor: the file at its path may have been removed (an
+        ``rm``, a cleaner of old files) since it was opened, while a verify or a watch
+        decided what to ask the list, and the records live on in the descriptor until the
+        close writes them back (see :meth:`_unlinked`). Read by path, they were a
+        FileNotFoundError and a traceback. Reads what is written: :meth:`flush` first."""
+        self._check_usable()
+        assert self._fd is not None
+        # A descriptor of its own, as _scan_fd's: its seeks move the offset the two share,
+        # which appends (O_APPEND) ignore.
+        with os.fdopen(os.dup(self._fd), "rb") as f:
+            yield from _records_in(f, self._path, offsets)
 
     # -- appending -----------------------------------------------------------------------
 

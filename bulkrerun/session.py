@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bulkrerun.chunk import Chunk
-from bulkrerun.journal import JournalState, UnitState, read_records_at
+from bulkrerun.journal import Journal, JournalState, UnitState, read_records_at
 from bulkrerun.manifest import Manifest, WindowEntry, covered_jobs
 from bulkrerun.planner import Duplicate, SelectedInstance, plan, window_times
 
@@ -197,7 +197,7 @@ class EarlierWindows:
     sends again still do.
     """
 
-    path: Path
+    path: Path | Journal  # the journal the run holds open (read through it), or its path
     state: JournalState
     new_chunks: bool = True
 
@@ -205,7 +205,9 @@ class EarlierWindows:
         return read_done_windows(self.path, self.state)
 
 
-def earlier_windows(path: Path, state: JournalState, manifest: Manifest) -> EarlierWindows | None:
+def earlier_windows(
+    path: Path | Journal, state: JournalState, manifest: Manifest
+) -> EarlierWindows | None:
     """What :func:`count_units` compares the window chunks a run sends with (see
     :class:`EarlierWindows`). Made so that the check costs nothing when it can find nothing:
 
@@ -227,7 +229,7 @@ def earlier_windows(path: Path, state: JournalState, manifest: Manifest) -> Earl
     return EarlierWindows(path, state)
 
 
-def read_done_windows(path: Path, state: JournalState) -> Iterator[DoneWindow]:
+def read_done_windows(path: Path | Journal, state: JournalState) -> Iterator[DoneWindow]:
     """The done window requests of the journal at ``path`` (replayed as ``state``), in the
     order first sent, from their intent records (one read each, in file order)."""
     for record in read_records_at(path, iter(state.done_windows())):

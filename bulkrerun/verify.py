@@ -216,8 +216,9 @@ class WindowTarget:
 Target = InstanceTarget | WindowTarget
 
 
-def load_targets(path: Path, state: JournalState, units: Iterable[str]) -> list[Target]:
-    """The targets of ``units``, from the intent records of the chunks that carry them.
+def load_targets(source: Path | Journal, state: JournalState, units: Iterable[str]) -> list[Target]:
+    """The targets of ``units``, from the intent records of the chunks that carry them (in
+    ``source``: the journal open for the verdicts, or the path of one).
 
     A unit may appear in several chunks (an instance re-batched after an edit, a chunk sent
     again in a later run): its window of "our request" starts at the earliest intent and
@@ -234,7 +235,7 @@ def load_targets(path: Path, state: JournalState, units: Iterable[str]) -> list[
             first, last = spans.get(unit, (info.first_wall, info.last_wall))
             spans[unit] = (min(first, info.first_wall), max(last, info.last_wall))
     found: dict[str, Target] = {}
-    for record in read_records_at(path, iter(sorted(offsets))):
+    for record in read_records_at(source, iter(sorted(offsets))):
         for target in _targets_of(record, wanted, spans):
             found[target.unit] = target
     return list(found.values())
@@ -290,7 +291,7 @@ class Canary:
     accepted_ms: int
 
 
-def load_canaries(path: Path, state: JournalState, keys: Iterable[Key]) -> list[Canary]:
+def load_canaries(source: Path | Journal, state: JournalState, keys: Iterable[Key]) -> list[Canary]:
     """The latest :data:`CANARIES_PER_JOB` accepted requests of each job of ``keys``, and as
     many of the latest of other jobs (for a job with none of its own: the list is one API),
     read from the journal newest first, :data:`CANARY_READS` at most.
@@ -310,7 +311,7 @@ def load_canaries(path: Path, state: JournalState, keys: Iterable[Key]) -> list[
         records = dict(
             zip(
                 (info.id for info in infos),
-                read_records_at(path, (info.intent_offset for info in infos)),
+                read_records_at(source, (info.intent_offset for info in infos)),
                 strict=True,
             )
         )
@@ -789,13 +790,13 @@ async def verify_held(
     if not held:
         return summary
     await journal.flush()  # the intent records are read from the file
-    targets = load_targets(journal.path, state, held)
+    targets = load_targets(journal, state, held)
     keys = {
         key
         for t in targets
         for key in (t.jobs if isinstance(t, WindowTarget) else ((t.job_name, t.workspace),))
     }
-    canaries = load_canaries(journal.path, state, keys)
+    canaries = load_canaries(journal, state, keys)
     # The canaries too get the time to show: a canary sent after the newest held request
     # and read at once would be taken for a list that lags.
     newest = max((t.last_ms for t in [*targets, *(c.target for c in canaries)]), default=0)
@@ -1229,7 +1230,7 @@ async def watch(
         console.print(str(summary), highlight=False, markup=False)
         return summary
     await journal.flush()
-    targets = load_targets(journal.path, state, done)
+    targets = load_targets(journal, state, done)
     watcher = _Watcher(targets, watch_path(journal.path), clock)
     started = clock.now()
     deadline = started + timeout

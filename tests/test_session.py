@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from bulkrerun.chunk import Chunk
+from bulkrerun.errors import Fatal
 from bulkrerun.journal import (
     FORMAT,
     Binding,
@@ -172,6 +173,29 @@ def test_new_window_chunks_over_done_ones_are_counted_per_entry(tmp_path: Path) 
         Overlap("window[1]", "ods_users", WS, 1, 1, T0 + 30 * MINUTE, T0 + HOUR - 1),
     ]
     assert (counts.done, counts.failed, counts.held, counts.new) == (0, 0, 2, 9)
+
+
+def test_a_run_reads_the_done_windows_through_its_journal_even_once_it_is_removed(
+    tmp_path: Path,
+) -> None:
+    """A run compares the chunks it sends with the done windows after it opened its journal:
+    read by path, a journal removed (an `rm`, a cleaner of old files) in between was a
+    FileNotFoundError and a traceback. Read through the run's descriptor, the run goes on
+    to the point where it writes, which finds the removal and writes the journal back."""
+    chunks = list(plan(manifest_of(window(end_ms=T0 + 2 * HOUR))))
+    path = tmp_path / "j"
+    journal_of(path, "earlier", [(chunks[0], "done"), (chunks[1], "done")])
+    journal = Journal.open(path, BINDING, tool_version="test")
+    path.unlink()
+    earlier = earlier_windows(journal, journal.state(), edited(window(end_ms=T0 + HOUR)))
+    assert earlier is not None
+    assert list(earlier()) == [
+        DoneWindow("ods_orders", WS, T0, T0 + HOUR - 1),
+        DoneWindow("ods_orders", WS, T0 + HOUR, T0 + 2 * HOUR - 1),
+    ]
+    with pytest.raises(Fatal, match="what it had recorded is written back"):
+        journal.close()
+    assert read_state(path)[1].units == journal.state().units
 
 
 def test_only_new_chunks_that_overlap_are_counted_and_runs_split_at_journaled_ones() -> None:
