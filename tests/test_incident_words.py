@@ -15,10 +15,8 @@ import pytest
 from bulkrerun.fake import FakeServer
 from tests.conftest import Cli, Service, write_manifest
 from tests.test_status_watches import (
-    EVENING,
-    HEAD,
-    bulkrerun,
     config,
+    evening_watched,
     status,
     watch_stopped_by_ctrl_c,
 )
@@ -194,15 +192,8 @@ async def test_a_watch_stopped_early_offers_no_command_when_every_rerun_was_seen
     """A watch stopped early whose units an earlier watch had all seen finish still offered
     "To follow the reruns again, which sends nothing:" and the command: nothing was left to
     see. It says so, with no command; status has nothing left to do either."""
-    manifest = tmp_path / "bf.toml"
-    manifest.write_text(HEAD + EVENING, encoding="utf-8")
-    async with FakeServer(config(running_s=0.1)) as first:  # run 1 sees all 4 finish
-        port = first.port
-        code, _, err = await bulkrerun(
-            tmp_path, first.url, "run", str(manifest), "--journal", "j", "--watch"
-        )
-        assert code == 0, err
-        assert "watch: 32 rerun instances: 32 succeeded" in err
+    # Run 1 sends the evening's 4 requests and its watch sees all their reruns succeed.
+    manifest, port = await evening_watched(tmp_path)
     # Run 2, the same command, sends nothing; its watch follows the 4 done units again, on a
     # service that lists their previous runs (as one slow to list would), until Ctrl-C.
     async with FakeServer(config(running_s=36_000.0), port=port) as second:

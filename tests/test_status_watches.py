@@ -65,6 +65,21 @@ def config(*, running_s: float) -> FakeConfig:
     return FakeConfig(ak=AK, sk=SK, catalog=dataclasses.replace(Catalog.demo(ANCHOR), **fields))
 
 
+async def evening_watched(cwd: Path) -> tuple[Path, int]:
+    """Run 1 of the evening's manifest (``bf.toml``, 4 requests): ``run --journal j --watch``,
+    whose watch sees the reruns of all 4 succeed. The manifest, and the port of its service,
+    for the next service to take."""
+    manifest = cwd / "bf.toml"
+    manifest.write_text(HEAD + EVENING, encoding="utf-8")
+    async with FakeServer(config(running_s=0.1)) as first:
+        code, _, err = await bulkrerun(
+            cwd, first.url, "run", str(manifest), "--journal", "j", "--watch"
+        )
+        assert code == 0, err
+        assert "watch: 32 rerun instances: 32 succeeded" in err
+        return manifest, first.port
+
+
 async def watch_stopped_by_ctrl_c(cwd: Path, manifest: Path, url: str) -> tuple[int, str]:
     """``run MANIFEST --journal j --watch`` against ``url``, stopped by Ctrl-C once its watch
     has said how far it is: the exit code and everything it said on stderr."""
@@ -92,16 +107,8 @@ async def status(cwd: Path, url: str) -> tuple[dict[str, Any], str]:
 async def test_a_watch_stopped_early_leaves_unseen_only_what_no_watch_saw_finish(
     tmp_path: Path,
 ) -> None:
-    manifest = tmp_path / "bf.toml"
-    manifest.write_text(HEAD + EVENING, encoding="utf-8")
     # Run 1 sends the evening's 4 requests and its watch sees all their reruns succeed.
-    async with FakeServer(config(running_s=0.1)) as first:
-        port = first.port
-        code, _, err = await bulkrerun(
-            tmp_path, first.url, "run", str(manifest), "--journal", "j", "--watch"
-        )
-        assert code == 0, err
-        assert "watch: 32 rerun instances: 32 succeeded" in err
+    manifest, port = await evening_watched(tmp_path)
     # The manifest grows by the afternoon. Run 2, at the same endpoint, sends its 4 requests;
     # their reruns run for hours, and this service does not list the evening's reruns (it
     # shows their previous runs), as a list slow to show them would: run 2's watch has seen
@@ -187,15 +194,8 @@ async def test_a_watch_of_a_journal_begun_again_at_the_same_path_is_not_credited
     journal's units have the ids of the old one's, and its runs the same numbers, and the
     sidecar goes on from the old journal's lines. Its watch, stopped before it saw any rerun
     finish, has not seen them finish: the old journal's watch saw other reruns."""
-    manifest = tmp_path / "bf.toml"
-    manifest.write_text(HEAD + EVENING, encoding="utf-8")
-    async with FakeServer(config(running_s=0.1)) as first:
-        port = first.port
-        code, _, err = await bulkrerun(
-            tmp_path, first.url, "run", str(manifest), "--journal", "j", "--watch"
-        )
-        assert code == 0, err
-        assert "watch: 32 rerun instances: 32 succeeded" in err
+    # Run 1 sends the evening's 4 requests and its watch sees all their reruns succeed.
+    manifest, port = await evening_watched(tmp_path)
     (tmp_path / "j").unlink()  # the sidecar stays: nothing removes it with its journal
     async with FakeServer(config(running_s=36_000.0), port=port) as second:
         code, stderr = await watch_stopped_by_ctrl_c(tmp_path, manifest, second.url)
